@@ -1,0 +1,53 @@
+"""The SSH algorithms every Limen endpoint offers: what a hardened OpenSSH offers.
+
+Post-quantum hybrid key exchange first (used when the peer has it too), then
+curve25519. No NIST-curve key exchange, nothing with SHA-1, no small groups.
+Ciphers are AEAD or CTR; MACs are encrypt-then-MAC only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEX_ALGS = [
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+]
+
+ENCRYPTION_ALGS = [
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+]
+
+MAC_ALGS = [
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "umac-128-etm@openssh.com",
+]
+
+SIGNATURE_ALGS = [
+    "ssh-ed25519-cert-v01@openssh.com",
+    "rsa-sha2-512-cert-v01@openssh.com",
+    "rsa-sha2-256-cert-v01@openssh.com",
+    "ssh-ed25519",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+]
+
+
+def hardened_options() -> dict[str, Any]:
+    """Keyword arguments for asyncssh.listen()/connect() that restrict the algorithms."""
+    return {
+        "kex_algs": KEX_ALGS,
+        "encryption_algs": ENCRYPTION_ALGS,
+        "mac_algs": MAC_ALGS,
+        "signature_algs": SIGNATURE_ALGS,
+        "compression_algs": ["none"],
+    }
