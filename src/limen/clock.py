@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -19,30 +20,38 @@ class RealClock:
 
 
 class FakeClock:
-    """A clock that stands still until told to move.
+    """A clock that tests move by hand.
 
-    It starts at the real current time so that certificates it stamps are also
-    valid for real clients (ssh, ssh-keygen) that read the wall clock.
+    By default it stands still at the real time of its creation. With
+    ``follow_real_time=True`` it runs with the wall clock plus whatever the test
+    added, which suits a cluster shared by many tests: certificates it stamps stay
+    valid for real clients (ssh, ssh-keygen) while tests still jump ahead at will.
     """
 
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime.now(UTC)
+    def __init__(self, start: datetime | None = None, follow_real_time: bool = False) -> None:
+        self._start = start or datetime.now(UTC)
+        self._follow = follow_real_time
+        self._offset = timedelta(0)
+        self._real_start = time.monotonic()
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
         with self._lock:
-            return self._now
+            now = self._start + self._offset
+            if self._follow:
+                now += timedelta(seconds=time.monotonic() - self._real_start)
+            return now
 
     def advance(self, delta: timedelta | float) -> datetime:
         if not isinstance(delta, timedelta):
             delta = timedelta(seconds=delta)
         with self._lock:
-            self._now += delta
-            return self._now
+            self._offset += delta
+        return self.now()
 
     def set(self, when: datetime) -> None:
         with self._lock:
-            self._now = when
+            self._start, self._offset, self._real_start = when, timedelta(0), time.monotonic()
 
 
 def utcnow(clock: Clock | None = None) -> datetime:
