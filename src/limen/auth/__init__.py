@@ -1,0 +1,1 @@
+"""Authentication: certificate authorities, signing, login, join, the auth server."""
