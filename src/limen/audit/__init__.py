@@ -1,0 +1,1 @@
+"""Audit events, their codes, and where they are written."""

@@ -1,0 +1,52 @@
+"""Every audit event's stable name and code, in one place.
+
+Names and codes follow what operators know from Teleport. The README's reference
+section lists the same table.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class EventType(NamedTuple):
+    name: str
+    code: str
+
+
+USER_LOGIN = EventType("user.login", "T1000I")
+USER_LOGIN_FAILURE = EventType("user.login", "T1000W")
+USER_CREATE = EventType("user.create", "T1002I")
+USER_UPDATE = EventType("user.update", "T1003I")
+USER_DELETE = EventType("user.delete", "T1004I")
+USER_PASSWORD_CHANGE = EventType("user.password_change", "T1005I")
+MFA_ADD = EventType("mfa.add", "T1006I")
+USER_SIGNUP_FAILURE = EventType("user.signup", "T1005W")
+USER_TOKEN_CREATE = EventType("user.token.create", "T1008I")
+USER_UNLOCK = EventType("user.unlock", "T1009I")
+CERT_ISSUED = EventType("cert.create", "TC000I")
+SESSION_START = EventType("session.start", "T2000I")
+SESSION_JOIN = EventType("session.join", "T2001I")
+SESSION_RESIZE = EventType("resize", "T2002I")
+SESSION_LEAVE = EventType("session.leave", "T2003I")
+SESSION_END = EventType("session.end", "T2004I")
+SESSION_DATA = EventType("session.data", "T2006I")
+SESSION_REJECTED = EventType("session.rejected", "T1006W")
+EXEC = EventType("exec", "T3002I")
+EXEC_FAILURE = EventType("exec", "T3002E")
+PORT_FORWARD = EventType("port", "T3003I")
+PORT_FORWARD_FAILURE = EventType("port", "T3003E")
+SCP = EventType("scp", "T3004I")
+SFTP = EventType("sftp", "T3005I")
+CLIENT_DISCONNECT = EventType("client.disconnect", "T3006I")
+AUTH_FAILURE = EventType("auth", "T3007W")
+ROLE_CREATED = EventType("role.created", "T9000I")
+ROLE_DELETED = EventType("role.deleted", "T9001I")
+JOIN_TOKEN_CREATE = EventType("join_token.create", "TJT00I")
+NODE_JOIN = EventType("instance.join", "TJ001I")
+NODE_JOIN_FAILURE = EventType("instance.join", "TJ001E")
+LOCK_CREATED = EventType("lock.created", "TLK00I")
+LOCK_DELETED = EventType("lock.deleted", "TLK01I")
+ACCESS_DENIED = EventType("access.denied", "TA000W")
+
+ALL = [value for value in dict(globals()).values() if isinstance(value, EventType)]

@@ -1,0 +1,49 @@
+"""What every auth service needs: storage, clock, audit, CAs and settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from limen.audit.log import AuditLog
+from limen.auth.ca import CAStore
+from limen.backend.base import Backend
+from limen.clock import Clock
+from limen.resources import Role, User, UserToken
+from limen.services.credentials import CredentialStore
+from limen.services.sessions import APISessionStore
+from limen.services.store import ResourceStore
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    cluster_name: str
+    cert_ttl: timedelta = timedelta(hours=12)
+    max_cert_ttl: timedelta = timedelta(hours=30)
+    signup_token_ttl: timedelta = timedelta(hours=1)
+    max_signup_token_ttl: timedelta = timedelta(hours=48)
+    reset_token_ttl: timedelta = timedelta(hours=8)
+    max_reset_token_ttl: timedelta = timedelta(hours=24)
+    lockout_attempts: int = 5
+    lockout_duration: timedelta = timedelta(minutes=30)
+
+
+class Stores:
+    """The typed stores the auth role uses, over one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.users = ResourceStore(backend, User, "/users", suffix="/params")
+        self.roles = ResourceStore(backend, Role, "/roles")
+        self.user_tokens = ResourceStore(backend, UserToken, "/user_tokens")
+        self.credentials = CredentialStore(backend)
+        self.api_sessions = APISessionStore(backend)
+
+
+@dataclass
+class AuthContext:
+    settings: AuthSettings
+    stores: Stores
+    cas: CAStore
+    clock: Clock
+    audit: AuditLog

@@ -1,0 +1,116 @@
+"""The auth role: bootstrap, identities, and the RBAC facade (check, then delegate)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from limen.audit import events
+from limen.auth import builtin_roles
+from limen.auth.context import AuthContext
+from limen.auth.identity import Identity
+from limen.auth.login import LoginService
+from limen.auth.users import UserManager
+from limen.errors import AccessDenied, AlreadyExists, NotFound
+from limen.rbac import AccessChecker
+from limen.resources import Role, User
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_FILE = "admin.token"
+ADMIN_USER = "admin"
+
+
+class AuthServer:
+    def __init__(self, ctx: AuthContext) -> None:
+        self.ctx = ctx
+        self.users = UserManager(ctx)
+        self.login_service = LoginService(ctx, self.checker_for_user)
+
+    @property
+    def cluster_name(self) -> str:
+        return self.ctx.settings.cluster_name
+
+    async def bootstrap(self, data_dir: Path) -> None:
+        """First start: built-in roles and the data dir's admin identity. Idempotent."""
+        for role in builtin_roles.all_builtin():
+            try:
+                await self.ctx.stores.roles.create(role)
+                log.info("created built-in role %s", role.name)
+            except AlreadyExists:
+                pass
+        await self._ensure_admin_identity(data_dir)
+
+    async def _ensure_admin_identity(self, data_dir: Path) -> None:
+        """A token in DATA_DIR/admin.token (0600) lets admin commands on this host act."""
+        path = data_dir / ADMIN_TOKEN_FILE
+        if path.exists():
+            token = path.read_text().strip()
+        else:
+            token = secrets.token_hex(32)
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(path)
+        session = self.ctx.stores.api_sessions.for_token(token, ADMIN_USER, None, builtin="admin")
+        await self.ctx.stores.api_sessions.upsert(session)
+
+    async def identity_for_token(self, token: str, remote_addr: str = "") -> Identity:
+        try:
+            session = await self.ctx.stores.api_sessions.lookup(token)
+        except NotFound:
+            raise AccessDenied(
+                "your session is not valid or has expired; run limen login again"
+            ) from None
+        if session.spec.builtin:
+            return Identity(
+                user=session.spec.user, builtin=session.spec.builtin, remote_addr=remote_addr
+            )
+        try:
+            user = await self.ctx.stores.users.get(session.spec.user)
+        except NotFound:
+            raise AccessDenied(f"user {session.spec.user} no longer exists") from None
+        return Identity(
+            user=user.name,
+            roles=list(user.spec.roles),
+            traits=user.spec.traits,
+            expires=session.metadata.expires,
+            remote_addr=remote_addr,
+        )
+
+    async def checker_for_user(self, user: User) -> AccessChecker:
+        return AccessChecker(await self._load_roles(user.spec.roles), user.spec.traits)
+
+    async def checker_for(self, identity: Identity) -> AccessChecker:
+        if identity.is_admin:
+            return AccessChecker([builtin_roles.admin_role()])
+        return AccessChecker(await self._load_roles(identity.roles), identity.traits)
+
+    async def _load_roles(self, names: list[str]) -> list[Role]:
+        roles = []
+        for name in names:
+            try:
+                roles.append(await self.ctx.stores.roles.get(name))
+            except NotFound:
+                log.warning("role %s is assigned but does not exist; ignoring it", name)
+        return roles
+
+    async def authorize(self, identity: Identity, kind: str, verb: str) -> None:
+        """Raise AccessDenied unless the identity's current roles allow verb on kind."""
+        try:
+            (await self.checker_for(identity)).check_rule(kind, verb)
+        except AccessDenied as exc:
+            await self.ctx.audit.emit(
+                events.ACCESS_DENIED,
+                user=identity.user,
+                resource=kind,
+                verb=verb,
+                error=exc.message,
+                addr_remote=identity.remote_addr,
+            )
+            raise

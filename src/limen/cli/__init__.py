@@ -1,0 +1,1 @@
+"""Thin command-line shells over client/ and service.py."""

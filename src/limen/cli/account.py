@@ -1,0 +1,187 @@
+"""A person's own commands: signup, login, logout, status."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from limen.cli.output import add_format_flag, emit, table
+from limen.client import profile as profiles
+from limen.client.connect import TrustOptions, open_client
+from limen.client.profile import write_private
+from limen.errors import BadParameter
+
+
+def add_trust_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca-pin", help="expected cluster CA pin, sha256:HEX")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="trust the proxy's CA on first contact without a pin (tests only)",
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    signup = sub.add_parser("signup", help="set your password and enroll a TOTP device")
+    signup.add_argument("token")
+    signup.add_argument("--proxy", required=True, help="the proxy's address, HOST:PORT")
+    signup.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    signup.add_argument(
+        "--totp-secret-out",
+        metavar="FILE",
+        help="write the TOTP secret to FILE (0600) and confirm with it",
+    )
+    add_trust_flags(signup)
+    signup.set_defaults(func=cmd_signup)
+
+    login = sub.add_parser("login", help="sign in and get a short-lived SSH certificate")
+    login.add_argument("--proxy", help="the proxy's address, HOST:PORT (default: last used)")
+    login.add_argument("--user", help="user name (default: last used)")
+    login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (capped by your roles)")
+    login.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    login.add_argument("--otp", help="the current TOTP code")
+    add_trust_flags(login)
+    add_format_flag(login)
+    login.set_defaults(func=cmd_login)
+
+    logout = sub.add_parser("logout", help="remove your keys and certificate")
+    logout.set_defaults(func=cmd_logout)
+
+    status = sub.add_parser("status", help="show who you are logged in as")
+    add_format_flag(status)
+    status.set_defaults(func=cmd_status)
+
+
+def _read_password(from_stdin: bool, prompt: str = "Password: ") -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise BadParameter("--password-stdin was given but standard input is empty")
+        return line.rstrip("\r\n")
+    return getpass.getpass(prompt)
+
+
+def _read_new_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return _read_password(True)
+    first = getpass.getpass("New password (12 to 128 characters): ")
+    if getpass.getpass("Repeat it: ") != first:
+        raise BadParameter("the two passwords differ; nothing was changed")
+    return first
+
+
+def _show_qr(uri: str) -> None:
+    import qrcode
+
+    qr = qrcode.QRCode(border=1)
+    qr.add_data(uri)
+    qr.print_ascii(out=sys.stdout, invert=True)
+
+
+def cmd_signup(args: argparse.Namespace) -> int:
+    from limen.auth import totp
+
+    options = TrustOptions(args.ca_pin, args.insecure)
+    client, _new = open_client(args.proxy, options)
+    with client:
+        challenge = client.post("/v1/signup/start", {"token": args.token})
+        password = _read_new_password(args)
+        secret = challenge["totp_secret"]
+        if args.totp_secret_out:
+            write_private(Path(args.totp_secret_out), secret + "\n")
+            # The code proves this client holds the secret; the server's time is used so
+            # that automation works regardless of this machine's clock.
+            server_time = datetime.fromisoformat(challenge["server_time"])
+            otp = totp.code_at(secret, server_time)
+        else:
+            print(f"Add this account to your authenticator app:\n  {challenge['otpauth_uri']}\n")
+            _show_qr(challenge["otpauth_uri"])
+            otp = input("Enter the current 6-digit code: ").strip()
+        result = client.post(
+            "/v1/signup/finish", {"token": args.token, "password": password, "otp": otp}
+        )
+        profile = profiles.load(args.proxy)
+        profile.trust_ca(client.ca_pem)
+    print(
+        f"Signed up as {result['user']} on cluster {result['cluster']}. Now run:\n"
+        f"  limen login --proxy {args.proxy} --user {result['user']}"
+    )
+    return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from limen.client.login import login
+
+    proxy, user = args.proxy, args.user
+    if not proxy or not user:
+        try:
+            last = profiles.current()
+        except Exception:  # noqa: BLE001 - no previous profile: the flags are required
+            raise BadParameter("give --proxy HOST:PORT and --user NAME") from None
+        proxy, user = proxy or last.proxy, user or last.user
+    client, _new = open_client(proxy, TrustOptions(args.ca_pin, args.insecure))
+    with client:
+        password = _read_password(args.password_stdin)
+        otp = args.otp or input("TOTP code: ").strip()
+        profile = login(client, user, password, otp, args.ttl)
+    _print_status(profile, args.format)
+    return 0
+
+
+def cmd_logout(_args: argparse.Namespace) -> int:
+    from limen.client.login import remove_from_agent
+
+    profile = profiles.current()
+    remove_from_agent(profile)
+    profile.remove_credentials()
+    print(f"Logged out {profile.user} from {profile.proxy}.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _print_status(profiles.current(), args.format)
+    return 0
+
+
+def _status_json(profile: profiles.Profile) -> dict[str, object]:
+    return {
+        "proxy": profile.proxy,
+        "cluster": profile.cluster,
+        "user": profile.user,
+        "roles": profile.roles,
+        "logins": profile.logins,
+        "valid_until": profile.valid_until,
+        "key_path": str(profile.key_path),
+        "cert_path": str(profile.cert_path),
+        "known_hosts_path": str(profile.known_hosts_path()),
+    }
+
+
+def _print_status(profile: profiles.Profile, fmt: str) -> None:
+    data = _status_json(profile)
+    until = datetime.fromisoformat(profile.valid_until)
+    left = until - datetime.now(UTC)
+    state = f"valid for {str(left).split('.')[0]}" if left.total_seconds() > 0 else "EXPIRED"
+    rows = [
+        ("Proxy", profile.proxy),
+        ("Cluster", profile.cluster),
+        ("User", profile.user),
+        ("Roles", ", ".join(profile.roles)),
+        ("Logins", ", ".join(profile.logins)),
+        ("Valid until", f"{profile.valid_until} ({state})"),
+        ("Key", data["key_path"]),
+        ("Certificate", data["cert_path"]),
+        ("Known hosts", data["known_hosts_path"]),
+    ]
+    emit(data, fmt, table(["", ""], rows))

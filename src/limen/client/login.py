@@ -1,0 +1,100 @@
+"""Log in: a fresh Ed25519 key, a certificate for it, files OpenSSH reads, the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import UTC, datetime
+
+import asyncssh
+
+from limen.client import profile as profiles
+from limen.client.api import APIClient
+
+log = logging.getLogger(__name__)
+
+
+def login(
+    client: APIClient,
+    user: str,
+    password: str,
+    otp: str,
+    ttl: str | None = None,
+) -> profiles.Profile:
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{user}@limen")
+    public = key.export_public_key("openssh").decode()
+    result = client.post(
+        "/v1/login",
+        {"user": user, "password": password, "otp": otp, "public_key": public, "ttl": ttl},
+    )
+    profile = profiles.Profile(
+        proxy=client.proxy,
+        cluster=result["cluster"],
+        user=result["user"],
+        roles=result["roles"],
+        logins=result["principals"],
+        valid_until=result["valid_before"],
+    )
+    save_credentials(profile, key, result["cert"], result["api_token"], client.ca_pem)
+    profiles.add_known_host_ca(result["host_ca"])
+    add_to_agent(profile, key, result["cert"])
+    return profile
+
+
+def save_credentials(
+    profile: profiles.Profile, key: asyncssh.SSHKey, cert: str, token: str, ca_pem: str
+) -> None:
+    profile.trust_ca(ca_pem)
+    profiles.write_private(profile.key_path, key.export_private_key("openssh"))
+    profiles.write_private(profile.pub_path, key.export_public_key("openssh"), 0o644)
+    profiles.write_private(profile.cert_path, cert + "\n", 0o644)
+    profiles.write_private(profile.token_path, token + "\n")
+    profile.save()
+
+
+def _agent_available() -> bool:
+    return bool(os.environ.get("SSH_AUTH_SOCK"))
+
+
+def add_to_agent(profile: profiles.Profile, key: asyncssh.SSHKey, cert_line: str) -> None:
+    """Add key and certificate to a running ssh-agent, expiring with the certificate."""
+    if not _agent_available():
+        return
+    cert = asyncssh.import_certificate(cert_line)
+    lifetime = int((datetime.fromisoformat(profile.valid_until) - _now()).total_seconds())
+    if lifetime <= 0:
+        return
+
+    async def add() -> None:
+        async with asyncssh.connect_agent() as agent:
+            await agent.add_keys([(key, cert)], lifetime=lifetime)
+
+    try:
+        asyncio.run(add())
+    except (OSError, asyncssh.Error, ValueError) as exc:
+        log.warning("could not add the key to ssh-agent: %s", exc)
+
+
+def remove_from_agent(profile: profiles.Profile) -> None:
+    """Remove this profile's key and certificate from a running ssh-agent."""
+    if not _agent_available() or not profile.pub_path.exists():
+        return
+    blobs = {asyncssh.read_public_key(str(profile.pub_path)).public_data}
+    if profile.cert_path.exists():
+        blobs.add(asyncssh.read_certificate(str(profile.cert_path)).public_data)
+
+    async def remove() -> None:
+        async with asyncssh.connect_agent() as agent:
+            for agent_key in await agent.get_keys():
+                if agent_key.public_data in blobs:
+                    await agent_key.remove()
+
+    try:
+        asyncio.run(remove())
+    except (OSError, asyncssh.Error, ValueError) as exc:
+        log.warning("could not remove the key from ssh-agent: %s", exc)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

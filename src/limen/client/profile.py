@@ -1,0 +1,137 @@
+"""The client's files under $LIMEN_HOME (default ~/.limen), in forms OpenSSH reads.
+
+current-profile                  which proxy the commands use by default
+known_hosts                      @cert-authority lines for the clusters' host CAs
+keys/PROXY/tls-ca.pem            the cluster's X.509 CA, trusted after first contact
+keys/PROXY/profile.json          proxy, cluster, user, roles, logins, expiry
+keys/PROXY/USER                  private key (0600)
+keys/PROXY/USER.pub              public key
+keys/PROXY/USER-cert.pub         the OpenSSH certificate
+keys/PROXY/USER.token            API session token (0600)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from limen.errors import AccessDenied, BadParameter, NotFound
+
+
+def limen_home() -> Path:
+    return Path(os.environ.get("LIMEN_HOME") or Path.home() / ".limen").absolute()
+
+
+def write_private(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    """Atomic write with the mode set before any byte lands."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, mode)
+    tmp.replace(path)
+
+
+def proxy_dirname(proxy: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", proxy)
+
+
+@dataclass
+class Profile:
+    proxy: str
+    cluster: str = ""
+    user: str = ""
+    roles: list[str] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)
+    valid_until: str = ""
+
+    @property
+    def dir(self) -> Path:
+        return limen_home() / "keys" / proxy_dirname(self.proxy)
+
+    @property
+    def ca_path(self) -> Path:
+        return self.dir / "tls-ca.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / self.user
+
+    @property
+    def cert_path(self) -> Path:
+        return self.dir / f"{self.user}-cert.pub"
+
+    @property
+    def pub_path(self) -> Path:
+        return self.dir / f"{self.user}.pub"
+
+    @property
+    def token_path(self) -> Path:
+        return self.dir / f"{self.user}.token"
+
+    @staticmethod
+    def known_hosts_path() -> Path:
+        return limen_home() / "known_hosts"
+
+    def trusted_ca(self) -> str | None:
+        return self.ca_path.read_text() if self.ca_path.exists() else None
+
+    def trust_ca(self, ca_pem: str) -> None:
+        write_private(self.ca_path, ca_pem, 0o644)
+
+    def token(self) -> str:
+        if not self.token_path.exists():
+            raise AccessDenied("you are not logged in; run limen login")
+        return self.token_path.read_text().strip()
+
+    def save(self) -> None:
+        write_private(self.dir / "profile.json", json.dumps(asdict(self), indent=2) + "\n", 0o644)
+        write_private(limen_home() / "current-profile", self.proxy + "\n", 0o644)
+
+    def remove_credentials(self) -> None:
+        for path in (
+            self.key_path,
+            self.pub_path,
+            self.cert_path,
+            self.token_path,
+            self.dir / "profile.json",
+        ):
+            path.unlink(missing_ok=True)
+        current = limen_home() / "current-profile"
+        if current.exists() and current.read_text().strip() == self.proxy:
+            current.unlink()
+
+
+def load(proxy: str) -> Profile:
+    path = limen_home() / "keys" / proxy_dirname(proxy) / "profile.json"
+    if not path.exists():
+        return Profile(proxy=proxy)
+    try:
+        return Profile(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise BadParameter(f"{path} is damaged; run limen logout and log in again") from exc
+
+
+def current() -> Profile:
+    marker = limen_home() / "current-profile"
+    if not marker.exists():
+        raise NotFound("you are not logged in; run limen login --proxy HOST:PORT --user NAME")
+    profile = load(marker.read_text().strip())
+    if not profile.user:
+        raise NotFound("you are not logged in; run limen login --proxy HOST:PORT --user NAME")
+    return profile
+
+
+def add_known_host_ca(line: str) -> None:
+    """Add the host CA line once; other clusters' lines stay."""
+    path = Profile.known_hosts_path()
+    lines = path.read_text().splitlines() if path.exists() else []
+    if line.strip() not in (entry.strip() for entry in lines):
+        lines.append(line.strip())
+    write_private(path, "\n".join(lines) + "\n", 0o644)

@@ -1,0 +1,201 @@
+"""The YAML configuration as typed models, validated on load, with defaults.
+
+Every listen address is configurable; defaults follow the ports operators know
+from Teleport (3080 web, 3022 node, 3023 proxy SSH, 3024 tunnels, 3025 auth).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from limen.durations import parse_duration
+from limen.errors import BadParameter
+from limen.yamlload import load_documents, validate
+
+ROLES = ("auth", "proxy", "node")
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("LIMEN_DATA_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/limen")
+    return Path.home() / ".local" / "share" / "limen"
+
+
+def split_host_port(addr: str, default_port: int | None = None) -> tuple[str, int]:
+    """'host:port', '[v6]:port' or (with a default port) a bare host."""
+    addr = addr.strip()
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif addr.count(":") == 1:
+        host, port_text = addr.split(":")
+    else:
+        host, port_text = addr, ""
+    if not port_text:
+        if default_port is None:
+            raise BadParameter(f"address {addr!r} needs a port, like host:3080")
+        return host, default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise BadParameter(f"address {addr!r} has a port that is not a number") from None
+    if not 0 <= port <= 65535:
+        raise BadParameter(f"address {addr!r} has a port out of range")
+    return host, port
+
+
+def _check_addr(value: str) -> str:
+    try:
+        split_host_port(value)
+    except BadParameter as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+def _check_duration(value: str) -> str:
+    try:
+        parse_duration(value)
+    except BadParameter as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageConfig(_Section):
+    type: Literal["sqlite", "postgres", "memory"] = "sqlite"
+    path: str | None = None  # sqlite: defaults to DATA_DIR/backend.sqlite
+    dsn: str | None = None  # postgres: postgresql://user@host:5432/db
+    schema_name: str | None = Field(default=None, alias="schema")
+
+
+class RateLimitConfig(_Section):
+    average_per_minute: float = 20
+    burst: int = 40
+
+
+class AuthConfig(_Section):
+    enabled: bool = True
+    listen_addr: str = "0.0.0.0:3025"
+    cert_ttl: str = "12h"
+    max_cert_ttl: str = "30h"
+    signup_token_ttl: str = "1h"
+    reset_token_ttl: str = "8h"
+    lockout_attempts: int = Field(default=5, ge=1)
+    lockout_duration: str = "30m"
+
+    _addr = field_validator("listen_addr")(_check_addr)
+    _ttls = field_validator(
+        "cert_ttl", "max_cert_ttl", "signup_token_ttl", "reset_token_ttl", "lockout_duration"
+    )(_check_duration)
+
+
+class ProxyConfig(_Section):
+    enabled: bool = True
+    web_listen_addr: str = "0.0.0.0:3080"
+    ssh_listen_addr: str = "0.0.0.0:3023"
+    public_addr: str | None = None
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+
+    _addrs = field_validator("web_listen_addr", "ssh_listen_addr")(_check_addr)
+
+
+class NodeConfig(_Section):
+    enabled: bool = True
+    listen_addr: str = "0.0.0.0:3022"
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    env_allowlist: list[str] = Field(default_factory=list)
+
+    _addr = field_validator("listen_addr")(_check_addr)
+
+
+class Config(_Section):
+    version: Literal["v1"] = "v1"
+    cluster_name: str = Field(default_factory=lambda: socket.gethostname() or "limen")
+    data_dir: Path = Field(default_factory=default_data_dir)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    ssh: NodeConfig = Field(default_factory=NodeConfig)
+
+    def roles(self) -> list[str]:
+        return [
+            role
+            for role, section in (("auth", self.auth), ("proxy", self.proxy), ("node", self.ssh))
+            if section.enabled
+        ]
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; errors name the field and its line."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise BadParameter(f"cannot read config file {source}: {exc.strerror}") from None
+    docs = load_documents(text, source)
+    if not docs:
+        return Config()
+    if len(docs) > 1:
+        raise BadParameter(f"{source}: expected one YAML document, found {len(docs)}")
+    data, located = docs[0]
+    return validate(Config, data, located, source)
+
+
+SAMPLE_CONFIG = """\
+# Limen configuration. Every key is optional; these are the defaults.
+# Start with:  limen start --config /etc/limen.yaml
+version: v1
+
+# The cluster's name; it appears in certificates and in NODE.CLUSTER host names.
+# Default: this machine's host name.
+# cluster_name: example.com
+
+# Where CA keys, the embedded database and the audit log live (kept 0600).
+data_dir: /var/lib/limen
+
+log_level: info   # debug | info | warning | error
+
+storage:
+  type: sqlite    # sqlite (embedded, default) | postgres (several auth/proxy instances)
+  # path: /var/lib/limen/backend.sqlite
+  # dsn: postgresql://limen@db.example.com:5432/limen
+
+auth:
+  enabled: true
+  listen_addr: 0.0.0.0:3025   # internal API, used when auth runs apart from the proxy
+  cert_ttl: 12h               # default user certificate lifetime
+  max_cert_ttl: 30h           # cluster maximum, whatever a role or --ttl asks
+  signup_token_ttl: 1h
+  reset_token_ttl: 8h
+  lockout_attempts: 5         # failed logins in a row before the user is locked
+  lockout_duration: 30m
+
+proxy:
+  enabled: true
+  web_listen_addr: 0.0.0.0:3080   # HTTPS API (login, signup) and later the web UI
+  ssh_listen_addr: 0.0.0.0:3023   # SSH jump host (ssh -J)
+  # public_addr: proxy.example.com:3080   # the address clients use, if different
+  rate_limit:                     # per client address, on unauthenticated endpoints
+    average_per_minute: 20
+    burst: 40
+
+ssh:
+  enabled: true                   # the node role: SSH access to this host
+  listen_addr: 0.0.0.0:3022
+  # name: web-1
+  labels: {}
+  env_allowlist: []               # environment variables clients may set beyond LANG, LC_*, TERM
+"""

@@ -1,0 +1,52 @@
+"""One-time tokens: signup/reset tokens for people and join tokens for hosts.
+
+Only a SHA-256 of each token is stored; the resource name is that hash, so a
+leaked database does not hand out working tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from limen.resources.base import Resource
+
+TOKEN_BYTES = 16  # 128 bits of randomness, the floor the issue sets
+
+
+def new_token() -> str:
+    return secrets.token_hex(TOKEN_BYTES)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class UserTokenSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str
+    purpose: Literal["signup", "reset"]
+    # The TOTP secret offered during signup, kept so a retried signup sees the same one.
+    pending_totp_secret: str = ""
+
+
+class UserToken(Resource):
+    KIND = "user_token"
+    spec: UserTokenSpec
+
+
+class JoinTokenSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    roles: list[str] = Field(default_factory=lambda: ["node"])
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_by: str = ""
+
+
+class JoinToken(Resource):
+    KIND = "token"
+    spec: JoinTokenSpec = Field(default_factory=JoinTokenSpec)

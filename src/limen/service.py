@@ -1,0 +1,209 @@
+"""Start the configured roles in one asyncio process, and shut them down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from limen.audit.log import AuditLog
+from limen.auth.ca import CAStore, issue_tls_server_cert
+from limen.auth.context import AuthContext, AuthSettings, Stores
+from limen.auth.server import AuthServer
+from limen.backend import open_backend
+from limen.backend.base import Backend, Item
+from limen.clock import Clock, RealClock
+from limen.config import Config, split_host_port
+from limen.durations import parse_duration
+from limen.errors import BadParameter, NotFound
+from limen.proxy.https import HTTPSServer, bind
+from limen.proxy.ratelimit import RateLimiter
+from limen.proxy.web import WebState, create_app
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+CLUSTER_KEY = "/cluster/name"
+
+
+def _private_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def local_address(host: str, port: int) -> str:
+    """An address this machine can dial for a listener bound to `host`."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class Service:
+    config: Config
+    clock: Clock = field(default_factory=RealClock)
+    backend: Backend | None = None
+    auth: AuthServer | None = None
+    web_addr: str = ""
+    _https: HTTPSServer | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.data_dir)
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.data_dir, 0o700)
+        self.backend = await self._open_backend()
+        try:
+            cluster = await self._cluster_name(self.backend)
+            if "auth" in self.config.roles():
+                self.auth = await self._start_auth(self.backend, cluster)
+            if self.auth is not None:
+                await self._start_web()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _open_backend(self) -> Backend:
+        storage = self.config.storage
+        path = storage.path or str(self.data_dir / "backend.sqlite")
+        return await open_backend(
+            storage.type, path=path, dsn=storage.dsn, schema=storage.schema_name, clock=self.clock
+        )
+
+    async def _cluster_name(self, backend: Backend) -> str:
+        wanted = self.config.cluster_name
+        try:
+            stored = (await backend.get(CLUSTER_KEY)).value.decode()
+        except NotFound:
+            await backend.create(Item(key=CLUSTER_KEY, value=wanted.encode()))
+            return wanted
+        if "cluster_name" in self.config.model_fields_set and stored != wanted:
+            raise BadParameter(
+                f"the data in {self.data_dir} belongs to cluster {stored!r}, "
+                f"but the config names {wanted!r}; use a new data_dir for a new cluster"
+            )
+        return stored
+
+    async def _start_auth(self, backend: Backend, cluster: str) -> AuthServer:
+        auth_cfg = self.config.auth
+        cas = await asyncio.to_thread(
+            CAStore.load_or_create, self.data_dir, cluster, self.clock.now()
+        )
+        settings = AuthSettings(
+            cluster_name=cluster,
+            cert_ttl=parse_duration(auth_cfg.cert_ttl),
+            max_cert_ttl=parse_duration(auth_cfg.max_cert_ttl),
+            signup_token_ttl=parse_duration(auth_cfg.signup_token_ttl),
+            reset_token_ttl=parse_duration(auth_cfg.reset_token_ttl),
+            lockout_attempts=auth_cfg.lockout_attempts,
+            lockout_duration=parse_duration(auth_cfg.lockout_duration),
+        )
+        audit = AuditLog(self.data_dir / "log" / "events", cluster, self.clock)
+        ctx = AuthContext(settings, Stores(backend), cas, self.clock, audit)
+        server = AuthServer(ctx)
+        await server.bootstrap(self.data_dir)
+        return server
+
+    def _web_listen(self) -> tuple[str, int]:
+        if "proxy" in self.config.roles():
+            return split_host_port(self.config.proxy.web_listen_addr)
+        return split_host_port(self.config.auth.listen_addr)
+
+    async def _start_web(self) -> None:
+        assert self.auth is not None
+        host, port = self._web_listen()
+        sock = bind(host, port)
+        certfile, keyfile = self._write_tls_files(host)
+        limits = self.config.proxy.rate_limit
+        state = WebState(self.auth, RateLimiter(limits.average_per_minute, limits.burst))
+        self._https = HTTPSServer(create_app(state), sock, certfile, keyfile)
+        await self._https.start()
+        self.web_addr = local_address(host, self._https.port)
+        _private_write(self.data_dir / RUN_FILE, json.dumps({"web_addr": self.web_addr}).encode())
+        log.info("HTTPS API listening on %s", self.web_addr)
+
+    def _write_tls_files(self, listen_host: str) -> tuple[Path, Path]:
+        assert self.auth is not None
+        cas = self.auth.ctx.cas
+        names = {"localhost", socket.gethostname(), self.auth.cluster_name}
+        ips = {"127.0.0.1", "::1"}
+        for addr in filter(None, [listen_host, self.config.proxy.public_addr]):
+            host = split_host_port(addr, 0)[0]
+            try:
+                ips.add(str(ipaddress.ip_address(host)))
+            except ValueError:
+                names.add(host)
+        ips.discard("0.0.0.0")
+        ips.discard("::")
+        key, cert = issue_tls_server_cert(
+            cas.tls_ca_key,
+            cas.tls_ca_cert,
+            names=sorted(names),
+            ips=sorted(ips),
+            now=self.clock.now(),
+        )
+        tls_dir = self.data_dir / "tls"
+        tls_dir.mkdir(exist_ok=True, mode=0o700)
+        certfile, keyfile = tls_dir / "server.crt", tls_dir / "server.key"
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _private_write(keyfile, key_pem)
+        _private_write(certfile, cert.public_bytes(serialization.Encoding.PEM))
+        return certfile, keyfile
+
+    async def stop(self) -> None:
+        if self._https is not None:
+            await self._https.stop()
+            self._https = None
+        (self.data_dir / RUN_FILE).unlink(missing_ok=True)
+        if self.backend is not None:
+            await self.backend.close()
+            self.backend = None
+
+
+def next_steps(service: Service) -> str:
+    data = service.data_dir
+    return (
+        f"Limen cluster {service.auth.cluster_name if service.auth else '?'} is running.\n"
+        f"  HTTPS API: https://{service.web_addr}\n"
+        f"Next, add the first user (in another terminal on this host):\n"
+        f"  limen users add alice --roles access,editor --logins alice,root --data-dir {data}\n"
+        f"and follow the signup command it prints."
+    )
+
+
+async def run_until_signalled(service: Service, ready_message: bool = True) -> None:
+    """`limen start`: run until SIGINT or SIGTERM, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    if ready_message:
+        print(next_steps(service), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await asyncio.wait_for(service.stop(), timeout=timedelta(seconds=15).total_seconds())

@@ -1,0 +1,1 @@
+"""Typed stores over a Backend: the only way resources reach storage."""
