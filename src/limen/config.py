@@ -73,6 +73,8 @@ class _Section(BaseModel):
 
 
 class StorageConfig(_Section):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     type: Literal["sqlite", "postgres", "memory"] = "sqlite"
     path: str | None = None  # sqlite: defaults to DATA_DIR/backend.sqlite
     dsn: str | None = None  # postgres: postgresql://user@host:5432/db

@@ -1,0 +1,183 @@
+"""A whole Limen cluster in a background thread, with a clock the test controls.
+
+The CLI is run as a real subprocess against it, the way a person would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from limen.auth import totp
+from limen.clock import FakeClock
+from limen.config import Config
+from limen.service import Service
+
+T = TypeVar("T")
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class CLIResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@dataclass
+class LimenUser:
+    name: str
+    secret: str
+    home: Path
+
+
+class ClusterHarness:
+    def __init__(self, base: Path, config: Config | None = None, clock: FakeClock | None = None):
+        self.base = base
+        self.clock = clock or FakeClock(follow_real_time=True)
+        self.config = config or default_config(base / "data")
+        self.service = Service(self.config, clock=self.clock)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._homes = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> ClusterHarness:
+        self._thread.start()
+        try:
+            self.run(self.service.start())
+        except BaseException:
+            self._close_loop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        try:
+            self.run(self.service.stop())
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run a coroutine on the cluster's own event loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.data_dir)
+
+    @property
+    def web_addr(self) -> str:
+        return self.service.web_addr
+
+    # -- the CLI -----------------------------------------------------------------
+    def new_home(self) -> Path:
+        self._homes += 1
+        home = self.base / f"home{self._homes}"
+        home.mkdir(mode=0o700)
+        return home
+
+    def cli(
+        self,
+        *args: str,
+        home: Path | None = None,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> CLIResult:
+        full_env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        full_env["LIMEN_HOME"] = str(home or self.base / "default-home")
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, "-m", "limen.cli.main", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+        )
+        return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def admin(self, *args: str, **kwargs: Any) -> CLIResult:
+        return self.cli(*args, "--data-dir", str(self.data_dir), **kwargs)
+
+    # -- people --------------------------------------------------------------------
+    def add_user(self, name: str, roles: str = "access", logins: str = "") -> str:
+        result = self.admin("users", "add", name, "--roles", roles, "--logins", logins,
+                            "--format", "json")
+        assert result.returncode == 0, result.stderr
+        return result.json()["token"]
+
+    def signup(self, token: str, home: Path, password: str = PASSWORD) -> str:
+        secret_file = home / "totp.secret"
+        result = self.cli(
+            "signup", token, "--proxy", self.web_addr, "--insecure", "--password-stdin",
+            "--totp-secret-out", str(secret_file), home=home, input=password + "\n",
+        )
+        assert result.returncode == 0, result.stderr
+        return secret_file.read_text().strip()
+
+    def otp(self, secret: str) -> str:
+        return totp.code_at(secret, self.clock.now())
+
+    def next_otp(self, secret: str) -> str:
+        """A code from a step not used yet: move the clock on one TOTP step first."""
+        self.clock.advance(totp.STEP_SECONDS)
+        return self.otp(secret)
+
+    def create_user(self, name: str, roles: str = "access", logins: str = "") -> LimenUser:
+        home = self.new_home()
+        secret = self.signup(self.add_user(name, roles, logins), home)
+        return LimenUser(name, secret, home)
+
+    def login(self, user: LimenUser, *extra: str, password: str = PASSWORD,
+              otp: str | None = None) -> CLIResult:
+        return self.cli(
+            "login", "--proxy", self.web_addr, "--user", user.name, "--password-stdin",
+            "--otp", otp or self.next_otp(user.secret), "--insecure", *extra,
+            home=user.home, input=password + "\n",
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        assert self.service.auth is not None
+        return self.service.auth.ctx.audit.read_all()
+
+    def events_of(self, event: str, /, **match: Any) -> list[dict[str, Any]]:
+        return [
+            e for e in self.events()
+            if e["event"] == event and all(e.get(k) == v for k, v in match.items())
+        ]
+
+
+def default_config(data_dir: Path, **overrides: Any) -> Config:
+    config = Config.model_validate(
+        {
+            "cluster_name": "test.limen",
+            "data_dir": str(data_dir),
+            "proxy": {
+                "web_listen_addr": "127.0.0.1:0",
+                "ssh_listen_addr": "127.0.0.1:0",
+                # Many tests share one address; the limiter has its own test.
+                "rate_limit": {"average_per_minute": 100000, "burst": 100000},
+            },
+            "ssh": {"enabled": False, "listen_addr": "127.0.0.1:0"},
+        }
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
