@@ -118,6 +118,11 @@ class NodeConfig(_Section):
     name: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     env_allowlist: list[str] = Field(default_factory=list)
+    advertise_addr: str | None = None  # where the proxy dials this node
+    # Joining a cluster that runs elsewhere (limen start --roles node --token ...):
+    proxy_addr: str | None = None
+    join_token: str | None = None
+    ca_pin: str | None = None
 
     _addr = field_validator("listen_addr")(_check_addr)
 
@@ -199,5 +204,10 @@ ssh:
   listen_addr: 0.0.0.0:3022
   # name: web-1
   labels: {}
+  # advertise_addr: 10.0.0.5:3022   # where the proxy dials this node
+  # To join a cluster whose auth and proxy run elsewhere:
+  # proxy_addr: proxy.example.com:3080
+  # join_token: <from limen tokens add --type node>
+  # ca_pin: sha256:<from limen tokens add>
   env_allowlist: []               # environment variables clients may set beyond LANG, LC_*, TERM
 """

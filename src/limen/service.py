@@ -25,7 +25,10 @@ from limen.clock import Clock, RealClock
 from limen.config import Config, split_host_port
 from limen.durations import parse_duration
 from limen.errors import BadParameter, NotFound
+from limen.node.role import JoinOptions, NodeRole
 from limen.proxy.https import HTTPSServer, bind
+from limen.proxy.ssh_jump import JumpHost
+from limen.proxy.ssh_role import start_jump_host
 from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.web import WebState, create_app
 
@@ -61,6 +64,10 @@ class Service:
     backend: Backend | None = None
     auth: AuthServer | None = None
     web_addr: str = ""
+    ssh_addr: str = ""
+    join_options: JoinOptions = field(default_factory=JoinOptions)
+    node: NodeRole | None = None
+    jump: JumpHost | None = None
     _https: HTTPSServer | None = None
 
     @property
@@ -77,6 +84,18 @@ class Service:
                 self.auth = await self._start_auth(self.backend, cluster)
             if self.auth is not None:
                 await self._start_web()
+            if self.auth is not None and "proxy" in self.config.roles():
+                self.jump = await start_jump_host(
+                    self.config.proxy, self.data_dir, self.auth, self.clock
+                )
+                host = split_host_port(self.config.proxy.ssh_listen_addr)[0]
+                self.ssh_addr = local_address(host, self.jump.port)
+            if "node" in self.config.roles():
+                self.node = NodeRole(
+                    self.config.ssh, self.data_dir, self.clock, self.auth, self.join_options
+                )
+                await self.node.start()
+            self._write_run_file()
         except BaseException:
             await self.stop()
             raise
@@ -137,8 +156,13 @@ class Service:
         self._https = HTTPSServer(create_app(state), sock, certfile, keyfile)
         await self._https.start()
         self.web_addr = local_address(host, self._https.port)
-        _private_write(self.data_dir / RUN_FILE, json.dumps({"web_addr": self.web_addr}).encode())
         log.info("HTTPS API listening on %s", self.web_addr)
+
+    def _write_run_file(self) -> None:
+        """Where this process listens, for admin commands on the same host."""
+        if self.web_addr:
+            data = {"web_addr": self.web_addr, "ssh_addr": self.ssh_addr}
+            _private_write(self.data_dir / RUN_FILE, json.dumps(data).encode())
 
     def _write_tls_files(self, listen_host: str) -> tuple[Path, Path]:
         assert self.auth is not None
@@ -173,6 +197,12 @@ class Service:
         return certfile, keyfile
 
     async def stop(self) -> None:
+        if self.node is not None:
+            await self.node.stop()
+            self.node = None
+        if self.jump is not None:
+            await self.jump.stop()
+            self.jump = None
         if self._https is not None:
             await self._https.stop()
             self._https = None
@@ -187,6 +217,7 @@ def next_steps(service: Service) -> str:
     return (
         f"Limen cluster {service.auth.cluster_name if service.auth else '?'} is running.\n"
         f"  HTTPS API: https://{service.web_addr}\n"
+        f"  SSH proxy: {service.ssh_addr or 'off'}\n"
         f"Next, add the first user (in another terminal on this host):\n"
         f"  limen users add alice --roles access,editor --logins alice,root --data-dir {data}\n"
         f"and follow the signup command it prints."

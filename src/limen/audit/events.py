@@ -40,13 +40,39 @@ SCP = EventType("scp", "T3004I")
 SFTP = EventType("sftp", "T3005I")
 CLIENT_DISCONNECT = EventType("client.disconnect", "T3006I")
 AUTH_FAILURE = EventType("auth", "T3007W")
+AUTH_SUCCESS = EventType("auth", "T3007I")
 ROLE_CREATED = EventType("role.created", "T9000I")
 ROLE_DELETED = EventType("role.deleted", "T9001I")
 JOIN_TOKEN_CREATE = EventType("join_token.create", "TJT00I")
+JOIN_TOKEN_DELETE = EventType("join_token.delete", "TJT01I")
 NODE_JOIN = EventType("instance.join", "TJ001I")
 NODE_JOIN_FAILURE = EventType("instance.join", "TJ001E")
 LOCK_CREATED = EventType("lock.created", "TLK00I")
 LOCK_DELETED = EventType("lock.deleted", "TLK01I")
 ACCESS_DENIED = EventType("access.denied", "TA000W")
+PROXY_CONNECT = EventType("proxy.connect", "TP000I")
+PROXY_CONNECT_FAILURE = EventType("proxy.connect", "TP000W")
 
 ALL = [value for value in dict(globals()).values() if isinstance(value, EventType)]
+
+# Events nodes and proxies report by name: (success type, failure type).
+REPORTED: dict[str, tuple[EventType, EventType]] = {
+    "auth": (AUTH_SUCCESS, AUTH_FAILURE),
+    "session.start": (SESSION_START, SESSION_START),
+    "session.end": (SESSION_END, SESSION_END),
+    "session.data": (SESSION_DATA, SESSION_DATA),
+    "session.rejected": (SESSION_REJECTED, SESSION_REJECTED),
+    "resize": (SESSION_RESIZE, SESSION_RESIZE),
+    "exec": (EXEC, EXEC_FAILURE),
+    "port": (PORT_FORWARD, PORT_FORWARD_FAILURE),
+    "sftp": (SFTP, SFTP),
+    "scp": (SCP, SCP),
+    "client.disconnect": (CLIENT_DISCONNECT, CLIENT_DISCONNECT),
+    "proxy.connect": (PROXY_CONNECT, PROXY_CONNECT_FAILURE),
+}
+
+
+def reported(name: str, failed: bool) -> EventType | None:
+    """The event type for a name a node or proxy reports; None for unknown names."""
+    pair = REPORTED.get(name)
+    return None if pair is None else pair[1 if failed else 0]

@@ -9,7 +9,7 @@ from limen.audit.log import AuditLog
 from limen.auth.ca import CAStore
 from limen.backend.base import Backend
 from limen.clock import Clock
-from limen.resources import Role, User, UserToken
+from limen.resources import JoinToken, Node, Role, Session, User, UserToken
 from limen.services.credentials import CredentialStore
 from limen.services.sessions import APISessionStore
 from limen.services.store import ResourceStore
@@ -26,6 +26,12 @@ class AuthSettings:
     max_reset_token_ttl: timedelta = timedelta(hours=24)
     lockout_attempts: int = 5
     lockout_duration: timedelta = timedelta(minutes=30)
+    join_token_ttl: timedelta = timedelta(minutes=30)
+    host_cert_ttl: timedelta = timedelta(days=365)
+    # A node missing heartbeats for this long disappears from listings.
+    node_ttl: timedelta = timedelta(minutes=10)
+    heartbeat_interval: timedelta = timedelta(seconds=60)
+    session_ttl: timedelta = timedelta(minutes=2)
 
 
 class Stores:
@@ -38,6 +44,9 @@ class Stores:
         self.user_tokens = ResourceStore(backend, UserToken, "/user_tokens")
         self.credentials = CredentialStore(backend)
         self.api_sessions = APISessionStore(backend)
+        self.join_tokens = ResourceStore(backend, JoinToken, "/tokens")
+        self.nodes = ResourceStore(backend, Node, "/nodes")
+        self.sessions = ResourceStore(backend, Session, "/sessions")
 
 
 @dataclass

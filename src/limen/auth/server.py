@@ -11,7 +11,9 @@ from limen.audit import events
 from limen.auth import builtin_roles
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
+from limen.auth.join import JoinService
 from limen.auth.login import LoginService
+from limen.auth.tracking import Tracking
 from limen.auth.users import UserManager
 from limen.errors import AccessDenied, AlreadyExists, NotFound
 from limen.rbac import AccessChecker
@@ -28,6 +30,8 @@ class AuthServer:
         self.ctx = ctx
         self.users = UserManager(ctx)
         self.login_service = LoginService(ctx, self.checker_for_user)
+        self.join = JoinService(ctx)
+        self.tracking = Tracking(ctx)
 
     @property
     def cluster_name(self) -> str:
@@ -87,6 +91,8 @@ class AuthServer:
         return AccessChecker(await self._load_roles(user.spec.roles), user.spec.traits)
 
     async def checker_for(self, identity: Identity) -> AccessChecker:
+        if identity.builtin == "node":
+            return AccessChecker([])
         if identity.is_admin:
             return AccessChecker([builtin_roles.admin_role()])
         return AccessChecker(await self._load_roles(identity.roles), identity.traits)

@@ -16,6 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--config", help="YAML config file (see: limen configure)")
     start.add_argument("--data-dir", help="where keys, the database and the audit log live")
     start.add_argument("--roles", help=f"comma-separated roles to run, from: {', '.join(ROLES)}")
+    node = start.add_argument_group("joining a node to a cluster that runs elsewhere")
+    node.add_argument("--token", help="join token from: limen tokens add --type node")
+    node.add_argument("--proxy", help="the proxy's web address, HOST:PORT")
+    node.add_argument("--ca-pin", help="the cluster CA pin that limen tokens add printed")
+    node.add_argument("--insecure", action="store_true", help="join without a CA pin (tests)")
+    node.add_argument("--name", help="the node's name (default: the host name)")
+    node.add_argument("--labels", help="labels, e.g. env=dev,team=web")
+    node.add_argument("--advertise-addr", help="where the proxy dials this node, HOST[:PORT]")
+    node.add_argument("--listen-addr", help="the node's SSH listen address (default 0.0.0.0:3022)")
     start.set_defaults(func=cmd_start)
 
     configure = sub.add_parser("configure", help="print a commented sample config")
@@ -36,15 +45,38 @@ def build_config(args: argparse.Namespace) -> Config:
         config.auth.enabled = "auth" in wanted
         config.proxy.enabled = "proxy" in wanted
         config.ssh.enabled = "node" in wanted
+    node = config.ssh
+    node.join_token = args.token or node.join_token
+    node.proxy_addr = args.proxy or node.proxy_addr
+    node.ca_pin = args.ca_pin or node.ca_pin
+    node.name = args.name or node.name
+    node.advertise_addr = args.advertise_addr or node.advertise_addr
+    node.listen_addr = args.listen_addr or node.listen_addr
+    if args.labels:
+        node.labels = {**node.labels, **parse_labels(args.labels)}
     return config
 
 
+def parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise BadParameter(f"label {part!r} should look like key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
 def cmd_start(args: argparse.Namespace) -> int:
+    from limen.node.role import JoinOptions
     from limen.service import Service, run_until_signalled
 
     config = build_config(args)
     logging.getLogger().setLevel(config.log_level.upper())
-    asyncio.run(run_until_signalled(Service(config)))
+    if config.log_level != "debug":  # asyncssh logs every channel at INFO
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    service = Service(config, join_options=JoinOptions(insecure=args.insecure))
+    asyncio.run(run_until_signalled(service))
     return 0
 
 

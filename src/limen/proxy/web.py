@@ -15,11 +15,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import limen
-from limen.auth.ca import known_hosts_line, spki_pin
+from limen.auth.ca import authorized_keys_line, known_hosts_line, spki_pin
 from limen.auth.identity import Identity
 from limen.auth.server import AuthServer
 from limen.durations import parse_duration
 from limen.errors import AccessDenied, LimenError
+from limen.proxy import web_nodes
 from limen.proxy.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def create_app(state: WebState) -> FastAPI:
             "cluster": state.auth.cluster_name,
             "version": limen.__version__,
             "host_ca": known_hosts_line(cas.host_ca),
+            "user_ca": authorized_keys_line(cas.user_ca),
             "tls_ca": cas.tls_ca_cert.public_bytes(Encoding.PEM).decode(),
             "ca_pin": spki_pin(cas.tls_ca_cert),
         }
@@ -139,6 +141,7 @@ def create_app(state: WebState) -> FastAPI:
         }
 
     _user_routes(app, state, Caller)
+    web_nodes.add_routes(app, state.auth, identity, Limited)
     return app
 
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from limen.durations import parse_duration
 from limen.errors import AccessDenied
+from limen.rbac.labels import selector_matches
 from limen.rbac.templates import expand
 from limen.resources.role import Role, RoleConditions
 
@@ -45,10 +46,26 @@ class AccessChecker:
                         allowed.append(login)
         return allowed
 
+    def can_access_node(self, labels: dict[str, str]) -> bool:
+        """Some role's node_labels match and no role's deny node_labels do."""
+        if any(selector_matches(r.spec.deny.node_labels, labels) for r in self.roles):
+            return False
+        return any(selector_matches(r.spec.allow.node_labels, labels) for r in self.roles)
+
+    def check_node_login(self, node_name: str, labels: dict[str, str], login: str) -> None:
+        """Raise AccessDenied unless this identity may log in as `login` on the node."""
+        if not self.can_access_node(labels):
+            raise AccessDenied(f"your roles do not allow access to node {node_name}")
+        if login not in self.logins():
+            raise AccessDenied(f"your roles do not allow the login {login!r} on node {node_name}")
+
     def max_session_ttl(self) -> timedelta | None:
         """Shortest max_session_ttl across roles (None when there are no roles)."""
         ttls = [parse_duration(r.spec.options.max_session_ttl) for r in self.roles]
         return min(ttls) if ttls else None
+
+    def disconnect_expired_cert(self) -> bool:
+        return any(r.spec.options.disconnect_expired_cert for r in self.roles)
 
     def forward_agent(self) -> bool:
         return any(r.spec.options.forward_agent for r in self.roles)

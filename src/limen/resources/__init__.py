@@ -1,19 +1,25 @@
 """Typed resources: kind, version, metadata, spec; YAML and JSON round trip."""
 
 from limen.resources.base import Metadata, Resource, validate_name
+from limen.resources.node import Node, NodeSpec
 from limen.resources.role import Role, RoleConditions, RoleOptions, RoleSpec, Rule
+from limen.resources.session import Session, SessionSpec
 from limen.resources.token import JoinToken, UserToken
 from limen.resources.user import User, UserSpec, UserStatus
 
 __all__ = [
     "JoinToken",
     "Metadata",
+    "Node",
+    "NodeSpec",
     "Resource",
     "Role",
     "RoleConditions",
     "RoleOptions",
     "RoleSpec",
     "Rule",
+    "Session",
+    "SessionSpec",
     "User",
     "UserSpec",
     "UserStatus",

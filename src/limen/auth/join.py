@@ -1,0 +1,204 @@
+"""Join tokens and node registration: host certificates, node identities, heartbeats."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import asyncssh
+
+from limen import __version__
+from limen.audit import events
+from limen.auth.ca import authorized_keys_line, known_hosts_line, sign_host_cert, spki_pin
+from limen.auth.context import AuthContext
+from limen.auth.identity import Identity
+from limen.errors import AccessDenied, BadParameter, NotFound
+from limen.resources import JoinToken, Node, validate_name
+from limen.resources.token import new_token, token_hash
+
+BAD_JOIN_TOKEN = (
+    "the join token is not valid: it has expired or was never issued; "
+    "create a new one with: limen tokens add --type node"
+)
+
+
+@dataclass(frozen=True)
+class IssuedJoinToken:
+    token: str
+    expires: str
+    labels: dict[str, str]
+    ca_pin: str
+
+
+@dataclass
+class JoinRequest:
+    name: str
+    public_key: str
+    addr: str = ""  # advertised host:port; empty for tunnel-only nodes
+    labels: dict[str, str] = field(default_factory=dict)
+    node_id: str = ""
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    node_id: str
+    host_cert: str
+    host_ca: str  # known_hosts line
+    user_ca: str  # authorized_keys "cert-authority" line
+    cluster: str
+    api_token: str
+    heartbeat_seconds: float
+
+
+class JoinService:
+    def __init__(self, ctx: AuthContext) -> None:
+        self.ctx = ctx
+
+    async def create_token(
+        self, actor: Identity, ttl: timedelta | None, labels: dict[str, str]
+    ) -> IssuedJoinToken:
+        ttl = ttl or self.ctx.settings.join_token_ttl
+        if ttl > timedelta(hours=48):
+            raise BadParameter("a join token may live at most 48h")
+        token = new_token()
+        expires = self.ctx.clock.now() + ttl
+        record = JoinToken.model_validate(
+            {
+                "metadata": {"name": token_hash(token), "expires": expires, "labels": labels},
+                "spec": {"roles": ["node"], "labels": labels, "created_by": actor.user},
+            }
+        )
+        await self.ctx.stores.join_tokens.create(record)
+        await self.ctx.audit.emit(
+            events.JOIN_TOKEN_CREATE, user=actor.user, roles=["node"], labels=labels,
+            ttl=str(ttl), token_id=record.name[:12],
+        )
+        pin = spki_pin(self.ctx.cas.tls_ca_cert)
+        return IssuedJoinToken(token, expires.isoformat(), labels, pin)
+
+    async def list_tokens(self) -> list[JoinToken]:
+        return await self.ctx.stores.join_tokens.list()
+
+    async def delete_token(self, actor: Identity, token_or_id: str) -> str:
+        """Delete by the token itself or by the id prefix `limen tokens ls` shows."""
+        for record in await self.list_tokens():
+            if record.name == token_hash(token_or_id) or (
+                len(token_or_id) >= 8 and record.name.startswith(token_or_id)
+            ):
+                await self.ctx.stores.join_tokens.delete(record.name)
+                await self.ctx.audit.emit(events.JOIN_TOKEN_DELETE, user=actor.user,
+                                          token_id=record.name[:12])
+                return record.name[:12]
+        raise NotFound(f"no join token matches {token_or_id!r}")
+
+    async def join(self, token: str, request: JoinRequest, remote_addr: str = "") -> JoinResult:
+        try:
+            record = await self.ctx.stores.join_tokens.get(token_hash(token))
+        except NotFound:
+            await self.ctx.audit.emit(
+                events.NODE_JOIN_FAILURE, success=False, error="invalid or expired token",
+                node_name=request.name, addr_remote=remote_addr,
+            )
+            raise AccessDenied(BAD_JOIN_TOKEN) from None
+        labels = {**request.labels, **record.spec.labels}
+        return await self.register(request, labels, remote_addr)
+
+    async def register(
+        self, request: JoinRequest, labels: dict[str, str], remote_addr: str = ""
+    ) -> JoinResult:
+        """Issue a host certificate and a node identity (also used for the local node)."""
+        validate_name(request.name, "node name")
+        node_id = request.node_id or str(uuid.uuid4())
+        cert = self.sign_host(node_id, request.name, request.addr, request.public_key)
+        node = Node.model_validate(
+            {
+                "metadata": {"name": node_id, "labels": labels},
+                "spec": {
+                    "hostname": request.name,
+                    "addr": request.addr,
+                    "connection": "direct" if request.addr else "tunnel",
+                    "version": __version__,
+                    "joined": self.ctx.clock.now(),
+                },
+            }
+        )
+        await self._save_node(node)
+        token = await self.ctx.stores.api_sessions.issue(node_id, None, builtin="node")
+        await self.ctx.audit.emit(
+            events.NODE_JOIN, server_id=node_id, server_hostname=request.name,
+            server_addr=request.addr, labels=labels, addr_remote=remote_addr,
+        )
+        return JoinResult(
+            node_id=node_id,
+            host_cert=cert.export_certificate("openssh").decode().strip(),
+            host_ca=known_hosts_line(self.ctx.cas.host_ca),
+            user_ca=authorized_keys_line(self.ctx.cas.user_ca),
+            cluster=self.ctx.settings.cluster_name,
+            api_token=token,
+            heartbeat_seconds=self.ctx.settings.heartbeat_interval.total_seconds(),
+        )
+
+    def sign_host(
+        self, host_id: str, name: str, addr: str, public_key: str, extra: list[str] | None = None,
+        role: str = "node",
+    ) -> asyncssh.SSHCertificate:
+        cluster = self.ctx.settings.cluster_name
+        principals = [host_id, name, f"{name}.{cluster}"]
+        if addr:
+            principals.append(addr.rsplit(":", 1)[0].strip("[]"))
+        principals += extra or []
+        now = self.ctx.clock.now()
+        try:
+            key = asyncssh.import_public_key(public_key)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise BadParameter("the host public key is not a valid OpenSSH public key") from exc
+        return sign_host_cert(
+            self.ctx.cas.host_ca,
+            key,
+            key_id=host_id,
+            principals=list(dict.fromkeys(principals)),
+            valid_after=now - timedelta(minutes=1),
+            valid_before=now + self.ctx.settings.host_cert_ttl,
+            extensions={"role@limen": role, "cluster@limen": cluster},
+        )
+
+    async def _save_node(self, node: Node) -> None:
+        now = self.ctx.clock.now()
+        node.spec.last_heartbeat = now
+        node.metadata.expires = now + self.ctx.settings.node_ttl
+        await self.ctx.stores.nodes.upsert(node)
+
+    async def heartbeat(self, identity: Identity, addr: str | None, connection: str) -> Node:
+        """A node says it is alive; its entry expires if it stops saying so."""
+        if identity.builtin != "node":
+            raise AccessDenied("only a node's own identity may send its heartbeat")
+        try:
+            node = await self.ctx.stores.nodes.get(identity.user)
+        except NotFound:
+            raise NotFound(
+                "this node's registration expired; it re-registers with its identity"
+            ) from None
+        if addr is not None:
+            node.spec.addr = addr
+        node.spec.connection = "direct" if connection == "direct" else "tunnel"
+        await self._save_node(node)
+        return node
+
+    async def reregister(self, identity: Identity, request: JoinRequest) -> Node:
+        """A node whose entry expired (long outage) comes back under its own id."""
+        if identity.builtin != "node":
+            raise AccessDenied("only a node's own identity may re-register it")
+        with contextlib.suppress(NotFound):
+            return await self.heartbeat(identity, request.addr, "direct" if request.addr else "tunnel")
+        node = Node.model_validate(
+            {
+                "metadata": {"name": identity.user, "labels": request.labels},
+                "spec": {"hostname": request.name, "addr": request.addr,
+                         "connection": "direct" if request.addr else "tunnel",
+                         "version": __version__, "joined": self.ctx.clock.now()},
+            }
+        )
+        await self._save_node(node)
+        return node

@@ -1,0 +1,50 @@
+"""What nodes report: audit events and live session trackers."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from limen.audit import events
+from limen.auth.context import AuthContext
+from limen.auth.identity import Identity
+from limen.errors import AccessDenied, BadParameter, NotFound
+from limen.resources import Session
+
+# Fields a node may not set itself: they come from the server and the node's identity.
+_RESERVED = {"event", "code", "uid", "time", "cluster_name"}
+
+
+class Tracking:
+    def __init__(self, ctx: AuthContext) -> None:
+        self.ctx = ctx
+
+    async def report_event(self, identity: Identity, name: str, fields: dict[str, Any]) -> None:
+        _require_host(identity)
+        failed = fields.get("success") is False or fields.get("allowed") is False
+        event = events.reported(name, failed)
+        if event is None:
+            raise BadParameter(f"unknown event {name!r}")
+        clean = {k: v for k, v in fields.items() if k not in _RESERVED}
+        clean.setdefault("server_id", identity.user)
+        await self.ctx.audit.emit(event, **clean)
+
+    async def upsert_session(self, identity: Identity, session: Session) -> Session:
+        _require_host(identity)
+        if session.spec.node_id != identity.user and identity.builtin == "node":
+            raise AccessDenied("a node may only report its own sessions")
+        session.metadata.expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
+        return await self.ctx.stores.sessions.upsert(session)
+
+    async def end_session(self, identity: Identity, session_id: str) -> None:
+        _require_host(identity)
+        with contextlib.suppress(NotFound):
+            await self.ctx.stores.sessions.delete(session_id)
+
+    async def list_sessions(self) -> list[Session]:
+        return await self.ctx.stores.sessions.list()
+
+
+def _require_host(identity: Identity) -> None:
+    if identity.builtin not in ("node", "proxy", "admin"):
+        raise AccessDenied("only nodes and proxies report events and sessions")

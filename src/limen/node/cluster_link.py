@@ -1,0 +1,110 @@
+"""How a node talks to the auth service: in-process, or over the proxy's HTTPS API.
+
+Both links speak with the node's own identity (builtin "node"), so the auth service
+applies the same checks whichever way the node runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import httpx
+
+from limen.auth.identity import Identity
+from limen.auth.server import AuthServer
+from limen.client import trust
+from limen.errors import ConnectionProblem, from_json
+from limen.rbac import AccessChecker
+from limen.resources import Role, Session
+
+
+class ClusterLink(Protocol):
+    async def heartbeat(self, addr: str | None, connection: str) -> None: ...
+    async def reregister(self, name: str, addr: str, labels: dict[str, str]) -> None: ...
+    async def report_event(self, name: str, fields: dict[str, Any]) -> None: ...
+    async def upsert_session(self, session: Session) -> None: ...
+    async def end_session(self, session_id: str) -> None: ...
+    async def checker_for(self, user: str) -> AccessChecker: ...
+    async def close(self) -> None: ...
+
+
+class LocalLink:
+    """The node runs in the auth service's own process."""
+
+    def __init__(self, auth: AuthServer, node_id: str) -> None:
+        self.auth = auth
+        self.identity = Identity(user=node_id, builtin="node")
+
+    async def heartbeat(self, addr: str | None, connection: str) -> None:
+        await self.auth.join.heartbeat(self.identity, addr, connection)
+
+    async def reregister(self, name: str, addr: str, labels: dict[str, str]) -> None:
+        from limen.auth.join import JoinRequest
+
+        req = JoinRequest(name=name, public_key="", addr=addr, labels=labels)
+        await self.auth.join.reregister(self.identity, req)
+
+    async def report_event(self, name: str, fields: dict[str, Any]) -> None:
+        await self.auth.tracking.report_event(self.identity, name, fields)
+
+    async def upsert_session(self, session: Session) -> None:
+        await self.auth.tracking.upsert_session(self.identity, session)
+
+    async def end_session(self, session_id: str) -> None:
+        await self.auth.tracking.end_session(self.identity, session_id)
+
+    async def checker_for(self, user: str) -> AccessChecker:
+        return await self.auth.checker_for_user(await self.auth.ctx.stores.users.get(user))
+
+    async def close(self) -> None:
+        return None
+
+
+class RemoteLink:
+    """The node runs elsewhere and reaches the auth service through the proxy."""
+
+    def __init__(self, proxy: str, ca_pem: str, token: str) -> None:
+        self.proxy = proxy
+        self._http = httpx.AsyncClient(
+            base_url=f"https://{proxy}",
+            verify=trust.verifying_context(ca_pem),
+            headers={"authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(15.0, connect=5.0),
+        )
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = await self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise ConnectionProblem(f"cannot reach the proxy at {self.proxy}: {exc}") from None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if not response.is_success:
+            raise from_json(payload, f"the proxy answered HTTP {response.status_code}")
+        return payload
+
+    async def heartbeat(self, addr: str | None, connection: str) -> None:
+        await self._call("POST", "/v1/nodes/heartbeat", {"addr": addr, "connection": connection})
+
+    async def reregister(self, name: str, addr: str, labels: dict[str, str]) -> None:
+        await self._call("POST", "/v1/nodes/heartbeat", {"addr": addr, "name": name,
+                                                         "labels": labels})
+
+    async def report_event(self, name: str, fields: dict[str, Any]) -> None:
+        await self._call("POST", "/v1/events", {"event": name, "fields": fields})
+
+    async def upsert_session(self, session: Session) -> None:
+        await self._call("PUT", f"/v1/sessions/{session.name}", session.to_public())
+
+    async def end_session(self, session_id: str) -> None:
+        await self._call("DELETE", f"/v1/sessions/{session_id}")
+
+    async def checker_for(self, user: str) -> AccessChecker:
+        data = await self._call("GET", f"/v1/access/{user}")
+        roles = [Role.model_validate(r) for r in data["roles"]]
+        return AccessChecker(roles, data["traits"])
+
+    async def close(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,98 @@
+"""The node's policy and observer when it belongs to a cluster.
+
+At every new session and channel the node asks the auth service for the user's current
+roles, so a role change applies to the next session without a new login. The
+certificate still bounds what is possible: roles can narrow it, never widen it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from limen.clock import Clock
+from limen.errors import AccessDenied, ConnectionProblem, NotFound
+from limen.node.cluster_link import ClusterLink
+from limen.node.identity import UserIdentity
+from limen.node.policy import ACTIONS, CertPolicy, SessionPermit, destination_allowed
+from limen.resources import Session
+
+log = logging.getLogger(__name__)
+
+
+class ClusterPolicy:
+    def __init__(self, link: ClusterLink, node_name: str, labels: dict[str, str],
+                 clock: Clock) -> None:
+        self.link = link
+        self.node_name = node_name
+        self.labels = labels
+        self._cert_policy = CertPolicy(clock=clock, disconnect_expired_cert=False)
+
+    async def authorize(
+        self, identity: UserIdentity, login: str, action: str, detail: dict[str, Any]
+    ) -> SessionPermit:
+        if action not in ACTIONS:
+            raise AccessDenied(f"unknown action {action!r}")
+        base = await self._cert_policy.authorize(identity, login, "session", {})
+        try:
+            checker = await self.link.checker_for(identity.user)
+        except NotFound:
+            raise AccessDenied(f"user {identity.user} no longer exists") from None
+        except ConnectionProblem as exc:
+            raise AccessDenied(f"cannot check your access right now: {exc.message}") from None
+        checker.check_node_login(self.node_name, self.labels, login)
+        permit = SessionPermit(
+            port_forwarding=base.port_forwarding and checker.port_forwarding(),
+            forward_agent=base.forward_agent and checker.forward_agent(),
+            disconnect_at=identity.valid_before if checker.disconnect_expired_cert() else None,
+        )
+        if action == "port_forward" and not destination_allowed(
+            permit, str(detail.get("host", "")), int(detail.get("port", 0))
+        ):
+            raise AccessDenied("your roles or certificate do not allow this port forward")
+        if action == "agent_forward" and not permit.forward_agent:
+            raise AccessDenied("your roles or certificate do not allow agent forwarding")
+        return permit
+
+
+class ClusterObserver:
+    """Sends audit events to the auth service and keeps session trackers current."""
+
+    def __init__(self, link: ClusterLink, node_id: str, node_name: str) -> None:
+        self.link = link
+        self.node_id = node_id
+        self.node_name = node_name
+
+    async def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        fields = {**fields, "server_id": self.node_id, "server_hostname": self.node_name}
+        try:
+            await self.link.report_event(name, fields)
+            if name == "session.start":
+                await self.link.upsert_session(self._tracker(fields))
+            elif name == "session.end" and fields.get("sid"):
+                await self.link.end_session(str(fields["sid"]))
+        except Exception as exc:  # noqa: BLE001 - the session must not die with the reporter
+            log.warning("could not report %s to the auth service: %s", name, exc)
+
+    async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
+        return None
+
+    def _tracker(self, fields: dict[str, Any]) -> Session:
+        started = fields.get("session_start")
+        return Session.model_validate(
+            {
+                "metadata": {"name": str(fields["sid"])},
+                "spec": {
+                    "user": str(fields.get("user", "")),
+                    "login": str(fields.get("login", "")),
+                    "node_id": self.node_id,
+                    "node_name": self.node_name,
+                    "interactive": bool(fields.get("interactive")),
+                    "command": str(fields.get("command") or fields.get("subsystem") or ""),
+                    "started": started or datetime.now().astimezone().isoformat(),
+                    "remote_addr": str(fields.get("addr.remote", "")),
+                    "parties": [str(fields.get("user", ""))],
+                },
+            }
+        )

@@ -1,0 +1,191 @@
+"""A node's membership in a cluster: its identity on disk, joining, and heartbeats.
+
+DATA_DIR/node/ holds the host key (0600), the host certificate, the cluster's CAs and
+the node's API token (0600). A restarted node reuses them and needs no token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import asyncssh
+import httpx
+
+from limen.client import trust
+from limen.client.api import fetch_ca
+from limen.client.profile import write_private
+from limen.config import split_host_port
+from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound, from_json
+from limen.node.cluster_link import ClusterLink
+from limen.resources import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeIdentity:
+    node_id: str
+    name: str
+    cluster: str
+    host_cert: str
+    host_ca: str
+    user_ca: str
+    api_token: str = ""
+    proxy: str = ""
+    tls_ca: str = ""
+    heartbeat_seconds: float = 60.0
+
+    def host_key(self, directory: Path) -> asyncssh.SSHKey:
+        return asyncssh.read_private_key(str(directory / "host_key"))
+
+    def certificate(self) -> asyncssh.SSHCertificate:
+        return asyncssh.import_certificate(self.host_cert)
+
+    def user_ca_key(self) -> asyncssh.SSHKey:
+        return asyncssh.import_public_key(self.user_ca.split(None, 1)[1])
+
+
+def identity_dir(data_dir: Path) -> Path:
+    return data_dir / "node"
+
+
+def load_identity(data_dir: Path) -> NodeIdentity | None:
+    path = identity_dir(data_dir) / "identity.json"
+    if not path.exists():
+        return None
+    return NodeIdentity(**json.loads(path.read_text()))
+
+
+def save_identity(data_dir: Path, identity: NodeIdentity) -> None:
+    write_private(identity_dir(data_dir) / "identity.json", json.dumps(asdict(identity), indent=2))
+
+
+def host_key_for(data_dir: Path) -> asyncssh.SSHKey:
+    """The node's host key, made on first use and kept 0600."""
+    path = identity_dir(data_dir) / "host_key"
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="limen node host key")
+    write_private(path, key.export_private_key("openssh"))
+    return key
+
+
+def advertise_address(listen_host: str, port: int, explicit: str | None = None) -> str:
+    """Where others dial this node: --advertise-addr, the listen host, or a real address."""
+    if explicit:
+        try:
+            split_host_port(explicit)
+            return explicit
+        except BadParameter:
+            host, port = split_host_port(explicit, port)
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    host = listen_host
+    if host in ("", "0.0.0.0", "::"):
+        host = first_address()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def first_address() -> str:
+    """The first non-loopback address of this host (127.0.0.1 when it has none)."""
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addr = str(info[4][0])
+            if not addr.startswith("127."):
+                return addr
+    return "127.0.0.1"
+
+
+async def join_remote(
+    data_dir: Path,
+    proxy: str,
+    token: str,
+    name: str,
+    labels: dict[str, str],
+    addr: str,
+    ca_pin: str | None,
+    insecure: bool,
+) -> NodeIdentity:
+    """First start of a remote node: verify the cluster, present the token, keep the result."""
+    ca_pem = (await asyncio.to_thread(fetch_ca, proxy))["tls_ca"]
+    if ca_pin:
+        trust.check_pin(ca_pem, ca_pin)
+    elif not insecure:
+        raise AccessDenied(
+            f"joining needs the cluster's CA pin: pass --ca-pin {trust.pin_of(ca_pem)} only if "
+            "limen tokens add printed that same pin (or --insecure for a test cluster)"
+        )
+    key = host_key_for(data_dir)
+    body = {"token": token, "name": name, "labels": labels, "addr": addr,
+            "public_key": key.export_public_key("openssh").decode()}
+    async with httpx.AsyncClient(base_url=f"https://{proxy}",
+                                 verify=trust.verifying_context(ca_pem), timeout=15) as http:
+        try:
+            response = await http.post("/v1/join", json=body)
+        except httpx.HTTPError as exc:
+            raise ConnectionProblem(f"cannot reach the proxy at {proxy}: {exc}") from None
+    if not response.is_success:
+        raise from_json(response.json() if response.content else None, "joining failed")
+    result = response.json()
+    identity = NodeIdentity(
+        node_id=result["node_id"], name=name, cluster=result["cluster"],
+        host_cert=result["host_cert"], host_ca=result["host_ca"], user_ca=result["user_ca"],
+        api_token=result["api_token"], proxy=proxy, tls_ca=ca_pem,
+        heartbeat_seconds=result["heartbeat_seconds"],
+    )
+    save_identity(data_dir, identity)
+    return identity
+
+
+class Heartbeat:
+    """Tell the cluster the node is alive, and refresh its live sessions' trackers."""
+
+    def __init__(self, link: ClusterLink, identity: NodeIdentity, addr: str,
+                 labels: dict[str, str], sessions: dict) -> None:
+        self.link = link
+        self.identity = identity
+        self.addr = addr
+        self.labels = labels
+        self.sessions = sessions
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def beat(self) -> None:
+        try:
+            await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
+        except NotFound:
+            await self.link.reregister(self.identity.name, self.addr, self.labels)
+        for ctx in list(self.sessions.values()):
+            if ctx.started_at is not None and not ctx.ended:
+                await self.link.upsert_session(self._tracker(ctx))
+
+    def _tracker(self, ctx) -> Session:
+        return Session.model_validate({
+            "metadata": {"name": ctx.id},
+            "spec": {"user": ctx.identity.user, "login": ctx.login,
+                     "node_id": self.identity.node_id, "node_name": self.identity.name,
+                     "interactive": ctx.interactive, "command": ctx.command or "",
+                     "started": ctx.started_at, "remote_addr": ctx.identity.remote_host,
+                     "parties": [ctx.identity.user]},
+        })
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.identity.heartbeat_seconds)
+            try:
+                await self.beat()
+            except Exception as exc:  # noqa: BLE001 - keep beating through outages
+                log.warning("heartbeat failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,116 @@
+"""The node role inside `limen start`: identity, SSH service, heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from limen.auth.join import JoinRequest
+from limen.auth.server import AuthServer
+from limen.clock import Clock
+from limen.config import NodeConfig, split_host_port
+from limen.errors import BadParameter
+from limen.node.cluster_link import ClusterLink, LocalLink, RemoteLink
+from limen.node.cluster_policy import ClusterObserver, ClusterPolicy
+from limen.node.membership import (
+    Heartbeat,
+    NodeIdentity,
+    advertise_address,
+    host_key_for,
+    join_remote,
+    load_identity,
+    save_identity,
+)
+from limen.node.server import NodeServer
+from limen.node.settings import NodeSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JoinOptions:
+    insecure: bool = False
+
+
+class NodeRole:
+    def __init__(self, config: NodeConfig, data_dir: Path, clock: Clock,
+                 auth: AuthServer | None, join: JoinOptions) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.clock = clock
+        self.auth = auth
+        self.join = join
+        self.server: NodeServer | None = None
+        self.link: ClusterLink | None = None
+        self.identity: NodeIdentity | None = None
+        self._heartbeat: Heartbeat | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name or socket.gethostname().split(".")[0]
+
+    async def start(self) -> None:
+        host, port = split_host_port(self.config.listen_addr)
+        planned = advertise_address(host, port, self.config.advertise_addr)
+        self.identity = await self._identity(planned)
+        self.link = self._link(self.identity)
+        settings = NodeSettings(
+            host_key=host_key_for(self.data_dir),
+            host_certs=[self.identity.certificate()],
+            user_ca_keys=[self.identity.user_ca_key()],
+            host=host,
+            port=port,
+            server_id=self.identity.node_id,
+            server_name=self.identity.name,
+            env_allowlist=self.config.env_allowlist,
+        )
+        labels = self.config.labels
+        policy = ClusterPolicy(self.link, self.identity.name, labels, self.clock)
+        observer = ClusterObserver(self.link, self.identity.node_id, self.identity.name)
+        self.server = NodeServer(settings, policy, observer)
+        await self.server.start()
+        addr = advertise_address(host, self.server.port, self.config.advertise_addr)
+        self._heartbeat = Heartbeat(self.link, self.identity, addr, labels, self.server.sessions)
+        await self._heartbeat.beat()  # registered with the real port before anyone dials
+        self._heartbeat.start()
+        log.info("node %s (%s) serving SSH on %s", self.identity.name, self.identity.node_id, addr)
+
+    async def _identity(self, addr: str) -> NodeIdentity:
+        existing = load_identity(self.data_dir)
+        if existing is not None and existing.name == self.name:
+            return existing
+        key = host_key_for(self.data_dir)
+        if self.auth is not None:  # same process as the auth service: no token needed
+            request = JoinRequest(name=self.name, addr=addr, labels=self.config.labels,
+                                  public_key=key.export_public_key("openssh").decode())
+            result = await self.auth.join.register(request, self.config.labels)
+            identity = NodeIdentity(
+                node_id=result.node_id, name=self.name, cluster=result.cluster,
+                host_cert=result.host_cert, host_ca=result.host_ca, user_ca=result.user_ca,
+                heartbeat_seconds=result.heartbeat_seconds,
+            )
+            save_identity(self.data_dir, identity)
+            return identity
+        if not (self.config.proxy_addr and self.config.join_token):
+            raise BadParameter(
+                "a node without a local auth service joins with --token TOKEN --proxy HOST:PORT"
+            )
+        return await join_remote(
+            self.data_dir, self.config.proxy_addr, self.config.join_token, self.name,
+            self.config.labels, addr, self.config.ca_pin, self.join.insecure,
+        )
+
+    def _link(self, identity: NodeIdentity) -> ClusterLink:
+        if self.auth is not None:
+            return LocalLink(self.auth, identity.node_id)
+        return RemoteLink(identity.proxy, identity.tls_ca, identity.api_token)
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
+        if self.server is not None:
+            await self.server.stop()
+        if self.link is not None:
+            await self.link.close()

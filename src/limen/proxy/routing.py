@@ -1,0 +1,66 @@
+"""The jump host's view of the cluster: find nodes, decide access, write audit events."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from limen.audit import events
+from limen.auth.server import AuthServer
+from limen.config import split_host_port
+from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound
+from limen.proxy.ssh_jump import JumpIdentity, NodeRoute, open_tcp_stream
+
+
+class BackendRouter:
+    """Nodes as registered in the backend (they expire when heartbeats stop)."""
+
+    def __init__(self, auth: AuthServer) -> None:
+        self.auth = auth
+
+    async def resolve(self, target: str) -> NodeRoute:
+        nodes = await self.auth.ctx.stores.nodes.list()
+        matches = [n for n in nodes if target in (n.name, n.spec.hostname)]
+        if not matches:
+            raise NotFound(f"node '{target}' is not known (limen ls lists the nodes you can reach)")
+        if len(matches) > 1:
+            ids = ", ".join(n.name for n in matches)
+            raise BadParameter(f"{len(matches)} nodes are named '{target}'; use an id: {ids}")
+        node = matches[0]
+        if not node.spec.addr:
+            raise ConnectionProblem(f"node '{target}' is offline: it has no reachable address")
+        host, port = split_host_port(node.spec.addr)
+        return NodeRoute(node_id=node.name, name=node.spec.hostname, host=host, port=port)
+
+    async def open_stream(
+        self, route: NodeRoute
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await open_tcp_stream(route)
+
+
+class RolePolicy:
+    """Before dialing: the user exists and a current role reaches the node's labels."""
+
+    def __init__(self, auth: AuthServer) -> None:
+        self.auth = auth
+
+    async def check_node_access(self, identity: JumpIdentity, route: NodeRoute) -> None:
+        try:
+            user = await self.auth.ctx.stores.users.get(identity.user)
+        except NotFound:
+            raise AccessDenied(f"user {identity.user} no longer exists") from None
+        node = await self.auth.ctx.stores.nodes.get(route.node_id)
+        checker = await self.auth.checker_for_user(user)
+        if not checker.can_access_node(node.metadata.labels):
+            raise AccessDenied(f"your roles do not allow access to node {route.name}")
+
+
+class AuditObserver:
+    def __init__(self, auth: AuthServer) -> None:
+        self.auth = auth
+
+    async def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        failed = fields.get("success") is False or fields.get("allowed") is False
+        event = events.reported(name, failed)
+        if event is not None:
+            await self.auth.ctx.audit.emit(event, **fields)

@@ -1,0 +1,48 @@
+"""The proxy's SSH jump host inside `limen start`, with a host certificate from the cluster."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from limen.auth.server import AuthServer
+from limen.clock import Clock
+from limen.config import ProxyConfig, split_host_port
+from limen.node.membership import first_address
+from limen.proxy.routing import AuditObserver, BackendRouter, RolePolicy
+from limen.proxy.ssh_jump import JumpHost, JumpSettings
+
+
+def _host_key(directory: Path):
+    import asyncssh
+
+    from limen.client.profile import write_private
+
+    path = directory / "host_key"
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="limen proxy host key")
+    write_private(path, key.export_private_key("openssh"))
+    return key
+
+
+async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
+                          clock: Clock) -> JumpHost:
+    host, port = split_host_port(config.ssh_listen_addr)
+    key = _host_key(data_dir / "proxy")
+    names = ["127.0.0.1", "localhost", "::1", socket.gethostname(), first_address()]
+    if host not in ("0.0.0.0", "::", ""):
+        names.append(host)
+    if config.public_addr:
+        names.append(split_host_port(config.public_addr, 0)[0])
+    public = key.export_public_key("openssh").decode()
+    cert = auth.join.sign_host("proxy", "proxy", "", public, extra=names, role="proxy")
+    settings = JumpSettings(
+        host=host, port=port, host_key=key, host_certs=[cert],
+        user_ca_keys=[auth.ctx.cas.user_ca.convert_to_public()],
+        cluster_name=auth.cluster_name,
+    )
+    jump = JumpHost(settings, BackendRouter(auth), RolePolicy(auth), AuditObserver(auth),
+                    clock=clock)
+    await jump.start()
+    return jump

@@ -1,0 +1,157 @@
+"""HTTPS API routes for join tokens, node registration, heartbeats, events and sessions."""
+
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from pydantic import BaseModel, Field
+
+from limen.auth.identity import Identity
+from limen.auth.join import JoinRequest
+from limen.auth.server import AuthServer
+from limen.durations import parse_duration
+from limen.errors import AccessDenied, BadParameter
+from limen.resources import Node, Session
+
+
+class TokenCreate(BaseModel):
+    type: str = "node"
+    ttl: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class JoinBody(BaseModel):
+    token: str = Field(max_length=256)
+    name: str = Field(max_length=253)
+    public_key: str = Field(max_length=16384)
+    addr: str = Field(default="", max_length=300)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Heartbeat(BaseModel):
+    addr: str | None = Field(default=None, max_length=300)
+    connection: str = "direct"
+    name: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ReportedEvent(BaseModel):
+    event: str = Field(max_length=64)
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+def node_json(node: Node) -> dict[str, Any]:
+    return {
+        "name": node.spec.hostname,
+        "id": node.name,
+        "addr": node.spec.addr,
+        "labels": node.metadata.labels,
+        "connection": node.spec.connection,
+        "last_heartbeat": node.spec.last_heartbeat.isoformat() if node.spec.last_heartbeat else "",
+        "version": node.spec.version,
+    }
+
+
+def session_json(session: Session) -> dict[str, Any]:
+    spec = session.spec
+    return {
+        "id": session.name,
+        "user": spec.user,
+        "login": spec.login,
+        "node": spec.node_name,
+        "node_id": spec.node_id,
+        "interactive": spec.interactive,
+        "command": spec.command,
+        "started": spec.started.isoformat(),
+        "remote_addr": spec.remote_addr,
+        "parties": spec.parties,
+        "state": spec.state,
+    }
+
+
+def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any) -> None:
+    Caller = Annotated[Identity, Depends(caller_dep)]
+
+    @app.post("/v1/tokens")
+    async def create_token(body: TokenCreate, caller: Caller) -> dict[str, Any]:
+        await auth.authorize(caller, "token", "create")
+        if body.type != "node":
+            raise BadParameter("only --type node tokens exist so far")
+        ttl = parse_duration(body.ttl) if body.ttl else None
+        issued = await auth.join.create_token(caller, ttl, body.labels)
+        return {"token": issued.token, "expires": issued.expires, "labels": issued.labels,
+                "ca_pin": issued.ca_pin, "type": "node"}
+
+    @app.get("/v1/tokens")
+    async def list_tokens(caller: Caller) -> list[dict[str, Any]]:
+        await auth.authorize(caller, "token", "list")
+        return [
+            {"id": t.name[:12], "type": "node", "labels": t.spec.labels,
+             "expires": t.metadata.expires.isoformat() if t.metadata.expires else "",
+             "created_by": t.spec.created_by}
+            for t in await auth.join.list_tokens()
+        ]
+
+    @app.delete("/v1/tokens/{token}")
+    async def delete_token(token: str, caller: Caller) -> dict[str, Any]:
+        await auth.authorize(caller, "token", "delete")
+        return {"deleted": await auth.join.delete_token(caller, token)}
+
+    @app.post("/v1/join", dependencies=[limited])
+    async def join(body: JoinBody, request: Request) -> dict[str, Any]:
+        remote = request.client.host if request.client else ""
+        req = JoinRequest(name=body.name, public_key=body.public_key, addr=body.addr,
+                          labels=body.labels)
+        result = await auth.join.join(body.token, req, remote)
+        return result.__dict__
+
+    @app.post("/v1/nodes/heartbeat")
+    async def heartbeat(body: Heartbeat, caller: Caller) -> dict[str, Any]:
+        if body.name:
+            req = JoinRequest(name=body.name, public_key="", addr=body.addr or "",
+                              labels=body.labels)
+            node = await auth.join.reregister(caller, req)
+        else:
+            node = await auth.join.heartbeat(caller, body.addr, body.connection)
+        return node_json(node)
+
+    @app.get("/v1/nodes")
+    async def list_nodes(caller: Caller) -> list[dict[str, Any]]:
+        checker = await auth.checker_for(caller)
+        nodes = await auth.ctx.stores.nodes.list()
+        if not caller.is_admin:
+            nodes = [n for n in nodes if checker.can_access_node(n.metadata.labels)]
+        return [node_json(n) for n in sorted(nodes, key=lambda n: n.spec.hostname)]
+
+    @app.post("/v1/events")
+    async def report_event(body: ReportedEvent, caller: Caller) -> dict[str, Any]:
+        await auth.tracking.report_event(caller, body.event, body.fields)
+        return {"ok": True}
+
+    @app.put("/v1/sessions/{session_id}")
+    async def upsert_session(session_id: str, body: Session, caller: Caller) -> dict[str, Any]:
+        body.metadata.name = session_id
+        return session_json(await auth.tracking.upsert_session(caller, body))
+
+    @app.delete("/v1/sessions/{session_id}")
+    async def end_session(session_id: str, caller: Caller) -> dict[str, Any]:
+        await auth.tracking.end_session(caller, session_id)
+        return {"ended": session_id}
+
+    @app.get("/v1/access/{user}")
+    async def access_for(user: str, caller: Caller) -> dict[str, Any]:
+        """A user's current roles and traits, for nodes and proxies deciding access."""
+        if caller.builtin not in ("node", "proxy", "admin"):
+            raise AccessDenied("only nodes and proxies read other users' access")
+        record = await auth.ctx.stores.users.get(user)
+        checker = await auth.checker_for_user(record)
+        return {"roles": [r.to_public() for r in checker.roles], "traits": record.spec.traits}
+
+    @app.get("/v1/sessions")
+    async def list_sessions(caller: Caller) -> list[dict[str, Any]]:
+        """Everyone sees their own live sessions; the session list rule shows all."""
+        sessions = await auth.tracking.list_sessions()
+        try:
+            (await auth.checker_for(caller)).check_rule("session", "list")
+        except AccessDenied:
+            sessions = [s for s in sessions if s.spec.user == caller.user]
+        return [session_json(s) for s in sessions]
