@@ -85,6 +85,11 @@ class ClusterHarness:
     def web_addr(self) -> str:
         return self.service.web_addr
 
+    @property
+    def ssh_addr(self) -> str:
+        """The proxy's SSH jump host, host:port."""
+        return self.service.ssh_addr
+
     # -- the CLI -----------------------------------------------------------------
     def new_home(self) -> Path:
         self._homes += 1
@@ -175,7 +180,7 @@ def default_config(data_dir: Path, **overrides: Any) -> Config:
                 # Many tests share one address; the limiter has its own test.
                 "rate_limit": {"average_per_minute": 100000, "burst": 100000},
             },
-            "ssh": {"enabled": False, "listen_addr": "127.0.0.1:0"},
+            "ssh": {"listen_addr": "127.0.0.1:0", "name": "node1", "labels": {"env": "dev"}},
         }
     )
     for key, value in overrides.items():
