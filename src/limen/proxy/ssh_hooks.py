@@ -1,0 +1,174 @@
+"""Per-connection hooks of the jump host: who authenticated, and where they may go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from limen.errors import AccessDenied, LimenError
+from limen.proxy.ssh_conn import JumpConnection
+from limen.proxy.ssh_pipe import NodePipe
+from limen.proxy.ssh_routes import JumpIdentity
+
+if TYPE_CHECKING:
+    from limen.proxy.ssh_jump import JumpHost
+
+log = logging.getLogger(__name__)
+
+PROXY_SESSION_MESSAGE = "this is the Limen proxy; use it as a jump host (ssh -J)"
+
+
+class JumpServer(asyncssh.SSHServer):
+    """Per-connection hooks: who is this, and where may they go."""
+
+    def __init__(self, host: JumpHost) -> None:
+        self._host = host
+        self._conn: JumpConnection | None = None
+        self._identity: JumpIdentity | None = None
+        self._pipes: set[NodePipe] = set()
+        self._lost = False
+        self._closed = asyncio.Event()
+
+    # lifecycle
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        assert isinstance(conn, JumpConnection)
+        self._conn = conn
+        self._host.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._host.connections.discard(self)
+        for pipe in list(self._pipes):
+            pipe.abort()
+        if self._identity is None and self._conn is not None and self._conn.refusals:
+            self._host.emit("auth", self._auth_fields(False, "; ".join(self._conn.refusals)))
+        self._closed.set()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), 10)
+
+    # authentication
+
+    def begin_auth(self, username: str) -> bool:
+        return True  # always authenticate; there is no anonymous access
+
+    async def auth_completed(self) -> None:
+        conn = self._conn
+        assert conn is not None and conn.cert is not None and conn.auth_user is not None
+        self._identity = JumpIdentity.from_cert(
+            conn.cert, conn.auth_user, conn.get_extra_info("peername")
+        )
+        await self._host.notify("auth", self._auth_fields(True, ""))
+
+    def _auth_fields(self, success: bool, reason: str) -> dict[str, Any]:
+        conn = self._conn
+        ident = self._identity
+        fields: dict[str, Any] = {
+            "success": success,
+            "method": "cert",
+            "user": ident.user if ident else "",
+            "login": ident.login if ident else (conn.get_extra_info("username") if conn else ""),
+            "remote_addr": conn.peer_addr() if conn else "",
+        }
+        if ident:
+            fields.update(
+                principals=list(ident.principals),
+                valid_before=ident.valid_before.isoformat(),
+                serial=ident.serial,
+                fingerprint=ident.fingerprint,
+            )
+        if reason:
+            fields["reason"] = reason
+        return fields
+
+    # what the client asks for
+
+    def session_requested(self) -> bool:
+        self._refused("session", PROXY_SESSION_MESSAGE)
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, PROXY_SESSION_MESSAGE
+        )
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self._refused(
+            "tcpip-forward",
+            f"remote port forwarding ({listen_host}:{listen_port}) is not offered by the proxy",
+        )
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        self._refused("streamlocal-forward", "remote socket forwarding is not offered by the proxy")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        self._refused("direct-streamlocal", "socket forwarding is not offered by the proxy")
+        return False
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> tuple[asyncssh.SSHTCPChannel[bytes], Any]:
+        assert self._conn is not None
+        chan = self._conn.create_tcp_channel(window=self._host.settings.channel_window)
+        return chan, self._open_node(dest_host, dest_port)
+
+    def _refused(self, kind: str, reason: str) -> None:
+        ident = self._identity
+        self._host.emit(
+            "proxy.refused",
+            {"kind": kind, "reason": reason, "user": ident.user if ident else "",
+             "remote_addr": ident.remote_addr if ident else ""},
+        )
+
+    async def _open_node(self, target: str, port: int) -> NodePipe:
+        """Runs before the channel is confirmed: a refusal becomes the open failure."""
+        ident = self._identity
+        assert ident is not None
+        fields: dict[str, Any] = {
+            "node": target, "port": port, "user": ident.user, "login": ident.login,
+            "remote_addr": ident.remote_addr,
+        }
+        try:
+            route, reader, writer = await self._host.dial(ident, target)
+        except LimenError as exc:
+            await self._host.notify("proxy.connect", {**fields, "allowed": False,
+                                                      "reason": exc.message})
+            raise _open_error(exc) from None
+        except Exception as exc:  # never let an error escape into asyncssh's task
+            log.exception("jump host: dialing node %r failed", target)
+            await self._host.notify("proxy.connect", {**fields, "allowed": False,
+                                                      "reason": repr(exc)})
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"the proxy could not reach node '{target}'"
+            ) from None
+        fields.update(node=route.name, node_id=route.node_id)
+        pipe = NodePipe(reader, writer, on_done=lambda p, e: self._pipe_done(p, e, fields))
+        self._pipes.add(pipe)
+        if self._lost:  # the client left while we dialed
+            pipe.abort()
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection closed")
+        await self._host.notify("proxy.connect", {**fields, "allowed": True})
+        return pipe
+
+    def _pipe_done(self, pipe: NodePipe, exc: Exception | None, fields: dict[str, Any]) -> None:
+        self._pipes.discard(pipe)
+        end = {**fields, "bytes_up": pipe.bytes_up, "bytes_down": pipe.bytes_down}
+        if exc is not None:
+            end["error"] = str(exc) or type(exc).__name__
+        self._host.emit("proxy.disconnect", end)
+
+
+def _open_error(exc: LimenError) -> asyncssh.ChannelOpenError:
+    # OpenSSH prints "channel N: open failed: <code text>: <our sentence>".
+    if isinstance(exc, AccessDenied):
+        return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, exc.message)
+    return asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message)

@@ -1,0 +1,207 @@
+"""The proxy's SSH jump host (port 3023): ``ssh -J user@proxy login@node`` and ``limen ssh``.
+
+It authenticates only user certificates from the cluster's user CA, accepts
+``direct-tcpip`` channels to nodes by name, ``name.cluster`` or id (the port is
+ignored: a node's SSH service is the only thing reachable), asks node policy,
+dials the node through the router and copies bytes with our own loops
+(``ssh_pipe``). Sessions, shells and remote forwards at the proxy are refused.
+
+Reaching a node here is node access, not port forwarding, so it works with
+certificates that lack ``permit-port-forwarding``; ``ssh_conn`` explains how.
+
+The cluster glue supplies a NodeRouter (heartbeats, reverse tunnels), a
+JumpPolicy (roles, locks) and an observer (audit). ``StaticRouter`` and a
+None policy are the simple stand-ins for tests and single-node set-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from limen.clock import Clock, RealClock
+from limen.proxy.ssh_cert import UserCert, check_user_cert
+from limen.proxy.ssh_conn import create_jump_server
+from limen.proxy.ssh_hooks import PROXY_SESSION_MESSAGE, JumpServer
+from limen.proxy.ssh_routes import (
+    NODE_DIAL_TIMEOUT,
+    JumpIdentity,
+    JumpObserver,
+    JumpPolicy,
+    NodeRoute,
+    NodeRouter,
+    StaticRouter,
+    open_tcp_stream,
+    strip_cluster,
+)
+from limen.sshalgs import hardened_options
+
+__all__ = [
+    "NODE_DIAL_TIMEOUT",
+    "PROXY_SESSION_MESSAGE",
+    "JumpHost",
+    "JumpIdentity",
+    "JumpObserver",
+    "JumpPolicy",
+    "JumpSettings",
+    "NodeRoute",
+    "NodeRouter",
+    "StaticRouter",
+    "open_tcp_stream",
+    "strip_cluster",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JumpSettings:
+    """Where the jump host listens and what it trusts.
+
+    ``host_certs`` are the proxy's host certificates (principals: every listen
+    address, 127.0.0.1, localhost); ``user_ca_keys`` the public keys of the
+    cluster's user CA (several during a rotation).
+    """
+
+    host: str
+    port: int
+    host_key: asyncssh.SSHKey
+    host_certs: Sequence[asyncssh.SSHCertificate]
+    user_ca_keys: Sequence[asyncssh.SSHKey]
+    cluster_name: str
+    login_timeout: float = 30.0
+    # SSH window per channel; larger than asyncssh's 2 MiB default for bulk copies.
+    channel_window: int = 8 * 1024 * 1024
+
+
+class JumpHost:
+    """The SSH listener on the proxy that hands authenticated users on to nodes."""
+
+    def __init__(
+        self,
+        settings: JumpSettings,
+        router: NodeRouter,
+        policy: JumpPolicy | None = None,
+        observer: JumpObserver | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.policy = policy
+        self.observer = observer
+        self.clock = clock or RealClock()
+        self._server: asyncio.Server | None = None
+        self.connections: set[JumpServer] = set()  # live SSH connections
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the jump host is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.connections)
+
+    async def start(self) -> None:
+        options = await asyncssh.SSHServerConnectionOptions.construct(
+            server_factory=lambda: JumpServer(self),
+            server_host_keys=[self.settings.host_key],
+            server_host_certs=list(self.settings.host_certs),
+            authorized_client_keys=_ca_lines(self.settings.user_ca_keys),
+            password_auth=False,
+            kbdint_auth=False,
+            gss_host=None,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            login_timeout=self.settings.login_timeout,
+            **asyncssh_algs(),
+        )
+        self._server = await create_jump_server(
+            self.settings.host, self.settings.port, options, self._judge
+        )
+        log.info("jump host listening on port %d", self.port)
+
+    async def stop(self) -> None:
+        """Stop listening, close every connection (and its node streams), flush events."""
+        if self._server is not None:
+            self._server.close()
+        conns = list(self.connections)
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            await conn.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _judge(self, cert: UserCert, username: str, peer_addr: str) -> str:
+        return check_user_cert(
+            cert, username, list(self.settings.user_ca_keys), self.clock.now(), peer_addr
+        )
+
+    # events
+
+    def emit(self, name: str, fields: dict[str, Any]) -> None:
+        """Hand an event to the observer without holding up the caller."""
+        if self.observer is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.notify(name, fields))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def notify(self, name: str, fields: dict[str, Any]) -> None:
+        """Hand an event to the observer and wait for it (audit before acknowledging)."""
+        if self.observer is None:
+            return
+        fields = {"cluster_name": self.settings.cluster_name, **fields}
+        try:
+            await self.observer.on_event(name, fields)
+        except Exception:  # an observer's failure must not break the data path
+            log.exception("jump host observer failed on %s", name)
+
+    # nodes
+
+    async def dial(
+        self, identity: JumpIdentity, target: str
+    ) -> tuple[NodeRoute, asyncio.StreamReader, asyncio.StreamWriter]:
+        """Resolve, check policy, then connect; LimenError says why not."""
+        route = await self.router.resolve(strip_cluster(target, self.settings.cluster_name))
+        if self.policy is not None:
+            await self.policy.check_node_access(identity, route)
+        reader, writer = await self.router.open_stream(route)
+        return route, reader, writer
+
+
+def asyncssh_algs() -> dict[str, Any]:
+    """hardened_options() as asyncssh takes them.
+
+    The shared list names certificate types among the signature algorithms (what
+    OpenSSH calls PubkeyAcceptedAlgorithms); asyncssh rejects those as signature
+    algorithms and accepts certificates of the plain types anyway.
+    """
+    options = hardened_options()
+    options["signature_algs"] = [
+        alg for alg in options["signature_algs"] if "-cert-v01@" not in alg
+    ]
+    return options
+
+
+def _ca_lines(cas: Iterable[asyncssh.SSHKey]) -> asyncssh.SSHAuthorizedKeys:
+    lines = [
+        "cert-authority " + ca.export_public_key("openssh").decode("ascii").strip()
+        for ca in cas
+    ]
+    if not lines:
+        raise ValueError("the jump host needs at least one user CA key")
+    return asyncssh.import_authorized_keys("\n".join(lines) + "\n")
