@@ -27,9 +27,9 @@ from limen.durations import parse_duration
 from limen.errors import BadParameter, NotFound
 from limen.node.role import JoinOptions, NodeRole
 from limen.proxy.https import HTTPSServer, bind
+from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.ssh_role import start_jump_host
-from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.web import WebState, create_app
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class Service:
     node: NodeRole | None = None
     jump: JumpHost | None = None
     _https: HTTPSServer | None = None
+    _web_state: WebState | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -90,6 +91,7 @@ class Service:
                 )
                 host = split_host_port(self.config.proxy.ssh_listen_addr)[0]
                 self.ssh_addr = local_address(host, self.jump.port)
+                self._publish_ssh_addr()
             if "node" in self.config.roles():
                 self.node = NodeRole(
                     self.config.ssh, self.data_dir, self.clock, self.auth, self.join_options
@@ -153,10 +155,22 @@ class Service:
         certfile, keyfile = self._write_tls_files(host)
         limits = self.config.proxy.rate_limit
         state = WebState(self.auth, RateLimiter(limits.average_per_minute, limits.burst))
+        self._web_state = state
         self._https = HTTPSServer(create_app(state), sock, certfile, keyfile)
         await self._https.start()
         self.web_addr = local_address(host, self._https.port)
         log.info("HTTPS API listening on %s", self.web_addr)
+
+    def _publish_ssh_addr(self) -> None:
+        """Tell clients (ping, login) where the jump host is: the public host when one is
+        configured, with the jump host's port."""
+        if self._web_state is None or self.jump is None:
+            return
+        public = self.config.proxy.public_addr
+        host = split_host_port(public, 0)[0] if public else ""
+        self._web_state.ssh_proxy_addr = (
+            local_address(host, self.jump.port) if host else self.ssh_addr
+        )
 
     def _write_run_file(self) -> None:
         """Where this process listens, for admin commands on the same host."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncssh
 
@@ -35,11 +37,36 @@ def login(
         roles=result["roles"],
         logins=result["principals"],
         valid_until=result["valid_before"],
+        ssh_proxy=ssh_proxy_addr(client, result),
+        host_ca=result["host_ca"],
     )
     save_credentials(profile, key, result["cert"], result["api_token"], client.ca_pem)
     profiles.add_known_host_ca(result["host_ca"])
     add_to_agent(profile, key, result["cert"])
     return profile
+
+
+def ssh_proxy_addr(client: APIClient, result: dict[str, Any]) -> str:
+    """The jump host's address. A proxy that listens on every address reports a loopback
+    one; from another machine the host we reached the web API at is the better guess."""
+    addr = result.get("ssh_proxy_addr") or ""
+    if not addr:
+        return ""
+    host, _, port = addr.rpartition(":")
+    web_host = client.proxy.rpartition(":")[0]
+    if _is_loopback(host) and web_host and not _is_loopback(web_host):
+        return f"{web_host}:{port}"
+    return addr
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def save_credentials(

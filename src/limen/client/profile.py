@@ -3,7 +3,7 @@
 current-profile                  which proxy the commands use by default
 known_hosts                      @cert-authority lines for the clusters' host CAs
 keys/PROXY/tls-ca.pem            the cluster's X.509 CA, trusted after first contact
-keys/PROXY/profile.json          proxy, cluster, user, roles, logins, expiry
+keys/PROXY/profile.json          proxy, cluster, user, roles, logins, expiry, SSH proxy, host CA
 keys/PROXY/USER                  private key (0600)
 keys/PROXY/USER.pub              public key
 keys/PROXY/USER-cert.pub         the OpenSSH certificate
@@ -50,6 +50,8 @@ class Profile:
     roles: list[str] = field(default_factory=list)
     logins: list[str] = field(default_factory=list)
     valid_until: str = ""
+    ssh_proxy: str = ""  # the jump host's host:port (limen ssh, ProxyJump)
+    host_ca: str = ""  # this cluster's "@cert-authority * KEY" line, to verify its hosts
 
     @property
     def dir(self) -> Path:

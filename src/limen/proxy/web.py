@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 class WebState:
     auth: AuthServer
     limiter: RateLimiter
+    # The jump host's public host:port; set once it listens (it starts after this API).
+    ssh_proxy_addr: str = ""
 
 
 class SignupStart(BaseModel):
@@ -93,6 +95,7 @@ def create_app(state: WebState) -> FastAPI:
             "user_ca": authorized_keys_line(cas.user_ca),
             "tls_ca": cas.tls_ca_cert.public_bytes(Encoding.PEM).decode(),
             "ca_pin": spki_pin(cas.tls_ca_cert),
+            "ssh_proxy_addr": state.ssh_proxy_addr,
         }
 
     @app.post("/v1/signup/start", dependencies=[Limited])
@@ -128,6 +131,7 @@ def create_app(state: WebState) -> FastAPI:
             "host_ca": result.host_ca,
             "cluster": result.cluster,
             "api_token": result.api_token,
+            "ssh_proxy_addr": state.ssh_proxy_addr,
         }
 
     @app.get("/v1/whoami")
