@@ -9,7 +9,7 @@ from limen.audit.log import AuditLog
 from limen.auth.ca import CAStore
 from limen.backend.base import Backend
 from limen.clock import Clock
-from limen.resources import JoinToken, Node, Role, Session, User, UserToken
+from limen.resources import JoinToken, Lock, Node, Role, Session, User, UserToken
 from limen.services.credentials import CredentialStore
 from limen.services.sessions import APISessionStore
 from limen.services.store import ResourceStore
@@ -47,6 +47,7 @@ class Stores:
         self.join_tokens = ResourceStore(backend, JoinToken, "/tokens")
         self.nodes = ResourceStore(backend, Node, "/nodes")
         self.sessions = ResourceStore(backend, Session, "/sessions")
+        self.locks = ResourceStore(backend, Lock, "/locks")
 
 
 @dataclass

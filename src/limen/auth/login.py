@@ -14,6 +14,7 @@ from limen.audit import events
 from limen.auth import passwords, totp
 from limen.auth.ca import known_hosts_line, sign_user_cert
 from limen.auth.context import AuthContext
+from limen.auth.locks import LockService
 from limen.errors import AccessDenied, BadParameter, NotFound
 from limen.rbac import AccessChecker
 from limen.resources import User
@@ -34,9 +35,10 @@ class LoginResult:
 
 
 class LoginService:
-    def __init__(self, ctx: AuthContext, checker_for) -> None:
+    def __init__(self, ctx: AuthContext, checker_for, locks: LockService) -> None:
         self.ctx = ctx
         self._checker_for = checker_for
+        self._locks = locks
 
     async def login(
         self,
@@ -49,6 +51,11 @@ class LoginService:
     ) -> LoginResult:
         key = _parse_public_key(public_key)
         user = await self._authenticate(name, password, otp, remote_addr)
+        try:
+            await self._locks.check(user.name, list(user.spec.roles))
+        except AccessDenied as exc:
+            await self._failed(name, remote_addr, f"locked: {exc.message}")
+            raise
         checker = await self._checker_for(user)
         result = await self._issue(user, checker, key, ttl)
         await self.ctx.audit.emit(
@@ -145,7 +152,7 @@ class LoginService:
             valid_after=now - timedelta(minutes=1),
             valid_before=valid_before,
             permit_pty=True,
-            permit_port_forwarding=checker.port_forwarding(),
+            permit_port_forwarding=bool(checker.port_forwarding()),
             permit_agent_forwarding=checker.forward_agent(),
             extensions={
                 "roles@limen": json.dumps(checker.role_names),

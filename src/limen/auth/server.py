@@ -12,6 +12,7 @@ from limen.auth import builtin_roles
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
 from limen.auth.join import JoinService
+from limen.auth.locks import LockService
 from limen.auth.login import LoginService
 from limen.auth.tracking import Tracking
 from limen.auth.users import UserManager
@@ -29,7 +30,8 @@ class AuthServer:
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
         self.users = UserManager(ctx)
-        self.login_service = LoginService(ctx, self.checker_for_user)
+        self.locks = LockService(ctx)
+        self.login_service = LoginService(ctx, self.checker_for_user, self.locks)
         self.join = JoinService(ctx)
         self.tracking = Tracking(ctx)
 

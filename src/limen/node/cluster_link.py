@@ -6,16 +6,22 @@ applies the same checks whichever way the node runs.
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import httpx
 
+from limen.auth.feed import access_feed
 from limen.auth.identity import Identity
 from limen.auth.server import AuthServer
 from limen.client import trust
 from limen.errors import ConnectionProblem, from_json
-from limen.rbac import AccessChecker
-from limen.resources import Role, Session
+from limen.resources import Session
+
+
+# The server pings every few seconds; this much silence means the stream is dead.
+FEED_READ_TIMEOUT = 30.0
 
 
 class ClusterLink(Protocol):
@@ -24,7 +30,7 @@ class ClusterLink(Protocol):
     async def report_event(self, name: str, fields: dict[str, Any]) -> None: ...
     async def upsert_session(self, session: Session) -> None: ...
     async def end_session(self, session_id: str) -> None: ...
-    async def checker_for(self, user: str) -> AccessChecker: ...
+    def access_feed(self) -> AsyncIterator[dict[str, Any]]: ...
     async def close(self) -> None: ...
 
 
@@ -53,8 +59,8 @@ class LocalLink:
     async def end_session(self, session_id: str) -> None:
         await self.auth.tracking.end_session(self.identity, session_id)
 
-    async def checker_for(self, user: str) -> AccessChecker:
-        return await self.auth.checker_for_user(await self.auth.ctx.stores.users.get(user))
+    def access_feed(self) -> AsyncIterator[dict[str, Any]]:
+        return access_feed(self.auth.ctx.stores)
 
     async def close(self) -> None:
         return None
@@ -101,10 +107,26 @@ class RemoteLink:
     async def end_session(self, session_id: str) -> None:
         await self._call("DELETE", f"/v1/sessions/{session_id}")
 
-    async def checker_for(self, user: str) -> AccessChecker:
-        data = await self._call("GET", f"/v1/access/{user}")
-        roles = [Role.model_validate(r) for r in data["roles"]]
-        return AccessChecker(roles, data["traits"])
+    async def access_feed(self) -> AsyncIterator[dict[str, Any]]:
+        """The auth service's feed as newline-delimited JSON; pings keep it honest."""
+        timeout = httpx.Timeout(FEED_READ_TIMEOUT, connect=5.0)
+        async with self._http.stream("GET", "/v1/watch/access", timeout=timeout) as response:
+            if not response.is_success:
+                await response.aread()
+                raise from_json(_json_or_none(response), "the access feed was refused")
+            async for line in response.aiter_lines():
+                if line.strip():
+                    message = json.loads(line)
+                    if message.get("op") != "ping":
+                        yield message
+        raise ConnectionProblem("the access feed ended")
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

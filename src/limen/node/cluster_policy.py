@@ -13,7 +13,9 @@ from typing import Any
 
 from limen.clock import Clock
 from limen.errors import AccessDenied, ConnectionProblem, NotFound
+from limen.node.access_cache import AccessCache
 from limen.node.cluster_link import ClusterLink
+from limen.rbac import AccessChecker
 from limen.node.identity import UserIdentity
 from limen.node.policy import ACTIONS, CertPolicy, SessionPermit, destination_allowed
 from limen.resources import Session
@@ -22,9 +24,10 @@ log = logging.getLogger(__name__)
 
 
 class ClusterPolicy:
-    def __init__(self, link: ClusterLink, node_name: str, labels: dict[str, str],
-                 clock: Clock) -> None:
-        self.link = link
+    def __init__(self, cache: AccessCache, node_id: str, node_name: str,
+                 labels: dict[str, str], clock: Clock) -> None:
+        self.cache = cache
+        self.node_names = (node_id, node_name)
         self.node_name = node_name
         self.labels = labels
         self._cert_policy = CertPolicy(clock=clock, disconnect_expired_cert=False)
@@ -36,24 +39,45 @@ class ClusterPolicy:
             raise AccessDenied(f"unknown action {action!r}")
         base = await self._cert_policy.authorize(identity, login, "session", {})
         try:
-            checker = await self.link.checker_for(identity.user)
+            checker = await self.cache.checker_for(identity.user)
         except NotFound:
             raise AccessDenied(f"user {identity.user} no longer exists") from None
         except ConnectionProblem as exc:
-            raise AccessDenied(f"cannot check your access right now: {exc.message}") from None
+            raise AccessDenied(exc.message) from None
+        lock = self.cache.lock_for(identity.user, login, self.node_names)
+        if lock is not None:
+            raise AccessDenied(lock.refusal())
         checker.check_node_login(self.node_name, self.labels, login)
-        permit = SessionPermit(
+        permit = self._permit(base, checker, identity)
+        self._check_action(permit, action, detail)
+        return permit
+
+    @staticmethod
+    def _permit(base: SessionPermit, checker: AccessChecker,
+                identity: UserIdentity) -> SessionPermit:
+        idle = checker.client_idle_timeout()
+        return SessionPermit(
             port_forwarding=base.port_forwarding and checker.port_forwarding(),
             forward_agent=base.forward_agent and checker.forward_agent(),
+            file_copy=checker.file_copy(),
+            max_sessions=checker.max_sessions(),
+            idle_timeout=idle.total_seconds() if idle else None,
             disconnect_at=identity.valid_before if checker.disconnect_expired_cert() else None,
+            record=checker.record_session(),
         )
-        if action == "port_forward" and not destination_allowed(
-            permit, str(detail.get("host", "")), int(detail.get("port", 0))
-        ):
-            raise AccessDenied("your roles or certificate do not allow this port forward")
+
+    @staticmethod
+    def _check_action(permit: SessionPermit, action: str, detail: dict[str, Any]) -> None:
+        if action == "port_forward":
+            host, port = str(detail.get("host", "")), int(detail.get("port", 0))
+            if not destination_allowed(permit, host, port):
+                raise AccessDenied(
+                    f"port forwarding to {host}:{port} is not allowed by your roles or certificate"
+                )
         if action == "agent_forward" and not permit.forward_agent:
-            raise AccessDenied("your roles or certificate do not allow agent forwarding")
-        return permit
+            raise AccessDenied("agent forwarding is not allowed by your roles or certificate")
+        if action == "subsystem" and detail.get("subsystem") == "sftp" and not permit.file_copy:
+            raise AccessDenied("file copy (sftp/scp) is not allowed by your roles")
 
 
 class ClusterObserver:

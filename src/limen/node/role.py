@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import NodeConfig, split_host_port
 from limen.errors import BadParameter
+from limen.resources import Lock
+from limen.node.access_cache import AccessCache
 from limen.node.cluster_link import ClusterLink, LocalLink, RemoteLink
 from limen.node.cluster_policy import ClusterObserver, ClusterPolicy
 from limen.node.membership import (
@@ -46,6 +49,7 @@ class NodeRole:
         self.link: ClusterLink | None = None
         self.identity: NodeIdentity | None = None
         self._heartbeat: Heartbeat | None = None
+        self.cache: AccessCache | None = None
 
     @property
     def name(self) -> str:
@@ -67,7 +71,11 @@ class NodeRole:
             env_allowlist=self.config.env_allowlist,
         )
         labels = self.config.labels
-        policy = ClusterPolicy(self.link, self.identity.name, labels, self.clock)
+        self.cache = AccessCache(self.link.access_feed, self._on_lock)
+        self.cache.start()
+        policy = ClusterPolicy(
+            self.cache, self.identity.node_id, self.identity.name, labels, self.clock
+        )
         observer = ClusterObserver(self.link, self.identity.node_id, self.identity.name)
         self.server = NodeServer(settings, policy, observer)
         await self.server.start()
@@ -76,6 +84,24 @@ class NodeRole:
         await self._heartbeat.beat()  # registered with the real port before anyone dials
         self._heartbeat.start()
         log.info("node %s (%s) serving SSH on %s", self.identity.name, self.identity.node_id, addr)
+
+    async def _on_lock(self, lock: Lock) -> None:
+        """End every live session the lock targets, telling the person why."""
+        if self.server is None or self.identity is None:
+            return
+        names = (self.identity.node_id, self.identity.name)
+        targeted = [
+            ctx for ctx in list(self.server.sessions.values())
+            if lock.applies_to(
+                user=ctx.identity.user,
+                roles=self.cache.roles_of(ctx.identity.user) if self.cache else [],
+                login=ctx.login,
+                node_names=names,
+            )
+        ]
+        await asyncio.gather(
+            *(ctx.terminate(f"limen: {lock.refusal()}", reason="locked") for ctx in targeted)
+        )
 
     async def _identity(self, addr: str) -> NodeIdentity:
         existing = load_identity(self.data_dir)
@@ -110,6 +136,8 @@ class NodeRole:
     async def stop(self) -> None:
         if self._heartbeat is not None:
             await self._heartbeat.stop()
+        if self.cache is not None:
+            await self.cache.stop()
         if self.server is not None:
             await self.server.stop()
         if self.link is not None:

@@ -50,6 +50,8 @@ class RolePolicy:
         except NotFound:
             raise AccessDenied(f"user {identity.user} no longer exists") from None
         node = await self.auth.ctx.stores.nodes.get(route.node_id)
+        await self.auth.locks.check(user.name, list(user.spec.roles),
+                                    node_names=(node.name, node.spec.hostname))
         checker = await self.auth.checker_for_user(user)
         if not checker.can_access_node(node.metadata.labels):
             raise AccessDenied(f"your roles do not allow access to node {route.name}")

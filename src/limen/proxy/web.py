@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 import limen
 from limen.auth.ca import authorized_keys_line, known_hosts_line, spki_pin
@@ -20,7 +20,7 @@ from limen.auth.identity import Identity
 from limen.auth.server import AuthServer
 from limen.durations import parse_duration
 from limen.errors import AccessDenied, LimenError
-from limen.proxy import web_nodes
+from limen.proxy import web_nodes, web_resources
 from limen.proxy.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -141,11 +141,13 @@ def create_app(state: WebState) -> FastAPI:
             "user": caller.user,
             "roles": checker.role_names,
             "logins": checker.logins(),
+            "options": checker.options_summary(),
             "builtin": caller.builtin,
         }
 
     _user_routes(app, state, Caller)
     web_nodes.add_routes(app, state.auth, identity, Limited)
+    web_resources.add_routes(app, state.auth, identity)
     return app
 
 
@@ -201,6 +203,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"invalid request: field '{field}': {first.get('msg', 'is not valid')}"
+        return JSONResponse(
+            {"error": {"kind": "bad_parameter", "message": message}}, status_code=400
+        )
+
+    @app.exception_handler(ValidationError)
+    async def invalid_model(_request: Request, exc: ValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"invalid {exc.title}: field '{field}': {first.get('msg', 'is not valid')}"
         return JSONResponse(
             {"error": {"kind": "bad_parameter", "message": message}}, status_code=400
         )

@@ -1,10 +1,16 @@
 """HTTPS API routes for join tokens, node registration, heartbeats, events and sessions."""
 
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from limen.auth.feed import access_feed
 from limen.auth.identity import Identity
 from limen.auth.join import JoinRequest
 from limen.auth.server import AuthServer
@@ -66,6 +72,36 @@ def session_json(session: Session) -> dict[str, Any]:
         "parties": spec.parties,
         "state": spec.state,
     }
+
+
+PING_SECONDS = 10.0
+
+
+async def _ndjson(feed: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Feed messages as lines, with a ping whenever the feed is quiet."""
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1024)
+
+    async def pump() -> None:
+        try:
+            async for message in feed:
+                await queue.put(message)
+        finally:
+            await queue.put(None)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                message = await asyncio.wait_for(queue.get(), PING_SECONDS)
+            except TimeoutError:
+                message = {"op": "ping"}
+            if message is None:
+                return
+            yield (json.dumps(message, default=str) + "\n").encode()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any) -> None:
@@ -137,14 +173,13 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any) ->
         await auth.tracking.end_session(caller, session_id)
         return {"ended": session_id}
 
-    @app.get("/v1/access/{user}")
-    async def access_for(user: str, caller: Caller) -> dict[str, Any]:
-        """A user's current roles and traits, for nodes and proxies deciding access."""
+    @app.get("/v1/watch/access")
+    async def watch_access(caller: Caller) -> StreamingResponse:
+        """Roles, users and locks, then every change, as NDJSON (nodes keep a cache)."""
         if caller.builtin not in ("node", "proxy", "admin"):
-            raise AccessDenied("only nodes and proxies read other users' access")
-        record = await auth.ctx.stores.users.get(user)
-        checker = await auth.checker_for_user(record)
-        return {"roles": [r.to_public() for r in checker.roles], "traits": record.spec.traits}
+            raise AccessDenied("only nodes and proxies watch the access feed")
+        return StreamingResponse(_ndjson(access_feed(auth.ctx.stores)),
+                                 media_type="application/x-ndjson")
 
     @app.get("/v1/sessions")
     async def list_sessions(caller: Caller) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """Typed resources: kind, version, metadata, spec; YAML and JSON round trip."""
 
 from limen.resources.base import Metadata, Resource, validate_name
+from limen.resources.lock import Lock, LockSpec, LockTarget
 from limen.resources.node import Node, NodeSpec
 from limen.resources.role import Role, RoleConditions, RoleOptions, RoleSpec, Rule
 from limen.resources.session import Session, SessionSpec
@@ -9,6 +10,9 @@ from limen.resources.user import User, UserSpec, UserStatus
 
 __all__ = [
     "JoinToken",
+    "Lock",
+    "LockSpec",
+    "LockTarget",
     "Metadata",
     "Node",
     "NodeSpec",

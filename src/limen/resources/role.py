@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from limen.durations import parse_duration
+from limen.errors import BadParameter
 from limen.resources.base import Resource
+
+_TEMPLATE = re.compile(
+    r"^\{\{\s*((internal|external)\.[A-Za-z0-9_:-]+|"
+    r"email\.local\(\s*(internal|external)\.[A-Za-z0-9_:-]+\s*\))\s*\}\}$"
+)
 
 RESOURCE_KINDS = (
     "user",
@@ -52,6 +60,30 @@ class RoleConditions(BaseModel):
     node_labels: dict[str, str | list[str]] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
 
+    @field_validator("logins")
+    @classmethod
+    def _templates_parse(cls, value: list[str]) -> list[str]:
+        for login in value:
+            if ("{{" in login or "}}" in login) and not _TEMPLATE.match(login.strip()):
+                raise ValueError(
+                    f"{login!r} is not a template Limen knows: use {{{{internal.NAME}}}}, "
+                    "{{external.NAME}} or {{email.local(external.NAME)}}"
+                )
+        return value
+
+    @field_validator("node_labels")
+    @classmethod
+    def _regexes_compile(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for key, wanted in value.items():
+            for pattern in wanted if isinstance(wanted, list) else [wanted]:
+                if pattern.startswith("^") and pattern.endswith("$"):
+                    try:
+                        re.compile(pattern)
+                    except re.error as exc:
+                        raise ValueError(f"label {key!r}: {pattern!r} is not a valid regular "
+                                         f"expression ({exc})") from None
+        return value
+
 
 class RoleOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -64,7 +96,25 @@ class RoleOptions(BaseModel):
     disconnect_expired_cert: bool = False
     max_sessions: int | None = None
     record_session: Literal["best_effort", "strict"] = "best_effort"
+    # Reserved for per-session MFA; only "off" is understood today.
     require_session_mfa: Literal[False, "off"] = False
+
+    @field_validator("max_session_ttl", "client_idle_timeout")
+    @classmethod
+    def _durations(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_duration(value)
+            except BadParameter as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("max_sessions")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("max_sessions must be at least 1")
+        return value
 
 
 class RoleSpec(BaseModel):

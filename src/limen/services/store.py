@@ -66,7 +66,7 @@ class ResourceStore(Generic[R]):
     async def modify(self, name: str, change: Callable[[R], Awaitable[None] | None]) -> R:
         """Read, change, compare-and-swap; retried when another writer got there first."""
         for _ in range(20):
-            item = await self._raw(name)
+            item = await self.raw(name)
             resource = self._load(item)
             result = change(resource)
             if result is not None:
@@ -78,7 +78,7 @@ class ResourceStore(Generic[R]):
             return self._load(new)
         raise CompareFailed(f"{self.model.KIND} {name!r} kept changing; try again")
 
-    async def _raw(self, name: str) -> Item:
+    async def raw(self, name: str) -> Item:
         try:
             return await self.backend.get(self.key(name))
         except NotFound:
