@@ -61,8 +61,11 @@ class NodePipe(asyncssh.SSHTCPSession[bytes]):
         self._pump = asyncio.get_running_loop().create_task(self._node_to_client())
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if self._done or self._writer.is_closing():
-            return  # the node is gone; its reader side reports why
+        if self._done:
+            return
+        if self._writer.is_closing():  # the node's socket failed on an earlier write
+            self._finish(ConnectionResetError("the node closed the connection"))
+            return
         self.bytes_up += len(data)
         self._writer.write(data)
         if self._drainer is None and self._node_backlog() > HIGH_WATER:
