@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import selectors
 import signal
 import stat
 import sys
@@ -307,7 +308,20 @@ def _selectable_fd(source: IO[bytes]) -> int | None:
         mode = os.fstat(fd).st_mode
     except (AttributeError, OSError, ValueError):
         return None
-    return fd if (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) else None
+    if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return None
+    return fd if _pollable(fd) else None
+
+
+def _pollable(fd: int) -> bool:
+    # Some character devices (/dev/null, what `< /dev/null` and daemons give) are
+    # refused by epoll with EPERM; those are read in a thread instead.
+    with selectors.DefaultSelector() as probe:
+        try:
+            probe.register(fd, selectors.EVENT_READ)
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 async def _fd_chunks(fd: int) -> AsyncIterator[bytes]:
