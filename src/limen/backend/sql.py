@@ -1,0 +1,354 @@
+"""One Backend for SQLite and PostgreSQL, on SQLAlchemy's async Core.
+
+Engine differences live in sql_dialects.py; the tables and the statements of a write
+transaction in sql_tables.py. Tables:
+
+- ``kv_items``: the live data (key, value, expires as epoch microseconds, revision).
+- ``kv_changes``: one row per change, with an increasing id, written in the same
+  transaction as the change itself. Watchers are fed from it, so they see changes made
+  by every process sharing the database, not only this one.
+
+Writes are serialised (SQLite's write lock taken at BEGIN IMMEDIATE; a PostgreSQL
+advisory lock per schema), which gives two properties the rest relies on: a write can
+read, decide and write without races (create, update, compare-and-swap are atomic across
+tasks, connections and instances), and change ids become visible in id order, so a
+poller that remembers the last id it read never skips a change.
+
+Watch: one poller task per Backend reads ``kv_changes`` after its cursor and hands each
+row to the matching watchers. It wakes on every local commit, and otherwise every
+``poll_interval`` seconds to pick up other instances' changes. It only runs while
+someone watches. Change rows older than ``change_retention`` seconds are pruned by the
+sweeper (the newest is always kept, so ids keep increasing).
+
+Expiry compares ``expires`` with the injected clock's time, passed as a parameter, never
+the database's clock, so a FakeClock controls it in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from limen.backend.base import (
+    Event,
+    Item,
+    OpType,
+    check_item,
+    check_key,
+    check_limit,
+    check_prefix,
+    from_micros,
+    is_expired,
+    sweep_forever,
+    to_micros,
+)
+from limen.backend.sql_dialects import WRITE_OPTION, Dialect, connection_problem
+from limen.backend.sql_tables import (
+    ITEM_COLUMNS,
+    WriteTx,
+    changes,
+    items,
+    metadata,
+    prefix_clauses,
+    row_item,
+    wall_micros,
+)
+from limen.backend.watch import DEFAULT_WATCH_CAPACITY, Watcher
+from limen.clock import Clock, RealClock
+from limen.errors import (
+    AlreadyExists,
+    BadParameter,
+    CompareFailed,
+    ConnectionProblem,
+    LimenError,
+    NotFound,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_INTERVAL = 0.1
+DEFAULT_CHANGE_RETENTION = 300.0
+_PRUNE_EVERY = 30.0  # seconds between prunes of kv_changes
+_POLL_BATCH = 500  # change rows read per query
+
+
+class SQLBackend:
+    """The Backend on an SQL database. Build it with ``await SQLBackend.open(dialect)``."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        engine: AsyncEngine,
+        *,
+        clock: Clock | None = None,
+        watch_capacity: int = DEFAULT_WATCH_CAPACITY,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        change_retention: float = DEFAULT_CHANGE_RETENTION,
+    ) -> None:
+        self.dialect = dialect
+        self.clock = clock or RealClock()
+        #: Buffer size of watchers created from now on (see limen.backend.watch).
+        self.watch_capacity = watch_capacity
+        self._engine = engine
+        self._poll_interval = poll_interval
+        #: Seconds a change row is kept for watchers that are behind (wall clock).
+        self.change_retention = change_retention
+        self._write_lock = asyncio.Lock()  # local writers queue here, not on the database
+        self._poll_lock = asyncio.Lock()  # attaching a watcher vs. a poll in progress
+        self._watchers: dict[Watcher, int] = {}  # watcher -> last change id before it
+        self._cursor = 0  # last change id handed to watchers
+        self._wake = asyncio.Event()
+        self._have_watchers = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._last_prune = time.monotonic()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, dialect: Dialect, **kwargs: Any) -> SQLBackend:
+        """Connect, create the tables if needed, and return a ready backend."""
+        engine = dialect.make_engine()
+        try:
+            async with engine.connect() as conn:
+                await conn.execution_options(**{WRITE_OPTION: True})
+                async with conn.begin():
+                    await dialect.prepare(conn)
+                    await conn.run_sync(metadata.create_all)
+        except (SQLAlchemyError, OSError) as exc:
+            await engine.dispose()
+            raise connection_problem(dialect, exc) from exc
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(dialect, engine, **kwargs)
+
+    def start(self, sweep_interval: float | None) -> None:
+        """Start the background sweeper (None: only explicit ``sweep()`` calls)."""
+        if sweep_interval is not None and self._sweeper is None:
+            self._sweeper = asyncio.create_task(
+                sweep_forever(self, sweep_interval), name="limen-sql-sweeper"
+            )
+
+    # -- transactions -------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionProblem("The storage backend is closed.")
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        self._check_open()
+        try:
+            async with self._engine.connect() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError) as exc:
+            raise connection_problem(self.dialect, exc) from exc
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[WriteTx]:
+        self._check_open()
+        async with self._write_lock:
+            try:
+                async with self._engine.connect() as conn:
+                    await conn.execution_options(**{WRITE_OPTION: True})
+                    async with conn.begin():
+                        await self.dialect.lock_for_write(conn)
+                        yield WriteTx(conn, self.dialect, self.clock.now())
+            except (SQLAlchemyError, OSError) as exc:
+                raise connection_problem(self.dialect, exc) from exc
+        self._wake.set()  # committed: let the local poller deliver it now
+
+    # -- Backend ------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Item:
+        key = check_key(key)
+        async with self._read() as conn:
+            stmt = select(*ITEM_COLUMNS).where(items.c.key == key)
+            row = (await conn.execute(stmt)).first()
+        item = None if row is None else row_item(row)
+        if item is None or is_expired(item.expires, self.clock.now()):
+            raise NotFound(f"Key {key!r} is not found.")
+        return item
+
+    async def put(self, item: Item) -> Item:
+        item = check_item(item)
+        async with self._write() as tx:
+            return await tx.store(item)
+
+    async def create(self, item: Item) -> Item:
+        item = check_item(item)
+        async with self._write() as tx:
+            if await tx.current(item.key) is not None:
+                raise AlreadyExists(f"Key {item.key!r} already exists.")
+            return await tx.store(item)
+
+    async def update(self, item: Item) -> Item:
+        item = check_item(item)
+        async with self._write() as tx:
+            if await tx.current(item.key) is None:
+                raise NotFound(f"Key {item.key!r} is not found.")
+            return await tx.store(item)
+
+    async def compare_and_swap(self, expected: Item, new: Item) -> Item:
+        expected, new = check_item(expected), check_item(new)
+        if expected.key != new.key:
+            raise BadParameter("compare_and_swap needs the expected and new items to share a key.")
+        async with self._write() as tx:
+            current = await tx.current(new.key)
+            if current is None or current.value != expected.value:
+                raise CompareFailed(f"Key {new.key!r} changed or is gone; read it again and retry.")
+            return await tx.store(new)
+
+    async def delete(self, key: str) -> None:
+        key = check_key(key)
+        async with self._write() as tx:
+            if await tx.current(key) is None:
+                raise NotFound(f"Key {key!r} is not found.")
+            await tx.remove([key])
+
+    async def range(self, prefix: str, limit: int | None = None) -> list[Item]:
+        prefix, limit = check_prefix(prefix), check_limit(limit)
+        now = to_micros(self.clock.now())
+        stmt = (
+            select(*ITEM_COLUMNS)
+            .where(*prefix_clauses(prefix))
+            .where(or_(items.c.expires.is_(None), items.c.expires > now))
+            .order_by(items.c.key)
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        async with self._read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [item for item in map(row_item, rows) if item.key.startswith(prefix)]
+
+    async def delete_range(self, prefix: str) -> int:
+        prefix = check_prefix(prefix)
+        async with self._write() as tx:
+            found = await tx.keys_under(prefix)
+            # Expired leftovers go too (with the DELETE event the sweeper would send),
+            # but only live items count as deleted.
+            await tx.remove([key for key, _ in found])
+            return sum(not is_expired(from_micros(exp), tx.now) for _, exp in found)
+
+    def watch(self, prefixes: Sequence[str]) -> Watcher:
+        return Watcher(
+            prefixes, attach=self._attach, detach=self._detach, capacity=self.watch_capacity
+        )
+
+    async def sweep(self) -> int:
+        keys: list[str] = []
+        # Look first with a plain read: most sweeps find nothing, and should not take the
+        # cluster-wide write lock every second for that.
+        probe = select(items.c.key).where(items.c.expires <= to_micros(self.clock.now()))
+        async with self._read() as conn:
+            due = (await conn.execute(probe.limit(1))).first() is not None
+        if due:
+            async with self._write() as tx:
+                now = to_micros(tx.now)
+                stmt = select(items.c.key).where(items.c.expires <= now).order_by(items.c.key)
+                keys = list((await tx.conn.execute(stmt)).scalars())
+                await tx.remove(keys)
+        if time.monotonic() - self._last_prune >= _PRUNE_EVERY:
+            await self.prune_changes()
+        return len(keys)
+
+    async def prune_changes(self) -> int:
+        """Drop change rows older than the retention, keeping the newest one."""
+        self._last_prune = time.monotonic()
+        cutoff = wall_micros() - int(self.change_retention * 1_000_000)
+        newest = select(func.max(changes.c.id)).scalar_subquery()
+        stmt = delete(changes).where(changes.c.created < cutoff, changes.c.id < newest)
+        async with self._write() as tx:
+            result = await tx.conn.execute(stmt)
+        return int(result.rowcount or 0)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._sweeper, self._poller) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for watcher in list(self._watchers):
+            watcher.close()
+        # Wait for writes in flight, then release every pooled connection.
+        async with self._write_lock:
+            await self._engine.dispose()
+
+    # -- watching -----------------------------------------------------------------------
+
+    async def _attach(self, watcher: Watcher) -> None:
+        async with self._poll_lock:
+            async with self._read() as conn:
+                newest = (await conn.execute(select(func.max(changes.c.id)))).scalar() or 0
+            # Holding the poll lock, no poll is half-way: every change up to `newest` is
+            # either already delivered or will be skipped for this watcher, and every
+            # change committed from now on gets a larger id.
+            if not self._watchers:
+                self._cursor = newest
+            self._watchers[watcher] = newest
+        self._have_watchers.set()
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll_forever(), name="limen-sql-watch")
+
+    def _detach(self, watcher: Watcher) -> None:
+        self._watchers.pop(watcher, None)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            if not self._watchers:
+                self._have_watchers.clear()
+                await self._have_watchers.wait()
+            self._wake.clear()  # before reading: a commit from now on wakes us again
+            try:
+                more = await self._poll_once()
+            except Exception as exc:  # noqa: BLE001 - watchers must hear of any failure
+                message = exc.message if isinstance(exc, LimenError) else "Reading changes failed."
+                log.warning("Watching the backend failed, closing its watchers: %s", message)
+                for watcher in list(self._watchers):
+                    watcher.close(ConnectionProblem(f"{message} Watch again to resume."))
+                more = False
+            if not more:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that races with the wait ending, and close() would hang.
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_interval):
+                        await self._wake.wait()
+
+    async def _poll_once(self) -> bool:
+        """Deliver the next batch of changes; True if there may be more right away."""
+        async with self._poll_lock:
+            if not self._watchers:
+                return False
+            stmt = (
+                select(
+                    changes.c.id,
+                    changes.c.op,
+                    changes.c.key,
+                    changes.c.value,
+                    changes.c.expires,
+                    changes.c.revision,
+                )
+                .where(changes.c.id > self._cursor)
+                .order_by(changes.c.id)
+                .limit(_POLL_BATCH)
+            )
+            async with self._read() as conn:
+                rows = (await conn.execute(stmt)).all()
+            for change_id, op, key, value, expires, revision in rows:
+                item = Item(key, bytes(value), from_micros(expires), revision)
+                event = Event(OpType(op), item)
+                for watcher, since in list(self._watchers.items()):
+                    if change_id > since:
+                        watcher.deliver(event)
+                self._cursor = change_id
+            return len(rows) == _POLL_BATCH

@@ -1,0 +1,159 @@
+"""The SQL backend's tables and the statements of one write transaction.
+
+Shared by both engines; engine differences live in sql_dialects.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from limen.backend.base import (
+    Item,
+    OpType,
+    from_micros,
+    is_expired,
+    new_revision,
+    prefix_end,
+    to_micros,
+)
+from limen.backend.sql_dialects import Dialect
+
+_CHUNK = 500  # keys per DELETE ... IN (...), well under SQLite's variable limit
+
+# Keys compare byte-wise ("C" collation) so ORDER BY and prefix ranges agree with
+# Python's str ordering; PostgreSQL's default collation is locale-aware and would not.
+# SQLite's default (BINARY) already compares UTF-8 bytes.
+KEY_TYPE = Text().with_variant(Text(collation="C"), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY (not BIGINT).
+ID_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+items = Table(
+    "kv_items",
+    metadata,
+    Column("key", KEY_TYPE, primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("expires", BigInteger, nullable=True),  # epoch microseconds, backend clock
+    Column("revision", String(64), nullable=False),
+    Index("kv_items_expires", "expires"),
+)
+
+changes = Table(
+    "kv_changes",
+    metadata,
+    Column("id", ID_TYPE, primary_key=True, autoincrement=True),
+    Column("op", String(8), nullable=False),
+    Column("key", KEY_TYPE, nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("expires", BigInteger, nullable=True),
+    Column("revision", String(64), nullable=False),
+    Column("created", BigInteger, nullable=False),  # wall-clock epoch micros, for pruning
+    Index("kv_changes_created", "created"),
+    # AUTOINCREMENT: never reuse an id after pruning, or a poller's cursor would skip it.
+    sqlite_autoincrement=True,
+)
+
+ITEM_COLUMNS = (items.c.key, items.c.value, items.c.expires, items.c.revision)
+
+
+def row_item(row: Any) -> Item:
+    key, value, expires, revision = row
+    return Item(key, bytes(value), from_micros(expires), revision)
+
+
+class WriteTx:
+    """One serialised write transaction: read the current state, decide, write."""
+
+    def __init__(self, conn: AsyncConnection, dialect: Dialect, now: datetime) -> None:
+        self.conn = conn
+        self.dialect = dialect
+        self.now = now
+
+    async def current(self, key: str) -> Item | None:
+        row = (await self.conn.execute(select(*ITEM_COLUMNS).where(items.c.key == key))).first()
+        if row is None:
+            return None
+        item = row_item(row)
+        return None if is_expired(item.expires, self.now) else item
+
+    async def store(self, item: Item) -> Item:
+        stored = replace(item, revision=new_revision())
+        values = {
+            "key": stored.key,
+            "value": stored.value,
+            "expires": to_micros(stored.expires),
+            "revision": stored.revision,
+        }
+        stmt = self.dialect.insert(items).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[items.c.key],
+            set_={
+                "value": stmt.excluded.value,
+                "expires": stmt.excluded.expires,
+                "revision": stmt.excluded.revision,
+            },
+        )
+        await self.conn.execute(stmt)
+        change = insert(changes).values(op=OpType.PUT.value, created=wall_micros(), **values)
+        await self.conn.execute(change)
+        return stored
+
+    async def remove(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), _CHUNK):
+            chunk = list(keys[start : start + _CHUNK])
+            await self.conn.execute(delete(items).where(items.c.key.in_(chunk)))
+        if keys:
+            created = wall_micros()
+            rows = [
+                {
+                    "op": OpType.DELETE.value,
+                    "key": key,
+                    "value": b"",
+                    "expires": None,
+                    "revision": "",
+                    "created": created,
+                }
+                for key in keys
+            ]
+            await self.conn.execute(insert(changes), rows)
+
+    async def keys_under(self, prefix: str) -> list[tuple[str, int | None]]:
+        stmt = select(items.c.key, items.c.expires).where(*prefix_clauses(prefix))
+        rows = (await self.conn.execute(stmt.order_by(items.c.key))).all()
+        return [(key, expires) for key, expires in rows if key.startswith(prefix)]
+
+
+def wall_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def prefix_clauses(prefix: str) -> list[Any]:
+    """``prefix <= key < prefix_end(prefix)``: an index range scan, unlike LIKE."""
+    clauses: list[Any] = []
+    if prefix:
+        clauses.append(items.c.key >= prefix)
+        end = prefix_end(prefix)
+        if end is not None:
+            clauses.append(items.c.key < end)
+    return clauses
