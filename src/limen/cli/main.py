@@ -11,7 +11,7 @@ from limen.errors import LimenError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from limen.cli import account, daemon, resources, tokens, users
+    from limen.cli import account, daemon, nodes, resources, ssh, tokens, users
 
     parser = argparse.ArgumentParser(
         prog="limen", description="Limen: identity-aware access to SSH infrastructure."
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"limen {__version__}")
     parser.add_argument("--debug", action="store_true", help="verbose logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (daemon, users, tokens, resources, account):
+    for module in (daemon, users, tokens, resources, account, nodes, ssh):
         module.register(sub)
     return parser
 

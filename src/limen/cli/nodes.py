@@ -1,0 +1,70 @@
+"""`limen ls` (the nodes you may reach) and `limen sessions ls` (live sessions)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from limen.cli.output import add_format_flag, emit, table
+from limen.client import profile as profiles
+from limen.client.api import APIClient
+from limen.errors import AccessDenied
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ls = sub.add_parser("ls", help="list the nodes you may reach")
+    ls.add_argument("labels", nargs="*", metavar="LABEL=VALUE", help="only nodes with these")
+    add_format_flag(ls)
+    ls.set_defaults(func=cmd_ls)
+
+    sessions = sub.add_parser("sessions", help="live sessions")
+    cmds = sessions.add_subparsers(dest="sessions_cmd", required=True, metavar="COMMAND")
+    sessions_ls = cmds.add_parser("ls", help="list live sessions")
+    add_format_flag(sessions_ls)
+    sessions_ls.set_defaults(func=cmd_sessions_ls)
+
+
+def _client() -> APIClient:
+    profile = profiles.current()
+    ca = profile.trusted_ca()
+    if ca is None:
+        raise AccessDenied(f"no cluster CA is stored for {profile.proxy}; run limen login")
+    return APIClient(profile.proxy, ca, profile.token())
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from limen.client.fanout import matches, parse_selector
+
+    selector = parse_selector(",".join(args.labels))
+    with _client() as client:
+        nodes = [n for n in client.get("/v1/nodes") if matches(n, selector)]
+    rows = [
+        (n["name"], n["id"], n["addr"], _labels(n["labels"]), n.get("connection", ""),
+         n.get("last_heartbeat", ""))
+        for n in nodes
+    ]
+    headers = ["Node", "Id", "Address", "Labels", "Connection", "Last heartbeat"]
+    emit(nodes, args.format, table(headers, rows) if rows else "No nodes match.")
+    return 0
+
+
+def cmd_sessions_ls(args: argparse.Namespace) -> int:
+    with _client() as client:
+        sessions = client.get("/v1/sessions")
+    rows = [
+        (s["id"], s["user"], s["login"], s["node"], _kind(s), s["started"], s["remote_addr"])
+        for s in sessions
+    ]
+    headers = ["Id", "User", "Login", "Node", "Kind", "Started", "From"]
+    emit(sessions, args.format, table(headers, rows) if rows else "No live sessions.")
+    return 0
+
+
+def _labels(labels: dict[str, Any]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def _kind(session: dict[str, Any]) -> str:
+    if session.get("interactive"):
+        return "shell"
+    return f"exec: {session['command']}" if session.get("command") else "exec"

@@ -1,0 +1,170 @@
+"""`limen ssh`, `limen scp` and `limen config`: reaching nodes through the proxy.
+
+Exit codes of `limen ssh` follow OpenSSH's ssh: the remote command's exit status;
+255 when it was killed by a signal (the signal is named on stderr) or when limen
+itself fails (no login, unknown node, refused certificate...), so a script can tell a
+remote `exit 1` from a failure to get there. With a label selector the exit code is 0
+when the command succeeded on every node, else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from limen.client.access import Credentials, Target, default_login, dial, load_credentials
+from limen.client.ssh import RemoteExit, close_connection
+from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
+
+SSH_FAILURE = 255
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ssh = sub.add_parser("ssh", help="run a shell or command on a node (or on nodes by label)")
+    ssh.add_argument("-t", dest="tty", action="count", default=0,
+                     help="ask for a pty; -tt even without a local terminal")
+    ssh.add_argument("-T", dest="no_tty", action="store_true", help="never ask for a pty")
+    ssh.add_argument("-L", dest="forwards", action="append", default=[],
+                     metavar="[BIND:]LPORT:HOST:RPORT", help="forward a local port")
+    ssh.add_argument("-A", dest="agent", action="store_true", help="forward your ssh-agent")
+    ssh.add_argument("-N", dest="no_command", action="store_true",
+                     help="run no command (with -L: forward only)")
+    ssh.add_argument("-l", dest="login", help="the login (default: your user name if allowed)")
+    ssh.add_argument("target", metavar="[LOGIN@]NODE",
+                     help="node name, NAME.CLUSTER, id, or a label selector such as env=dev")
+    ssh.add_argument("command", nargs=argparse.REMAINDER, help="command to run")
+    ssh.set_defaults(func=cmd_ssh)
+
+    scp = sub.add_parser("scp", help="copy files to or from nodes ([LOGIN@]NODE:PATH)")
+    scp.add_argument("-r", dest="recursive", action="store_true", help="copy directories")
+    scp.add_argument("-p", dest="preserve", action="store_true",
+                     help="keep modification times and modes")
+    scp.add_argument("paths", nargs="+", metavar="PATH", help="SRC... DST")
+    scp.set_defaults(func=cmd_scp)
+
+    config = sub.add_parser("config", help="print an OpenSSH config for this cluster")
+    config.add_argument("--write", action="store_true",
+                        help="write it to $LIMEN_HOME/ssh_config and include it from "
+                             "~/.ssh/config")
+    config.set_defaults(func=cmd_config)
+
+
+# limen ssh
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    try:
+        return _ssh(args)
+    except LimenError as exc:
+        print(f"ERROR: {exc.message}", file=sys.stderr)
+        return SSH_FAILURE
+
+
+def _ssh(args: argparse.Namespace) -> int:
+    from limen.client.fanout import is_selector
+
+    creds = load_credentials()
+    command = " ".join(args.command) or None
+    if is_selector(args.target):
+        return _ssh_selector(creds, args, command)
+    target = Target.parse(args.target)
+    login = creds.choose_login(args.login or target.login)
+    return asyncio.run(_ssh_node(creds, args, target.node, login, command))
+
+
+async def _ssh_node(creds: Credentials, args: argparse.Namespace, node: str, login: str,
+                    command: str | None) -> int:
+    from limen.client.forward import Forwarder, LocalForward
+    from limen.client.session import exit_code, run_session, wants_pty
+
+    forwards = [LocalForward.parse(spec) for spec in args.forwards]
+    if forwards and not creds.permits("permit-port-forwarding"):
+        raise AccessDenied("port forwarding (-L) is not allowed: your certificate does not "
+                           "permit it (your roles do not allow port forwarding)")
+    conn = await dial(creds, node, login, agent_path=_agent_path(creds, args.agent))
+    forwarder = Forwarder(conn)
+    try:
+        await forwarder.start(forwards)
+        if args.no_command:
+            await conn.wait_closed()
+            return 0
+        pty = wants_pty(args.tty, args.no_tty, command, os.isatty(sys.stdin.fileno()))
+        return exit_code(await run_session(conn, command, pty))
+    finally:
+        await forwarder.stop()
+        await close_connection(conn)
+
+
+def _agent_path(creds: Credentials, wanted: bool) -> str | None:
+    if not wanted:
+        return None
+    path = os.environ.get("SSH_AUTH_SOCK")
+    if not path:
+        raise BadParameter("-A forwards your ssh-agent, but none is running (SSH_AUTH_SOCK "
+                           "is not set)")
+    if not creds.permits("permit-agent-forwarding"):
+        raise AccessDenied("agent forwarding (-A) is not allowed: your certificate does not "
+                           "permit it (your roles do not allow it)")
+    return path
+
+
+def _ssh_selector(creds: Credentials, args: argparse.Namespace, command: str | None) -> int:
+    from limen.client.fanout import matches, parse_selector, run_on_nodes
+
+    if command is None:
+        raise BadParameter("with a label selector, give a command to run on every node")
+    login_part, _, selector_text = args.target.rpartition("@")
+    selector = parse_selector(selector_text)
+    login = creds.choose_login(args.login or login_part or None)
+    with creds.api() as api:
+        nodes = [n for n in api.get("/v1/nodes") if matches(n, selector)]
+    if not nodes:
+        raise NotFound(f"no node you may reach has the labels {selector_text} (see limen ls)")
+    results = asyncio.run(run_on_nodes(creds, nodes, login, command, _status_only))
+    failed = [r for r in results if r.code != 0]
+    for result in failed:
+        why = result.error or f"exit status {result.code}"
+        print(f"[{result.name}] failed: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _status_only(result: RemoteExit) -> int:
+    return result.status if result.status is not None else SSH_FAILURE
+
+
+# limen scp
+
+
+def cmd_scp(args: argparse.Namespace) -> int:
+    from limen.client.copy import copy, plan
+
+    if len(args.paths) < 2:
+        raise BadParameter("give at least one source and a destination")
+    job = plan(args.paths[:-1], args.paths[-1])
+    creds = load_credentials()
+    login = creds.choose_login(job.target.login)
+    asyncio.run(copy(creds, job, login, args.recursive, args.preserve))
+    return 0
+
+
+# limen config
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from limen.client import profile as profiles
+    from limen.client.openssh import config_block, write_config
+
+    profile = profiles.current()
+    if not profile.ssh_proxy:
+        raise NotFound(f"your profile does not know the proxy's SSH address; run limen login "
+                       f"--proxy {profile.proxy}")
+    text = config_block(profile, default_login(profile.logins))
+    if not args.write:
+        print(text, end="")
+        return 0
+    path, added = write_config(text)
+    note = "added an Include line to ~/.ssh/config" if added else "~/.ssh/config includes it"
+    print(f"Wrote {path}; {note}.\nTry: ssh {default_login(profile.logins)}@NODE.{profile.cluster}")
+    return 0

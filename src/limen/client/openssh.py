@@ -1,0 +1,79 @@
+"""`limen config`: an OpenSSH client config so plain ssh, scp, sftp and rsync use the login.
+
+Two blocks, as Teleport's `tsh config` does:
+
+- every cluster host (``*.CLUSTER``) and the proxy: the login's key and certificate only
+  (IdentitiesOnly), and the cluster's host CA as the only trusted host key source with
+  StrictHostKeyChecking yes, so both hops of ProxyJump are verified and never prompt;
+- every cluster host except the proxy: ProxyJump through the proxy's SSH port (no
+  extra process per connection, unlike ProxyCommand).
+
+Paths are absolute and quoted, never ``~``: the block works from ``ssh -F FILE`` and
+from an ``Include`` alike, and ProxyJump hands ``-F FILE`` on to the jump hop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from limen.client import profile as profiles
+from limen.config import split_host_port
+
+INCLUDE_MARKER = "# Added by limen config --write"
+
+
+def _quote(path: Path | str) -> str:
+    return '"' + str(path).replace('"', '\\"') + '"'
+
+
+def config_block(profile: profiles.Profile, jump_login: str) -> str:
+    """The config text for ``profile``; ``jump_login`` is the user name at the proxy."""
+    host, port = split_host_port(profile.ssh_proxy)
+    cluster = profile.cluster
+    known_hosts = profiles.Profile.known_hosts_path()
+    return (
+        f"# Limen cluster {cluster} through the proxy {profile.proxy} "
+        f"(user {profile.user}); from: limen config\n"
+        f"# Use: ssh LOGIN@NODE.{cluster}   (scp, sftp and rsync -e ssh alike)\n"
+        f"Host *.{cluster} {host}\n"
+        f"    IdentityFile {_quote(profile.key_path)}\n"
+        f"    CertificateFile {_quote(profile.cert_path)}\n"
+        f"    IdentitiesOnly yes\n"
+        f"    UserKnownHostsFile {_quote(known_hosts)}\n"
+        f"    GlobalKnownHostsFile /dev/null\n"
+        f"    StrictHostKeyChecking yes\n"
+        f"    CheckHostIP no\n"
+        f"\n"
+        f"Host *.{cluster} !{host}\n"
+        f"    ProxyJump {jump_login}@{host}:{port}\n"
+    )
+
+
+def config_path() -> Path:
+    return profiles.limen_home() / "ssh_config"
+
+
+def write_config(text: str) -> tuple[Path, bool]:
+    """Write the block to $LIMEN_HOME/ssh_config and include it from ~/.ssh/config.
+
+    Returns the path and whether the Include line was added now (it is added once,
+    at the top: an Include after a Host line would only apply inside that block).
+    """
+    path = config_path()
+    profiles.write_private(path, text, 0o600)
+    return path, _add_include(path)
+
+
+def _add_include(path: Path) -> bool:
+    user_config = Path.home() / ".ssh" / "config"
+    if user_config.is_symlink():  # dotfile managers link it: edit the file, keep the link
+        user_config = user_config.resolve()
+    line = f"Include {_quote(path)}"
+    existing = user_config.read_text() if user_config.exists() else ""
+    if any(entry.strip() == line for entry in existing.splitlines()):
+        return False
+    user_config.parent.mkdir(mode=0o700, exist_ok=True)
+    mode = os.stat(user_config).st_mode & 0o777 if user_config.exists() else 0o600
+    profiles.write_private(user_config, f"{INCLUDE_MARKER}\n{line}\n\n{existing}", mode)
+    return True
