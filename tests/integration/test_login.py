@@ -94,7 +94,7 @@ def test_wrong_password_and_wrong_code_are_refused(cluster: ClusterHarness) -> N
 
 def test_a_code_cannot_be_used_twice(cluster: ClusterHarness) -> None:
     user = cluster.create_user("erin", logins="erin")
-    code = cluster.next_otp(user.secret)
+    code = cluster.next_otp(user)
     assert cluster.login(user, otp=code).returncode == 0
     again = cluster.login(user, otp=code)
     assert again.returncode != 0
@@ -172,7 +172,7 @@ def test_login_adds_the_key_to_a_running_agent(cluster: ClusterHarness, tmp_path
         user = cluster.create_user("judy", logins="judy")
         result = cluster.cli(
             "login", "--proxy", cluster.web_addr, "--user", "judy", "--password-stdin",
-            "--otp", cluster.next_otp(user.secret), "--insecure",
+            "--otp", cluster.next_otp(user), "--insecure",
             home=user.home, input=PASSWORD + "\n", env=env,
         )
         assert result.returncode == 0, result.stderr

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any, TypeVar
 
 from limen.auth import totp
 from limen.clock import FakeClock
-from limen.config import Config
+from limen.config import Config, NodeConfig
+from limen.node.role import JoinOptions, NodeRole
 from limen.service import Service
 
 T = TypeVar("T")
@@ -40,6 +42,8 @@ class LimenUser:
     name: str
     secret: str
     home: Path
+    # The newest TOTP step this user has spent: the server accepts each step once.
+    last_step: int = 0
 
 
 class ClusterHarness:
@@ -51,6 +55,7 @@ class ClusterHarness:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._homes = 0
+        self.extra_nodes: list[NodeRole] = []
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> ClusterHarness:
@@ -62,8 +67,19 @@ class ClusterHarness:
             raise
         return self
 
+    def add_node(self, name: str, labels: dict[str, str]) -> NodeRole:
+        """Another node in the cluster's process (same host, its own port and identity)."""
+        config = NodeConfig(listen_addr="127.0.0.1:0", name=name, labels=labels)
+        node = NodeRole(config, self.base / f"node-{name}", self.clock, self.service.auth,
+                        JoinOptions())
+        self.run(node.start())
+        self.extra_nodes.append(node)
+        return node
+
     def stop(self) -> None:
         try:
+            for node in self.extra_nodes:
+                self.run(node.stop())
             self.run(self.service.stop())
         finally:
             self._close_loop()
@@ -118,6 +134,11 @@ class ClusterHarness:
         )
         return CLIResult(proc.returncode, proc.stdout, proc.stderr)
 
+    @staticmethod
+    def cli_command() -> str:
+        """The CLI as a shell command, for scripts a test hands to the CLI (an $EDITOR)."""
+        return f"{sys.executable} -m limen.cli.main"
+
     def admin(self, *args: str, **kwargs: Any) -> CLIResult:
         return self.cli(*args, "--data-dir", str(self.data_dir), **kwargs)
 
@@ -140,21 +161,33 @@ class ClusterHarness:
     def otp(self, secret: str) -> str:
         return totp.code_at(secret, self.clock.now())
 
-    def next_otp(self, secret: str) -> str:
-        """A code from a step not used yet: move the clock on one TOTP step first."""
-        self.clock.advance(totp.STEP_SECONDS)
-        return self.otp(secret)
+    def _step(self) -> int:
+        return int(self.clock.now().timestamp()) // totp.STEP_SECONDS
+
+    def next_otp(self, user: LimenUser) -> str:
+        """A code from a step this user has not spent.
+
+        The server allows one step of skew ahead, so the next step's code is valid
+        now; only a third login within 30 s moves the clock. Keeping the clock close
+        to real time matters: certificates it stamps are checked by real clients.
+        """
+        current = self._step()
+        step = max(current, user.last_step + 1)
+        if step > current + totp.SKEW_STEPS:
+            self.clock.advance((step - current - totp.SKEW_STEPS) * totp.STEP_SECONDS)
+        user.last_step = step
+        return totp.code_at(user.secret, datetime.fromtimestamp(step * totp.STEP_SECONDS, UTC))
 
     def create_user(self, name: str, roles: str = "access", logins: str = "") -> LimenUser:
         home = self.new_home()
         secret = self.signup(self.add_user(name, roles, logins), home)
-        return LimenUser(name, secret, home)
+        return LimenUser(name, secret, home, last_step=self._step())
 
     def login(self, user: LimenUser, *extra: str, password: str = PASSWORD,
               otp: str | None = None) -> CLIResult:
         return self.cli(
             "login", "--proxy", self.web_addr, "--user", user.name, "--password-stdin",
-            "--otp", otp or self.next_otp(user.secret), "--insecure", *extra,
+            "--otp", otp or self.next_otp(user), "--insecure", *extra,
             home=user.home, input=password + "\n",
         )
 

@@ -150,8 +150,24 @@ def cmd_logout(_args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    _print_status(profiles.current(), args.format)
+    profile = profiles.current()
+    _print_status(profile, args.format, _effective_access(profile))
     return 0
+
+
+def _effective_access(profile: profiles.Profile) -> dict[str, object] | None:
+    """What the roles allow right now (they may have changed since login), if reachable."""
+    from limen.client.api import APIClient
+    from limen.errors import LimenError
+
+    ca = profile.trusted_ca()
+    if ca is None:
+        return None
+    try:
+        with APIClient(profile.proxy, ca, profile.token()) as client:
+            return client.get("/v1/whoami")
+    except LimenError:
+        return None
 
 
 def _status_json(profile: profiles.Profile) -> dict[str, object]:
@@ -168,8 +184,13 @@ def _status_json(profile: profiles.Profile) -> dict[str, object]:
     }
 
 
-def _print_status(profile: profiles.Profile, fmt: str) -> None:
+def _print_status(
+    profile: profiles.Profile, fmt: str, access: dict[str, object] | None = None
+) -> None:
     data = _status_json(profile)
+    if access is not None:
+        data["effective_logins"] = access["logins"]
+        data["options"] = access["options"]
     until = datetime.fromisoformat(profile.valid_until)
     left = until - datetime.now(UTC)
     state = f"valid for {str(left).split('.')[0]}" if left.total_seconds() > 0 else "EXPIRED"
@@ -184,4 +205,8 @@ def _print_status(profile: profiles.Profile, fmt: str) -> None:
         ("Certificate", data["cert_path"]),
         ("Known hosts", data["known_hosts_path"]),
     ]
+    if access is not None:
+        rows.append(("Logins now", ", ".join(access["logins"]) or "(none)"))
+        options = access["options"]
+        rows += [(f"  {k}", "" if v is None else str(v)) for k, v in options.items()]
     emit(data, fmt, table(["", ""], rows))

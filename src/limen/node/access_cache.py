@@ -83,7 +83,8 @@ class AccessCache:
 
     async def wait_until_ready(self) -> None:
         try:
-            await asyncio.wait_for(self.ready.wait(), self._wait_ready)
+            async with asyncio.timeout(self._wait_ready):
+                await self.ready.wait()
         except TimeoutError:
             raise ConnectionProblem(
                 "this node cannot reach the auth service to check your access; try again soon"

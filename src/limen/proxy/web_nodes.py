@@ -92,7 +92,8 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     try:
         while True:
             try:
-                message = await asyncio.wait_for(queue.get(), PING_SECONDS)
+                async with asyncio.timeout(PING_SECONDS):
+                    message = await queue.get()
             except TimeoutError:
                 message = {"op": "ping"}
             if message is None:
