@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from limen.clock import Clock
 from limen.proxy.ssh_jump import JumpHost, JumpPolicy, JumpSettings, NodeRoute
 from tests.proxy.support import CLUSTER, CountingRouter, Pki, Recorder, Sshd, UserFiles
 
@@ -48,12 +49,12 @@ async def make_jump(pki: Pki, node: Sshd) -> AsyncIterator[MakeJump]:
     started: list[JumpHost] = []
 
     async def make(policy: JumpPolicy | None = None, host_ca=None,
-                   routes: list[NodeRoute] = ()) -> Jump:
+                   routes: list[NodeRoute] = (), clock: Clock | None = None) -> Jump:
         key, cert = pki.host_identity("proxy", ["proxy", "127.0.0.1", "localhost"], ca=host_ca)
         settings = JumpSettings("127.0.0.1", 0, key, [cert], [pki.user_ca], CLUSTER)
         router = CountingRouter([node.route(), *routes])
         recorder = Recorder()
-        host = JumpHost(settings, router, policy, recorder)
+        host = JumpHost(settings, router, policy, recorder, clock=clock)
         await host.start()
         started.append(host)
         return Jump(host, router, recorder)

@@ -1,16 +1,19 @@
-"""The jump host's data path, driven by an asyncssh client: first bytes, half-close, failures."""
+"""The jump host driven by an asyncssh client: first bytes, half-close, failures, cert checks."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import asyncssh
 import pytest
 
 from limen.client.ssh import client_algs, host_ca_known_hosts
+from limen.clock import FakeClock
 from limen.proxy.ssh_jump import NodeRoute
 from tests.proxy.conftest import MakeJump
 from tests.proxy.support import Pki, UserFiles
@@ -133,3 +136,22 @@ async def test_source_address_in_the_certificate_is_enforced(
         )
     failure = await jump.recorder.wait_for("auth", success=False)
     assert "may not be used from 127.0.0.1" in failure["reason"]
+
+
+async def test_clock_skew_between_issuer_and_proxy_is_named(make_jump: MakeJump, pki: Pki) -> None:
+    # The issuer's clock runs an hour ahead: by the injected clock the certificate is
+    # valid, by the wall clock asyncssh checks it is not valid yet.
+    jump = await make_jump(clock=FakeClock(datetime.now(UTC) + timedelta(hours=1)))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    now = time.time()
+    cert = pki.user_ca.generate_user_certificate(
+        key, "alice", principals=["alice"], valid_after=now + 3000, valid_before=now + 9000
+    )
+    with pytest.raises(asyncssh.PermissionDenied):
+        await asyncssh.connect(
+            "127.0.0.1", jump.port, username="alice", client_keys=[(key, cert)],
+            known_hosts=host_ca_known_hosts(pki.host_ca), agent_path=None, config=[],
+            **client_algs(),
+        )
+    failure = await jump.recorder.wait_for("auth", success=False)
+    assert "not valid yet by this proxy's clock" in failure["reason"]

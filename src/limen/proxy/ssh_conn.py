@@ -28,6 +28,7 @@ name; pyproject pins asyncssh below 2.25, and the tests cover both paths.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import asyncssh
@@ -70,7 +71,7 @@ class JumpConnection(asyncssh.SSHServerConnection):
         # asyncssh checks the certificate against ``principal``, which our judge
         # chose: the user name, or a real principal when the user name is the key id.
         if not await super().validate_public_key(principal, key_data, msg, signature):
-            self._refuse("the certificate or its signature did not verify")
+            self._refuse(_why_asyncssh_refused(cert))
             return False
         if msg:  # a signed request: this key is the one that authenticates
             self.cert, self.auth_user = cert, username
@@ -85,6 +86,20 @@ class JumpConnection(asyncssh.SSHServerConnection):
     def _refuse(self, reason: str) -> None:
         if reason not in self.refusals:
             self.refusals.append(reason)
+
+
+def _why_asyncssh_refused(cert: UserCert) -> str:
+    # asyncssh checks validity against the wall clock, ours against the injected
+    # one; when only asyncssh objects, the clocks of the issuer and this proxy differ.
+    now = time.time()
+    if now < cert.valid_after.timestamp():
+        return (
+            f"the certificate is not valid yet by this proxy's clock (valid from "
+            f"{cert.valid_after:%Y-%m-%d %H:%M:%S} UTC): check the clocks of auth and proxy"
+        )
+    if now >= cert.valid_before.timestamp():
+        return "the certificate has expired by this proxy's clock"
+    return "the certificate's signature or its proof of key possession did not verify"
 
 
 async def create_jump_server(
