@@ -114,8 +114,9 @@ class SshUser:
     def config_with_identity(self, key: Path, cert: Path) -> Path:
         """The same config, authenticating with another key and certificate."""
         text = self.config.read_text()
-        text = text.replace(self.status["key_path"], str(key))
+        # The certificate first: the key's path is a prefix of it.
         text = text.replace(self.status["cert_path"], str(cert))
+        text = text.replace(self.status["key_path"], str(key))
         path = key.parent / "ssh_config"
         path.write_text(text)
         return path

@@ -13,10 +13,13 @@ import argparse
 import asyncio
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from limen.client.access import Credentials, Target, default_login, dial, load_credentials
-from limen.client.ssh import RemoteExit, close_connection
 from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
+
+if TYPE_CHECKING:  # asyncssh takes a while to import: only the commands that dial load it
+    from limen.client.access import Credentials
+    from limen.client.ssh import RemoteExit
 
 SSH_FAILURE = 255
 
@@ -63,6 +66,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def _ssh(args: argparse.Namespace) -> int:
+    from limen.client.access import Target, load_credentials
     from limen.client.fanout import is_selector
 
     creds = load_credentials()
@@ -76,8 +80,10 @@ def _ssh(args: argparse.Namespace) -> int:
 
 async def _ssh_node(creds: Credentials, args: argparse.Namespace, node: str, login: str,
                     command: str | None) -> int:
+    from limen.client.access import dial
     from limen.client.forward import Forwarder, LocalForward
     from limen.client.session import exit_code, run_session, wants_pty
+    from limen.client.ssh import close_connection
 
     forwards = [LocalForward.parse(spec) for spec in args.forwards]
     if forwards and not creds.permits("permit-port-forwarding"):
@@ -138,6 +144,7 @@ def _status_only(result: RemoteExit) -> int:
 
 
 def cmd_scp(args: argparse.Namespace) -> int:
+    from limen.client.access import load_credentials
     from limen.client.copy import copy, plan
 
     if len(args.paths) < 2:
@@ -154,6 +161,7 @@ def cmd_scp(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from limen.client import profile as profiles
+    from limen.client.access import default_login
     from limen.client.openssh import config_block, write_config
 
     profile = profiles.current()
