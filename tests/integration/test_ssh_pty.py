@@ -47,10 +47,12 @@ def _drive(child: pexpect.spawn) -> None:
         # The window change travels beside the keystrokes; ask until it has landed.
         wait_until(lambda: _stty_size(child) == "40 120", 10, "the new window size")
 
-        child.sendline("sleep 60; echo not-interrupted")
-        child.sendintr()  # Ctrl-C goes to the remote foreground process, not to ssh
-        child.expect_exact(PROMPT, timeout=10)
-        assert "not-interrupted" not in (child.before or "")
+        # Ctrl-C goes to the remote foreground process, not to ssh. Send it once the
+        # process runs (it says so after it is the foreground job), else bash may take it.
+        child.sendline("sh -c 'echo running-$((6*7)); exec sleep 60'")
+        child.expect_exact("running-42")
+        child.sendintr()
+        child.expect_exact(PROMPT, timeout=10)  # long before the 60 s are up
 
         child.sendline("exit 7")
         child.expect(pexpect.EOF)
