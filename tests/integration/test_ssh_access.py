@@ -277,3 +277,26 @@ def test_twenty_concurrent_sessions(cluster: ClusterHarness, tmp_path: Path) -> 
         "20 session.end events",
     )
     assert ends
+
+
+def test_agent_forwarding_with_dash_a(cluster: ClusterHarness, tmp_path: Path) -> None:
+    alice = new_user(cluster, "agent")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(sock.exists, 10, "ssh-agent's socket")
+        key = tmp_path / "id"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent-test",
+                        "-f", str(key)], check=True)
+        env = {"SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(key)], check=True, env=clean_env(**env),
+                       capture_output=True)
+        forwarded = alice.limen("ssh", "-A", "node1", "ssh-add -l", env=env)
+        assert forwarded.returncode == 0, forwarded.stderr
+        assert "agent-test" in forwarded.stdout
+        plain = alice.limen("ssh", "node1", "ssh-add -l", env=env)
+        assert plain.returncode == 2  # no agent on the node without -A
+    finally:
+        agent.terminate()
+        agent.wait(10)

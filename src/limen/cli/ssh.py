@@ -22,10 +22,16 @@ if TYPE_CHECKING:  # asyncssh takes a while to import: only the commands that di
     from limen.client.ssh import RemoteExit
 
 SSH_FAILURE = 255
+EXIT_CODES = """exit status, as OpenSSH's ssh:
+  the remote command's exit status; 255 when it was killed by a signal (named on
+  stderr) or when limen could not run it (not logged in, unknown node, refused).
+  With a label selector (KEY=VALUE[,KEY=VALUE] instead of NODE): 0 when the
+  command succeeded on every matching node, else 1."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    ssh = sub.add_parser("ssh", help="run a shell or command on a node (or on nodes by label)")
+    ssh = sub.add_parser("ssh", help="run a shell or command on a node (or on nodes by label)",
+                         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ssh.add_argument("-t", dest="tty", action="count", default=0,
                      help="ask for a pty; -tt even without a local terminal")
     ssh.add_argument("-T", dest="no_tty", action="store_true", help="never ask for a pty")
@@ -80,7 +86,7 @@ def _ssh(args: argparse.Namespace) -> int:
 
 async def _ssh_node(creds: Credentials, args: argparse.Namespace, node: str, login: str,
                     command: str | None) -> int:
-    from limen.client.access import dial
+    from limen.client.access import dial, session_errors
     from limen.client.forward import Forwarder, LocalForward
     from limen.client.session import exit_code, run_session, wants_pty
     from limen.client.ssh import close_connection
@@ -97,7 +103,8 @@ async def _ssh_node(creds: Credentials, args: argparse.Namespace, node: str, log
             await conn.wait_closed()
             return 0
         pty = wants_pty(args.tty, args.no_tty, command, os.isatty(sys.stdin.fileno()))
-        return exit_code(await run_session(conn, command, pty))
+        with session_errors(node):
+            return exit_code(await run_session(conn, command, pty))
     finally:
         await forwarder.stop()
         await close_connection(conn)

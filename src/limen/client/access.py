@@ -8,8 +8,10 @@ SSH address. The proxy and the node still decide; this only explains early.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import asyncssh
@@ -24,7 +26,7 @@ from limen.client.ssh import (
     translate_error,
 )
 from limen.config import split_host_port
-from limen.errors import AccessDenied, BadParameter, NotFound
+from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound
 
 RELOGIN = "run limen login"
 
@@ -182,3 +184,15 @@ async def _dial_with_agent(
         raise translate_error(exc, "node", f"node '{node}'", cluster) from exc
     conn.set_extra_info(limen_jump=jump)  # close_connection() closes both
     return conn
+
+
+@contextlib.contextmanager
+def session_errors(node: str) -> Iterator[None]:
+    """Once connected, a dropped connection is a sentence, not an asyncssh traceback."""
+    try:
+        yield
+    except (asyncssh.Error, OSError) as exc:
+        reason = getattr(exc, "reason", "") or getattr(exc, "strerror", "") or str(exc)
+        raise ConnectionProblem(
+            f"the connection to node '{node}' was lost: {reason or type(exc).__name__}"
+        ) from None

@@ -108,6 +108,9 @@ async def _transfer(sftp: asyncssh.SFTPClient, job: CopyPlan, recursive: bool,
         raise AccessDenied(f"permission denied: {exc.reason}") from None
     except asyncssh.SFTPError as exc:
         raise ConnectionProblem(f"the copy failed: {exc.reason}") from None
+    except asyncssh.Error as exc:  # the connection itself went away
+        raise ConnectionProblem(f"the copy stopped: the connection was lost ({exc.reason})"
+                                ) from None
     except OSError as exc:
         raise ConnectionProblem(f"the copy failed: {exc.strerror or exc}"
                                 f"{': ' + exc.filename if exc.filename else ''}") from None

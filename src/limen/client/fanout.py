@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
-from limen.client.access import Credentials, dial
+from limen.client.access import Credentials, dial, session_errors
 from limen.client.ssh import close_connection, run_command
 from limen.errors import BadParameter, LimenError
 
@@ -94,10 +94,13 @@ async def _run_one(
     except LimenError as exc:
         return NodeResult(name, 255, exc.message)
     try:
-        result = await run_command(
-            conn, command, stdout=cast(IO[bytes], stdout), stderr=cast(IO[bytes], stderr)
-        )
+        with session_errors(name):
+            result = await run_command(
+                conn, command, stdout=cast(IO[bytes], stdout), stderr=cast(IO[bytes], stderr)
+            )
         return NodeResult(name, exit_code(result))
+    except LimenError as exc:
+        return NodeResult(name, 255, exc.message)
     finally:
         stdout.close()
         stderr.close()
