@@ -106,10 +106,13 @@ class ProxyConfig(_Section):
     enabled: bool = True
     web_listen_addr: str = "0.0.0.0:3080"
     ssh_listen_addr: str = "0.0.0.0:3023"
+    tunnel_listen_addr: str = "0.0.0.0:3024"  # reverse tunnels from nodes behind NAT
     public_addr: str | None = None
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
 
-    _addrs = field_validator("web_listen_addr", "ssh_listen_addr")(_check_addr)
+    _addrs = field_validator("web_listen_addr", "ssh_listen_addr", "tunnel_listen_addr")(
+        _check_addr
+    )
 
 
 class NodeConfig(_Section):
@@ -194,6 +197,7 @@ proxy:
   enabled: true
   web_listen_addr: 0.0.0.0:3080   # HTTPS API (login, signup) and later the web UI
   ssh_listen_addr: 0.0.0.0:3023   # SSH jump host (ssh -J)
+  tunnel_listen_addr: 0.0.0.0:3024  # nodes without an address dial in here (reverse tunnels)
   # public_addr: proxy.example.com:3080   # the address clients use, if different
   rate_limit:                     # per client address, on unauthenticated endpoints
     average_per_minute: 20
@@ -204,7 +208,10 @@ ssh:
   listen_addr: 0.0.0.0:3022
   # name: web-1
   labels: {}
-  # advertise_addr: 10.0.0.5:3022   # where the proxy dials this node
+  # advertise_addr: 10.0.0.5:3022   # where the proxy dials this node; a node that joins
+  #                                 # through proxy_addr without one dials out instead
+  #                                 # (a reverse tunnel) and then opens no port unless
+  #                                 # listen_addr is set explicitly
   # To join a cluster whose auth and proxy run elsewhere:
   # proxy_addr: proxy.example.com:3080
   # join_token: <from limen tokens add --type node>

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from asyncssh import SSHKey
 from cryptography.hazmat.primitives import serialization
 
 from limen.audit.log import AuditLog
@@ -29,8 +30,10 @@ from limen.node.role import JoinOptions, NodeRole
 from limen.proxy.https import HTTPSServer, bind
 from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.ssh_jump import JumpHost
-from limen.proxy.ssh_role import start_jump_host
+from limen.proxy.ssh_role import proxy_host_identity, start_jump_host
 from limen.proxy.web import WebState, create_app
+from limen.tunnel.proxy_role import start_tunnel_server
+from limen.tunnel.server import TunnelServer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ class Service:
     join_options: JoinOptions = field(default_factory=JoinOptions)
     node: NodeRole | None = None
     jump: JumpHost | None = None
+    tunnel_addr: str = ""
+    tunnels: TunnelServer | None = None
     _https: HTTPSServer | None = None
     _web_state: WebState | None = None
 
@@ -86,12 +91,18 @@ class Service:
             if self.auth is not None:
                 await self._start_web()
             if self.auth is not None and "proxy" in self.config.roles():
+                identity = proxy_host_identity(self.config.proxy, self.data_dir, self.auth)
+                self.tunnels = await start_tunnel_server(
+                    self.config.proxy, self.auth, self.clock, identity
+                )
                 self.jump = await start_jump_host(
-                    self.config.proxy, self.data_dir, self.auth, self.clock
+                    self.config.proxy, self.data_dir, self.auth, self.clock,
+                    self.tunnels.directory, identity,
                 )
                 host = split_host_port(self.config.proxy.ssh_listen_addr)[0]
                 self.ssh_addr = local_address(host, self.jump.port)
                 self._publish_ssh_addr()
+                self._publish_tunnel(identity[0])
             if "node" in self.config.roles():
                 self.node = NodeRole(
                     self.config.ssh, self.data_dir, self.clock, self.auth, self.join_options
@@ -172,10 +183,27 @@ class Service:
             local_address(host, self.jump.port) if host else self.ssh_addr
         )
 
+    def _publish_tunnel(self, host_key: SSHKey) -> None:
+        """Tell node agents (ping) where the tunnel server is and which host key it has."""
+        if self.tunnels is None:
+            return
+        host = split_host_port(self.config.proxy.tunnel_listen_addr)[0]
+        self.tunnel_addr = local_address(host, self.tunnels.port)
+        public = self.config.proxy.public_addr
+        public_host = split_host_port(public, 0)[0] if public else ""
+        if self._web_state is not None:
+            state = self._web_state
+            state.tunnel_addr = (
+                local_address(public_host, self.tunnels.port) if public_host else self.tunnel_addr
+            )
+            state.tunnel_host_key = host_key.export_public_key("openssh").decode().strip()
+            state.tunnels = self.tunnels.directory
+
     def _write_run_file(self) -> None:
         """Where this process listens, for admin commands on the same host."""
         if self.web_addr:
-            data = {"web_addr": self.web_addr, "ssh_addr": self.ssh_addr}
+            data = {"web_addr": self.web_addr, "ssh_addr": self.ssh_addr,
+                    "tunnel_addr": self.tunnel_addr}
             _private_write(self.data_dir / RUN_FILE, json.dumps(data).encode())
 
     def _write_tls_files(self, listen_host: str) -> tuple[Path, Path]:
@@ -217,6 +245,9 @@ class Service:
         if self.jump is not None:
             await self.jump.stop()
             self.jump = None
+        if self.tunnels is not None:
+            await self.tunnels.stop()
+            self.tunnels = None
         if self._https is not None:
             await self._https.stop()
             self._https = None
@@ -232,6 +263,7 @@ def next_steps(service: Service) -> str:
         f"Limen cluster {service.auth.cluster_name if service.auth else '?'} is running.\n"
         f"  HTTPS API: https://{service.web_addr}\n"
         f"  SSH proxy: {service.ssh_addr or 'off'}\n"
+        f"  Node tunnels: {service.tunnel_addr or 'off'}\n"
         f"Next, add the first user (in another terminal on this host):\n"
         f"  limen users add alice --roles access,editor --logins alice,root --data-dir {data}\n"
         f"and follow the signup command it prints."

@@ -72,6 +72,7 @@ def test_start_runs_until_sigterm_and_restart_keeps_everything(tmp_path: Path) -
     config.write_text(
         f"cluster_name: proc.limen\ndata_dir: {data}\n"
         "proxy:\n  web_listen_addr: 127.0.0.1:0\n  ssh_listen_addr: 127.0.0.1:0\n"
+        "  tunnel_listen_addr: 127.0.0.1:0\n"
         "ssh:\n  enabled: false\n"
     )
     env = {**os.environ, "LIMEN_HOME": str(tmp_path / "home")}

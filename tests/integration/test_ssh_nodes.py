@@ -39,7 +39,8 @@ class JoinedNode:
         argv = [sys.executable, "-m", "limen.cli.main", "start", "--roles", "node",
                 "--token", self.token, "--proxy", self.cluster.web_addr, "--insecure",
                 "--name", self.name, "--labels", self.labels,
-                "--listen-addr", "127.0.0.1:0", "--data-dir", str(self.data_dir)]
+                "--listen-addr", "127.0.0.1:0", "--data-dir", str(self.data_dir),
+                "--advertise-addr", "127.0.0.1"]  # direct: without it the node tunnels
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)

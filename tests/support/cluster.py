@@ -210,6 +210,7 @@ def default_config(data_dir: Path, **overrides: Any) -> Config:
             "proxy": {
                 "web_listen_addr": "127.0.0.1:0",
                 "ssh_listen_addr": "127.0.0.1:0",
+                "tunnel_listen_addr": "127.0.0.1:0",
                 # Many tests share one address; the limiter has its own test.
                 "rate_limit": {"average_per_minute": 100000, "burst": 100000},
             },

@@ -121,6 +121,7 @@ class JoinService:
                     "connection": "direct" if request.addr else "tunnel",
                     "version": __version__,
                     "joined": self.ctx.clock.now(),
+                    "since": self.ctx.clock.now(),
                 },
             }
         )
@@ -180,9 +181,13 @@ class JoinService:
             raise NotFound(
                 "this node's registration expired; it re-registers with its identity"
             ) from None
+        mode = "direct" if connection == "direct" else "tunnel"
+        moved = addr is not None and addr != node.spec.addr
+        if moved or mode != node.spec.connection or node.spec.since is None:
+            node.spec.since = self.ctx.clock.now()
         if addr is not None:
             node.spec.addr = addr
-        node.spec.connection = "direct" if connection == "direct" else "tunnel"
+        node.spec.connection = mode
         await self._save_node(node)
         return node
 
@@ -197,7 +202,8 @@ class JoinService:
                 "metadata": {"name": identity.user, "labels": request.labels},
                 "spec": {"hostname": request.name, "addr": request.addr,
                          "connection": "direct" if request.addr else "tunnel",
-                         "version": __version__, "joined": self.ctx.clock.now()},
+                         "version": __version__, "joined": self.ctx.clock.now(),
+                         "since": self.ctx.clock.now()},
             }
         )
         await self._save_node(node)

@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--insecure", action="store_true", help="join without a CA pin (tests)")
     node.add_argument("--name", help="the node's name (default: the host name)")
     node.add_argument("--labels", help="labels, e.g. env=dev,team=web")
-    node.add_argument("--advertise-addr", help="where the proxy dials this node, HOST[:PORT]")
+    node.add_argument("--advertise-addr",
+                      help="where the proxy dials this node, HOST[:PORT]; without it a node "
+                           "joining through --proxy dials out (reverse tunnel)")
     node.add_argument("--listen-addr", help="the node's SSH listen address (default 0.0.0.0:3022)")
     start.set_defaults(func=cmd_start)
 
@@ -51,7 +53,8 @@ def build_config(args: argparse.Namespace) -> Config:
     node.ca_pin = args.ca_pin or node.ca_pin
     node.name = args.name or node.name
     node.advertise_addr = args.advertise_addr or node.advertise_addr
-    node.listen_addr = args.listen_addr or node.listen_addr
+    if args.listen_addr:  # only when given: a tunneled node opens no port by default
+        node.listen_addr = args.listen_addr
     if args.labels:
         node.labels = {**node.labels, **parse_labels(args.labels)}
     return config

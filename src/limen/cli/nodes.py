@@ -39,11 +39,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with _client() as client:
         nodes = [n for n in client.get("/v1/nodes") if matches(n, selector)]
     rows = [
-        (n["name"], n["id"], n["addr"], _labels(n["labels"]), n.get("connection", ""),
-         n.get("last_heartbeat", ""))
+        (n["name"], n["id"], n["addr"], _labels(n["labels"]), _connection(n),
+         n.get("since", ""), n.get("last_heartbeat", ""))
         for n in nodes
     ]
-    headers = ["Node", "Id", "Address", "Labels", "Connection", "Last heartbeat"]
+    headers = ["Node", "Id", "Address", "Labels", "Connection", "Since", "Last heartbeat"]
     emit(nodes, args.format, table(headers, rows) if rows else "No nodes match.")
     return 0
 
@@ -58,6 +58,12 @@ def cmd_sessions_ls(args: argparse.Namespace) -> int:
     headers = ["Id", "User", "Login", "Node", "Kind", "Started", "From"]
     emit(sessions, args.format, table(headers, rows) if rows else "No live sessions.")
     return 0
+
+
+def _connection(node: dict[str, Any]) -> str:
+    """direct, tunnel, or "tunnel (offline)" while a tunnel node's tunnel is down."""
+    text = str(node.get("connection", ""))
+    return f"{text} (offline)" if node.get("online") is False else text
 
 
 def _labels(labels: dict[str, Any]) -> str:

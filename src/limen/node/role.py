@@ -28,6 +28,8 @@ from limen.node.membership import (
 )
 from limen.node.server import NodeServer
 from limen.node.settings import NodeSettings
+from limen.tunnel.agent import TunnelAgent
+from limen.tunnel.node_role import start_agent
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +51,23 @@ class NodeRole:
         self.link: ClusterLink | None = None
         self.identity: NodeIdentity | None = None
         self._heartbeat: Heartbeat | None = None
+        self.agent: TunnelAgent | None = None
         self.cache: AccessCache | None = None
 
     @property
     def name(self) -> str:
         return self.config.name or socket.gethostname().split(".")[0]
 
+    @property
+    def tunneled(self) -> bool:
+        """A node joining a cluster elsewhere with no address to advertise dials out to
+        the proxy (a reverse tunnel); the node inside the auth process stays direct."""
+        return self.auth is None and not self.config.advertise_addr
+
     async def start(self) -> None:
         host, port = split_host_port(self.config.listen_addr)
-        planned = advertise_address(host, port, self.config.advertise_addr)
+        tunneled = self.tunneled
+        planned = "" if tunneled else advertise_address(host, port, self.config.advertise_addr)
         self.identity = await self._identity(planned)
         self.link = self._link(self.identity)
         settings = NodeSettings(
@@ -78,11 +88,18 @@ class NodeRole:
         )
         observer = ClusterObserver(self.link, self.identity.node_id, self.identity.name)
         self.server = NodeServer(settings, policy, observer)
-        await self.server.start()
-        addr = advertise_address(host, self.server.port, self.config.advertise_addr)
+        # Behind NAT nobody can dial in: open a port only when one was asked for.
+        if not tunneled or "listen_addr" in self.config.model_fields_set:
+            await self.server.start()
+        addr = "" if tunneled else advertise_address(
+            host, self.server.port, self.config.advertise_addr
+        )
         self._heartbeat = Heartbeat(self.link, self.identity, addr, labels, self.server.sessions)
         await self._heartbeat.beat()  # registered with the real port before anyone dials
         self._heartbeat.start()
+        if tunneled:
+            self.agent = start_agent(self.identity, settings.host_key, self.server,
+                                     on_connected=self._heartbeat.beat)
         log.info("node %s (%s) serving SSH on %s", self.identity.name, self.identity.node_id, addr)
 
     async def _on_lock(self, lock: Lock) -> None:
@@ -140,5 +157,7 @@ class NodeRole:
             await self.cache.stop()
         if self.server is not None:
             await self.server.stop()
+        if self.agent is not None:  # after the server told tunneled sessions why they end
+            await self.agent.stop()
         if self.link is not None:
             await self.link.close()

@@ -10,13 +10,20 @@ from limen.auth.server import AuthServer
 from limen.config import split_host_port
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound
 from limen.proxy.ssh_jump import JumpIdentity, NodeRoute, open_tcp_stream
+from limen.tunnel.registry import Tunnel, TunnelDirectory
 
 
 class BackendRouter:
-    """Nodes as registered in the backend (they expire when heartbeats stop)."""
+    """Nodes as registered in the backend (they expire when heartbeats stop).
 
-    def __init__(self, auth: AuthServer) -> None:
+    A node with a reverse tunnel to this proxy is reached through it; otherwise the
+    node's address is dialed (giving up after NODE_DIAL_TIMEOUT). A tunnel-only node
+    is never dialed, even if an old address lingers: it has no port anyone can reach.
+    """
+
+    def __init__(self, auth: AuthServer, tunnels: TunnelDirectory | None = None) -> None:
         self.auth = auth
+        self.tunnels = tunnels
 
     async def resolve(self, target: str) -> NodeRoute:
         nodes = await self.auth.ctx.stores.nodes.list()
@@ -27,15 +34,33 @@ class BackendRouter:
             ids = ", ".join(n.name for n in matches)
             raise BadParameter(f"{len(matches)} nodes are named '{target}'; use an id: {ids}")
         node = matches[0]
-        if not node.spec.addr:
-            raise ConnectionProblem(f"node '{target}' is offline: it has no reachable address")
+        name = node.spec.hostname
+        if self._tunnel(node.name) is not None:
+            return NodeRoute(node_id=node.name, name=name, host="", port=0)
+        if node.spec.connection == "tunnel" or not node.spec.addr:
+            raise ConnectionProblem(offline_message(name))
         host, port = split_host_port(node.spec.addr)
-        return NodeRoute(node_id=node.name, name=node.spec.hostname, host=host, port=port)
+        return NodeRoute(node_id=node.name, name=name, host=host, port=port)
 
     async def open_stream(
         self, route: NodeRoute
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        tunnel = self._tunnel(route.node_id)
+        if tunnel is not None:
+            return await tunnel.open_stream(route.name)
+        if not route.host:  # the tunnel went down since resolve()
+            raise ConnectionProblem(offline_message(route.name))
         return await open_tcp_stream(route)
+
+    def _tunnel(self, node_id: str) -> Tunnel | None:
+        return self.tunnels.get(node_id) if self.tunnels is not None else None
+
+
+def offline_message(name: str) -> str:
+    return (
+        f"node '{name}' is offline: it connects through a reverse tunnel, and its tunnel "
+        "to the proxy is down (is its limen service running, and can it reach the proxy?)"
+    )
 
 
 class RolePolicy:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from asyncssh import SSHCertificate, SSHKey
+
 from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import ProxyConfig, split_host_port
 from limen.node.membership import first_address
 from limen.proxy.routing import AuditObserver, BackendRouter, RolePolicy
 from limen.proxy.ssh_jump import JumpHost, JumpSettings
+from limen.tunnel.registry import TunnelDirectory
 
 
 def _host_key(directory: Path):
@@ -26,23 +29,34 @@ def _host_key(directory: Path):
     return key
 
 
-async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
-                          clock: Clock) -> JumpHost:
-    host, port = split_host_port(config.ssh_listen_addr)
+def proxy_host_identity(config: ProxyConfig, data_dir: Path,
+                        auth: AuthServer) -> tuple[SSHKey, SSHCertificate]:
+    """The proxy's SSH host key and certificate, shared by the jump host and the tunnel
+    server; the certificate names every address clients and agents may dial."""
     key = _host_key(data_dir / "proxy")
     names = ["127.0.0.1", "localhost", "::1", socket.gethostname(), first_address()]
-    if host not in ("0.0.0.0", "::", ""):
-        names.append(host)
+    for addr in (config.ssh_listen_addr, config.tunnel_listen_addr):
+        host = split_host_port(addr)[0]
+        if host not in ("0.0.0.0", "::", ""):
+            names.append(host)
     if config.public_addr:
         names.append(split_host_port(config.public_addr, 0)[0])
     public = key.export_public_key("openssh").decode()
     cert = auth.join.sign_host("proxy", "proxy", "", public, extra=names, role="proxy")
+    return key, cert
+
+
+async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
+                          clock: Clock, tunnels: TunnelDirectory | None = None,
+                          identity: tuple[SSHKey, SSHCertificate] | None = None) -> JumpHost:
+    host, port = split_host_port(config.ssh_listen_addr)
+    key, cert = identity or proxy_host_identity(config, data_dir, auth)
     settings = JumpSettings(
         host=host, port=port, host_key=key, host_certs=[cert],
         user_ca_keys=[auth.ctx.cas.user_ca.convert_to_public()],
         cluster_name=auth.cluster_name,
     )
-    jump = JumpHost(settings, BackendRouter(auth), RolePolicy(auth), AuditObserver(auth),
-                    clock=clock)
+    jump = JumpHost(settings, BackendRouter(auth, tunnels), RolePolicy(auth),
+                    AuditObserver(auth), clock=clock)
     await jump.start()
     return jump

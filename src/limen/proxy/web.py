@@ -22,6 +22,7 @@ from limen.durations import parse_duration
 from limen.errors import AccessDenied, LimenError
 from limen.proxy import web_nodes, web_resources
 from limen.proxy.ratelimit import RateLimiter
+from limen.tunnel.registry import TunnelDirectory
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ class WebState:
     limiter: RateLimiter
     # The jump host's public host:port; set once it listens (it starts after this API).
     ssh_proxy_addr: str = ""
+    # The tunnel server's host:port and the proxy's SSH host key, for node agents; and
+    # the live tunnels, for node listings. Set once the tunnel server listens.
+    tunnel_addr: str = ""
+    tunnel_host_key: str = ""
+    tunnels: TunnelDirectory | None = None
 
 
 class SignupStart(BaseModel):
@@ -96,6 +102,8 @@ def create_app(state: WebState) -> FastAPI:
             "tls_ca": cas.tls_ca_cert.public_bytes(Encoding.PEM).decode(),
             "ca_pin": spki_pin(cas.tls_ca_cert),
             "ssh_proxy_addr": state.ssh_proxy_addr,
+            "tunnel_addr": state.tunnel_addr,
+            "tunnel_host_key": state.tunnel_host_key,
         }
 
     @app.post("/v1/signup/start", dependencies=[Limited])
@@ -146,7 +154,7 @@ def create_app(state: WebState) -> FastAPI:
         }
 
     _user_routes(app, state, Caller)
-    web_nodes.add_routes(app, state.auth, identity, Limited)
+    web_nodes.add_routes(app, state.auth, identity, Limited, lambda: state.tunnels)
     web_resources.add_routes(app, state.auth, identity)
     return app
 

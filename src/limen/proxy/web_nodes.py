@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -17,6 +17,7 @@ from limen.auth.server import AuthServer
 from limen.durations import parse_duration
 from limen.errors import AccessDenied, BadParameter
 from limen.resources import Node, Session
+from limen.tunnel.registry import TunnelDirectory, TunnelStatus
 
 
 class TokenCreate(BaseModel):
@@ -45,13 +46,23 @@ class ReportedEvent(BaseModel):
     fields: dict[str, Any] = Field(default_factory=dict)
 
 
-def node_json(node: Node) -> dict[str, Any]:
+def node_json(node: Node, tunnel: TunnelStatus | None = None) -> dict[str, Any]:
+    """A node as listings show it. A tunnel node is online only while its tunnel to
+    this proxy is up, and "since" is when that tunnel came up or went down; a direct
+    node's "since" is when it registered its current address."""
+    since = node.spec.since or node.spec.joined
+    online = True
+    if node.spec.connection == "tunnel":
+        online = tunnel is not None and tunnel.online
+        since = tunnel.since if tunnel is not None else None
     return {
         "name": node.spec.hostname,
         "id": node.name,
         "addr": node.spec.addr,
         "labels": node.metadata.labels,
         "connection": node.spec.connection,
+        "online": online,
+        "since": since.isoformat() if since else "",
         "last_heartbeat": node.spec.last_heartbeat.isoformat() if node.spec.last_heartbeat else "",
         "version": node.spec.version,
     }
@@ -105,8 +116,13 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
             await task
 
 
-def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any) -> None:
+def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any,
+               tunnels: Callable[[], TunnelDirectory | None] = lambda: None) -> None:
     Caller = Annotated[Identity, Depends(caller_dep)]
+
+    def tunnel_of(node: Node) -> TunnelStatus | None:
+        directory = tunnels()
+        return directory.status(node.name) if directory is not None else None
 
     @app.post("/v1/tokens")
     async def create_token(body: TokenCreate, caller: Caller) -> dict[str, Any]:
@@ -157,7 +173,7 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any) ->
         nodes = await auth.ctx.stores.nodes.list()
         if not caller.is_admin:
             nodes = [n for n in nodes if checker.can_access_node(n.metadata.labels)]
-        return [node_json(n) for n in sorted(nodes, key=lambda n: n.spec.hostname)]
+        return [node_json(n, tunnel_of(n)) for n in sorted(nodes, key=lambda n: n.spec.hostname)]
 
     @app.post("/v1/events")
     async def report_event(body: ReportedEvent, caller: Caller) -> dict[str, Any]:

@@ -18,6 +18,9 @@ class NodeSpec(BaseModel):
     connection: Literal["direct", "tunnel"] = "direct"
     version: str = ""
     joined: datetime | None = None
+    # When the node took its current connection (registered, or changed address or
+    # direct/tunnel); listings show a tunnel's own up/down time from the proxy instead.
+    since: datetime | None = None
     last_heartbeat: datetime | None = None
 
 

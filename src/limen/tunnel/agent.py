@@ -1,0 +1,208 @@
+"""The node's reverse-tunnel agent: dial out to the proxy, offer the node, stay connected.
+
+A node behind NAT has no address the proxy can dial. Its agent connects to the
+proxy's tunnel server as an SSH client, logs in with the node's host certificate and
+asks for a ``tcpip-forward`` of (node id, NODE_PORT); every channel the proxy opens
+back becomes an SSH connection to the node's own SSH service (``serve``, normally
+``NodeServer.listen_on``). One tunnel carries any number of sessions.
+
+The link stays honest with SSH keepalives (30 s; three unanswered and the agent gives
+up on the connection), and the agent reconnects forever with jittered exponential
+backoff capped at 10 s, so after a proxy restart it is back within seconds of the
+proxy. ``on_connected`` runs after each (re)connection: the node uses it to send a
+heartbeat at once, so a registration that expired during a long outage comes back
+without waiting for the next heartbeat tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncssh
+
+from limen.client.ssh import client_algs, host_ca_known_hosts
+from limen.clock import Clock, RealClock
+from limen.errors import AccessDenied, LimenError
+from limen.tunnel.backoff import Backoff
+from limen.tunnel.discovery import TunnelTarget, discover
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_INTERVAL = 30.0
+KEEPALIVE_COUNT_MAX = 3
+CONNECT_TIMEOUT = 10.0
+
+Locate = Callable[[], Awaitable[TunnelTarget]]
+Serve = Callable[[asyncssh.SSHClientConnection], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    node_id: str
+    host_key: asyncssh.SSHKey
+    host_cert: asyncssh.SSHCertificate
+    host_ca: asyncssh.SSHKey  # the proxy's host certificate must come from this CA
+    cluster: str
+
+
+class ProxyLocator:
+    """Asks the proxy where its tunnel server is, and remembers the last good answer
+    for when the web API is down too (the usual case during a proxy restart)."""
+
+    def __init__(self, proxy: str, tls_ca_pem: str) -> None:
+        self.proxy = proxy
+        self.tls_ca_pem = tls_ca_pem
+        self.last: TunnelTarget | None = None
+
+    async def __call__(self) -> TunnelTarget:
+        try:
+            self.last = await discover(self.proxy, self.tls_ca_pem)
+        except LimenError:
+            if self.last is None:
+                raise
+        return self.last
+
+
+class TunnelAgent:
+    def __init__(
+        self,
+        identity: AgentIdentity,
+        locate: Locate,
+        serve: Serve,
+        *,
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+        backoff: Backoff | None = None,
+        clock: Clock | None = None,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        keepalive_count_max: int = KEEPALIVE_COUNT_MAX,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.identity = identity
+        self._locate = locate
+        self._serve = serve
+        self._on_connected = on_connected
+        self.backoff = backoff or Backoff()
+        self.clock = clock or RealClock()
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_count_max = keepalive_count_max
+        self.connect_timeout = connect_timeout
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.connected_since: datetime | None = None
+        self.connects = 0  # how many times a tunnel came up
+        self.last_error = ""
+        self._up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def wait_connected(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await self._up.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close()
+
+    # the loop
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except AccessDenied as exc:  # loud: this will not fix itself by retrying
+                self.last_error = exc.message
+                log.error("tunnel to the proxy refused: %s", exc.message)
+            except (LimenError, OSError, asyncssh.Error, TimeoutError) as exc:
+                self.last_error = _describe(exc)
+                log.warning("tunnel to the proxy is down: %s", self.last_error)
+            except Exception as exc:  # never let the agent die: the node would vanish
+                self.last_error = repr(exc)
+                log.exception("tunnel agent failed; retrying")
+            finally:
+                self._up.clear()
+                self.connected_since = None
+                await self._close()
+            await asyncio.sleep(self.backoff.next())
+
+    async def _session(self) -> None:
+        """One connection: dial, log in, offer the node, and wait until it ends."""
+        target = await self._locate()
+        conn = await asyncio.wait_for(self._connect(target), self.connect_timeout)
+        self.conn = conn
+        if target.host_key is not None:
+            offered = conn.get_server_host_key()
+            if offered is None or offered.public_data != target.host_key.public_data:
+                raise AccessDenied(
+                    f"the tunnel server at {target} is not the proxy the cluster names "
+                    "(its host key differs from the one /v1/ping published)"
+                )
+        try:
+            await self._serve(conn)
+        except asyncssh.ChannelListenError as exc:
+            raise AccessDenied(
+                f"the proxy would not take this node's tunnel ({exc}); see its audit log"
+            ) from None
+        self.backoff.reset()
+        self.connects += 1
+        self.connected_since = self.clock.now()
+        self.last_error = ""
+        self._up.set()
+        log.info("tunnel to %s is up", target)
+        if self._on_connected is not None:
+            try:
+                await self._on_connected()
+            except Exception as exc:  # noqa: BLE001 - a heartbeat can fail; the tunnel stands
+                log.warning("after connecting the tunnel: %s", exc)
+        await conn.wait_closed()
+
+    async def _connect(self, target: TunnelTarget) -> asyncssh.SSHClientConnection:
+        ident = self.identity
+        return await asyncssh.connect(
+            target.host, target.port,
+            username=ident.node_id,
+            client_keys=[(ident.host_key, ident.host_cert)],
+            known_hosts=host_ca_known_hosts(ident.host_ca),
+            # The proxy's certificate names it "proxy"; which address this node
+            # reached it by does not matter (the host key check above does).
+            host_key_alias="proxy",
+            agent_path=None,
+            config=[],  # no ~/.ssh/config on the node decides anything here
+            preferred_auth="publickey",
+            keepalive_interval=self.keepalive_interval,
+            keepalive_count_max=self.keepalive_count_max,
+            **client_algs(),
+        )
+
+    async def _close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, LimenError):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return "the proxy did not answer in time"
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return "the proxy refused this node's host certificate"
+    return str(exc) or type(exc).__name__

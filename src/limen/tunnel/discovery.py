@@ -1,0 +1,74 @@
+"""Where a node's agent dials: the proxy's tunnel address and host key, from /v1/ping.
+
+The node already trusts the cluster's TLS CA (pinned when it joined), so the ping is
+authentic. It names the tunnel server's address and the proxy's SSH host key: the
+agent then accepts only that key, not just any host certificate of the cluster's CA
+(nodes have those too, for names they chose themselves).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import asyncssh
+import httpx
+
+from limen.client import trust
+from limen.config import split_host_port
+from limen.errors import BadParameter, ConnectionProblem
+
+PING_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class TunnelTarget:
+    host: str
+    port: int
+    host_key: asyncssh.SSHKey | None  # the proxy's SSH host key, when the proxy named it
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def choose_host(published: str, proxy_host: str) -> str:
+    """The host to dial: what the proxy published, unless that only makes sense on the
+    proxy's own machine (a wildcard or loopback address), when the host this node
+    reached the proxy's web address by is the better guess."""
+    try:
+        addr = ipaddress.ip_address(published)
+    except ValueError:
+        return published or proxy_host
+    if addr.is_unspecified or addr.is_loopback:
+        return proxy_host
+    return published
+
+
+def target_from_ping(ping: dict, proxy: str) -> TunnelTarget:
+    published = ping.get("tunnel_addr") or ""
+    if not published:
+        raise ConnectionProblem(
+            f"the proxy at {proxy} runs no tunnel server; give this node an address "
+            "the proxy can dial (--advertise-addr) or enable the proxy's tunnel listener"
+        )
+    try:
+        host, port = split_host_port(published)
+        proxy_host = split_host_port(proxy, 3080)[0]
+    except BadParameter as exc:
+        raise ConnectionProblem(f"the proxy published a bad tunnel address: {exc}") from None
+    key_text = ping.get("tunnel_host_key") or ""
+    key = asyncssh.import_public_key(key_text) if key_text else None
+    return TunnelTarget(choose_host(host, proxy_host), port, key)
+
+
+async def discover(proxy: str, tls_ca_pem: str) -> TunnelTarget:
+    """Ask the proxy's HTTPS API where its tunnel server listens."""
+    try:
+        async with httpx.AsyncClient(verify=trust.verifying_context(tls_ca_pem),
+                                     timeout=PING_TIMEOUT) as http:
+            response = await http.get(f"https://{proxy}/v1/ping")
+            response.raise_for_status()
+            ping = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConnectionProblem(f"cannot reach the proxy at {proxy}: {exc}") from None
+    return target_from_ping(ping, proxy)

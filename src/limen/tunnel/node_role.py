@@ -1,0 +1,42 @@
+"""The agent inside `limen start` (node role): built from the node's joined identity."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncssh
+
+from limen.errors import BadParameter
+from limen.node.membership import NodeIdentity
+from limen.node.server import NodeServer
+from limen.tunnel.agent import AgentIdentity, ProxyLocator, TunnelAgent
+from limen.tunnel.registry import NODE_PORT
+
+
+def host_ca_key(known_hosts_line: str) -> asyncssh.SSHKey:
+    """The CA key of an ``@cert-authority * ALG BASE64 comment`` line."""
+    fields = known_hosts_line.split()
+    if len(fields) < 4 or fields[0] != "@cert-authority":
+        raise BadParameter("the node's identity holds no host CA line; join the node again")
+    return asyncssh.import_public_key(f"{fields[2]} {fields[3]}")
+
+
+def start_agent(identity: NodeIdentity, host_key: asyncssh.SSHKey, server: NodeServer,
+                on_connected: Callable[[], Awaitable[None]] | None = None) -> TunnelAgent:
+    """Dial the proxy the node joined through and serve the node inside the tunnel."""
+    if not identity.proxy:
+        raise BadParameter("a tunneled node needs the proxy it joined through (--proxy)")
+
+    async def serve(conn: asyncssh.SSHClientConnection) -> Any:
+        return await server.listen_on(conn, identity.node_id, NODE_PORT)
+
+    agent = TunnelAgent(
+        AgentIdentity(identity.node_id, host_key, identity.certificate(),
+                      host_ca_key(identity.host_ca), identity.cluster),
+        ProxyLocator(identity.proxy, identity.tls_ca),
+        serve,
+        on_connected=on_connected,
+    )
+    agent.start()
+    return agent

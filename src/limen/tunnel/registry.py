@@ -1,0 +1,154 @@
+"""The proxy's live reverse tunnels, by node id, and how to open a channel through one.
+
+One tunnel per node: when an agent reconnects while its old connection still looks
+alive (a broken network is noticed only by keepalives), the newer one wins and the
+older one is closed. The directory also remembers when a node's tunnel went down, so
+listings can say "offline since".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncssh
+
+from limen.clock import Clock
+from limen.errors import ConnectionProblem
+from limen.tunnel.stream import stream_session, writer_for
+
+log = logging.getLogger(__name__)
+
+# The (host, port) an agent asks the proxy to "listen" on is (node id, NODE_PORT):
+# nothing listens anywhere; the pair only names the node's SSH service in the
+# forwarded-tcpip channels the proxy opens back.
+NODE_PORT = 3022
+OPEN_TIMEOUT = 5.0  # like a direct dial: never keep a user waiting on a dead tunnel
+CHANNEL_WINDOW = 8 * 1024 * 1024  # bulk copies: the jump host's channels use the same
+
+
+@dataclass(frozen=True)
+class TunnelStatus:
+    online: bool
+    since: datetime  # when the tunnel came up (online) or went down (offline)
+    peer: str = ""
+
+
+@dataclass(eq=False)
+class Tunnel:
+    """One agent's authenticated SSH connection to this proxy."""
+
+    node_id: str
+    conn: asyncssh.SSHServerConnection
+    since: datetime
+    peer: str = ""
+    channels_opened: int = 0
+    _closed: bool = field(default=False, repr=False)
+
+    async def open_stream(
+        self, name: str, timeout: float = OPEN_TIMEOUT
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to the node's SSH service, through the agent."""
+        session, reader, protocol = stream_session(
+            {"peername": (self.peer_host, 0), "limen_tunnel": self.node_id}
+        )
+        # The node sees the proxy's end of the tunnel as the client address, as it
+        # would see the proxy's address on a direct dial.
+        orig_host = self._local_host()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.conn.create_connection(
+                    lambda: session, self.node_id, NODE_PORT, orig_host, 0,
+                    window=CHANNEL_WINDOW,
+                )
+        except TimeoutError:
+            raise ConnectionProblem(
+                f"node '{name}' is offline: its tunnel did not answer within {timeout:g} s"
+            ) from None
+        except asyncssh.ChannelOpenError as exc:
+            raise ConnectionProblem(
+                f"node '{name}' refused the connection through its tunnel: {exc.reason}"
+            ) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectionProblem(
+                f"node '{name}' is offline: its tunnel closed ({exc})"
+            ) from None
+        self.channels_opened += 1
+        return reader, writer_for(session, reader, protocol)
+
+    @property
+    def peer_host(self) -> str:
+        return self.peer.rsplit(":", 1)[0].strip("[]")
+
+    def _local_host(self) -> str:
+        sock = self.conn.get_extra_info("sockname")
+        return str(sock[0]) if sock else "127.0.0.1"
+
+    def close(self) -> None:
+        self._closed = True
+        self.conn.close()
+
+
+class TunnelDirectory:
+    """Which nodes have a live tunnel to this proxy."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._tunnels: dict[str, Tunnel] = {}
+        self._down_since: dict[str, datetime] = {}
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
+
+    def get(self, node_id: str) -> Tunnel | None:
+        return self._tunnels.get(node_id)
+
+    def node_ids(self) -> list[str]:
+        return list(self._tunnels)
+
+    def status(self, node_id: str) -> TunnelStatus | None:
+        """Online since when, offline since when, or None if it never had a tunnel here."""
+        tunnel = self._tunnels.get(node_id)
+        if tunnel is not None:
+            return TunnelStatus(True, tunnel.since, tunnel.peer)
+        down = self._down_since.get(node_id)
+        return TunnelStatus(False, down) if down is not None else None
+
+    def add(self, tunnel: Tunnel) -> None:
+        old = self._tunnels.get(tunnel.node_id)
+        self._tunnels[tunnel.node_id] = tunnel
+        self._down_since.pop(tunnel.node_id, None)
+        if old is not None and old is not tunnel:
+            log.warning("node %s opened a new tunnel from %s; closing the one from %s",
+                        tunnel.node_id, tunnel.peer, old.peer)
+            old.close()
+        self._notify()
+
+    def remove(self, tunnel: Tunnel) -> bool:
+        """Forget ``tunnel`` if it is still the node's current one."""
+        if self._tunnels.get(tunnel.node_id) is not tunnel:
+            return False
+        del self._tunnels[tunnel.node_id]
+        self._down_since[tunnel.node_id] = self.clock.now()
+        self._notify()
+        return True
+
+    def close_all(self) -> list[Tunnel]:
+        tunnels = list(self._tunnels.values())
+        for tunnel in tunnels:
+            tunnel.close()
+        return tunnels
+
+    async def wait_for(self, node_id: str, timeout: float) -> Tunnel:
+        """The node's tunnel once it is up (TimeoutError after ``timeout`` seconds)."""
+        async with asyncio.timeout(timeout):
+            while (tunnel := self._tunnels.get(node_id)) is None:
+                self._changed.clear()
+                await self._changed.wait()
+        return tunnel
+
+    def _notify(self) -> None:
+        self._changed.set()

@@ -1,0 +1,291 @@
+"""The proxy's reverse tunnel server (port 3024): node agents dial in, users reach them.
+
+An agent logs in with its node's host certificate as the SSH user named by its node
+id, then asks for a ``tcpip-forward`` of (node id, NODE_PORT). Nothing listens
+anywhere: the request registers the tunnel, and the proxy later opens
+``forwarded-tcpip`` channels back through the agent, each one an SSH connection to
+the node's own SSH service (registry.Tunnel.open_stream).
+
+How host-certificate logins and ``tcpip-forward`` fit asyncssh (ASYNCSSH.md item 2):
+
+1. asyncssh accepts only *user* certificates from clients. ``TunnelConnection``
+   therefore judges the host certificate itself (hostcert.py: host CA, key id =
+   user name = node id, role@limen = node, validity) and then hands asyncssh the
+   certificate's plain public key to check the login signature with
+   (``AgentHooks.validate_public_key`` accepts exactly that key). The signature
+   covers the certificate blob the agent sent, so nothing is weakened.
+2. Because asyncssh never saw a user certificate on this connection, its
+   ``check_certificate_permission('port-forwarding')`` answers "allowed" (no
+   certificate, no restriction) and the agent's ``tcpip-forward`` reaches our
+   ``server_requested`` hook. That hook is the real gate: an agent may forward only
+   (its own node id, NODE_PORT), and asyncssh opens no socket for it, because the
+   hook returns a listener object of ours instead of True. Everything else an SSH
+   client could ask for is refused: sessions, direct-tcpip, unix sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncssh
+
+from limen.clock import Clock, RealClock
+from limen.errors import AccessDenied
+from limen.proxy.ssh_jump import asyncssh_algs
+from limen.tunnel.hostcert import judge_agent_cert, read_agent_cert
+from limen.tunnel.registry import NODE_PORT, Tunnel, TunnelDirectory
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 3024
+
+
+class TunnelObserver(Protocol):
+    async def on_event(self, name: str, fields: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TunnelSettings:
+    host: str
+    port: int
+    host_key: asyncssh.SSHKey  # the proxy's host key and certificate (role@limen=proxy)
+    host_certs: Sequence[asyncssh.SSHCertificate]
+    host_ca_keys: Sequence[asyncssh.SSHKey]  # agents' certificates must come from these
+    cluster_name: str
+    login_timeout: float = 15.0
+    # The agent pings every 30 s and this side answers; the proxy pings only when it
+    # has heard nothing for a minute, and drops a tunnel after three unanswered pings.
+    keepalive_interval: float = 60.0
+    keepalive_count_max: int = 3
+
+
+class TunnelConnection(asyncssh.SSHServerConnection):
+    """An SSH server connection that authenticates node agents by host certificate."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 options: asyncssh.SSHServerConnectionOptions, server: TunnelServer) -> None:
+        super().__init__(loop, options)
+        self.tunnel_server = server
+        self.node_id: str | None = None  # set once a login signature checks out
+        self.offered_key: asyncssh.SSHKey | None = None
+        self.refusals: list[str] = []
+
+    def peer(self) -> str:
+        peer = self.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if peer else ""
+
+    async def validate_public_key(
+        self, username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        server = self.tunnel_server
+        try:
+            cert = read_agent_cert(key_data)
+            node_id = judge_agent_cert(cert, username, server.settings.host_ca_keys,
+                                       server.settings.cluster_name, server.clock.now())
+        except AccessDenied as exc:
+            if exc.message not in self.refusals:
+                self.refusals.append(exc.message)
+            return False
+        # See the module docstring (1): asyncssh checks the signature with the plain key.
+        self.offered_key = cert.key
+        if not await super().validate_public_key(username, cert.key.public_data, msg,
+                                                 signature):
+            self.refusals.append("the login signature did not verify")
+            return False
+        if msg:
+            self.node_id = node_id
+        return True
+
+
+class _NoSocket(asyncssh.SSHListener):
+    """What ``server_requested`` returns: registers the tunnel instead of listening.
+
+    asyncssh closes its listeners when the connection ends or the agent cancels the
+    forward, which is when the tunnel leaves the directory.
+    """
+
+    def __init__(self, hooks: AgentHooks, tunnel: Tunnel) -> None:
+        super().__init__()
+        self._hooks = hooks
+        self._tunnel = tunnel
+        self._closed = asyncio.Event()
+
+    def get_port(self) -> int:
+        return NODE_PORT
+
+    def close(self) -> None:
+        self._hooks.tunnel_closed(self._tunnel, None)
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+class AgentHooks(asyncssh.SSHServer):
+    """Per-connection hooks: authentication hand-over, and the one request allowed."""
+
+    def __init__(self, server: TunnelServer) -> None:
+        self._server = server
+        self._conn: TunnelConnection | None = None
+        self._username = ""
+        self.tunnels: list[Tunnel] = []
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        assert isinstance(conn, TunnelConnection)
+        self._conn = conn
+        self._server.connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._server.connections.discard(conn)
+        for tunnel in self.tunnels:
+            self.tunnel_closed(tunnel, exc)
+        if conn.node_id is None and conn.refusals:
+            self._server.emit("auth", {
+                "success": False, "method": "host-cert", "kind": "tunnel",
+                "user": self._username, "addr.remote": conn.peer(),
+                "reason": "; ".join(conn.refusals),
+            })
+
+    def tunnel_closed(self, tunnel: Tunnel, exc: Exception | None) -> None:
+        if self._server.directory.remove(tunnel):
+            log.info("node %s's tunnel from %s closed", tunnel.node_id, tunnel.peer)
+            self._server.emit("tunnel.disconnect", {
+                "server_id": tunnel.node_id, "addr.remote": tunnel.peer,
+                "reason": str(exc) if exc else "closed",
+            })
+
+    def begin_auth(self, username: str) -> bool:
+        self._username = username
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Only the key of the certificate TunnelConnection has just approved.
+        offered = self._conn.offered_key if self._conn is not None else None
+        return offered is not None and key.public_data == offered.public_data
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def session_requested(self) -> bool:
+        return False
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> bool:
+        return False  # agents offer their node; they reach nothing through the proxy
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        conn = self._conn
+        assert conn is not None and conn.node_id is not None
+        if listen_host != conn.node_id.lower() or listen_port != NODE_PORT:
+            reason = (f"node {conn.node_id} may offer only itself, not "
+                      f"{listen_host}:{listen_port}")
+            log.warning("tunnel refused: %s (from %s)", reason, conn.peer())
+            self._server.emit("auth", {
+                "success": False, "method": "host-cert", "kind": "tunnel",
+                "user": conn.node_id, "server_id": conn.node_id,
+                "addr.remote": conn.peer(), "reason": reason,
+            })
+            return False
+        tunnel = Tunnel(conn.node_id, conn, self._server.clock.now(), conn.peer())
+        self.tunnels.append(tunnel)
+        self._server.directory.add(tunnel)
+        log.info("node %s connected its tunnel from %s", conn.node_id, tunnel.peer)
+        self._server.emit("auth", {
+            "success": True, "method": "host-cert", "kind": "tunnel", "user": conn.node_id,
+            "server_id": conn.node_id, "addr.remote": tunnel.peer,
+        })
+        return _NoSocket(self, tunnel)
+
+
+class TunnelServer:
+    """Listens for node agents and keeps the directory of live tunnels."""
+
+    def __init__(self, settings: TunnelSettings, observer: TunnelObserver | None = None, *,
+                 clock: Clock | None = None, directory: TunnelDirectory | None = None) -> None:
+        self.settings = settings
+        self.observer = observer
+        self.clock = clock or RealClock()
+        self.directory = directory or TunnelDirectory(self.clock)
+        self.connections: set[TunnelConnection] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the tunnel server is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        options = await asyncssh.SSHServerConnectionOptions.construct(
+            server_factory=lambda: AgentHooks(self),
+            server_host_keys=[self.settings.host_key],
+            server_host_certs=list(self.settings.host_certs),
+            password_auth=False,
+            kbdint_auth=False,
+            gss_host=None,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            login_timeout=self.settings.login_timeout,
+            keepalive_interval=self.settings.keepalive_interval,
+            keepalive_count_max=self.settings.keepalive_count_max,
+            **asyncssh_algs(),
+        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: TunnelConnection(loop, options, self),
+            self.settings.host or None, self.settings.port, reuse_address=True, backlog=128,
+        )
+        log.info("tunnel server listening on port %d", self.port)
+
+    async def stop(self) -> None:
+        """Stop listening and close every tunnel (agents reconnect to the next proxy)."""
+        if self._server is not None:
+            self._server.close()
+        conns = list(self.connections)
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def emit(self, name: str, fields: dict[str, Any]) -> None:
+        """Hand an event to the observer without holding up asyncssh's callback."""
+        if self.observer is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._notify(name, fields))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _notify(self, name: str, fields: dict[str, Any]) -> None:
+        assert self.observer is not None
+        try:
+            await self.observer.on_event(name, {"cluster_name": self.settings.cluster_name,
+                                                **fields})
+        except Exception:  # an observer's failure must not touch the tunnels
+            log.exception("tunnel server observer failed on %s", name)

@@ -1,0 +1,202 @@
+"""A node without an address: `limen start --roles node` joins through --proxy, dials the
+proxy's tunnel server and is reached through it by every way in.
+
+The module has a cluster of its own: node1 (in-process, direct) and a tunneled node in a
+process of its own on this host. The NAT case, with a network namespace nobody can
+connect into, is test_tunnel_nat.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.support.cluster import ClusterHarness
+from tests.support.ssh_access import (
+    CLUSTER,
+    SshUser,
+    clean_env,
+    new_user,
+    random_file,
+    sha256_file,
+    unique,
+    wait_until,
+)
+from tests.support.tunnel import NodeProcess, tunnel_of
+
+
+@pytest.fixture(scope="module")
+def tunneled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClusterHarness, str]]:
+    base = tmp_path_factory.mktemp("tunnel")
+    harness = ClusterHarness(base).start()
+    name = unique("behind")
+    node = NodeProcess(harness, base, name, "env=dev,net=nat")
+    try:
+        node.start()
+        node.wait_tunneled()
+        yield harness, name
+    finally:
+        node.stop()
+        harness.stop()
+
+
+@pytest.fixture(scope="module")
+def alice(tunneled: tuple[ClusterHarness, str]) -> SshUser:
+    return new_user(tunneled[0], "tun", logins="root")
+
+
+def test_listed_as_tunnel_with_since_and_heartbeat(
+    tunneled: tuple[ClusterHarness, str], alice: SshUser
+) -> None:
+    cluster, name = tunneled
+    nodes = {n["name"]: n for n in alice.limen("ls", "--format", "json").json()}
+    assert nodes[name]["connection"] == "tunnel" and nodes[name]["online"] is True
+    assert nodes[name]["addr"] == ""  # nothing to dial
+    assert nodes[name]["since"] and nodes[name]["last_heartbeat"]
+    assert nodes["node1"]["connection"] == "direct"  # the in-process node stays direct
+    assert nodes["node1"]["since"]
+    text = alice.limen("ls").stdout
+    assert "Since" in text and "tunnel" in text and "direct" in text
+    # The proxy's ping tells agents where to dial, and run.json tells admins.
+    run = json.loads((cluster.data_dir / "run.json").read_text())
+    assert run["tunnel_addr"] == cluster.service.tunnel_addr
+    assert run["tunnel_addr"].startswith("127.0.0.1:")
+
+
+def test_limen_ssh_stock_ssh_and_scp_sftp_through_the_tunnel(
+    tunneled: tuple[ClusterHarness, str], alice: SshUser, tmp_path: Path
+) -> None:
+    cluster, name = tunneled
+    result = alice.limen("ssh", name, "echo via-limen; hostname >/dev/null")
+    assert (result.returncode, result.stdout) == (0, "via-limen\n"), result.stderr
+    stock = alice.ssh(f"root@{name}.{CLUSTER}", "echo", "stock")
+    assert stock.stdout == b"stock\n", stock.stderr
+    exit_code = alice.ssh(f"root@{name}.{CLUSTER}", "exit 7")
+    assert exit_code.returncode == 7
+
+    source = random_file(tmp_path / "up.bin", 8)
+    remote = f"/tmp/{unique('tunnel-scp')}.bin"
+    host = f"{name}.{CLUSTER}"  # `limen config` covers NODE.CLUSTER names
+    up = alice.tool("scp", str(source), f"root@{host}:{remote}")
+    assert up.returncode == 0, up.stderr
+    back = tmp_path / "back.bin"
+    batch = tmp_path / "batch"
+    batch.write_text(f"get {remote} {back}\nrm {remote}\n")
+    sftp = alice.tool("sftp", "-b", str(batch), f"root@{host}")
+    assert sftp.returncode == 0, sftp.stderr
+    assert sha256_file(back) == sha256_file(source)
+
+    scp = alice.limen("scp", str(source), f"root@{name}:{remote}")
+    assert scp.returncode == 0, scp.stderr
+    digest = alice.limen("ssh", name, f"sha256sum {remote} && rm {remote}")
+    assert digest.stdout.split()[0] == sha256_file(source), digest.stderr
+    served = wait_until(
+        lambda: [e for e in cluster.events_of("session.start", user=alice.name)
+                 if e.get("server_hostname") == name], 10, "session.start from the node")
+    assert served
+
+
+def test_port_forwarding_through_the_tunnel(
+    tunneled: tuple[ClusterHarness, str], alice: SshUser, tmp_path: Path
+) -> None:
+    _, name = tunneled
+    # Something to reach on the node's side: the node runs on this host, so a listener
+    # on loopback here is on "the node's loopback".
+    server = socket.create_server(("127.0.0.1", 0))
+    target_port = server.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"hello " + conn.recv(100))
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local_port = probe.getsockname()[1]
+    errors = tmp_path / "ssh-L.err"
+    with errors.open("wb") as err:
+        forward = subprocess.Popen(
+            alice.ssh_argv("-N", "-o", "ExitOnForwardFailure=yes",
+                           "-L", f"127.0.0.1:{local_port}:127.0.0.1:{target_port}",
+                           f"root@{name}.{CLUSTER}"),
+            env=clean_env(), stdin=subprocess.DEVNULL, stderr=err,
+        )
+    try:
+        def connected() -> socket.socket | None:
+            try:
+                return socket.create_connection(("127.0.0.1", local_port), timeout=2)
+            except OSError:
+                assert forward.poll() is None, errors.read_text()
+                return None
+
+        with wait_until(connected, 20, "the forwarded port") as sock:
+            sock.sendall(b"tunnel")
+            assert sock.recv(100) == b"hello tunnel"
+    finally:
+        forward.terminate()
+        forward.wait(10)
+        server.close()
+
+
+def test_live_session_is_tracked_and_many_share_one_tunnel(
+    tunneled: tuple[ClusterHarness, str], alice: SshUser
+) -> None:
+    cluster, name = tunneled
+    node_id = next(n["id"] for n in alice.limen("ls", "--format", "json").json()
+                   if n["name"] == name)
+    tunnel = tunnel_of(cluster, node_id)
+    opened = tunnel.channels_opened
+    shells = [pexpect.spawn("ssh", alice.ssh_argv("-tt", f"root@{name}.{CLUSTER}")[1:], timeout=30,
+                            encoding="utf-8", env=clean_env()) for _ in range(5)]
+    try:
+        for i, shell in enumerate(shells):
+            shell.sendline(f"echo READY-$((100+{i}))")
+            shell.expect(f"READY-{100 + i}")
+        def listed() -> list[dict]:
+            sessions = alice.limen("sessions", "ls", "--format", "json").json()
+            mine = [s for s in sessions if s["node"] == name and s["user"] == alice.name
+                    and s["interactive"]]
+            return mine if len(mine) >= 5 else []
+
+        wait_until(listed, 15, "the five live sessions listed")
+        # One tunnel carried them all: the same connection, one channel per session.
+        assert tunnel_of(cluster, node_id) is tunnel
+        assert tunnel.channels_opened >= opened + 5
+    finally:
+        for shell in shells:
+            shell.sendline("exit")
+            shell.close(force=True)
+
+
+def test_an_offline_tunnel_node_is_a_clear_error_and_listed_offline(
+    tunneled: tuple[ClusterHarness, str], alice: SshUser, tmp_path: Path
+) -> None:
+    cluster, _ = tunneled
+    name = unique("gone")
+    node = NodeProcess(cluster, tmp_path, name, "fleet=gone").start()
+    try:
+        node_id = node.wait_tunneled()
+        assert alice.limen("ssh", name, "true").returncode == 0
+    finally:
+        node.stop(signal.SIGKILL)  # no goodbye: the registration stays until it expires
+    # The kernel closed the dead process's socket: the proxy drops the tunnel at once.
+    wait_until(lambda: tunnel_of(cluster, node_id) is None, 10, "the tunnel to close")
+    result = alice.limen("ssh", name, "true")
+    assert result.returncode == 255
+    assert f"node '{name}' is offline" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    stock = alice.ssh(f"root@{name}.{CLUSTER}", "true")
+    assert stock.returncode == 255 and b"is offline" in stock.stderr
+    listed = {n["name"]: n for n in alice.limen("ls", "--format", "json").json()}
+    assert listed[name]["online"] is False and listed[name]["connection"] == "tunnel"
+    assert "tunnel (offline)" in alice.limen("ls").stdout
