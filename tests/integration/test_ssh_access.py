@@ -4,6 +4,7 @@ exit codes and signals, logins, clear errors, live sessions, audit events, concu
 
 from __future__ import annotations
 
+import json
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,6 +184,14 @@ def test_plain_ssh_dash_j_verifies_both_hops_through_the_host_ca(
     )
     assert refused.returncode == 255
     assert "Host key verification failed" in refused.stderr
+
+    # limen ssh verifies the same way, with the host CA its profile keeps.
+    profile = Path(alice.status["cert_path"]).parent / "profile.json"
+    data = json.loads(profile.read_text())
+    profile.write_text(json.dumps({**data, "host_ca": f"@cert-authority * {other}"}))
+    unverified = alice.limen("ssh", "node1", "true")
+    assert unverified.returncode == 255
+    assert "could not be verified" in unverified.stderr, unverified.stderr
 
 
 def test_config_write_includes_itself_once(cluster: ClusterHarness, tmp_path: Path) -> None:
