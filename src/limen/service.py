@@ -10,13 +10,12 @@ import os
 import signal
 import socket
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 from asyncssh import SSHKey
 from cryptography.hazmat.primitives import serialization
 
-from limen.audit.log import AuditLog
+from limen.audit.setup import AuditRuntime, open_audit
 from limen.auth.ca import CAStore, issue_tls_server_cert
 from limen.auth.context import AuthContext, AuthSettings, Stores
 from limen.auth.server import AuthServer
@@ -38,6 +37,7 @@ from limen.tunnel.server import TunnelServer
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+SHUTDOWN_SECONDS = 15
 CLUSTER_KEY = "/cluster/name"
 
 
@@ -73,6 +73,7 @@ class Service:
     jump: JumpHost | None = None
     tunnel_addr: str = ""
     tunnels: TunnelServer | None = None
+    audit: AuditRuntime | None = None
     _https: HTTPSServer | None = None
     _web_state: WebState | None = None
 
@@ -148,8 +149,9 @@ class Service:
             lockout_attempts=auth_cfg.lockout_attempts,
             lockout_duration=parse_duration(auth_cfg.lockout_duration),
         )
-        audit = AuditLog(self.data_dir / "log" / "events", cluster, self.clock)
-        ctx = AuthContext(settings, Stores(backend), cas, self.clock, audit)
+        self.audit = await open_audit(self.config, self.data_dir, cluster, self.clock)
+        ctx = AuthContext(settings, Stores(backend), cas, self.clock, self.audit.log,
+                          self.audit.store)
         server = AuthServer(ctx)
         await server.bootstrap(self.data_dir)
         return server
@@ -252,6 +254,9 @@ class Service:
             await self._https.stop()
             self._https = None
         (self.data_dir / RUN_FILE).unlink(missing_ok=True)
+        if self.audit is not None:  # last: everything above may still write events
+            await self.audit.close()
+            self.audit = None
         if self.backend is not None:
             await self.backend.close()
             self.backend = None
@@ -283,4 +288,5 @@ async def run_until_signalled(service: Service, ready_message: bool = True) -> N
         await stop.wait()
     finally:
         log.info("shutting down")
-        await asyncio.wait_for(service.stop(), timeout=timedelta(seconds=15).total_seconds())
+        async with asyncio.timeout(SHUTDOWN_SECONDS):
+            await service.stop()

@@ -57,7 +57,8 @@ def test_a_prod_role_neither_sees_nor_reaches_dev_nodes(
     user, config = _user_with_role(cluster, tmp_path, "prodonly", (
         "  allow:\n    logins: [root]\n    node_labels: {env: prod}\n"))
     assert _nodes_seen(cluster, user) == ["prod1"]
-    assert ssh(config, "root@prod1", "echo", "on-prod").stdout.strip() == "on-prod"
+    reached = ssh(config, "root@prod1", "echo", "on-prod")
+    assert reached.stdout.strip() == "on-prod", reached.stderr
     refused = ssh(config, "root@node1", "echo", "on-dev")
     assert refused.returncode != 0
     assert "on-dev" not in refused.stdout

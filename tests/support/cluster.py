@@ -161,35 +161,46 @@ class ClusterHarness:
     def otp(self, secret: str) -> str:
         return totp.code_at(secret, self.clock.now())
 
-    def _step(self) -> int:
+    def current_step(self) -> int:
         return int(self.clock.now().timestamp()) // totp.STEP_SECONDS
 
     def next_otp(self, user: LimenUser) -> str:
-        """A code from a step this user has not spent.
+        """A code from a step this user has not spent, which a login then spends.
 
         The server allows one step of skew ahead, so the next step's code is valid
         now; only a third login within 30 s moves the clock. Keeping the clock close
         to real time matters: certificates it stamps are checked by real clients.
         """
-        current = self._step()
+        step = self._unspent_step(user)
+        user.last_step = step
+        return totp.code_at(user.secret, datetime.fromtimestamp(step * totp.STEP_SECONDS, UTC))
+
+    def _unspent_step(self, user: LimenUser) -> int:
+        current = self.current_step()
         step = max(current, user.last_step + 1)
         if step > current + totp.SKEW_STEPS:
             self.clock.advance((step - current - totp.SKEW_STEPS) * totp.STEP_SECONDS)
-        user.last_step = step
-        return totp.code_at(user.secret, datetime.fromtimestamp(step * totp.STEP_SECONDS, UTC))
+        return step
 
     def create_user(self, name: str, roles: str = "access", logins: str = "") -> LimenUser:
         home = self.new_home()
         secret = self.signup(self.add_user(name, roles, logins), home)
-        return LimenUser(name, secret, home, last_step=self._step())
+        return LimenUser(name, secret, home, last_step=self.current_step())
 
     def login(self, user: LimenUser, *extra: str, password: str = PASSWORD,
               otp: str | None = None) -> CLIResult:
-        return self.cli(
+        """Log in through the CLI; a failed attempt spends no TOTP step."""
+        step = None
+        if otp is None:
+            step = self._unspent_step(user)
+            otp = totp.code_at(user.secret, datetime.fromtimestamp(step * totp.STEP_SECONDS, UTC))
+        result = self.cli(
             "login", "--proxy", self.web_addr, "--user", user.name, "--password-stdin",
-            "--otp", otp or self.next_otp(user), "--insecure", *extra,
-            home=user.home, input=password + "\n",
+            "--otp", otp, "--insecure", *extra, home=user.home, input=password + "\n",
         )
+        if step is not None and result.returncode == 0:
+            user.last_step = step
+        return result
 
     def events(self) -> list[dict[str, Any]]:
         assert self.service.auth is not None
