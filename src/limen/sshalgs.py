@@ -32,18 +32,28 @@ MAC_ALGS = [
     "umac-128-etm@openssh.com",
 ]
 
+# Signature algorithms (asyncssh's signature_algs takes plain ones only)...
 SIGNATURE_ALGS = [
-    "ssh-ed25519-cert-v01@openssh.com",
-    "rsa-sha2-512-cert-v01@openssh.com",
-    "rsa-sha2-256-cert-v01@openssh.com",
     "ssh-ed25519",
     "rsa-sha2-512",
     "rsa-sha2-256",
 ]
 
+# ...and the host key types a client accepts: certificates first, so hosts are
+# verified through the cluster's host CA.
+HOST_KEY_ALGS = [
+    "ssh-ed25519-cert-v01@openssh.com",
+    "rsa-sha2-512-cert-v01@openssh.com",
+    "rsa-sha2-256-cert-v01@openssh.com",
+    *SIGNATURE_ALGS,
+]
+
 
 def hardened_options() -> dict[str, Any]:
-    """Keyword arguments for asyncssh.listen()/connect() that restrict the algorithms."""
+    """Keyword arguments for asyncssh.listen()/connect() that restrict the algorithms.
+
+    Clients add ``server_host_key_algs=HOST_KEY_ALGS``.
+    """
     return {
         "kex_algs": KEX_ALGS,
         "encryption_algs": ENCRYPTION_ALGS,
