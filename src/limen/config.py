@@ -115,6 +115,22 @@ class ProxyConfig(_Section):
     )
 
 
+def _check_optional_duration(value: str | None) -> str | None:
+    return None if value is None else _check_duration(value)
+
+
+class AuditConfig(_Section):
+    # Events and recordings older than these are removed; unset keeps them forever.
+    max_age: str | None = None
+    recordings_max_age: str | None = None
+    # How often a signed checkpoint pins the hash chain (also every 1000 events).
+    checkpoint_interval: str = "60s"
+
+    _ages = field_validator("max_age", "recordings_max_age", "checkpoint_interval")(
+        _check_optional_duration
+    )
+
+
 class NodeConfig(_Section):
     enabled: bool = True
     listen_addr: str = "0.0.0.0:3022"
@@ -139,6 +155,7 @@ class Config(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     ssh: NodeConfig = Field(default_factory=NodeConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     def roles(self) -> list[str]:
         return [
@@ -202,6 +219,11 @@ proxy:
   rate_limit:                     # per client address, on unauthenticated endpoints
     average_per_minute: 20
     burst: 40
+
+audit:                            # the audit log (DATA_DIR/log/events) and recordings
+  # max_age: 365d                 # remove older events (the chain stays verifiable)
+  # recordings_max_age: 90d       # remove older session recordings
+  checkpoint_interval: 60s        # signed checkpoints of the hash chain
 
 ssh:
   enabled: true                   # the node role: SSH access to this host

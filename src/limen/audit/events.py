@@ -1,7 +1,10 @@
 """Every audit event's stable name and code, in one place.
 
-Names and codes follow what operators know from Teleport. The README's reference
-section lists the same table.
+Names and codes follow what operators know from Teleport; codes ending in I are
+information, W a refusal or failure, E an error. The README's reference section lists
+the same table. Every event also carries the common fields (event, code, uid, time in
+RFC 3339 UTC with nanoseconds, cluster_name) and its place in the hash chain (log_id,
+seq, prev_hash, hash; see limen.audit.chain).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ SESSION_JOIN = EventType("session.join", "T2001I")
 SESSION_RESIZE = EventType("resize", "T2002I")
 SESSION_LEAVE = EventType("session.leave", "T2003I")
 SESSION_END = EventType("session.end", "T2004I")
+SESSION_UPLOAD = EventType("session.upload", "T2005I")
 SESSION_DATA = EventType("session.data", "T2006I")
+RECORDING_FAILURE = EventType("session.recording.failure", "T2005E")
+RECORDING_ACCESS = EventType("session.recording.access", "T2012I")
 SESSION_REJECTED = EventType("session.rejected", "T1006W")
 EXEC = EventType("exec", "T3002I")
 EXEC_FAILURE = EventType("exec", "T3002E")
@@ -43,8 +49,10 @@ AUTH_FAILURE = EventType("auth", "T3007W")
 AUTH_SUCCESS = EventType("auth", "T3007I")
 ROLE_CREATED = EventType("role.created", "T9000I")
 ROLE_DELETED = EventType("role.deleted", "T9001I")
+ROLE_UPDATED = EventType("role.updated", "T9002I")
 JOIN_TOKEN_CREATE = EventType("join_token.create", "TJT00I")
 JOIN_TOKEN_DELETE = EventType("join_token.delete", "TJT01I")
+JOIN_TOKEN_USE = EventType("join_token.use", "TJT02I")
 NODE_JOIN = EventType("instance.join", "TJ001I")
 NODE_JOIN_FAILURE = EventType("instance.join", "TJ001E")
 LOCK_CREATED = EventType("lock.created", "TLK00I")
@@ -52,6 +60,10 @@ LOCK_DELETED = EventType("lock.deleted", "TLK01I")
 ACCESS_DENIED = EventType("access.denied", "TA000W")
 PROXY_CONNECT = EventType("proxy.connect", "TP000I")
 PROXY_CONNECT_FAILURE = EventType("proxy.connect", "TP000W")
+# The log's own events: signed checkpoints of the hash chain, and the signed anchor that
+# lets the chain be verified after retention removed its oldest entries.
+AUDIT_CHECKPOINT = EventType("audit.checkpoint", "TAU00I")
+AUDIT_RETENTION = EventType("audit.retention", "TAU01I")
 
 ALL = [value for value in dict(globals()).values() if isinstance(value, EventType)]
 
@@ -68,6 +80,9 @@ REPORTED: dict[str, tuple[EventType, EventType]] = {
     "sftp": (SFTP, SFTP),
     "scp": (SCP, SCP),
     "client.disconnect": (CLIENT_DISCONNECT, CLIENT_DISCONNECT),
+    "session.join": (SESSION_JOIN, SESSION_JOIN),
+    "session.leave": (SESSION_LEAVE, SESSION_LEAVE),
+    "session.recording.failure": (RECORDING_FAILURE, RECORDING_FAILURE),
     "proxy.connect": (PROXY_CONNECT, PROXY_CONNECT_FAILURE),
 }
 

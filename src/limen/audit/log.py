@@ -1,75 +1,400 @@
-"""A durable JSON-lines audit writer: one file per UTC day, fsync before acknowledging.
+"""The audit log: typed events, hash-chained, fsynced before they are acknowledged.
 
-`emit()` returns only after the line is on disk, so the action it records can be
-acknowledged after it. Writes are serialized, so lines never interleave.
+``emit()`` returns only after the event's line is on disk (fsync), so the action it
+records can be acknowledged after it. One writer task does the writing: whatever queued
+while the previous fsync ran goes out in the next batch with one write and one fsync
+(group commit; no artificial delay, so a lone event waits only for its own fsync).
+
+Files: one JSON line per event, one file per UTC day, under DATA_DIR/log/events/. A
+line goes to the file of the day it was written (an event reported late by a node keeps
+its own ``time`` but is appended to today's file), so reading the files in name order
+gives the chain in order.
+
+After the fsync the batch is copied into the searchable store. The files are the record
+of truth: if the store is unreachable the copy is retried before the next batch, and on
+start the store catches up with the files. Every ``checkpoint_every`` events, and every
+``checkpoint_interval`` seconds when events arrived, an ``audit.checkpoint`` event signed
+by the audit key pins the chain (see chain.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import time
 import uuid
-from datetime import datetime
+from collections import OrderedDict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from limen.audit import events as types
+from limen.audit import files
+from limen.audit.chain import (
+    GENESIS,
+    AuditKey,
+    checkpoint_message,
+    event_hash,
+    format_time,
+    normalize,
+    parse_time,
+)
 from limen.audit.events import EventType
+from limen.audit.store import EventStore, StoredEvent
 from limen.clock import Clock, RealClock
+from limen.errors import ConnectionProblem, LimenError
 
 log = logging.getLogger(__name__)
 
-
 # Python keywords cannot hold dots; these are the names auditors' tools expect.
 _FIELD_NAMES = {"addr_remote": "addr.remote", "addr_local": "addr.local"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_BATCH = 2000
+_RECENT_UIDS = 10_000  # uids remembered to drop a node's resent events without a lookup
 
 
-def _rfc3339(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+def now_ns(clock: Clock) -> int:
+    """Nanoseconds: the real clock has them; an injected clock has microseconds."""
+    if isinstance(clock, RealClock):
+        return time.time_ns()
+    delta = clock.now() - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def stored(record: dict[str, Any], line: str) -> StoredEvent:
+    """The store's row for a written record."""
+    return StoredEvent(
+        log_id=record["log_id"], seq=record["seq"], uid=str(record["uid"]),
+        time_ns=parse_time(record["time"]), event=str(record["event"]),
+        code=str(record["code"]), user=_text(record.get("user")),
+        node=_text(record.get("server_hostname")), server_id=_text(record.get("server_id")),
+        sid=_text(record.get("sid")), hash=record["hash"], data=line,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 class AuditLog:
-    def __init__(self, directory: Path, cluster_name: str, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        cluster_name: str,
+        clock: Clock | None = None,
+        *,
+        key: AuditKey | None = None,
+        store: EventStore | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
+    ) -> None:
         self.directory = directory
         self.cluster_name = cluster_name
         self.clock = clock or RealClock()
-        self._lock = asyncio.Lock()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The key lives with the CAs: DATA_DIR/ca when the log is DATA_DIR/log/events.
+        self.key = key or AuditKey.load_or_create(directory.parent.parent / "ca")
+        self.log_id = self.key.log_id
+        self.store = store
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = checkpoint_interval
+        self._seq = 0
+        self._last_hash = GENESIS
+        self._day = ""
+        self._fd: int | None = None
+        self._fd_day = ""
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._store_behind = store is not None  # catch up with the files first
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._closed = False
 
-    def build(self, event: EventType, fields: dict[str, Any]) -> dict[str, Any]:
-        now = self.clock.now()
+    # -- emitting ------------------------------------------------------------------------
+
+    def build(self, event: EventType, fields: dict[str, Any],
+              time_ns: int | None = None, uid: str | None = None) -> dict[str, Any]:
         record: dict[str, Any] = {
             "event": event.name,
             "code": event.code,
-            "uid": str(uuid.uuid4()),
-            "time": _rfc3339(now),
+            "uid": uid or str(uuid.uuid4()),
+            "time": format_time(time_ns if time_ns is not None else now_ns(self.clock)),
             "cluster_name": self.cluster_name,
         }
         record.update({_FIELD_NAMES.get(k, k): v for k, v in fields.items() if v is not None})
         return record
 
     async def emit(self, event: EventType, **fields: Any) -> dict[str, Any]:
-        record = self.build(event, fields)
-        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
-        async with self._lock:
-            await asyncio.to_thread(self._append, record["time"][:10], line)
-        return record
+        """Write one event; returns it (with its chain fields) once it is on disk."""
+        return await self.record(event, fields)
 
-    def _append(self, day: str, line: str) -> None:
-        path = self.directory / f"{day}.log"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    async def record(self, event: EventType, fields: dict[str, Any], *,
+                     uid: str | None = None, time_ns: int | None = None) -> dict[str, Any]:
+        """Like emit, for fields in a dict; ``uid`` and ``time_ns`` come from a reporter
+        (a node resending what it spooled): an event whose uid is already in the log is
+        not written twice."""
+        if uid is not None and await self._seen(uid):
+            return {"uid": uid, "duplicate": True}
+        record = self.build(event, fields, time_ns, uid)
+        await self._ensure_started()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((record, future))
+        self._wake.set()
+        # Shielded: a caller that gives up still gets its event written, in order.
+        return await asyncio.shield(future)
+
+    async def _seen(self, uid: str) -> bool:
+        if uid in self._recent:
+            return True
+        if self.store is None:
+            return False
         try:
-            os.write(fd, line.encode())
+            return await self.store.has_uid(uid)
+        except ConnectionProblem:
+            return False  # a duplicate is better than a loss
+
+    # -- the writer ----------------------------------------------------------------------
+
+    async def _ensure_started(self) -> None:
+        if self._closed:
+            raise ConnectionProblem("the audit log is closed")
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+
+    async def start(self) -> None:
+        await self._ensure_started()
+
+    async def _start(self) -> None:
+        await asyncio.to_thread(self._recover)
+        if self.store is not None:
+            with contextlib.suppress(LimenError):
+                await self.store.register_log(self.log_id, self.key.public_b64)
+                last = await self.store.last(self.log_id)
+                if last is not None and last.seq > self._seq:
+                    # The files lost their newest lines: continue after the store's.
+                    log.error("the audit files end at seq %d but the store has seq %d; "
+                              "continuing the chain from the store", self._seq, last.seq)
+                    self._seq, self._last_hash = last.seq, last.hash
+            await self._sync_store()
+        self._writer = asyncio.create_task(self._run(), name="limen-audit-writer")
+
+    def _recover(self) -> None:
+        day_files = files.day_files(self.directory)
+        if not day_files:
+            return
+        newest = day_files[-1]
+        cut = files.truncate_torn_tail(newest)
+        if cut:
+            log.warning("removed %d bytes of a torn, unacknowledged line from %s", cut, newest)
+        self._day = newest.stem
+        last = files.last_record(self.directory, self.log_id)
+        if last is not None:
+            self._seq, self._last_hash = int(last["seq"]), str(last["hash"])
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.checkpoint_interval):
+                        await self._wake.wait()
+                self._wake.clear()
+            if self._closed and not self._queue:
+                return
+            batch = self._queue[:MAX_BATCH]
+            del self._queue[:MAX_BATCH]
+            if batch:
+                await self._commit(batch)
+            if self._checkpoint_due():
+                await self._commit([(_CHECKPOINT, None)])
+
+    async def _commit(
+        self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]]
+    ) -> None:
+        try:
+            written = await asyncio.to_thread(self._write, [record for record, _ in batch])
+        except OSError as exc:
+            log.error("cannot write the audit log in %s: %s", self.directory, exc)
+            failure = ConnectionProblem(f"the audit log could not be written: {exc.strerror}")
+            for _, future in batch:
+                if future is not None and not future.done():
+                    future.set_exception(failure)
+            return
+        for record, _ in written:
+            if record["event"] == types.AUDIT_CHECKPOINT.name:
+                self._since_checkpoint = 0
+                self._last_checkpoint = time.monotonic()
+            else:
+                self._since_checkpoint += 1
+            self._remember(record["uid"])
+        await self._copy_to_store(written)
+        for (_, future), (record, _) in zip(batch, written, strict=True):
+            if future is not None and not future.done():
+                future.set_result(record)
+
+    def _write(self, records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """Chain, serialise, append and fsync (in a thread). State moves only on success."""
+        seq, prev = self._seq, self._last_hash
+        day = max(self._day, self._today())
+        out: list[tuple[dict[str, Any], str]] = []
+        for base in records:
+            if base is _CHECKPOINT:  # signs the chain as it stands just before it
+                base = self.build(types.AUDIT_CHECKPOINT, self._checkpoint_fields(seq, prev))
+            seq += 1
+            record = normalize({**base, "log_id": self.log_id, "seq": seq, "prev_hash": prev})
+            record["hash"] = prev = event_hash(record)
+            out.append((record, _dumps(record)))
+        data = "".join(line + "\n" for _, line in out).encode()
+        fd = self._file(day)
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data)
             os.fsync(fd)
-        finally:
-            os.close(fd)
+        except OSError:
+            # Leave no half batch behind: its seqs are handed out again next time.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+        self._seq, self._last_hash, self._day = seq, prev, day
+        return out
+
+    def _today(self) -> str:
+        return format_time(now_ns(self.clock))[:10]
+
+    def _file(self, day: str) -> int:
+        if self._fd is not None and self._fd_day == day:
+            return self._fd
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        path = self.directory / f"{day}.log"
+        created = not path.exists()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd_day = day
+        if created:  # the new name must survive a crash too
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return self._fd
+
+    def _remember(self, uid: str) -> None:
+        self._recent[uid] = None
+        if len(self._recent) > _RECENT_UIDS:
+            self._recent.popitem(last=False)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint_due(self) -> bool:
+        if self._since_checkpoint == 0:
+            return False
+        if self._since_checkpoint >= self.checkpoint_every:
+            return True
+        return time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
+
+    def _checkpoint_fields(self, seq: int, digest: str) -> dict[str, Any]:
+        signature = self.key.sign(checkpoint_message("checkpoint", self.log_id, seq, digest))
+        return {"through_seq": seq, "through_hash": digest, "signature": signature,
+                "public_key": self.key.public_b64}
+
+    async def checkpoint(self) -> dict[str, Any]:
+        """Write a checkpoint now (retention does before it removes anything)."""
+        await self._ensure_started()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((_CHECKPOINT, future))
+        self._wake.set()
+        return await future
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """The newest seq and hash written."""
+        return self._seq, self._last_hash
+
+    # -- the store ---------------------------------------------------------------------------
+
+    async def _copy_to_store(self, written: list[tuple[dict[str, Any], str]]) -> None:
+        if self.store is None:
+            return
+        if self._store_behind:
+            await self._sync_store()
+            return  # the catch-up read these lines from the files
+        try:
+            await self.store.insert([stored(record, line) for record, line in written])
+        except LimenError as exc:
+            log.warning("audit store unavailable, events stay in the files for now: %s", exc)
+            self._store_behind = True
+
+    async def _sync_store(self) -> None:
+        """Copy into the store what the files have beyond its newest row."""
+        assert self.store is not None
+        try:
+            last = await self.store.last(self.log_id)
+            after = last.seq if last is not None else 0
+            if after >= self._seq:
+                self._store_behind = False
+                return
+            rows = await asyncio.to_thread(self._rows_after, after)
+            await self.store.insert(rows)
+            self._store_behind = False
+            if rows:
+                log.info("copied %d audit events from the files into the store", len(rows))
+        except LimenError as exc:
+            log.warning("audit store still unavailable: %s", exc)
+            self._store_behind = True
+
+    def _rows_after(self, seq: int) -> list[StoredEvent]:
+        """This chain's lines after ``seq``, reading back from the newest file only as far
+        as needed."""
+        rows: list[StoredEvent] = []
+        for path in reversed(files.day_files(self.directory)):
+            mine = [line for line in files.read_lines(path)
+                    if line.record is not None and line.record.get("log_id") == self.log_id
+                    and isinstance(line.record.get("seq"), int)]
+            rows[:0] = [stored(ln.record, ln.text) for ln in mine if ln.record["seq"] > seq]
+            if mine and mine[0].record["seq"] <= seq + 1:
+                break
+        return rows
+
+    # -- reading and closing ---------------------------------------------------------------------
 
     def read_all(self) -> list[dict[str, Any]]:
         """Every event on disk, oldest first (for tests and simple tools)."""
-        events: list[dict[str, Any]] = []
-        for path in sorted(self.directory.glob("*.log")):
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    events.append(json.loads(line))
-        return events
+        return [line.record for line in files.read_all(self.directory) if line.record]
+
+    async def close(self) -> None:
+        """Write what is queued and a last checkpoint, then stop the writer."""
+        if self._closed:
+            return
+        if self._writer is not None and self._since_checkpoint:
+            with contextlib.suppress(LimenError):
+                await self.checkpoint()
+        self._closed = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# A placeholder the writer replaces with a fresh checkpoint record (it must be built
+# by the writer, after the events queued before it).
+_CHECKPOINT: dict[str, Any] = {"event": "__checkpoint__"}
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from limen.audit.log import AuditLog
+from limen.audit.store import AuditStore
 from limen.auth.ca import CAStore
 from limen.backend.base import Backend
 from limen.clock import Clock
@@ -57,3 +58,4 @@ class AuthContext:
     cas: CAStore
     clock: Clock
     audit: AuditLog
+    audit_store: AuditStore | None = None  # searchable events and recordings

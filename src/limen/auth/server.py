@@ -8,6 +8,8 @@ import secrets
 from pathlib import Path
 
 from limen.audit import events
+from limen.audit.recordings import RecordingService
+from limen.audit.search import AuditSearch
 from limen.auth import builtin_roles
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
@@ -34,6 +36,12 @@ class AuthServer:
         self.login_service = LoginService(ctx, self.checker_for_user, self.locks)
         self.join = JoinService(ctx)
         self.tracking = Tracking(ctx)
+        if ctx.audit_store is None:
+            from limen.backend.audit_memory import MemoryAuditStore
+
+            ctx.audit_store = MemoryAuditStore()
+        self.recordings = RecordingService(ctx.audit_store.recordings, ctx.audit, self.authorize)
+        self.audit_search = AuditSearch(ctx.audit, ctx.audit_store.events, self.authorize)
 
     @property
     def cluster_name(self) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Any
 
 from limen.audit import events
+from limen.audit.chain import parse_time
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
 from limen.errors import AccessDenied, BadParameter, NotFound
@@ -27,7 +29,10 @@ class Tracking:
             raise BadParameter(f"unknown event {name!r}")
         clean = {k: v for k, v in fields.items() if k not in _RESERVED}
         clean.setdefault("server_id", identity.user)
-        await self.ctx.audit.emit(event, **clean)
+        # The node names each event (a resend after a lost answer is then written once)
+        # and, for an event it kept while the auth service was away, when it happened.
+        uid, when = _reported_uid(fields.get("uid")), _reported_time(fields.get("time"))
+        await self.ctx.audit.record(event, clean, uid=uid, time_ns=when)
 
     async def upsert_session(self, identity: Identity, session: Session) -> Session:
         _require_host(identity)
@@ -43,6 +48,24 @@ class Tracking:
 
     async def list_sessions(self) -> list[Session]:
         return await self.ctx.stores.sessions.list()
+
+
+def _reported_uid(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise BadParameter("an event's uid must be a UUID") from None
+
+
+def _reported_time(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(str(value))
+    except ValueError:
+        raise BadParameter("an event's time must be RFC 3339") from None
 
 
 def _require_host(identity: Identity) -> None:

@@ -11,7 +11,7 @@ from limen.errors import LimenError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from limen.cli import account, daemon, nodes, resources, ssh, tokens, users
+    from limen.cli import account, audit, daemon, nodes, recordings, resources, ssh, tokens, users
 
     parser = argparse.ArgumentParser(
         prog="limen", description="Limen: identity-aware access to SSH infrastructure."
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (daemon, users, tokens, resources, account, nodes, ssh):
         module.register(sub)
+    audit.register(sub)
+    recordings.register(sub)
     return parser
 
 

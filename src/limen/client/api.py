@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -50,6 +51,19 @@ class APIClient:
 
     def delete(self, path: str) -> Any:
         return self.call("DELETE", path)
+
+    def stream_lines(self, path: str, params: dict[str, Any] | None = None) -> Iterator[str]:
+        """A text body line by line as it arrives (recordings can be large)."""
+        try:
+            with self._http.stream("GET", path, params=params) as response:
+                if not response.is_success:
+                    response.read()
+                    _decode(response)
+                yield from response.iter_lines()
+        except httpx.ConnectError as exc:
+            raise ConnectionProblem(_connect_message(self.proxy, exc)) from None
+        except httpx.HTTPError as exc:
+            raise ConnectionProblem(f"talking to the proxy at {self.proxy} failed: {exc}") from None
 
 
 def _connect_message(proxy: str, exc: Exception) -> str:

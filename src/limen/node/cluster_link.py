@@ -30,6 +30,8 @@ class ClusterLink(Protocol):
     async def report_event(self, name: str, fields: dict[str, Any]) -> None: ...
     async def upsert_session(self, session: Session) -> None: ...
     async def end_session(self, session_id: str) -> None: ...
+    async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]: ...
+    async def recording_append(self, session_id: str, offset: int, data: bytes) -> int: ...
     def access_feed(self) -> AsyncIterator[dict[str, Any]]: ...
     async def close(self) -> None: ...
 
@@ -58,6 +60,12 @@ class LocalLink:
 
     async def end_session(self, session_id: str) -> None:
         await self.auth.tracking.end_session(self.identity, session_id)
+
+    async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+        return await self.auth.recordings.update(self.identity, session_id, meta)
+
+    async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
+        return await self.auth.recordings.append(self.identity, session_id, offset, data)
 
     def access_feed(self) -> AsyncIterator[dict[str, Any]]:
         return access_feed(self.auth.ctx.stores)
@@ -106,6 +114,22 @@ class RemoteLink:
 
     async def end_session(self, session_id: str) -> None:
         await self._call("DELETE", f"/v1/sessions/{session_id}")
+
+    async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("PUT", f"/v1/recordings/{session_id}", meta)
+
+    async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
+        try:
+            response = await self._http.post(
+                f"/v1/recordings/{session_id}/data", params={"offset": offset}, content=data,
+                headers={"content-type": "application/octet-stream"},
+            )
+        except httpx.HTTPError as exc:
+            raise ConnectionProblem(f"cannot reach the proxy at {self.proxy}: {exc}") from None
+        payload = _json_or_none(response)
+        if not response.is_success:
+            raise from_json(payload, f"the proxy answered HTTP {response.status_code}")
+        return int(payload["size"])
 
     async def access_feed(self) -> AsyncIterator[dict[str, Any]]:
         """The auth service's feed as newline-delimited JSON; pings keep it honest."""

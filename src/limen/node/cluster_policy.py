@@ -14,6 +14,7 @@ from typing import Any
 from limen.clock import Clock
 from limen.errors import AccessDenied, ConnectionProblem, NotFound
 from limen.node.access_cache import AccessCache
+from limen.node.audit import NodeAudit
 from limen.node.cluster_link import ClusterLink
 from limen.rbac import AccessChecker
 from limen.node.identity import UserIdentity
@@ -81,17 +82,26 @@ class ClusterPolicy:
 
 
 class ClusterObserver:
-    """Sends audit events to the auth service and keeps session trackers current."""
+    """Sends audit events to the auth service and keeps session trackers current.
 
-    def __init__(self, link: ClusterLink, node_id: str, node_name: str) -> None:
+    With a NodeAudit (node/audit.py), events are never lost (spooled on disk while the
+    auth service is away) and sessions are recorded.
+    """
+
+    def __init__(self, link: ClusterLink, node_id: str, node_name: str,
+                 audit: NodeAudit | None = None) -> None:
         self.link = link
         self.node_id = node_id
         self.node_name = node_name
+        self.audit = audit
 
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
         fields = {**fields, "server_id": self.node_id, "server_hostname": self.node_name}
         try:
-            await self.link.report_event(name, fields)
+            if self.audit is not None:
+                await self.audit.on_event(name, fields)
+            else:
+                await self.link.report_event(name, fields)
             if name == "session.start":
                 await self.link.upsert_session(self._tracker(fields))
             elif name == "session.end" and fields.get("sid"):
@@ -100,7 +110,8 @@ class ClusterObserver:
             log.warning("could not report %s to the auth service: %s", name, exc)
 
     async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
-        return None
+        if self.audit is not None:
+            await self.audit.on_output(session_id, data, stream)
 
     def _tracker(self, fields: dict[str, Any]) -> Session:
         started = fields.get("session_start")

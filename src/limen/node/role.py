@@ -15,6 +15,7 @@ from limen.config import NodeConfig, split_host_port
 from limen.errors import BadParameter
 from limen.resources import Lock
 from limen.node.access_cache import AccessCache
+from limen.node.audit import NodeAudit
 from limen.node.cluster_link import ClusterLink, LocalLink, RemoteLink
 from limen.node.cluster_policy import ClusterObserver, ClusterPolicy
 from limen.node.membership import (
@@ -53,6 +54,7 @@ class NodeRole:
         self._heartbeat: Heartbeat | None = None
         self.agent: TunnelAgent | None = None
         self.cache: AccessCache | None = None
+        self.audit: NodeAudit | None = None
 
     @property
     def name(self) -> str:
@@ -86,8 +88,13 @@ class NodeRole:
         policy = ClusterPolicy(
             self.cache, self.identity.node_id, self.identity.name, labels, self.clock
         )
-        observer = ClusterObserver(self.link, self.identity.node_id, self.identity.name)
+        # Before serving: report the end of sessions a crash interrupted.
+        self.audit = NodeAudit(self.link, self.data_dir, self.identity.node_id, self.identity.name)
+        await self.audit.start()
+        observer = ClusterObserver(self.link, self.identity.node_id, self.identity.name,
+                                   self.audit)
         self.server = NodeServer(settings, policy, observer)
+        self.audit.attach(self.server)
         # Behind NAT nobody can dial in: open a port only when one was asked for.
         if not tunneled or "listen_addr" in self.config.model_fields_set:
             await self.server.start()
@@ -157,6 +164,8 @@ class NodeRole:
             await self.cache.stop()
         if self.server is not None:
             await self.server.stop()
+        if self.audit is not None:  # after the sessions ended: ships their last events
+            await self.audit.stop()
         if self.agent is not None:  # after the server told tunneled sessions why they end
             await self.agent.stop()
         if self.link is not None:

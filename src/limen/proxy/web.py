@@ -20,7 +20,7 @@ from limen.auth.identity import Identity
 from limen.auth.server import AuthServer
 from limen.durations import parse_duration
 from limen.errors import AccessDenied, LimenError
-from limen.proxy import web_nodes, web_resources
+from limen.proxy import web_audit, web_nodes, web_resources
 from limen.proxy.ratelimit import RateLimiter
 from limen.tunnel.registry import TunnelDirectory
 
@@ -156,6 +156,7 @@ def create_app(state: WebState) -> FastAPI:
     _user_routes(app, state, Caller)
     web_nodes.add_routes(app, state.auth, identity, Limited, lambda: state.tunnels)
     web_resources.add_routes(app, state.auth, identity)
+    web_audit.add_routes(app, state.auth, identity)
     return app
 
 

@@ -1,0 +1,151 @@
+"""Session recordings on the auth service: nodes stream them in, auditors list, play,
+export and search them.
+
+A node first sends a recording's metadata (``update``), then its bytes as they are
+written (``append``, idempotent by offset), and once the session ended and every byte
+arrived, the final metadata with the total size. Only then is the recording marked
+ended (complete, or interrupted when its node stopped mid-session) and a
+``session.upload`` event written. A node may only write recordings of its own sessions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from limen.audit import asciicast
+from limen.audit import events as types
+from limen.audit.chain import format_time
+from limen.audit.log import AuditLog
+from limen.audit.store import RecordingMeta, RecordingStore
+from limen.auth.identity import Identity
+from limen.errors import AccessDenied, BadParameter, NotFound
+
+MAX_APPEND = 4 * 1024 * 1024
+Authorize = Callable[[Identity, str, str], Awaitable[None]]
+
+
+def session_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise BadParameter(f"{text!r} is not a session id (a UUID)") from None
+
+
+def meta_json(meta: RecordingMeta) -> dict[str, Any]:
+    """What `limen recordings ls --format json` prints for one recording."""
+    return {
+        "session_id": meta.session_id,
+        "user": meta.user,
+        "login": meta.login,
+        "node": meta.node,
+        "node_id": meta.node_id,
+        "kind": meta.kind,
+        "command": meta.command,
+        "start": format_time(meta.start_ns) if meta.start_ns else None,
+        "end": format_time(meta.end_ns) if meta.end_ns is not None else None,
+        "size": meta.size,
+        "complete": meta.complete,
+        "interrupted": meta.interrupted,
+    }
+
+
+def _int(value: Any, default: int | None = None) -> int | None:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadParameter(f"{value!r} is not a number") from None
+
+
+class RecordingService:
+    def __init__(self, store: RecordingStore, audit: AuditLog, authorize: Authorize) -> None:
+        self.store = store
+        self.audit = audit
+        self.authorize = authorize
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    async def update(self, identity: Identity, sid: str, meta: dict[str, Any]) -> dict[str, Any]:
+        sid = session_id(sid)
+        existing = await self._owned(identity, sid)
+        if existing is not None and existing.end_ns is not None:
+            return self._state(existing)
+        node_id = identity.user if identity.builtin == "node" else str(meta.get("node_id", ""))
+        record = RecordingMeta(
+            session_id=sid, user=str(meta.get("user", "")), login=str(meta.get("login", "")),
+            node=str(meta.get("node", "")), node_id=node_id, kind=str(meta.get("kind", "")),
+            command=str(meta.get("command", "")), start_ns=_int(meta.get("start_ns"), 0) or 0,
+            extra=dict(meta.get("extra") or {}),
+        )
+        size = existing.size if existing is not None else 0
+        end_ns = _int(meta.get("end_ns"))
+        final_size = _int(meta.get("size"))
+        if end_ns is not None and final_size == size:
+            record.end_ns = end_ns
+            record.interrupted = bool(meta.get("interrupted"))
+            record.complete = not record.interrupted
+        saved = await self.store.upsert_meta(record)
+        if saved.end_ns is not None:
+            await self.audit.emit(
+                types.SESSION_UPLOAD, sid=sid, user=saved.user, login=saved.login,
+                server_id=saved.node_id, server_hostname=saved.node, size=saved.size,
+                complete=saved.complete, interrupted=saved.interrupted,
+                recording=f"limen play {sid}",
+            )
+        return self._state(saved)
+
+    async def append(self, identity: Identity, sid: str, offset: int, data: bytes) -> int:
+        sid = session_id(sid)
+        if len(data) > MAX_APPEND:
+            raise BadParameter(f"send at most {MAX_APPEND} bytes of a recording at a time")
+        if offset < 0:
+            raise BadParameter("the offset must not be negative")
+        existing = await self._owned(identity, sid)
+        if existing is None:
+            raise BadParameter(f"no recording of session {sid} yet: send its metadata first")
+        if existing.end_ns is not None:
+            return existing.size
+        return await self.store.append(sid, offset, data, asciicast.printed_text)
+
+    async def _owned(self, identity: Identity, sid: str) -> RecordingMeta | None:
+        if identity.builtin not in ("node", "admin"):
+            raise AccessDenied("only nodes send recordings")
+        try:
+            existing = await self.store.get(sid)
+        except NotFound:
+            return None
+        if identity.builtin == "node" and existing.node_id and existing.node_id != identity.user:
+            raise AccessDenied("a node may only send recordings of its own sessions")
+        return existing
+
+    @staticmethod
+    def _state(meta: RecordingMeta) -> dict[str, Any]:
+        return {"size": meta.size, "complete": meta.complete, "ended": meta.end_ns is not None}
+
+    # -- people -----------------------------------------------------------------------------
+
+    async def list(self, identity: Identity, limit: int = 100,
+                   since_ns: int | None = None) -> list[RecordingMeta]:
+        await self.authorize(identity, "recording", "list")
+        return await self.store.list(max(1, min(limit, 10_000)), since_ns)
+
+    async def search(self, identity: Identity, text: str, limit: int = 100) -> list[RecordingMeta]:
+        await self.authorize(identity, "recording", "list")
+        if not text.strip():
+            raise BadParameter("say what text to look for")
+        return await self.store.search_text(text, max(1, min(limit, 10_000)))
+
+    async def get(self, identity: Identity, sid: str) -> RecordingMeta:
+        await self.authorize(identity, "recording", "read")
+        return await self.store.get(session_id(sid))
+
+    async def open(self, identity: Identity, sid: str) -> tuple[RecordingMeta,
+                                                                AsyncIterator[bytes]]:
+        """The recording's bytes, for playing or exporting; the access is audited."""
+        meta = await self.get(identity, sid)
+        await self.audit.emit(types.RECORDING_ACCESS, user=identity.user, sid=meta.session_id,
+                              addr_remote=identity.remote_addr or None)
+        return meta, self.store.read(meta.session_id)

@@ -1,0 +1,115 @@
+"""Opening the audit store (events and recordings) on SQLite, PostgreSQL or memory.
+
+The tables are limen.backend.events_sql and recordings_sql; both share one engine and
+the connection helpers here, which turn driver errors into ConnectionProblem the same
+way the cluster backend does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from limen.backend.sql_dialects import (
+    WRITE_OPTION,
+    Dialect,
+    PostgresDialect,
+    SQLiteDialect,
+    connection_problem,
+)
+from limen.errors import BadParameter, ConnectionProblem
+
+if TYPE_CHECKING:
+    from limen.backend.audit_memory import MemoryAuditStore
+
+
+class Database:
+    """An engine with read and serialised write transactions."""
+
+    def __init__(self, dialect: Dialect, engine: AsyncEngine) -> None:
+        self.dialect = dialect
+        self.engine = engine
+        # SQLite has one writer at a time anyway; queueing here, not on its busy
+        # timeout, keeps local writers fair.
+        self._write_lock = asyncio.Lock()
+        self.closed = False
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        if self.closed:
+            raise ConnectionProblem("the audit store is closed")
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError) as exc:
+            raise connection_problem(self.dialect, exc) from exc
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        if self.closed:
+            raise ConnectionProblem("the audit store is closed")
+        async with self._write_lock:
+            try:
+                async with self.engine.connect() as conn:
+                    await conn.execution_options(**{WRITE_OPTION: True})
+                    async with conn.begin():
+                        yield conn
+            except (SQLAlchemyError, OSError) as exc:
+                raise connection_problem(self.dialect, exc) from exc
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.engine.dispose()
+
+
+class SQLAuditStore:
+    def __init__(self, db: Database) -> None:
+        from limen.backend.events_sql import SQLEventStore
+        from limen.backend.recordings_sql import SQLRecordingStore
+
+        self.db = db
+        self.events = SQLEventStore(db)
+        self.recordings = SQLRecordingStore(db)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+async def open_store(
+    kind: str, *, path: str | None = None, dsn: str | None = None, schema: str | None = None
+) -> SQLAuditStore | MemoryAuditStore:
+    if kind == "memory":
+        from limen.backend.audit_memory import MemoryAuditStore
+
+        return MemoryAuditStore()
+    if kind == "sqlite":
+        if not path:
+            raise BadParameter("the SQLite audit store needs a file path")
+        dialect: Dialect = SQLiteDialect(path)
+    elif kind == "postgres":
+        if not dsn:
+            raise BadParameter("the PostgreSQL audit store needs a DSN")
+        dialect = PostgresDialect(dsn, schema)
+    else:
+        raise BadParameter(f"unknown storage type {kind!r} for the audit store")
+    from limen.backend.audit_tables import audit_metadata
+
+    engine = dialect.make_engine()
+    try:
+        async with engine.connect() as conn:
+            await conn.execution_options(**{WRITE_OPTION: True})
+            async with conn.begin():
+                await dialect.prepare(conn)
+                await conn.run_sync(audit_metadata.create_all)
+    except (SQLAlchemyError, OSError) as exc:
+        await engine.dispose()
+        raise connection_problem(dialect, exc) from exc
+    except BaseException:
+        await engine.dispose()
+        raise
+    return SQLAuditStore(Database(dialect, engine))

@@ -1,0 +1,129 @@
+"""Audit events in SQL: insert batches, newest-first search with a keyset cursor, and
+reads in chain order for verification."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select, tuple_
+
+from limen.audit.store import EventPage, EventQuery, StoredEvent
+from limen.backend.audit_store import Database
+from limen.backend.audit_tables import events, logs
+
+_COLUMNS = (
+    events.c.log_id, events.c.seq, events.c.uid, events.c.time_ns, events.c.event,
+    events.c.code, events.c.user, events.c.node, events.c.server_id, events.c.sid,
+    events.c.hash, events.c.data,
+)
+_BATCH = 1000  # rows per INSERT
+
+
+def _row(row: Any) -> StoredEvent:
+    return StoredEvent(*row[:12])
+
+
+def _values(event: StoredEvent) -> dict[str, Any]:
+    return {
+        "log_id": event.log_id, "seq": event.seq, "uid": event.uid, "time_ns": event.time_ns,
+        "event": event.event, "code": event.code, "user": event.user, "node": event.node,
+        "server_id": event.server_id, "sid": event.sid, "hash": event.hash,
+        "data": event.data,
+    }
+
+
+def looks_like_id(value: str) -> bool:
+    """Node ids are UUIDs; names are host names (which never have four dashes and hex)."""
+    parts = value.split("-")
+    return len(parts) == 5 and all(p and all(c in "0123456789abcdef" for c in p) for p in parts)
+
+
+class SQLEventStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def register_log(self, log_id: str, public_key: str) -> None:
+        stmt = self.db.dialect.insert(logs).values(log_id=log_id, public_key=public_key)
+        async with self.db.write() as conn:
+            await conn.execute(stmt.on_conflict_do_nothing())
+
+    async def log_keys(self) -> dict[str, str]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(logs.c.log_id, logs.c.public_key))).all()
+        return {log_id: key for log_id, key in rows}
+
+    async def insert(self, rows: list[StoredEvent]) -> None:
+        if not rows:
+            return
+        async with self.db.write() as conn:
+            for start in range(0, len(rows), _BATCH):
+                batch = [_values(r) for r in rows[start:start + _BATCH]]
+                stmt = self.db.dialect.insert(events).on_conflict_do_nothing()
+                await conn.execute(stmt, batch)
+
+    async def last(self, log_id: str) -> StoredEvent | None:
+        stmt = (select(*_COLUMNS).where(events.c.log_id == log_id)
+                .order_by(events.c.seq.desc()).limit(1))
+        async with self.db.read() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _row(row)
+
+    async def has_uid(self, uid: str) -> bool:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(events.c.id).where(events.c.uid == uid))).first()
+        return row is not None
+
+    async def search(self, query: EventQuery) -> EventPage:
+        stmt = select(*_COLUMNS, events.c.id)
+        clauses: list[Any] = []
+        if query.since_ns is not None:
+            clauses.append(events.c.time_ns >= query.since_ns)
+        if query.until_ns is not None:
+            clauses.append(events.c.time_ns <= query.until_ns)
+        if query.types:
+            clauses.append(events.c.event.in_(list(query.types)))
+        if query.user:
+            clauses.append(events.c.user == query.user)
+        if query.node:
+            column = events.c.server_id if looks_like_id(query.node) else events.c.node
+            clauses.append(column == query.node)
+        if query.session:
+            clauses.append(events.c.sid == query.session)
+        if query.cursor is not None:
+            clauses.append(tuple_(events.c.time_ns, events.c.id) < tuple_(*query.cursor))
+        stmt = (stmt.where(and_(*clauses)) if clauses else stmt).order_by(
+            events.c.time_ns.desc(), events.c.id.desc()
+        ).limit(query.limit + 1)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        more = len(rows) > query.limit
+        rows = rows[:query.limit]
+        cursor = (rows[-1].time_ns, rows[-1].id) if more and rows else None
+        return EventPage([_row(r) for r in rows], cursor)
+
+    async def chain(self, log_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        stmt = (select(*_COLUMNS).where(events.c.log_id == log_id, events.c.seq > after_seq)
+                .order_by(events.c.seq).limit(limit))
+        async with self.db.read() as conn:
+            return [_row(r) for r in (await conn.execute(stmt)).all()]
+
+    async def by_event(self, log_id: str, event: str) -> list[StoredEvent]:
+        stmt = (select(*_COLUMNS).where(events.c.log_id == log_id, events.c.event == event)
+                .order_by(events.c.seq))
+        async with self.db.read() as conn:
+            return [_row(r) for r in (await conn.execute(stmt)).all()]
+
+    async def log_ids(self) -> list[str]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(events.c.log_id).distinct())).scalars()
+            return sorted(rows)
+
+    async def count(self) -> int:
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.count()).select_from(events))).scalar())
+
+    async def delete_through(self, log_id: str, seq: int) -> int:
+        stmt = delete(events).where(events.c.log_id == log_id, events.c.seq <= seq)
+        async with self.db.write() as conn:
+            return (await conn.execute(stmt)).rowcount or 0
+

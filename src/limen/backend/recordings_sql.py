@@ -1,0 +1,138 @@
+"""Session recordings in SQL: metadata rows, and the asciicast bytes as ordered chunks
+with their printed text beside them for search.
+
+Appends are idempotent by offset, so a node that lost an answer resends safely, and
+every auth instance sharing the database sees the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+
+from limen.audit.store import RecordingMeta
+from limen.backend.audit_store import Database
+from limen.backend.audit_tables import chunks, recordings
+from limen.errors import NotFound
+
+TAIL = 256  # characters of text carried into the next chunk (longest search that spans)
+_READ_BATCH = 64  # chunks per query when streaming a recording
+
+_META_COLUMNS = (
+    recordings.c.session_id, recordings.c.user, recordings.c.login, recordings.c.node,
+    recordings.c.node_id, recordings.c.kind, recordings.c.command, recordings.c.start_ns,
+    recordings.c.end_ns, recordings.c.size, recordings.c.complete, recordings.c.interrupted,
+    recordings.c.extra,
+)
+
+
+def _meta(row: Any) -> RecordingMeta:
+    return RecordingMeta(
+        session_id=row.session_id, user=row.user, login=row.login, node=row.node,
+        node_id=row.node_id, kind=row.kind, command=row.command, start_ns=row.start_ns,
+        end_ns=row.end_ns, size=row.size, complete=bool(row.complete),
+        interrupted=bool(row.interrupted), extra=json.loads(row.extra or "{}"),
+    )
+
+
+def like_pattern(needle: str) -> str:
+    escaped = needle.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class SQLRecordingStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def upsert_meta(self, meta: RecordingMeta) -> RecordingMeta:
+        values = {
+            "user": meta.user, "login": meta.login, "node": meta.node, "node_id": meta.node_id,
+            "kind": meta.kind, "command": meta.command, "start_ns": meta.start_ns,
+            "end_ns": meta.end_ns, "complete": meta.complete, "interrupted": meta.interrupted,
+            "extra": json.dumps(meta.extra, sort_keys=True),
+        }
+        stmt = self.db.dialect.insert(recordings).values(
+            session_id=meta.session_id, size=0, tail="", **values
+        )
+        stmt = stmt.on_conflict_do_update(index_elements=[recordings.c.session_id], set_=values)
+        async with self.db.write() as conn:
+            await conn.execute(stmt)
+        return await self.get(meta.session_id)
+
+    async def append(self, session_id: str, offset: int, data: bytes,
+                     extract: Callable[[bytes], str]) -> int:
+        async with self.db.write() as conn:
+            row = (await conn.execute(
+                select(recordings.c.size, recordings.c.tail)
+                .where(recordings.c.session_id == session_id).with_for_update()
+            )).first()
+            if row is None:
+                await conn.execute(recordings.insert().values(session_id=session_id, size=0,
+                                                              tail=""))
+                size, tail = 0, ""
+            else:
+                size, tail = int(row.size), row.tail
+            if offset > size or offset + len(data) <= size:
+                return size  # a gap (resend from size) or bytes we already have
+            data = data[size - offset:]
+            text = tail + extract(data).lower()
+            await conn.execute(chunks.insert().values(
+                session_id=session_id, offset=size, data=data, text=text
+            ))
+            await conn.execute(
+                update(recordings).where(recordings.c.session_id == session_id)
+                .values(size=size + len(data), tail=text[-TAIL:])
+            )
+            return size + len(data)
+
+    async def get(self, session_id: str) -> RecordingMeta:
+        async with self.db.read() as conn:
+            row = (await conn.execute(
+                select(*_META_COLUMNS).where(recordings.c.session_id == session_id)
+            )).first()
+        if row is None:
+            raise NotFound(f"no recording of session {session_id}")
+        return _meta(row)
+
+    async def list(self, limit: int, since_ns: int | None = None) -> list[RecordingMeta]:
+        stmt = select(*_META_COLUMNS)
+        if since_ns is not None:
+            stmt = stmt.where(
+                or_(recordings.c.end_ns.is_(None), recordings.c.end_ns >= since_ns)
+            )
+        stmt = stmt.order_by(recordings.c.start_ns.desc()).limit(limit)
+        async with self.db.read() as conn:
+            return [_meta(r) for r in (await conn.execute(stmt)).all()]
+
+    async def read(self, session_id: str) -> AsyncIterator[bytes]:
+        after = -1
+        while True:
+            stmt = (select(chunks.c.offset, chunks.c.data)
+                    .where(chunks.c.session_id == session_id, chunks.c.offset > after)
+                    .order_by(chunks.c.offset).limit(_READ_BATCH))
+            async with self.db.read() as conn:
+                rows = (await conn.execute(stmt)).all()
+            for offset, data in rows:
+                yield bytes(data)
+                after = offset
+            if len(rows) < _READ_BATCH:
+                return
+
+    async def search_text(self, needle: str, limit: int) -> list[RecordingMeta]:
+        found = (select(chunks.c.session_id)
+                 .where(chunks.c.text.like(like_pattern(needle), escape="\\")).distinct())
+        stmt = (select(*_META_COLUMNS).where(recordings.c.session_id.in_(found))
+                .order_by(recordings.c.start_ns.desc()).limit(limit))
+        async with self.db.read() as conn:
+            return [_meta(r) for r in (await conn.execute(stmt)).all()]
+
+    async def delete_ended_before(self, cutoff_ns: int) -> int:
+        ended = func.coalesce(recordings.c.end_ns, recordings.c.start_ns)
+        old = select(recordings.c.session_id).where(ended < cutoff_ns)
+        async with self.db.write() as conn:
+            await conn.execute(delete(chunks).where(chunks.c.session_id.in_(old)))
+            result = await conn.execute(delete(recordings).where(ended < cutoff_ns))
+            return result.rowcount or 0

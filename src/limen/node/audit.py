@@ -1,0 +1,376 @@
+"""The node's side of the audit log: report events without losing any, record sessions.
+
+- Events go to the auth service; when it cannot be reached they wait in a spool on the
+  node's disk (event_spool.py). Either way ``on_event`` returns only once the event is
+  durable somewhere, so the action it records proceeds after that.
+- Shell and exec sessions are recorded as asciicast v2 on the node's disk (recorder.py)
+  and shipped while they run (recording_upload.py).
+- Every live session has a journal entry (DATA_DIR/audit/live/SID.json). After a crash
+  the node finds the entries on its next start and reports each session's end, marked
+  interrupted, and closes its recording the same way.
+- ``record_session: strict``: when a session's recorder fails, the session is ended.
+- sftp and scp events get the SHA-256 of the file transferred, read on the node when
+  the transfer ends (sftp-server and scp do the copying, so this is the file as it is on
+  the node once the operation completed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import stat
+import time
+import uuid
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from limen.audit.chain import format_time
+from limen.audit.files import truncate_torn_tail
+from limen.errors import BadParameter, LimenError
+from limen.node.event_spool import EventSpool
+from limen.node.recorder import CastWriter, LocalRecording
+from limen.node.recording_upload import RecordingLink, RecordingUploader
+from limen.node.scp import parse_scp_command
+
+if TYPE_CHECKING:
+    from limen.node.server import NodeServer
+
+log = logging.getLogger(__name__)
+
+STRICT_MESSAGE = ("limen: the session recorder failed and your role requires recording "
+                  "(record_session: strict); ending the session")
+INTERRUPTED = "interrupted: the node stopped during the session"
+REPLAY_SECONDS = 2.0
+
+
+class AuditLink(RecordingLink, Protocol):
+    async def report_event(self, name: str, fields: dict[str, Any]) -> None: ...
+    async def end_session(self, session_id: str) -> None: ...
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
+
+
+def _term_size(text: Any) -> tuple[int, int]:
+    try:
+        cols, rows = str(text).split(":")
+        return max(1, int(cols)), max(1, int(rows))
+    except ValueError:
+        return 80, 24
+
+
+class NodeAudit:
+    def __init__(self, link: AuditLink, data_dir: Path, node_id: str, node_name: str) -> None:
+        self.link = link
+        self.node_id = node_id
+        self.node_name = node_name
+        self.recordings = data_dir / "recordings"
+        self.live = data_dir / "audit" / "live"
+        self.spool = EventSpool(data_dir / "audit" / "events.spool")
+        self.uploader = RecordingUploader(link, self.recordings)
+        self.server: NodeServer | None = None
+        self._writers: dict[str, CastWriter] = {}
+        self._failed: set[str] = set()
+        self._enforced: set[str] = set()
+        self._wake_replay = asyncio.Event()
+        self._replayer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def attach(self, server: NodeServer) -> None:
+        """The SSH server whose sessions a strict recording failure ends."""
+        self.server = server
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.live.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.recordings.exists():
+            self.recordings.mkdir(mode=0o700)
+        await self._recover()
+        self.uploader.start()
+        self._replayer = asyncio.create_task(self._replay_loop(), name="limen-event-replay")
+
+    async def stop(self) -> None:
+        for sid in list(self._writers):
+            self._close_writer(sid)
+        await self.uploader.stop()
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        sid = str(fields.get("sid") or "")
+        if name == "session.start" and sid:
+            await self._session_started(sid, fields)
+        elif name == "resize" and sid:
+            self._resized(sid, fields)
+        elif name in ("sftp", "scp"):
+            fields = {**fields, **await asyncio.to_thread(_file_digest, fields)}
+        if name == "session.end" and sid:
+            self._session_ended(sid, fields)
+        await self.report(name, fields)
+        if name == "session.end" and sid:
+            await asyncio.to_thread(self._forget_live, sid)
+            self.uploader.wake()
+
+    async def report(self, name: str, fields: dict[str, Any]) -> None:
+        """Deliver, or keep on disk for later; returns once the event is durable."""
+        uid = str(uuid.uuid4())
+        entry = {"event": name, "fields": fields, "uid": uid,
+                 "time": format_time(time.time_ns())}
+        if len(self.spool) == 0:
+            try:
+                await self.link.report_event(name, {**fields, "uid": uid})
+                return
+            except BadParameter as exc:
+                log.error("the auth service refused a %s event: %s", name, exc.message)
+                return
+            except LimenError as exc:
+                log.warning("auth service unreachable, keeping %s events on disk: %s",
+                            name, exc.message)
+        await self.spool.append(entry)
+        self._wake_replay.set()
+
+    async def _replay_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REPLAY_SECONDS):
+                    await self._wake_replay.wait()
+            self._wake_replay.clear()
+            while len(self.spool) and await self._replay_some():
+                pass
+
+    async def _replay_some(self) -> bool:
+        """Send the oldest spooled events; False when the auth service is still away."""
+        batch = await asyncio.to_thread(self.spool.peek, 100)
+        sent = 0
+        for entry in batch:
+            fields = {**entry["fields"], "uid": entry["uid"], "time": entry["time"]}
+            try:
+                await self.link.report_event(entry["event"], fields)
+            except BadParameter as exc:
+                log.error("the auth service refused a spooled %s event: %s",
+                          entry["event"], exc.message)
+            except LimenError:
+                break
+            sent += 1
+        if sent:
+            await self.spool.drop(sent)
+            log.info("delivered %d audit events kept while the auth service was away", sent)
+        return sent == len(batch) and sent > 0
+
+    # -- sessions and recordings ------------------------------------------------------------
+
+    async def _session_started(self, sid: str, fields: dict[str, Any]) -> None:
+        await asyncio.to_thread(_write_json, self.live / f"{sid}.json", fields)
+        kind = str(fields.get("session_kind", ""))
+        command = str(fields.get("command") or "")
+        if kind not in ("shell", "exec") or (command and parse_scp_command(command)):
+            return  # file transfers are audited per file, not recorded
+        start_ns = time.time_ns()
+        cols, rows = _term_size(fields.get("terminal_size") or "80:24")
+        meta = LocalRecording(
+            session_id=sid, user=str(fields.get("user") or ""),
+            login=str(fields.get("login") or ""), node=self.node_name, node_id=self.node_id,
+            kind=kind, command=command, start_ns=start_ns,
+            extra={"interactive": bool(fields.get("interactive")),
+                   "addr.remote": fields.get("addr.remote")},
+        )
+        try:
+            await asyncio.to_thread(meta.save, self.recordings / f"{sid}.json")
+            self._writers[sid] = CastWriter(
+                self.recordings / f"{sid}.cast", cols, rows, start_ns,
+                title=f"{meta.user} as {meta.login} on {self.node_name}", command=command,
+            )
+        except OSError as exc:
+            self._failed_recording(sid, exc, fields)
+            return
+        self.uploader.wake()
+
+    def _resized(self, sid: str, fields: dict[str, Any]) -> None:
+        writer = self._writers.get(sid)
+        if writer is not None:
+            cols, rows = _term_size(fields.get("size"))
+            try:
+                writer.resize(cols, rows)
+            except OSError as exc:
+                self._failed_recording(sid, exc, fields)
+
+    async def on_output(self, sid: str, data: bytes, stream: str) -> None:
+        writer = self._writers.get(sid)
+        if writer is not None:
+            try:
+                writer.output(data)
+            except OSError as exc:
+                self._failed_recording(sid, exc, {"sid": sid})
+        elif sid in self._failed:
+            self._enforce_strict(sid)
+
+    def _session_ended(self, sid: str, fields: dict[str, Any]) -> None:
+        failed = sid in self._failed
+        self._failed.discard(sid)
+        self._enforced.discard(sid)
+        self._close_writer(sid)
+        path = self.recordings / f"{sid}.json"
+        if not path.exists():
+            return
+        try:
+            meta = LocalRecording.load(path)
+            meta.end_ns = time.time_ns()
+            if failed:
+                meta.extra["recording_failed"] = True
+            meta.extra.update({k: fields.get(k) for k in ("exit_code", "exit_signal", "reason")
+                               if fields.get(k) is not None})
+            meta.save(path)
+        except (OSError, ValueError) as exc:
+            log.error("cannot close the recording of session %s: %s", sid, exc)
+
+    def _close_writer(self, sid: str) -> None:
+        writer = self._writers.pop(sid, None)
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError as exc:
+                log.error("closing the recording of session %s failed: %s", sid, exc)
+
+    def _failed_recording(self, sid: str, exc: OSError, fields: dict[str, Any]) -> None:
+        log.error("recording session %s failed: %s", sid, exc)
+        writer = self._writers.pop(sid, None)
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.close()
+        self._failed.add(sid)
+        base = {k: fields.get(k) for k in ("sid", "user", "login", "server_id",
+                                            "server_hostname") if fields.get(k) is not None}
+        self._spawn(self.report("session.recording.failure",
+                                {**base, "sid": sid, "error": str(exc), "success": False}))
+        self._enforce_strict(sid)
+
+    def _enforce_strict(self, sid: str) -> None:
+        if sid not in self._enforced:
+            self._enforced.add(sid)
+            self._spawn(self._end_if_strict(sid))
+
+    async def _end_if_strict(self, sid: str) -> None:
+        server = self.server
+        if server is None:
+            return
+        # A recorder that fails as the session starts fails before the server lists it.
+        for _ in range(250):
+            ctx = server.sessions.get(sid)
+            if ctx is not None or sid not in self._failed:
+                break
+            await asyncio.sleep(0.02)
+        ctx = server.sessions.get(sid)
+        if ctx is not None and ctx.permit.record == "strict":
+            await server.terminate(sid, STRICT_MESSAGE, "recording failed")
+
+    # -- after a crash ------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Sessions that were live when the node stopped: report their end, interrupted."""
+        for path in sorted(self.live.glob("*.json")):
+            sid = path.stem
+            try:
+                started = json.loads(path.read_text())
+            except (OSError, ValueError):
+                started = {"sid": sid}
+            stop_ns = await asyncio.to_thread(self._close_interrupted, sid)
+            fields = {k: started.get(k) for k in (
+                "user", "login", "server_id", "server_hostname", "addr.remote", "addr.local",
+                "session_kind", "interactive", "command", "subsystem", "session_start")}
+            fields.update(sid=sid, session_stop=_iso(stop_ns or time.time_ns()),
+                          interrupted=True, reason=INTERRUPTED)
+            await self.report("session.end", {k: v for k, v in fields.items() if v is not None})
+            with contextlib.suppress(LimenError):
+                await self.link.end_session(sid)
+            path.unlink(missing_ok=True)
+        for path in self.recordings.glob("*.json") if self.recordings.is_dir() else []:
+            await asyncio.to_thread(self._close_interrupted, path.stem)
+
+    def _close_interrupted(self, sid: str) -> int | None:
+        """Mark an unfinished recording interrupted; returns its last write time (ns)."""
+        meta_path = self.recordings / f"{sid}.json"
+        cast = self.recordings / f"{sid}.cast"
+        try:
+            meta = LocalRecording.load(meta_path)
+        except (OSError, ValueError):
+            return None
+        if meta.ended:
+            return meta.end_ns
+        if cast.exists():
+            truncate_torn_tail(cast)
+            meta.end_ns = os.stat(cast).st_mtime_ns
+        else:
+            meta.end_ns = time.time_ns()
+        meta.interrupted = True
+        meta.save(meta_path)
+        return meta.end_ns
+
+    def _forget_live(self, sid: str) -> None:
+        (self.live / f"{sid}.json").unlink(missing_ok=True)
+        _fsync_dir(self.live)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+MAX_HASH_BYTES = 64 * 1024**3  # a transfer larger than this is logged without a digest
+
+
+def _file_digest(fields: dict[str, Any]) -> dict[str, Any]:
+    """SHA-256 of the file an sftp/scp event names, if it is a regular file.
+
+    Opened without following a final symlink: the user controls the name, and the
+    node reads as root.
+    """
+    path = fields.get("path")
+    if fields.get("action") not in ("upload", "download") or not isinstance(path, str):
+        return {}
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_HASH_BYTES:
+            return {}
+        digest = hashlib.sha256()
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            while chunk := fh.read(1024 * 1024):
+                digest.update(chunk)
+        return {"sha256": digest.hexdigest(), "size": info.st_size}
+    finally:
+        os.close(fd)

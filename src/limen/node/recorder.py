@@ -1,0 +1,123 @@
+"""A session's recording on the node's disk: asciicast v2, written through.
+
+Every output chunk and resize is one ``os.write`` of one complete line, so a node killed
+mid-session leaves every event it had sent to the user in the file (a recording kept in
+memory was lost entirely in the prototype, ASYNCSSH.md item 9). The file is fsynced
+every ``FSYNC_SECONDS`` and when the session ends, against power loss too.
+
+Beside each ``SID.cast`` a ``SID.json`` says who, where and when, and, once the session
+ended, when and how. The uploader (recording_upload.py) ships both to the auth service.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from limen.audit import asciicast
+
+FSYNC_SECONDS = 1.0
+
+
+@dataclass
+class LocalRecording:
+    """The metadata file beside a recording (what the auth service's metadata says)."""
+
+    session_id: str
+    user: str = ""
+    login: str = ""
+    node: str = ""
+    node_id: str = ""
+    kind: str = ""
+    command: str = ""
+    start_ns: int = 0
+    end_ns: int | None = None
+    interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.end_ns is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: Path) -> LocalRecording:
+        data = json.loads(path.read_text())
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.to_json(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+
+
+class CastWriter:
+    """One session's asciicast file. Not thread-safe; called from the node's event loop."""
+
+    def __init__(self, path: Path, width: int, height: int, start_ns: int,
+                 title: str = "", command: str = "", term: str = "") -> None:
+        self.path = path
+        self._start = time.monotonic()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")  # reads split chars
+        self._last_sync = self._start
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            env = {"TERM": term} if term else {}
+            self._write(asciicast.header_line(width, height, start_ns // 1_000_000_000,
+                                              title=title, command=command, env=env))
+            os.fsync(self._fd)
+        except BaseException:
+            self.close()
+            raise
+
+    def output(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if text:
+            self._event("o", text)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._event("r", f"{cols}x{rows}")
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            rest = self._decoder.decode(b"", final=True)
+            if rest:
+                self._event("o", rest)
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _event(self, code: str, data: str) -> None:
+        self._write(asciicast.event_line(time.monotonic() - self._start, code, data))
+        now = time.monotonic()
+        if now - self._last_sync >= FSYNC_SECONDS:
+            self._last_sync = now
+            os.fsync(self._fd)
+
+    def _write(self, line: str) -> None:
+        if self._fd < 0:
+            raise OSError("the recording is closed")
+        data = memoryview(line.encode())
+        while data:
+            data = data[os.write(self._fd, data):]
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._fd >= 0:
+                os.close(self._fd)

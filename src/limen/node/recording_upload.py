@@ -1,0 +1,163 @@
+"""Ships recordings from the node's disk to the auth service while sessions run.
+
+For each ``SID.cast`` in DATA_DIR/recordings it sends the complete lines the auth
+service does not have yet (it answers with its size, so a restart of either side just
+resumes), then, once the session ended and every byte arrived, the final metadata. Only
+when the auth service confirms the recording complete are the node's files removed.
+Failures are retried with a growing pause (at most ``MAX_BACKOFF``), and logged; nothing
+is dropped while the files exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from limen.errors import BadParameter, LimenError
+from limen.node.recorder import LocalRecording
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD = 1024 * 1024  # bytes per request (whole lines; one line may be longer)
+UPLOAD_DELAY = 0.2  # seconds to gather output before sending, while a session runs
+MAX_BACKOFF = 30.0
+
+
+class RecordingLink(Protocol):
+    async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]: ...
+    async def recording_append(self, session_id: str, offset: int, data: bytes) -> int: ...
+
+
+class RecordingUploader:
+    def __init__(self, link: RecordingLink, directory: Path) -> None:
+        self.link = link
+        self.directory = directory
+        self._sent: dict[str, int] = {}  # what the auth service has, by session
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="limen-recording-upload")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """One last pass to ship what ended (bounded), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def pending(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.stem for p in self.directory.glob("*.json"))
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.upload_all()
+                self._failures = 0
+            except LimenError as exc:
+                self._failures += 1
+                log.warning("recording upload failed (will retry): %s", exc.message)
+            except OSError as exc:
+                self._failures += 1
+                log.warning("reading recordings in %s failed (will retry): %s",
+                            self.directory, exc)
+            if self._stopping:
+                return
+            pause = min(MAX_BACKOFF, 0.5 * 2 ** self._failures) if self._failures else 5.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self._failures:
+                await asyncio.sleep(UPLOAD_DELAY)  # let a burst of output gather
+
+    async def upload_all(self) -> None:
+        for session_id in self.pending():
+            await self.upload(session_id)
+
+    async def upload(self, session_id: str) -> bool:
+        """Send what is new; returns True once the recording is complete upstream."""
+        meta_path = self.directory / f"{session_id}.json"
+        cast_path = self.directory / f"{session_id}.cast"
+        try:
+            meta = LocalRecording.load(meta_path)
+        except (OSError, ValueError) as exc:
+            log.error("recording metadata %s is unreadable: %s", meta_path, exc)
+            return False
+        if session_id not in self._sent:
+            answer = await self.link.recording_update(session_id, _public(meta, None))
+            self._sent[session_id] = int(answer["size"])
+        offset = self._sent[session_id]
+        size = await asyncio.to_thread(_complete_size, cast_path)
+        while offset < size:
+            data = await asyncio.to_thread(_read_lines, cast_path, offset, size)
+            try:
+                offset = await self.link.recording_append(session_id, offset, data)
+            except BadParameter:
+                self._sent.pop(session_id, None)  # out of step: ask where to resume
+                raise
+            self._sent[session_id] = offset
+        if not meta.ended or offset < size:
+            return False
+        answer = await self.link.recording_update(session_id, _public(meta, size))
+        if not answer.get("complete") and not answer.get("ended"):
+            self._sent[session_id] = int(answer["size"])
+            return False
+        for path in (cast_path, meta_path):
+            path.unlink(missing_ok=True)
+        self._sent.pop(session_id, None)
+        return True
+
+
+def _public(meta: LocalRecording, size: int | None) -> dict[str, Any]:
+    data = meta.to_json()
+    if size is not None:
+        data["size"] = size
+    return data
+
+
+def _complete_size(path: Path) -> int:
+    """Bytes up to and including the last newline (a line being written is not sent)."""
+    try:
+        end = os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+    with path.open("rb") as fh:
+        pos = end
+        while pos > 0:
+            step = min(pos, 64 * 1024)
+            fh.seek(pos - step)
+            block = fh.read(step)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                return pos - step + newline + 1
+            pos -= step
+    return 0
+
+
+def _read_lines(path: Path, offset: int, size: int) -> bytes:
+    """Whole lines from ``offset``: up to MAX_UPLOAD, or one line if it is longer."""
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read(min(size - offset, MAX_UPLOAD))
+        cut = data.rfind(b"\n")
+        if cut >= 0:
+            return data[:cut + 1]
+        rest = fh.read(size - offset - len(data))
+        return data + rest
