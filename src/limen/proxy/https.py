@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import uvicorn
@@ -49,6 +50,23 @@ class HTTPSServer:
     @property
     def port(self) -> int:
         return self._sock.getsockname()[1]
+
+    def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+        """HTTP connections handed over by the multiplexed listener (TLS already done)."""
+        config = self._server.config
+        if not config.loaded:
+            config.load()
+        return functools.partial(
+            config.http_protocol_class,
+            config=config,
+            server_state=self._server.server_state,
+            app_state={},
+        )
+
+    async def close_connections(self) -> None:
+        """Multiplexed mode: end the HTTP connections uvicorn did not accept itself."""
+        for connection in list(self._server.server_state.connections):
+            connection.shutdown()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))

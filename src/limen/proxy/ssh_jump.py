@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ import asyncssh
 
 from limen.clock import Clock, RealClock
 from limen.proxy.ssh_cert import UserCert, check_user_cert
-from limen.proxy.ssh_conn import create_jump_server
+from limen.proxy.ssh_conn import JumpConnection, create_jump_server
 from limen.proxy.ssh_hooks import PROXY_SESSION_MESSAGE, JumpServer
 from limen.proxy.ssh_routes import (
     NODE_DIAL_TIMEOUT,
@@ -69,7 +69,7 @@ class JumpSettings:
     """
 
     host: str
-    port: int
+    port: int | None  # None: no listener of its own (multiplexed web port only)
     host_key: asyncssh.SSHKey
     host_certs: Sequence[asyncssh.SSHCertificate]
     user_ca_keys: Sequence[asyncssh.SSHKey]
@@ -97,6 +97,7 @@ class JumpHost:
         self.observer = observer
         self.clock = clock or RealClock()
         self._server: asyncio.Server | None = None
+        self._options: asyncssh.SSHServerConnectionOptions | None = None
         self.connections: set[JumpServer] = set()  # live SSH connections
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -125,10 +126,18 @@ class JumpHost:
             login_timeout=self.settings.login_timeout,
             **asyncssh_algs(),
         )
+        self._options = options
+        if self.settings.port is None:  # served only through the multiplexed web port
+            return
         self._server = await create_jump_server(
             self.settings.host, self.settings.port, options, self._judge
         )
         log.info("jump host listening on port %d", self.port)
+
+    def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+        """Connections handed over by another listener (the multiplexed web port)."""
+        loop = asyncio.get_running_loop()
+        return lambda: JumpConnection(loop, self._options, self._judge)
 
     async def stop(self) -> None:
         """Stop listening, close every connection (and its node streams), flush events."""

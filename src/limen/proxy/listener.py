@@ -1,0 +1,211 @@
+"""One port for everything: TLS routed by ALPN, plain SSH recognised by its banner.
+
+Each accepted connection's first bytes are peeked (read with MSG_PEEK, so nothing is
+consumed), then the socket is handed to asyncio with the right protocol:
+
+- ``SSH-2.0-...``                     -> the SSH jump host, as plain SSH;
+- a TLS ClientHello (first byte 0x16) -> TLS, then by the negotiated ALPN:
+  ``limen-ssh`` -> jump host, ``limen-tunnel`` -> tunnel server, anything else -> HTTPS.
+
+SNI only selects the certificate (there is one); any name or none is accepted.
+Slow or silent clients are dropped after a handshake timeout; garbage is closed with a
+log line. Connection counts per source address are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+ALPN_HTTP = "http/1.1"
+ALPN_SSH = "limen-ssh"
+ALPN_TUNNEL = "limen-tunnel"
+TLS_HANDSHAKE = 0x16
+PEEK_BYTES = 8
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+@dataclass
+class ListenerLimits:
+    handshake_timeout: float = 5.0
+    max_connections_per_ip: int = 1000
+    max_handshakes_per_ip: int = 50
+
+
+@dataclass
+class Routes:
+    http: ProtocolFactory
+    ssh: ProtocolFactory | None = None
+    tunnel: ProtocolFactory | None = None
+
+
+class _ALPNSwitch(asyncio.Protocol):
+    """Lives only for the instant after the TLS handshake: picks the real protocol."""
+
+    def __init__(self, routes: Routes, on_close: Callable[[], None]) -> None:
+        self.routes = routes
+        self.on_close = on_close
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object else None
+        factory = {ALPN_SSH: self.routes.ssh, ALPN_TUNNEL: self.routes.tunnel}.get(alpn or "") or self.routes.http
+        protocol = factory()
+        _on_close(protocol, self.on_close)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:  # closed before switching
+        self.on_close()
+
+
+@dataclass
+class MultiplexListener:
+    sock: socket.socket
+    tls: ssl.SSLContext
+    routes: Routes
+    limits: ListenerLimits = field(default_factory=ListenerLimits)
+    _task: asyncio.Task[None] | None = None
+    _pending: set[asyncio.Task[None]] = field(default_factory=set)
+    _open: Counter[str] = field(default_factory=Counter)
+    _handshaking: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    async def start(self) -> None:
+        self.sock.setblocking(False)
+        self._task = asyncio.create_task(self._accept_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        self.sock.close()
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            peer = str(addr[0])
+            if self._open[peer] >= self.limits.max_connections_per_ip:
+                log.warning("refusing %s: %d connections open (limit)", peer, self._open[peer])
+                conn.close()
+                continue
+            if self._handshaking[peer] >= self.limits.max_handshakes_per_ip:
+                log.warning("refusing %s: %d unfinished handshakes (limit)", peer,
+                            self._handshaking[peer])
+                conn.close()
+                continue
+            task = asyncio.create_task(self._route(conn, peer))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _route(self, conn: socket.socket, peer: str) -> None:
+        self._handshaking[peer] += 1
+        self._open[peer] += 1
+        closed = False
+
+        def on_close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                self._decrement(self._open, peer)
+
+        try:
+            await self._hand_over(conn, peer, on_close)
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+            log.info("dropping connection from %s: %s", peer, exc or type(exc).__name__)
+            conn.close()
+            on_close()
+        finally:
+            self._decrement(self._handshaking, peer)
+
+    @staticmethod
+    def _decrement(counter: Counter[str], peer: str) -> None:
+        counter[peer] -= 1
+        if counter[peer] <= 0:
+            del counter[peer]
+
+    async def _hand_over(self, conn: socket.socket, peer: str,
+                         on_close: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        async with asyncio.timeout(self.limits.handshake_timeout):
+            first = await _peek(loop, conn)
+        if first.startswith(b"SSH-") and self.routes.ssh is not None:
+            ssh_factory = self.routes.ssh
+
+            def ssh_protocol() -> asyncio.BaseProtocol:
+                protocol = ssh_factory()
+                _on_close(protocol, on_close)
+                return protocol
+
+            await loop.connect_accepted_socket(ssh_protocol, conn)
+        elif first[:1] == bytes([TLS_HANDSHAKE]):
+            await loop.connect_accepted_socket(
+                lambda: _ALPNSwitch(self.routes, on_close), conn, ssl=self.tls,
+                ssl_handshake_timeout=self.limits.handshake_timeout,
+            )
+        else:
+            log.warning("closing connection from %s: not TLS and not SSH (%r)", peer, first[:8])
+            conn.close()
+            on_close()
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    """The first bytes the client sent, left in the socket for whoever reads next."""
+    while True:
+        ready = loop.create_future()
+        loop.add_reader(conn.fileno(), ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(conn.fileno())
+        data = conn.recv(PEEK_BYTES, socket.MSG_PEEK)
+        if not data:
+            raise ConnectionError("closed before sending anything")
+        # A ClientHello's first byte or an SSH banner's first four are enough to route.
+        if len(data) >= 4 or data[:1] == bytes([TLS_HANDSHAKE]):
+            return data
+        await asyncio.sleep(0.01)  # the rest of "SSH-" is still on its way
+
+
+def _on_close(protocol: asyncio.BaseProtocol, callback: Callable[[], None]) -> None:
+    """Run `callback` once the protocol's connection is lost (to keep counts right)."""
+    original = protocol.connection_lost
+
+    def connection_lost(exc: Exception | None) -> None:
+        try:
+            original(exc)
+        finally:
+            callback()
+
+    protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+
+
+def server_tls_context(certfile: str, keyfile: str, alpn: list[str]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    ctx.set_alpn_protocols(alpn)
+    return ctx

@@ -1,0 +1,153 @@
+"""The multiplexed listener routes by banner and ALPN, and survives bad clients."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from limen.auth.ca import generate_tls_ca, issue_tls_server_cert
+from limen.proxy.https import bind
+from limen.proxy.listener import ListenerLimits, MultiplexListener, Routes, server_tls_context
+
+
+class Tagger(asyncio.Protocol):
+    """Answers every chunk with its route's tag, so the test sees where it landed."""
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(self.tag + data)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def listener(tmp_path: Path) -> AsyncIterator[tuple[MultiplexListener, str]]:
+    now = datetime.now(UTC)
+    ca_key, ca_cert = generate_tls_ca("mux.test", now=now)
+    key, cert = issue_tls_server_cert(ca_key, ca_cert, names=["localhost"], ips=["127.0.0.1"],
+                                      now=now)
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    tls = server_tls_context(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"),
+                             ["http/1.1", "limen-ssh", "limen-tunnel"])
+    routes = Routes(http=lambda: Tagger(b"HTTP:"), ssh=lambda: Tagger(b"SSH:"),
+                    tunnel=lambda: Tagger(b"TUNNEL:"))
+    mux = MultiplexListener(bind("127.0.0.1", 0), tls, routes,
+                            ListenerLimits(handshake_timeout=0.5))
+    await mux.start()
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
+    yield mux, ca_pem
+    await mux.stop()
+
+
+def _client_tls(ca_pem: str, alpn: list[str] | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    ctx.check_hostname = False
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+async def _ask(port: int, payload: bytes, tls: ssl.SSLContext | None = None,
+               sni: str | None = None) -> bytes:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls, server_hostname=sni if tls else None)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.read(100)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_plain_ssh_banner_goes_to_the_jump_host(listener) -> None:
+    mux, _ = listener
+    assert await _ask(mux.port, b"SSH-2.0-OpenSSH_9.2\r\n") == b"SSH:SSH-2.0-OpenSSH_9.2\r\n"
+
+
+@pytest.mark.parametrize(
+    ("alpn", "tag"),
+    [(["limen-ssh"], b"SSH:"), (["limen-tunnel"], b"TUNNEL:"), (["http/1.1"], b"HTTP:"),
+     (None, b"HTTP:"), (["h2", "http/1.1"], b"HTTP:"), (["spdy/3"], b"HTTP:")],
+)
+async def test_tls_is_routed_by_alpn(listener, alpn: list[str] | None, tag: bytes) -> None:
+    mux, ca = listener
+    ctx = _client_tls(ca, alpn)  # an ALPN we do not serve: none is picked, HTTP gets it
+    assert await _ask(mux.port, b"hello", ctx, sni="anything.example") == tag + b"hello"
+
+
+async def test_no_sni_is_fine(listener) -> None:
+    mux, ca = listener
+    reader, writer = await asyncio.open_connection("127.0.0.1", mux.port,
+                                                   ssl=_client_tls(ca, ["limen-ssh"]),
+                                                   server_hostname="")
+    writer.write(b"x")
+    async with asyncio.timeout(5):
+        assert await reader.read(100) == b"SSH:x"
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_http2_is_not_offered(listener) -> None:
+    mux, ca = listener
+    reader, writer = await asyncio.open_connection("127.0.0.1", mux.port,
+                                                   ssl=_client_tls(ca, ["h2"]),
+                                                   server_hostname="x")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() is None
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_a_silent_client_is_dropped_after_the_handshake_timeout(listener) -> None:
+    mux, _ = listener
+    reader, writer = await asyncio.open_connection("127.0.0.1", mux.port)
+    async with asyncio.timeout(5):
+        assert await reader.read(100) == b""  # closed by the server, nothing sent
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_garbage_is_closed_and_others_are_still_served(listener) -> None:
+    mux, _ = listener
+    reader, writer = await asyncio.open_connection("127.0.0.1", mux.port)
+    writer.write(b"GARBAGE GARBAGE\r\n")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        try:
+            assert await reader.read(100) == b""
+        except ConnectionResetError:
+            pass  # closed with unread bytes: the kernel sends a reset, which is fine
+    writer.close()
+    assert await _ask(mux.port, b"SSH-2.0-x\r\n") == b"SSH:SSH-2.0-x\r\n"
+
+
+async def test_the_connection_limit_per_address_bites(tmp_path: Path, listener) -> None:
+    mux, _ = listener
+    mux.limits.max_connections_per_ip = 2
+    held = [await asyncio.open_connection("127.0.0.1", mux.port) for _ in range(2)]
+    for _reader, writer in held:
+        writer.write(b"SSH-2.0-held\r\n")
+        await writer.drain()
+    async with asyncio.timeout(5):
+        for reader, _writer in held:
+            assert (await reader.read(100)).startswith(b"SSH:")
+    reader, writer = await asyncio.open_connection("127.0.0.1", mux.port)
+    async with asyncio.timeout(5):
+        assert await reader.read(100) == b""  # refused at once
+    writer.close()
+    for _reader, w in held:
+        w.close()
+        await w.wait_closed()
