@@ -58,7 +58,8 @@ class _ALPNSwitch(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object else None
-        factory = {ALPN_SSH: self.routes.ssh, ALPN_TUNNEL: self.routes.tunnel}.get(alpn or "") or self.routes.http
+        by_alpn = {ALPN_SSH: self.routes.ssh, ALPN_TUNNEL: self.routes.tunnel}
+        factory = by_alpn.get(alpn or "") or self.routes.http
         protocol = factory()
         _on_close(protocol, self.on_close)
         transport.set_protocol(protocol)
