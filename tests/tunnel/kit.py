@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,10 +18,11 @@ from typing import Any
 import asyncssh
 
 from limen.auth.ca import sign_host_cert, sign_user_cert
-from limen.client.ssh import connect_via_proxy
+from limen.client.ssh import host_ca_known_hosts
 from limen.errors import ConnectionProblem, NotFound
 from limen.node import CertPolicy, NodeServer, NodeSettings
 from limen.proxy.ssh_jump import JumpHost, JumpSettings, NodeRoute, open_tcp_stream
+from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 from limen.tunnel.agent import AgentIdentity, TunnelAgent
 from limen.tunnel.backoff import Backoff
 from limen.tunnel.discovery import TunnelTarget
@@ -105,6 +107,7 @@ class Kit:
         self.router: TunnelRouter | None = None
         self.jump: JumpHost | None = None
         self.nodes: list[Node] = []
+        self._jumps: list[asyncssh.SSHClientConnection] = []
 
     # the proxy
 
@@ -135,7 +138,9 @@ class Kit:
 
     async def add_node(self, name: str, *, cert_for: str | None = None,
                        offer_as: str | None = None, start: bool = True,
-                       backoff: Backoff | None = None) -> Node:
+                       backoff: Backoff | None = None,
+                       target: Callable[[], TunnelTarget] | None = None,
+                       **agent_options: Any) -> Node:
         node_id = str(uuid.uuid4())
         key = new_key()
         cert = host_cert(self.host_ca, key, cert_for or node_id,
@@ -147,7 +152,7 @@ class Kit:
         offered = offer_as or node_id
 
         async def locate() -> TunnelTarget:
-            return self.target()
+            return (target or self.target)()
 
         async def serve(conn: asyncssh.SSHClientConnection) -> Any:
             return await server.listen_on(conn, offered, NODE_PORT)
@@ -155,7 +160,7 @@ class Kit:
         identity = AgentIdentity(cert_for or node_id, key, cert,
                                  self.host_ca.convert_to_public(), CLUSTER)
         agent = TunnelAgent(identity, locate, serve,
-                            backoff=backoff or Backoff(first=0.05, cap=0.5))
+                            backoff=backoff or Backoff(first=0.05, cap=0.5), **agent_options)
         node = Node(name, node_id, server, agent, key, cert)
         assert self.router is not None
         self.router.ids[name] = cert_for or node_id
@@ -177,15 +182,22 @@ class Kit:
         return key, cert
 
     async def connect(self, node: str, login: str = "root") -> asyncssh.SSHClientConnection:
+        """login@node through the jump host, as ``ssh -J`` does."""
         assert self.jump is not None
         key, cert = self.user_cert((login,))
-        return await connect_via_proxy(
-            proxy_host="127.0.0.1", proxy_port=self.jump.port, jump_user="alice", node=node,
-            login=login, key=key, cert=cert, host_ca=self.host_ca.convert_to_public(),
-            cluster_name=CLUSTER,
-        )
+        common: dict[str, Any] = {
+            "client_keys": [(key, cert)],
+            "known_hosts": host_ca_known_hosts(self.host_ca.convert_to_public()),
+            "agent_path": None, "config": [], "preferred_auth": "publickey",
+            "server_host_key_algs": HOST_KEY_ALGS, **hardened_options(),
+        }
+        jump = await asyncssh.connect("127.0.0.1", self.jump.port, username="alice", **common)
+        self._jumps.append(jump)
+        return await asyncssh.connect(node, NODE_PORT, tunnel=jump, username=login, **common)
 
     async def close(self) -> None:
+        for jump in self._jumps:
+            jump.close()
         for node in self.nodes:
             await node.agent.stop()
             with contextlib.suppress(Exception):
@@ -199,6 +211,60 @@ async def run(conn: asyncssh.SSHClientConnection, command: str) -> str:
     result = await conn.run(command, check=True)
     out = result.stdout
     return out.decode() if isinstance(out, bytes) else str(out)
+
+
+class Relay:
+    """A TCP relay in front of the tunnel server: a network path a test can break.
+
+    ``freeze`` stops every byte on the connections it carries without closing them
+    (a silently dead network: only keepalives notice); new connections pass again.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter, asyncio.Event]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> Relay:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        frozen = asyncio.Event()
+        self._pairs.append((writer, up_writer, frozen))
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(self._copy(src, dst, frozen))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                    frozen: asyncio.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                if frozen.is_set():
+                    await asyncio.Event().wait()  # swallow everything from now on
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+    def freeze(self) -> None:
+        for _, _, frozen in self._pairs:
+            frozen.set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for a, b, _ in self._pairs:
+            a.close()
+            b.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
 
 async def wait_for(predicate: Any, timeout: float, what: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,9 +27,10 @@ from typing import Any
 
 import asyncssh
 
-from limen.client.ssh import client_algs, host_ca_known_hosts
+from limen.client.ssh import host_ca_known_hosts
 from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied, LimenError
+from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 from limen.tunnel.backoff import Backoff
 from limen.tunnel.discovery import TunnelTarget, discover
 
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 KEEPALIVE_INTERVAL = 30.0
 KEEPALIVE_COUNT_MAX = 3
 CONNECT_TIMEOUT = 10.0
+# A tunnel that stayed up this long starts the backoff afresh when it ends. One that
+# drops sooner keeps it growing: two processes with the same identity kick each other
+# out (the proxy keeps the newest), and must not do so many times a second.
+STABLE_SECONDS = 10.0
 
 Locate = Callable[[], Awaitable[TunnelTarget]]
 Serve = Callable[[asyncssh.SSHClientConnection], Awaitable[Any]]
@@ -122,8 +128,9 @@ class TunnelAgent:
 
     async def _run(self) -> None:
         while True:
+            up_at: float | None = None
             try:
-                await self._session()
+                up_at = await self._session()
             except asyncio.CancelledError:
                 raise
             except AccessDenied as exc:  # loud: this will not fix itself by retrying
@@ -139,9 +146,11 @@ class TunnelAgent:
                 self._up.clear()
                 self.connected_since = None
                 await self._close()
+            if up_at is not None and time.monotonic() - up_at >= STABLE_SECONDS:
+                self.backoff.reset()
             await asyncio.sleep(self.backoff.next())
 
-    async def _session(self) -> None:
+    async def _session(self) -> float:
         """One connection: dial, log in, offer the node, and wait until it ends."""
         target = await self._locate()
         conn = await asyncio.wait_for(self._connect(target), self.connect_timeout)
@@ -159,7 +168,7 @@ class TunnelAgent:
             raise AccessDenied(
                 f"the proxy would not take this node's tunnel ({exc}); see its audit log"
             ) from None
-        self.backoff.reset()
+        up_at = time.monotonic()
         self.connects += 1
         self.connected_since = self.clock.now()
         self.last_error = ""
@@ -171,6 +180,7 @@ class TunnelAgent:
             except Exception as exc:  # noqa: BLE001 - a heartbeat can fail; the tunnel stands
                 log.warning("after connecting the tunnel: %s", exc)
         await conn.wait_closed()
+        return up_at
 
     async def _connect(self, target: TunnelTarget) -> asyncssh.SSHClientConnection:
         ident = self.identity
@@ -187,7 +197,9 @@ class TunnelAgent:
             preferred_auth="publickey",
             keepalive_interval=self.keepalive_interval,
             keepalive_count_max=self.keepalive_count_max,
-            **client_algs(),
+            # Certificates first: the proxy proves itself through the cluster's host CA.
+            server_host_key_algs=HOST_KEY_ALGS,
+            **hardened_options(),
         )
 
     async def _close(self) -> None:

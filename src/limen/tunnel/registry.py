@@ -86,9 +86,12 @@ class Tunnel:
         sock = self.conn.get_extra_info("sockname")
         return str(sock[0]) if sock else "127.0.0.1"
 
-    def close(self) -> None:
+    def close(self, reason: str = "") -> None:
         self._closed = True
-        self.conn.close()
+        if reason:  # the agent logs it: say why, it is not a network failure
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason)
+        else:
+            self.conn.close()
 
 
 class TunnelDirectory:
@@ -124,7 +127,8 @@ class TunnelDirectory:
         if old is not None and old is not tunnel:
             log.warning("node %s opened a new tunnel from %s; closing the one from %s",
                         tunnel.node_id, tunnel.peer, old.peer)
-            old.close()
+            old.close("a newer tunnel for this node replaced this one (is the node's "
+                      "identity used by two processes?)")
         self._notify()
 
     def remove(self, tunnel: Tunnel) -> bool:
