@@ -27,7 +27,7 @@ from typing import IO, Any
 import asyncssh
 
 from limen.errors import AccessDenied, ConnectionProblem, LimenError, NotFound
-from limen.sshalgs import hardened_options
+from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 
 NODE_PORT = 3022  # ignored by the jump host: a node's SSH service is all it reaches
 CHUNK = 256 * 1024
@@ -40,16 +40,11 @@ Sink = IO[bytes] | asyncio.StreamWriter | None
 
 
 def client_algs() -> dict[str, Any]:
-    """hardened_options() in asyncssh's terms for a client.
-
-    The shared signature list also names certificate types; for a client those
-    are host key algorithms (certificates first, so hosts prove themselves with
-    their CA-signed certificate), and asyncssh refuses them as signature algorithms.
-    """
+    """hardened_options() in asyncssh's terms for a client, plus the host key types it
+    accepts: certificates first, so hosts prove themselves with their CA-signed
+    certificate (known_hosts holds only the host CA)."""
     options = hardened_options()
-    sigs = options["signature_algs"]
-    options["signature_algs"] = [alg for alg in sigs if "-cert-v01@" not in alg]
-    options["server_host_key_algs"] = list(sigs)
+    options["server_host_key_algs"] = list(HOST_KEY_ALGS)
     return options
 
 
