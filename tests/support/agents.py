@@ -1,0 +1,53 @@
+"""Many tunneled nodes in one process: `python -m tests.support.agents --count 50 ...`.
+
+Each is a full node role (join with the token, heartbeats, access feed, SSH service,
+reverse tunnel agent), as `limen start --roles node --token ... --proxy ...` runs it;
+only the process is shared. Prints READY once every node has started, runs until
+SIGTERM, then stops them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from limen.clock import RealClock
+from limen.config import NodeConfig
+from limen.node.role import JoinOptions, NodeRole
+
+
+async def main(args: argparse.Namespace) -> None:
+    labels = dict(pair.split("=", 1) for pair in args.labels.split(",") if pair)
+    roles = [
+        NodeRole(
+            NodeConfig(name=f"{args.prefix}{i:02d}", labels={**labels, "n": str(i)},
+                       proxy_addr=args.proxy, join_token=args.token),
+            Path(args.base) / f"{args.prefix}{i:02d}", RealClock(), None,
+            JoinOptions(insecure=True),
+        )
+        for i in range(args.count)
+    ]
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await asyncio.gather(*(role.start() for role in roles))
+        print("READY", flush=True)
+        await stop.wait()
+    finally:
+        await asyncio.gather(*(role.stop() for role in roles), return_exceptions=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--proxy", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--prefix", default="agent")
+    parser.add_argument("--labels", default="")
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("asyncssh").setLevel(logging.ERROR)
+    asyncio.run(main(parser.parse_args()))
