@@ -103,6 +103,10 @@ class JoinService:
             )
             raise AccessDenied(BAD_JOIN_TOKEN) from None
         labels = {**request.labels, **record.spec.labels}
+        await self.ctx.audit.emit(
+            events.JOIN_TOKEN_USE, token_id=record.name[:12], node_name=request.name,
+            created_by=record.spec.created_by, addr_remote=remote_addr,
+        )
         return await self.register(request, labels, remote_addr)
 
     async def register(

@@ -94,7 +94,7 @@ class ResourceService:
             saved = await self.auth.locks.save(actor, resource, create=not exists)
         else:
             saved = await store.upsert(resource)
-        await self._audit_put(actor, kind, saved)
+        await self._audit_put(actor, kind, saved, created=not exists)
         return public(saved)
 
     @staticmethod
@@ -123,9 +123,11 @@ class ResourceService:
             ) from None
         return store.model.from_bytes(saved.value, saved.revision)
 
-    async def _audit_put(self, actor: Identity, kind: str, saved: Resource) -> None:
+    async def _audit_put(self, actor: Identity, kind: str, saved: Resource,
+                         created: bool) -> None:
         if kind == "role":
-            await self.auth.ctx.audit.emit(events.ROLE_CREATED, user=actor.user, name=saved.name)
+            event = events.ROLE_CREATED if created else events.ROLE_UPDATED
+            await self.auth.ctx.audit.emit(event, user=actor.user, name=saved.name)
 
     async def delete(self, actor: Identity, kind: str, name: str) -> None:
         kind = canonical_kind(kind)

@@ -120,6 +120,10 @@ class NodeAudit:
             fields = {**fields, **await asyncio.to_thread(_file_digest, fields)}
         if name == "session.end" and sid:
             self._session_ended(sid, fields)
+            # One party per session today (a shell or command on one channel); joining
+            # sessions will add more.
+            if fields.get("user"):
+                fields = {**fields, "participants": [fields["user"]]}
         await self.report(name, fields)
         if name == "session.end" and sid:
             await asyncio.to_thread(self._forget_live, sid)

@@ -4,8 +4,6 @@ People need the rule on ``event`` (search, verify) or ``recording`` (list, play,
 nodes send recordings with their own identity.
 """
 
-from __future__ import annotations
-
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
