@@ -11,7 +11,18 @@ from limen.errors import LimenError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from limen.cli import account, audit, daemon, nodes, recordings, resources, ssh, tokens, users
+    from limen.cli import (
+        account,
+        audit,
+        daemon,
+        nodes,
+        proxy_cmd,
+        recordings,
+        resources,
+        ssh,
+        tokens,
+        users,
+    )
 
     parser = argparse.ArgumentParser(
         prog="limen", description="Limen: identity-aware access to SSH infrastructure."
@@ -23,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     audit.register(sub)
     recordings.register(sub)
+    proxy_cmd.register(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import asyncssh
 
+from limen.client.tls_tunnel import TLSTunnel
 from limen.errors import AccessDenied, ConnectionProblem, LimenError, NotFound
 from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 
@@ -75,13 +76,15 @@ async def connect_via_proxy(
     host_ca: asyncssh.SSHKey,
     cluster_name: str,
     connect_timeout: float = 10,
+    tls_ca: str | None = None,
 ) -> asyncssh.SSHClientConnection:
     """An SSH connection to ``login@node``, tunneled through the proxy's jump host.
 
     ``node`` is a name, ``name.cluster`` or node id, and must be one of the
     principals of the node's host certificate. Closing the returned connection
     closes the jump connection too. Raises AccessDenied, NotFound or
-    ConnectionProblem with a sentence for the person.
+    ConnectionProblem with a sentence for the person. With ``tls_ca`` the jump hop
+    runs inside TLS to the proxy's web port (ALPN limen-ssh), verified by that CA.
     """
     common: dict[str, Any] = {
         "client_keys": [(key, cert)],
@@ -92,8 +95,11 @@ async def connect_via_proxy(
         "connect_timeout": connect_timeout,
         **client_algs(),
     }
+    tunnel = TLSTunnel(tls_ca) if tls_ca else None
     try:
-        jump = await asyncssh.connect(proxy_host, proxy_port, username=jump_user, **common)
+        jump = await asyncssh.connect(
+            proxy_host, proxy_port, username=jump_user, tunnel=tunnel, **common
+        )
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         where = f"the proxy at {proxy_host}:{proxy_port}"
         raise translate_error(exc, "proxy", where, cluster_name) from exc

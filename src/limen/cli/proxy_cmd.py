@@ -1,0 +1,104 @@
+"""`limen proxy ssh %r@%h:%p`: an OpenSSH ProxyCommand through the proxy's web port.
+
+For clusters behind a load balancer that passes only TLS: the SSH jump hop runs
+inside TLS (ALPN limen-ssh) to the single web address, a channel is opened to the
+node, and that channel is piped to stdin/stdout for the ssh that started us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+
+import asyncssh
+
+from limen.client.access import load_credentials
+from limen.client.ssh import client_algs, host_ca_known_hosts, translate_error
+from limen.client.tls_tunnel import TLSTunnel
+from limen.config import split_host_port
+from limen.errors import BadParameter, NotFound
+
+CHUNK = 256 * 1024
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    proxy = sub.add_parser("proxy", help="helpers for OpenSSH (ProxyCommand)")
+    cmds = proxy.add_subparsers(dest="proxy_cmd", required=True, metavar="COMMAND")
+    ssh = cmds.add_parser("ssh", help="ProxyCommand: limen proxy ssh %%r@%%h:%%p")
+    ssh.add_argument("target", metavar="[LOGIN@]NODE[:PORT]")
+    ssh.set_defaults(func=cmd_proxy_ssh)
+
+
+def parse_target(text: str) -> tuple[str | None, str, int]:
+    login, _, rest = text.rpartition("@")
+    host, _, port = rest.partition(":")
+    if not host:
+        raise BadParameter(f"{text!r} is not [LOGIN@]NODE[:PORT]")
+    try:
+        return login or None, host, int(port or 22)
+    except ValueError:
+        raise BadParameter(f"{text!r} has a port that is not a number") from None
+
+
+def cmd_proxy_ssh(args: argparse.Namespace) -> int:
+    login, host, port = parse_target(args.target)
+    return asyncio.run(_proxy(login, host, port))
+
+
+async def _proxy(login: str | None, host: str, port: int) -> int:
+    creds = load_credentials()
+    ca = creds.profile.trusted_ca()
+    if ca is None:
+        raise NotFound("no cluster CA is stored for this profile; run limen login")
+    web_host, web_port = split_host_port(creds.profile.proxy)
+    user = creds.choose_login(login)
+    try:
+        jump = await asyncssh.connect(
+            web_host, web_port, tunnel=TLSTunnel(ca), username=user,
+            client_keys=[(creds.key, creds.cert)], known_hosts=host_ca_known_hosts(creds.host_ca),
+            agent_path=None, config=[], preferred_auth="publickey", connect_timeout=10,
+            **client_algs(),
+        )
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        where = f"the proxy at {creds.profile.proxy}"
+        raise translate_error(exc, "proxy", where, creds.profile.cluster) from exc
+    async with jump:
+        try:
+            reader, writer = await jump.open_connection(host, port)
+        except (OSError, asyncssh.Error) as exc:
+            raise translate_error(exc, "node", f"node '{host}'", creds.profile.cluster) from exc
+        await _pipe(reader, writer)
+    return 0
+
+
+async def _pipe(reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
+    """stdin -> channel and channel -> stdout, each with its own flow-controlled loop."""
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader(limit=CHUNK)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin.buffer)
+    out_transport, out_protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, sys.stdout.buffer
+    )
+    stdout = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
+
+    async def upstream() -> None:
+        while chunk := await stdin.read(CHUNK):
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+
+    async def downstream() -> None:
+        while chunk := await reader.read(CHUNK):
+            stdout.write(chunk)
+            await stdout.drain()
+
+    up = asyncio.create_task(upstream())
+    try:
+        await downstream()
+    finally:
+        up.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError, asyncssh.Error):
+            await up
+        writer.close()
