@@ -1,0 +1,28 @@
+"""The node role's SSH service: certificate login, sessions, file copy and forwards.
+
+Public API: ``NodeServer``, ``NodeSettings``, the ``NodePolicy``/``NodeObserver``
+protocols with ``SessionPermit``, ``CertPolicy``, ``NullObserver``, ``UserIdentity``,
+``SessionContext`` and the timers (``LoopTimers``, ``ManualTimers``).
+"""
+
+from limen.node.identity import UserIdentity
+from limen.node.policy import CertPolicy, NodeObserver, NodePolicy, NullObserver, SessionPermit
+from limen.node.server import NodeServer
+from limen.node.session import SessionContext
+from limen.node.settings import NodeSettings
+from limen.node.timers import LoopTimers, ManualTimers, Timers
+
+__all__ = [
+    "CertPolicy",
+    "LoopTimers",
+    "ManualTimers",
+    "NodeObserver",
+    "NodePolicy",
+    "NodeServer",
+    "NodeSettings",
+    "NullObserver",
+    "SessionContext",
+    "SessionPermit",
+    "Timers",
+    "UserIdentity",
+]

@@ -1,0 +1,315 @@
+"""One SSH session channel: runs the session's process and copies bytes both ways.
+
+asyncssh calls the ``SSHServerSession`` hooks; everything slow happens in one task per
+channel (``_run``). Output is read from the process, written to the channel, and the
+next read waits until the channel has room (pause_writing/resume_writing); input is
+queued with back pressure (inbox.py). No asyncssh redirect() is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from limen.errors import LimenError
+from limen.node.executor import Child, ExitStatus, TermSize, spawn
+from limen.node.inbox import InputQueue
+from limen.node.launch import SessionPlan, plan_session, to_term_size
+from limen.node.session import SessionContext
+from limen.node.sftp import LogLines, parse_log_line
+
+if TYPE_CHECKING:
+    from limen.node.connection import NodeConnection
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+STDERR = asyncssh.EXTENDED_DATA_STDERR
+
+
+class SessionChannel(asyncssh.SSHServerSession[bytes]):
+    def __init__(self, conn: NodeConnection) -> None:
+        self._conn = conn
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._term_type: str | None = None
+        self._term_size: TermSize | None = None
+        self._kind = "shell"
+        self._command: str | None = None
+        self._subsystem: str | None = None
+        self.ctx: SessionContext | None = None
+        self._child: Child | None = None
+        self._plan: SessionPlan | None = None
+        self._inbox = InputQueue(self._pause_input, self._resume_input)
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._lost = False
+        self._stop_output: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # -- asyncssh hooks: requests ------------------------------------------------
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
+                      term_modes: object) -> bool:
+        self._term_type = term_type
+        self._term_size = to_term_size(term_size)
+        return True
+
+    def shell_requested(self) -> bool:
+        self._kind = "shell"
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self._kind, self._command = "exec", command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        self._kind, self._subsystem = "subsystem", subsystem
+        return True
+
+    def session_started(self) -> None:
+        self.ctx = self._conn.new_session_context(
+            kind=self._kind, command=self._command, subsystem=self._subsystem,
+            term_size=self._term_size,
+        )
+        self._spawn_task(self._run())
+
+    # -- asyncssh hooks: traffic ---------------------------------------------------
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self.ctx is not None:
+            self.ctx.touch(rx=len(data))
+        self._inbox.put(data)
+
+    def eof_received(self) -> bool:
+        self._inbox.put_eof()
+        return True  # half close: output keeps flowing until the process is done
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int,
+                              pixheight: int) -> None:
+        size = to_term_size((width, height, pixwidth, pixheight))
+        self._term_size = size
+        if self.ctx is not None:
+            self.ctx.term_size = size
+            self._spawn_task(self._conn.node.emit("resize", self.ctx.fields(size=str(size))))
+        if self._child is not None:
+            self._child.resize(size)
+
+    def signal_received(self, signal: str) -> None:
+        if self._child is not None:
+            self._child.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The channel is gone (client left): stop the session's processes."""
+        self._lost = True
+        self._can_write.set()
+        self._conn.channel_closed(self)
+        self._inbox.discard()
+        self._stop_output_now()
+        if self._child is not None:
+            self._hang_up(self._child)
+
+    # -- the session -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self.ctx is not None and self._chan is not None
+        ctx, status = self.ctx, None
+        try:
+            self._plan = await plan_session(
+                self._conn, ctx, self._chan.get_environment(), self._term_type,
+                self._chan.get_agent_path(),
+            )
+            for warning in self._plan.warnings:
+                self._write_line(warning)
+            self._child = await spawn(self._plan.spec)
+        except (LimenError, OSError) as exc:
+            await self._refuse(exc)
+            return
+        except Exception as exc:  # a policy or observer bug: refuse, keep the connection
+            log.exception("starting session %s failed", ctx.id)
+            await self._refuse(exc)
+            return
+        if self._lost:  # the client left while the process was starting
+            self._hang_up(self._child)
+        try:
+            await ctx.start(self._terminate)
+            self._conn.node.session_started(ctx)
+            status = await self._supervise(self._child)
+            self._close(status)
+            await self._emit_command_events(status)
+        finally:
+            self._child.close()
+            self._conn.node.session_ended(ctx)
+            await ctx.finish(status)
+
+    async def _refuse(self, exc: Exception) -> None:
+        assert self.ctx is not None
+        if isinstance(exc, LimenError):
+            reason = exc.message
+        elif isinstance(exc, OSError):
+            reason = f"cannot start the session: {exc.strerror or exc}"
+        else:
+            reason = "cannot start the session: internal error"
+        self._write_line(f"limen: {reason}")
+        await self._conn.node.emit("session.rejected", self.ctx.fields(
+            reason=reason, session_kind=self.ctx.kind, command=self.ctx.command,
+            subsystem=self.ctx.subsystem,
+        ))
+        self._close(ExitStatus(1))
+
+    async def _supervise(self, child: Child) -> ExitStatus:
+        assert self._plan is not None
+        pumps = [self._spawn_task(self._pump(child.stdout, None, "stdout"))]
+        if child.stderr is not None:
+            if self._plan.sftp:
+                pumps.append(self._spawn_task(self._audit_sftp(child)))
+            else:
+                pumps.append(self._spawn_task(self._pump(child.stderr, STDERR, "stderr")))
+        feeder = self._spawn_task(self._inbox.feed(child.stdin, close_at_eof=not child.has_pty))
+        if self._term_size is not None:
+            child.resize(self._term_size)  # a window change may have raced the spawn
+        status = await child.wait()
+        if child.has_pty:
+            # Output written before the exit is already in the pty; a background job
+            # holding the terminal open must not keep the session alive (as sshd).
+            self._stop_output_now()
+        await asyncio.gather(*pumps)
+        feeder.cancel()
+        self._inbox.discard()
+        return status
+
+    async def _pump(self, stream, datatype: int | None, name: str) -> None:
+        """Copy one output stream to the channel, one read per drained write."""
+        ctx, record = self.ctx, self._plan is not None and self._plan.record
+        assert ctx is not None and self._chan is not None
+        while not self._lost:
+            try:
+                data = await stream.read(CHUNK, self._stop_output)
+            except OSError:
+                return
+            if not data:
+                return
+            ctx.touch(tx=len(data))
+            if record:
+                await self._conn.node.record_output(ctx.id, data, name)
+            try:
+                self._chan.write(data, datatype)
+            except OSError:  # channel already closed
+                return
+            await self._writable()
+
+    async def _writable(self) -> None:
+        """Wait for room in the channel, unless output is being abandoned (a user who
+        stopped reading must not keep a terminated session alive)."""
+        if self._can_write.is_set() or self._stop_output.done():
+            return
+        waiter = asyncio.ensure_future(self._can_write.wait())
+        try:
+            await asyncio.wait({waiter, self._stop_output}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    async def _audit_sftp(self, child: Child) -> None:
+        """Turn sftp-server's log on stderr into "sftp" events; the user never sees it."""
+        assert child.stderr is not None and self.ctx is not None and self._plan is not None
+        lines, cwd = LogLines(), self._plan.spec.cwd
+        while data := await child.stderr.read(CHUNK):
+            for line in lines.feed(data):
+                fields = parse_log_line(line, cwd)
+                if fields is not None:
+                    await self._conn.node.emit("sftp", self.ctx.fields(**fields))
+
+    async def _emit_command_events(self, status: ExitStatus) -> None:
+        ctx, plan = self.ctx, self._plan
+        assert ctx is not None and plan is not None
+        if plan.scp is not None:
+            moved = ctx.rx_bytes if plan.scp.action == "upload" else ctx.tx_bytes
+            await self._conn.node.emit("scp", ctx.fields(
+                action=plan.scp.action, path=plan.scp.path, recursive=plan.scp.recursive,
+                len=moved, exit_code=status.as_int,
+            ))
+        elif ctx.kind == "exec":
+            await self._conn.node.emit("exec", ctx.fields(
+                command=ctx.command, exit_code=status.as_int, exit_signal=status.signal,
+            ))
+
+    # -- ending ------------------------------------------------------------------------
+
+    async def _terminate(self, message: str) -> None:
+        """SessionContext's closer: tell the user, hang up, kill what lingers."""
+        self._write_line(message)
+        if self._child is not None:
+            self._hang_up(self._child)
+
+    def _hang_up(self, child: Child) -> None:
+        child.signal_group(signal.SIGHUP)
+        grace = self._conn.settings.kill_grace_time
+        asyncio.get_running_loop().call_later(grace, self._kill, child)
+
+    def _kill(self, child: Child) -> None:
+        child.signal_group(signal.SIGKILL)
+        self._stop_output_now()  # something outside the process group may hold the pipes
+
+    def _close(self, status: ExitStatus) -> None:
+        if self._lost or self._chan is None:
+            return
+        try:
+            self._chan.write_eof()
+            if status.signal is not None:
+                self._chan.exit_with_signal(status.signal)
+            else:
+                self._chan.exit(status.code or 0)
+        except OSError:
+            self._chan.close()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _write_line(self, text: str) -> None:
+        if self._lost or self._chan is None:
+            return
+        eol = "\r\n" if self._term_type is not None else "\n"
+        prefix = eol if self._term_type is not None else ""  # start on a fresh line
+        with contextlib.suppress(OSError):
+            self._chan.write((prefix + text + eol).encode(), STDERR)
+
+    def _pause_input(self) -> None:
+        if self._chan is not None and not self._lost:
+            self._chan.pause_reading()
+
+    def _resume_input(self) -> None:
+        if self._chan is not None and not self._lost:
+            self._chan.resume_reading()
+
+    def _stop_output_now(self) -> None:
+        if not self._stop_output.done():
+            self._stop_output.set_result(None)
+
+    def _spawn_task(self, coro) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session channel task failed", exc_info=task.exception())
+            if self._chan is not None and not self._lost:
+                self._chan.close()
+

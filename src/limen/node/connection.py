@@ -1,0 +1,292 @@
+"""One SSH connection to the node: authentication, then session and forward channels.
+
+Authentication accepts only user certificates (certcheck.py). asyncssh's own check
+answers yes or no, and the audit log needs the reason, and the session needs the
+certificate itself (key id, principals, expiry, raw extensions), which asyncssh does
+not hand over. So ``connection_made`` puts the node's check in front of the
+connection's ``validate_public_key`` (the one method asyncssh's public-key auth calls):
+the node decides and records why; asyncssh still verifies the signature and the
+certificate's critical options, and enforces its permit-* extensions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from limen.errors import AccessDenied
+from limen.node.agent import grant_agent_socket, revoke_agent_socket
+from limen.node.certcheck import CertCheck, check_user_certificate
+from limen.node.environment import Endpoints
+from limen.node.executor import TermSize
+from limen.node.forward import ForwardedConnection, connect_target
+from limen.node.identity import UserIdentity
+from limen.node.policy import SessionPermit, destination_allowed
+from limen.node.session import SessionContext
+from limen.node.timers import TimerHandle
+from limen.node.users import LocalUser
+
+if TYPE_CHECKING:
+    from limen.node.channel import SessionChannel
+    from limen.node.server import NodeServer
+
+log = logging.getLogger(__name__)
+
+PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+FAILED = asyncssh.OPEN_CONNECT_FAILED
+
+
+def _addr(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return None
+
+
+def _fmt(addr: tuple[str, int] | None) -> str | None:
+    return f"{addr[0]}:{addr[1]}" if addr else None
+
+
+class NodeConnection(asyncssh.SSHServer):
+    def __init__(self, node: NodeServer) -> None:
+        self.node = node
+        self.settings = node.settings
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.login = ""
+        self.identity: UserIdentity | None = None
+        self.remote_addr: tuple[str, int] | None = None
+        self.local_addr: tuple[str, int] | None = None
+        self.channels: set[SessionChannel] = set()
+        self._verified: UserIdentity | None = None
+        self._reported: set[tuple[bytes, str]] = set()
+        self._auth_began = False
+        self._key_offered = False
+        self._agent_allowed: bool | None = None
+        self._expiry_timer: TimerHandle | None = None
+
+    # -- connection ------------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        self.remote_addr = _addr(conn.get_extra_info("peername"))
+        self.local_addr = _addr(conn.get_extra_info("sockname"))
+        self._asyncssh_validate = conn.validate_public_key
+        conn.validate_public_key = self._validate_public_key  # type: ignore[method-assign]
+        self.node.connection_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.node.connection_closed(self)
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        reason = str(exc) if exc else "client closed the connection"
+        if self.identity is not None:
+            self.node.emit_soon("client.disconnect", self.base_fields(reason=reason))
+        elif self._auth_began and not self._key_offered:
+            self.node.emit_soon("auth", self.base_fields(
+                success=False,
+                reason="no certificate was offered; only certificates from the cluster's "
+                       "user CA are accepted (passwords and plain keys are not)",
+            ))
+
+    @property
+    def endpoints(self) -> Endpoints:
+        remote = self.remote_addr or ("0.0.0.0", 0)
+        local = self.local_addr or ("0.0.0.0", self.node.port)
+        return Endpoints(remote[0], remote[1], local[0], local[1])
+
+    def base_fields(self, **extra: Any) -> dict[str, Any]:
+        """The common audit fields of everything that happens on this connection."""
+        return {
+            "user": self.identity.user if self.identity else None,
+            "login": self.login or None,
+            "server_id": self.settings.server_id,
+            "server_hostname": self.settings.server_name,
+            "addr.remote": _fmt(self.remote_addr),
+            "addr.local": _fmt(self.local_addr),
+            **extra,
+        }
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    # -- authentication ------------------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        self.login = username
+        self._auth_began = True
+        return True  # authentication is always required
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return False  # plain keys never log in (certcheck has already said why)
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return key in self.node.trusted_cas
+
+    async def _validate_public_key(self, username: str, key_data: bytes, msg: bytes,
+                                   signature: bytes) -> bool:
+        self._key_offered = True
+        try:
+            verdict = check_user_certificate(
+                key_data, username, self.node.trusted_cas, self.node.clock.now(),
+                self.remote_addr,
+            )
+        except Exception:  # an exception here would tear down the connection (item 6)
+            log.exception("checking an offered key failed")
+            verdict = CertCheck(None, "the offered key could not be checked")
+        if not verdict.ok:
+            await self._report_refusal(key_data, verdict)
+            return False
+        if not await self._asyncssh_validate(username, key_data, msg, signature):
+            await self._report_refusal(key_data, CertCheck(
+                None, "the certificate was refused: bad signature, or the source address "
+                "is not allowed by it", verdict.user,
+            ))
+            return False
+        if msg:  # signature verified: this is the key that logs in
+            self._verified = verdict.identity
+        return True
+
+    async def _report_refusal(self, key_data: bytes, verdict: CertCheck) -> None:
+        # OpenSSH asks about a key before signing with it: report each refusal once.
+        if (key_data, verdict.reason) in self._reported:
+            return
+        self._reported.add((key_data, verdict.reason))
+        await self.node.emit("auth", self.base_fields(
+            success=False, reason=verdict.reason, user=verdict.user, method="publickey",
+        ))
+
+    async def auth_completed(self) -> None:
+        assert self._verified is not None
+        self.identity = self._verified
+        await self.node.emit("auth", self.base_fields(
+            success=True, method="certificate", principals=list(self.identity.principals),
+            cert_serial=self.identity.serial, ca=self.identity.ca_fingerprint,
+            valid_before=self.identity.valid_before.isoformat(),
+        ))
+
+    # -- authorization -------------------------------------------------------------
+
+    async def authorize(self, action: str, detail: dict[str, Any]) -> SessionPermit:
+        if self.identity is None:
+            raise AccessDenied("not authenticated")
+        permit = await self.node.policy.authorize(self.identity, self.login, action, detail)
+        self._arm_expiry(permit)
+        return permit
+
+    def _arm_expiry(self, permit: SessionPermit) -> None:
+        """At the permit's disconnect time, end the whole connection (forwards too)."""
+        if permit.disconnect_at is None or self._expiry_timer is not None:
+            return
+        self._expiry_timer = self.node.timers.call_at(permit.disconnect_at, self._on_expired)
+
+    def _on_expired(self) -> None:
+        self.node.spawn(self._end_expired())
+
+    async def _end_expired(self) -> None:
+        assert self.identity is not None
+        contexts = [chan.ctx for chan in list(self.channels) if chan.ctx is not None]
+        await asyncio.gather(*(ctx.expire() for ctx in contexts))
+        self.close()
+
+    # -- session channels --------------------------------------------------------------
+
+    def session_requested(self):  # noqa: ANN201 - asyncssh accepts a coroutine here
+        return self._open_session()
+
+    async def _open_session(self) -> SessionChannel:
+        from limen.node.channel import SessionChannel  # channel imports this module
+
+        try:
+            permit = await self.authorize("session", {"open_sessions": len(self.channels)})
+            if permit.max_sessions and len(self.channels) >= permit.max_sessions:
+                raise AccessDenied(
+                    f"you may have at most {permit.max_sessions} sessions per connection"
+                )
+        except AccessDenied as exc:
+            await self.node.emit("session.rejected", self.base_fields(reason=exc.message))
+            raise asyncssh.ChannelOpenError(PROHIBITED, exc.message) from None
+        except Exception:  # escaping into asyncssh would close the whole connection
+            log.exception("authorizing a session failed")
+            raise asyncssh.ChannelOpenError(FAILED, "internal error") from None
+        channel = SessionChannel(self)
+        self.channels.add(channel)
+        return channel
+
+    def channel_closed(self, channel: SessionChannel) -> None:
+        self.channels.discard(channel)
+
+    def new_session_context(self, *, kind: str, command: str | None, subsystem: str | None,
+                            term_size: TermSize | None) -> SessionContext:
+        assert self.identity is not None
+        return SessionContext(
+            identity=self.identity, login=self.login, server_id=self.settings.server_id,
+            server_name=self.settings.server_name, kind=kind, permit=SessionPermit(),
+            timers=self.node.timers, emit=self.node.emit, base_fields=self.base_fields(),
+            command=command, subsystem=subsystem, term_size=term_size,
+        )
+
+    async def agent_socket_for(self, user: LocalUser, ctx: SessionContext,
+                               path: str) -> str | None:
+        """Decide once per connection whether the forwarded agent may be used."""
+        if self._agent_allowed is None:
+            self._agent_allowed = await self._forward_allowed(
+                "agent_forward", {"session_id": ctx.id}, kind="agent",
+                check=lambda permit: permit.forward_agent,
+            )
+            if self._agent_allowed:
+                grant_agent_socket(path, user)
+            else:
+                revoke_agent_socket(path)
+        return path if self._agent_allowed else None
+
+    # -- forwarding ----------------------------------------------------------------------
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int):  # noqa: ANN201 - a coroutine, as asyncssh allows
+        return self._open_forward(dest_host, dest_port, orig_host, orig_port)
+
+    async def _open_forward(self, host: str, port: int, orig_host: str,
+                            orig_port: int) -> ForwardedConnection:
+        detail = {"host": host, "port": port, "orig_host": orig_host, "orig_port": orig_port}
+        try:
+            allowed = await self._forward_allowed(
+                "port_forward", detail, kind="direct-tcpip",
+                check=lambda permit: destination_allowed(permit, host, port),
+            )
+        except Exception:  # escaping into asyncssh would close the whole connection
+            log.exception("authorizing a port forward failed")
+            raise asyncssh.ChannelOpenError(FAILED, "internal error") from None
+        if not allowed:
+            raise asyncssh.ChannelOpenError(
+                PROHIBITED, f"port forwarding to {host}:{port} is not allowed"
+            )
+        reader, writer = await connect_target(host, port)
+        return ForwardedConnection(reader, writer)
+
+    async def _forward_allowed(self, action: str, detail: dict[str, Any], *, kind: str,
+                               check) -> bool:
+        """Both the policy (no AccessDenied) and the permit it returns must allow it."""
+        error = None
+        try:
+            permit = await self.authorize(action, detail)
+            if not check(permit):
+                error = f"{action.replace('_', ' ')} is not allowed for you on this node"
+        except AccessDenied as exc:
+            error = exc.message
+        addr = f"{detail['host']}:{detail['port']}" if "host" in detail else None
+        await self.node.emit("port", self.base_fields(
+            kind=kind, addr=addr, allowed=error is None, error=error,
+        ))
+        return error is None

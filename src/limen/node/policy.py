@@ -1,0 +1,119 @@
+"""What a connection may do (the permit), who decides it (the policy) and who hears about it.
+
+The cluster glue implements ``NodePolicy`` (roles, locks, labels) and ``NodeObserver``
+(audit log, session tracking, recorder). ``CertPolicy`` and ``NullObserver`` let the node
+run standalone: the certificate alone decides.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from limen.clock import Clock, RealClock
+from limen.errors import AccessDenied
+from limen.node.identity import UserIdentity
+
+ACTIONS = frozenset({"session", "exec", "shell", "subsystem", "port_forward", "agent_forward"})
+
+
+@dataclass
+class SessionPermit:
+    """What one connection may do; decided at each new channel."""
+
+    port_forwarding: bool | list[str] = False  # False, True, or allowed "host:port" globs
+    forward_agent: bool = False
+    file_copy: bool = True
+    max_sessions: int = 0  # 0 = unlimited session channels per connection
+    idle_timeout: float | None = None  # seconds without input or output
+    disconnect_at: datetime | None = None  # end live sessions then (certificate expiry)
+    record: str = "best_effort"
+
+
+def destination_allowed(permit: SessionPermit, host: str, port: int) -> bool:
+    """Whether the permit allows a forward to ``host:port`` (globs match case-insensitively)."""
+    rule = permit.port_forwarding
+    if isinstance(rule, bool):
+        return rule
+    target = f"{host}:{port}".lower()
+    return any(fnmatch.fnmatchcase(target, pattern.lower()) for pattern in rule)
+
+
+class NodePolicy(Protocol):
+    async def authorize(
+        self, identity: UserIdentity, login: str, action: str, detail: dict[str, Any]
+    ) -> SessionPermit:
+        """Return the permit for ``action`` or raise ``AccessDenied("a clear sentence")``.
+
+        ``action`` is one of ``ACTIONS``; ``detail`` carries what the action is about
+        (command, subsystem, host and port, session id).
+        """
+        ...
+
+
+class NodeObserver(Protocol):
+    async def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        """Audit events: auth, session.start, session.end, exec, port, sftp, scp, resize,
+        session.data, client.disconnect. Awaited: may do I/O."""
+        ...
+
+    async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
+        """Every chunk a session sends to the user (stream: stdout or stderr). Keep it cheap."""
+        ...
+
+
+class NullObserver:
+    async def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        return None
+
+    async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
+        return None
+
+
+class CertPolicy:
+    """Allow exactly what the certificate allows; used when the node runs standalone."""
+
+    def __init__(
+        self,
+        *,
+        disconnect_expired_cert: bool = True,
+        idle_timeout: float | None = None,
+        max_sessions: int = 0,
+        file_copy: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
+        self._disconnect_expired_cert = disconnect_expired_cert
+        self._idle_timeout = idle_timeout
+        self._max_sessions = max_sessions
+        self._file_copy = file_copy
+        self._clock = clock or RealClock()
+
+    async def authorize(
+        self, identity: UserIdentity, login: str, action: str, detail: dict[str, Any]
+    ) -> SessionPermit:
+        if action not in ACTIONS:
+            raise AccessDenied(f"unknown action {action!r}")
+        if login not in identity.principals:
+            raise AccessDenied(f"your certificate does not allow login as {login!r}")
+        if self._clock.now() >= identity.valid_before:
+            raise AccessDenied("your certificate has expired; run limen login")
+        permit = self.permit_for(identity)
+        if action == "port_forward":
+            host, port = str(detail.get("host", "")), int(detail.get("port", 0))
+            if not destination_allowed(permit, host, port):
+                raise AccessDenied(f"port forwarding to {host}:{port} is not allowed for you")
+        if action == "agent_forward" and not permit.forward_agent:
+            raise AccessDenied("agent forwarding is not allowed for you")
+        return permit
+
+    def permit_for(self, identity: UserIdentity) -> SessionPermit:
+        return SessionPermit(
+            port_forwarding=identity.permit_port_forwarding,
+            forward_agent=identity.permit_agent_forwarding,
+            file_copy=self._file_copy,
+            max_sessions=self._max_sessions,
+            idle_timeout=self._idle_timeout,
+            disconnect_at=identity.valid_before if self._disconnect_expired_cert else None,
+        )
