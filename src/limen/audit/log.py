@@ -200,19 +200,20 @@ class AuditLog:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queue and not self._closed:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.checkpoint_interval):
                         await self._wake.wait()
                 self._wake.clear()
-            if self._closed and not self._queue:
-                return
             batch = self._queue[:MAX_BATCH]
             del self._queue[:MAX_BATCH]
             if batch:
                 await self._commit(batch)
-            if self._checkpoint_due():
+            closing = self._closed and not self._queue
+            if self._checkpoint_due() or (closing and self._since_checkpoint):
                 await self._commit([(_CHECKPOINT, None)])
+            if closing:
+                return
 
     async def _commit(
         self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]]
@@ -372,9 +373,6 @@ class AuditLog:
         """Write what is queued and a last checkpoint, then stop the writer."""
         if self._closed:
             return
-        if self._writer is not None and self._since_checkpoint:
-            with contextlib.suppress(LimenError):
-                await self.checkpoint()
         self._closed = True
         self._wake.set()
         if self._writer is not None:

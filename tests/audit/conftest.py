@@ -1,0 +1,32 @@
+"""Fixtures for the audit tests: an audit store on each engine (PostgreSQL in a schema of
+its own, dropped afterwards; see tests/backend/conftest.py for the server it needs)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from limen.audit.store import AuditStore, open_audit_store
+from tests.backend.conftest import PG_DSN
+
+ALL_KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=ALL_KINDS)
+async def audit_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AuditStore]:
+    schema = f"limen_audit_{uuid.uuid4().hex[:16]}"
+    store = await open_audit_store(request.param, tmp_path, PG_DSN, schema)
+    try:
+        yield store
+    finally:
+        await store.close()
+        if request.param == "postgres":
+            conn = await asyncpg.connect(PG_DSN)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()

@@ -1,0 +1,174 @@
+"""The audit log writer: chained lines on disk before emit returns, group commit, signed
+checkpoints, recovery after a torn write, a store that catches up, resends written once."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from limen.audit import events
+from limen.audit.chain import GENESIS, AuditKey, checkpoint_message, event_hash, signature_ok
+from limen.audit.log import AuditLog
+from limen.audit.verify import verify_files
+from limen.backend.audit_memory import MemoryEventStore
+from limen.errors import ConnectionProblem
+
+
+def _log(tmp_path: Path, **kwargs) -> AuditLog:
+    return AuditLog(tmp_path / "log" / "events", "test.limen", **kwargs)
+
+
+def _lines(log: AuditLog) -> list[dict]:
+    return [json.loads(line) for path in sorted(log.directory.glob("*.log"))
+            for line in path.read_text().splitlines()]
+
+
+def _keys(log: AuditLog) -> dict[str, str]:
+    return {log.log_id: log.key.public_b64}
+
+
+async def test_an_event_is_chained_and_on_disk_when_emit_returns(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    first = await log.emit(events.USER_LOGIN, user="alice", addr_remote="10.0.0.1")
+    assert _lines(log) == [first]  # written before emit returned
+    second = await log.emit(events.USER_DELETE, user="admin", name="bob")
+    assert (first["seq"], second["seq"]) == (1, 2)
+    assert first["prev_hash"] == GENESIS and second["prev_hash"] == first["hash"]
+    assert first["hash"] == event_hash(first) and first["addr.remote"] == "10.0.0.1"
+    assert (first["event"], first["code"], first["cluster_name"]) == ("user.login", "T1000I",
+                                                                      "test.limen")
+    assert len(first["time"]) == len("2024-05-01T12:00:00.123456789Z")
+    assert (tmp_path / "ca" / "audit_key.pem").stat().st_mode & 0o777 == 0o600
+    await log.close()
+
+
+async def test_concurrent_events_share_an_fsync(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    log = _log(tmp_path)
+    await log.start()
+    syncs = 0
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    await asyncio.gather(*(log.emit(events.EXEC, user=f"u{i}") for i in range(500)))
+    assert [r["seq"] for r in _lines(log)] == list(range(1, 501))
+    assert syncs < 50  # group commit: far fewer fsyncs than events
+    await log.close()
+
+
+async def test_checkpoints_are_signed_and_the_chain_verifies(tmp_path: Path) -> None:
+    log = _log(tmp_path, checkpoint_every=10)
+    for i in range(25):
+        await log.emit(events.EXEC, user="alice", command=f"cmd {i}")
+    await log.close()  # writes a last checkpoint
+    checkpoints = [r for r in _lines(log) if r["event"] == "audit.checkpoint"]
+    assert len(checkpoints) == 3
+    for cp in checkpoints:
+        message = checkpoint_message("checkpoint", log.log_id, cp["through_seq"],
+                                     cp["through_hash"])
+        assert signature_ok(log.key.public_b64, message, cp["signature"])
+        assert cp["through_seq"] == cp["seq"] - 1
+    report, _ = verify_files(log.directory, _keys(log))
+    assert report.ok and report.checkpoints == 3 and report.files_checked == 28
+
+
+async def test_a_torn_last_line_is_cut_and_the_chain_continues(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    await log.emit(events.EXEC, user="alice")
+    await log.close()
+    path = next(log.directory.glob("*.log"))
+    with path.open("a") as fh:
+        fh.write('{"event":"exec","user":"half')  # a crash in the middle of a write
+    again = _log(tmp_path)
+    record = await again.emit(events.EXEC, user="bob")
+    assert record["seq"] == 3  # after the close checkpoint
+    assert path.read_text().count("half") == 0
+    report, _ = verify_files(again.directory, _keys(again))
+    assert report.ok, report.problems
+    await again.close()
+
+
+async def test_a_failed_write_fails_the_action_and_leaves_no_half_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _log(tmp_path)
+    await log.emit(events.EXEC, user="alice")
+    real = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(ConnectionProblem):
+        await log.emit(events.EXEC, user="lost")
+    monkeypatch.setattr(os, "fsync", real)
+    record = await log.emit(events.EXEC, user="bob")
+    assert record["seq"] == 2
+    assert [r["user"] for r in _lines(log)] == ["alice", "bob"]
+    await log.close()
+
+
+class FlakyStore(MemoryEventStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def insert(self, rows):  # noqa: ANN001, ANN201 - the protocol's signature
+        if self.down:
+            raise ConnectionProblem("database away")
+        await super().insert(rows)
+
+
+async def test_the_store_catches_up_with_the_files(tmp_path: Path) -> None:
+    store = FlakyStore()
+    log = _log(tmp_path, store=store)
+    await log.emit(events.EXEC, user="a")
+    store.down = True
+    await log.emit(events.EXEC, user="b")  # still durable in the files
+    await log.emit(events.EXEC, user="c")
+    assert await store.count() == 1
+    store.down = False
+    await log.emit(events.EXEC, user="d")
+    assert [e.seq for e in await store.chain(log.log_id, 0, 100)] == [1, 2, 3, 4]
+    await log.close()
+
+    # A store that lost everything is filled again from the files on the next start.
+    fresh = FlakyStore()
+    reopened = _log(tmp_path, store=fresh)
+    await reopened.start()
+    assert await fresh.count() == 5
+    await reopened.close()
+
+
+async def test_a_resent_event_is_written_once(tmp_path: Path) -> None:
+    store = MemoryEventStore()
+    log = _log(tmp_path, store=store)
+    uid = "6f1d2b4e-8c2a-4c1e-9a55-0d2e3f4a5b6c"
+    first = await log.record(events.SESSION_START, {"user": "alice"}, uid=uid,
+                             time_ns=1_700_000_000_123_456_789)
+    again = await log.record(events.SESSION_START, {"user": "alice"}, uid=uid)
+    assert first["time"] == "2023-11-14T22:13:20.123456789Z"
+    assert again == {"uid": uid, "duplicate": True}
+    await log.close()
+    restarted = _log(tmp_path, store=store)  # remembers through the store, too
+    assert (await restarted.record(events.SESSION_START, {}, uid=uid))["duplicate"]
+    assert [r["uid"] for r in _lines(log) if r["event"] == "session.start"] == [uid]
+    await restarted.close()
+
+
+def test_the_audit_key_persists_and_names_the_chain(tmp_path: Path) -> None:
+    first = AuditKey.load_or_create(tmp_path)
+    second = AuditKey.load_or_create(tmp_path)
+    assert first.log_id == second.log_id and len(first.log_id) == 16
+    assert (tmp_path / "audit_key.pub").read_text().strip() == first.public_b64
+

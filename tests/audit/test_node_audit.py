@@ -1,0 +1,168 @@
+"""The node's side: events wait on the node's disk while the auth service is away and
+arrive in order, once each; recordings are written through and shipped; after a crash the
+node reports each interrupted session's end and closes its recording as interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from limen.audit.asciicast import printed_text
+from limen.errors import BadParameter, ConnectionProblem
+from limen.node.audit import NodeAudit
+from limen.node.recorder import LocalRecording
+
+SID = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+
+class FakeLink:
+    """The auth service as the node sees it; ``down`` makes every call fail."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.recordings: dict[str, bytearray] = {}
+        self.metas: dict[str, dict[str, Any]] = {}
+        self.ended: list[str] = []
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionProblem("cannot reach the proxy")
+
+    async def report_event(self, name: str, fields: dict[str, Any]) -> None:
+        self._check()
+        if name == "bogus":
+            raise BadParameter("unknown event 'bogus'")
+        if all(f.get("uid") != fields["uid"] for _, f in self.events):
+            self.events.append((name, fields))
+
+    async def end_session(self, session_id: str) -> None:
+        self._check()
+        self.ended.append(session_id)
+
+    async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+        self._check()
+        data = self.recordings.setdefault(session_id, bytearray())
+        final = meta.get("end_ns") is not None and meta.get("size") == len(data)
+        if final:
+            self.metas[session_id] = meta
+        return {"size": len(data), "complete": final and not meta.get("interrupted"),
+                "ended": final}
+
+    async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
+        self._check()
+        stored = self.recordings[session_id]
+        if offset == len(stored):
+            stored += data
+        return len(stored)
+
+
+async def eventually(predicate: Any, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def _start_fields(**extra: Any) -> dict[str, Any]:
+    return {"sid": SID, "user": "alice", "login": "root", "session_kind": "shell",
+            "interactive": True, "terminal_size": "100:30", "server_id": "n1",
+            "server_hostname": "web1", "session_start": "2030-01-01T00:00:00+00:00", **extra}
+
+
+async def test_events_wait_on_disk_and_arrive_in_order_once(tmp_path: Path) -> None:
+    link = FakeLink()
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    await audit.start()
+    await audit.on_event("auth", {"user": "alice", "success": True})
+    link.down = True
+    await audit.on_event("exec", {"user": "alice", "command": "one"})
+    await audit.on_event("bogus", {"user": "alice"})
+    link.down = False  # the spool is not empty: this one queues behind the others
+    await audit.on_event("exec", {"user": "alice", "command": "two"})
+    assert (tmp_path / "audit" / "events.spool").exists()
+    await eventually(lambda: len(link.events) == 3, "the spooled events")
+    assert [f.get("command") for _, f in link.events] == [None, "one", "two"]
+    spooled = link.events[1][1]
+    assert spooled["uid"] and spooled["time"].endswith("Z")  # when it happened
+    await eventually(lambda: not (tmp_path / "audit" / "events.spool").exists(),
+                     "the spool to be emptied")
+    await audit.stop()
+
+
+async def test_a_session_is_recorded_and_shipped(tmp_path: Path) -> None:
+    link = FakeLink()
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    await audit.start()
+    await audit.on_event("session.start", _start_fields())
+    await audit.on_output(SID, "héllo ".encode()[:2], "stdout")  # a split character
+    await audit.on_output(SID, "héllo ".encode()[2:] + b"world\r\n", "stdout")
+    await audit.on_event("resize", {"sid": SID, "user": "alice", "size": "120:40"})
+    cast = tmp_path / "recordings" / f"{SID}.cast"
+    lines = cast.read_text().splitlines()  # written through, while the session runs
+    assert json.loads(lines[0])["width"] == 100
+    frames = [json.loads(line)[1:] for line in lines[1:]]
+    assert "".join(data for code, data in frames if code == "o") == "héllo world\r\n"
+    assert frames[-1] == ["r", "120x40"]
+    await audit.on_event("session.end", {"sid": SID, "user": "alice", "exit_code": 0})
+    await audit.uploader.upload_all()
+    assert link.metas[SID]["end_ns"] and not link.metas[SID]["interrupted"]
+    assert "héllo world" in printed_text(bytes(link.recordings[SID]))
+    assert not cast.exists()  # shipped, confirmed, removed
+    end = [f for name, f in link.events if name == "session.end"][0]
+    assert end["participants"] == ["alice"]
+    await audit.stop()
+
+
+async def test_after_a_crash_the_session_ends_interrupted(tmp_path: Path) -> None:
+    link = FakeLink()
+    link.down = True  # the auth service is away too, at first
+    crashed = NodeAudit(link, tmp_path, "n1", "web1")
+    await crashed.start()
+    await crashed.on_event("session.start", _start_fields())
+    await crashed.on_output(SID, b"before the crash\r\n", "stdout")
+    # The node dies here: no session.end, no close; a write was cut in the middle.
+    crashed.uploader._task.cancel()  # noqa: SLF001 - simulating the process's death
+    crashed._replayer.cancel()  # noqa: SLF001
+    with (tmp_path / "recordings" / f"{SID}.cast").open("a") as fh:
+        fh.write('[1.5, "o", "half a li')
+
+    link.down = False
+    restarted = NodeAudit(link, tmp_path, "n1", "web1")
+    await restarted.start()
+    await eventually(lambda: any(n == "session.end" for n, _ in link.events),
+                     "the interrupted session's end")
+    end = [f for name, f in link.events if name == "session.end"][0]
+    assert end["interrupted"] is True and end["sid"] == SID and end["user"] == "alice"
+    assert end["session_start"] == "2030-01-01T00:00:00+00:00" and end["session_stop"]
+    assert [n for n, _ in link.events] == ["session.start", "session.end"]
+    assert link.ended == [SID]
+    await restarted.uploader.upload_all()
+    assert link.metas[SID]["interrupted"] is True
+    text = printed_text(bytes(link.recordings[SID]))
+    assert "before the crash" in text and "half" not in text
+    await restarted.stop()
+
+
+async def test_a_recording_that_cannot_be_written_is_reported(tmp_path: Path) -> None:
+    link = FakeLink()
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    await audit.start()
+    (tmp_path / "recordings").rmdir()
+    (tmp_path / "recordings").write_text("not a directory")
+    await audit.on_event("session.start", _start_fields())
+    await audit.on_output(SID, b"unrecorded", "stdout")
+    await eventually(lambda: any(n == "session.recording.failure" for n, _ in link.events),
+                     "a failure event")
+    failure = [f for n, f in link.events if n == "session.recording.failure"][0]
+    assert failure["success"] is False and failure["sid"] == SID and failure["error"]
+    await audit.stop()
+
+
+def test_local_recording_metadata_round_trips(tmp_path: Path) -> None:
+    meta = LocalRecording(SID, user="alice", start_ns=1, extra={"interactive": True})
+    meta.save(tmp_path / "m.json")
+    assert LocalRecording.load(tmp_path / "m.json") == meta

@@ -1,0 +1,99 @@
+"""The audit store behaves the same on memory, SQLite and PostgreSQL: idempotent inserts,
+newest-first search by every filter with a cursor, chain reads, retention; recordings
+appended by offset (retries and gaps), streamed back, searched by printed text, removed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from limen.audit.asciicast import printed_text
+from limen.audit.store import AuditStore, EventQuery, RecordingMeta, StoredEvent
+from limen.errors import NotFound
+
+NODE_ID = "8f14e45f-ceea-4e7a-a2d8-1b2b3c4d5e6f"
+
+
+def _event(seq: int, *, log: str = "log1", event: str = "exec", user: str = "alice",
+           node: str = "web1", sid: str | None = "s1", time_ns: int | None = None) -> StoredEvent:
+    record = {"event": event, "seq": seq, "user": user}
+    return StoredEvent(log, seq, f"uid-{log}-{seq}", time_ns if time_ns is not None else seq * 10,
+                       event, "T0000I", user, node, NODE_ID, sid, f"{seq:064x}",
+                       json.dumps(record))
+
+
+async def _all(store: AuditStore, **query) -> list[int]:
+    seqs, cursor = [], None
+    while True:
+        page = await store.events.search(EventQuery(limit=2, cursor=cursor, **query))
+        seqs += [e.seq for e in page.events]
+        cursor = page.cursor
+        if cursor is None:
+            return seqs
+
+
+async def test_events_insert_search_and_chain(audit_store: AuditStore) -> None:
+    events = audit_store.events
+    rows = [_event(1), _event(2, user="bob", event="session.start"), _event(3, node="db1"),
+            _event(4, sid="s2"), _event(5, time_ns=20)]  # 5 has the same time as 2
+    await events.insert(rows)
+    await events.insert(rows[:2])  # a retry adds nothing
+    await events.insert([dataclasses.replace(_event(9), uid="uid-log1-1")])
+    assert await events.count() == 5  # the same uid is not stored twice
+    assert await events.has_uid("uid-log1-3") and not await events.has_uid("nope")
+    assert (await events.last("log1")).seq == 5
+
+    assert await _all(audit_store) == [4, 3, 5, 2, 1]  # newest first, ties by arrival
+    assert await _all(audit_store, user="bob") == [2]
+    assert await _all(audit_store, types=("session.start", "exec"), since_ns=20) == [4, 3, 5, 2]
+    assert await _all(audit_store, until_ns=20) == [5, 2, 1]
+    assert await _all(audit_store, node="db1") == [3]
+    assert await _all(audit_store, node=NODE_ID) == [4, 3, 5, 2, 1]
+    assert await _all(audit_store, session="s2") == [4]
+    assert await _all(audit_store, user="nobody") == []
+
+    assert [e.seq for e in await events.chain("log1", 2, 2)] == [3, 4]
+    assert [e.seq for e in await events.by_event("log1", "session.start")] == [2]
+    assert await events.log_ids() == ["log1"]
+    await events.register_log("log1", "key1")
+    await events.register_log("log1", "other")  # the first key stays
+    assert await events.log_keys() == {"log1": "key1"}
+    assert await events.delete_through("log1", 3) == 3
+    assert await _all(audit_store) == [4, 5]
+
+
+async def test_recordings_append_by_offset_and_search_text(audit_store: AuditStore) -> None:
+    recs = audit_store.recordings
+    sid = "0b5e6a4e-2f1c-4a53-9d0e-6c1f4b2a9e11"
+    await recs.upsert_meta(RecordingMeta(sid, user="alice", node="web1", start_ns=100))
+    header = b'{"version": 2, "width": 80, "height": 24}\n'
+    first = header + b'[0.1, "o", "hello \\u001b[1mwor"]\n'
+    second = b'[0.2, "o", "ld\\r\\n"]\n[0.3, "r", "100x30"]\n'
+    assert await recs.append(sid, 0, first, printed_text) == len(first)
+    assert await recs.append(sid, 0, first, printed_text) == len(first)  # a retry
+    assert await recs.append(sid, len(first) + 5, second, printed_text) == len(first)  # a gap
+    assert await recs.append(sid, len(first), second, printed_text) == len(first + second)
+    chunks = [c async for c in recs.read(sid)]
+    assert b"".join(chunks) == first + second
+
+    meta = await recs.get(sid)
+    assert (meta.size, meta.user, meta.complete, meta.end_ns) == (len(first + second), "alice",
+                                                                   False, None)
+    # "world" was cut in two by the chunk boundary (and by an escape sequence).
+    assert [m.session_id for m in await recs.search_text("HELLO WORLD", 10)] == [sid]
+    assert await recs.search_text("100%", 10) == []  # LIKE wildcards are plain text
+    await recs.upsert_meta(RecordingMeta(sid, user="alice", node="web1", start_ns=100,
+                                         end_ns=200, complete=True))
+    meta = await recs.get(sid)
+    assert meta.complete and meta.end_ns == 200 and meta.size == len(first + second)
+    assert [m.session_id for m in await recs.list(10)] == [sid]
+    assert await recs.list(10, since_ns=300) == []
+    assert await recs.delete_ended_before(150) == 0
+    assert await recs.delete_ended_before(201) == 1
+    try:
+        await recs.get(sid)
+    except NotFound:
+        pass
+    else:
+        raise AssertionError("the recording should be gone")
+    assert [c async for c in recs.read(sid)] == []
