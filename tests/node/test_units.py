@@ -137,3 +137,17 @@ def test_settings_validation() -> None:
         NodeSettings(host_key=KEY, user_ca_keys=[])
     with pytest.raises(BadParameter, match="not an environment variable name"):
         NodeSettings(host_key=KEY, user_ca_keys=[CA], env_allowlist=["BAD NAME"])
+
+
+def test_without_root_only_the_nodes_own_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    from limen.node import users
+
+    own = pwd.getpwnam("nobody")
+    monkeypatch.setattr(users.os, "geteuid", lambda: own.pw_uid)
+    assert users.lookup_user("nobody").uid == own.pw_uid
+    with pytest.raises(AccessDenied, match="without root privileges.*'nobody', not 'root'"):
+        users.lookup_user("root")
+    with pytest.raises(AccessDenied, match="no local user 'no-such-user'"):
+        users.lookup_user("no-such-user")

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from limen.errors import LimenError
 from limen.node.executor import Child, ExitStatus, TermSize, spawn
+from limen.node.fdstream import FdStream
 from limen.node.inbox import InputQueue
 from limen.node.launch import SessionPlan, plan_session, to_term_size
 from limen.node.session import SessionContext
@@ -194,7 +196,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self._inbox.discard()
         return status
 
-    async def _pump(self, stream, datatype: int | None, name: str) -> None:
+    async def _pump(self, stream: FdStream, datatype: int | None, name: str) -> None:
         """Copy one output stream to the channel, one read per drained write."""
         ctx, record = self.ctx, self._plan is not None and self._plan.record
         assert ctx is not None and self._chan is not None
@@ -300,7 +302,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if not self._stop_output.done():
             self._stop_output.set_result(None)
 
-    def _spawn_task(self, coro) -> asyncio.Future[None]:
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -202,8 +203,8 @@ class NodeConnection(asyncssh.SSHServer):
 
     # -- session channels --------------------------------------------------------------
 
-    def session_requested(self):  # noqa: ANN201 - asyncssh accepts a coroutine here
-        return self._open_session()
+    def session_requested(self) -> Coroutine[Any, Any, SessionChannel]:
+        return self._open_session()  # asyncssh awaits it: a refusal is a ChannelOpenError
 
     async def _open_session(self) -> SessionChannel:
         from limen.node.channel import SessionChannel  # channel imports this module
@@ -254,8 +255,29 @@ class NodeConnection(asyncssh.SSHServer):
     # -- forwarding ----------------------------------------------------------------------
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int):  # noqa: ANN201 - a coroutine, as asyncssh allows
+                             orig_port: int) -> Coroutine[Any, Any, ForwardedConnection]:
         return self._open_forward(dest_host, dest_port, orig_host, orig_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        """Remote forwarding (ssh -R) is not offered; say so in the audit log."""
+        self._refuse_forward("remote-forward", f"{listen_host}:{listen_port}",
+                             "remote port forwarding is not supported on this node")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        self._refuse_forward("direct-streamlocal", dest_path,
+                             "forwarding to UNIX sockets is not supported on this node")
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        self._refuse_forward("streamlocal-forward", listen_path,
+                             "forwarding from UNIX sockets is not supported on this node")
+        return False
+
+    def _refuse_forward(self, kind: str, addr: str, error: str) -> None:
+        self.node.emit_soon("port", self.base_fields(
+            kind=kind, addr=addr, allowed=False, error=error,
+        ))
 
     async def _open_forward(self, host: str, port: int, orig_host: str,
                             orig_port: int) -> ForwardedConnection:
@@ -276,7 +298,7 @@ class NodeConnection(asyncssh.SSHServer):
         return ForwardedConnection(reader, writer)
 
     async def _forward_allowed(self, action: str, detail: dict[str, Any], *, kind: str,
-                               check) -> bool:
+                               check: Callable[[SessionPermit], bool]) -> bool:
         """Both the policy (no AccessDenied) and the permit it returns must allow it."""
         error = None
         try:

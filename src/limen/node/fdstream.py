@@ -10,6 +10,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from collections.abc import Callable
+from typing import Any
+
+Watch = Callable[..., Any]  # loop.add_reader / add_writer
+Unwatch = Callable[[int], Any]  # loop.remove_reader / remove_writer
 
 
 class FdStream:
@@ -24,7 +29,8 @@ class FdStream:
     def closed(self) -> bool:
         return self._closed
 
-    async def _ready(self, add, remove, stop: asyncio.Future[object] | None) -> bool:
+    async def _ready(self, add: Watch, remove: Unwatch,
+                     stop: asyncio.Future[object] | None) -> bool:
         """Wait until the fd is ready; False if ``stop`` finished first."""
         ready: asyncio.Future[None] = self._loop.create_future()
         add(self.fd, lambda: ready.done() or ready.set_result(None))
