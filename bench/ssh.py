@@ -206,13 +206,30 @@ def timed(command: str, env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def throughput(ways: list[Way], size_mb: int, runs: int, env: dict[str, str]) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(ways: list[Way], size_mb: int, runs: int, env: dict[str, str],
+               watch: dict[str, int]) -> tuple[dict, dict]:
+    """Median MB/s per way, and the share of one core each watched Limen process used
+    while Limen's uploads ran (which one saturates tells what limits the copy)."""
     rates: dict[str, list[float]] = {w.name: [] for w in ways}
+    busy = dict.fromkeys(watch, 0.0)
+    limen_wall = 0.0
     for _ in range(runs):
         for way in ways:
+            before = {name: cpu_seconds(pid) for name, pid in watch.items()}
             seconds = timed(f"head -c {size_mb}M /dev/zero | {way.shell('cat > /dev/null')}", env)
             rates[way.name].append(size_mb / seconds)
-    return {name: statistics.median(values) for name, values in rates.items()}
+            if way.name == "Limen":
+                limen_wall += seconds
+                for name, pid in watch.items():
+                    busy[name] += cpu_seconds(pid) - before[name]
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return medians, {name: used / limen_wall for name, used in busy.items()}
 
 
 def latency(ways: list[Way], runs: int, env: dict[str, str]) -> dict:
@@ -295,7 +312,8 @@ def _await_ready(clients: list[subprocess.Popen[bytes]]) -> None:
 # report
 
 
-def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, limen_cli: float) -> None:
+def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, limen_cli: float,
+           cores: dict) -> None:
     lim, oss = "Limen", "OpenSSH"
     print(f"upload {args.size_mb} MB x{args.uploads} (median); latency x{args.runs} (median); "
           f"memory per {args.idle} idle sessions; cipher {args.cipher or 'default'}")
@@ -309,6 +327,8 @@ def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, limen_cli
           "   (Limen / OpenSSH)")
     print(f"limen ssh {NODE_NAME} true (Python client, start-up included): "
           f"{limen_cli:.1f} ms median")
+    print("Limen upload CPU, share of one core: "
+          + ", ".join(f"{name} {share:.0%}" for name, share in cores.items()))
 
 
 def main() -> None:
@@ -332,16 +352,17 @@ def main() -> None:
         ]
         for way in ways:  # warm-up: page cache, first handshakes
             timed(way.shell("true"), env)
-        mb_s = throughput(ways, args.size_mb, args.uploads, env)
-        lat = latency(ways, args.runs, env)
         assert cluster.node is not None and node.proc is not None
+        watch = {"proxy": cluster.auth.proc.pid, "node": cluster.node.proc.pid}
+        mb_s, cores = throughput(ways, args.size_mb, args.uploads, env, watch)
+        lat = latency(ways, args.runs, env)
         mem = {"Limen": idle_memory(ways[0], cluster.node.proc.pid, args.idle, env),
                "OpenSSH": idle_memory(ways[1], node.proc.pid, args.idle, env)}
         cli_env = {**env, "LIMEN_HOME": str(root / "home")}
         limen_cli = 1000 * statistics.median(
             timed(shlex.join([*LIMEN, "ssh", NODE_NAME, "true"]), cli_env) for _ in range(10)
         )
-        report(args, mb_s, lat, mem, limen_cli)
+        report(args, mb_s, lat, mem, limen_cli, cores)
     finally:
         for server in servers:
             server.stop()
