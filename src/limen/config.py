@@ -102,17 +102,31 @@ class AuthConfig(_Section):
     )(_check_duration)
 
 
+class ListenerConfig(_Section):
+    handshake_timeout: str = "5s"  # a client that has not finished TLS or sent SSH by then
+    max_connections_per_ip: int = Field(default=1000, ge=1)
+    max_handshakes_per_ip: int = Field(default=256, ge=1)
+
+    _timeout = field_validator("handshake_timeout")(_check_duration)
+
+
 class ProxyConfig(_Section):
     enabled: bool = True
+    # multiplex: the web port also serves SSH (plain or TLS, ALPN limen-ssh) and node
+    # tunnels (TLS, ALPN limen-tunnel); separate: the web port serves HTTPS only.
+    listener_mode: Literal["multiplex", "separate"] = "multiplex"
     web_listen_addr: str = "0.0.0.0:3080"
-    ssh_listen_addr: str = "0.0.0.0:3023"
-    tunnel_listen_addr: str = "0.0.0.0:3024"  # reverse tunnels from nodes behind NAT
+    # The dedicated ports stay open unless set to null.
+    ssh_listen_addr: str | None = "0.0.0.0:3023"
+    tunnel_listen_addr: str | None = "0.0.0.0:3024"  # reverse tunnels from nodes behind NAT
     public_addr: str | None = None
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    listener: ListenerConfig = Field(default_factory=ListenerConfig)
 
-    _addrs = field_validator("web_listen_addr", "ssh_listen_addr", "tunnel_listen_addr")(
-        _check_addr
-    )
+    @field_validator("web_listen_addr", "ssh_listen_addr", "tunnel_listen_addr")
+    @classmethod
+    def _addrs(cls, value: str | None) -> str | None:
+        return None if value is None else _check_addr(value)
 
 
 def _check_optional_duration(value: str | None) -> str | None:
@@ -212,6 +226,7 @@ auth:
 
 proxy:
   enabled: true
+  listener_mode: multiplex        # the web port also carries SSH and node tunnels
   web_listen_addr: 0.0.0.0:3080   # HTTPS API (login, signup) and later the web UI
   ssh_listen_addr: 0.0.0.0:3023   # SSH jump host (ssh -J)
   tunnel_listen_addr: 0.0.0.0:3024  # nodes without an address dial in here (reverse tunnels)
@@ -219,6 +234,10 @@ proxy:
   rate_limit:                     # per client address, on unauthenticated endpoints
     average_per_minute: 20
     burst: 40
+  listener:                       # the multiplexed web port's protections
+    handshake_timeout: 5s
+    max_connections_per_ip: 1000
+    max_handshakes_per_ip: 256
 
 audit:                            # the audit log (DATA_DIR/log/events) and recordings
   # max_age: 365d                 # remove older events (the chain stays verifiable)

@@ -27,6 +27,15 @@ from limen.durations import parse_duration
 from limen.errors import BadParameter, NotFound
 from limen.node.role import JoinOptions, NodeRole
 from limen.proxy.https import HTTPSServer, bind
+from limen.proxy.listener import (
+    ALPN_HTTP,
+    ALPN_SSH,
+    ALPN_TUNNEL,
+    ListenerLimits,
+    MultiplexListener,
+    Routes,
+    server_tls_context,
+)
 from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.ssh_role import proxy_host_identity, start_jump_host
@@ -75,6 +84,8 @@ class Service:
     tunnels: TunnelServer | None = None
     audit: AuditRuntime | None = None
     _https: HTTPSServer | None = None
+    _mux: MultiplexListener | None = None
+    _tls_files: tuple[Path, Path] = (Path(), Path())
     _web_state: WebState | None = None
 
     @property
@@ -90,7 +101,7 @@ class Service:
             if "auth" in self.config.roles():
                 self.auth = await self._start_auth(self.backend, cluster)
             if self.auth is not None:
-                await self._start_web()
+                self._prepare_web()
             if self.auth is not None and "proxy" in self.config.roles():
                 identity = proxy_host_identity(self.config.proxy, self.data_dir, self.auth)
                 self.tunnels = await start_tunnel_server(
@@ -100,10 +111,12 @@ class Service:
                     self.config.proxy, self.data_dir, self.auth, self.clock,
                     self.tunnels.directory, identity,
                 )
-                host = split_host_port(self.config.proxy.ssh_listen_addr)[0]
-                self.ssh_addr = local_address(host, self.jump.port)
+                self.ssh_addr = self._dedicated_addr(self.config.proxy.ssh_listen_addr,
+                                                     self.jump)
                 self._publish_ssh_addr()
                 self._publish_tunnel(identity[0])
+            if self.auth is not None:
+                await self._serve_web()
             if "node" in self.config.roles():
                 self.node = NodeRole(
                     self.config.ssh, self.data_dir, self.clock, self.auth, self.join_options
@@ -161,18 +174,51 @@ class Service:
             return split_host_port(self.config.proxy.web_listen_addr)
         return split_host_port(self.config.auth.listen_addr)
 
-    async def _start_web(self) -> None:
+    def _prepare_web(self) -> None:
+        """Bind the web port (so its address is known) and build the app; serve later."""
         assert self.auth is not None
         host, port = self._web_listen()
         sock = bind(host, port)
-        certfile, keyfile = self._write_tls_files(host)
+        self._tls_files = self._write_tls_files(host)
         limits = self.config.proxy.rate_limit
         state = WebState(self.auth, RateLimiter(limits.average_per_minute, limits.burst))
         self._web_state = state
-        self._https = HTTPSServer(create_app(state), sock, certfile, keyfile)
-        await self._https.start()
+        self._https = HTTPSServer(create_app(state), sock, *self._tls_files)
         self.web_addr = local_address(host, self._https.port)
-        log.info("HTTPS API listening on %s", self.web_addr)
+
+    def _multiplexed(self) -> bool:
+        return "proxy" in self.config.roles() and self.config.proxy.listener_mode == "multiplex"
+
+    async def _serve_web(self) -> None:
+        assert self._https is not None
+        if not self._multiplexed():
+            await self._https.start()
+            log.info("HTTPS API listening on %s", self.web_addr)
+            return
+        limits = self.config.proxy.listener
+        routes = Routes(
+            http=self._https.protocol_factory(),
+            ssh=self.jump.protocol_factory() if self.jump else None,
+            tunnel=self.tunnels.protocol_factory() if self.tunnels else None,
+        )
+        tls = server_tls_context(*(str(p) for p in self._tls_files),
+                                 [ALPN_HTTP, ALPN_SSH, ALPN_TUNNEL])
+        self._mux = MultiplexListener(
+            self._https.socket, tls, routes,
+            ListenerLimits(
+                handshake_timeout=parse_duration(limits.handshake_timeout).total_seconds(),
+                max_connections_per_ip=limits.max_connections_per_ip,
+                max_handshakes_per_ip=limits.max_handshakes_per_ip,
+            ),
+        )
+        await self._mux.start()
+        log.info("web port %s serves HTTPS, SSH and tunnels", self.web_addr)
+
+    def _dedicated_addr(self, listen: str | None, server: JumpHost | TunnelServer) -> str:
+        """Where a role's own port listens; the web address when it has none."""
+        if listen is None:
+            return self.web_addr
+        return local_address(split_host_port(listen)[0], server.port)
 
     def _publish_ssh_addr(self) -> None:
         """Tell clients (ping, login) where the jump host is: the public host when one is
@@ -181,23 +227,30 @@ class Service:
             return
         public = self.config.proxy.public_addr
         host = split_host_port(public, 0)[0] if public else ""
-        self._web_state.ssh_proxy_addr = (
-            local_address(host, self.jump.port) if host else self.ssh_addr
-        )
+        # Multiplexed: clients need nothing but the web address, plain SSH works on it.
+        if self._multiplexed() or not self.config.proxy.ssh_listen_addr:
+            port, local = self._https.port, self.web_addr
+        else:
+            port, local = self.jump.port, self.ssh_addr
+        self._web_state.ssh_proxy_addr = local_address(host, port) if host else local
 
     def _publish_tunnel(self, host_key: SSHKey) -> None:
         """Tell node agents (ping) where the tunnel server is and which host key it has."""
         if self.tunnels is None:
             return
-        host = split_host_port(self.config.proxy.tunnel_listen_addr)[0]
-        self.tunnel_addr = local_address(host, self.tunnels.port)
+        self.tunnel_addr = self._dedicated_addr(self.config.proxy.tunnel_listen_addr,
+                                                self.tunnels)
         public = self.config.proxy.public_addr
         public_host = split_host_port(public, 0)[0] if public else ""
         if self._web_state is not None:
             state = self._web_state
-            state.tunnel_addr = (
-                local_address(public_host, self.tunnels.port) if public_host else self.tunnel_addr
+            # Multiplexed: agents use the web port too, SSH inside TLS (ALPN limen-tunnel).
+            state.tunnel_tls = self._multiplexed() or not self.config.proxy.tunnel_listen_addr
+            local, port = (
+                (self.web_addr, self._https.port) if state.tunnel_tls
+                else (self.tunnel_addr, self.tunnels.port)
             )
+            state.tunnel_addr = local_address(public_host, port) if public_host else local
             state.tunnel_host_key = host_key.export_public_key("openssh").decode().strip()
             state.tunnels = self.tunnels.directory
 
@@ -250,6 +303,11 @@ class Service:
         if self.tunnels is not None:
             await self.tunnels.stop()
             self.tunnels = None
+        if self._mux is not None:
+            await self._mux.stop()
+            self._mux = None
+            if self._https is not None:
+                await self._https.close_connections()
         if self._https is not None:
             await self._https.stop()
             self._https = None

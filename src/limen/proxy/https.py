@@ -51,6 +51,11 @@ class HTTPSServer:
     def port(self) -> int:
         return self._sock.getsockname()[1]
 
+    @property
+    def socket(self) -> socket.socket:
+        """The bound listening socket (the multiplexed listener serves it instead)."""
+        return self._sock
+
     def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
         """HTTP connections handed over by the multiplexed listener (TLS already done)."""
         config = self._server.config

@@ -38,7 +38,7 @@ ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 class ListenerLimits:
     handshake_timeout: float = 5.0
     max_connections_per_ip: int = 1000
-    max_handshakes_per_ip: int = 50
+    max_handshakes_per_ip: int = 256
 
 
 @dataclass

@@ -35,7 +35,9 @@ def proxy_host_identity(config: ProxyConfig, data_dir: Path,
     server; the certificate names every address clients and agents may dial."""
     key = _host_key(data_dir / "proxy")
     names = ["127.0.0.1", "localhost", "::1", socket.gethostname(), first_address()]
-    for addr in (config.ssh_listen_addr, config.tunnel_listen_addr):
+    for addr in (config.web_listen_addr, config.ssh_listen_addr, config.tunnel_listen_addr):
+        if addr is None:
+            continue
         host = split_host_port(addr)[0]
         if host not in ("0.0.0.0", "::", ""):
             names.append(host)
@@ -49,7 +51,8 @@ def proxy_host_identity(config: ProxyConfig, data_dir: Path,
 async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
                           clock: Clock, tunnels: TunnelDirectory | None = None,
                           identity: tuple[SSHKey, SSHCertificate] | None = None) -> JumpHost:
-    host, port = split_host_port(config.ssh_listen_addr)
+    # No dedicated port (null): the jump host is reached only through the web port.
+    host, port = split_host_port(config.ssh_listen_addr) if config.ssh_listen_addr else ("", None)
     key, cert = identity or proxy_host_identity(config, data_dir, auth)
     settings = JumpSettings(
         host=host, port=port, host_key=key, host_certs=[cert],

@@ -36,6 +36,7 @@ class WebState:
     # The tunnel server's host:port and the proxy's SSH host key, for node agents; and
     # the live tunnels, for node listings. Set once the tunnel server listens.
     tunnel_addr: str = ""
+    tunnel_tls: bool = False  # the tunnel address is the multiplexed web port (TLS + ALPN)
     tunnel_host_key: str = ""
     tunnels: TunnelDirectory | None = None
 
@@ -103,6 +104,7 @@ def create_app(state: WebState) -> FastAPI:
             "ca_pin": spki_pin(cas.tls_ca_cert),
             "ssh_proxy_addr": state.ssh_proxy_addr,
             "tunnel_addr": state.tunnel_addr,
+            "tunnel_tls": state.tunnel_tls,
             "tunnel_host_key": state.tunnel_host_key,
         }
 

@@ -28,6 +28,7 @@ from typing import Any
 import asyncssh
 
 from limen.client.ssh import host_ca_known_hosts
+from limen.client.tls_tunnel import ALPN_TUNNEL, TLSTunnel
 from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied, LimenError
 from limen.sshalgs import HOST_KEY_ALGS, hardened_options
@@ -186,6 +187,7 @@ class TunnelAgent:
         ident = self.identity
         return await asyncssh.connect(
             target.host, target.port,
+            tunnel=TLSTunnel(target.tls_ca, ALPN_TUNNEL) if target.tls_ca else None,
             username=ident.node_id,
             client_keys=[(ident.host_key, ident.host_cert)],
             known_hosts=host_ca_known_hosts(ident.host_ca),

@@ -26,6 +26,9 @@ class TunnelTarget:
     host: str
     port: int
     host_key: asyncssh.SSHKey | None  # the proxy's SSH host key, when the proxy named it
+    # Set when the target is the proxy's multiplexed web port: the agent wraps SSH in
+    # TLS (ALPN limen-tunnel) verified by this cluster CA.
+    tls_ca: str | None = None
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -44,7 +47,7 @@ def choose_host(published: str, proxy_host: str) -> str:
     return published
 
 
-def target_from_ping(ping: dict, proxy: str) -> TunnelTarget:
+def target_from_ping(ping: dict, proxy: str, tls_ca_pem: str | None = None) -> TunnelTarget:
     published = ping.get("tunnel_addr") or ""
     if not published:
         raise ConnectionProblem(
@@ -58,7 +61,8 @@ def target_from_ping(ping: dict, proxy: str) -> TunnelTarget:
         raise ConnectionProblem(f"the proxy published a bad tunnel address: {exc}") from None
     key_text = ping.get("tunnel_host_key") or ""
     key = asyncssh.import_public_key(key_text) if key_text else None
-    return TunnelTarget(choose_host(host, proxy_host), port, key)
+    tls_ca = tls_ca_pem if ping.get("tunnel_tls") else None
+    return TunnelTarget(choose_host(host, proxy_host), port, key, tls_ca)
 
 
 async def discover(proxy: str, tls_ca_pem: str) -> TunnelTarget:
@@ -71,4 +75,4 @@ async def discover(proxy: str, tls_ca_pem: str) -> TunnelTarget:
             ping = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise ConnectionProblem(f"cannot reach the proxy at {proxy}: {exc}") from None
-    return target_from_ping(ping, proxy)
+    return target_from_ping(ping, proxy, tls_ca_pem)

@@ -13,7 +13,10 @@ from limen.tunnel.server import TunnelServer, TunnelSettings
 
 async def start_tunnel_server(config: ProxyConfig, auth: AuthServer, clock: Clock,
                               identity: tuple[SSHKey, SSHCertificate]) -> TunnelServer:
-    host, port = split_host_port(config.tunnel_listen_addr)
+    # No dedicated port (null): agents reach the tunnel server only through the web port.
+    host, port = (
+        split_host_port(config.tunnel_listen_addr) if config.tunnel_listen_addr else ("", None)
+    )
     key, cert = identity
     settings = TunnelSettings(
         host=host, port=port, host_key=key, host_certs=[cert],

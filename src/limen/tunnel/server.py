@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,7 +52,7 @@ class TunnelObserver(Protocol):
 @dataclass
 class TunnelSettings:
     host: str
-    port: int
+    port: int | None  # None: no listener of its own (multiplexed web port only)
     host_key: asyncssh.SSHKey  # the proxy's host key and certificate (role@limen=proxy)
     host_certs: Sequence[asyncssh.SSHCertificate]
     host_ca_keys: Sequence[asyncssh.SSHKey]  # agents' certificates must come from these
@@ -227,6 +227,7 @@ class TunnelServer:
         self.directory = directory or TunnelDirectory(self.clock)
         self.connections: set[TunnelConnection] = set()
         self._server: asyncio.Server | None = None
+        self._options: asyncssh.SSHServerConnectionOptions | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -251,12 +252,20 @@ class TunnelServer:
             keepalive_count_max=self.settings.keepalive_count_max,
             **asyncssh_algs(),
         )
+        self._options = options
+        if self.settings.port is None:
+            return
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: TunnelConnection(loop, options, self),
-            self.settings.host or None, self.settings.port, reuse_address=True, backlog=128,
+            self.protocol_factory(), self.settings.host or None, self.settings.port,
+            reuse_address=True, backlog=128,
         )
         log.info("tunnel server listening on port %d", self.port)
+
+    def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+        """Agent connections, from this server's port or handed over by the web port."""
+        loop = asyncio.get_running_loop()
+        return lambda: TunnelConnection(loop, self._options, self)
 
     async def stop(self) -> None:
         """Stop listening and close every tunnel (agents reconnect to the next proxy)."""
