@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 MAX_UPLOAD = 1024 * 1024  # bytes per request (whole lines; one line may be longer)
 UPLOAD_DELAY = 0.2  # seconds to gather output before sending, while a session runs
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 10.0
 
 
 class RecordingLink(Protocol):
