@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     config.add_argument("--write", action="store_true",
                         help="write it to $LIMEN_HOME/ssh_config and include it from "
                              "~/.ssh/config")
+    config.add_argument("--tls-routing", action="store_true",
+                        help="reach the proxy through TLS on its web port (limen proxy ssh "
+                             "as ProxyCommand), for load balancers that pass only TLS")
     config.set_defaults(func=cmd_config)
 
 
@@ -175,7 +178,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if not profile.ssh_proxy:
         raise NotFound(f"your profile does not know the proxy's SSH address; run limen login "
                        f"--proxy {profile.proxy}")
-    text = config_block(profile, default_login(profile.logins))
+    text = config_block(profile, default_login(profile.logins), tls_routing=args.tls_routing)
     if not args.write:
         print(text, end="")
         return 0

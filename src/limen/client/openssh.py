@@ -15,6 +15,7 @@ from an ``Include`` alike, and ProxyJump hands ``-F FILE`` on to the jump hop.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from limen.client import profile as profiles
@@ -27,8 +28,20 @@ def _quote(path: Path | str) -> str:
     return '"' + str(path).replace('"', '\\"') + '"'
 
 
-def config_block(profile: profiles.Profile, jump_login: str) -> str:
-    """The config text for ``profile``; ``jump_login`` is the user name at the proxy."""
+def proxy_command() -> str:
+    """This very limen as an OpenSSH ProxyCommand, with this profile home pinned."""
+    return (
+        f"env LIMEN_HOME={_quote(profiles.limen_home())} {_quote(sys.executable)} "
+        "-m limen.cli.main proxy ssh %r@%h:%p"
+    )
+
+
+def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool = False) -> str:
+    """The config text for ``profile``; ``jump_login`` is the user name at the proxy.
+
+    With ``tls_routing`` the hop to the proxy runs inside TLS on its web port (for load
+    balancers that pass only TLS), through `limen proxy ssh` as ProxyCommand.
+    """
     host, port = split_host_port(profile.ssh_proxy)
     cluster = profile.cluster
     known_hosts = profiles.Profile.known_hosts_path()
@@ -46,7 +59,11 @@ def config_block(profile: profiles.Profile, jump_login: str) -> str:
         f"    CheckHostIP no\n"
         f"\n"
         f"Host *.{cluster} !{host}\n"
-        f"    ProxyJump {jump_login}@{host}:{port}\n"
+        + (
+            f"    ProxyCommand {proxy_command()}\n"
+            if tls_routing
+            else f"    ProxyJump {jump_login}@{host}:{port}\n"
+        )
     )
 
 

@@ -1,0 +1,117 @@
+"""One port for everything: a cluster whose proxy opens only its web port.
+
+Login, `limen ssh`, stock OpenSSH with ProxyJump (plain SSH on the web port) and with
+`limen proxy ssh` as ProxyCommand (SSH inside TLS), and a node behind NAT whose agent
+tunnels in through the same port. Silent and garbage clients are dropped while the
+listener keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from limen.config import Config
+from tests.support.cluster import ClusterHarness, default_config
+from tests.support.netns import NatNamespace
+from tests.support.ssh_access import CLUSTER, SshUser, new_user, unique
+from tests.support.tunnel import NodeProcess
+
+
+@dataclass
+class OnePort:
+    cluster: ClusterHarness
+    node: NodeProcess
+    user: SshUser
+
+
+def _config(data_dir: Path, host: str) -> Config:
+    config = default_config(data_dir)
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        config.proxy.web_listen_addr = f"{host}:{sock.getsockname()[1]}"
+    config.proxy.ssh_listen_addr = None  # no dedicated SSH port
+    config.proxy.tunnel_listen_addr = None  # no dedicated tunnel port
+    config.proxy.listener.handshake_timeout = "1s"
+    return config
+
+
+@pytest.fixture(scope="module")
+def one_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OnePort]:
+    base = tmp_path_factory.mktemp("oneport")
+    ns = NatNamespace.create()  # fails the tests (never skips) if it cannot be built
+    cluster: ClusterHarness | None = None
+    node: NodeProcess | None = None
+    try:
+        cluster = ClusterHarness(base, config=_config(base / "data", ns.host_addr)).start()
+        node = NodeProcess(cluster, base, unique("oneport"), "net=nat", netns=ns.name).start()
+        node.wait_tunneled()
+        yield OnePort(cluster, node, new_user(cluster, "oneport", logins="root"))
+    finally:
+        try:
+            if node is not None:
+                node.stop()
+            if cluster is not None:
+                cluster.stop()
+        finally:
+            ns.remove()
+
+
+def test_only_the_web_port_is_published(one_port: OnePort) -> None:
+    cluster = one_port.cluster
+    run = json.loads((cluster.data_dir / "run.json").read_text())
+    assert run["ssh_addr"] == run["web_addr"] == run["tunnel_addr"] == cluster.web_addr
+    assert one_port.user.status["proxy"] == cluster.web_addr
+    profile = json.loads(next((one_port.user.home / "keys").glob("*/profile.json")).read_text())
+    assert profile["ssh_proxy"] == cluster.web_addr
+
+
+def test_limen_ssh_reaches_the_tunneled_node_through_the_web_port(one_port: OnePort) -> None:
+    result = one_port.user.limen("ssh", one_port.node.name, "echo one-port")
+    assert (result.returncode, result.stdout) == (0, "one-port\n"), result.stderr
+    listed = {n["name"]: n for n in one_port.user.limen("ls", "--format", "json").json()}
+    assert listed[one_port.node.name]["connection"] == "tunnel"
+
+
+def test_stock_ssh_with_proxyjump_speaks_plain_ssh_to_the_web_port(one_port: OnePort) -> None:
+    assert "ProxyJump" in one_port.user.config.read_text()
+    stock = one_port.user.ssh(f"root@{one_port.node.name}.{CLUSTER}", "echo", "plain-ssh")
+    assert stock.stdout == b"plain-ssh\n", stock.stderr
+
+
+def test_stock_ssh_through_limen_proxy_ssh_inside_tls(one_port: OnePort) -> None:
+    user = one_port.user
+    printed = user.limen("config", "--tls-routing")
+    assert printed.returncode == 0, printed.stderr
+    assert "ProxyCommand" in printed.stdout and "proxy ssh %r@%h:%p" in printed.stdout
+    config = user.home / "ssh_config_tls"
+    config.write_text(printed.stdout)
+    stock = user.ssh(f"root@{one_port.node.name}.{CLUSTER}", "echo", "inside-tls",
+                     config=config)
+    assert stock.stdout == b"inside-tls\n", stock.stderr
+    scp_source = user.home / "payload.txt"
+    scp_source.write_text("over tls\n")
+    copied = user.tool("scp", str(scp_source),
+                       f"root@{one_port.node.name}.{CLUSTER}:/tmp/limen-oneport.txt")
+    assert copied.returncode == 0, copied.stderr
+
+
+def test_a_silent_client_is_dropped_and_others_still_served(one_port: OnePort) -> None:
+    host, port = one_port.cluster.web_addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as silent:
+        started = time.monotonic()
+        assert silent.recv(16) == b""  # the server closed it
+        assert time.monotonic() - started < 5
+    with socket.create_connection((host, int(port)), timeout=10) as garbage:
+        garbage.sendall(b"\x00\x01GARBAGE\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):  # unread bytes: a reset is a close
+            assert garbage.recv(16) == b""
+    result = one_port.user.limen("ssh", one_port.node.name, "echo still-serving")
+    assert result.stdout == "still-serving\n", result.stderr
