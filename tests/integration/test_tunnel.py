@@ -200,3 +200,27 @@ def test_an_offline_tunnel_node_is_a_clear_error_and_listed_offline(
     listed = {n["name"]: n for n in alice.limen("ls", "--format", "json").json()}
     assert listed[name]["online"] is False and listed[name]["connection"] == "tunnel"
     assert "tunnel (offline)" in alice.limen("ls").stdout
+
+
+def test_a_registration_lost_while_the_tunnel_was_down_returns_at_reconnect(
+    tunneled: tuple[ClusterHarness, str], alice: SshUser
+) -> None:
+    cluster, name = tunneled
+    stores = cluster.service.auth.ctx.stores
+    node = next(n for n in cluster.run(stores.nodes.list()) if n.spec.hostname == name)
+    tunnel = tunnel_of(cluster, node.name)
+    # As after an outage longer than the node TTL: the entry has expired...
+    cluster.run(stores.nodes.delete(node.name))
+    assert name not in {n["name"] for n in alice.limen("ls", "--format", "json").json()}
+    # ...and the network comes back: the agent reconnects and the node re-registers at
+    # once, not a heartbeat interval (60 s) later.
+    cluster.run(_close(tunnel))
+    wait_until(lambda: any(n.spec.hostname == name for n in cluster.run(stores.nodes.list())),
+               10, "the node to re-register")
+    wait_until(lambda: tunnel_of(cluster, node.name), 10, "the tunnel to come back")
+    result = alice.limen("ssh", name, "echo re-registered")
+    assert result.stdout == "re-registered\n", result.stderr
+
+
+async def _close(tunnel) -> None:  # noqa: ANN001 - a registry.Tunnel
+    tunnel.close()
