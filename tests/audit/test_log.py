@@ -136,9 +136,11 @@ async def test_the_store_catches_up_with_the_files(tmp_path: Path) -> None:
     store.down = True
     await log.emit(events.EXEC, user="b")  # still durable in the files
     await log.emit(events.EXEC, user="c")
+    await log.flush()
     assert await store.count() == 1
     store.down = False
     await log.emit(events.EXEC, user="d")
+    await log.flush()
     assert [e.seq for e in await store.chain(log.log_id, 0, 100)] == [1, 2, 3, 4]
     await log.close()
 
@@ -157,6 +159,7 @@ async def test_a_resent_event_is_written_once(tmp_path: Path) -> None:
     first = await log.record(events.SESSION_START, {"user": "alice"}, uid=uid,
                              time_ns=1_700_000_000_123_456_789)
     again = await log.record(events.SESSION_START, {"user": "alice"}, uid=uid)
+    await log.flush()
     assert first["time"] == "2023-11-14T22:13:20.123456789Z"
     assert again == {"uid": uid, "duplicate": True}
     await log.close()

@@ -10,9 +10,10 @@ line goes to the file of the day it was written (an event reported late by a nod
 its own ``time`` but is appended to today's file), so reading the files in name order
 gives the chain in order.
 
-After the fsync the batch is copied into the searchable store. The files are the record
-of truth: if the store is unreachable the copy is retried before the next batch, and on
-start the store catches up with the files. Every ``checkpoint_every`` events, and every
+After the fsync the callers are answered and the batch is copied into the searchable
+store (before the next batch is written). The files are the record of truth: if the
+store is unreachable the copy is retried with the next batch, and on start the store
+catches up with the files. Every ``checkpoint_every`` events, and every
 ``checkpoint_interval`` seconds when events arrived, an ``audit.checkpoint`` event signed
 by the audit key pins the chain (see chain.py).
 """
@@ -113,6 +114,13 @@ class AuditLog:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._store_behind = store is not None  # catch up with the files first
+        # Written lines on their way into the store, copied by a task of their own so
+        # that the next batch's fsync does not wait for the database.
+        self._for_store: list[tuple[dict[str, Any], str]] = []
+        self._store_wake = asyncio.Event()
+        self._store_idle = asyncio.Event()
+        self._store_idle.set()
+        self._copier: asyncio.Task[None] | None = None
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._closed = False
 
@@ -184,6 +192,8 @@ class AuditLog:
                     self._seq, self._last_hash = last.seq, last.hash
             await self._sync_store()
         self._writer = asyncio.create_task(self._run(), name="limen-audit-writer")
+        if self.store is not None:
+            self._copier = asyncio.create_task(self._copy_loop(), name="limen-audit-store")
 
     def _recover(self) -> None:
         day_files = files.day_files(self.directory)
@@ -234,10 +244,15 @@ class AuditLog:
             else:
                 self._since_checkpoint += 1
             self._remember(record["uid"])
-        await self._copy_to_store(written)
+        # Durable now: acknowledge, then index (the store catches up from the files if
+        # the copy fails, so callers need not wait for it).
         for (_, future), (record, _) in zip(batch, written, strict=True):
             if future is not None and not future.done():
                 future.set_result(record)
+        if self.store is not None:
+            self._for_store.extend(written)
+            self._store_idle.clear()
+            self._store_wake.set()
 
     def _write(self, records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
         """Chain, serialise, append and fsync (in a thread). State moves only on success."""
@@ -320,9 +335,22 @@ class AuditLog:
 
     # -- the store ---------------------------------------------------------------------------
 
+    async def _copy_loop(self) -> None:
+        while True:
+            await self._store_wake.wait()
+            self._store_wake.clear()
+            while self._for_store:
+                rows = self._for_store[:MAX_BATCH * 5]
+                del self._for_store[:MAX_BATCH * 5]
+                await self._copy_to_store(rows)
+            self._store_idle.set()
+
+    async def flush(self) -> None:
+        """Wait until what was written is in the store too (tests, retention)."""
+        await self._store_idle.wait()
+
     async def _copy_to_store(self, written: list[tuple[dict[str, Any], str]]) -> None:
-        if self.store is None:
-            return
+        assert self.store is not None
         if self._store_behind:
             await self._sync_store()
             return  # the catch-up read these lines from the files
@@ -377,6 +405,11 @@ class AuditLog:
         self._wake.set()
         if self._writer is not None:
             await self._writer
+        if self._copier is not None:
+            await self.flush()
+            self._copier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._copier
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -80,6 +81,20 @@ class SQLAuditStore:
         await self.db.close()
 
 
+def _relax_sync(engine: AsyncEngine) -> None:
+    """The day files are fsynced before an event is acknowledged and the store is refilled
+    from them after a crash, so the store needs no fsync per commit of its own (WAL with
+    synchronous=NORMAL stays consistent; only the newest commits can be lost)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+
 async def open_store(
     kind: str, *, path: str | None = None, dsn: str | None = None, schema: str | None = None
 ) -> SQLAuditStore | MemoryAuditStore:
@@ -100,6 +115,8 @@ async def open_store(
     from limen.backend.audit_tables import audit_metadata
 
     engine = dialect.make_engine()
+    if kind == "sqlite":
+        _relax_sync(engine)
     try:
         async with engine.connect() as conn:
             await conn.execution_options(**{WRITE_OPTION: True})
