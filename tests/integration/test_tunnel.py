@@ -16,9 +16,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
+import httpx
 import pexpect
 import pytest
 
+from limen.client.trust import verifying_context
 from tests.support.cluster import ClusterHarness
 from tests.support.ssh_access import (
     CLUSTER,
@@ -65,10 +68,18 @@ def test_listed_as_tunnel_with_since_and_heartbeat(
     assert nodes["node1"]["since"]
     text = alice.limen("ls").stdout
     assert "Since" in text and "tunnel" in text and "direct" in text
-    # The proxy's ping tells agents where to dial, and run.json tells admins.
+    # run.json tells admins where the tunnel port is; the ping tells agents where to
+    # dial: by default the multiplexed web port, SSH inside TLS (test_tunnel_nat.py
+    # covers the dedicated port).
     run = json.loads((cluster.data_dir / "run.json").read_text())
-    assert run["tunnel_addr"] == cluster.service.tunnel_addr
+    assert run["tunnel_addr"] == cluster.service.tunnel_addr != cluster.web_addr
     assert run["tunnel_addr"].startswith("127.0.0.1:")
+    ca = verifying_context((cluster.data_dir / "ca" / "tls_ca.crt").read_text())
+    ping = httpx.get(f"https://{cluster.web_addr}/v1/ping", verify=ca).json()
+    assert (ping["tunnel_addr"], ping["tunnel_tls"]) == (cluster.web_addr, True)
+    assert ping["tunnel_host_key"].startswith("ssh-ed25519 ")
+    # `limen nodes ls` is the same listing.
+    assert name in alice.limen("nodes", "ls").stdout
 
 
 def test_limen_ssh_stock_ssh_and_scp_sftp_through_the_tunnel(
@@ -175,7 +186,15 @@ def test_live_session_is_tracked_and_many_share_one_tunnel(
     finally:
         for shell in shells:
             shell.sendline("exit")
+            shell.expect(pexpect.EOF)
             shell.close(force=True)
+
+    def recorded() -> list[dict]:
+        found = cluster.admin("recordings", "search", "READY-100", "--format", "json")
+        assert found.returncode == 0, found.stderr
+        return [r for r in json.loads(found.stdout) if r["node"] == name and r["complete"]]
+
+    wait_until(recorded, 20, "the tunneled session's recording")
 
 
 def test_an_offline_tunnel_node_is_a_clear_error_and_listed_offline(
@@ -224,3 +243,44 @@ def test_a_registration_lost_while_the_tunnel_was_down_returns_at_reconnect(
 
 async def _close(tunnel) -> None:  # noqa: ANN001 - a registry.Tunnel
     tunnel.close()
+
+
+async def _login_as(addr: str, username: str, key: asyncssh.SSHKey,
+                    cert: asyncssh.SSHCertificate) -> asyncssh.SSHClientConnection:
+    host, port = addr.rsplit(":", 1)
+    return await asyncssh.connect(host, int(port), username=username, client_keys=[(key, cert)],
+                                  known_hosts=None, agent_path=None, config=[],
+                                  preferred_auth="publickey")
+
+
+def test_a_node_certificate_cannot_register_as_another_node(
+    tunneled: tuple[ClusterHarness, str], tmp_path: Path
+) -> None:
+    cluster, name = tunneled
+    stores = cluster.service.auth.ctx.stores
+    nodes = {n.spec.hostname: n.name for n in cluster.run(stores.nodes.list())}
+    node_a, node_b = nodes[name], nodes["node1"]
+    # Node A's own identity, as its agent holds it on disk.
+    data = cluster.base / name / "node"  # NodeProcess puts its data dir under the base
+    identity = json.loads((data / "identity.json").read_text())
+    key = asyncssh.read_private_key(str(data / "host_key"))
+    cert = asyncssh.import_certificate(identity["host_cert"])
+    addr = cluster.service.tunnel_addr
+
+    with pytest.raises(asyncssh.PermissionDenied):  # logging in as B
+        cluster.run(_login_as(addr, node_b, key, cert))
+
+    async def offer_b() -> None:  # logged in as A, offering B
+        conn = await _login_as(addr, node_a, key, cert)
+        try:
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_port(node_b, 3022, "127.0.0.1", 9)
+        finally:
+            conn.close()
+
+    cluster.run(offer_b())
+    assert tunnel_of(cluster, node_b) is None  # node1 is direct and stays so
+    refusals = [e for e in cluster.events_of("auth", success=False) if e.get("kind") == "tunnel"]
+    reasons = " | ".join(e.get("reason", "") for e in refusals)
+    assert f"may not open a tunnel as '{node_b}'" in reasons
+    assert f"may offer only itself, not {node_b}" in reasons

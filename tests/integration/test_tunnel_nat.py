@@ -43,8 +43,11 @@ def _free_port(host: str) -> int:
 
 def _config(data_dir: Path, host: str) -> Config:
     """The proxy listens only on the host's end of the veth, on fixed ports: after a
-    restart the agent must find it at the same address."""
+    restart the agent must find it at the same address. Its ports are separate, so the
+    agent dials the dedicated tunnel port with plain SSH (test_one_port.py has a NAT
+    node tunneling through the multiplexed web port)."""
     config = default_config(data_dir)
+    config.proxy.listener_mode = "separate"
     config.proxy.web_listen_addr = f"{host}:{_free_port(host)}"
     config.proxy.ssh_listen_addr = f"{host}:{_free_port(host)}"
     config.proxy.tunnel_listen_addr = f"{host}:{_free_port(host)}"
@@ -90,8 +93,11 @@ def test_nobody_can_connect_into_the_namespace(nat: NatSetup) -> None:
         listening = subprocess.run(ns.exec_argv("ss", "-Hltn"), capture_output=True,
                                    text=True, check=True).stdout.splitlines()
         assert [line for line in listening if f":{port} " not in line] == []
-        # ...and its tunnel comes from inside the namespace.
-        assert tunnel_of(nat.cluster, nat.node_id).peer_host == ns.node_addr
+        # ...and its tunnel comes from inside the namespace, to the tunnel port.
+        tunnel = tunnel_of(nat.cluster, nat.node_id)
+        assert tunnel.peer_host == ns.node_addr
+        tunnel_port = int(nat.cluster.config.proxy.tunnel_listen_addr.rsplit(":", 1)[1])
+        assert tunnel.conn.get_extra_info("sockname")[1] == tunnel_port
     finally:
         listener.kill()
         listener.wait()

@@ -13,9 +13,14 @@ from limen.errors import AccessDenied
 
 def register(sub: argparse._SubParsersAction) -> None:
     ls = sub.add_parser("ls", help="list the nodes you may reach")
-    ls.add_argument("labels", nargs="*", metavar="LABEL=VALUE", help="only nodes with these")
-    add_format_flag(ls)
-    ls.set_defaults(func=cmd_ls)
+    nodes = sub.add_parser("nodes", help="nodes: limen nodes ls is limen ls")
+    nodes_cmds = nodes.add_subparsers(dest="nodes_cmd", required=True, metavar="COMMAND")
+    nodes_ls = nodes_cmds.add_parser("ls", help="list the nodes you may reach")
+    for parser in (ls, nodes_ls):
+        parser.add_argument("labels", nargs="*", metavar="LABEL=VALUE",
+                            help="only nodes with these")
+        add_format_flag(parser)
+        parser.set_defaults(func=cmd_ls)
 
     sessions = sub.add_parser("sessions", help="live sessions")
     cmds = sessions.add_subparsers(dest="sessions_cmd", required=True, metavar="COMMAND")
