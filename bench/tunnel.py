@@ -60,6 +60,10 @@ def parse_args() -> argparse.Namespace:
                         help="extra tunneled nodes for the memory figure (default 50)")
     parser.add_argument("--idle-seconds", type=float, default=150,
                         help="how long to watch an idle tunnel's traffic (default 150)")
+    parser.add_argument("--listener-mode", choices=("multiplex", "separate"),
+                        default="multiplex",
+                        help="multiplex (default): agents tunnel through the web port, SSH "
+                             "inside TLS; separate: plain SSH to the dedicated tunnel port")
     return parser.parse_args()
 
 
@@ -138,7 +142,7 @@ class Cluster:
             daemon.stop()
 
 
-def start_cluster(root: Path, env: dict[str, str]) -> Cluster:
+def start_cluster(root: Path, env: dict[str, str], mode: str) -> Cluster:
     data = root / "auth"
     config = root / "limen.yaml"
     config.write_text(
@@ -146,7 +150,8 @@ def start_cluster(root: Path, env: dict[str, str]) -> Cluster:
         f"data_dir: {data}\n"
         "log_level: warning\n"
         "auth: {listen_addr: '127.0.0.1:0'}\n"
-        "proxy: {web_listen_addr: '127.0.0.1:0', ssh_listen_addr: '127.0.0.1:0',\n"
+        f"proxy: {{listener_mode: {mode}, web_listen_addr: '127.0.0.1:0',\n"
+        "        ssh_listen_addr: '127.0.0.1:0',\n"
         "        tunnel_listen_addr: '127.0.0.1:0',\n"
         "        rate_limit: {average_per_minute: 100000, burst: 100000}}\n"
     )
@@ -155,8 +160,10 @@ def start_cluster(root: Path, env: dict[str, str]) -> Cluster:
     run = data / "run.json"
     wait_for(lambda: proxy.alive() and run.exists(), 30, "the auth and proxy service")
     addrs = json.loads(run.read_text())
-    return Cluster(root, env, proxy, data, addrs["web_addr"],
-                   int(addrs["tunnel_addr"].rsplit(":", 1)[1]), [])
+    cluster = Cluster(root, env, proxy, data, addrs["web_addr"], 0, [])
+    with cluster.admin() as admin:  # where agents are told to dial
+        cluster.tunnel_port = int(admin.get("/v1/ping")["tunnel_addr"].rsplit(":", 1)[1])
+    return cluster
 
 
 def log_in(cluster: Cluster, home: Path) -> Path:
@@ -296,8 +303,10 @@ def idle_traffic(node: Daemon, tunnel_port: int, seconds: float) -> dict[str, di
 
 def report(args: argparse.Namespace, rates: dict, lat: dict, memory: tuple[float, float],
            traffic: dict) -> None:
+    how = ("SSH in TLS to the web port" if args.listener_mode == "multiplex"
+           else "plain SSH to the tunnel port")
     print(f"{args.size_mb} MB x{args.transfers} each way (median MB/s, handshakes included); "
-          f"latency of ssh true x{args.runs} (median)")
+          f"latency of ssh true x{args.runs} (median); agents dial {how}")
     print(f"{'path':<10}{'upload MB/s':>13}{'download MB/s':>15}{'latency ms':>12}")
     for label, node in (("direct", DIRECT), ("tunnel", TUNNELED)):
         print(f"{label:<10}{rates[node, 'up']:>13.1f}{rates[node, 'down']:>15.1f}"
@@ -320,7 +329,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="limen-bench-tunnel-"))
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     env["LC_ALL"] = "C"
-    cluster = start_cluster(root, env)
+    cluster = start_cluster(root, env, args.listener_mode)
     try:
         cluster.start_node(DIRECT, "--advertise-addr", "127.0.0.1", "--listen-addr",
                            "127.0.0.1:0")
