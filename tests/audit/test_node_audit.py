@@ -166,3 +166,19 @@ def test_local_recording_metadata_round_trips(tmp_path: Path) -> None:
     meta = LocalRecording(SID, user="alice", start_ns=1, extra={"interactive": True})
     meta.save(tmp_path / "m.json")
     assert LocalRecording.load(tmp_path / "m.json") == meta
+
+
+def test_binary_output_is_counted_not_stored(tmp_path: Path) -> None:
+    from limen.node.recorder import CastWriter
+
+    writer = CastWriter(tmp_path / "s.cast", 80, 24, 0)
+    writer.output(b"text before\r\n")
+    writer.output(b"\x00\x01\xff" * 1000)
+    writer.output(b"\x89PNG\r\n\x1a\n\xff")
+    writer.output(b"text after\r\n")
+    writer.close()
+    frames = [json.loads(line) for line in (tmp_path / "s.cast").read_text().splitlines()[1:]]
+    assert [f[2] for f in frames] == [
+        "text before\r\n", "\r\n[limen: 3009 bytes of binary output not recorded]\r\n",
+        "text after\r\n"]
+    assert writer.binary_bytes == 3009

@@ -17,6 +17,7 @@ the files: every row's hash equal to the file line of the same seq.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from limen.audit.store import EventStore
 
 _CHAIN_FIELDS = ("log_id", "seq", "prev_hash", "hash")
 _PAGE = 5000
+_GRACE_NS = 5 * 1_000_000_000  # events this recent may postdate the read of the files
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,7 @@ class FileChain:
     log_id: str = ""
     first_seq: int = 0
     digests: bytearray = field(default_factory=bytearray)
+    read_at_ns: int = 0  # when the files were read: later events may be in the store only
 
     def hash_at(self, seq: int) -> str | None:
         index = seq - self.first_seq
@@ -256,7 +259,8 @@ def _file_items(directory: Path, since_ns: int | None, skip: int = 0) -> Iterato
 def verify_files(directory: Path, keys: dict[str, str], since_ns: int | None = None,
                  report: Report | None = None) -> tuple[Report, FileChain]:
     report = report or Report()
-    chain = FileChain()
+    read_at = time.time_ns()
+    chain = FileChain(read_at_ns=read_at)
 
     def find_later(log_id: str, seq: int, after: int) -> str | None:
         for item in _file_items(directory, None, after + 1):
@@ -291,7 +295,7 @@ def verify_files(directory: Path, keys: dict[str, str], since_ns: int | None = N
         r = item.record
         assert r is not None
         if r["log_id"] != chain.log_id:  # the newest chain is the one the store follows
-            chain = FileChain(r["log_id"], r["seq"])
+            chain = FileChain(r["log_id"], r["seq"], read_at_ns=read_at)
         chain.digests += bytes.fromhex(r["hash"])
         item = after
     return report, chain
@@ -383,7 +387,9 @@ def _row_columns(row: Any, record: dict[str, Any] | None, where: str,
         if file_hash is not None and file_hash != row.hash:
             return Problem("store", where, "the store's event differs from the file's event "
                            "with the same seq", row.seq, row.uid)
-        if file_hash is None and row.seq > compare.last_seq and compare.digests:
+        written_since = row.time_ns >= compare.read_at_ns - _GRACE_NS
+        if file_hash is None and row.seq > compare.last_seq and compare.digests and (
+                not written_since):
             return Problem("store", where, "the store has an event the files do not have "
                            "(inserted into the store, or lines removed from the files' end)",
                            row.seq, row.uid)

@@ -226,6 +226,8 @@ class NodeAudit:
         failed = sid in self._failed
         self._failed.discard(sid)
         self._enforced.discard(sid)
+        writer = self._writers.get(sid)
+        binary = writer.binary_bytes if writer is not None else 0
         self._close_writer(sid)
         path = self.recordings / f"{sid}.json"
         if not path.exists():
@@ -235,6 +237,8 @@ class NodeAudit:
             meta.end_ns = time.time_ns()
             if failed:
                 meta.extra["recording_failed"] = True
+            if binary:
+                meta.extra["binary_bytes"] = binary
             meta.extra.update({k: fields.get(k) for k in ("exit_code", "exit_signal", "reason")
                                if fields.get(k) is not None})
             meta.save(path)

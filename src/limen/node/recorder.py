@@ -71,7 +71,11 @@ class CastWriter:
                  title: str = "", command: str = "", term: str = "") -> None:
         self.path = path
         self._start = time.monotonic()
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")  # reads split chars
+        # Strict: a chunk that is not UTF-8 is binary output (tar, images), which a
+        # terminal recording cannot show; it is counted, not stored (see output()).
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self.binary_bytes = 0
+        self._binary_run = 0
         self._last_sync = self._start
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
@@ -84,9 +88,24 @@ class CastWriter:
             raise
 
     def output(self, data: bytes) -> None:
-        text = self._decoder.decode(data)
+        try:
+            text = self._decoder.decode(data) if b"\x00" not in data else None
+        except UnicodeDecodeError:
+            text = None
+        if text is None:
+            self._decoder.reset()
+            self._binary_run += len(data)
+            self.binary_bytes += len(data)
+            return
+        self._end_binary_run()
         if text:
             self._event("o", text)
+
+    def _end_binary_run(self) -> None:
+        """One line in place of a run of binary output: what the viewer is told."""
+        if self._binary_run:
+            run, self._binary_run = self._binary_run, 0
+            self._event("o", f"\r\n[limen: {run} bytes of binary output not recorded]\r\n")
 
     def resize(self, cols: int, rows: int) -> None:
         self._event("r", f"{cols}x{rows}")
@@ -95,9 +114,11 @@ class CastWriter:
         if self._fd < 0:
             return
         try:
-            rest = self._decoder.decode(b"", final=True)
-            if rest:
-                self._event("o", rest)
+            self._end_binary_run()
+            with contextlib.suppress(UnicodeDecodeError):
+                rest = self._decoder.decode(b"", final=True)
+                if rest:
+                    self._event("o", rest)
             os.fsync(self._fd)
         finally:
             os.close(self._fd)
