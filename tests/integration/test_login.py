@@ -85,7 +85,9 @@ def test_wrong_password_and_wrong_code_are_refused(cluster: ClusterHarness) -> N
     assert "invalid user name, password or second factor" in bad_password.stderr
     assert "Traceback" not in bad_password.stderr
 
-    bad_code = cluster.login(user, otp="000000" if cluster.otp(user.secret) != "000000" else "111111")
+    bad_code = cluster.login(
+        user, otp="000000" if cluster.otp(user.secret) != "000000" else "111111"
+    )
     assert bad_code.returncode != 0
     reasons = [e["error"] for e in cluster.events_of("user.login", user="dave", code="T1000W")]
     assert reasons == ["wrong password", "wrong TOTP code"]
@@ -104,8 +106,17 @@ def test_a_code_cannot_be_used_twice(cluster: ClusterHarness) -> None:
 def test_unknown_user_is_refused_like_a_wrong_password(cluster: ClusterHarness) -> None:
     home = cluster.new_home()
     result = cluster.cli(
-        "login", "--proxy", cluster.web_addr, "--user", "nobody", "--password-stdin",
-        "--otp", "123456", "--insecure", home=home, input=PASSWORD + "\n",
+        "login",
+        "--proxy",
+        cluster.web_addr,
+        "--user",
+        "nobody",
+        "--password-stdin",
+        "--otp",
+        "123456",
+        "--insecure",
+        home=home,
+        input=PASSWORD + "\n",
     )
     assert result.returncode != 0
     assert "invalid user name, password or second factor" in result.stderr
@@ -116,8 +127,16 @@ def test_signup_token_works_once(cluster: ClusterHarness) -> None:
     home = cluster.new_home()
     cluster.signup(token, home)
     again = cluster.cli(
-        "signup", token, "--proxy", cluster.web_addr, "--insecure", "--password-stdin",
-        "--totp-secret-out", str(home / "second"), home=home, input=PASSWORD + "\n",
+        "signup",
+        token,
+        "--proxy",
+        cluster.web_addr,
+        "--insecure",
+        "--password-stdin",
+        "--totp-secret-out",
+        str(home / "second"),
+        home=home,
+        input=PASSWORD + "\n",
     )
     assert again.returncode != 0
     assert "already used, it has expired" in again.stderr
@@ -127,14 +146,30 @@ def test_signup_refuses_a_short_password_and_keeps_the_token(cluster: ClusterHar
     token = cluster.add_user("gina", logins="gina")
     home = cluster.new_home()
     short = cluster.cli(
-        "signup", token, "--proxy", cluster.web_addr, "--insecure", "--password-stdin",
-        "--totp-secret-out", str(home / "s"), home=home, input="short\n",
+        "signup",
+        token,
+        "--proxy",
+        cluster.web_addr,
+        "--insecure",
+        "--password-stdin",
+        "--totp-secret-out",
+        str(home / "s"),
+        home=home,
+        input="short\n",
     )
     assert short.returncode != 0
     assert "at least 12 characters" in short.stderr
     named = cluster.cli(
-        "signup", token, "--proxy", cluster.web_addr, "--insecure", "--password-stdin",
-        "--totp-secret-out", str(home / "s"), home=home, input="gina\n",
+        "signup",
+        token,
+        "--proxy",
+        cluster.web_addr,
+        "--insecure",
+        "--password-stdin",
+        "--totp-secret-out",
+        str(home / "s"),
+        home=home,
+        input="gina\n",
     )
     assert named.returncode != 0
     cluster.signup(token, home)  # the token still works after the refusals
@@ -171,17 +206,28 @@ def test_login_adds_the_key_to_a_running_agent(cluster: ClusterHarness, tmp_path
         env = {"SSH_AUTH_SOCK": str(sock)}
         user = cluster.create_user("judy", logins="judy")
         result = cluster.cli(
-            "login", "--proxy", cluster.web_addr, "--user", "judy", "--password-stdin",
-            "--otp", cluster.next_otp(user), "--insecure",
-            home=user.home, input=PASSWORD + "\n", env=env,
+            "login",
+            "--proxy",
+            cluster.web_addr,
+            "--user",
+            "judy",
+            "--password-stdin",
+            "--otp",
+            cluster.next_otp(user),
+            "--insecure",
+            home=user.home,
+            input=PASSWORD + "\n",
+            env=env,
         )
         assert result.returncode == 0, result.stderr
-        listed = subprocess.run(["ssh-add", "-l"], env={**os.environ, **env},
-                                capture_output=True, text=True)
+        listed = subprocess.run(
+            ["ssh-add", "-l"], env={**os.environ, **env}, capture_output=True, text=True
+        )
         assert "judy@limen" in listed.stdout and "CERT" in listed.stdout
         assert cluster.cli("logout", home=user.home, env=env).returncode == 0
-        listed = subprocess.run(["ssh-add", "-l"], env={**os.environ, **env},
-                                capture_output=True, text=True)
+        listed = subprocess.run(
+            ["ssh-add", "-l"], env={**os.environ, **env}, capture_output=True, text=True
+        )
         assert "judy@limen" not in listed.stdout
     finally:
         agent.terminate()

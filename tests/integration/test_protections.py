@@ -45,8 +45,16 @@ def test_an_expired_signup_token_is_refused(fresh_cluster: ClusterHarness) -> No
     fresh_cluster.clock.advance(timedelta(hours=1, seconds=1))
     home = fresh_cluster.new_home()
     result = fresh_cluster.cli(
-        "signup", token, "--proxy", fresh_cluster.web_addr, "--insecure", "--password-stdin",
-        "--totp-secret-out", str(home / "s"), home=home, input=PASSWORD + "\n",
+        "signup",
+        token,
+        "--proxy",
+        fresh_cluster.web_addr,
+        "--insecure",
+        "--password-stdin",
+        "--totp-secret-out",
+        str(home / "s"),
+        home=home,
+        input=PASSWORD + "\n",
     )
     assert result.returncode != 0
     assert "has expired" in result.stderr
@@ -81,15 +89,25 @@ def test_users_rm_deletes_and_login_fails(cluster: ClusterHarness) -> None:
 def test_users_add_text_output_has_the_exact_signup_command(cluster: ClusterHarness) -> None:
     result = cluster.admin("users", "add", "textual", "--logins", "textual")
     assert result.returncode == 0
-    assert f"limen signup " in result.stdout
+    assert "limen signup " in result.stdout
     assert f"--proxy {cluster.web_addr} --ca-pin sha256:" in result.stdout
 
 
 def test_a_wrong_ca_pin_is_refused(cluster: ClusterHarness) -> None:
     home = cluster.new_home()
     result = cluster.cli(
-        "login", "--proxy", cluster.web_addr, "--user", "alice", "--password-stdin",
-        "--otp", "123456", "--ca-pin", "sha256:" + "0" * 64, home=home, input=PASSWORD + "\n",
+        "login",
+        "--proxy",
+        cluster.web_addr,
+        "--user",
+        "alice",
+        "--password-stdin",
+        "--otp",
+        "123456",
+        "--ca-pin",
+        "sha256:" + "0" * 64,
+        home=home,
+        input=PASSWORD + "\n",
     )
     assert result.returncode != 0
     assert "does not match the pin" in result.stderr
@@ -99,8 +117,16 @@ def test_a_wrong_ca_pin_is_refused(cluster: ClusterHarness) -> None:
 def test_first_contact_without_pin_or_prompt_is_refused(cluster: ClusterHarness) -> None:
     home = cluster.new_home()
     result = cluster.cli(
-        "login", "--proxy", cluster.web_addr, "--user", "alice", "--password-stdin",
-        "--otp", "123456", home=home, input=PASSWORD + "\n",
+        "login",
+        "--proxy",
+        cluster.web_addr,
+        "--user",
+        "alice",
+        "--password-stdin",
+        "--otp",
+        "123456",
+        home=home,
+        input=PASSWORD + "\n",
     )
     assert result.returncode != 0
     assert "--ca-pin" in result.stderr
@@ -154,8 +180,15 @@ def test_api_errors_are_json_without_traces(cluster: ClusterHarness) -> None:
         assert anonymous.json()["error"]["message"].startswith("this request needs a login")
         forged = http.get("/v1/users", headers={"authorization": "Bearer " + "ab" * 32})
         assert forged.status_code == 403
-        bad_key = http.post("/v1/login", json={"user": "alice", "password": "x" * 12,
-                                               "otp": "123456", "public_key": "ssh-ed25519 AAAA"})
+        bad_key = http.post(
+            "/v1/login",
+            json={
+                "user": "alice",
+                "password": "x" * 12,
+                "otp": "123456",
+                "public_key": "ssh-ed25519 AAAA",
+            },
+        )
         assert bad_key.status_code == 400
         for response in (garbage, missing, anonymous, forged, bad_key):
             assert "Traceback" not in response.text
@@ -167,11 +200,11 @@ def test_unauthenticated_endpoints_are_rate_limited(tmp_path: Path) -> None:
     config.proxy.rate_limit.average_per_minute = 1
     harness = ClusterHarness(tmp_path, config=config).start()
     try:
-        with httpx.Client(verify=insecure_context(),
-                          base_url=f"https://{harness.web_addr}") as http:
+        with httpx.Client(
+            verify=insecure_context(), base_url=f"https://{harness.web_addr}"
+        ) as http:
             codes = [
-                http.post("/v1/signup/start", json={"token": "nope"}).status_code
-                for _ in range(4)
+                http.post("/v1/signup/start", json={"token": "nope"}).status_code for _ in range(4)
             ]
         assert codes[:3] == [403, 403, 403]
         assert codes[3] == 429

@@ -11,9 +11,9 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -165,22 +165,27 @@ class ClusterHarness:
         return int(self.clock.now().timestamp()) // totp.STEP_SECONDS
 
     def next_otp(self, user: LimenUser) -> str:
-        """A code from a step this user has not spent, which a login then spends.
-
-        The server allows one step of skew ahead, so the next step's code is valid
-        now; only a third login within 30 s moves the clock. Keeping the clock close
-        to real time matters: certificates it stamps are checked by real clients.
-        """
-        step = self._unspent_step(user)
+        """A code from a step this user has not spent (for tests that pass --otp)."""
+        step, _moved = self._unspent_step(user)
         user.last_step = step
+        return self._code(user, step)
+
+    @staticmethod
+    def _code(user: LimenUser, step: int) -> str:
         return totp.code_at(user.secret, datetime.fromtimestamp(step * totp.STEP_SECONDS, UTC))
 
-    def _unspent_step(self, user: LimenUser) -> int:
+    def _unspent_step(self, user: LimenUser) -> tuple[int, float]:
+        """The next step this user may spend, and how far the clock moved to allow it.
+
+        The server allows one step of skew ahead, so the next step's code is valid now;
+        only a third login within 30 s needs the clock moved.
+        """
         current = self.current_step()
         step = max(current, user.last_step + 1)
-        if step > current + totp.SKEW_STEPS:
-            self.clock.advance((step - current - totp.SKEW_STEPS) * totp.STEP_SECONDS)
-        return step
+        moved = max(0, step - current - totp.SKEW_STEPS) * totp.STEP_SECONDS
+        if moved:
+            self.clock.advance(moved)
+        return step, moved
 
     def create_user(self, name: str, roles: str = "access", logins: str = "") -> LimenUser:
         home = self.new_home()
@@ -189,15 +194,24 @@ class ClusterHarness:
 
     def login(self, user: LimenUser, *extra: str, password: str = PASSWORD,
               otp: str | None = None) -> CLIResult:
-        """Log in through the CLI; a failed attempt spends no TOTP step."""
-        step = None
+        """Log in through the CLI; a failed attempt spends no TOTP step.
+
+        When the clock had to move for a fresh TOTP step it moves back afterwards: the
+        shared cluster's clock must stay near real time, because real clients (ssh,
+        asyncssh) check the certificates it stamps against the wall clock.
+        """
+        step, moved = None, 0.0
         if otp is None:
-            step = self._unspent_step(user)
-            otp = totp.code_at(user.secret, datetime.fromtimestamp(step * totp.STEP_SECONDS, UTC))
-        result = self.cli(
-            "login", "--proxy", self.web_addr, "--user", user.name, "--password-stdin",
-            "--otp", otp, "--insecure", *extra, home=user.home, input=password + "\n",
-        )
+            step, moved = self._unspent_step(user)
+            otp = self._code(user, step)
+        try:
+            result = self.cli(
+                "login", "--proxy", self.web_addr, "--user", user.name, "--password-stdin",
+                "--otp", otp, "--insecure", *extra, home=user.home, input=password + "\n",
+            )
+        finally:
+            if moved:
+                self.clock.advance(-moved)
         if step is not None and result.returncode == 0:
             user.last_step = step
         return result

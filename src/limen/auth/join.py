@@ -72,8 +72,12 @@ class JoinService:
         )
         await self.ctx.stores.join_tokens.create(record)
         await self.ctx.audit.emit(
-            events.JOIN_TOKEN_CREATE, user=actor.user, roles=["node"], labels=labels,
-            ttl=str(ttl), token_id=record.name[:12],
+            events.JOIN_TOKEN_CREATE,
+            user=actor.user,
+            roles=["node"],
+            labels=labels,
+            ttl=str(ttl),
+            token_id=record.name[:12],
         )
         pin = spki_pin(self.ctx.cas.tls_ca_cert)
         return IssuedJoinToken(token, expires.isoformat(), labels, pin)
@@ -88,8 +92,9 @@ class JoinService:
                 len(token_or_id) >= 8 and record.name.startswith(token_or_id)
             ):
                 await self.ctx.stores.join_tokens.delete(record.name)
-                await self.ctx.audit.emit(events.JOIN_TOKEN_DELETE, user=actor.user,
-                                          token_id=record.name[:12])
+                await self.ctx.audit.emit(
+                    events.JOIN_TOKEN_DELETE, user=actor.user, token_id=record.name[:12]
+                )
                 return record.name[:12]
         raise NotFound(f"no join token matches {token_or_id!r}")
 
@@ -98,14 +103,20 @@ class JoinService:
             record = await self.ctx.stores.join_tokens.get(token_hash(token))
         except NotFound:
             await self.ctx.audit.emit(
-                events.NODE_JOIN_FAILURE, success=False, error="invalid or expired token",
-                node_name=request.name, addr_remote=remote_addr,
+                events.NODE_JOIN_FAILURE,
+                success=False,
+                error="invalid or expired token",
+                node_name=request.name,
+                addr_remote=remote_addr,
             )
             raise AccessDenied(BAD_JOIN_TOKEN) from None
         labels = {**request.labels, **record.spec.labels}
         await self.ctx.audit.emit(
-            events.JOIN_TOKEN_USE, token_id=record.name[:12], node_name=request.name,
-            created_by=record.spec.created_by, addr_remote=remote_addr,
+            events.JOIN_TOKEN_USE,
+            token_id=record.name[:12],
+            node_name=request.name,
+            created_by=record.spec.created_by,
+            addr_remote=remote_addr,
         )
         return await self.register(request, labels, remote_addr)
 
@@ -132,8 +143,12 @@ class JoinService:
         await self._save_node(node)
         token = await self.ctx.stores.api_sessions.issue(node_id, None, builtin="node")
         await self.ctx.audit.emit(
-            events.NODE_JOIN, server_id=node_id, server_hostname=request.name,
-            server_addr=request.addr, labels=labels, addr_remote=remote_addr,
+            events.NODE_JOIN,
+            server_id=node_id,
+            server_hostname=request.name,
+            server_addr=request.addr,
+            labels=labels,
+            addr_remote=remote_addr,
         )
         return JoinResult(
             node_id=node_id,
@@ -146,7 +161,12 @@ class JoinService:
         )
 
     def sign_host(
-        self, host_id: str, name: str, addr: str, public_key: str, extra: list[str] | None = None,
+        self,
+        host_id: str,
+        name: str,
+        addr: str,
+        public_key: str,
+        extra: list[str] | None = None,
         role: str = "node",
     ) -> asyncssh.SSHCertificate:
         cluster = self.ctx.settings.cluster_name
@@ -200,14 +220,20 @@ class JoinService:
         if identity.builtin != "node":
             raise AccessDenied("only a node's own identity may re-register it")
         with contextlib.suppress(NotFound):
-            return await self.heartbeat(identity, request.addr, "direct" if request.addr else "tunnel")
+            return await self.heartbeat(
+                identity, request.addr, "direct" if request.addr else "tunnel"
+            )
         node = Node.model_validate(
             {
                 "metadata": {"name": identity.user, "labels": request.labels},
-                "spec": {"hostname": request.name, "addr": request.addr,
-                         "connection": "direct" if request.addr else "tunnel",
-                         "version": __version__, "joined": self.ctx.clock.now(),
-                         "since": self.ctx.clock.now()},
+                "spec": {
+                    "hostname": request.name,
+                    "addr": request.addr,
+                    "connection": "direct" if request.addr else "tunnel",
+                    "version": __version__,
+                    "joined": self.ctx.clock.now(),
+                    "since": self.ctx.clock.now(),
+                },
             }
         )
         await self._save_node(node)

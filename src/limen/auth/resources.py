@@ -12,20 +12,26 @@ from typing import Any
 from pydantic import ValidationError
 
 from limen.audit import events
-from limen.backend.base import Item
 from limen.auth.identity import Identity
+from limen.backend.base import Item
 from limen.errors import BadParameter, CompareFailed, NotFound
 from limen.resources import Lock, Role
 from limen.resources.base import Resource
 from limen.services.store import ResourceStore
 
 ALIASES = {
-    "role": "role", "roles": "role",
-    "lock": "lock", "locks": "lock",
-    "user": "user", "users": "user",
-    "node": "node", "nodes": "node",
-    "token": "token", "tokens": "token",
-    "session": "session", "sessions": "session",
+    "role": "role",
+    "roles": "role",
+    "lock": "lock",
+    "locks": "lock",
+    "user": "user",
+    "users": "user",
+    "node": "node",
+    "nodes": "node",
+    "token": "token",
+    "tokens": "token",
+    "session": "session",
+    "sessions": "session",
 }
 WRITABLE = {"role": Role, "lock": Lock}
 
@@ -64,8 +70,11 @@ class ResourceService:
 
     def _store(self, kind: str) -> ResourceStore[Any]:
         return {
-            "role": self.stores.roles, "lock": self.stores.locks, "user": self.stores.users,
-            "node": self.stores.nodes, "token": self.stores.join_tokens,
+            "role": self.stores.roles,
+            "lock": self.stores.locks,
+            "user": self.stores.users,
+            "node": self.stores.nodes,
+            "token": self.stores.join_tokens,
             "session": self.stores.sessions,
         }[kind]
 
@@ -113,8 +122,11 @@ class ResourceService:
                 f"{resource.kind} {resource.name!r} was changed by someone else since you read "
                 "it; nothing was saved. Read it again and reapply your change."
             )
-        new = Item(key=store.key(resource.name), value=resource.to_bytes(),
-                   expires=resource.metadata.expires)
+        new = Item(
+            key=store.key(resource.name),
+            value=resource.to_bytes(),
+            expires=resource.metadata.expires,
+        )
         try:
             saved = await store.backend.compare_and_swap(current, new)
         except CompareFailed:
@@ -123,8 +135,7 @@ class ResourceService:
             ) from None
         return store.model.from_bytes(saved.value, saved.revision)
 
-    async def _audit_put(self, actor: Identity, kind: str, saved: Resource,
-                         created: bool) -> None:
+    async def _audit_put(self, actor: Identity, kind: str, saved: Resource, created: bool) -> None:
         if kind == "role":
             event = events.ROLE_CREATED if created else events.ROLE_UPDATED
             await self.auth.ctx.audit.emit(event, user=actor.user, name=saved.name)

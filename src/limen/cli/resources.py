@@ -66,7 +66,11 @@ def _summary(item: dict[str, Any]) -> tuple[str, str, str]:
     kind = item.get("kind", "")
     if kind == "lock":
         target = ",".join(f"{k}={v}" for k, v in spec.get("target", {}).items() if v)
-        return meta["name"], f"target {target}: {spec.get('message', '')}", meta.get("expires") or ""
+        return (
+            meta["name"],
+            f"target {target}: {spec.get('message', '')}",
+            meta.get("expires") or "",
+        )
     if kind == "user":
         return meta["name"], "roles " + ",".join(spec.get("roles", [])), ""
     if kind == "node":
@@ -83,8 +87,10 @@ def _strip_revision(item: dict[str, Any]) -> dict[str, Any]:
 def cmd_get(args: argparse.Namespace) -> int:
     kind, name = _split(args.target, need_name=False)
     with admin_client(args) as client:
-        items = [client.get(f"/v1/resources/{kind}/{name}")] if name else client.get(
-            f"/v1/resources/{kind}"
+        items = (
+            [client.get(f"/v1/resources/{kind}/{name}")]
+            if name
+            else client.get(f"/v1/resources/{kind}")
         )
     shown = [_strip_revision(i) for i in items]
     data: Any = shown[0] if name and args.format != "text" else shown
@@ -194,6 +200,6 @@ def cmd_lock(args: argparse.Namespace) -> int:
         lock = client.post("/v1/locks", body)
     what = ", ".join(f"{k} {v}" for k, v in target.items())
     until = lock["metadata"].get("expires") or "it is removed"
-    text = (f"Locked {what} until {until}. Lift it with: limen rm lock/{lock['metadata']['name']}")
+    text = f"Locked {what} until {until}. Lift it with: limen rm lock/{lock['metadata']['name']}"
     emit(_strip_revision(lock), args.format, text)
     return 0

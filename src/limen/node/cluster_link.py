@@ -19,7 +19,6 @@ from limen.client import trust
 from limen.errors import ConnectionProblem, from_json
 from limen.resources import Session
 
-
 # The server pings every few seconds; this much silence means the stream is dead.
 FEED_READ_TIMEOUT = 30.0
 
@@ -103,8 +102,9 @@ class RemoteLink:
         await self._call("POST", "/v1/nodes/heartbeat", {"addr": addr, "connection": connection})
 
     async def reregister(self, name: str, addr: str, labels: dict[str, str]) -> None:
-        await self._call("POST", "/v1/nodes/heartbeat", {"addr": addr, "name": name,
-                                                         "labels": labels})
+        await self._call(
+            "POST", "/v1/nodes/heartbeat", {"addr": addr, "name": name, "labels": labels}
+        )
 
     async def report_event(self, name: str, fields: dict[str, Any]) -> None:
         await self._call("POST", "/v1/events", {"event": name, "fields": fields})
@@ -121,7 +121,9 @@ class RemoteLink:
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
         try:
             response = await self._http.post(
-                f"/v1/recordings/{session_id}/data", params={"offset": offset}, content=data,
+                f"/v1/recordings/{session_id}/data",
+                params={"offset": offset},
+                content=data,
                 headers={"content-type": "application/octet-stream"},
             )
         except httpx.HTTPError as exc:

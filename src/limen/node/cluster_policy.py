@@ -16,17 +16,18 @@ from limen.errors import AccessDenied, ConnectionProblem, NotFound
 from limen.node.access_cache import AccessCache
 from limen.node.audit import NodeAudit
 from limen.node.cluster_link import ClusterLink
-from limen.rbac import AccessChecker
 from limen.node.identity import UserIdentity
 from limen.node.policy import ACTIONS, CertPolicy, SessionPermit, destination_allowed
+from limen.rbac import AccessChecker
 from limen.resources import Session
 
 log = logging.getLogger(__name__)
 
 
 class ClusterPolicy:
-    def __init__(self, cache: AccessCache, node_id: str, node_name: str,
-                 labels: dict[str, str], clock: Clock) -> None:
+    def __init__(
+        self, cache: AccessCache, node_id: str, node_name: str, labels: dict[str, str], clock: Clock
+    ) -> None:
         self.cache = cache
         self.node_names = (node_id, node_name)
         self.node_name = node_name
@@ -54,8 +55,9 @@ class ClusterPolicy:
         return permit
 
     @staticmethod
-    def _permit(base: SessionPermit, checker: AccessChecker,
-                identity: UserIdentity) -> SessionPermit:
+    def _permit(
+        base: SessionPermit, checker: AccessChecker, identity: UserIdentity
+    ) -> SessionPermit:
         idle = checker.client_idle_timeout()
         return SessionPermit(
             port_forwarding=base.port_forwarding and checker.port_forwarding(),
@@ -88,8 +90,9 @@ class ClusterObserver:
     auth service is away) and sessions are recorded.
     """
 
-    def __init__(self, link: ClusterLink, node_id: str, node_name: str,
-                 audit: NodeAudit | None = None) -> None:
+    def __init__(
+        self, link: ClusterLink, node_id: str, node_name: str, audit: NodeAudit | None = None
+    ) -> None:
         self.link = link
         self.node_id = node_id
         self.node_name = node_name

@@ -13,7 +13,6 @@ from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import NodeConfig, split_host_port
 from limen.errors import BadParameter
-from limen.resources import Lock
 from limen.node.access_cache import AccessCache
 from limen.node.audit import NodeAudit
 from limen.node.cluster_link import ClusterLink, LocalLink, RemoteLink
@@ -29,6 +28,7 @@ from limen.node.membership import (
 )
 from limen.node.server import NodeServer
 from limen.node.settings import NodeSettings
+from limen.resources import Lock
 from limen.tunnel.agent import TunnelAgent
 from limen.tunnel.node_role import start_agent
 
@@ -41,8 +41,14 @@ class JoinOptions:
 
 
 class NodeRole:
-    def __init__(self, config: NodeConfig, data_dir: Path, clock: Clock,
-                 auth: AuthServer | None, join: JoinOptions) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        data_dir: Path,
+        clock: Clock,
+        auth: AuthServer | None,
+        join: JoinOptions,
+    ) -> None:
         self.config = config
         self.data_dir = data_dir
         self.clock = clock
@@ -91,22 +97,24 @@ class NodeRole:
         # Before serving: report the end of sessions a crash interrupted.
         self.audit = NodeAudit(self.link, self.data_dir, self.identity.node_id, self.identity.name)
         await self.audit.start()
-        observer = ClusterObserver(self.link, self.identity.node_id, self.identity.name,
-                                   self.audit)
+        observer = ClusterObserver(self.link, self.identity.node_id, self.identity.name, self.audit)
         self.server = NodeServer(settings, policy, observer)
         self.audit.attach(self.server)
         # Behind NAT nobody can dial in: open a port only when one was asked for.
         if not tunneled or "listen_addr" in self.config.model_fields_set:
             await self.server.start()
-        addr = "" if tunneled else advertise_address(
-            host, self.server.port, self.config.advertise_addr
+        addr = (
+            ""
+            if tunneled
+            else advertise_address(host, self.server.port, self.config.advertise_addr)
         )
         self._heartbeat = Heartbeat(self.link, self.identity, addr, labels, self.server.sessions)
         await self._heartbeat.beat()  # registered with the real port before anyone dials
         self._heartbeat.start()
         if tunneled:
-            self.agent = start_agent(self.identity, settings.host_key, self.server,
-                                     on_connected=self._heartbeat.beat)
+            self.agent = start_agent(
+                self.identity, settings.host_key, self.server, on_connected=self._heartbeat.beat
+            )
         log.info("node %s (%s) serving SSH on %s", self.identity.name, self.identity.node_id, addr)
 
     async def _on_lock(self, lock: Lock) -> None:
@@ -115,7 +123,8 @@ class NodeRole:
             return
         names = (self.identity.node_id, self.identity.name)
         targeted = [
-            ctx for ctx in list(self.server.sessions.values())
+            ctx
+            for ctx in list(self.server.sessions.values())
             if lock.applies_to(
                 user=ctx.identity.user,
                 roles=self.cache.roles_of(ctx.identity.user) if self.cache else [],
@@ -133,12 +142,20 @@ class NodeRole:
             return existing
         key = host_key_for(self.data_dir)
         if self.auth is not None:  # same process as the auth service: no token needed
-            request = JoinRequest(name=self.name, addr=addr, labels=self.config.labels,
-                                  public_key=key.export_public_key("openssh").decode())
+            request = JoinRequest(
+                name=self.name,
+                addr=addr,
+                labels=self.config.labels,
+                public_key=key.export_public_key("openssh").decode(),
+            )
             result = await self.auth.join.register(request, self.config.labels)
             identity = NodeIdentity(
-                node_id=result.node_id, name=self.name, cluster=result.cluster,
-                host_cert=result.host_cert, host_ca=result.host_ca, user_ca=result.user_ca,
+                node_id=result.node_id,
+                name=self.name,
+                cluster=result.cluster,
+                host_cert=result.host_cert,
+                host_ca=result.host_ca,
+                user_ca=result.user_ca,
                 heartbeat_seconds=result.heartbeat_seconds,
             )
             save_identity(self.data_dir, identity)
@@ -148,8 +165,14 @@ class NodeRole:
                 "a node without a local auth service joins with --token TOKEN --proxy HOST:PORT"
             )
         return await join_remote(
-            self.data_dir, self.config.proxy_addr, self.config.join_token, self.name,
-            self.config.labels, addr, self.config.ca_pin, self.join.insecure,
+            self.data_dir,
+            self.config.proxy_addr,
+            self.config.join_token,
+            self.name,
+            self.config.labels,
+            addr,
+            self.config.ca_pin,
+            self.join.insecure,
         )
 
     def _link(self, identity: NodeIdentity) -> ClusterLink:

@@ -42,7 +42,10 @@ class Lock(Resource):
     spec: LockSpec
 
     def applies_to(
-        self, user: str = "", roles: list[str] | None = None, login: str = "",
+        self,
+        user: str = "",
+        roles: list[str] | None = None,
+        login: str = "",
         node_names: tuple[str, ...] = (),
     ) -> bool:
         """All the target's fields must match (a lock on user+node locks that pair)."""
@@ -58,6 +61,8 @@ class Lock(Resource):
     def refusal(self) -> str:
         why = f": {self.spec.message}" if self.spec.message else ""
         until = (
-            f" (until {self.metadata.expires:%Y-%m-%d %H:%M:%S} UTC)" if self.metadata.expires else ""
+            f" (until {self.metadata.expires:%Y-%m-%d %H:%M:%S} UTC)"
+            if self.metadata.expires
+            else ""
         )
         return f"access is locked for {self.spec.target.describe()}{why}{until}"
