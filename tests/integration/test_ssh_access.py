@@ -115,7 +115,9 @@ def test_stock_ssh_scp_sftp_and_rsync_work_with_limen_config(
     text = alice.config.read_text()
     assert "~" not in text
     assert f"Host *.{CLUSTER} 127.0.0.1" in text
-    assert f"ProxyJump root@{cluster.ssh_addr}" in text
+    jump = alice.status["ssh_proxy"]  # what the proxy told login: its SSH (or shared) port
+    assert jump in (cluster.ssh_addr, cluster.web_addr)
+    assert f"ProxyJump root@{jump}" in text
     for line in text.splitlines():
         if line.strip().startswith(("IdentityFile", "CertificateFile", "UserKnownHostsFile")):
             assert Path(line.split(None, 1)[1].strip('"')).is_absolute()
