@@ -10,7 +10,9 @@ starts two stock sshds on loopback that trust the cluster's user CA and present 
 certificates from its host CA. The client is stock OpenSSH on both paths, with the
 config `limen config` writes, so only the servers differ:
 
-- Limen:   ssh -F CFG root@NODE.CLUSTER            (ProxyJump to the Limen proxy)
+- Limen:   ssh -F CFG -o ProxyJump=root@PROXY_SSH root@NODE.CLUSTER  (the proxy's SSH port)
+- Limen, web port: ssh -F CFG root@NODE.CLUSTER (where `limen config` points, when that
+  is the web port shared by HTTPS and SSH)
 - OpenSSH: ssh -F CFG -J root@JUMP -p PORT root@127.0.0.1
 
 Figures, interleaved so drift hits both alike: upload throughput (``head -c SIZE
@@ -314,20 +316,21 @@ def _await_ready(clients: list[subprocess.Popen[bytes]]) -> None:
 
 def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, limen_cli: float,
            cores: dict) -> None:
-    lim, oss = "Limen", "OpenSSH"
+    oss = "OpenSSH"
     print(f"upload {args.size_mb} MB x{args.uploads} (median); latency x{args.runs} (median); "
           f"memory per {args.idle} idle sessions; cipher {args.cipher or 'default'}")
-    print(f"{'path':<10}{'upload MB/s':>13}{'latency ms':>12}{'RSS MB':>9}{'PSS MB':>9}")
-    for name in (lim, oss):
-        rss, pss = mem[name]
-        print(f"{name:<10}{mb_s[name]:>13.1f}{lat[name]:>12.1f}{rss / 1024:>9.1f}"
-              f"{pss / 1024:>9.1f}")
-    print(f"{'ratio':<10}{mb_s[lim] / mb_s[oss]:>13.2f}{lat[lim] / lat[oss]:>12.2f}"
-          f"{mem[lim][0] / mem[oss][0]:>9.2f}{mem[lim][1] / mem[oss][1]:>9.2f}"
-          "   (Limen / OpenSSH)")
+    print(f"{'path':<24}{'upload MB/s':>13}{'latency ms':>12}{'RSS MB':>9}{'PSS MB':>9}")
+    for name in mb_s:
+        rss, pss = (f"{kb / 1024:>9.1f}" for kb in mem[name]) if name in mem else ("-", "-")
+        print(f"{name:<24}{mb_s[name]:>13.1f}{lat[name]:>12.1f}{rss:>9}{pss:>9}")
+    for name in (n for n in mb_s if n != oss):
+        memory = (f"{mem[name][0] / mem[oss][0]:>9.2f}{mem[name][1] / mem[oss][1]:>9.2f}"
+                  if name in mem else "")
+        print(f"{'ratio ' + name:<24}{mb_s[name] / mb_s[oss]:>13.2f}"
+              f"{lat[name] / lat[oss]:>12.2f}{memory}   (/ OpenSSH)")
     print(f"limen ssh {NODE_NAME} true (Python client, start-up included): "
           f"{limen_cli:.1f} ms median")
-    print("Limen upload CPU, share of one core: "
+    print("Limen upload CPU (SSH port), share of one core: "
           + ", ".join(f"{name} {share:.0%}" for name, share in cores.items()))
 
 
@@ -345,11 +348,16 @@ def main() -> None:
         servers = openssh_servers(cluster, root)
         node, jump = servers
         ssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes"]
+        target = f"root@{NODE_NAME}.{CLUSTER}"
         ways = [
-            Way("Limen", [*ssh, f"root@{NODE_NAME}.{CLUSTER}"]),
+            # The proxy's dedicated SSH port, as in the issue; the jump hop reads the config.
+            Way("Limen", [*ssh, "-o", f"ProxyJump=root@{cluster.ssh_addr}", target]),
             Way("OpenSSH", [*ssh, "-J", f"root@127.0.0.1:{jump.port}", "-p", str(node.port),
                             "root@127.0.0.1"]),
         ]
+        if f"ProxyJump root@{cluster.ssh_addr}\n" not in config.read_text():
+            # limen config points elsewhere (the web port, shared by HTTPS and SSH).
+            ways.insert(1, Way("Limen, web port", [*ssh, target]))
         for way in ways:  # warm-up: page cache, first handshakes
             timed(way.shell("true"), env)
         assert cluster.node is not None and node.proc is not None
@@ -357,7 +365,7 @@ def main() -> None:
         mb_s, cores = throughput(ways, args.size_mb, args.uploads, env, watch)
         lat = latency(ways, args.runs, env)
         mem = {"Limen": idle_memory(ways[0], cluster.node.proc.pid, args.idle, env),
-               "OpenSSH": idle_memory(ways[1], node.proc.pid, args.idle, env)}
+               "OpenSSH": idle_memory(ways[-1], node.proc.pid, args.idle, env)}
         cli_env = {**env, "LIMEN_HOME": str(root / "home")}
         limen_cli = 1000 * statistics.median(
             timed(shlex.join([*LIMEN, "ssh", NODE_NAME, "true"]), cli_env) for _ in range(10)
