@@ -84,7 +84,8 @@ class Tunnel:
         return received
 
     def close(self) -> None:
-        self.proc.terminate()
+        # SIGKILL: ssh 9.2 sometimes misses a SIGTERM that lands just before it polls.
+        self.proc.kill()
         self.proc.communicate(timeout=10)
 
 

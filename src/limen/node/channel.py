@@ -50,6 +50,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._lost = False
+        self._ending = False  # terminate() was called
         self._stop_output: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -131,41 +132,49 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     async def _run(self) -> None:
         assert self.ctx is not None and self._chan is not None
-        ctx, status = self.ctx, None
+        ctx = self.ctx
         try:
             self._plan = await plan_session(
                 self._conn, ctx, self._chan.get_environment(), self._term_type,
                 self._chan.get_agent_path(),
             )
-            for warning in self._plan.warnings:
-                self._write_line(warning)
-            self._child = await spawn(self._plan.spec)
-        except (LimenError, OSError) as exc:
+        except LimenError as exc:
             await self._refuse(exc)
             return
-        except Exception as exc:  # a policy or observer bug: refuse, keep the connection
-            log.exception("starting session %s failed", ctx.id)
+        except Exception as exc:  # a policy bug: refuse this session, keep the connection
+            log.exception("planning session %s failed", ctx.id)
             await self._refuse(exc)
             return
-        if self._lost:  # the client left while the process was starting
-            self._hang_up(self._child)
+        # session.start is on record before the user's process can do anything.
+        await ctx.start(self._terminate)
+        self._conn.node.session_started(ctx)
+        status: ExitStatus | None = None
         try:
-            await ctx.start(self._terminate)
-            self._conn.node.session_started(ctx)
-            status = await self._supervise(self._child)
+            status = await self._execute(self._plan)
             self._close(status)
             await self._emit_command_events(status)
         finally:
-            self._child.close()
+            if self._child is not None:
+                self._child.close()
             self._conn.node.session_ended(ctx)
             await ctx.finish(status)
+
+    async def _execute(self, plan: SessionPlan) -> ExitStatus:
+        for warning in plan.warnings:
+            self._write_line(warning)
+        try:
+            self._child = await spawn(plan.spec)
+        except OSError as exc:
+            self._write_line(f"limen: cannot start the session: {exc.strerror or exc}")
+            return ExitStatus(1)
+        if self._lost or self._ending:  # the client left, or someone ended it, meanwhile
+            self._hang_up(self._child)
+        return await self._supervise(self._child)
 
     async def _refuse(self, exc: Exception) -> None:
         assert self.ctx is not None
         if isinstance(exc, LimenError):
             reason = exc.message
-        elif isinstance(exc, OSError):
-            reason = f"cannot start the session: {exc.strerror or exc}"
         else:
             reason = "cannot start the session: internal error"
         self._write_line(f"limen: {reason}")
@@ -255,6 +264,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     async def _terminate(self, message: str) -> None:
         """SessionContext's closer: tell the user, hang up, kill what lingers."""
+        self._ending = True
         self._write_line(message)
         if self._child is not None:
             self._hang_up(self._child)
