@@ -176,8 +176,9 @@ def _running(argv: list[str], env: dict[str, str], port: int) -> Iterator[Backgr
 
 
 def _limen_forward(lport: int, rport: int) -> list[str]:
-    return [sys.executable, "-m", "limen.cli.main", "ssh", "-N",
-            "-L", f"{lport}:127.0.0.1:{rport}", "root@node1"]
+    # -N after the node, as ssh allows (options are read up to the command)
+    return [sys.executable, "-m", "limen.cli.main", "ssh",
+            "-L", f"{lport}:127.0.0.1:{rport}", "root@node1", "-N"]
 
 
 def _no_forwarding_role(cluster: ClusterHarness) -> str:

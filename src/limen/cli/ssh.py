@@ -29,21 +29,27 @@ EXIT_CODES = """exit status, as OpenSSH's ssh:
   command succeeded on every matching node, else 1."""
 
 
+def _add_ssh_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-t", dest="tty", action="count", default=0,
+                        help="ask for a pty; -tt even without a local terminal")
+    parser.add_argument("-T", dest="no_tty", action="store_true", help="never ask for a pty")
+    parser.add_argument("-L", dest="forwards", action="append", default=[],
+                        metavar="[BIND:]LPORT:HOST:RPORT", help="forward a local port")
+    parser.add_argument("-A", dest="agent", action="store_true", help="forward your ssh-agent")
+    parser.add_argument("-N", dest="no_command", action="store_true",
+                        help="run no command (with -L: forward only)")
+    parser.add_argument("-l", dest="login",
+                        help="the login (default: your user name if allowed)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     ssh = sub.add_parser("ssh", help="run a shell or command on a node (or on nodes by label)",
                          epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ssh.add_argument("-t", dest="tty", action="count", default=0,
-                     help="ask for a pty; -tt even without a local terminal")
-    ssh.add_argument("-T", dest="no_tty", action="store_true", help="never ask for a pty")
-    ssh.add_argument("-L", dest="forwards", action="append", default=[],
-                     metavar="[BIND:]LPORT:HOST:RPORT", help="forward a local port")
-    ssh.add_argument("-A", dest="agent", action="store_true", help="forward your ssh-agent")
-    ssh.add_argument("-N", dest="no_command", action="store_true",
-                     help="run no command (with -L: forward only)")
-    ssh.add_argument("-l", dest="login", help="the login (default: your user name if allowed)")
+    _add_ssh_options(ssh)
     ssh.add_argument("target", metavar="[LOGIN@]NODE",
                      help="node name, NAME.CLUSTER, id, or a label selector such as env=dev")
-    ssh.add_argument("command", nargs=argparse.REMAINDER, help="command to run")
+    ssh.add_argument("command", nargs=argparse.REMAINDER,
+                     help="command to run (options may also follow NODE, as with ssh)")
     ssh.set_defaults(func=cmd_ssh)
 
     scp = sub.add_parser("scp", help="copy files to or from nodes ([LOGIN@]NODE:PATH)")
@@ -74,10 +80,32 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         return SSH_FAILURE
 
 
+def options_after_target(args: argparse.Namespace) -> argparse.Namespace:
+    """ssh reads options after the host too (`ssh web-1 -N -L ...`), up to the first word
+    that is not one; the rest is the command."""
+    if not args.command or not args.command[0].startswith("-"):
+        return args
+    later = argparse.ArgumentParser(prog="limen ssh", add_help=False)
+    _add_ssh_options(later)
+    later.add_argument("command", nargs=argparse.REMAINDER)
+    more = later.parse_args(args.command)
+    return argparse.Namespace(**{
+        **vars(args),
+        "tty": args.tty + more.tty,
+        "no_tty": args.no_tty or more.no_tty,
+        "forwards": [*args.forwards, *more.forwards],
+        "agent": args.agent or more.agent,
+        "no_command": args.no_command or more.no_command,
+        "login": more.login or args.login,
+        "command": more.command,
+    })
+
+
 def _ssh(args: argparse.Namespace) -> int:
     from limen.client.access import Target, load_credentials
     from limen.client.fanout import is_selector
 
+    args = options_after_target(args)
     creds = load_credentials()
     command = " ".join(args.command) or None
     if is_selector(args.target):
