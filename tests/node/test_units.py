@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from datetime import UTC, datetime, timedelta
 
 import asyncssh
@@ -26,8 +25,8 @@ NOW = datetime.now(UTC)
 
 def cert_blob(**kwargs) -> bytes:
     kwargs.setdefault("principals", ["root"])
-    kwargs.setdefault("valid_after", int(time.time()) - 60)
-    kwargs.setdefault("valid_before", int(time.time()) + 3600)
+    kwargs.setdefault("valid_after", int(NOW.timestamp()) - 60)
+    kwargs.setdefault("valid_before", int(NOW.timestamp()) + 3600)
     return CA.generate_user_certificate(KEY, "alice", **kwargs).public_data
 
 
