@@ -25,6 +25,7 @@ from limen.clock import Clock, RealClock
 from limen.config import Config, split_host_port
 from limen.durations import parse_duration
 from limen.errors import BadParameter, NotFound
+from limen.files import write_private
 from limen.node.role import JoinOptions, NodeRole
 from limen.proxy.https import HTTPSServer, bind
 from limen.proxy.listener import (
@@ -48,16 +49,6 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 SHUTDOWN_SECONDS = 15
 CLUSTER_KEY = "/cluster/name"
-
-
-def _private_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 def local_address(host: str, port: int) -> str:
@@ -259,7 +250,7 @@ class Service:
         if self.web_addr:
             data = {"web_addr": self.web_addr, "ssh_addr": self.ssh_addr,
                     "tunnel_addr": self.tunnel_addr}
-            _private_write(self.data_dir / RUN_FILE, json.dumps(data).encode())
+            write_private(self.data_dir / RUN_FILE, json.dumps(data).encode())
 
     def _write_tls_files(self, listen_host: str) -> tuple[Path, Path]:
         assert self.auth is not None
@@ -289,8 +280,8 @@ class Service:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _private_write(keyfile, key_pem)
-        _private_write(certfile, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(keyfile, key_pem)
+        write_private(certfile, cert.public_bytes(serialization.Encoding.PEM))
         return certfile, keyfile
 
     async def stop(self) -> None:

@@ -127,20 +127,7 @@ class JoinService:
         validate_name(request.name, "node name")
         node_id = request.node_id or str(uuid.uuid4())
         cert = self.sign_host(node_id, request.name, request.addr, request.public_key)
-        node = Node.model_validate(
-            {
-                "metadata": {"name": node_id, "labels": labels},
-                "spec": {
-                    "hostname": request.name,
-                    "addr": request.addr,
-                    "connection": "direct" if request.addr else "tunnel",
-                    "version": __version__,
-                    "joined": self.ctx.clock.now(),
-                    "since": self.ctx.clock.now(),
-                },
-            }
-        )
-        await self._save_node(node)
+        await self._save_node(self._new_node(node_id, request, labels))
         token = await self.ctx.stores.api_sessions.issue(node_id, None, builtin="node")
         await self.ctx.audit.emit(
             events.NODE_JOIN,
@@ -223,18 +210,22 @@ class JoinService:
             return await self.heartbeat(
                 identity, request.addr, "direct" if request.addr else "tunnel"
             )
-        node = Node.model_validate(
+        node = self._new_node(identity.user, request, request.labels)
+        await self._save_node(node)
+        return node
+
+    def _new_node(self, node_id: str, request: JoinRequest, labels: dict[str, str]) -> Node:
+        now = self.ctx.clock.now()
+        return Node.model_validate(
             {
-                "metadata": {"name": identity.user, "labels": request.labels},
+                "metadata": {"name": node_id, "labels": labels},
                 "spec": {
                     "hostname": request.name,
                     "addr": request.addr,
                     "connection": "direct" if request.addr else "tunnel",
                     "version": __version__,
-                    "joined": self.ctx.clock.now(),
-                    "since": self.ctx.clock.now(),
+                    "joined": now,
+                    "since": now,
                 },
             }
         )
-        await self._save_node(node)
-        return node

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from limen.auth.login import LoginService
 from limen.auth.tracking import Tracking
 from limen.auth.users import UserManager
 from limen.errors import AccessDenied, AlreadyExists, NotFound
+from limen.files import write_private
 from limen.rbac import AccessChecker
 from limen.resources import Role, User
 
@@ -64,13 +64,7 @@ class AuthServer:
             token = path.read_text().strip()
         else:
             token = secrets.token_hex(32)
-            tmp = path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(token + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(path)
+            write_private(path, token + "\n")
         session = self.ctx.stores.api_sessions.for_token(token, ADMIN_USER, None, builtin="admin")
         await self.ctx.stores.api_sessions.upsert(session)
 

@@ -19,23 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from limen.errors import AccessDenied, BadParameter, NotFound
+from limen.files import write_private  # noqa: F401 - re-exported for callers
 
 
 def limen_home() -> Path:
     return Path(os.environ.get("LIMEN_HOME") or Path.home() / ".limen").absolute()
-
-
-def write_private(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Atomic write with the mode set before any byte lands."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, mode)
-    tmp.replace(path)
 
 
 def proxy_dirname(proxy: str) -> str:
