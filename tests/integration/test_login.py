@@ -105,19 +105,7 @@ def test_a_code_cannot_be_used_twice(cluster: ClusterHarness) -> None:
 
 def test_unknown_user_is_refused_like_a_wrong_password(cluster: ClusterHarness) -> None:
     home = cluster.new_home()
-    result = cluster.cli(
-        "login",
-        "--proxy",
-        cluster.web_addr,
-        "--user",
-        "nobody",
-        "--password-stdin",
-        "--otp",
-        "123456",
-        "--insecure",
-        home=home,
-        input=PASSWORD + "\n",
-    )
+    result = cluster.try_login(home, "nobody", "--insecure")
     assert result.returncode != 0
     assert "invalid user name, password or second factor" in result.stderr
 
@@ -126,18 +114,7 @@ def test_signup_token_works_once(cluster: ClusterHarness) -> None:
     token = cluster.add_user("frank", logins="frank")
     home = cluster.new_home()
     cluster.signup(token, home)
-    again = cluster.cli(
-        "signup",
-        token,
-        "--proxy",
-        cluster.web_addr,
-        "--insecure",
-        "--password-stdin",
-        "--totp-secret-out",
-        str(home / "second"),
-        home=home,
-        input=PASSWORD + "\n",
-    )
+    again = cluster.try_signup(token, home)
     assert again.returncode != 0
     assert "already used, it has expired" in again.stderr
 
@@ -145,32 +122,10 @@ def test_signup_token_works_once(cluster: ClusterHarness) -> None:
 def test_signup_refuses_a_short_password_and_keeps_the_token(cluster: ClusterHarness) -> None:
     token = cluster.add_user("gina", logins="gina")
     home = cluster.new_home()
-    short = cluster.cli(
-        "signup",
-        token,
-        "--proxy",
-        cluster.web_addr,
-        "--insecure",
-        "--password-stdin",
-        "--totp-secret-out",
-        str(home / "s"),
-        home=home,
-        input="short\n",
-    )
+    short = cluster.try_signup(token, home, "short")
     assert short.returncode != 0
     assert "at least 12 characters" in short.stderr
-    named = cluster.cli(
-        "signup",
-        token,
-        "--proxy",
-        cluster.web_addr,
-        "--insecure",
-        "--password-stdin",
-        "--totp-secret-out",
-        str(home / "s"),
-        home=home,
-        input="gina\n",
-    )
+    named = cluster.try_signup(token, home, "gina")
     assert named.returncode != 0
     cluster.signup(token, home)  # the token still works after the refusals
 

@@ -44,18 +44,7 @@ def test_an_expired_signup_token_is_refused(fresh_cluster: ClusterHarness) -> No
     token = fresh_cluster.add_user("late", logins="late")
     fresh_cluster.clock.advance(timedelta(hours=1, seconds=1))
     home = fresh_cluster.new_home()
-    result = fresh_cluster.cli(
-        "signup",
-        token,
-        "--proxy",
-        fresh_cluster.web_addr,
-        "--insecure",
-        "--password-stdin",
-        "--totp-secret-out",
-        str(home / "s"),
-        home=home,
-        input=PASSWORD + "\n",
-    )
+    result = fresh_cluster.try_signup(token, home)
     assert result.returncode != 0
     assert "has expired" in result.stderr
 
@@ -116,18 +105,7 @@ def test_a_wrong_ca_pin_is_refused(cluster: ClusterHarness) -> None:
 
 def test_first_contact_without_pin_or_prompt_is_refused(cluster: ClusterHarness) -> None:
     home = cluster.new_home()
-    result = cluster.cli(
-        "login",
-        "--proxy",
-        cluster.web_addr,
-        "--user",
-        "alice",
-        "--password-stdin",
-        "--otp",
-        "123456",
-        home=home,
-        input=PASSWORD + "\n",
-    )
+    result = cluster.try_login(home, "alice")
     assert result.returncode != 0
     assert "--ca-pin" in result.stderr
 

@@ -70,8 +70,9 @@ class ClusterHarness:
     def add_node(self, name: str, labels: dict[str, str]) -> NodeRole:
         """Another node in the cluster's process (same host, its own port and identity)."""
         config = NodeConfig(listen_addr="127.0.0.1:0", name=name, labels=labels)
-        node = NodeRole(config, self.base / f"node-{name}", self.clock, self.service.auth,
-                        JoinOptions())
+        node = NodeRole(
+            config, self.base / f"node-{name}", self.clock, self.service.auth, JoinOptions()
+        )
         self.run(node.start())
         self.extra_nodes.append(node)
         return node
@@ -144,22 +145,48 @@ class ClusterHarness:
 
     # -- people --------------------------------------------------------------------
     def add_user(self, name: str, roles: str = "access", logins: str = "") -> str:
-        result = self.admin("users", "add", name, "--roles", roles, "--logins", logins,
-                            "--format", "json")
+        result = self.admin(
+            "users", "add", name, "--roles", roles, "--logins", logins, "--format", "json"
+        )
         assert result.returncode == 0, result.stderr
         return result.json()["token"]
 
-    def signup(self, token: str, home: Path, password: str = PASSWORD) -> str:
-        secret_file = home / "totp.secret"
-        result = self.cli(
-            "signup", token, "--proxy", self.web_addr, "--insecure", "--password-stdin",
-            "--totp-secret-out", str(secret_file), home=home, input=password + "\n",
+    def try_signup(self, token: str, home: Path, password: str = PASSWORD) -> CLIResult:
+        """`limen signup` as a script runs it (--password-stdin, --totp-secret-out)."""
+        return self.cli(
+            "signup",
+            token,
+            "--proxy",
+            self.web_addr,
+            "--insecure",
+            "--password-stdin",
+            "--totp-secret-out",
+            str(home / "totp.secret"),
+            home=home,
+            input=password + "\n",
         )
-        assert result.returncode == 0, result.stderr
-        return secret_file.read_text().strip()
 
-    def otp(self, secret: str) -> str:
-        return totp.code_at(secret, self.clock.now())
+    def signup(self, token: str, home: Path, password: str = PASSWORD) -> str:
+        """Sign up; returns the TOTP secret."""
+        result = self.try_signup(token, home, password)
+        assert result.returncode == 0, result.stderr
+        return (home / "totp.secret").read_text().strip()
+
+    def try_login(self, home: Path, user: str, *flags: str, otp: str = "123456") -> CLIResult:
+        """`limen login` with exactly the trust flags given (none: no --insecure)."""
+        return self.cli(
+            "login",
+            "--proxy",
+            self.web_addr,
+            "--user",
+            user,
+            "--password-stdin",
+            "--otp",
+            otp,
+            *flags,
+            home=home,
+            input=PASSWORD + "\n",
+        )
 
     def current_step(self) -> int:
         return int(self.clock.now().timestamp()) // totp.STEP_SECONDS
@@ -192,8 +219,9 @@ class ClusterHarness:
         secret = self.signup(self.add_user(name, roles, logins), home)
         return LimenUser(name, secret, home, last_step=self.current_step())
 
-    def login(self, user: LimenUser, *extra: str, password: str = PASSWORD,
-              otp: str | None = None) -> CLIResult:
+    def login(
+        self, user: LimenUser, *extra: str, password: str = PASSWORD, otp: str | None = None
+    ) -> CLIResult:
         """Log in through the CLI; a failed attempt spends no TOTP step.
 
         When the clock had to move for a fresh TOTP step it moves back afterwards: the
@@ -206,8 +234,18 @@ class ClusterHarness:
             otp = self._code(user, step)
         try:
             result = self.cli(
-                "login", "--proxy", self.web_addr, "--user", user.name, "--password-stdin",
-                "--otp", otp, "--insecure", *extra, home=user.home, input=password + "\n",
+                "login",
+                "--proxy",
+                self.web_addr,
+                "--user",
+                user.name,
+                "--password-stdin",
+                "--otp",
+                otp,
+                "--insecure",
+                *extra,
+                home=user.home,
+                input=password + "\n",
             )
         finally:
             if moved:
@@ -222,7 +260,8 @@ class ClusterHarness:
 
     def events_of(self, event: str, /, **match: Any) -> list[dict[str, Any]]:
         return [
-            e for e in self.events()
+            e
+            for e in self.events()
             if e["event"] == event and all(e.get(k) == v for k, v in match.items())
         ]
 
