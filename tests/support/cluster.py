@@ -188,6 +188,9 @@ class ClusterHarness:
             input=PASSWORD + "\n",
         )
 
+    def otp(self, secret: str) -> str:
+        return totp.code_at(secret, self.clock.now())
+
     def current_step(self) -> int:
         return int(self.clock.now().timestamp()) // totp.STEP_SECONDS
 
