@@ -219,6 +219,8 @@ class NodeAudit:
                 writer.output(data)
             except OSError as exc:
                 self._failed_recording(sid, exc, {"sid": sid})
+            else:
+                self.uploader.wake()  # it gathers output for a moment, then sends it
         elif sid in self._failed:
             self._enforce_strict(sid)
 

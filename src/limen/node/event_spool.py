@@ -33,8 +33,9 @@ class EventSpool:
     async def append(self, entry: dict[str, Any]) -> None:
         line = (json.dumps(entry, default=str) + "\n").encode()
         async with self._lock:
+            before = len(self)
             await asyncio.to_thread(self._append, line)
-            self._count = len(self) + 1
+            self._count = before + 1
 
     def _append(self, line: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
