@@ -133,6 +133,7 @@ async def test_the_store_catches_up_with_the_files(tmp_path: Path) -> None:
     store = FlakyStore()
     log = _log(tmp_path, store=store)
     await log.emit(events.EXEC, user="a")
+    await log.flush()
     store.down = True
     await log.emit(events.EXEC, user="b")  # still durable in the files
     await log.emit(events.EXEC, user="c")

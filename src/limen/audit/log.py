@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 _FIELD_NAMES = {"addr_remote": "addr.remote", "addr_local": "addr.local"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_BATCH = 2000
+# Seconds the store copy waits to gather events into one transaction: the events are
+# durable already; this only delays when a search sees them.
+STORE_GATHER = 0.02
 _RECENT_UIDS = 10_000  # uids remembered to drop a node's resent events without a lookup
 
 
@@ -338,6 +341,7 @@ class AuditLog:
     async def _copy_loop(self) -> None:
         while True:
             await self._store_wake.wait()
+            await asyncio.sleep(STORE_GATHER)
             self._store_wake.clear()
             while self._for_store:
                 rows = self._for_store[:MAX_BATCH * 5]
