@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from limen.files import write_private
 
 GENESIS = "0" * 64
 KEY_FILE = "audit_key.pem"
@@ -115,10 +116,10 @@ class AuditKey:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            _write_private(path, pem)
+            write_private(path, pem)
         public = ca_dir / PUBLIC_KEY_FILE
         if not public.exists():
-            _write_private(public, (audit_key.public_b64 + "\n").encode())
+            write_private(public, (audit_key.public_b64 + "\n").encode())
         return audit_key
 
 
@@ -139,12 +140,3 @@ def signature_ok(public_b64: str, message: bytes, signature: str) -> bool:
         return False
     return True
 
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)

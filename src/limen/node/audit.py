@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from limen.audit.chain import format_time
 from limen.audit.files import truncate_torn_tail
 from limen.errors import BadParameter, LimenError
+from limen.files import write_private
 from limen.node.event_spool import EventSpool
 from limen.node.recorder import CastWriter, LocalRecording
 from limen.node.recording_upload import RecordingLink, RecordingUploader
@@ -340,13 +341,7 @@ class NodeAudit:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    write_private(path, json.dumps(data, default=str))
 
 
 def _fsync_dir(path: Path) -> None:

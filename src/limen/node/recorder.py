@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from limen.audit import asciicast
+from limen.files import write_private
 
 FSYNC_SECONDS = 1.0
 
@@ -55,14 +56,7 @@ class LocalRecording:
         return cls(**known)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.to_json(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-
+        write_private(path, json.dumps(self.to_json()))
 
 class CastWriter:
     """One session's asciicast file. Not thread-safe; called from the node's event loop."""
