@@ -16,9 +16,14 @@ differs. Interleaved so drift hits both alike:
 - median latency of sequential ``ssh ... true``;
 - what an idle tunnel costs: the proxy's memory per tunnel and the node process's per
   node (--idle-nodes more tunneled nodes in one process, RSS growth divided by their
-  number), and the traffic of the one tunneled node over --idle-seconds of doing
-  nothing (TCP payload and segments from the kernel's counters, scaled to an hour):
-  the tunnel socket alone, and all the node's sockets (tunnel, heartbeats, access feed).
+  number), and the traffic of a tunneled node doing nothing for --idle-seconds, scaled
+  to an hour. That node runs in a network namespace of its own (tests/support/netns.py),
+  so its veth's counters are everything it exchanges with the proxy (tunnel keepalives,
+  heartbeats, the access feed), frames and all; the tunnel's share comes from the
+  kernel's counters for its socket.
+
+The proxy listens on the host's end of that namespace's veth (a local address, so the
+benchmark's own traffic still never leaves the machine).
 """
 
 from __future__ import annotations
@@ -43,12 +48,12 @@ sys.path.insert(0, str(ROOT))
 
 from limen.auth import totp  # noqa: E402
 from limen.client.api import APIClient  # noqa: E402
+from tests.support.netns import NatNamespace  # noqa: E402
 
 CLUSTER = "bench.limen"
 PASSWORD = "correct horse battery staple"
 LIMEN = [sys.executable, "-m", "limen.cli.main"]
-DIRECT, TUNNELED = "bench-direct", "bench-tunnel"
-HEADER_BYTES = 52  # IPv4 + TCP with timestamps, per segment: what the wire adds
+DIRECT, TUNNELED, IDLE = "bench-direct", "bench-tunnel", "bench-idle"
 
 
 def parse_args() -> argparse.Namespace:
@@ -127,11 +132,12 @@ class Cluster:
         with self.admin() as admin:
             return list(admin.get("/v1/nodes"))
 
-    def start_node(self, name: str, *extra: str) -> Daemon:
-        daemon = Daemon([*LIMEN, "start", "--roles", "node", "--token", self.token(),
-                         "--proxy", self.web_addr, "--insecure", "--name", name,
-                         "--data-dir", str(self.root / name), *extra],
-                        self.root / f"{name}.log", self.env)
+    def start_node(self, name: str, *extra: str, netns: NatNamespace | None = None) -> Daemon:
+        argv = [*LIMEN, "start", "--roles", "node", "--token", self.token(),
+                "--proxy", self.web_addr, "--insecure", "--name", name,
+                "--data-dir", str(self.root / name), *extra]
+        daemon = Daemon(netns.exec_argv(*argv) if netns else argv, self.root / f"{name}.log",
+                        self.env)
         self.daemons.append(daemon)
         wait_for(lambda: daemon.alive() and any(
             n["name"] == name and n["online"] for n in self.nodes()), 30, f"{name} online")
@@ -142,7 +148,7 @@ class Cluster:
             daemon.stop()
 
 
-def start_cluster(root: Path, env: dict[str, str], mode: str) -> Cluster:
+def start_cluster(root: Path, env: dict[str, str], mode: str, host: str) -> Cluster:
     data = root / "auth"
     config = root / "limen.yaml"
     config.write_text(
@@ -150,9 +156,8 @@ def start_cluster(root: Path, env: dict[str, str], mode: str) -> Cluster:
         f"data_dir: {data}\n"
         "log_level: warning\n"
         "auth: {listen_addr: '127.0.0.1:0'}\n"
-        f"proxy: {{listener_mode: {mode}, web_listen_addr: '127.0.0.1:0',\n"
-        "        ssh_listen_addr: '127.0.0.1:0',\n"
-        "        tunnel_listen_addr: '127.0.0.1:0',\n"
+        f"proxy: {{listener_mode: {mode}, web_listen_addr: '{host}:0',\n"
+        f"        ssh_listen_addr: '{host}:0', tunnel_listen_addr: '{host}:0',\n"
         "        rate_limit: {average_per_minute: 100000, burst: 100000}}\n"
     )
     proxy = Daemon([*LIMEN, "start", "--config", str(config), "--roles", "auth,proxy"],
@@ -264,37 +269,44 @@ def idle_memory(cluster: Cluster, count: int) -> tuple[float, float]:
 _COUNTERS = re.compile(r"\b(bytes_acked|bytes_received|segs_out|segs_in):(\d+)")
 
 
-def socket_counters(pid: int, port: int | None) -> dict[str, int]:
-    """TCP counters summed over a process's established sockets (to ``port`` only, if
-    given), from `ss -tinp`."""
-    out = subprocess.run(["ss", "-Htinp", "state", "established"], capture_output=True,
-                         text=True, check=True).stdout
+def tunnel_counters(ns: NatNamespace, port: int) -> dict[str, int]:
+    """The kernel's TCP counters of the namespace's connection to the tunnel port."""
+    out = subprocess.run(ns.exec_argv("ss", "-Htin", "state", "established",
+                                      "dport", f"= :{port}"),
+                         capture_output=True, text=True, check=True).stdout
     totals = {"bytes_acked": 0, "bytes_received": 0, "segs_out": 0, "segs_in": 0}
-    lines = out.splitlines()
-    for head, info in zip(lines[::2], lines[1::2], strict=False):
-        if f"pid={pid}," not in head:
-            continue
-        if port is not None and not head.split()[3].endswith(f":{port}"):
-            continue
-        for name, value in _COUNTERS.findall(info):
-            totals[name] += int(value)
+    for name, value in _COUNTERS.findall(out):
+        totals[name] += int(value)
     return totals
 
 
-def idle_traffic(node: Daemon, tunnel_port: int, seconds: float) -> dict[str, dict[str, float]]:
-    """Bytes per hour while nothing happens: the tunnel, and everything the node sends."""
-    scopes = {"tunnel": tunnel_port, "all": None}
-    before = {scope: socket_counters(node.pid, port) for scope, port in scopes.items()}
+def veth_counters(ns: NatNamespace) -> dict[str, int]:
+    """Bytes and frames both ways on the host's end of the namespace's veth."""
+    out = subprocess.run(["ip", "-s", "-j", "link", "show", ns.host_veth],
+                         capture_output=True, text=True, check=True).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return {"bytes": stats["rx"]["bytes"] + stats["tx"]["bytes"],
+            "packets": stats["rx"]["packets"] + stats["tx"]["packets"]}
+
+
+def idle_traffic(ns: NatNamespace, tunnel_port: int | None,
+                 seconds: float) -> dict[str, float]:
+    """Per hour while nothing happens: all the idle node's traffic, and its tunnel's
+    (when the tunnel has a port of its own to tell its socket by)."""
+    tunnel_before = tunnel_counters(ns, tunnel_port) if tunnel_port else {}
+    veth_before = veth_counters(ns)
     time.sleep(seconds)
-    after = {scope: socket_counters(node.pid, port) for scope, port in scopes.items()}
+    tunnel_after = tunnel_counters(ns, tunnel_port) if tunnel_port else {}
+    veth_after = veth_counters(ns)
     hourly = 3600 / seconds
-    result = {}
-    for scope in scopes:
-        delta = {k: after[scope][k] - before[scope][k] for k in before[scope]}
-        payload = delta["bytes_acked"] + delta["bytes_received"]
-        wire = payload + HEADER_BYTES * (delta["segs_out"] + delta["segs_in"])
-        result[scope] = {"payload": payload * hourly, "wire": wire * hourly,
-                         "segments": (delta["segs_out"] + delta["segs_in"]) * hourly}
+    result = {
+        "all_bytes": (veth_after["bytes"] - veth_before["bytes"]) * hourly,
+        "all_packets": (veth_after["packets"] - veth_before["packets"]) * hourly,
+    }
+    if tunnel_port:
+        tunnel = {k: tunnel_after[k] - tunnel_before[k] for k in tunnel_after}
+        result["tunnel_payload"] = (tunnel["bytes_acked"] + tunnel["bytes_received"]) * hourly
+        result["tunnel_segments"] = (tunnel["segs_out"] + tunnel["segs_in"]) * hourly
     return result
 
 
@@ -317,11 +329,12 @@ def report(args: argparse.Namespace, rates: dict, lat: dict, memory: tuple[float
     proxy_kb, node_kb = memory
     print(f"idle tunnel memory ({args.idle_nodes} tunneled nodes): proxy {proxy_kb:.0f} kB "
           f"per tunnel; node process {node_kb:.0f} kB per node (the whole node role)")
-    for scope, label in (("tunnel", "the tunnel alone"), ("all", "all the node's sockets")):
-        t = traffic[scope]
-        print(f"idle traffic, {label}: {t['payload'] / 1024:.1f} kB/h TCP payload, "
-              f"{t['wire'] / 1024:.1f} kB/h on the wire, {t['segments']:.0f} segments/h "
-              f"(watched {args.idle_seconds:g} s)")
+    share = (f"the tunnel's share {traffic['tunnel_payload'] / 1024:.1f} kB/h of TCP payload "
+             f"in {traffic['tunnel_segments']:.0f} segments/h" if "tunnel_payload" in traffic
+             else "the tunnel shares the web port (--listener-mode separate shows its share)")
+    print(f"idle node traffic (watched {args.idle_seconds:g} s): "
+          f"{traffic['all_bytes'] / 1024:.1f} kB/h in {traffic['all_packets']:.0f} frames/h "
+          f"in all (tunnel, heartbeats, access feed); {share}")
 
 
 def main() -> None:
@@ -329,21 +342,29 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="limen-bench-tunnel-"))
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     env["LC_ALL"] = "C"
-    cluster = start_cluster(root, env, args.listener_mode)
+    ns = NatNamespace.create()
+    cluster = start_cluster(root, env, args.listener_mode, ns.host_addr)
     try:
         cluster.start_node(DIRECT, "--advertise-addr", "127.0.0.1", "--listen-addr",
                            "127.0.0.1:0")
-        tunneled = cluster.start_node(TUNNELED)
+        cluster.start_node(TUNNELED)
+        cluster.start_node(IDLE, netns=ns)
         config = log_in(cluster, root / "home")
         for node in (DIRECT, TUNNELED):  # warm-up: page cache, first handshakes
             timed(ssh(config, node, "true"), env)
-        traffic = idle_traffic(tunneled, cluster.tunnel_port, args.idle_seconds)
+        time.sleep(5)  # let the idle node's start-up traffic pass
+        web_port = int(cluster.web_addr.rsplit(":", 1)[1])
+        own_port = cluster.tunnel_port if cluster.tunnel_port != web_port else None
+        traffic = idle_traffic(ns, own_port, args.idle_seconds)
         rates = transfers(config, args.size_mb, args.transfers, env)
         lat = latency(config, args.runs, env)
         memory = idle_memory(cluster, args.idle_nodes)
         report(args, rates, lat, memory, traffic)
     finally:
-        cluster.stop()
+        try:
+            cluster.stop()
+        finally:
+            ns.remove()
 
 
 if __name__ == "__main__":
