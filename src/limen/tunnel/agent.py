@@ -192,7 +192,7 @@ class TunnelAgent:
             client_keys=[(ident.host_key, ident.host_cert)],
             known_hosts=host_ca_known_hosts(ident.host_ca),
             # The proxy's certificate names it "proxy"; which address this node
-            # reached it by does not matter (the host key check above does).
+            # reached it by does not matter (the host key pin in _session does).
             host_key_alias="proxy",
             agent_path=None,
             config=[],  # no ~/.ssh/config on the node decides anything here
