@@ -60,6 +60,8 @@ LOCK_DELETED = EventType("lock.deleted", "TLK01I")
 ACCESS_DENIED = EventType("access.denied", "TA000W")
 PROXY_CONNECT = EventType("proxy.connect", "TP000I")
 PROXY_CONNECT_FAILURE = EventType("proxy.connect", "TP000W")
+PROXY_DISCONNECT = EventType("proxy.disconnect", "TP001I")
+PROXY_REFUSED = EventType("proxy.refused", "TP002W")
 # The log's own events: signed checkpoints of the hash chain, and the signed anchor that
 # lets the chain be verified after retention removed its oldest entries.
 AUDIT_CHECKPOINT = EventType("audit.checkpoint", "TAU00I")
@@ -84,6 +86,8 @@ REPORTED: dict[str, tuple[EventType, EventType]] = {
     "session.leave": (SESSION_LEAVE, SESSION_LEAVE),
     "session.recording.failure": (RECORDING_FAILURE, RECORDING_FAILURE),
     "proxy.connect": (PROXY_CONNECT, PROXY_CONNECT_FAILURE),
+    "proxy.disconnect": (PROXY_DISCONNECT, PROXY_DISCONNECT),
+    "proxy.refused": (PROXY_REFUSED, PROXY_REFUSED),
 }
 
 
