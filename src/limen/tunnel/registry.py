@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncssh
@@ -45,7 +45,6 @@ class Tunnel:
     since: datetime
     peer: str = ""
     channels_opened: int = 0
-    _closed: bool = field(default=False, repr=False)
 
     async def open_stream(
         self, name: str, timeout: float = OPEN_TIMEOUT
@@ -87,7 +86,6 @@ class Tunnel:
         return str(sock[0]) if sock else "127.0.0.1"
 
     def close(self, reason: str = "") -> None:
-        self._closed = True
         if reason:  # the agent logs it: say why, it is not a network failure
             self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason)
         else:
@@ -101,16 +99,12 @@ class TunnelDirectory:
         self.clock = clock
         self._tunnels: dict[str, Tunnel] = {}
         self._down_since: dict[str, datetime] = {}
-        self._changed = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._tunnels)
 
     def get(self, node_id: str) -> Tunnel | None:
         return self._tunnels.get(node_id)
-
-    def node_ids(self) -> list[str]:
-        return list(self._tunnels)
 
     def status(self, node_id: str) -> TunnelStatus | None:
         """Online since when, offline since when, or None if it never had a tunnel here."""
@@ -129,7 +123,6 @@ class TunnelDirectory:
                         tunnel.node_id, tunnel.peer, old.peer)
             old.close("a newer tunnel for this node replaced this one (is the node's "
                       "identity used by two processes?)")
-        self._notify()
 
     def remove(self, tunnel: Tunnel) -> bool:
         """Forget ``tunnel`` if it is still the node's current one."""
@@ -137,22 +130,5 @@ class TunnelDirectory:
             return False
         del self._tunnels[tunnel.node_id]
         self._down_since[tunnel.node_id] = self.clock.now()
-        self._notify()
         return True
 
-    def close_all(self) -> list[Tunnel]:
-        tunnels = list(self._tunnels.values())
-        for tunnel in tunnels:
-            tunnel.close()
-        return tunnels
-
-    async def wait_for(self, node_id: str, timeout: float) -> Tunnel:
-        """The node's tunnel once it is up (TimeoutError after ``timeout`` seconds)."""
-        async with asyncio.timeout(timeout):
-            while (tunnel := self._tunnels.get(node_id)) is None:
-                self._changed.clear()
-                await self._changed.wait()
-        return tunnel
-
-    def _notify(self) -> None:
-        self._changed.set()
