@@ -25,32 +25,35 @@ median latency of ``limen ssh NODE true`` (Python start-up included), for refere
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import asyncssh
 
-import asyncssh  # noqa: E402
+# common first: it puts the repository root on sys.path for tests.proxy.support.
+from common import (
+    LIMEN,
+    Cluster,
+    Way,
+    bench_env,
+    cpu_seconds,
+    home_env,
+    latency,
+    log_in,
+    memory_kb,
+    start_cluster,
+    throughput,
+    timed,
+)
 
-from limen.auth import totp  # noqa: E402
-from limen.client.api import APIClient  # noqa: E402
-from tests.proxy.support import Pki, Sshd  # noqa: E402
+from tests.proxy.support import Pki, Sshd
 
 CLUSTER = "test.limen"  # tests.proxy.support names sshd host certificates for it
-PASSWORD = "correct horse battery staple"
 NODE_NAME = "bench-node"
-LIMEN = [sys.executable, "-m", "limen.cli.main"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,119 +64,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--idle", type=int, default=100, help="idle sessions (default 100)")
     parser.add_argument("--cipher", help="one cipher on every hop, e.g. aes128-gcm@openssh.com")
     return parser.parse_args()
-
-
-# the Limen cluster, as processes
-
-
-def wait_for(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201 - tiny helper
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
-class Daemon:
-    """`limen start ...` in its own session; its output goes to a log file."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str]) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen([*LIMEN, "start", *args], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-
-    def alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.log.name} exited:\n{self.log.read_text()}")
-        return True
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-@dataclass
-class Cluster:
-    auth: Daemon
-    node: Daemon | None
-    data_dir: Path
-    web_addr: str
-    ssh_addr: str
-
-    def admin(self) -> APIClient:
-        token = (self.data_dir / "admin.token").read_text().strip()
-        return APIClient(self.web_addr, self.tls_ca(), token)
-
-    def tls_ca(self) -> str:
-        return (self.data_dir / "ca" / "tls_ca.crt").read_text()
-
-    def stop(self) -> None:
-        for daemon in (self.node, self.auth):
-            if daemon is not None:
-                daemon.stop()
-
-
-def start_cluster(root: Path, env: dict[str, str]) -> Cluster:
-    data = root / "auth"
-    config = root / "limen.yaml"
-    config.write_text(
-        f"cluster_name: {CLUSTER}\n"
-        f"data_dir: {data}\n"
-        "log_level: warning\n"
-        "auth: {listen_addr: '127.0.0.1:0'}\n"
-        "proxy: {web_listen_addr: '127.0.0.1:0', ssh_listen_addr: '127.0.0.1:0',\n"
-        "        rate_limit: {average_per_minute: 100000, burst: 100000}}\n"
-    )
-    auth = Daemon(["--config", str(config), "--roles", "auth,proxy"], root / "auth.log", env)
-    run = data / "run.json"
-    wait_for(lambda: auth.alive() and run.exists(), 30, "the auth and proxy service")
-    addrs = json.loads(run.read_text())
-    cluster = Cluster(auth, None, data, addrs["web_addr"], addrs["ssh_addr"])
-    with cluster.admin() as admin:
-        token = admin.post("/v1/tokens", {"type": "node"})["token"]
-    cluster.node = Daemon(
-        ["--roles", "node", "--token", token, "--proxy", cluster.web_addr, "--insecure",
-         "--name", NODE_NAME, "--labels", "env=bench", "--listen-addr", "127.0.0.1:0",
-         "--data-dir", str(root / "node")], root / "node.log", env)
-    wait_for(lambda: cluster.node.alive() and _node_listed(cluster), 30, "the node to join")
-    return cluster
-
-
-def _node_listed(cluster: Cluster) -> bool:
-    with cluster.admin() as admin:
-        return any(n["name"] == NODE_NAME for n in admin.get("/v1/nodes"))
-
-
-def log_in(cluster: Cluster, home: Path) -> Path:
-    """Sign up and log in a user; returns the `limen config` file for stock ssh."""
-    with cluster.admin() as admin:
-        issued = admin.post("/v1/users", {"name": "bench", "roles": ["access"],
-                                          "logins": ["root"]})
-    now = datetime.now(UTC)
-    with APIClient(cluster.web_addr, cluster.tls_ca()) as anonymous:
-        secret = anonymous.post("/v1/signup/start", {"token": issued["token"]})["totp_secret"]
-        anonymous.post("/v1/signup/finish", {"token": issued["token"], "password": PASSWORD,
-                                             "otp": totp.code_at(secret, now)})
-    env = {**os.environ, "LIMEN_HOME": str(home)}
-    env.pop("SSH_AUTH_SOCK", None)
-    next_code = totp.code_at(secret, now + timedelta(seconds=totp.STEP_SECONDS))
-    subprocess.run([*LIMEN, "login", "--proxy", cluster.web_addr, "--user", "bench",
-                    "--password-stdin", "--otp", next_code, "--insecure"],
-                   input=PASSWORD + "\n", text=True, env=env, check=True,
-                   capture_output=True)
-    printed = subprocess.run([*LIMEN, "config"], env=env, check=True, capture_output=True,
-                             text=True).stdout
-    path = home / "ssh_config"
-    path.write_text(printed)
-    return path
 
 
 # OpenSSH: a jump sshd and a node sshd, trusting the cluster's CAs
@@ -188,97 +78,6 @@ def openssh_servers(cluster: Cluster, root: Path) -> tuple[Sshd, Sshd]:
 
 
 # measuring
-
-
-@dataclass
-class Way:
-    name: str
-    argv: list[str]  # ssh ... up to the command
-
-    def shell(self, command: str) -> str:
-        return shlex.join([*self.argv, command])
-
-
-def timed(command: str, env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(command, shell=True, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{command!r} failed ({done.returncode}): {done.stderr.decode()}")
-    return time.perf_counter() - started
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def throughput(ways: list[Way], size_mb: int, runs: int, env: dict[str, str],
-               watch: dict[str, int]) -> tuple[dict, dict]:
-    """Median MB/s per way, and the share of one core each watched Limen process used
-    while Limen's uploads ran (which one saturates tells what limits the copy)."""
-    rates: dict[str, list[float]] = {w.name: [] for w in ways}
-    busy = dict.fromkeys(watch, 0.0)
-    limen_wall = 0.0
-    for _ in range(runs):
-        for way in ways:
-            before = {name: cpu_seconds(pid) for name, pid in watch.items()}
-            seconds = timed(f"head -c {size_mb}M /dev/zero | {way.shell('cat > /dev/null')}", env)
-            rates[way.name].append(size_mb / seconds)
-            if way.name == "Limen":
-                limen_wall += seconds
-                for name, pid in watch.items():
-                    busy[name] += cpu_seconds(pid) - before[name]
-    medians = {name: statistics.median(values) for name, values in rates.items()}
-    return medians, {name: used / limen_wall for name, used in busy.items()}
-
-
-def latency(ways: list[Way], runs: int, env: dict[str, str]) -> dict:
-    waits: dict[str, list[float]] = {w.name: [] for w in ways}
-    for _ in range(runs):
-        for way in ways:
-            waits[way.name].append(timed(way.shell("true"), env))
-    return {name: 1000 * statistics.median(values) for name, values in waits.items()}
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command name) for every process."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue  # gone meanwhile
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            table[int(entry.name)] = (int(stat[stat.rindex(")") + 2 :].split()[1]), comm)
-    return table
-
-
-def memory_kb(root_pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in kB summed over a server process and its descendants (sshd forks one
-    or two per connection, each in a session of its own), leaving out the sessions' own
-    commands (sleep and the shells)."""
-    table = _processes()
-    tree, frontier = {root_pid}, [root_pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
-        tree.update(children)
-        frontier.extend(children)
-    rss = pss = 0
-    for pid in tree:
-        if table.get(pid, (0, ""))[1] in ("sleep", "bash", "sh"):
-            continue
-        try:
-            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in lines)
-        rss += int(fields["Rss"].split()[0])
-        pss += int(fields["Pss"].split()[0])
-    return rss, pss
 
 
 def idle_memory(way: Way, leader: int, count: int, env: dict[str, str]) -> tuple[int, int]:
@@ -337,11 +136,13 @@ def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, limen_cli
 def main() -> None:
     args = parse_args()
     root = Path(tempfile.mkdtemp(prefix="limen-bench-ssh-"))
-    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    env["LC_ALL"] = "C"
-    cluster = start_cluster(root, env)
+    env = bench_env()
+    cluster = start_cluster(root, env, CLUSTER)
     servers: tuple[Sshd, ...] = ()
     try:
+        # Tunneled (no --advertise-addr), listening too, as this benchmark always ran it.
+        limen_node = cluster.start_node(NODE_NAME, "--labels", "env=bench",
+                                        "--listen-addr", "127.0.0.1:0")
         config = log_in(cluster, root / "home")
         if args.cipher:
             config.write_text(f"Ciphers {args.cipher}\n" + config.read_text())
@@ -360,17 +161,18 @@ def main() -> None:
             ways.insert(1, Way("Limen, web port", [*ssh, target]))
         for way in ways:  # warm-up: page cache, first handshakes
             timed(way.shell("true"), env)
-        assert cluster.node is not None and node.proc is not None
-        watch = {"proxy": cluster.auth.proc.pid, "node": cluster.node.proc.pid}
-        mb_s, cores = throughput(ways, args.size_mb, args.uploads, env, watch)
+        assert node.proc is not None
+        watch = {"proxy": lambda: cpu_seconds(cluster.proxy.pid),
+                 "node": lambda: cpu_seconds(limen_node.pid)}
+        uploads = throughput(ways, args.size_mb, args.uploads, env, watch)
         lat = latency(ways, args.runs, env)
-        mem = {"Limen": idle_memory(ways[0], cluster.node.proc.pid, args.idle, env),
+        mem = {"Limen": idle_memory(ways[0], limen_node.pid, args.idle, env),
                "OpenSSH": idle_memory(ways[-1], node.proc.pid, args.idle, env)}
-        cli_env = {**env, "LIMEN_HOME": str(root / "home")}
+        cli_env = home_env(env, root / "home")
         limen_cli = 1000 * statistics.median(
             timed(shlex.join([*LIMEN, "ssh", NODE_NAME, "true"]), cli_env) for _ in range(10)
         )
-        report(args, mb_s, lat, mem, limen_cli, cores)
+        report(args, uploads.mb_s, lat, mem, limen_cli, uploads.shares["Limen"])
     finally:
         for server in servers:
             server.stop()
