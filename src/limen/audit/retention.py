@@ -93,6 +93,9 @@ class Retention:
                 signature=signature, public_key=self.audit.key.public_b64,
                 files=[p.name for p in old], cutoff=_day(cutoff_ns),
             )
+            # The store is filled a moment after the files: let it catch up first, or
+            # rows copied after the delete would outlive their files.
+            await self.audit.flush()
             result.events_removed = await self.store.events.delete_through(
                 self.audit.log_id, seq
             )
