@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
 import pytest
 
+from limen.auth.join import JoinRequest
 from limen.config import Config
 from tests.support.cluster import ClusterHarness, default_config
 from tests.support.netns import NatNamespace
@@ -134,3 +136,29 @@ def test_proxy_restart_the_agent_is_back_within_10_s(nat: NatSetup) -> None:
     assert stock.stdout == b"stock-after-restart\n", stock.stderr
     listed = {n["name"]: n for n in nat.user.limen("ls", "--format", "json").json()}
     assert listed[name]["online"] is True
+
+
+def test_a_direct_dial_into_silence_gives_up_within_5_s(nat: NatSetup) -> None:
+    """A node registered at an address that drops SYNs: the proxy does not keep the user
+    waiting for the kernel's minutes of retries."""
+    silent = NatNamespace.create(silent=True)
+    cluster = nat.cluster
+    try:
+        auth = cluster.service.auth
+        name = unique("dropped")
+        request = JoinRequest(name=name, public_key=new_key_line(),
+                              addr=f"{silent.node_addr}:3022")
+        cluster.run(auth.join.register(request, {"net": "silent"}))
+        started = time.monotonic()
+        result = nat.user.limen("ssh", name, "true")
+        took = time.monotonic() - started
+        assert result.returncode == 255
+        assert f"node '{name}' did not answer" in result.stderr and "within 5 s" in result.stderr
+        assert 5 <= took < 12, f"took {took:.1f} s"  # 5 s of dialing, plus the CLI itself
+    finally:
+        silent.remove()
+
+
+def new_key_line() -> str:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    return key.export_public_key("openssh").decode()

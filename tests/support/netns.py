@@ -16,6 +16,10 @@ How "no way in" is made with routing alone:
   proxy's listeners, answering connections the node opened) use it; an unbound socket
   dialing NODE_ADDR picks its route from the main table and is refused.
 
+``silent=True`` builds the opposite, a host that drops connection attempts without a
+word: the host routes NODE_ADDR over the veth, but the namespace has no route back, so
+a SYN arrives and neither a SYN-ACK nor a RST ever returns (a firewall that drops).
+
 Addresses come from the benchmarking range 198.18.0.0/15; names, addresses, the table
 and the rule priority are random per namespace, so runs in parallel do not collide.
 Creation fails loudly (the NAT test must fail, not skip, where it cannot run), and
@@ -58,10 +62,11 @@ class NatNamespace:
     node_addr: str
     table: int
     priority: int
+    silent: bool = False
     _undo: list[list[str]] = field(default_factory=list)
 
     @classmethod
-    def create(cls) -> NatNamespace:
+    def create(cls, silent: bool = False) -> NatNamespace:
         tag = uuid.uuid4().hex[:6]
         rng = random.Random()
         used = _addresses_in_use()
@@ -71,7 +76,8 @@ class NatNamespace:
             if host not in used and node not in used:
                 break
         ns = cls(f"limen-nat-{tag}", f"lh{tag}", f"ln{tag}", host, node,
-                 table=rng.randrange(20000, 60000), priority=rng.randrange(20000, 30000))
+                 table=rng.randrange(20000, 60000), priority=rng.randrange(20000, 30000),
+                 silent=silent)
         try:
             ns._setup()
         except BaseException:
@@ -94,6 +100,10 @@ class NatNamespace:
         self._do([*inside, "link", "set", "lo", "up"])
         self._do([*inside, "addr", "add", f"{self.node_addr}/32", "dev", self.node_veth])
         self._do([*inside, "link", "set", self.node_veth, "up"])
+        if self.silent:  # in, but never back out
+            self._do(["route", "add", f"{self.node_addr}/32", "dev", self.host_veth],
+                     ["route", "delete", f"{self.node_addr}/32", "dev", self.host_veth])
+            return
         self._do([*inside, "route", "add", f"{self.host_addr}/32", "dev", self.node_veth])
         self._do(["route", "add", "unreachable", f"{self.node_addr}/32"],
                  ["route", "delete", "unreachable", f"{self.node_addr}/32"])
