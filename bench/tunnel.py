@@ -30,29 +30,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shlex
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import (
+    Cluster,
+    Daemon,
+    Way,
+    bench_env,
+    latency,
+    log_in,
+    rss_kb,
+    start_cluster,
+    timed,
+    upload_command,
+    wait_for,
+)
 
-from limen.auth import totp  # noqa: E402
-from limen.client.api import APIClient  # noqa: E402
-from tests.support.netns import NatNamespace  # noqa: E402
+from tests.support.netns import NatNamespace
 
 CLUSTER = "bench.limen"
-PASSWORD = "correct horse battery staple"
-LIMEN = [sys.executable, "-m", "limen.cli.main"]
 DIRECT, TUNNELED, IDLE = "bench-direct", "bench-tunnel", "bench-idle"
 
 
@@ -72,169 +74,23 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def wait_for(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201 - tiny helper
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
-class Daemon:
-    """A process in its own session; its output goes to a log file."""
-
-    def __init__(self, argv: list[str], log: Path, env: dict[str, str]) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                         start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.log.name} exited:\n{self.log.read_text()}")
-        return True
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-@dataclass
-class Cluster:
-    root: Path
-    env: dict[str, str]
-    proxy: Daemon
-    data_dir: Path
-    web_addr: str
-    tunnel_port: int
-    daemons: list[Daemon]
-
-    def admin(self) -> APIClient:
-        token = (self.data_dir / "admin.token").read_text().strip()
-        return APIClient(self.web_addr, (self.data_dir / "ca" / "tls_ca.crt").read_text(), token)
-
-    def token(self) -> str:
-        with self.admin() as admin:
-            return str(admin.post("/v1/tokens", {"type": "node"})["token"])
-
-    def nodes(self) -> list[dict]:
-        with self.admin() as admin:
-            return list(admin.get("/v1/nodes"))
-
-    def start_node(self, name: str, *extra: str, netns: NatNamespace | None = None) -> Daemon:
-        argv = [*LIMEN, "start", "--roles", "node", "--token", self.token(),
-                "--proxy", self.web_addr, "--insecure", "--name", name,
-                "--data-dir", str(self.root / name), *extra]
-        daemon = Daemon(netns.exec_argv(*argv) if netns else argv, self.root / f"{name}.log",
-                        self.env)
-        self.daemons.append(daemon)
-        wait_for(lambda: daemon.alive() and any(
-            n["name"] == name and n["online"] for n in self.nodes()), 30, f"{name} online")
-        return daemon
-
-    def stop(self) -> None:
-        for daemon in [*self.daemons, self.proxy]:
-            daemon.stop()
-
-
-def start_cluster(root: Path, env: dict[str, str], mode: str, host: str) -> Cluster:
-    data = root / "auth"
-    config = root / "limen.yaml"
-    config.write_text(
-        f"cluster_name: {CLUSTER}\n"
-        f"data_dir: {data}\n"
-        "log_level: warning\n"
-        "auth: {listen_addr: '127.0.0.1:0'}\n"
-        f"proxy: {{listener_mode: {mode}, web_listen_addr: '{host}:0',\n"
-        f"        ssh_listen_addr: '{host}:0', tunnel_listen_addr: '{host}:0',\n"
-        "        rate_limit: {average_per_minute: 100000, burst: 100000}}\n"
-    )
-    proxy = Daemon([*LIMEN, "start", "--config", str(config), "--roles", "auth,proxy"],
-                   root / "proxy.log", env)
-    run = data / "run.json"
-    wait_for(lambda: proxy.alive() and run.exists(), 30, "the auth and proxy service")
-    addrs = json.loads(run.read_text())
-    cluster = Cluster(root, env, proxy, data, addrs["web_addr"], 0, [])
-    with cluster.admin() as admin:  # where agents are told to dial
-        cluster.tunnel_port = int(admin.get("/v1/ping")["tunnel_addr"].rsplit(":", 1)[1])
-    return cluster
-
-
-def log_in(cluster: Cluster, home: Path) -> Path:
-    """Sign up and log in a user; returns the `limen config` file for stock ssh."""
-    with cluster.admin() as admin:
-        issued = admin.post("/v1/users", {"name": "bench", "roles": ["access"],
-                                          "logins": ["root"]})
-    now = datetime.now(UTC)
-    ca = (cluster.data_dir / "ca" / "tls_ca.crt").read_text()
-    with APIClient(cluster.web_addr, ca) as anonymous:
-        secret = anonymous.post("/v1/signup/start", {"token": issued["token"]})["totp_secret"]
-        anonymous.post("/v1/signup/finish", {"token": issued["token"], "password": PASSWORD,
-                                             "otp": totp.code_at(secret, now)})
-    env = {**cluster.env, "LIMEN_HOME": str(home)}
-    next_code = totp.code_at(secret, now + timedelta(seconds=totp.STEP_SECONDS))
-    subprocess.run([*LIMEN, "login", "--proxy", cluster.web_addr, "--user", "bench",
-                    "--password-stdin", "--otp", next_code, "--insecure"],
-                   input=PASSWORD + "\n", text=True, env=env, check=True, capture_output=True)
-    printed = subprocess.run([*LIMEN, "config"], env=env, check=True, capture_output=True,
-                             text=True).stdout
-    path = home / "ssh_config"
-    path.write_text(printed)
-    return path
-
-
 # measuring
 
 
-def timed(command: str, env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(command, shell=True, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{command!r} failed ({done.returncode}): {done.stderr.decode()}")
-    return time.perf_counter() - started
+def way(config: Path, node: str) -> Way:
+    return Way(node, ["ssh", "-F", str(config), "-o", "BatchMode=yes",
+                      f"root@{node}.{CLUSTER}"])
 
 
-def ssh(config: Path, node: str, command: str) -> str:
-    return shlex.join(["ssh", "-F", str(config), "-o", "BatchMode=yes",
-                       f"root@{node}.{CLUSTER}", command])
-
-
-def transfers(config: Path, size_mb: int, runs: int, env: dict[str, str]) -> dict:
+def transfers(ways: list[Way], size_mb: int, runs: int, env: dict[str, str]) -> dict:
     rates: dict[tuple[str, str], list[float]] = {}
     for _ in range(runs):
-        for node in (DIRECT, TUNNELED):
-            up = f"head -c {size_mb}M /dev/zero | {ssh(config, node, 'cat > /dev/null')}"
-            down = f"{ssh(config, node, f'head -c {size_mb}M /dev/zero')} > /dev/null"
-            rates.setdefault((node, "up"), []).append(size_mb / timed(up, env))
-            rates.setdefault((node, "down"), []).append(size_mb / timed(down, env))
+        for path in ways:
+            down = f"{path.shell(f'head -c {size_mb}M /dev/zero')} > /dev/null"
+            rates.setdefault((path.name, "up"), []).append(
+                size_mb / timed(upload_command(path, size_mb), env))
+            rates.setdefault((path.name, "down"), []).append(size_mb / timed(down, env))
     return {key: statistics.median(values) for key, values in rates.items()}
-
-
-def latency(config: Path, runs: int, env: dict[str, str]) -> dict:
-    waits: dict[str, list[float]] = {DIRECT: [], TUNNELED: []}
-    for _ in range(runs):
-        for node in waits:
-            waits[node].append(timed(ssh(config, node, "true"), env))
-    return {node: 1000 * statistics.median(values) for node, values in waits.items()}
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def idle_memory(cluster: Cluster, count: int) -> tuple[float, float]:
@@ -340,24 +196,23 @@ def report(args: argparse.Namespace, rates: dict, lat: dict, memory: tuple[float
 def main() -> None:
     args = parse_args()
     root = Path(tempfile.mkdtemp(prefix="limen-bench-tunnel-"))
-    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    env["LC_ALL"] = "C"
+    env = bench_env()
     ns = NatNamespace.create()
-    cluster = start_cluster(root, env, args.listener_mode, ns.host_addr)
+    cluster = start_cluster(root, env, CLUSTER, args.listener_mode, ns.host_addr)
     try:
-        cluster.start_node(DIRECT, "--advertise-addr", "127.0.0.1", "--listen-addr",
-                           "127.0.0.1:0")
+        cluster.start_node(DIRECT, direct=True)
         cluster.start_node(TUNNELED)
-        cluster.start_node(IDLE, netns=ns)
+        cluster.start_node(IDLE, launcher=lambda argv: ns.exec_argv(*argv))
         config = log_in(cluster, root / "home")
-        for node in (DIRECT, TUNNELED):  # warm-up: page cache, first handshakes
-            timed(ssh(config, node, "true"), env)
+        ways = [way(config, DIRECT), way(config, TUNNELED)]
+        for path in ways:  # warm-up: page cache, first handshakes
+            timed(path.shell("true"), env)
         time.sleep(5)  # let the idle node's start-up traffic pass
         web_port = int(cluster.web_addr.rsplit(":", 1)[1])
         own_port = cluster.tunnel_port if cluster.tunnel_port != web_port else None
         traffic = idle_traffic(ns, own_port, args.idle_seconds)
-        rates = transfers(config, args.size_mb, args.transfers, env)
-        lat = latency(config, args.runs, env)
+        rates = transfers(ways, args.size_mb, args.transfers, env)
+        lat = latency(ways, args.runs, env)
         memory = idle_memory(cluster, args.idle_nodes)
         report(args, rates, lat, memory, traffic)
     finally:
