@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 NODE_PORT = 3022
 OPEN_TIMEOUT = 5.0  # like a direct dial: never keep a user waiting on a dead tunnel
 CHANNEL_WINDOW = 8 * 1024 * 1024  # bulk copies: the jump host's channels use the same
+# What the agent may put in one packet towards the proxy. The channel carries SSH
+# packets of the user's own connection, up to 32 KiB of payload plus framing: with
+# the usual 32 KiB limit each of them would cross the tunnel as two packets.
+CHANNEL_MAX_PACKET = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ class Tunnel:
             async with asyncio.timeout(timeout):
                 await self.conn.create_connection(
                     lambda: session, self.node_id, NODE_PORT, orig_host, 0,
-                    window=CHANNEL_WINDOW,
+                    window=CHANNEL_WINDOW, max_pktsize=CHANNEL_MAX_PACKET,
                 )
         except TimeoutError:
             raise ConnectionProblem(
