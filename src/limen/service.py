@@ -152,6 +152,7 @@ class Service:
             reset_token_ttl=parse_duration(auth_cfg.reset_token_ttl),
             lockout_attempts=auth_cfg.lockout_attempts,
             lockout_duration=parse_duration(auth_cfg.lockout_duration),
+            reserved_host_names=self._proxy_host_names(),
         )
         self.audit = await open_audit(self.config, self.data_dir, cluster, self.clock)
         ctx = AuthContext(settings, Stores(backend), cas, self.clock, self.audit.log,
@@ -159,6 +160,14 @@ class Service:
         server = AuthServer(ctx)
         await server.bootstrap(self.data_dir)
         return server
+
+    def _proxy_host_names(self) -> frozenset[str]:
+        """The proxy's configured host names and addresses (joining nodes may not claim them)."""
+        proxy = self.config.proxy
+        addrs = [proxy.public_addr, proxy.web_listen_addr, proxy.ssh_listen_addr,
+                 proxy.tunnel_listen_addr]
+        hosts = {split_host_port(a, 0)[0].lower() for a in addrs if a}
+        return frozenset(hosts - {"", "0.0.0.0", "::"})
 
     def _web_listen(self) -> tuple[str, int]:
         if "proxy" in self.config.roles():

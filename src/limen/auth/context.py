@@ -32,6 +32,8 @@ class AuthSettings:
     # A node missing heartbeats for this long disappears from listings.
     node_ttl: timedelta = timedelta(minutes=10)
     heartbeat_interval: timedelta = timedelta(seconds=60)
+    # Host names the proxy answers to; joining nodes may not claim them.
+    reserved_host_names: frozenset[str] = frozenset()
     session_ttl: timedelta = timedelta(minutes=2)
 
 

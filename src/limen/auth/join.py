@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,6 +19,23 @@ from limen.auth.identity import Identity
 from limen.errors import AccessDenied, BadParameter, NotFound
 from limen.resources import JoinToken, Node, validate_name
 from limen.resources.token import new_token, token_hash
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _is_special_ip(text: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return addr.is_loopback or addr.is_unspecified or addr.is_multicast
+
 
 BAD_JOIN_TOKEN = (
     "the join token is not valid: it has expired or was never issued; "
@@ -111,6 +130,17 @@ class JoinService:
             )
             raise AccessDenied(BAD_JOIN_TOKEN) from None
         labels = {**request.labels, **record.spec.labels}
+        try:
+            self._check_claims(request)
+        except BadParameter as exc:
+            await self.ctx.audit.emit(
+                events.NODE_JOIN_FAILURE,
+                success=False,
+                error=exc.message,
+                node_name=request.name,
+                addr_remote=remote_addr,
+            )
+            raise
         await self.ctx.audit.emit(
             events.JOIN_TOKEN_USE,
             token_id=record.name[:12],
@@ -118,15 +148,52 @@ class JoinService:
             created_by=record.spec.created_by,
             addr_remote=remote_addr,
         )
-        return await self.register(request, labels, remote_addr)
+        return await self.register(
+            request, labels, remote_addr, certify_addr=self._claimable_addr(request.addr)
+        )
+
+    def _check_claims(self, request: JoinRequest) -> None:
+        """A joining host names itself, and its host certificate will say so: refuse names
+        and addresses that would let it pose as the proxy or another well-known host.
+
+        Every client trusts the host CA for any host name (`@cert-authority *`), so a node
+        certificate naming `localhost`, a loopback address or the proxy's own name could
+        answer for the proxy. The local node of `limen start` is registered in-process and
+        is not subject to this.
+        """
+        reserved = self._reserved_names()
+        if request.name.lower() in reserved or _is_ip(request.name):
+            raise BadParameter(
+                f"the node name {request.name!r} is reserved or an address; choose another --name"
+            )
+
+    def _reserved_names(self) -> set[str]:
+        """Names the proxy answers to, which no joining node may have certified."""
+        names = {"proxy", "localhost", self.ctx.settings.cluster_name, socket.gethostname()}
+        return {n.lower() for n in names | set(self.ctx.settings.reserved_host_names)}
+
+    def _claimable_addr(self, addr: str) -> bool:
+        """Whether a joining node's advertised host may appear in its certificate.
+
+        Loopback, wildcard and reserved names are still used to dial the node, but are
+        never certified: the certificate would otherwise answer for the proxy's host.
+        """
+        host = addr.rsplit(":", 1)[0].strip("[]").lower() if addr else ""
+        reserved = self._reserved_names()
+        return bool(host) and host not in reserved and not _is_special_ip(host)
 
     async def register(
-        self, request: JoinRequest, labels: dict[str, str], remote_addr: str = ""
+        self,
+        request: JoinRequest,
+        labels: dict[str, str],
+        remote_addr: str = "",
+        certify_addr: bool = True,
     ) -> JoinResult:
         """Issue a host certificate and a node identity (also used for the local node)."""
         validate_name(request.name, "node name")
         node_id = request.node_id or str(uuid.uuid4())
-        cert = self.sign_host(node_id, request.name, request.addr, request.public_key)
+        certified_addr = request.addr if certify_addr else ""
+        cert = self.sign_host(node_id, request.name, certified_addr, request.public_key)
         await self._save_node(self._new_node(node_id, request, labels))
         token = await self.ctx.stores.api_sessions.issue(node_id, None, builtin="node")
         await self.ctx.audit.emit(
