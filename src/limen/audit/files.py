@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.log$")
 
@@ -68,23 +68,25 @@ def last_record(directory: Path, log_id: str) -> dict[str, Any] | None:
     return None
 
 
+def complete_lines_end(fh: BinaryIO, end: int) -> int:
+    """Offset just past the last newline before `end` (0 when there is none)."""
+    pos = end
+    while pos > 0:
+        step = min(pos, 64 * 1024)
+        fh.seek(pos - step)
+        newline = fh.read(step).rfind(b"\n")
+        if newline >= 0:
+            return pos - step + newline + 1
+        pos -= step
+    return 0
+
+
 def truncate_torn_tail(path: Path) -> int:
     """Cut a partial last line left by a crash (it was never acknowledged, because a
     line is acknowledged only after its fsync); returns the bytes removed."""
     with path.open("rb+") as fh:
         end = fh.seek(0, os.SEEK_END)
-        pos = end
-        while pos > 0:
-            step = min(pos, 64 * 1024)
-            fh.seek(pos - step)
-            block = fh.read(step)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                keep = pos - step + newline + 1
-                break
-            pos -= step
-        else:
-            keep = 0
+        keep = complete_lines_end(fh, end)
         if keep == end:
             return 0
         fh.truncate(keep)

@@ -22,6 +22,7 @@ from limen.backend.sql_dialects import (
     PostgresDialect,
     SQLiteDialect,
     connection_problem,
+    open_engine,
 )
 from limen.errors import BadParameter, ConnectionProblem
 
@@ -114,19 +115,5 @@ async def open_store(
         raise BadParameter(f"unknown storage type {kind!r} for the audit store")
     from limen.backend.audit_tables import audit_metadata
 
-    engine = dialect.make_engine()
-    if kind == "sqlite":
-        _relax_sync(engine)
-    try:
-        async with engine.connect() as conn:
-            await conn.execution_options(**{WRITE_OPTION: True})
-            async with conn.begin():
-                await dialect.prepare(conn)
-                await conn.run_sync(audit_metadata.create_all)
-    except (SQLAlchemyError, OSError) as exc:
-        await engine.dispose()
-        raise connection_problem(dialect, exc) from exc
-    except BaseException:
-        await engine.dispose()
-        raise
+    engine = await open_engine(dialect, audit_metadata, _relax_sync if kind == "sqlite" else None)
     return SQLAuditStore(Database(dialect, engine))

@@ -50,7 +50,7 @@ from limen.backend.base import (
     sweep_forever,
     to_micros,
 )
-from limen.backend.sql_dialects import WRITE_OPTION, Dialect, connection_problem
+from limen.backend.sql_dialects import WRITE_OPTION, Dialect, connection_problem, open_engine
 from limen.backend.sql_tables import (
     ITEM_COLUMNS,
     WriteTx,
@@ -115,20 +115,7 @@ class SQLBackend:
     @classmethod
     async def open(cls, dialect: Dialect, **kwargs: Any) -> SQLBackend:
         """Connect, create the tables if needed, and return a ready backend."""
-        engine = dialect.make_engine()
-        try:
-            async with engine.connect() as conn:
-                await conn.execution_options(**{WRITE_OPTION: True})
-                async with conn.begin():
-                    await dialect.prepare(conn)
-                    await conn.run_sync(metadata.create_all)
-        except (SQLAlchemyError, OSError) as exc:
-            await engine.dispose()
-            raise connection_problem(dialect, exc) from exc
-        except BaseException:
-            await engine.dispose()
-            raise
-        return cls(dialect, engine, **kwargs)
+        return cls(dialect, await open_engine(dialect, metadata), **kwargs)
 
     def start(self, sweep_interval: float | None) -> None:
         """Start the background sweeper (None: only explicit ``sweep()`` calls)."""

@@ -16,12 +16,13 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import event, text
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from limen.errors import BadParameter, ConnectionProblem
@@ -230,3 +231,25 @@ class PostgresDialect:
 
     def insert(self, table: Any) -> Any:
         return postgresql.insert(table)
+
+
+async def open_engine(
+    dialect: Dialect, tables: MetaData, configure: Callable[[AsyncEngine], None] | None = None
+) -> AsyncEngine:
+    """An engine with the dialect prepared and `tables` created; disposed if that fails."""
+    engine = dialect.make_engine()
+    if configure is not None:
+        configure(engine)
+    try:
+        async with engine.connect() as conn:
+            await conn.execution_options(**{WRITE_OPTION: True})
+            async with conn.begin():
+                await dialect.prepare(conn)
+                await conn.run_sync(tables.create_all)
+    except (SQLAlchemyError, OSError) as exc:
+        await engine.dispose()
+        raise connection_problem(dialect, exc) from exc
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from limen.audit.files import complete_lines_end
 from limen.errors import BadParameter, LimenError
 from limen.node.recorder import LocalRecording
 
@@ -139,16 +140,7 @@ def _complete_size(path: Path) -> int:
     except FileNotFoundError:
         return 0
     with path.open("rb") as fh:
-        pos = end
-        while pos > 0:
-            step = min(pos, 64 * 1024)
-            fh.seek(pos - step)
-            block = fh.read(step)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                return pos - step + newline + 1
-            pos -= step
-    return 0
+        return complete_lines_end(fh, end)
 
 
 def _read_lines(path: Path, offset: int, size: int) -> bytes:
