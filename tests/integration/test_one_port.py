@@ -20,9 +20,8 @@ import pytest
 
 from limen.config import Config
 from tests.support.cluster import ClusterHarness, default_config
-from tests.support.netns import NatNamespace
-from tests.support.ssh_access import CLUSTER, SshUser, new_user, unique
-from tests.support.tunnel import NodeProcess
+from tests.support.ssh_access import CLUSTER, SshUser, new_user
+from tests.support.tunnel import NodeProcess, nat_cluster
 
 
 @dataclass
@@ -46,22 +45,8 @@ def _config(data_dir: Path, host: str) -> Config:
 @pytest.fixture(scope="module")
 def one_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OnePort]:
     base = tmp_path_factory.mktemp("oneport")
-    ns = NatNamespace.create()  # fails the tests (never skips) if it cannot be built
-    cluster: ClusterHarness | None = None
-    node: NodeProcess | None = None
-    try:
-        cluster = ClusterHarness(base, config=_config(base / "data", ns.host_addr)).start()
-        node = NodeProcess(cluster, base, unique("oneport"), "net=nat", netns=ns.name).start()
-        node.wait_tunneled()
+    with nat_cluster(base, _config, "oneport") as (cluster, _ns, node):
         yield OnePort(cluster, node, new_user(cluster, "oneport", logins="root"))
-    finally:
-        try:
-            if node is not None:
-                node.stop()
-            if cluster is not None:
-                cluster.stop()
-        finally:
-            ns.remove()
 
 
 def test_only_the_web_port_is_published(one_port: OnePort) -> None:

@@ -7,11 +7,7 @@ The module has a cluster of its own, so the set of nodes is exactly what it buil
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,51 +15,7 @@ import pytest
 
 from tests.support.cluster import ClusterHarness
 from tests.support.ssh_access import CLUSTER, SshUser, new_user, unique, wait_until
-
-
-class JoinedNode:
-    """`limen start --roles node` in a process of its own, joined with a fresh token."""
-
-    def __init__(self, cluster: ClusterHarness, base: Path, name: str, labels: str) -> None:
-        self.cluster = cluster
-        self.name = name
-        self.data_dir = base / name
-        self.log = base / f"{name}.log"
-        token = cluster.admin("tokens", "add", "--type", "node", "--format", "json")
-        assert token.returncode == 0, token.stderr
-        self.token = token.json()["token"]
-        self.labels = labels
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> JoinedNode:
-        argv = [sys.executable, "-m", "limen.cli.main", "start", "--roles", "node",
-                "--token", self.token, "--proxy", self.cluster.web_addr, "--insecure",
-                "--name", self.name, "--labels", self.labels,
-                "--listen-addr", "127.0.0.1:0", "--data-dir", str(self.data_dir),
-                "--advertise-addr", "127.0.0.1"]  # direct: without it the node tunnels
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._registered, 30, f"node {self.name} to register")
-        return self
-
-    def _registered(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited:\n{self.log.read_text()}")
-        nodes = self.cluster.run(self.cluster.service.auth.ctx.stores.nodes.list())
-        return any(n.spec.hostname == self.name for n in nodes)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)  # the node and the shells it started
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+from tests.support.tunnel import DIRECT, NodeProcess
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +24,9 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluste
     base = tmp_path_factory.mktemp("nodes")
     harness = ClusterHarness(base).start()
     name = unique("node2")
-    node = JoinedNode(harness, base, name, "env=dev,fleet=joined")
+    node = NodeProcess(harness, base, name, "env=dev,fleet=joined", extra=DIRECT)
     try:
-        node.start()
+        node.start().wait_registered()
         yield harness, name
     finally:
         node.stop()
@@ -140,7 +92,8 @@ def test_a_node_that_went_away_is_a_clear_error(
 ) -> None:
     cluster, _ = two_nodes
     name = unique("gone")
-    node = JoinedNode(cluster, tmp_path, name, "fleet=gone").start()
+    node = NodeProcess(cluster, tmp_path, name, "fleet=gone", extra=DIRECT).start()
+    node.wait_registered()
     alice = _user(two_nodes, "offline")
     try:
         assert alice.limen("ssh", name, "true").returncode == 0

@@ -25,7 +25,7 @@ from limen.config import Config
 from tests.support.cluster import ClusterHarness, default_config
 from tests.support.netns import NatNamespace
 from tests.support.ssh_access import CLUSTER, SshUser, new_user, unique, wait_until
-from tests.support.tunnel import NodeProcess, restart_proxy, tunnel_of
+from tests.support.tunnel import NodeProcess, nat_cluster, restart_proxy, tunnel_of
 
 
 @dataclass
@@ -59,23 +59,9 @@ def _config(data_dir: Path, host: str) -> Config:
 @pytest.fixture(scope="module")
 def nat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatSetup]:
     base = tmp_path_factory.mktemp("nat")
-    ns = NatNamespace.create()  # raises (fails the tests) if it cannot be built
-    cluster: ClusterHarness | None = None
-    node: NodeProcess | None = None
-    try:
-        cluster = ClusterHarness(base, config=_config(base / "data", ns.host_addr)).start()
-        node = NodeProcess(cluster, base, unique("natted"), "net=nat", netns=ns.name).start()
+    with nat_cluster(base, _config, "natted") as (cluster, ns, node):
         node_id = node.wait_tunneled()
-        user = new_user(cluster, "natuser", logins="root")
-        yield NatSetup(cluster, ns, node, node_id, user)
-    finally:
-        try:
-            if node is not None:
-                node.stop()
-            if cluster is not None:
-                cluster.stop()
-        finally:
-            ns.remove()
+        yield NatSetup(cluster, ns, node, node_id, new_user(cluster, "natuser", logins="root"))
 
 
 def test_nobody_can_connect_into_the_namespace(nat: NatSetup) -> None:

@@ -10,12 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from limen.config import Config
 from limen.service import Service
 from tests.support.cluster import ClusterHarness
-from tests.support.ssh_access import wait_until
+from tests.support.netns import NatNamespace
+from tests.support.ssh_access import unique, wait_until
 
 
 class NodeProcess:
@@ -64,6 +67,10 @@ class NodeProcess:
         nodes = self.cluster.run(self.cluster.service.auth.ctx.stores.nodes.list())
         return next((n for n in nodes if n.spec.hostname == self.name), None)
 
+    def wait_registered(self, timeout: float = 30) -> NodeProcess:
+        wait_until(lambda: self.node() is not None, timeout, f"node {self.name} to register")
+        return self
+
     def wait_tunneled(self, timeout: float = 30) -> str:
         """Wait until the proxy has this node's tunnel; returns the node id."""
         def ready() -> str | None:
@@ -84,6 +91,34 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+DIRECT = ("--listen-addr", "127.0.0.1:0", "--advertise-addr", "127.0.0.1")  # not tunneled
+
+
+@contextlib.contextmanager
+def nat_cluster(base: Path, config: Callable[[Path, str], Config],
+                node_prefix: str) -> Iterator[tuple[ClusterHarness, NatNamespace, NodeProcess]]:
+    """A cluster on the host end of a fresh NAT namespace and a node tunneling from inside.
+
+    Building the namespace fails the tests (never skips); everything is torn down even
+    when set-up fails half way."""
+    ns = NatNamespace.create()
+    cluster: ClusterHarness | None = None
+    node: NodeProcess | None = None
+    try:
+        cluster = ClusterHarness(base, config=config(base / "data", ns.host_addr)).start()
+        node = NodeProcess(cluster, base, unique(node_prefix), "net=nat", netns=ns.name).start()
+        node.wait_tunneled()
+        yield cluster, ns, node
+    finally:
+        try:
+            if node is not None:
+                node.stop()
+            if cluster is not None:
+                cluster.stop()
+        finally:
+            ns.remove()
 
 
 def tunnel_of(cluster: ClusterHarness, node_id: str) -> Any:
