@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime, timedelta
 
 import asyncssh
@@ -11,12 +10,13 @@ import pytest
 from limen.clock import FakeClock
 from limen.errors import AccessDenied, BadParameter
 from limen.node import CertPolicy, ManualTimers, NodeSettings, SessionPermit
-from limen.node.certcheck import TrustedCAs, check_user_certificate
 from limen.node.environment import filter_client_env
 from limen.node.executor import ExitStatus
+from limen.node.identity import UserIdentity, identity_from_certificate
 from limen.node.policy import destination_allowed
 from limen.node.scp import parse_scp_command
 from limen.node.sftp import LogLines, parse_log_line
+from limen.sshauth import read_certificate
 
 CA = asyncssh.generate_private_key("ssh-ed25519")
 KEY = asyncssh.generate_private_key("ssh-ed25519")
@@ -30,34 +30,8 @@ def cert_blob(**kwargs) -> bytes:
     return CA.generate_user_certificate(KEY, "alice", **kwargs).public_data
 
 
-def check(blob: bytes, login: str = "root"):
-    return check_user_certificate(blob, login, TrustedCAs([CA.convert_to_public()]), NOW)
-
-
-def test_certificate_check_accepts_and_describes_the_user() -> None:
-    verdict = check(cert_blob(principals=["root", "web"], permit_agent_forwarding=False))
-    assert verdict.ok and verdict.identity is not None
-    identity = verdict.identity
-    assert (identity.user, identity.principals) == ("alice", ("root", "web"))
-    assert identity.permit_port_forwarding and not identity.permit_agent_forwarding
-    assert identity.valid_before > NOW and identity.valid_before.tzinfo is not None
-    # The raw certificate travels along, for whoever decodes custom extensions later.
-    text = b"ssh-ed25519-cert-v01@openssh.com " + base64.b64encode(identity.cert)
-    assert asyncssh.import_certificate(text).principals == ["root", "web"]
-
-
-def test_certificate_check_reasons() -> None:
-    assert "names no logins" in check(cert_blob(principals=[])).reason
-    assert "does not allow login as 'root'" in check(cert_blob(principals=["bob"])).reason
-    host = CA.generate_host_certificate(KEY, "host", principals=["root"]).public_data
-    assert "host certificate" in check(host).reason
-    assert "plain public keys" in check(KEY.public_data).reason
-    assert "could not be read" in check(b"\x00\x00\x00\x03bad").reason
-
-
-def test_forever_certificate_has_an_aware_expiry() -> None:
-    verdict = check(cert_blob(valid_before=0xFFFFFFFFFFFFFFFF))
-    assert verdict.identity is not None and verdict.identity.valid_before.year == 9999
+def identity_of(blob: bytes) -> UserIdentity:
+    return identity_from_certificate(read_certificate(blob), None)
 
 
 def test_environment_filter() -> None:
@@ -80,7 +54,7 @@ def test_destination_globs() -> None:
 
 
 async def test_cert_policy_follows_the_certificate() -> None:
-    identity = check(cert_blob(permit_port_forwarding=False)).identity
+    identity = identity_of(cert_blob(permit_port_forwarding=False))
     assert identity is not None
     clock = FakeClock()
     policy = CertPolicy(clock=clock, idle_timeout=60)

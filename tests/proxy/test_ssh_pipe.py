@@ -154,4 +154,4 @@ async def test_clock_skew_between_issuer_and_proxy_is_named(make_jump: MakeJump,
             **client_algs(),
         )
     failure = await jump.recorder.wait_for("auth", success=False)
-    assert "not valid yet by this proxy's clock" in failure["reason"]
+    assert "not valid yet by this server's clock" in failure["reason"]

@@ -22,7 +22,6 @@ roles and locks from the cluster at each new session.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import logging
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncssh
-from asyncssh.packet import PacketDecodeError, SSHPacket, String, UInt32, UInt64
+from asyncssh.packet import SSHPacket, String, UInt32, UInt64
 from cryptography import x509
 
 from limen.auth.tlsca import (
@@ -51,6 +50,7 @@ from limen.auth.tlsca import (
     spki_pin,
 )
 from limen.errors import BadParameter, LimenError
+from limen.sshauth import read_certificate
 
 __all__ = [
     "CERT_TYPE_HOST",
@@ -374,82 +374,14 @@ def read_cert_extensions(cert: bytes | str | asyncssh.SSHCertificate) -> dict[st
 
     ``cert`` is an ``SSHCertificate``, its wire bytes (``cert.public_data``) or an
     OpenSSH certificate line. Flags such as ``permit-pty`` map to ``""``. The CA
-    signature is checked (by asyncssh) before anything is read.
+    signature is checked before anything is read (limen.sshauth reads certificates).
     """
-    return _read_tuples(cert)[1]
+    return read_certificate(cert).extensions
 
 
 def read_cert_critical_options(cert: bytes | str | asyncssh.SSHCertificate) -> dict[str, str]:
     """The critical options (``source-address``, ``force-command``) as ``name -> value``."""
-    return _read_tuples(cert)[0]
-
-
-def _read_tuples(
-    cert: bytes | str | asyncssh.SSHCertificate,
-) -> tuple[dict[str, str], dict[str, str]]:
-    blob = _cert_blob(cert)
-    parsed = _import_blob(blob)
-    # The key fields' length is whatever the key's own wire form has after its name.
-    key_length = len(_split_public_key(parsed.key)[1])
-    try:
-        packet = SSHPacket(blob)
-        packet.get_string()  # certificate algorithm
-        packet.get_string()  # nonce
-        packet.get_bytes(key_length)
-        packet.get_uint64()  # serial
-        packet.get_uint32()  # type
-        packet.get_string()  # key id
-        packet.get_string()  # principals
-        packet.get_uint64()  # valid after
-        packet.get_uint64()  # valid before
-        options = _decode_tuples(packet.get_string())
-        extensions = _decode_tuples(packet.get_string())
-    except PacketDecodeError as exc:
-        raise BadParameter("The SSH certificate is truncated or malformed.") from exc
-    return options, extensions
-
-
-def _cert_blob(cert: bytes | str | asyncssh.SSHCertificate) -> bytes:
-    if isinstance(cert, asyncssh.SSHCertificate):
-        return cert.public_data
-    data = cert.encode("ascii", "replace") if isinstance(cert, str) else bytes(cert)
-    if data[:1] == b"\x00":  # wire bytes start with the algorithm name's length
-        return data
-    fields = data.split()
-    if len(fields) < 2:
-        raise BadParameter("Not an SSH certificate.")
-    try:
-        return base64.b64decode(fields[1], validate=True)
-    except binascii.Error as exc:
-        raise BadParameter("The SSH certificate's base64 is invalid.") from exc
-
-
-def _decode_tuples(data: bytes) -> dict[str, str]:
-    packet = SSHPacket(data)
-    result: dict[str, str] = {}
-    while packet:
-        name = _utf8(packet.get_string(), "name")
-        result[name] = _decode_value(packet.get_string(), name)
-    return result
-
-
-def _decode_value(data: bytes, name: str) -> str:
-    if not data:
-        return ""
-    packet = SSHPacket(data)
-    try:
-        value = packet.get_string()
-        packet.check_end()
-    except PacketDecodeError as exc:
-        raise BadParameter(f"Certificate extension {name!r} has a malformed value.") from exc
-    return _utf8(value, name)
-
-
-def _utf8(data: bytes, what: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadParameter(f"Certificate field {what!r} is not UTF-8.") from exc
+    return read_certificate(cert).critical_options
 
 
 # --- the store on disk ------------------------------------------------------------

@@ -1,12 +1,8 @@
 """One SSH connection to the node: authentication, then session and forward channels.
 
-Authentication accepts only user certificates (certcheck.py). asyncssh's own check
-answers yes or no, and the audit log needs the reason, and the session needs the
-certificate itself (key id, principals, expiry, raw extensions), which asyncssh does
-not hand over. So ``connection_made`` puts the node's check in front of the
-connection's ``validate_public_key`` (the one method asyncssh's public-key auth calls):
-the node decides and records why; asyncssh still verifies the signature and the
-certificate's critical options, and enforces its permit-* extensions.
+Authentication accepts only user certificates from the cluster's user CA that name the
+requested login; ``CertAuthServer`` (limen.sshauth) is the one hook every Limen SSH
+server uses, and ``judge`` below is the node's decision.
 """
 
 from __future__ import annotations
@@ -20,15 +16,15 @@ import asyncssh
 
 from limen.errors import AccessDenied
 from limen.node.agent import grant_agent_socket, revoke_agent_socket
-from limen.node.certcheck import CertCheck, check_user_certificate
 from limen.node.environment import Endpoints
 from limen.node.executor import TermSize
 from limen.node.forward import ForwardedConnection, connect_target
-from limen.node.identity import UserIdentity
+from limen.node.identity import UserIdentity, identity_from_certificate
 from limen.node.policy import SessionPermit, destination_allowed
 from limen.node.session import SessionContext
 from limen.node.timers import TimerHandle
 from limen.node.users import LocalUser
+from limen.sshauth import Accepted, CertAuthServer, CertFacts, judge_user
 
 if TYPE_CHECKING:
     from limen.node.channel import SessionChannel
@@ -40,28 +36,24 @@ PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
 FAILED = asyncssh.OPEN_CONNECT_FAILED
 
 
-def _addr(info: Any) -> tuple[str, int] | None:
-    if isinstance(info, tuple) and len(info) >= 2:
-        return str(info[0]), int(info[1])
-    return None
-
-
 def _fmt(addr: tuple[str, int] | None) -> str | None:
     return f"{addr[0]}:{addr[1]}" if addr else None
 
 
-class NodeConnection(asyncssh.SSHServer):
+class NodeConnection(CertAuthServer):
+    not_a_certificate_hint = (
+        "only certificates from the cluster's user CA are accepted; "
+        "log in to get one"
+    )
+
     def __init__(self, node: NodeServer) -> None:
+        super().__init__()
         self.node = node
         self.settings = node.settings
-        self.conn: asyncssh.SSHServerConnection | None = None
         self.login = ""
         self.identity: UserIdentity | None = None
-        self.remote_addr: tuple[str, int] | None = None
         self.local_addr: tuple[str, int] | None = None
         self.channels: set[SessionChannel] = set()
-        self._verified: UserIdentity | None = None
-        self._reported: set[tuple[bytes, str]] = set()
         self._auth_began = False
         self._key_offered = False
         self._agent_allowed: bool | None = None
@@ -70,11 +62,10 @@ class NodeConnection(asyncssh.SSHServer):
     # -- connection ------------------------------------------------------------
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self.conn = conn
-        self.remote_addr = _addr(conn.get_extra_info("peername"))
-        self.local_addr = _addr(conn.get_extra_info("sockname"))
-        self._asyncssh_validate = conn.validate_public_key
-        conn.validate_public_key = self._validate_public_key  # type: ignore[method-assign]
+        super().connection_made(conn)
+        sock = conn.get_extra_info("sockname")
+        if isinstance(sock, tuple) and len(sock) >= 2:
+            self.local_addr = str(sock[0]), int(sock[1])
         self.node.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -120,57 +111,22 @@ class NodeConnection(asyncssh.SSHServer):
         self._auth_began = True
         return True  # authentication is always required
 
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return False  # plain keys never log in (certcheck has already said why)
-
-    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return key in self.node.trusted_cas
-
-    async def _validate_public_key(self, username: str, key_data: bytes, msg: bytes,
-                                   signature: bytes) -> bool:
+    def judge(self, cert: CertFacts, username: str) -> Accepted:
         self._key_offered = True
-        try:
-            verdict = check_user_certificate(
-                key_data, username, self.node.trusted_cas, self.node.clock.now(),
-                self.remote_addr,
-            )
-        except Exception:  # an exception here would tear down the connection (item 6)
-            log.exception("checking an offered key failed")
-            verdict = CertCheck(None, "the offered key could not be checked")
-        if not verdict.ok:
-            await self._report_refusal(key_data, verdict)
-            return False
-        if not await self._asyncssh_validate(username, key_data, msg, signature):
-            await self._report_refusal(key_data, CertCheck(
-                None, "the certificate was refused: bad signature, or the source address "
-                "is not allowed by it", verdict.user,
-            ))
-            return False
-        if msg:  # signature verified: this is the key that logs in
-            self._verified = verdict.identity
-        return True
+        peer = self.remote_addr[0] if self.remote_addr else None
+        judge_user(cert, username, self.node.trusted_cas, self.node.clock.now(), peer)
+        return Accepted(username)
 
-    async def _report_refusal(self, key_data: bytes, verdict: CertCheck) -> None:
-        # OpenSSH asks about a key before signing with it: report each refusal once.
-        if (key_data, verdict.reason) in self._reported:
-            return
-        self._reported.add((key_data, verdict.reason))
+    async def on_refused(self, reason: str, cert: CertFacts | None, username: str) -> None:
+        self._key_offered = True
         await self.node.emit("auth", self.base_fields(
-            success=False, reason=verdict.reason, user=verdict.user, method="publickey",
+            success=False, reason=reason, user=cert.key_id if cert else None,
+            method="publickey",
         ))
 
     async def auth_completed(self) -> None:
-        assert self._verified is not None
-        self.identity = self._verified
+        assert self.cert is not None
+        self.identity = identity_from_certificate(self.cert, self.remote_addr)
         await self.node.emit("auth", self.base_fields(
             success=True, method="certificate", principals=list(self.identity.principals),
             cert_serial=self.identity.serial, ca=self.identity.ca_fingerprint,

@@ -18,13 +18,13 @@ from typing import Any
 
 import asyncssh
 
-from limen.node.certcheck import TrustedCAs
 from limen.node.connection import NodeConnection
 from limen.node.policy import CertPolicy, NodeObserver, NodePolicy, NullObserver
 from limen.node.session import SessionContext
 from limen.node.settings import NodeSettings
 from limen.node.timers import LoopTimers, Timers
 from limen.sshalgs import hardened_options
+from limen.sshauth import TrustedKeys
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class NodeServer:
         self.clock = self.timers.clock
         self.policy: NodePolicy = policy or CertPolicy(clock=self.clock)
         self.observer: NodeObserver = observer or NullObserver()
-        self.trusted_cas = TrustedCAs(settings.user_ca_keys)
+        self.trusted_cas = TrustedKeys(settings.user_ca_keys)
         self.sessions: dict[str, SessionContext] = {}  # live sessions by id
         self.connections: set[NodeConnection] = set()
         self._acceptor: asyncssh.SSHAcceptor | None = None

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from limen.errors import AccessDenied, LimenError
-from limen.proxy.ssh_conn import JumpConnection
 from limen.proxy.ssh_pipe import NodePipe
 from limen.proxy.ssh_routes import JumpIdentity
+from limen.sshauth import Accepted, CertAuthServer, CertFacts, judge_user
 
 if TYPE_CHECKING:
     from limen.proxy.ssh_jump import JumpHost
@@ -22,12 +22,17 @@ log = logging.getLogger(__name__)
 PROXY_SESSION_MESSAGE = "this is the Limen proxy; use it as a jump host (ssh -J)"
 
 
-class JumpServer(asyncssh.SSHServer):
+class JumpServer(CertAuthServer):
     """Per-connection hooks: who is this, and where may they go."""
 
+    not_a_certificate_hint = (
+        "only certificates issued by this cluster are accepted; sign in with limen login "
+        "to get one"
+    )
+
     def __init__(self, host: JumpHost) -> None:
+        super().__init__()
         self._host = host
-        self._conn: JumpConnection | None = None
         self._identity: JumpIdentity | None = None
         self._pipes: set[NodePipe] = set()
         self._lost = False
@@ -36,8 +41,7 @@ class JumpServer(asyncssh.SSHServer):
     # lifecycle
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        assert isinstance(conn, JumpConnection)
-        self._conn = conn
+        super().connection_made(conn)
         self._host.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -45,13 +49,13 @@ class JumpServer(asyncssh.SSHServer):
         self._host.connections.discard(self)
         for pipe in list(self._pipes):
             pipe.abort()
-        if self._identity is None and self._conn is not None and self._conn.refusals:
-            self._host.emit("auth", self._auth_fields(False, "; ".join(self._conn.refusals)))
+        if self._identity is None and self.refusals:
+            self._host.emit("auth", self._auth_fields(False, "; ".join(self.refusals)))
         self._closed.set()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -59,26 +63,36 @@ class JumpServer(asyncssh.SSHServer):
 
     # authentication
 
-    def begin_auth(self, username: str) -> bool:
-        return True  # always authenticate; there is no anonymous access
+    def judge(self, cert: CertFacts, username: str) -> Accepted:
+        peer = self.remote_addr[0] if self.remote_addr else None
+        principal = judge_user(cert, username, self._host.trusted, self._host.clock.now(),
+                               peer, key_id_logs_in=True)
+        return Accepted(principal)
+
+    def certificate_permission(self, permission: str) -> bool | None:
+        # A direct-tcpip channel here reaches a node's SSH service, picked by name and
+        # checked by node policy: node access, not port forwarding. asyncssh would refuse
+        # it before any hook runs without permit-port-forwarding. Every other use of that
+        # permission is closed by the hooks below (remote forwards, sockets refused).
+        return True if permission == "port-forwarding" else None
 
     async def auth_completed(self) -> None:
-        conn = self._conn
-        assert conn is not None and conn.cert is not None and conn.auth_user is not None
+        conn = self.conn
+        assert conn is not None and self.cert is not None
         self._identity = JumpIdentity.from_cert(
-            conn.cert, conn.auth_user, conn.get_extra_info("peername")
+            self.cert, self.username, conn.get_extra_info("peername")
         )
         await self._host.notify("auth", self._auth_fields(True, ""))
 
     def _auth_fields(self, success: bool, reason: str) -> dict[str, Any]:
-        conn = self._conn
+        conn = self.conn
         ident = self._identity
         fields: dict[str, Any] = {
             "success": success,
             "method": "cert",
             "user": ident.user if ident else "",
             "login": ident.login if ident else (conn.get_extra_info("username") if conn else ""),
-            "remote_addr": conn.peer_addr() if conn else "",
+            "remote_addr": self.remote_addr[0] if self.remote_addr else "",
         }
         if ident:
             fields.update(
@@ -117,8 +131,8 @@ class JumpServer(asyncssh.SSHServer):
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> tuple[asyncssh.SSHTCPChannel[bytes], Any]:
-        assert self._conn is not None
-        chan = self._conn.create_tcp_channel(window=self._host.settings.channel_window)
+        assert self.conn is not None
+        chan = self.conn.create_tcp_channel(window=self._host.settings.channel_window)
         return chan, self._open_node(dest_host, dest_port)
 
     def _refused(self, kind: str, reason: str) -> None:

@@ -7,7 +7,7 @@ dials the node through the router and copies bytes with our own loops
 (``ssh_pipe``). Sessions, shells and remote forwards at the proxy are refused.
 
 Reaching a node here is node access, not port forwarding, so it works with
-certificates that lack ``permit-port-forwarding``; ``ssh_conn`` explains how.
+certificates that lack ``permit-port-forwarding`` (``JumpServer.certificate_permission``).
 
 The cluster glue supplies a NodeRouter (heartbeats, reverse tunnels), a
 JumpPolicy (roles, locks) and an observer (audit). ``StaticRouter`` and a
@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
 
 from limen.clock import Clock, RealClock
-from limen.proxy.ssh_cert import UserCert, check_user_cert
-from limen.proxy.ssh_conn import JumpConnection, create_jump_server
 from limen.proxy.ssh_hooks import PROXY_SESSION_MESSAGE, JumpServer
 from limen.proxy.ssh_routes import (
     NODE_DIAL_TIMEOUT,
@@ -40,6 +38,8 @@ from limen.proxy.ssh_routes import (
     strip_cluster,
 )
 from limen.sshalgs import hardened_options
+from limen.sshauth import TrustedKeys
+from limen.sshauth.server import connection_factory, listen
 
 __all__ = [
     "NODE_DIAL_TIMEOUT",
@@ -96,6 +96,9 @@ class JumpHost:
         self.policy = policy
         self.observer = observer
         self.clock = clock or RealClock()
+        if not settings.user_ca_keys:
+            raise ValueError("the jump host needs at least one user CA key")
+        self.trusted = TrustedKeys(settings.user_ca_keys)
         self._server: asyncio.Server | None = None
         self._options: asyncssh.SSHServerConnectionOptions | None = None
         self.connections: set[JumpServer] = set()  # live SSH connections
@@ -116,7 +119,6 @@ class JumpHost:
             server_factory=lambda: JumpServer(self),
             server_host_keys=[self.settings.host_key],
             server_host_certs=list(self.settings.host_certs),
-            authorized_client_keys=_ca_lines(self.settings.user_ca_keys),
             password_auth=False,
             kbdint_auth=False,
             gss_host=None,
@@ -129,15 +131,13 @@ class JumpHost:
         self._options = options
         if self.settings.port is None:  # served only through the multiplexed web port
             return
-        self._server = await create_jump_server(
-            self.settings.host, self.settings.port, options, self._judge
-        )
+        self._server = await listen(self.settings.host, self.settings.port, options)
         log.info("jump host listening on port %d", self.port)
 
     def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
         """Connections handed over by another listener (the multiplexed web port)."""
-        loop = asyncio.get_running_loop()
-        return lambda: JumpConnection(loop, self._options, self._judge)
+        assert self._options is not None
+        return connection_factory(self._options)
 
     async def stop(self) -> None:
         """Stop listening, close every connection (and its node streams), flush events."""
@@ -153,11 +153,6 @@ class JumpHost:
             self._server = None
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    def _judge(self, cert: UserCert, username: str, peer_addr: str) -> str:
-        return check_user_cert(
-            cert, username, list(self.settings.user_ca_keys), self.clock.now(), peer_addr
-        )
 
     # events
 
@@ -205,12 +200,3 @@ def asyncssh_algs() -> dict[str, Any]:
     ]
     return options
 
-
-def _ca_lines(cas: Iterable[asyncssh.SSHKey]) -> asyncssh.SSHAuthorizedKeys:
-    lines = [
-        "cert-authority " + ca.export_public_key("openssh").decode("ascii").strip()
-        for ca in cas
-    ]
-    if not lines:
-        raise ValueError("the jump host needs at least one user CA key")
-    return asyncssh.import_authorized_keys("\n".join(lines) + "\n")

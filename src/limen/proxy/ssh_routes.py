@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from limen.errors import ConnectionProblem, NotFound
-from limen.proxy.ssh_cert import UserCert
+from limen.sshauth import CertFacts
 
 NODE_DIAL_TIMEOUT = 5.0
 STREAM_LIMIT = 1024 * 1024  # node reader buffer: big reads, few wake-ups
@@ -45,7 +45,7 @@ class JumpIdentity:
     remote_port: int
 
     @classmethod
-    def from_cert(cls, cert: UserCert, login: str, peer: Any) -> JumpIdentity:
+    def from_cert(cls, cert: CertFacts, login: str, peer: Any) -> JumpIdentity:
         addr, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         return cls(
             user=cert.key_id,

@@ -3,7 +3,7 @@
 - ``server``: the proxy's tunnel listener (3024); agents log in with their node's host
   certificate and may offer only that node. ``registry``: the live tunnels, and how
   the proxy opens a channel to a node through one. ``stream``: that channel as asyncio
-  streams for the jump host's copy loop. ``hostcert``: judging an agent's certificate.
+  streams for the jump host's copy loop.
 - ``agent``: the node side; dials, keeps the tunnel alive, reconnects with ``backoff``;
   finds the tunnel server through the proxy's ping (``discovery``).
 - ``proxy_role`` / ``node_role``: the glue for `limen start`.

@@ -6,14 +6,12 @@ anywhere: the request registers the tunnel, and the proxy later opens
 ``forwarded-tcpip`` channels back through the agent, each one an SSH connection to
 the node's own SSH service (registry.Tunnel.open_stream).
 
-How host-certificate logins and ``tcpip-forward`` fit asyncssh (ASYNCSSH.md item 2):
+How host-certificate logins and ``tcpip-forward`` fit asyncssh:
 
-1. asyncssh accepts only *user* certificates from clients. ``TunnelConnection``
-   therefore judges the host certificate itself (hostcert.py: host CA, key id =
-   user name = node id, role@limen = node, validity) and then hands asyncssh the
-   certificate's plain public key to check the login signature with
-   (``AgentHooks.validate_public_key`` accepts exactly that key). The signature
-   covers the certificate blob the agent sent, so nothing is weakened.
+1. Authentication is Limen's one SSH path (limen.sshauth): ``AgentHooks.judge``
+   accepts the node's host certificate (host CA, role@limen = node, this cluster,
+   validity, key id = user name = node id) and has asyncssh check the login signature
+   with the certified key.
 2. Because asyncssh never saw a user certificate on this connection, its
    ``check_certificate_permission('port-forwarding')`` answers "allowed" (no
    certificate, no restriction) and the agent's ``tcpip-forward`` reaches our
@@ -37,7 +35,8 @@ import asyncssh
 from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied
 from limen.proxy.ssh_jump import asyncssh_algs
-from limen.tunnel.hostcert import judge_agent_cert, read_agent_cert
+from limen.sshauth import Accepted, CertAuthServer, CertFacts, TrustedKeys, judge_host
+from limen.sshauth.server import connection_factory
 from limen.tunnel.registry import NODE_PORT, Tunnel, TunnelDirectory
 
 log = logging.getLogger(__name__)
@@ -64,44 +63,6 @@ class TunnelSettings:
     keepalive_count_max: int = 3
 
 
-class TunnelConnection(asyncssh.SSHServerConnection):
-    """An SSH server connection that authenticates node agents by host certificate."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 options: asyncssh.SSHServerConnectionOptions, server: TunnelServer) -> None:
-        super().__init__(loop, options)
-        self.tunnel_server = server
-        self.node_id: str | None = None  # set once a login signature checks out
-        self.offered_key: asyncssh.SSHKey | None = None
-        self.refusals: list[str] = []
-
-    def peer(self) -> str:
-        peer = self.get_extra_info("peername")
-        return f"{peer[0]}:{peer[1]}" if peer else ""
-
-    async def validate_public_key(
-        self, username: str, key_data: bytes, msg: bytes, signature: bytes
-    ) -> bool:
-        server = self.tunnel_server
-        try:
-            cert = read_agent_cert(key_data)
-            node_id = judge_agent_cert(cert, username, server.settings.host_ca_keys,
-                                       server.settings.cluster_name, server.clock.now())
-        except AccessDenied as exc:
-            if exc.message not in self.refusals:
-                self.refusals.append(exc.message)
-            return False
-        # See the module docstring (1): asyncssh checks the signature with the plain key.
-        self.offered_key = cert.key
-        if not await super().validate_public_key(username, cert.key.public_data, msg,
-                                                 signature):
-            self.refusals.append("the login signature did not verify")
-            return False
-        if msg:
-            self.node_id = node_id
-        return True
-
-
 class _NoSocket(asyncssh.SSHListener):
     """What ``server_requested`` returns: registers the tunnel instead of listening.
 
@@ -126,31 +87,38 @@ class _NoSocket(asyncssh.SSHListener):
         await self._closed.wait()
 
 
-class AgentHooks(asyncssh.SSHServer):
-    """Per-connection hooks: authentication hand-over, and the one request allowed."""
+class AgentHooks(CertAuthServer):
+    """Per-connection hooks: the node's host certificate, and the one request allowed."""
+
+    not_a_certificate_hint = "a node agent logs in with its node's host certificate"
 
     def __init__(self, server: TunnelServer) -> None:
+        super().__init__()
         self._server = server
-        self._conn: TunnelConnection | None = None
         self._username = ""
+        self.node_id: str | None = None  # set once the login signature checked out
         self.tunnels: list[Tunnel] = []
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        assert isinstance(conn, TunnelConnection)
-        self._conn = conn
-        self._server.connections.add(conn)
+        super().connection_made(conn)
+        self._server.connections.add(self)
+
+    def peer(self) -> str:
+        return f"{self.remote_addr[0]}:{self.remote_addr[1]}" if self.remote_addr else ""
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        conn = self._conn
-        assert conn is not None
-        self._server.connections.discard(conn)
+        self._server.connections.discard(self)
         for tunnel in self.tunnels:
             self.tunnel_closed(tunnel, exc)
-        if conn.node_id is None and conn.refusals:
+        if self.node_id is None and self.refusals:
             self._server.emit("auth", {
                 "success": False, "method": "host-cert", "kind": "tunnel",
-                "user": self._username, "addr.remote": conn.peer(),
-                "reason": "; ".join(conn.refusals),
+                "user": self._username, "addr.remote": self.peer(),
+                "reason": "; ".join(self.refusals),
             })
 
     def tunnel_closed(self, tunnel: Tunnel, exc: Exception | None) -> None:
@@ -165,19 +133,20 @@ class AgentHooks(asyncssh.SSHServer):
         self._username = username
         return True
 
-    def public_key_auth_supported(self) -> bool:
-        return True
+    def judge(self, cert: CertFacts, username: str) -> Accepted:
+        settings = self._server.settings
+        node_id = judge_host(cert, self._server.host_cas, self._server.clock.now(),
+                             cluster=settings.cluster_name, role="node")
+        if username != node_id:
+            raise AccessDenied(
+                f"node {node_id} may not open a tunnel as '{username}': an agent logs in "
+                "as its own node id"
+            )
+        return Accepted(username, plain_key=True)
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        # Only the key of the certificate TunnelConnection has just approved.
-        offered = self._conn.offered_key if self._conn is not None else None
-        return offered is not None and key.public_data == offered.public_data
-
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
+    async def auth_completed(self) -> None:
+        assert self.cert is not None
+        self.node_id = self.cert.key_id
 
     def session_requested(self) -> bool:
         return False
@@ -193,25 +162,25 @@ class AgentHooks(asyncssh.SSHServer):
         return False
 
     def server_requested(self, listen_host: str, listen_port: int) -> Any:
-        conn = self._conn
-        assert conn is not None and conn.node_id is not None
-        if listen_host != conn.node_id.lower() or listen_port != NODE_PORT:
-            reason = (f"node {conn.node_id} may offer only itself, not "
+        conn, node_id = self.conn, self.node_id
+        assert conn is not None and node_id is not None
+        if listen_host != node_id.lower() or listen_port != NODE_PORT:
+            reason = (f"node {node_id} may offer only itself, not "
                       f"{listen_host}:{listen_port}")
-            log.warning("tunnel refused: %s (from %s)", reason, conn.peer())
+            log.warning("tunnel refused: %s (from %s)", reason, self.peer())
             self._server.emit("auth", {
                 "success": False, "method": "host-cert", "kind": "tunnel",
-                "user": conn.node_id, "server_id": conn.node_id,
-                "addr.remote": conn.peer(), "reason": reason,
+                "user": node_id, "server_id": node_id,
+                "addr.remote": self.peer(), "reason": reason,
             })
             return False
-        tunnel = Tunnel(conn.node_id, conn, self._server.clock.now(), conn.peer())
+        tunnel = Tunnel(node_id, conn, self._server.clock.now(), self.peer())
         self.tunnels.append(tunnel)
         self._server.directory.add(tunnel)
-        log.info("node %s connected its tunnel from %s", conn.node_id, tunnel.peer)
+        log.info("node %s connected its tunnel from %s", node_id, tunnel.peer)
         self._server.emit("auth", {
-            "success": True, "method": "host-cert", "kind": "tunnel", "user": conn.node_id,
-            "server_id": conn.node_id, "addr.remote": tunnel.peer,
+            "success": True, "method": "host-cert", "kind": "tunnel", "user": node_id,
+            "server_id": node_id, "addr.remote": tunnel.peer,
         })
         return _NoSocket(self, tunnel)
 
@@ -225,7 +194,8 @@ class TunnelServer:
         self.observer = observer
         self.clock = clock or RealClock()
         self.directory = directory or TunnelDirectory(self.clock)
-        self.connections: set[TunnelConnection] = set()
+        self.host_cas = TrustedKeys(settings.host_ca_keys)
+        self.connections: set[AgentHooks] = set()
         self._server: asyncio.Server | None = None
         self._options: asyncssh.SSHServerConnectionOptions | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -264,14 +234,14 @@ class TunnelServer:
 
     def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
         """Agent connections, from this server's port or handed over by the web port."""
-        loop = asyncio.get_running_loop()
-        return lambda: TunnelConnection(loop, self._options, self)
+        assert self._options is not None
+        return connection_factory(self._options)
 
     async def stop(self) -> None:
         """Stop listening and close every tunnel (agents reconnect to the next proxy)."""
         if self._server is not None:
             self._server.close()
-        conns = list(self.connections)
+        conns = [hooks.conn for hooks in self.connections if hooks.conn is not None]
         for conn in conns:
             conn.close()
         for conn in conns:
