@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -34,6 +35,19 @@ class FakeClock:
         self._offset = timedelta(0)
         self._real_start = time.monotonic()
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every jump (from the thread that moved the clock), so
+        timers armed for a clock time can re-aim."""
+        with self._lock:
+            self._listeners.append(callback)
+
+    def _jumped(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            callback()
 
     def now(self) -> datetime:
         with self._lock:
@@ -47,11 +61,13 @@ class FakeClock:
             delta = timedelta(seconds=delta)
         with self._lock:
             self._offset += delta
+        self._jumped()
         return self.now()
 
     def set(self, when: datetime) -> None:
         with self._lock:
             self._start, self._offset, self._real_start = when, timedelta(0), time.monotonic()
+        self._jumped()
 
 
 def utcnow(clock: Clock | None = None) -> datetime:

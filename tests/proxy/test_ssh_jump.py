@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ class DenyNode1:
     async def check_node_access(self, identity: JumpIdentity, route: NodeRoute) -> None:
         self.asked.append((identity, route))
         raise AccessDenied(f"{identity.user} may not reach node '{route.name}'")
+
+    async def connection_deadline(self, identity: JumpIdentity) -> datetime | None:
+        return identity.valid_before
 
 
 @pytest.fixture(scope="module")

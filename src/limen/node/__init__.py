@@ -10,7 +10,7 @@ from limen.node.policy import CertPolicy, NodeObserver, NodePolicy, NullObserver
 from limen.node.server import NodeServer
 from limen.node.session import SessionContext
 from limen.node.settings import NodeSettings
-from limen.node.timers import LoopTimers, ManualTimers, Timers
+from limen.timers import LoopTimers, ManualTimers, Timers
 
 __all__ = [
     "CertPolicy",

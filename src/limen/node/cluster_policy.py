@@ -11,9 +11,9 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from limen.auth.access_cache import AccessCache
 from limen.clock import Clock
 from limen.errors import AccessDenied, ConnectionProblem, NotFound
-from limen.node.access_cache import AccessCache
 from limen.node.audit import NodeAudit
 from limen.node.cluster_link import ClusterLink
 from limen.node.identity import UserIdentity

@@ -22,9 +22,9 @@ from limen.node.forward import ForwardedConnection, connect_target
 from limen.node.identity import UserIdentity, identity_from_certificate
 from limen.node.policy import SessionPermit, destination_allowed
 from limen.node.session import SessionContext
-from limen.node.timers import TimerHandle
 from limen.node.users import LocalUser
 from limen.sshauth import Accepted, CertAuthServer, CertFacts, judge_user
+from limen.timers import TimerHandle
 
 if TYPE_CHECKING:
     from limen.node.channel import SessionChannel
@@ -156,6 +156,14 @@ class NodeConnection(CertAuthServer):
         contexts = [chan.ctx for chan in list(self.channels) if chan.ctx is not None]
         await asyncio.gather(*(ctx.expire() for ctx in contexts))
         self.close()
+
+    async def end(self, message: str, reason: str) -> None:
+        """End everything on this connection: sessions (told ``message``), forwards, the
+        connection itself."""
+        contexts = [chan.ctx for chan in list(self.channels) if chan.ctx is not None]
+        await asyncio.gather(*(ctx.terminate(message, reason) for ctx in contexts))
+        if self.conn is not None:  # OpenSSH prints the reason: "Received disconnect ..."
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, message)
 
     # -- session channels --------------------------------------------------------------
 

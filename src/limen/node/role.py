@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from limen.auth.access_cache import AccessCache
 from limen.auth.join import JoinRequest
 from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import NodeConfig, split_host_port
 from limen.errors import BadParameter
-from limen.node.access_cache import AccessCache
 from limen.node.audit import NodeAudit
 from limen.node.cluster_link import ClusterLink, LocalLink, RemoteLink
 from limen.node.cluster_policy import ClusterObserver, ClusterPolicy
+from limen.node.identity import UserIdentity
 from limen.node.membership import (
     Heartbeat,
     NodeIdentity,
@@ -29,6 +29,7 @@ from limen.node.membership import (
 from limen.node.server import NodeServer
 from limen.node.settings import NodeSettings
 from limen.resources import Lock
+from limen.timers import LoopTimers
 from limen.tunnel.agent import TunnelAgent
 from limen.tunnel.node_role import start_agent
 
@@ -98,7 +99,7 @@ class NodeRole:
         self.audit = NodeAudit(self.link, self.data_dir, self.identity.node_id, self.identity.name)
         await self.audit.start()
         observer = ClusterObserver(self.link, self.identity.node_id, self.identity.name, self.audit)
-        self.server = NodeServer(settings, policy, observer)
+        self.server = NodeServer(settings, policy, observer, timers=LoopTimers(self.clock))
         self.audit.attach(self.server)
         # Behind NAT nobody can dial in: open a port only when one was asked for.
         if not tunneled or "listen_addr" in self.config.model_fields_set:
@@ -118,23 +119,18 @@ class NodeRole:
         log.info("node %s (%s) serving SSH on %s", self.identity.name, self.identity.node_id, addr)
 
     async def _on_lock(self, lock: Lock) -> None:
-        """End every live session the lock targets, telling the person why."""
+        """End every connection the lock targets (sessions, forwards and all), telling
+        the person why where a terminal exists."""
         if self.server is None or self.identity is None:
             return
         names = (self.identity.node_id, self.identity.name)
-        targeted = [
-            ctx
-            for ctx in list(self.server.sessions.values())
-            if lock.applies_to(
-                user=ctx.identity.user,
-                roles=self.cache.roles_of(ctx.identity.user) if self.cache else [],
-                login=ctx.login,
-                node_names=names,
-            )
-        ]
-        await asyncio.gather(
-            *(ctx.terminate(f"limen: {lock.refusal()}", reason="locked") for ctx in targeted)
-        )
+        cache = self.cache
+
+        def applies(user: UserIdentity, login: str) -> bool:
+            roles = cache.roles_of(user.user) if cache is not None else []
+            return lock.applies_to(user=user.user, roles=roles, login=login, node_names=names)
+
+        await self.server.end_connections(applies, f"limen: {lock.refusal()}", "locked")
 
     async def _identity(self, addr: str) -> NodeIdentity:
         existing = load_identity(self.data_dir)

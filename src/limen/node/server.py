@@ -13,18 +13,19 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncssh
 
 from limen.node.connection import NodeConnection
+from limen.node.identity import UserIdentity
 from limen.node.policy import CertPolicy, NodeObserver, NodePolicy, NullObserver
 from limen.node.session import SessionContext
 from limen.node.settings import NodeSettings
-from limen.node.timers import LoopTimers, Timers
 from limen.sshalgs import hardened_options
 from limen.sshauth import TrustedKeys
+from limen.timers import LoopTimers, Timers
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,15 @@ class NodeServer:
     async def terminate_all(self, message: str, reason: str = "terminated") -> None:
         live = list(self.sessions.values())
         await asyncio.gather(*(ctx.terminate(message, reason) for ctx in live))
+
+    async def end_connections(self, applies: Callable[[UserIdentity, str], bool],
+                              message: str, reason: str) -> int:
+        """End every connection whose user (identity, login) ``applies``: its sessions
+        are told ``message``, its forwards and the connection itself close."""
+        targeted = [conn for conn in list(self.connections)
+                    if conn.identity is not None and applies(conn.identity, conn.login)]
+        await asyncio.gather(*(conn.end(message, reason) for conn in targeted))
+        return len(targeted)
 
     async def terminate(self, session_id: str, message: str, reason: str = "terminated") -> bool:
         ctx = self.sessions.get(session_id)

@@ -19,7 +19,7 @@ from typing import Any
 from limen.node.executor import ExitStatus, TermSize
 from limen.node.identity import UserIdentity
 from limen.node.policy import SessionPermit
-from limen.node.timers import TimerHandle, Timers
+from limen.timers import TimerHandle, Timers
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 from limen.audit import events
@@ -80,6 +81,15 @@ class RolePolicy:
         checker = await self.auth.checker_for_user(user)
         if not checker.can_access_node(node.metadata.labels):
             raise AccessDenied(f"your roles do not allow access to node {route.name}")
+
+    async def connection_deadline(self, identity: JumpIdentity) -> datetime | None:
+        """The certificate's expiry when a role says disconnect_expired_cert."""
+        try:
+            user = await self.auth.ctx.stores.users.get(identity.user)
+        except NotFound:
+            return identity.valid_before
+        checker = await self.auth.checker_for_user(user)
+        return identity.valid_before if checker.disconnect_expired_cert() else None
 
 
 class AuditObserver:

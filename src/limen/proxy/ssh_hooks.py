@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from limen.errors import AccessDenied, LimenError
 from limen.proxy.ssh_pipe import NodePipe
-from limen.proxy.ssh_routes import JumpIdentity
+from limen.proxy.ssh_routes import JumpIdentity, NodeRoute
 from limen.sshauth import Accepted, CertAuthServer, CertFacts, judge_user
+from limen.timers import TimerHandle
 
 if TYPE_CHECKING:
     from limen.proxy.ssh_jump import JumpHost
@@ -34,7 +36,8 @@ class JumpServer(CertAuthServer):
         super().__init__()
         self._host = host
         self._identity: JumpIdentity | None = None
-        self._pipes: set[NodePipe] = set()
+        self._pipes: dict[NodePipe, NodeRoute] = {}  # live channels, to which node
+        self._expiry: TimerHandle | None = None
         self._lost = False
         self._closed = asyncio.Event()
 
@@ -47,6 +50,8 @@ class JumpServer(CertAuthServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._host.connections.discard(self)
+        if self._expiry is not None:
+            self._expiry.cancel()
         for pipe in list(self._pipes):
             pipe.abort()
         if self._identity is None and self.refusals:
@@ -56,6 +61,24 @@ class JumpServer(CertAuthServer):
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+
+    @property
+    def identity(self) -> JumpIdentity | None:
+        return self._identity
+
+    def end(self, message: str) -> None:
+        """End the connection and every channel through it, saying why."""
+        for pipe in list(self._pipes):
+            pipe.abort()
+        if self.conn is not None:
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, message)
+
+    def end_channels_to(self, applies: Callable[[NodeRoute], bool]) -> int:
+        """End the channels to the nodes that ``applies`` picks; the connection stays."""
+        ended = [pipe for pipe, route in list(self._pipes.items()) if applies(route)]
+        for pipe in ended:
+            pipe.abort()
+        return len(ended)
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -83,6 +106,14 @@ class JumpServer(CertAuthServer):
             self.cert, self.username, conn.get_extra_info("peername")
         )
         await self._host.notify("auth", self._auth_fields(True, ""))
+        deadline = await self._host.connection_deadline(self._identity)
+        if deadline is not None:
+            self._expiry = self._host.timers.call_at(deadline, self._expired)
+
+    def _expired(self) -> None:
+        ident = self._identity
+        assert ident is not None
+        self.end(expired_message(ident))
 
     def _auth_fields(self, success: bool, reason: str) -> dict[str, Any]:
         conn = self.conn
@@ -152,6 +183,8 @@ class JumpServer(CertAuthServer):
             "remote_addr": ident.remote_addr,
         }
         try:
+            if self._host.clock.now() >= ident.valid_before:
+                raise AccessDenied(expired_message(ident))
             route, reader, writer = await self._host.dial(ident, target)
         except LimenError as exc:
             await self._host.notify("proxy.connect", {**fields, "allowed": False,
@@ -166,7 +199,7 @@ class JumpServer(CertAuthServer):
             ) from None
         fields.update(node=route.name, node_id=route.node_id)
         pipe = NodePipe(reader, writer, on_done=lambda p, e: self._pipe_done(p, e, fields))
-        self._pipes.add(pipe)
+        self._pipes[pipe] = route
         if self._lost:  # the client left while we dialed
             pipe.abort()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection closed")
@@ -174,11 +207,16 @@ class JumpServer(CertAuthServer):
         return pipe
 
     def _pipe_done(self, pipe: NodePipe, exc: Exception | None, fields: dict[str, Any]) -> None:
-        self._pipes.discard(pipe)
+        self._pipes.pop(pipe, None)
         end = {**fields, "bytes_up": pipe.bytes_up, "bytes_down": pipe.bytes_down}
         if exc is not None:
             end["error"] = str(exc) or type(exc).__name__
         self._host.emit("proxy.disconnect", end)
+
+
+def expired_message(ident: JumpIdentity) -> str:
+    return (f"limen: your certificate expired at {ident.valid_before:%Y-%m-%d %H:%M:%S} UTC; "
+            "run limen login to get a new one")
 
 
 def _open_error(exc: LimenError) -> asyncssh.ChannelOpenError:

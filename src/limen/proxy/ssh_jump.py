@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncssh
@@ -40,6 +41,7 @@ from limen.proxy.ssh_routes import (
 from limen.sshalgs import hardened_options
 from limen.sshauth import TrustedKeys
 from limen.sshauth.server import connection_factory, listen
+from limen.timers import LoopTimers, Timers
 
 __all__ = [
     "NODE_DIAL_TIMEOUT",
@@ -90,12 +92,14 @@ class JumpHost:
         observer: JumpObserver | None = None,
         *,
         clock: Clock | None = None,
+        timers: Timers | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
         self.policy = policy
         self.observer = observer
         self.clock = clock or RealClock()
+        self.timers: Timers = timers or LoopTimers(self.clock)
         if not settings.user_ca_keys:
             raise ValueError("the jump host needs at least one user CA key")
         self.trusted = TrustedKeys(settings.user_ca_keys)
@@ -103,6 +107,8 @@ class JumpHost:
         self._options: asyncssh.SSHServerConnectionOptions | None = None
         self.connections: set[JumpServer] = set()  # live SSH connections
         self._tasks: set[asyncio.Task[None]] = set()
+        # Stopped with the jump host (watchers the cluster glue attaches).
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def port(self) -> int:
@@ -141,6 +147,8 @@ class JumpHost:
 
     async def stop(self) -> None:
         """Stop listening, close every connection (and its node streams), flush events."""
+        for stop in self.on_stop:
+            await stop()
         if self._server is not None:
             self._server.close()
         conns = list(self.connections)
@@ -153,6 +161,36 @@ class JumpHost:
             self._server = None
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # locks and expiry
+
+    async def connection_deadline(self, identity: JumpIdentity) -> datetime | None:
+        """When a connection of ``identity`` ends by itself: its certificate's expiry,
+        if the policy (the roles' disconnect_expired_cert) says so."""
+        if self.policy is None:
+            return identity.valid_before
+        try:
+            return await self.policy.connection_deadline(identity)
+        except Exception:  # fail closed: end at expiry
+            log.exception("jump host: the connection policy failed for %s", identity.user)
+            return identity.valid_before
+
+    def end_connections(self, applies: Callable[[JumpIdentity], bool], message: str) -> int:
+        """End every connection whose identity ``applies``, and all its channels."""
+        targeted = [c for c in list(self.connections)
+                    if c.identity is not None and applies(c.identity)]
+        for conn in targeted:
+            conn.end(message)
+        return len(targeted)
+
+    def end_channels(self, applies: Callable[[JumpIdentity, NodeRoute], bool]) -> int:
+        """End the channels (identity, node) that ``applies`` picks."""
+        ended = 0
+        for conn in list(self.connections):
+            ident = conn.identity
+            if ident is not None:
+                ended += conn.end_channels_to(lambda route, i=ident: applies(i, route))
+        return ended
 
     # events
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from asyncssh import SSHCertificate, SSHKey
 
+from limen.auth.feed import access_feed
 from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import ProxyConfig, split_host_port
 from limen.node.membership import first_address
 from limen.proxy.routing import AuditObserver, BackendRouter, RolePolicy
 from limen.proxy.ssh_jump import JumpHost, JumpSettings
+from limen.proxy.ssh_locks import JumpLocks
 from limen.tunnel.registry import TunnelDirectory
 
 
@@ -62,4 +64,7 @@ async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
     jump = JumpHost(settings, BackendRouter(auth, tunnels), RolePolicy(auth),
                     AuditObserver(auth), clock=clock)
     await jump.start()
+    locks = JumpLocks(jump, lambda: access_feed(auth.ctx.stores))
+    locks.start()
+    jump.on_stop.append(locks.stop)
     return jump

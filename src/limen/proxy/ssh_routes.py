@@ -81,6 +81,10 @@ class JumpPolicy(Protocol):
         """Raise AccessDenied("a clear sentence") when the identity may not reach the node."""
         ...
 
+    async def connection_deadline(self, identity: JumpIdentity) -> datetime | None:
+        """When the identity's connections end by themselves (None: they do not)."""
+        ...
+
 
 class JumpObserver(Protocol):
     async def on_event(self, name: str, fields: dict[str, Any]) -> None: ...

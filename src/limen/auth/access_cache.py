@@ -87,7 +87,7 @@ class AccessCache:
                 await self.ready.wait()
         except TimeoutError:
             raise ConnectionProblem(
-                "this node cannot reach the auth service to check your access; try again soon"
+                "the auth service cannot be reached to check your access; try again soon"
             ) from None
 
     async def checker_for(self, user: str) -> AccessChecker:
