@@ -185,10 +185,10 @@ def echo_servers() -> Iterator[tuple[int, int]]:
         server.close()
 
 
-def _forward_echo(config: Path, local: int, remote: int) -> str:
+def _forward_echo(config: Path, local: int, remote: int, host: str = "127.0.0.1") -> str:
     """Send "ping" through `ssh -L`; what comes back ("" when the node refused)."""
     proc = subprocess.Popen(
-        ["ssh", "-F", str(config), "-N", "-L", f"127.0.0.1:{local}:127.0.0.1:{remote}",
+        ["ssh", "-F", str(config), "-N", "-L", f"127.0.0.1:{local}:{host}:{remote}",
          "root@node1"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -227,6 +227,22 @@ def test_port_forwarding_outside_the_allow_list_is_refused(
     assert _forward_echo(config, _free_port(), other) == ""
     refusals = cluster.events_of("port", user="forwarder")
     assert any(e.get("allowed") is False for e in refusals)
+
+
+def test_forward_allow_lists_judge_the_address_not_the_text(
+    cluster: ClusterHarness, tmp_path: Path, echo_servers: tuple[int, int]
+) -> None:
+    """A look-alike name passes a textual glob; the node judges where it would connect."""
+    allowed, _other = echo_servers
+    user, config = _user_with_role(cluster, tmp_path, "lookalike", (
+        "  allow:\n    logins: [root]\n    node_labels: {'*': '*'}\n"
+        f"  options:\n    port_forwarding: ['127.0.0.*:{allowed}']\n"))
+    # localhost resolves to an allowed address: admitted, although the text differs.
+    assert _forward_echo(config, _free_port(), allowed, host="localhost") == "ping"
+    # 127.0.0.1.invalid matches the glob's text but is no allowed address.
+    assert _forward_echo(config, _free_port(), allowed, host="127.0.0.1.invalid") == ""
+    lookalike = cluster.events_of("port", user="lookalike", addr=f"127.0.0.1.invalid:{allowed}")
+    assert lookalike and all(e["allowed"] is False for e in lookalike)
 
 
 def test_an_invalid_role_file_changes_nothing(cluster: ClusterHarness, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from limen.clock import FakeClock
 from limen.errors import AccessDenied, BadParameter
 from limen.node import CertPolicy, ManualTimers, NodeSettings, SessionPermit
+from limen.node.destinations import Destination
 from limen.node.environment import filter_client_env
 from limen.node.executor import ExitStatus
 from limen.node.identity import UserIdentity, identity_from_certificate
@@ -44,13 +45,30 @@ def test_environment_filter() -> None:
     assert sorted(refused) == ["LD_PRELOAD", "PATH"]
 
 
-def test_destination_globs() -> None:
-    permit = SessionPermit(port_forwarding=["db-*:5432", "10.0.0.*:*"])
-    assert destination_allowed(permit, "DB-1", 5432)
-    assert destination_allowed(permit, "10.0.0.7", 22)
-    assert not destination_allowed(permit, "db-1", 22)
-    assert destination_allowed(SessionPermit(port_forwarding=True), "anything", 1)
-    assert not destination_allowed(SessionPermit(), "anything", 1)
+def test_destination_patterns_judge_the_resolved_address() -> None:
+    permit = SessionPermit(port_forwarding=["db-*.internal:5432", "10.0.0.*:*", "127.0.0.1:80",
+                                            "192.0.2.0/24:22", "[::1]:443"])
+
+    def allowed(host: str, port: int, address: str) -> bool:
+        return destination_allowed(permit, Destination(host, port, address))
+
+    assert allowed("DB-1.internal", 5432, "198.51.100.9")
+    assert allowed("10.0.0.7", 22, "10.0.0.7")
+    assert allowed("anything.example", 22, "10.0.0.7")  # it resolved to an allowed address
+    assert allowed("localhost", 80, "127.0.0.1")
+    assert allowed("192.0.2.44", 22, "192.0.2.44")
+    assert allowed("localhost", 443, "::1")
+    assert not allowed("db-1.internal", 22, "10.1.1.1")  # wrong port
+    # The text looks allowed, the address is not: a look-alike name.
+    assert not allowed("10.0.0.7.evil.example", 22, "203.0.113.5")
+    assert not allowed("127.0.0.1.evil.example", 80, "203.0.113.5")
+    # A glob never crosses a dot, and names never admit a request by address.
+    assert not allowed("db-1.internal.evil.example", 5432, "203.0.113.5")
+    assert not allowed("db-1.evil.internal", 5432, "203.0.113.5")
+    assert not allowed("203.0.113.5", 5432, "203.0.113.5")
+    assert destination_allowed(SessionPermit(port_forwarding=True),
+                               Destination("anything", 1, "203.0.113.5"))
+    assert not destination_allowed(SessionPermit(), Destination("anything", 1, "203.0.113.5"))
 
 
 async def test_cert_policy_follows_the_certificate() -> None:

@@ -17,7 +17,14 @@ from limen.errors import AccessDenied, ConnectionProblem, NotFound
 from limen.node.audit import NodeAudit
 from limen.node.cluster_link import ClusterLink
 from limen.node.identity import UserIdentity
-from limen.node.policy import ACTIONS, CertPolicy, SessionPermit, destination_allowed
+from limen.node.policy import (
+    ACTIONS,
+    CertPolicy,
+    SessionPermit,
+    destination_allowed,
+    destination_of,
+    destinations_of,
+)
 from limen.rbac import AccessChecker
 from limen.resources import Session
 
@@ -72,10 +79,11 @@ class ClusterPolicy:
     @staticmethod
     def _check_action(permit: SessionPermit, action: str, detail: dict[str, Any]) -> None:
         if action == "port_forward":
-            host, port = str(detail.get("host", "")), int(detail.get("port", 0))
-            if not destination_allowed(permit, host, port):
+            dest = destination_of(detail)
+            if not any(destination_allowed(permit, d) for d in destinations_of(detail)):
                 raise AccessDenied(
-                    f"port forwarding to {host}:{port} is not allowed by your roles or certificate"
+                    f"port forwarding to {dest.host}:{dest.port} is not allowed by your roles "
+                    "or certificate"
                 )
         if action == "agent_forward" and not permit.forward_agent:
             raise AccessDenied("agent forwarding is not allowed by your roles or certificate")

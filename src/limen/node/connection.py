@@ -16,9 +16,10 @@ import asyncssh
 
 from limen.errors import AccessDenied
 from limen.node.agent import grant_agent_socket, revoke_agent_socket
+from limen.node.destinations import Destination
 from limen.node.environment import Endpoints
 from limen.node.executor import TermSize
-from limen.node.forward import ForwardedConnection, connect_target
+from limen.node.forward import ForwardedConnection, connect_target, resolve_target
 from limen.node.identity import UserIdentity, identity_from_certificate
 from limen.node.policy import SessionPermit, destination_allowed
 from limen.node.session import SessionContext
@@ -245,12 +246,26 @@ class NodeConnection(CertAuthServer):
 
     async def _open_forward(self, host: str, port: int, orig_host: str,
                             orig_port: int) -> ForwardedConnection:
-        detail = {"host": host, "port": port, "orig_host": orig_host, "orig_port": orig_port}
+        # Judge the address the node will connect to, not the name asked for.
         try:
-            allowed = await self._forward_allowed(
-                "port_forward", detail, kind="direct-tcpip",
-                check=lambda permit: destination_allowed(permit, host, port),
-            )
+            addresses = await resolve_target(host, port)
+        except asyncssh.ChannelOpenError as exc:
+            await self.node.emit("port", self.base_fields(
+                kind="direct-tcpip", addr=f"{host}:{port}", allowed=False, error=exc.reason,
+            ))
+            raise
+        detail = {"host": host, "port": port, "addresses": addresses,
+                  "orig_host": orig_host, "orig_port": orig_port}
+        chosen: list[str] = []
+
+        def admitted(permit: SessionPermit) -> bool:
+            chosen.extend(a for a in addresses
+                          if destination_allowed(permit, Destination(host, port, a)))
+            return bool(chosen)
+
+        try:
+            allowed = await self._forward_allowed("port_forward", detail, kind="direct-tcpip",
+                                                  check=admitted)
         except Exception:  # escaping into asyncssh would close the whole connection
             log.exception("authorizing a port forward failed")
             raise asyncssh.ChannelOpenError(FAILED, "internal error") from None
@@ -258,7 +273,7 @@ class NodeConnection(CertAuthServer):
             raise asyncssh.ChannelOpenError(
                 PROHIBITED, f"port forwarding to {host}:{port} is not allowed"
             )
-        reader, writer = await connect_target(host, port)
+        reader, writer = await connect_target(chosen[0], port, shown=host)
         return ForwardedConnection(reader, writer)
 
     async def _forward_allowed(self, action: str, detail: dict[str, Any], *, kind: str,
@@ -272,7 +287,9 @@ class NodeConnection(CertAuthServer):
         except AccessDenied as exc:
             error = exc.message
         addr = f"{detail['host']}:{detail['port']}" if "host" in detail else None
+        resolved = detail.get("addresses")
         await self.node.emit("port", self.base_fields(
             kind=kind, addr=addr, allowed=error is None, error=error,
+            **({"resolved": list(resolved)} if resolved else {}),
         ))
         return error is None

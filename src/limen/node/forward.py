@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import asyncssh
 
@@ -21,14 +22,31 @@ HIGH_WATER = 256 * 1024  # bytes queued towards the target before the channel is
 CONNECT_TIMEOUT = 10.0
 
 
-async def connect_target(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to the forward's destination, as an open failure the client will show."""
+async def resolve_target(host: str, port: int) -> list[str]:
+    """The addresses a forward's host name stands for, in the resolver's order."""
+    loop = asyncio.get_running_loop()
     try:
-        return await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM), CONNECT_TIMEOUT
+        )
+    except (OSError, TimeoutError, UnicodeError) as exc:
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_CONNECT_FAILED, f"cannot resolve {host}: "
+            f"{getattr(exc, 'strerror', None) or 'timed out'}"
+        ) from None
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def connect_target(address: str, port: int, shown: str | None = None,
+                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the forward's (already judged) address, as an open failure the client
+    will show; ``shown`` is the name the client asked for."""
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(address, port), CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         reason = getattr(exc, "strerror", None) or "timed out"
         raise asyncssh.ChannelOpenError(
-            asyncssh.OPEN_CONNECT_FAILED, f"cannot connect to {host}:{port}: {reason}"
+            asyncssh.OPEN_CONNECT_FAILED, f"cannot connect to {shown or address}:{port}: {reason}"
         ) from exc
 
 

@@ -7,13 +7,13 @@ run standalone: the certificate alone decides.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied
+from limen.node.destinations import Destination, destination_admitted
 from limen.node.identity import UserIdentity
 
 ACTIONS = frozenset({"session", "exec", "shell", "subsystem", "port_forward", "agent_forward"})
@@ -32,13 +32,21 @@ class SessionPermit:
     record: str = "best_effort"
 
 
-def destination_allowed(permit: SessionPermit, host: str, port: int) -> bool:
-    """Whether the permit allows a forward to ``host:port`` (globs match case-insensitively)."""
-    rule = permit.port_forwarding
-    if isinstance(rule, bool):
-        return rule
-    target = f"{host}:{port}".lower()
-    return any(fnmatch.fnmatchcase(target, pattern.lower()) for pattern in rule)
+def destination_allowed(permit: SessionPermit, dest: Destination) -> bool:
+    """Whether the permit allows a forward to ``dest`` (see destinations.py)."""
+    return destination_admitted(permit.port_forwarding, dest)
+
+
+def destination_of(detail: dict[str, Any]) -> Destination:
+    """A port_forward action's destination as asked for (address: the first resolved)."""
+    return destinations_of(detail)[0]
+
+
+def destinations_of(detail: dict[str, Any]) -> list[Destination]:
+    """A port_forward action's destination, once per address its host resolved to."""
+    host, port = str(detail.get("host", "")), int(detail.get("port", 0))
+    addresses = [str(a) for a in detail.get("addresses") or []] or [host]
+    return [Destination(host, port, address) for address in addresses]
 
 
 class NodePolicy(Protocol):
@@ -101,9 +109,11 @@ class CertPolicy:
             raise AccessDenied("your certificate has expired; run limen login")
         permit = self.permit_for(identity)
         if action == "port_forward":
-            host, port = str(detail.get("host", "")), int(detail.get("port", 0))
-            if not destination_allowed(permit, host, port):
-                raise AccessDenied(f"port forwarding to {host}:{port} is not allowed for you")
+            dest = destination_of(detail)
+            if not any(destination_allowed(permit, d) for d in destinations_of(detail)):
+                raise AccessDenied(
+                    f"port forwarding to {dest.host}:{dest.port} is not allowed for you"
+                )
         if action == "agent_forward" and not permit.forward_agent:
             raise AccessDenied("agent forwarding is not allowed for you")
         return permit
