@@ -15,8 +15,6 @@ from limen.node.certcheck import TrustedCAs, check_user_certificate
 from limen.node.environment import filter_client_env
 from limen.node.executor import ExitStatus
 from limen.node.policy import destination_allowed
-from limen.node.scp import parse_scp_command
-from limen.node.sftp import LogLines, parse_log_line
 
 CA = asyncssh.generate_private_key("ssh-ed25519")
 KEY = asyncssh.generate_private_key("ssh-ed25519")
@@ -91,27 +89,6 @@ async def test_cert_policy_follows_the_certificate() -> None:
     clock.advance(7200)
     with pytest.raises(AccessDenied, match="expired"):
         await policy.authorize(identity, "root", "shell", {})
-
-
-def test_scp_commands() -> None:
-    upload = parse_scp_command("scp -v -d -t -- /tmp/x")
-    assert upload is not None and (upload.action, upload.path) == ("upload", "/tmp/x")
-    download = parse_scp_command("/usr/bin/scp -r -f 'dir with space'")
-    assert download is not None and download.recursive and download.path == "dir with space"
-    assert parse_scp_command("echo scp -t x") is None
-
-
-def test_sftp_log_lines() -> None:
-    lines = LogLines()
-    assert list(lines.feed(b'close "a.bin" bytes read 0 writ')) == []
-    (line,) = lines.feed(b"ten 12\r\n")
-    assert parse_log_line(line, "/home/u") == {
-        "action": "upload", "path": "/home/u/a.bin", "bytes_read": 0, "bytes_written": 12,
-        "len": 12,
-    }
-    renamed = parse_log_line('posix-rename old "/a" new "/b"', "/")
-    assert renamed == {"action": "rename", "path": "/a", "target": "/b"}
-    assert parse_log_line('open "/a" flags READ mode 0666', "/") is None
 
 
 def test_manual_timers_fire_only_when_due() -> None:
