@@ -309,8 +309,9 @@ class SshClient:
     def remote(self, path: str) -> str:
         return f"{self.login}@127.0.0.1:{path}"
 
-    def sftp(self, batch: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        argv = ["sftp", *self.options(), "-P", str(self.node.port), "-b", "-",
+    def sftp(self, batch: str, timeout: float = 60, options: tuple[str, ...] = ()
+             ) -> subprocess.CompletedProcess[bytes]:
+        argv = ["sftp", *self.options(), *options, "-P", str(self.node.port), "-b", "-",
                 f"{self.login}@127.0.0.1"]
         return subprocess.run(argv, input=batch.encode(), capture_output=True,
                               timeout=timeout, check=False)

@@ -113,6 +113,8 @@ def test_settings_validation() -> None:
         NodeSettings(host_key=KEY, user_ca_keys=[])
     with pytest.raises(BadParameter, match="not an environment variable name"):
         NodeSettings(host_key=KEY, user_ca_keys=[CA], env_allowlist=["BAD NAME"])
+    with pytest.raises(BadParameter, match="'scp' must be an absolute path"):
+        NodeSettings(host_key=KEY, user_ca_keys=[CA], scp_program="scp")  # no PATH lookup
 
 
 def test_without_root_only_the_nodes_own_account(monkeypatch: pytest.MonkeyPatch) -> None:
