@@ -124,12 +124,16 @@ class Framer:
             source = data
         done = self._packets(source, handle)
         if done and self.keep:
-            self._chunks.append(source if done == len(source) and source is data
-                                else bytes(source[:done]))
-        if source is data:
-            self._partial = bytearray(data[done:])
-        else:
-            self._partial = bytearray(self._partial[done:])
+            if source is data and done == len(data):
+                self._chunks.append(data)
+            else:
+                with memoryview(source) as view:
+                    self._chunks.append(bytes(view[:done]))
+        if source is not data:
+            del self._partial[:done]  # cheap: a bytearray drops its front in place
+        elif done < len(data):
+            with memoryview(data) as view:
+                self._partial = bytearray(view[done:])
 
     def _packets(self, source: bytes | bytearray, handle: PacketHandler) -> int:
         done, end = 0, len(source)
