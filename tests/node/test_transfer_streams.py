@@ -357,6 +357,9 @@ def test_scp_upload_bytes_wait_for_scps_answer() -> None:
     flood = ScpFollower("upload", "/tmp/x", target_is_dir=False)
     with pytest.raises(BadParameter):
         flood.from_user(b"x" * (MAX_HELD + 1))
+    answers = ScpFollower("download", "/tmp/x", target_is_dir=False)
+    with pytest.raises(BadParameter):  # far more answers than scp could have asked for
+        answers.from_user(b"\0" * (MAX_HELD + 2))
 
 
 def test_scp_download_split_at_every_byte_boundary() -> None:

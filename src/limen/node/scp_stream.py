@@ -27,7 +27,7 @@ from typing import Any
 from limen.errors import BadParameter
 
 LINE_MAX = 2047  # scp reads a record or an answer into char buf[2048]
-MAX_HELD = 1024 * 1024  # upload bytes that may wait for scp's answer
+MAX_HELD = 1024 * 1024  # bytes that may wait for the other side (records, answers)
 OFF_T_MAX = 2**63 - 1
 _FILE_RECORD = re.compile(rb"[CD]([0-7]{4}) ([0-9]+) (.*)", re.DOTALL)
 _REFUSED_NAMES = (b"", b".", b"..")
@@ -108,6 +108,8 @@ class ScpFollower:
             self._answers += data
             self._passed.append(data)
             self._advance(passing=False)
+            if len(self._answers) > MAX_HELD:  # scp reads one answer at a time
+                raise BadParameter("too many scp answers ahead of the transfer")
 
     def to_user(self, data: bytes) -> None:
         if self._user_sends:

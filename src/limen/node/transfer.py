@@ -12,6 +12,9 @@ ends the session: the node never relays what it could not follow.
 SFTP INIT packet is an SFTP session, whatever command it runs (``sftp -s PROGRAM`` execs
 the program instead of asking for the sftp subsystem). The first few bytes are held back
 until it can tell; anything that cannot be the start of an INIT packet goes on at once.
+Every INIT sftp-server would take counts (any version, any length it accepts), so that
+none slips past ``ssh_file_copy: false``; the price is that a plain command whose input
+happens to begin like one (an .ico file piped to ``cat``) is taken for SFTP too.
 """
 
 from __future__ import annotations
