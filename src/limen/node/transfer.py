@@ -102,7 +102,10 @@ async def is_directory_for(user: LocalUser, path: str, cwd: str, env: dict[str, 
     test = shutil.which("test", path="/usr/bin:/bin")
     if test is None:
         return False
-    child = await spawn(ProcessSpec(user, (test, "-d", path), env, cwd))
+    try:
+        child = await spawn(ProcessSpec(user, (test, "-d", path), env, cwd))
+    except OSError:  # then the paths shown are the target's own, which scp may extend
+        return False
     try:
         child.close_stdin()
         return (await child.wait()).code == 0
