@@ -136,6 +136,7 @@ class TransferGate:
         self._sniffer = SftpSniffer() if sniff else None
         self._hooks = hooks
         self._progress = asyncio.Event()  # the process answered: held bytes may go on
+        self._reporting: asyncio.Future[None] | None = None  # events on their way
         self.broken = False
 
     @property
@@ -198,6 +199,8 @@ class TransferGate:
 
     async def finish(self) -> None:
         """The session ended: what the follower still knows about (files never closed)."""
+        if self._reporting is not None:
+            await self._reporting
         if self.follower is not None and not self.broken:
             for event in self.follower.finish():
                 await self._hooks.emit(self.follower.event, event)
@@ -218,7 +221,21 @@ class TransferGate:
         return True
 
     async def _emit_events(self) -> None:
+        """Report the follower's events, in order. The session stops feeding input when
+        its process exits, maybe while an event the input completed is on its way: that
+        report goes on (shielded) and ``finish`` waits for it."""
         assert self.follower is not None
-        for event in self.follower.take_events():
-            await self._hooks.emit(self.follower.event, event)
+        events, name = self.follower.take_events(), self.follower.event
+        if not events:
+            return
+        before = self._reporting
+
+        async def report() -> None:
+            if before is not None:
+                await before
+            for event in events:
+                await self._hooks.emit(name, event)
+
+        self._reporting = asyncio.ensure_future(report())
+        await asyncio.shield(self._reporting)
 
