@@ -9,7 +9,9 @@ with a token, and two stock sshds trusting the cluster's CAs (as bench/ssh.py do
 The client is stock OpenSSH on both paths with the config `limen config` writes; only
 the servers differ. Each figure is the median MB/s of ``--runs`` copies of a
 ``--size-mb`` file kept in /dev/shm (so neither end's disk takes part), handshakes
-included, the ways interleaved so drift in the machine's load hits them alike:
+included, the ways interleaved so drift in the machine's load hits them alike. The
+Limen node's CPU seconds per GB moved are printed too: on a busy machine they move
+less than throughput does.
 
 - sftp put / get (`sftp -b`), the SFTP protocol the node audits packet by packet;
 - scp (modern scp speaks SFTP) up / down;
@@ -31,7 +33,7 @@ from pathlib import Path
 import asyncssh
 
 # common first: it puts the repository root on sys.path for tests.proxy.support.
-from common import Cluster, bench_env, log_in, start_cluster
+from common import Cluster, bench_env, cpu_seconds, log_in, start_cluster
 
 from tests.proxy.support import Pki, Sshd
 
@@ -108,7 +110,7 @@ def main() -> None:
     cluster = start_cluster(root, env, CLUSTER)
     servers: tuple[Sshd, ...] = ()
     try:
-        cluster.start_node(NODE_NAME, "--labels", "env=bench", direct=True)
+        limen_node = cluster.start_node(NODE_NAME, "--labels", "env=bench", direct=True)
         config = log_in(cluster, root / "home")
         servers = openssh_servers(cluster, root)
         node, jump = servers
@@ -125,17 +127,25 @@ def main() -> None:
                                  Path(tempfile.mkdtemp(dir=work)))
                  for way in ways}
         rates: dict[str, dict[str, list[float]]] = {w.name: {} for w in ways}
+        node_cpu: dict[str, float] = {}
         for _ in range(args.runs):
             for case in plans[ways[0].name]:
                 for way in ways:
+                    before = cpu_seconds(limen_node.pid)
                     seconds = timed(plans[way.name][case](), env)
                     rates[way.name].setdefault(case, []).append(args.size_mb / seconds)
-        print(f"{args.size_mb} MB x{args.runs} (median MB/s, handshakes included)")
-        print(f"{'case':<14}" + "".join(f"{w.name:>10}" for w in ways) + f"{'ratio':>8}")
+                    if way.name == "Limen":
+                        used = cpu_seconds(limen_node.pid) - before
+                        node_cpu[case] = node_cpu.get(case, 0.0) + used
+        gigabytes = args.runs * args.size_mb / 1024
+        print(f"{args.size_mb} MB x{args.runs} (median MB/s, handshakes included; "
+              "Limen node CPU s/GB)")
+        print(f"{'case':<14}" + "".join(f"{w.name:>10}" for w in ways)
+              + f"{'ratio':>8}{'node s/GB':>11}")
         for case in plans[ways[0].name]:
             figures = [statistics.median(rates[w.name][case]) for w in ways]
             print(f"{case:<14}" + "".join(f"{f:>10.1f}" for f in figures)
-                  + f"{figures[0] / figures[1]:>8.2f}")
+                  + f"{figures[0] / figures[1]:>8.2f}{node_cpu[case] / gigabytes:>11.2f}")
     finally:
         for server in servers:
             server.stop()
