@@ -1,15 +1,16 @@
 """Session recordings end to end: an interactive shell through stock OpenSSH is recorded on
 the node as asciicast v2 (with its resizes), exec output too; the auth service has them
 while and after the session runs; `limen recordings ls/search`, `limen play` (replay and
-export that `asciinema cat` reads); `record_session: strict` ends a session whose
-recorder fails, where best effort carries on.
+export that `asciinema cat` reads); file transfers recorded as byte counts;
+`record_session: strict` ends a session whose recorder fails part way. (A session that
+cannot be recorded at all never starts under strict: test_transfer_attacks.py.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -128,8 +129,9 @@ def test_exec_output_is_recorded_and_searchable(cluster: ClusterHarness,
     assert "19999\n20000\n" in text and word in text and "done" in text
 
 
-def test_file_transfers_are_audited_not_recorded(cluster: ClusterHarness, auditor: SshUser,
-                                                 tmp_path: Path) -> None:
+def test_file_transfers_are_recorded_as_byte_counts_and_audited_per_file(
+    cluster: ClusterHarness, auditor: SshUser, tmp_path: Path
+) -> None:
     alice = new_user(cluster, "recscp")
     payload = tmp_path / "payload.txt"
     payload.write_text("copy me\n" * 1000)
@@ -141,18 +143,25 @@ def test_file_transfers_are_audited_not_recorded(cluster: ClusterHarness, audito
         down = alice.tool("scp", f"root@{NODE}:{remote}", str(back))
         assert down.returncode == 0, down.stderr
     finally:
-        alice.ssh(f"root@{NODE}", f"rm -f {remote}")
+        Path(remote).unlink(missing_ok=True)
     digest = hashlib.sha256(payload.read_bytes()).hexdigest()
     moved = wait_until(lambda: [e for e in cluster.events_of("sftp", user=alice.name)
-                                if e.get("sha256")], 10, "sftp events with digests")
-    assert {e["action"] for e in moved} >= {"upload", "download"}
+                                if e["action"] in ("upload", "download")], 10, "sftp events")
+    assert {e["action"] for e in moved} == {"upload", "download"}
     assert all(e["sha256"] == digest and e["path"] == remote for e in moved)
-    assert all(e["len"] == payload.stat().st_size for e in moved)
-    # Only the clean-up command was recorded, not the transfers.
-    assert [r["command"] for r in _mine(cluster, auditor, alice.name)] == [f"rm -f {remote}"]
+    assert all(e["len"] == payload.stat().st_size and e["success"] for e in moved)
+    # Each transfer has a recording too: what went by is counted, the text not stored.
+    sessions = {e["sid"] for e in moved}
+    done = wait_until(lambda: [r for r in _mine(cluster, auditor, alice.name)
+                               if r["complete"] and r["session_id"] in sessions],
+                      15, "both recordings")
+    assert len(done) == 2 and {r["kind"] for r in done} == {"subsystem"}
+    for recording in done:
+        text = auditor.limen("play", recording["session_id"], "--format", "text").stdout
+        assert "bytes of binary output not recorded" in text and "copy me" not in text
 
 
-def test_strict_recording_ends_the_session_when_the_recorder_fails(
+def test_strict_recording_ends_the_session_when_the_recorder_fails_mid_session(
     cluster: ClusterHarness, tmp_path: Path
 ) -> None:
     node = unique("strict")
@@ -165,24 +174,24 @@ def test_strict_recording_ends_the_session_when_the_recorder_fails(
     assert cluster.admin("create", "-f", str(role), "--force").returncode == 0
     added = cluster.add_node(node, {"env": "strict"})
     strict = new_user(cluster, "strict", roles="strict-rec", logins="root")
-    relaxed = new_user(cluster, "relaxed", roles="access", logins="root")
-    # The node's recordings directory becomes a file: every new recording fails.
+    # The node's recordings live on a tiny file system: a session that prints more than
+    # fits makes its recorder fail part way (no space left on device).
     recordings = added.data_dir / "recordings"
-    shutil.rmtree(recordings)
-    recordings.write_text("not a directory\n")
-    host = f"{node}.test.limen"
-
-    fine = relaxed.ssh(f"root@{host}", "echo best-effort-runs")
-    assert fine.returncode == 0 and fine.stdout == b"best-effort-runs\n", fine.stderr
-
-    stopped = strict.ssh(f"root@{host}", "for i in $(seq 1 100); do echo line$i; sleep 0.1; "
-                         "done; echo finished", timeout=30)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(recordings)],
+                   check=True)
+    try:
+        host = f"{node}.test.limen"
+        stopped = strict.ssh(f"root@{host}", "for i in $(seq 1 3000); do echo line$i "
+                             "padding-padding-padding; sleep 0.001; done; echo finished",
+                             timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(recordings)], check=True)
     assert stopped.returncode != 0
-    assert b"finished" not in stopped.stdout
+    assert b"finished" not in stopped.stdout and b"line1 " in stopped.stdout
     assert b"record_session: strict" in stopped.stderr
     failures = wait_until(lambda: cluster.events_of("session.recording.failure",
                                                     user=strict.name), 10, "a failure event")
-    assert failures[0]["server_hostname"] == node
+    assert failures[0]["server_hostname"] == node and "space" in failures[0]["error"]
     end = wait_until(lambda: cluster.events_of("session.end", user=strict.name), 10,
                      "the strict session's end")
     assert end[0]["reason"] == "recording failed"

@@ -1,5 +1,6 @@
 """Bulk data through the proxy: 100 MB arrives intact (sha256) with stock ssh/scp and with
-`limen scp`, both directions; recursive copies; file-copy errors are sentences.
+`limen scp`, both directions, and the node's sftp events carry the same digest;
+recursive copies; file-copy errors are sentences.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import ClusterHarness
-from tests.support.ssh_access import NODE, clean_env, new_user, random_file, sha256_file
+from tests.support.ssh_access import (
+    NODE,
+    clean_env,
+    new_user,
+    random_file,
+    sha256_file,
+    wait_until,
+)
 
 SIZE_MB = 100
 
@@ -42,6 +50,7 @@ def test_100_mb_through_stock_ssh_and_scp_arrives_intact(
         assert sha256_file(back) == want
     finally:
         alice.ssh(f"root@{NODE}", f"rm -f {remote}")
+    assert _transferred(cluster, alice.name, "download", remote) == (SIZE_MB << 20, want)
 
 
 def test_100_mb_through_limen_scp_both_ways(
@@ -62,6 +71,16 @@ def test_100_mb_through_limen_scp_both_ways(
         assert sha256_file(back) == want
     finally:
         alice.limen("ssh", "node1", f"rm -f {remote}")
+    for action in ("upload", "download"):
+        assert _transferred(cluster, alice.name, action, remote) == (SIZE_MB << 20, want)
+
+
+def _transferred(cluster: ClusterHarness, user: str, action: str, path: str) -> tuple[int, str]:
+    """Length and digest of the node's sftp event for one file."""
+    event = wait_until(lambda: [e for e in cluster.events_of("sftp", user=user)
+                                if e["action"] == action and e["path"] == path], 10,
+                       f"the sftp {action} event")[0]
+    return event["len"], event["sha256"]
 
 
 def test_limen_scp_recursive_both_ways(cluster: ClusterHarness, tmp_path: Path) -> None:

@@ -110,6 +110,9 @@ class RecordingObserver:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.output: dict[str, bytearray] = {}
+        self.streams: dict[str, set[str]] = {}  # which kinds of output each session sent
+        self.recordings: list[str] = []  # sessions whose recording was opened
+        self.unrecordable: str | None = None  # set: every recording fails to open, so
         self._cond = threading.Condition()
 
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
@@ -117,9 +120,16 @@ class RecordingObserver:
             self.events.append((name, dict(fields)))
             self._cond.notify_all()
 
+    async def open_recording(self, session_id: str, fields: dict[str, Any]) -> str | None:
+        with self._cond:
+            if self.unrecordable is None:
+                self.recordings.append(session_id)
+            return self.unrecordable
+
     async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
         with self._cond:
             self.output.setdefault(session_id, bytearray()).extend(data)
+            self.streams.setdefault(session_id, set()).add(stream)
             self._cond.notify_all()
 
     def named(self, name: str) -> list[dict[str, Any]]:
@@ -299,8 +309,9 @@ class SshClient:
     def remote(self, path: str) -> str:
         return f"{self.login}@127.0.0.1:{path}"
 
-    def sftp(self, batch: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        argv = ["sftp", *self.options(), "-P", str(self.node.port), "-b", "-",
+    def sftp(self, batch: str, timeout: float = 60, options: tuple[str, ...] = ()
+             ) -> subprocess.CompletedProcess[bytes]:
+        argv = ["sftp", *self.options(), *options, "-P", str(self.node.port), "-b", "-",
                 f"{self.login}@127.0.0.1"]
         return subprocess.run(argv, input=batch.encode(), capture_output=True,
                               timeout=timeout, check=False)

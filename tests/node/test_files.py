@@ -1,7 +1,10 @@
-"""File copy: sftp (the stock sftp-server, run as the login) and scp, both protocols."""
+"""File copy: sftp (the stock sftp-server, run as the login) and scp, both protocols,
+audited from the protocol (digests of the bytes sent) and recorded as byte counts; a
+session that cannot be recorded never starts when the permit says strict."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -10,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from limen.node import CertPolicy, SessionPermit, UserIdentity
 from tests.node.conftest import Node
+
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 
 @pytest.fixture
@@ -29,12 +35,16 @@ def test_sftp_put_and_get(node: Node, payload: Path, tmp_path: Path) -> None:
     result = node.client().sftp(f"put {payload} {remote}\nget {remote} {back}\n")
     assert result.returncode == 0, result.stderr
     assert digest(remote) == digest(back) == digest(payload)
-    size = payload.stat().st_size
+    size, want = payload.stat().st_size, digest(payload)
     upload = node.observer.wait_for("sftp", lambda f: f["action"] == "upload")
-    assert (upload["path"], upload["len"]) == (str(remote), size)
+    assert (upload["path"], upload["len"], upload["sha256"]) == (str(remote), size, want)
     download = node.observer.wait_for("sftp", lambda f: f["action"] == "download")
-    assert (download["path"], download["len"]) == (str(remote), size)
-    assert upload["sid"] == download["sid"]
+    assert (download["path"], download["len"], download["sha256"]) == (str(remote), size, want)
+    assert upload["sid"] == download["sid"] and upload["success"] and download["success"]
+    # The session was recorded too: everything it printed, as a transfer's byte count.
+    sid = upload["sid"]
+    assert sid in node.observer.recordings and node.observer.streams[sid] == {"transfer"}
+    assert len(node.observer.output[sid]) > size
 
 
 def test_sftp_runs_with_the_login_permissions(node: Node, payload: Path, test_user) -> None:
@@ -72,11 +82,14 @@ def test_legacy_scp_both_directions(node: Node, payload: Path, tmp_path: Path) -
     down = client.scp(client.remote(str(remote)), str(back), legacy=True)
     assert down.returncode == 0, down.stderr
     assert digest(remote) == digest(back) == digest(payload)
-    size = payload.stat().st_size
+    size, want = payload.stat().st_size, digest(payload)
     upload = node.observer.wait_for("scp", lambda f: f["action"] == "upload")
-    assert upload["path"] == str(remote) and upload["len"] >= size
+    assert (upload["path"], upload["len"], upload["sha256"]) == (str(remote), size, want)
     download = node.observer.wait_for("scp", lambda f: f["action"] == "download")
-    assert download["path"] == str(remote) and download["len"] >= size
+    assert (download["path"], download["len"], download["sha256"]) == (str(remote), size, want)
+    assert upload["mode"] == f"{payload.stat().st_mode & 0o7777:04o}"
+    assert node.observer.named("exec") == []  # scp itself ran, not a shell
+    assert node.observer.streams[upload["sid"]] == {"transfer"}
 
 
 def test_file_copy_can_be_forbidden(node_factory, payload: Path, tmp_path: Path) -> None:
@@ -90,5 +103,34 @@ def test_file_copy_can_be_forbidden(node_factory, payload: Path, tmp_path: Path)
     assert legacy.returncode != 0
     assert b"file copy (scp and sftp) is not allowed" in legacy.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
-    assert len(node.observer.named("session.rejected")) >= 2
+    direct = client.ssh(SFTP_SERVER, input=b"")
+    assert direct.returncode != 0 and b"file copy (scp and sftp) is not allowed" in direct.stderr
+    # A name the command line hides: the SFTP at the start of its input gives it away.
+    hidden = client.sftp(f"put {payload} {tmp_path / 'z'}\n",
+                         options=("-s", "p=/usr/lib/openssh/sftp-; exec ${p}server"))
+    assert hidden.returncode != 0 and b"file copy (scp and sftp) is not allowed" in hidden.stderr
+    assert not (tmp_path / "z").exists()
+    assert len(node.observer.named("session.rejected")) >= 4
+    assert node.observer.named("sftp") == [] and node.observer.named("scp") == []
     assert client.ssh("echo shell-still-works").stdout == b"shell-still-works\n"
+
+
+class StrictPolicy(CertPolicy):
+    def permit_for(self, identity: UserIdentity) -> SessionPermit:
+        return dataclasses.replace(super().permit_for(identity), record="strict")
+
+
+def test_a_session_that_cannot_be_recorded_never_starts_when_strict(
+    node_factory, tmp_path: Path
+) -> None:
+    node = node_factory(lambda clock: StrictPolicy(clock=clock))
+    node.observer.unrecordable = "the recording could not be opened (disk full)"
+    witness = tmp_path / "ran"
+    refused = node.client().ssh(f"touch {witness}")
+    assert refused.returncode != 0 and b"cannot be recorded" in refused.stderr
+    assert not witness.exists()
+    rejected = node.observer.wait_for("session.rejected")
+    assert "record_session: strict" in rejected["reason"] and rejected["command"]
+    assert node.observer.named("session.start") == []
+    node.observer.unrecordable = None
+    assert node.client().ssh(f"touch {witness}").returncode == 0 and witness.exists()

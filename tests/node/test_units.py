@@ -15,8 +15,6 @@ from limen.node.environment import filter_client_env
 from limen.node.executor import ExitStatus
 from limen.node.identity import UserIdentity, identity_from_certificate
 from limen.node.policy import destination_allowed
-from limen.node.scp import parse_scp_command
-from limen.node.sftp import LogLines, parse_log_line
 from limen.sshauth import read_certificate
 
 CA = asyncssh.generate_private_key("ssh-ed25519")
@@ -85,27 +83,6 @@ async def test_cert_policy_follows_the_certificate() -> None:
         await policy.authorize(identity, "root", "shell", {})
 
 
-def test_scp_commands() -> None:
-    upload = parse_scp_command("scp -v -d -t -- /tmp/x")
-    assert upload is not None and (upload.action, upload.path) == ("upload", "/tmp/x")
-    download = parse_scp_command("/usr/bin/scp -r -f 'dir with space'")
-    assert download is not None and download.recursive and download.path == "dir with space"
-    assert parse_scp_command("echo scp -t x") is None
-
-
-def test_sftp_log_lines() -> None:
-    lines = LogLines()
-    assert list(lines.feed(b'close "a.bin" bytes read 0 writ')) == []
-    (line,) = lines.feed(b"ten 12\r\n")
-    assert parse_log_line(line, "/home/u") == {
-        "action": "upload", "path": "/home/u/a.bin", "bytes_read": 0, "bytes_written": 12,
-        "len": 12,
-    }
-    renamed = parse_log_line('posix-rename old "/a" new "/b"', "/")
-    assert renamed == {"action": "rename", "path": "/a", "target": "/b"}
-    assert parse_log_line('open "/a" flags READ mode 0666', "/") is None
-
-
 def test_manual_timers_fire_only_when_due() -> None:
     timers = ManualTimers()
     fired: list[str] = []
@@ -128,6 +105,8 @@ def test_settings_validation() -> None:
         NodeSettings(host_key=KEY, user_ca_keys=[])
     with pytest.raises(BadParameter, match="not an environment variable name"):
         NodeSettings(host_key=KEY, user_ca_keys=[CA], env_allowlist=["BAD NAME"])
+    with pytest.raises(BadParameter, match="'scp' must be an absolute path"):
+        NodeSettings(host_key=KEY, user_ca_keys=[CA], scp_program="scp")  # no PATH lookup
 
 
 def test_without_root_only_the_nodes_own_account(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,26 +3,29 @@
 - Events go to the auth service; when it cannot be reached they wait in a spool on the
   node's disk (event_spool.py). Either way ``on_event`` returns only once the event is
   durable somewhere, so the action it records proceeds after that.
-- Shell and exec sessions are recorded as asciicast v2 on the node's disk (recorder.py)
-  and shipped while they run (recording_upload.py).
+- Every session is recorded as asciicast v2 on the node's disk (recorder.py) and shipped
+  while it runs (recording_upload.py); what a file transfer prints is counted, not
+  stored. The recording is opened before the session's process starts
+  (``open_recording``): under ``record_session: strict`` a session that cannot be
+  recorded is refused, with best effort it runs and a ``session.recording.failure``
+  event says why.
 - Every live session has a journal entry (DATA_DIR/audit/live/SID.json). After a crash
   the node finds the entries on its next start and reports each session's end, marked
   interrupted, and closes its recording the same way.
-- ``record_session: strict``: when a session's recorder fails, the session is ended.
-- sftp and scp events get the SHA-256 of the file transferred, read on the node when
-  the transfer ends (sftp-server and scp do the copying, so this is the file as it is on
-  the node once the operation completed).
+- ``record_session: strict``: when a session's recorder fails mid-session, the session
+  is ended at its next output.
+- sftp and scp events come from the protocol the session relays (sftp.py,
+  scp_stream.py), with the SHA-256 of the bytes transferred: the node never opens a
+  file a user names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import stat
 import time
 import uuid
 from collections.abc import Coroutine
@@ -37,7 +40,6 @@ from limen.files import write_private
 from limen.node.event_spool import EventSpool
 from limen.node.recorder import CastWriter, LocalRecording
 from limen.node.recording_upload import RecordingLink, RecordingUploader
-from limen.node.scp import parse_scp_command
 
 if TYPE_CHECKING:
     from limen.node.server import NodeServer
@@ -78,8 +80,10 @@ class NodeAudit:
         self.uploader = RecordingUploader(link, self.recordings)
         self.server: NodeServer | None = None
         self._writers: dict[str, CastWriter] = {}
-        self._failed: set[str] = set()
+        self._failed: set[str] = set()  # recorders that failed mid-session
         self._enforced: set[str] = set()
+        self._unrecorded: set[str] = set()  # recordings that could not be opened
+        self._who: dict[str, dict[str, Any]] = {}  # a recorded session's user, login, node
         self._wake_replay = asyncio.Event()
         self._replayer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -117,8 +121,8 @@ class NodeAudit:
             await self._session_started(sid, fields)
         elif name == "resize" and sid:
             self._resized(sid, fields)
-        elif name in ("sftp", "scp"):
-            fields = {**fields, **await asyncio.to_thread(_file_digest, fields)}
+        elif name == "session.rejected" and sid:
+            self._unrecorded.discard(sid)  # refused before it started: nothing to end
         if name == "session.end" and sid:
             self._session_ended(sid, fields)
             # One party per session today (a shell or command on one channel); joining
@@ -178,12 +182,13 @@ class NodeAudit:
 
     # -- sessions and recordings ------------------------------------------------------------
 
-    async def _session_started(self, sid: str, fields: dict[str, Any]) -> None:
-        await asyncio.to_thread(_write_json, self.live / f"{sid}.json", fields)
+    async def open_recording(self, sid: str, fields: dict[str, Any]) -> str | None:
+        """Open the session's recording before its process starts; returns None, or why
+        it cannot be recorded (reported as session.recording.failure, durable on return)."""
+        if sid in self._writers:
+            return None
         kind = str(fields.get("session_kind", ""))
-        command = str(fields.get("command") or "")
-        if kind not in ("shell", "exec") or (command and parse_scp_command(command)):
-            return  # file transfers are audited per file, not recorded
+        command = str(fields.get("command") or fields.get("subsystem") or "")
         start_ns = time.time_ns()
         cols, rows = _term_size(fields.get("terminal_size") or "80:24")
         meta = LocalRecording(
@@ -193,6 +198,7 @@ class NodeAudit:
             extra={"interactive": bool(fields.get("interactive")),
                    "addr.remote": fields.get("addr.remote")},
         )
+        self._who[sid] = _who(fields)
         try:
             await asyncio.to_thread(meta.save, self.recordings / f"{sid}.json")
             self._writers[sid] = CastWriter(
@@ -200,9 +206,18 @@ class NodeAudit:
                 title=f"{meta.user} as {meta.login} on {self.node_name}", command=command,
             )
         except OSError as exc:
-            self._failed_recording(sid, exc, fields)
-            return
+            log.error("cannot record session %s: %s", sid, exc)
+            self._who.pop(sid, None)
+            self._unrecorded.add(sid)
+            await self.report("session.recording.failure", self._failure_fields(sid, exc, fields))
+            return f"the recording could not be opened ({exc.strerror or exc})"
         self.uploader.wake()
+        return None
+
+    async def _session_started(self, sid: str, fields: dict[str, Any]) -> None:
+        await asyncio.to_thread(_write_json, self.live / f"{sid}.json", fields)
+        if sid not in self._writers and sid not in self._unrecorded:
+            await self.open_recording(sid, fields)  # a caller that did not open it first
 
     def _resized(self, sid: str, fields: dict[str, Any]) -> None:
         writer = self._writers.get(sid)
@@ -214,10 +229,15 @@ class NodeAudit:
                 self._failed_recording(sid, exc, fields)
 
     async def on_output(self, sid: str, data: bytes, stream: str) -> None:
+        """A chunk the session sent to the user; ``stream`` "transfer" is a file-transfer
+        protocol's bytes (counted, not stored)."""
         writer = self._writers.get(sid)
         if writer is not None:
             try:
-                writer.output(data)
+                if stream == "transfer":
+                    writer.binary(data)
+                else:
+                    writer.output(data)
             except OSError as exc:
                 self._failed_recording(sid, exc, {"sid": sid})
             else:
@@ -226,9 +246,11 @@ class NodeAudit:
             self._enforce_strict(sid)
 
     def _session_ended(self, sid: str, fields: dict[str, Any]) -> None:
-        failed = sid in self._failed
+        failed = sid in self._failed or sid in self._unrecorded
         self._failed.discard(sid)
         self._enforced.discard(sid)
+        self._unrecorded.discard(sid)
+        self._who.pop(sid, None)
         writer = self._writers.get(sid)
         binary = writer.binary_bytes if writer is not None else 0
         self._close_writer(sid)
@@ -263,30 +285,27 @@ class NodeAudit:
             with contextlib.suppress(OSError):
                 writer.close()
         self._failed.add(sid)
-        base = {k: fields.get(k) for k in ("sid", "user", "login", "server_id",
-                                            "server_hostname") if fields.get(k) is not None}
-        self._spawn(self.report("session.recording.failure",
-                                {**base, "sid": sid, "error": str(exc), "success": False}))
+        self._spawn(self.report("session.recording.failure", self._failure_fields(
+            sid, exc, {**self._who.get(sid, {}), **_who(fields)})))
         self._enforce_strict(sid)
 
-    def _enforce_strict(self, sid: str) -> None:
-        if sid not in self._enforced:
-            self._enforced.add(sid)
-            self._spawn(self._end_if_strict(sid))
+    @staticmethod
+    def _failure_fields(sid: str, exc: OSError, fields: dict[str, Any]) -> dict[str, Any]:
+        return {**_who(fields), "sid": sid, "error": str(exc), "success": False}
 
-    async def _end_if_strict(self, sid: str) -> None:
+    def _enforce_strict(self, sid: str) -> None:
+        """End a strict session whose recorder failed. Its output reaches the recorder
+        only after the server lists it; until then there is nothing unrecorded to stop,
+        and the next output asks again."""
         server = self.server
-        if server is None:
+        if server is None or sid in self._enforced:
             return
-        # A recorder that fails as the session starts fails before the server lists it.
-        for _ in range(250):
-            ctx = server.sessions.get(sid)
-            if ctx is not None or sid not in self._failed:
-                break
-            await asyncio.sleep(0.02)
         ctx = server.sessions.get(sid)
-        if ctx is not None and ctx.permit.record == "strict":
-            await server.terminate(sid, STRICT_MESSAGE, "recording failed")
+        if ctx is None:
+            return
+        self._enforced.add(sid)
+        if ctx.permit.record == "strict":
+            self._spawn(server.terminate(sid, STRICT_MESSAGE, "recording failed"))
 
     # -- after a crash ------------------------------------------------------------------------
 
@@ -340,6 +359,11 @@ class NodeAudit:
         task.add_done_callback(self._tasks.discard)
 
 
+def _who(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: fields[k] for k in ("user", "login", "server_id", "server_hostname")
+            if fields.get(k) is not None}
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     write_private(path, json.dumps(data, default=str))
 
@@ -348,34 +372,5 @@ def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-MAX_HASH_BYTES = 64 * 1024**3  # a transfer larger than this is logged without a digest
-
-
-def _file_digest(fields: dict[str, Any]) -> dict[str, Any]:
-    """SHA-256 of the file an sftp/scp event names, if it is a regular file.
-
-    Opened without following a final symlink: the user controls the name, and the
-    node reads as root.
-    """
-    path = fields.get("path")
-    if fields.get("action") not in ("upload", "download") or not isinstance(path, str):
-        return {}
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return {}
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_HASH_BYTES:
-            return {}
-        digest = hashlib.sha256()
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            while chunk := fh.read(1024 * 1024):
-                digest.update(chunk)
-        return {"sha256": digest.hexdigest(), "size": info.st_size}
     finally:
         os.close(fd)

@@ -1,9 +1,14 @@
 """One SSH session channel: runs the session's process and copies bytes both ways.
 
 asyncssh calls the ``SSHServerSession`` hooks; everything slow happens in one task per
-channel (``_run``). Output is read from the process, written to the channel, and the
-next read waits until the channel has room (pause_writing/resume_writing); input is
-queued with back pressure (inbox.py). No asyncssh redirect() is involved.
+channel (``_run``). Output is read from the process, recorded, written to the channel,
+and the next read waits until the channel has room (pause_writing/resume_writing); input
+is queued with back pressure (inbox.py). No asyncssh redirect() is involved.
+
+Before the process starts, its recording is opened: under ``record_session: strict`` a
+session that cannot be recorded is refused and its process never runs. File transfers
+(the sftp subsystem, legacy scp, or any command whose input begins with SFTP) pass
+through a TransferGate (transfer.py) that follows their protocol for the audit.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from limen.errors import LimenError
+from limen.errors import AccessDenied, LimenError
 from limen.node.executor import Child, ExitStatus, TermSize, spawn
 from limen.node.fdstream import FdStream
 from limen.node.inbox import InputQueue
-from limen.node.launch import SessionPlan, plan_session, to_term_size
+from limen.node.launch import FILE_COPY_DENIED, SessionPlan, plan_session, to_term_size
 from limen.node.session import SessionContext
-from limen.node.sftp import LogLines, parse_log_line
+from limen.node.sftp import SftpFollower
+from limen.node.transfer import TransferFollower, TransferGate
 
 if TYPE_CHECKING:
     from limen.node.connection import NodeConnection
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 STDERR = asyncssh.EXTENDED_DATA_STDERR
+UNRECORDABLE = ("this session cannot be recorded, and your role requires recording "
+                "(record_session: strict)")
 
 
 class SessionChannel(asyncssh.SSHServerSession[bytes]):
@@ -46,6 +54,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self.ctx: SessionContext | None = None
         self._child: Child | None = None
         self._plan: SessionPlan | None = None
+        self._gate: TransferGate | None = None
         self._inbox = InputQueue(self._pause_input, self._resume_input)
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -145,6 +154,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             log.exception("planning session %s failed", ctx.id)
             await self._refuse(exc)
             return
+        if not await self._recording_ready(ctx):
+            return
         # session.start is on record before the user's process can do anything.
         await ctx.start(self._terminate)
         self._conn.node.session_started(ctx)
@@ -158,6 +169,18 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
                 self._child.close()
             self._conn.node.session_ended(ctx)
             await ctx.finish(status)
+
+    async def _recording_ready(self, ctx: SessionContext) -> bool:
+        """Open the recording; False when the session was refused for want of one."""
+        problem = await self._conn.node.open_recording(ctx.id, ctx.fields(
+            session_kind=ctx.kind, interactive=ctx.interactive,
+            terminal_size=str(ctx.term_size) if ctx.term_size else None,
+            command=ctx.command, subsystem=ctx.subsystem,
+        ))
+        if problem is not None and ctx.permit.record == "strict":
+            await self._refuse(AccessDenied(UNRECORDABLE))
+            return False
+        return True  # with best effort, the recorder has reported its failure
 
     async def _execute(self, plan: SessionPlan) -> ExitStatus:
         for warning in plan.warnings:
@@ -186,13 +209,14 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     async def _supervise(self, child: Child) -> ExitStatus:
         assert self._plan is not None
+        follower = self._plan.follower()
+        if follower is not None or self._plan.sniff:
+            self._gate = TransferGate(follower, self._plan.sniff, self)
         pumps = [self._spawn_task(self._pump(child.stdout, None, "stdout"))]
         if child.stderr is not None:
-            if self._plan.sftp:
-                pumps.append(self._spawn_task(self._audit_sftp(child)))
-            else:
-                pumps.append(self._spawn_task(self._pump(child.stderr, STDERR, "stderr")))
-        feeder = self._spawn_task(self._inbox.feed(child.stdin, close_at_eof=not child.has_pty))
+            pumps.append(self._spawn_task(self._pump(child.stderr, STDERR, "stderr")))
+        feeder = self._spawn_task(self._inbox.feed(
+            child.stdin, close_at_eof=not child.has_pty, gate=self._gate))
         if self._term_size is not None:
             child.resize(self._term_size)  # a window change may have raced the spawn
         status = await child.wait()
@@ -203,11 +227,14 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         await asyncio.gather(*pumps)
         feeder.cancel()
         self._inbox.discard()
+        if self._gate is not None:
+            await self._gate.finish()
         return status
 
     async def _pump(self, stream: FdStream, datatype: int | None, name: str) -> None:
-        """Copy one output stream to the channel, one read per drained write."""
-        ctx, record = self.ctx, self._plan is not None and self._plan.record
+        """Copy one output stream to the channel, one read per drained write. Every
+        chunk is recorded before the user gets it; a transfer's is followed first."""
+        ctx, gate = self.ctx, self._gate if name == "stdout" else None
         assert ctx is not None and self._chan is not None
         while not self._lost:
             try:
@@ -217,8 +244,12 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             if not data:
                 return
             ctx.touch(tx=len(data))
-            if record:
-                await self._conn.node.record_output(ctx.id, data, name)
+            kind = name
+            if gate is not None and gate.following:
+                if not await gate.from_process(data):
+                    return
+                kind = "transfer"
+            await self._conn.node.record_output(ctx.id, data, kind)
             try:
                 self._chan.write(data, datatype)
             except OSError:  # channel already closed
@@ -236,26 +267,40 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         finally:
             waiter.cancel()
 
-    async def _audit_sftp(self, child: Child) -> None:
-        """Turn sftp-server's log on stderr into "sftp" events; the user never sees it."""
-        assert child.stderr is not None and self.ctx is not None and self._plan is not None
-        lines, cwd = LogLines(), self._plan.spec.cwd
-        while data := await child.stderr.read(CHUNK):
-            for line in lines.feed(data):
-                fields = parse_log_line(line, cwd)
-                if fields is not None:
-                    await self._conn.node.emit("sftp", self.ctx.fields(**fields))
+    # -- file transfers (TransferGate's hooks) ---------------------------------------------
 
-    async def _emit_command_events(self, status: ExitStatus) -> None:
+    async def emit(self, name: str, fields: dict[str, object]) -> None:
+        assert self.ctx is not None
+        await self._conn.node.emit(name, self.ctx.fields(**fields))
+
+    async def sftp_started(self) -> TransferFollower | None:
+        """A command's input began with SFTP: a file copy, followed as one if allowed."""
         ctx, plan = self.ctx, self._plan
         assert ctx is not None and plan is not None
-        if plan.scp is not None:
-            moved = ctx.rx_bytes if plan.scp.action == "upload" else ctx.tx_bytes
-            await self._conn.node.emit("scp", ctx.fields(
-                action=plan.scp.action, path=plan.scp.path, recursive=plan.scp.recursive,
-                len=moved, exit_code=status.as_int,
-            ))
-        elif ctx.kind == "exec":
+        if ctx.permit.file_copy:
+            return SftpFollower(plan.spec.cwd)
+        ctx.end_reason = "file copy refused"
+        await self._conn.node.emit("session.rejected", ctx.fields(
+            reason=FILE_COPY_DENIED, session_kind=ctx.kind, command=ctx.command,
+            subsystem=ctx.subsystem,
+        ))
+        await self._terminate(f"limen: {FILE_COPY_DENIED}")
+        return None
+
+    async def broken(self, name: str, reason: str) -> None:
+        """Nothing the node cannot follow is relayed: end the session."""
+        assert self.ctx is not None
+        await self.emit(name, {"action": "protocol_error", "error": reason, "success": False})
+        self._spawn_task(self.ctx.terminate(
+            f"limen: the {name} stream broke its protocol ({reason}); ending the session",
+            "transfer protocol error",
+        ))
+
+    async def _emit_command_events(self, status: ExitStatus) -> None:
+        """An exec event for a command; legacy scp has had its per-file events."""
+        ctx, plan = self.ctx, self._plan
+        assert ctx is not None and plan is not None
+        if ctx.kind == "exec" and plan.scp is None:
             await self._conn.node.emit("exec", ctx.fields(
                 command=ctx.command, exit_code=status.as_int, exit_signal=status.signal,
             ))

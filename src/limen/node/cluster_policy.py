@@ -120,6 +120,12 @@ class ClusterObserver:
         except Exception as exc:  # noqa: BLE001 - the session must not die with the reporter
             log.warning("could not report %s to the auth service: %s", name, exc)
 
+    async def open_recording(self, session_id: str, fields: dict[str, Any]) -> str | None:
+        if self.audit is None:
+            return None
+        fields = {**fields, "server_id": self.node_id, "server_hostname": self.node_name}
+        return await self.audit.open_recording(session_id, fields)
+
     async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
         if self.audit is not None:
             await self.audit.on_output(session_id, data, stream)

@@ -9,9 +9,24 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from limen.node.fdstream import FdStream
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+class InputGate(Protocol):
+    """Stands between the queue and the process (transfer.py's TransferGate)."""
+
+    async def pass_on(self, chunk: bytes, write: Write) -> bool:
+        """Write what of ``chunk`` may reach the process (now or later); False: stop."""
+        ...
+
+    async def at_eof(self, write: Write) -> None:
+        """Write what was held back, at the end of the input."""
+        ...
 
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
@@ -67,11 +82,19 @@ class InputQueue:
             self._unpause()
         return chunk
 
-    async def feed(self, stream: FdStream, close_at_eof: bool) -> None:
-        """Write everything into ``stream``; close it at end of input if asked."""
+    async def feed(self, stream: FdStream, close_at_eof: bool,
+                   gate: InputGate | None = None) -> None:
+        """Write everything into ``stream`` (through ``gate`` when there is one); close it
+        at end of input if asked."""
         try:
             while (chunk := await self._next()) is not None:
-                await stream.write(chunk)
+                if gate is None:
+                    await stream.write(chunk)
+                elif not await gate.pass_on(chunk, stream.write):
+                    self.discard()
+                    return
+            if gate is not None and self._eof:
+                await gate.at_eof(stream.write)
         except OSError:  # the process closed its stdin or exited
             self.discard()
             return

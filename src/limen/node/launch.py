@@ -1,4 +1,5 @@
-"""Deciding what a session channel runs: authorization, account, environment, command line."""
+"""Deciding what a session channel runs: authorization, account, environment, command line,
+and how its file transfers are followed."""
 
 from __future__ import annotations
 
@@ -11,26 +12,42 @@ from typing import TYPE_CHECKING
 from limen.errors import AccessDenied, BadParameter
 from limen.node.environment import session_environment
 from limen.node.executor import ProcessSpec, TermSize
-from limen.node.scp import ScpRequest, parse_scp_command
-from limen.node.sftp import sftp_server_argv
+from limen.node.scp import ScpRequest, mentions_file_copy, parse_scp_command
+from limen.node.scp_stream import ScpFollower
+from limen.node.sftp import SftpFollower, sftp_server_argv
+from limen.node.transfer import TransferFollower, display_path, is_directory_for
 from limen.node.users import lookup_user
 
 if TYPE_CHECKING:
     from limen.node.connection import NodeConnection
     from limen.node.session import SessionContext
 
+FILE_COPY_DENIED = "file copy (scp and sftp) is not allowed for you on this node"
+
 
 @dataclass
 class SessionPlan:
     spec: ProcessSpec
-    scp: ScpRequest | None = None
-    sftp: bool = False
+    scp: ScpRequest | None = None  # legacy scp's server side, run directly
+    sftp: bool = False  # the sftp subsystem
+    scp_target_is_dir: bool = False  # an upload's target, as the user sees it
     warnings: list[str] = field(default_factory=list)  # shown to the user on stderr
 
+    def follower(self) -> TransferFollower | None:
+        """What follows this session's file transfers from the start (None: none is
+        known yet; an exec may still turn out to speak SFTP, see ``sniff``)."""
+        if self.sftp:
+            return SftpFollower(self.spec.cwd)
+        if self.scp is not None:
+            return ScpFollower(self.scp.action, display_path(self.spec.cwd, self.scp.path),
+                               self.scp_target_is_dir)
+        return None
+
     @property
-    def record(self) -> bool:
-        """File transfers are audited as operations, not recorded byte by byte."""
-        return not (self.sftp or self.scp)
+    def sniff(self) -> bool:
+        """Whether to look for SFTP at the start of the input: a command or shell without
+        a terminal (with one, the bytes pass through the terminal's line discipline)."""
+        return not self.sftp and self.scp is None and self.spec.term_size is None
 
 
 def _action(ctx: SessionContext) -> tuple[str, dict[str, object]]:
@@ -52,14 +69,18 @@ async def plan_session(
     """Authorize the session and work out what to start; raises AccessDenied or BadParameter."""
     action, detail = _action(ctx)
     ctx.permit = await conn.authorize(action, detail)
-    scp = parse_scp_command(ctx.command) if ctx.kind == "exec" and ctx.command else None
+    settings = conn.settings
     sftp = ctx.kind == "subsystem" and ctx.subsystem == "sftp"
     if ctx.kind == "subsystem" and not sftp:
         raise BadParameter(f"this node has no {ctx.subsystem!r} subsystem")
-    if (sftp or scp) and not ctx.permit.file_copy:
-        raise AccessDenied("file copy (scp and sftp) is not allowed for you on this node")
+    command = (ctx.command or "") if ctx.kind == "exec" else ""
+    if not ctx.permit.file_copy and (sftp or mentions_file_copy(command, settings.sftp_server)):
+        raise AccessDenied(FILE_COPY_DENIED)
 
     user = await asyncio.to_thread(lookup_user, conn.login)
+    # Legacy scp only without a terminal: a real client never asks for one.
+    scp = (parse_scp_command(command, user.home, settings.scp_program)
+           if command and ctx.term_size is None else None)
     warnings = []
     cwd = user.home
     if not os.path.isdir(cwd):
@@ -68,20 +89,27 @@ async def plan_session(
     agent = await conn.agent_socket_for(user, ctx, agent_path) if agent_path else None
     env = session_environment(
         user, client_env,
-        extra_allowlist=conn.settings.env_allowlist,
+        extra_allowlist=settings.env_allowlist,
         term=term_type,
         endpoints=conn.endpoints,
         agent_socket=agent,
         session_id=ctx.id,
     )
     if sftp:
-        argv = sftp_server_argv(conn.settings.sftp_server)
+        argv = sftp_server_argv(settings.sftp_server)
+    elif scp is not None:
+        argv = scp.argv(settings.scp_program)
     elif ctx.kind == "exec":
-        argv = (user.shell, "-c", ctx.command or "")
+        argv = (user.shell, "-c", command)
     else:
         argv = (user.shell, "-l")  # a login shell, as sshd's "-bash"
-    spec = ProcessSpec(user, argv, env, cwd, ctx.term_size if not sftp else None)
-    return SessionPlan(spec, scp, sftp, warnings)
+    term_size = ctx.term_size if not (sftp or scp) else None
+    spec = ProcessSpec(user, argv, env, cwd, term_size)
+    plan = SessionPlan(spec, scp, sftp, warnings=warnings)
+    if scp is not None and scp.action == "upload":
+        plan.scp_target_is_dir = scp.target_must_be_directory or await is_directory_for(
+            user, scp.path, cwd, env)
+    return plan
 
 
 def to_term_size(size: tuple[int, int, int, int]) -> TermSize:

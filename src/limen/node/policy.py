@@ -67,14 +67,23 @@ class NodeObserver(Protocol):
         session.data, client.disconnect. Awaited: may do I/O."""
         ...
 
+    async def open_recording(self, session_id: str, fields: dict[str, Any]) -> str | None:
+        """Start recording a session before its process starts (``fields`` as in its
+        session.start event). Returns None, or why the session cannot be recorded."""
+        ...
+
     async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
-        """Every chunk a session sends to the user (stream: stdout or stderr). Keep it cheap."""
+        """Every chunk a session sends to the user (stream: stdout, stderr, or transfer:
+        a file-transfer protocol's bytes, to count rather than store). Keep it cheap."""
         ...
 
 
 class NullObserver:
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
         return None
+
+    async def open_recording(self, session_id: str, fields: dict[str, Any]) -> str | None:
+        return None  # nothing to record with: no recording was promised
 
     async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
         return None

@@ -2,7 +2,9 @@
 
 Every output chunk and resize is one ``os.write`` of one complete line, so a node killed
 mid-session leaves every event it had sent to the user in the file (a recording kept in
-memory was lost entirely in the prototype, ASYNCSSH.md item 9). The file is fsynced
+memory is lost entirely when the process dies). Binary output, and everything a file
+transfer prints, is counted instead of stored: the recording shows how many bytes went
+by, and the transfer's audit events say which files they were. The file is fsynced
 every ``FSYNC_SECONDS`` and when the session ends, against power loss too.
 
 Beside each ``SID.cast`` a ``SID.json`` says who, where and when, and, once the session
@@ -81,15 +83,19 @@ class CastWriter:
             self.close()
             raise
 
+    def binary(self, data: bytes) -> None:
+        """Bytes of a file-transfer protocol (sftp, scp): counted, never decoded."""
+        self._decoder.reset()
+        self._binary_run += len(data)
+        self.binary_bytes += len(data)
+
     def output(self, data: bytes) -> None:
         try:
             text = self._decoder.decode(data) if b"\x00" not in data else None
         except UnicodeDecodeError:
             text = None
         if text is None:
-            self._decoder.reset()
-            self._binary_run += len(data)
-            self.binary_bytes += len(data)
+            self.binary(data)
             return
         self._end_binary_run()
         if text:

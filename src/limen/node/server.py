@@ -190,6 +190,14 @@ class NodeServer:
         except Exception:
             log.exception("observer failed on %s event", name)
 
+    async def open_recording(self, session_id: str, fields: dict[str, Any]) -> str | None:
+        """Start a session's recording; None, or why it cannot be recorded."""
+        try:
+            return await self.observer.open_recording(session_id, fields)
+        except Exception:
+            log.exception("observer failed to open the recording of session %s", session_id)
+            return "the recorder failed"
+
     async def record_output(self, session_id: str, data: bytes, stream: str) -> None:
         try:
             await self.observer.on_session_output(session_id, data, stream)

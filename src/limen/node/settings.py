@@ -12,6 +12,7 @@ from limen.errors import BadParameter
 
 DEFAULT_PORT = 3022
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+SCP_PROGRAM = "/usr/bin/scp"  # run directly (no shell) for legacy scp's server side
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
 
@@ -28,6 +29,7 @@ class NodeSettings:
     env_allowlist: Sequence[str] = ()
     login_grace_time: float = 60.0  # seconds to finish authentication
     sftp_server: str = SFTP_SERVER
+    scp_program: str = SCP_PROGRAM
     # How long a terminated session's processes get after SIGHUP before SIGKILL.
     kill_grace_time: float = 2.0
     server_version: str = "Limen"
@@ -38,6 +40,9 @@ class NodeSettings:
             raise BadParameter("the node needs at least one trusted user CA key")
         if not 0 <= self.port <= 65535:
             raise BadParameter(f"port {self.port} is out of range")
+        for program in (self.sftp_server, self.scp_program):
+            if not program.startswith("/"):
+                raise BadParameter(f"{program!r} must be an absolute path")
         if self.login_grace_time <= 0:
             raise BadParameter("login_grace_time must be positive")
         for name in self.env_allowlist:
