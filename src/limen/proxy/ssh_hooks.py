@@ -108,7 +108,11 @@ class JumpServer(CertAuthServer):
         await self._host.notify("auth", self._auth_fields(True, ""))
         deadline = await self._host.connection_deadline(self._identity)
         if deadline is not None:
-            self._expiry = self._host.timers.call_at(deadline, self._expired)
+            self._expiry = self._host.timers.call_at(deadline, self._expiring)
+
+    def _expiring(self) -> None:
+        # Nodes first: they can tell the person at the terminal why.
+        asyncio.get_running_loop().call_later(self._host.settings.node_grace, self._expired)
 
     def _expired(self) -> None:
         ident = self._identity

@@ -79,6 +79,10 @@ class JumpSettings:
     login_timeout: float = 30.0
     # SSH window per channel; larger than asyncssh's 2 MiB default for bulk copies.
     channel_window: int = 8 * 1024 * 1024
+    # A lock or expiry: nodes end their sessions first (they can tell the person at the
+    # terminal why; the proxy cannot read the encrypted session), the proxy ends what
+    # is still open this many seconds later.
+    node_grace: float = 1.0
 
 
 class JumpHost:

@@ -2,12 +2,16 @@
 
 Nodes end the sessions a lock targets; the proxy ends what passes through it, so that
 an established ``ssh -J`` connection (and every forward inside it) cannot outlive a
-lock. The proxy does not see which login a channel uses (the user's SSH session to the
+lock. The nodes act first (they can tell a person at a terminal why, and the proxy
+cannot: the SSH session is encrypted end to end); the proxy ends what is still open
+``JumpSettings.node_grace`` seconds later, well inside the promise of "within 5 s". The proxy does
+not see which login a channel uses (the user's SSH session to the
 node is encrypted end to end), so a lock that names a login is left to the nodes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -42,7 +46,8 @@ class JumpLocks:
             return lock.applies_to(user=ident.user, roles=self.cache.roles_of(ident.user),
                                    node_names=(route.node_id, route.name))
 
+        loop, grace = asyncio.get_running_loop(), self.jump.settings.node_grace
         if target.node is None:
-            self.jump.end_connections(person, message)
+            loop.call_later(grace, self.jump.end_connections, person, message)
         else:
-            self.jump.end_channels(channel)
+            loop.call_later(grace, self.jump.end_channels, channel)
