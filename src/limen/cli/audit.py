@@ -103,6 +103,7 @@ async def _verify_locally(config: Config, since: str | None) -> dict[str, Any]:
     from limen.audit.search import parse_when
     from limen.audit.store import open_audit_store
     from limen.audit.verify import verify_files, verify_store
+    from limen.audit.vouchers import read_host_ca_public, trusted_keys
     from limen.clock import RealClock
     from limen.errors import BadParameter
 
@@ -114,10 +115,12 @@ async def _verify_locally(config: Config, since: str | None) -> dict[str, Any]:
     storage = config.storage
     store = await open_audit_store(storage.type, data_dir, storage.dsn, storage.schema_name)
     try:
-        keys = await store.events.log_keys()
+        # The local file is the trusted copy of this log's key; other logs' keys count
+        # only with the host CA's voucher.
         mine = read_public_key(data_dir / "ca")
-        if mine is not None:  # the local file is the trusted copy of this log's key
-            keys[log_id_for(mine)] = mine
+        own = {log_id_for(mine): mine} if mine is not None else {}
+        ca_public = await asyncio.to_thread(read_host_ca_public, data_dir / "ca")
+        keys = trusted_keys(await store.events.log_keys(), ca_public, own)
         report, chain = await asyncio.to_thread(verify_files, events_dir, keys, since_ns)
         if report.ok and storage.type != "memory":
             await verify_store(store.events, keys, chain, since_ns, report)
