@@ -156,8 +156,8 @@ class AuditLog:
         is still taken, for callers not converted yet: the fields are checked against the
         event's schema all the same (BadParameter names an unknown field).
         """
-        if isinstance(event, EventType):
-            event = schema.from_fields(event, fields)
+        if isinstance(event, EventType):  # None means unset, as it always did here
+            event = schema.from_fields(event, {k: v for k, v in fields.items() if v is not None})
         elif fields:
             raise TypeError("a typed event carries its own fields")
         return await self.record(event)

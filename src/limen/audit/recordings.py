@@ -74,10 +74,17 @@ class RecordingService:
 
     async def update(self, identity: Identity, sid: str, meta: dict[str, Any]) -> dict[str, Any]:
         sid = session_id(sid)
-        existing = await self._owned(identity, sid)
+        try:
+            existing = await self._owned(identity, sid)
+            binding = await self._binding(identity, sid)
+        except AccessDenied as exc:
+            await self.audit.emit(schema.ReportRefused(
+                server_id=identity.user, reporter=identity.builtin or "user",
+                reported="recording", error=exc.message,
+            ))
+            raise
         if existing is not None and existing.end_ns is not None:
             return self._state(existing)
-        binding = await self._binding(identity, sid)
         node_id = identity.user if identity.builtin == "node" else str(meta.get("node_id", ""))
         record = RecordingMeta(
             session_id=sid, user=str(meta.get("user", "")), login=str(meta.get("login", "")),
@@ -133,7 +140,8 @@ class RecordingService:
         except NotFound:
             return None
         if identity.builtin == "node" and existing.node_id and existing.node_id != identity.user:
-            raise AccessDenied("a node may only send recordings of its own sessions")
+            raise AccessDenied(f"the recording of session {sid} belongs to another node; "
+                               "a node may only send recordings of its own sessions")
         return existing
 
     @staticmethod

@@ -39,8 +39,7 @@ class BackedUser:
 def back_user(cert_text: Any, login: Any, user_ca: asyncssh.SSHKey, at: datetime) -> BackedUser:
     """The user ``cert_text`` proves for ``login`` at ``at``; BadParameter says why not."""
     cert = _decode(cert_text)
-    header = _header(cert)
-    cert_type, serial, key_id, valid_after, valid_before = header
+    cert_type, serial, key_id, valid_after, valid_before = _header(cert)
     if cert_type != CERT_TYPE_USER:
         raise BadParameter("the certificate is not a user certificate")
     if bytes(cert.signing_key.public_data) != bytes(user_ca.public_data):
