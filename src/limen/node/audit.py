@@ -264,7 +264,7 @@ class NodeAudit:
                 writer.close()
         self._failed.add(sid)
         base = {k: fields.get(k) for k in ("sid", "user", "login", "server_id",
-                                            "server_hostname") if fields.get(k) is not None}
+                                            "server_hostname", "cert") if fields.get(k) is not None}
         self._spawn(self.report("session.recording.failure",
                                 {**base, "sid": sid, "error": str(exc), "success": False}))
         self._enforce_strict(sid)
