@@ -8,7 +8,7 @@ while the previous fsync ran goes out in the next batch with one write and one f
 Events are typed (limen.audit.schema): a field the schema does not know is refused
 before anything is written. ``time`` is always this log's clock when the event was
 received; a node's own idea of when something happened is a field of its own
-(``node_time``), so the files hold the chain in time order and ``--since`` selects by it.
+(``node_time``), so ``--since`` selects by this log's clock, not by a reporter's word.
 
 Files: one JSON line per event, one file per UTC day, under DATA_DIR/log/events/. A
 line goes to the file of the day it was written, so reading the files in name order

@@ -399,6 +399,14 @@ def from_fields(event: EventType | str, fields: dict[str, Any]) -> AuditEvent:
     return built
 
 
+def proxy_report(name: str, fields: dict[str, Any]) -> AuditEvent:
+    """What the jump host or the tunnel server reports, as a typed event: only the
+    proxy's events, only their fields (the log writes the common ones itself)."""
+    if name not in types.PROXY_REPORTED:
+        raise BadParameter(f"the proxy does not report {name[:64]!r} events")
+    return from_fields(name, {k: v for k, v in fields.items() if k != "cluster_name"})
+
+
 # -- the written line ---------------------------------------------------------------------------
 
 CHAIN_FIELDS = ("log_id", "seq", "prev_hash", "hash")

@@ -25,8 +25,10 @@ an ``audit.report.refused`` event naming the node and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,16 +75,10 @@ class NodeReports:
 
     async def _accept(self, identity: Identity, name: str,
                       fields: dict[str, Any]) -> tuple[AuditEvent, str | None]:
-        _check_name(name)
-        fields = dict(fields)
-        uid = _node_uid(identity.user, fields.pop("uid", None))
-        node_time = _node_time(fields.pop("time", None))
-        cert = fields.pop("cert", None)
-        refused = sorted(k for k in fields if k in _LOG_FIELDS or k in _STAMPED)
-        if refused:
-            raise BadParameter(f"a node may not set {', '.join(refused)} in a {name} event "
-                               "(the auth service does)")
-        schema.from_fields(name, fields)  # the node's own fields, named as it sent them
+        report = check_node_report(name, fields)
+        fields, cert = report.fields, report.cert
+        uid = _node_uid(identity.user, report.uid)
+        node_time = _node_time(report.time)
         server = await self._server(identity)
         who = await self._who(name, fields, cert, server["server_id"], node_time)
         stamped = {**{k: v for k, v in fields.items() if k not in ("user", "login")},
@@ -118,11 +114,11 @@ class NodeReports:
         return {"claimed_user": claimed[0], "claimed_login": claimed[1]}
 
     def _back(self, cert: Any, login: str | None, node_time: str | None) -> BackedUser | None:
-        received = self.ctx.clock.now()
-        at = received
+        received = at = self.ctx.clock.now()
         if node_time is not None:  # an event kept while we were away: its own moment
-            claimed_at = datetime.fromtimestamp(parse_time(node_time) / 1e9, UTC)
-            at = claimed_at if claimed_at <= received + _SKEW else received
+            with contextlib.suppress(ValueError, OverflowError, OSError):
+                claimed_at = datetime.fromtimestamp(parse_time(node_time) / 1e9, UTC)
+                at = claimed_at if claimed_at <= received + _SKEW else received
         try:
             return back_user(cert, login, self.ctx.cas.user_ca, at)
         except BadParameter as exc:
@@ -134,6 +130,31 @@ class NodeReports:
         await self.ctx.audit.emit(schema.ReportRefused(
             server_id=identity.user, reporter="node", reported=name[:64], error=exc.message,
         ))
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """A node's report taken apart: its event fields and what it says about them."""
+
+    fields: dict[str, Any]
+    uid: Any = None  # its name for the event (resends carry the same)
+    time: Any = None  # when it happened, for an event the node kept a while
+    cert: Any = None  # the user's certificate as the node received it
+
+
+def check_node_report(name: str, fields: dict[str, Any]) -> NodeReport:
+    """The shape of a node's report, before anything is stamped: a node event, fields of
+    its schema, none of those only the auth service sets (BadParameter or AccessDenied
+    says what is wrong). No I/O: the node's tests check their events with it too."""
+    _check_name(name)
+    own = dict(fields)
+    report = NodeReport(own, own.pop("uid", None), own.pop("time", None), own.pop("cert", None))
+    refused = sorted(k for k in own if k in _LOG_FIELDS or k in _STAMPED)
+    if refused:
+        raise BadParameter(f"a node may not set {', '.join(refused)} in a {name} event "
+                           "(the auth service does)")
+    schema.from_fields(name, own)  # the node's own fields, named as it sent them
+    return report
 
 
 def _check_name(name: str) -> None:
@@ -186,9 +207,12 @@ def _node_uid(node_id: str, value: Any) -> str | None:
 
 
 def _node_time(value: Any) -> str | None:
+    """The node's time, normalised as the log writes times (RFC 3339, UTC, ns)."""
     if value is None:
         return None
     try:
-        return format_time(parse_time(str(value)))
-    except (ValueError, OverflowError):
-        raise BadParameter("an event's time must be RFC 3339") from None
+        text = format_time(parse_time(str(value)))
+        parse_time(text)  # years before 1000 do not survive the round trip
+    except (ValueError, OverflowError, OSError):
+        raise BadParameter("an event's time must be RFC 3339 (years 1000 to 9999)") from None
+    return text

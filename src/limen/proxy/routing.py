@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from limen.audit import events, schema
+from limen.audit import schema
 from limen.auth.server import AuthServer
 from limen.config import split_host_port
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound
@@ -94,12 +94,8 @@ class AuditObserver:
         self.auth = auth
 
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
-        # The log writes its own common fields (the reporters add the cluster's name).
-        fields = {k: v for k, v in fields.items() if k != "cluster_name"}
         try:
-            if name not in events.PROXY_REPORTED:
-                raise BadParameter(f"the proxy does not report {name!r} events")
-            event = schema.from_fields(name, fields)
+            event = schema.proxy_report(name, fields)
         except BadParameter as exc:
             log.error("refused a %s event from the proxy: %s", name, exc.message)
             await self.auth.ctx.audit.emit(
