@@ -119,6 +119,10 @@ def test_forged_user_node_and_time_are_stamped_from_the_nodes_identity(
     assert written["time"] > "2020" and written["time"] != written["node_time"]
     assert not cluster.events_of("exec", command=command, server_id=node1)
     assert not cluster.events_of("exec", command=command, user=victim.name)
+    shown = cluster.admin("audit", "search", "--since", "10m", "--node", mallory.node_id)
+    assert f"{victim.name} (claimed)" in shown.stdout, shown.stdout + shown.stderr
+    as_victim = cluster.admin("audit", "search", "--user", victim.name, "--format", "json")
+    assert command not in as_victim.stdout
 
 
 def test_a_session_start_names_a_user_only_when_a_certificate_backs_it(

@@ -14,8 +14,8 @@ from limen.cli.output import emit, table
 from limen.config import Config, load_config
 
 # Fields shown in their own columns; the rest go into the details column.
-_COLUMNS = {"event", "code", "time", "user", "server_hostname", "sid", "uid", "cluster_name",
-            "log_id", "seq", "prev_hash", "hash", "server_id"}
+_COLUMNS = {"event", "code", "time", "user", "claimed_user", "server_hostname", "sid", "uid",
+            "cluster_name", "log_id", "seq", "prev_hash", "hash", "server_id"}
 PAGE = 1000
 
 
@@ -59,11 +59,18 @@ def cmd_search(args: argparse.Namespace) -> int:
             cursor = answer["next"]
             if not cursor:
                 break
-    rows = [(e.get("time", ""), e.get("event"), e.get("code"), e.get("user", ""),
+    rows = [(e.get("time", ""), e.get("event"), e.get("code"), _who(e),
              e.get("server_hostname", ""), e.get("sid", ""), _details(e)) for e in found]
     headers = ["Time", "Event", "Code", "User", "Node", "Session", "Details"]
     emit(found, args.format, table(headers, rows) if rows else "No events match.")
     return 0
+
+
+def _who(event: dict[str, Any]) -> str:
+    """The user, or what a node claimed when nothing backed it (never shown as a fact)."""
+    if event.get("user"):
+        return str(event["user"])
+    return f"{event['claimed_user']} (claimed)" if event.get("claimed_user") else ""
 
 
 def _details(event: dict[str, Any]) -> str:
