@@ -228,6 +228,9 @@ def test_a_nodes_time_claim_does_not_move_an_event_out_of_verify_since(
     command = f"old-{uuid.uuid4().hex[:8]}"
     answer = mallory.report("exec", sid=str(uuid.uuid4()), command=command, time=FORGED_TIME)
     assert answer.status_code == 200
+    # Another event after it: a backdated row in the middle of the chain is what a
+    # time-based selection would have cut out (and then found the chain broken).
+    assert mallory.report("exec", sid=str(uuid.uuid4()), command="later").status_code == 200
     found = cluster.admin("audit", "search", "--since", "10m", "--type", "exec", "--node",
                           mallory.node_id, "--format", "json")
     assert found.returncode == 0, found.stderr
