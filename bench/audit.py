@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from limen.audit import events  # noqa: E402
 from limen.audit.chain import log_id_for, read_public_key  # noqa: E402
 from limen.audit.log import AuditLog  # noqa: E402
+from limen.audit.schema import Exec  # noqa: E402
 from limen.audit.store import EventQuery, StoredEvent, open_audit_store  # noqa: E402
 from limen.audit.verify import verify_files  # noqa: E402
 
@@ -72,7 +72,7 @@ async def limen_writes(directory: Path, count: int, concurrency: int) -> float:
 
     async def caller(n: int) -> None:
         for i in range(per_task):
-            await log.emit(events.EXEC, user=f"user{n}", command=f"echo {i}", sid=str(n))
+            await log.emit(Exec(user=f"user{n}", command=f"echo {i}", sid=str(n)))
 
     start = time.perf_counter()
     await asyncio.gather(*(caller(n) for n in range(concurrency)))

@@ -154,7 +154,8 @@ class Service:
             lockout_duration=parse_duration(auth_cfg.lockout_duration),
             reserved_host_names=self._proxy_host_names(),
         )
-        self.audit = await open_audit(self.config, self.data_dir, cluster, self.clock)
+        self.audit = await open_audit(self.config, self.data_dir, cluster, self.clock,
+                                      cas.host_ca)
         ctx = AuthContext(settings, Stores(backend), cas, self.clock, self.audit.log,
                           self.audit.store)
         server = AuthServer(ctx)

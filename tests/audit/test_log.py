@@ -11,12 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from limen.audit import events
+from limen.audit import schema
 from limen.audit.chain import GENESIS, AuditKey, checkpoint_message, event_hash, signature_ok
 from limen.audit.log import AuditLog
 from limen.audit.verify import verify_files
 from limen.backend.audit_memory import MemoryEventStore
 from limen.errors import ConnectionProblem
+
+SID = "0b6c1f3e-5d2a-4e8b-9c7d-1a2b3c4d5e6f"
+
+
+def _exec(user: str, command: str | None = None) -> schema.Exec:
+    return schema.Exec(sid=SID, user=user, command=command)
 
 
 def _log(tmp_path: Path, **kwargs) -> AuditLog:
@@ -34,9 +40,9 @@ def _keys(log: AuditLog) -> dict[str, str]:
 
 async def test_an_event_is_chained_and_on_disk_when_emit_returns(tmp_path: Path) -> None:
     log = _log(tmp_path)
-    first = await log.emit(events.USER_LOGIN, user="alice", addr_remote="10.0.0.1")
+    first = await log.emit(schema.UserLogin(user="alice", addr_remote="10.0.0.1"))
     assert _lines(log) == [first]  # written before emit returned
-    second = await log.emit(events.USER_DELETE, user="admin", name="bob")
+    second = await log.emit(schema.UserDelete(user="admin", name="bob"))
     assert (first["seq"], second["seq"]) == (1, 2)
     assert first["prev_hash"] == GENESIS and second["prev_hash"] == first["hash"]
     assert first["hash"] == event_hash(first) and first["addr.remote"] == "10.0.0.1"
@@ -60,7 +66,7 @@ async def test_concurrent_events_share_an_fsync(tmp_path: Path,
         real(fd)
 
     monkeypatch.setattr(os, "fsync", counting)
-    await asyncio.gather(*(log.emit(events.EXEC, user=f"u{i}") for i in range(500)))
+    await asyncio.gather(*(log.emit(_exec(f"u{i}")) for i in range(500)))
     assert [r["seq"] for r in _lines(log)] == list(range(1, 501))
     assert syncs < 50  # group commit: far fewer fsyncs than events
     await log.close()
@@ -69,7 +75,7 @@ async def test_concurrent_events_share_an_fsync(tmp_path: Path,
 async def test_checkpoints_are_signed_and_the_chain_verifies(tmp_path: Path) -> None:
     log = _log(tmp_path, checkpoint_every=10)
     for i in range(25):
-        await log.emit(events.EXEC, user="alice", command=f"cmd {i}")
+        await log.emit(_exec("alice", f"cmd {i}"))
     await log.close()  # writes a last checkpoint
     checkpoints = [r for r in _lines(log) if r["event"] == "audit.checkpoint"]
     assert len(checkpoints) == 3
@@ -84,13 +90,13 @@ async def test_checkpoints_are_signed_and_the_chain_verifies(tmp_path: Path) -> 
 
 async def test_a_torn_last_line_is_cut_and_the_chain_continues(tmp_path: Path) -> None:
     log = _log(tmp_path)
-    await log.emit(events.EXEC, user="alice")
+    await log.emit(_exec("alice"))
     await log.close()
     path = next(log.directory.glob("*.log"))
     with path.open("a") as fh:
         fh.write('{"event":"exec","user":"half')  # a crash in the middle of a write
     again = _log(tmp_path)
-    record = await again.emit(events.EXEC, user="bob")
+    record = await again.emit(_exec("bob"))
     assert record["seq"] == 3  # after the close checkpoint
     assert path.read_text().count("half") == 0
     report, _ = verify_files(again.directory, _keys(again))
@@ -102,7 +108,7 @@ async def test_a_failed_write_fails_the_action_and_leaves_no_half_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = _log(tmp_path)
-    await log.emit(events.EXEC, user="alice")
+    await log.emit(_exec("alice"))
     real = os.fsync
 
     def full(fd: int) -> None:
@@ -110,9 +116,9 @@ async def test_a_failed_write_fails_the_action_and_leaves_no_half_batch(
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(ConnectionProblem):
-        await log.emit(events.EXEC, user="lost")
+        await log.emit(_exec("lost"))
     monkeypatch.setattr(os, "fsync", real)
-    record = await log.emit(events.EXEC, user="bob")
+    record = await log.emit(_exec("bob"))
     assert record["seq"] == 2
     assert [r["user"] for r in _lines(log)] == ["alice", "bob"]
     await log.close()
@@ -132,15 +138,15 @@ class FlakyStore(MemoryEventStore):
 async def test_the_store_catches_up_with_the_files(tmp_path: Path) -> None:
     store = FlakyStore()
     log = _log(tmp_path, store=store)
-    await log.emit(events.EXEC, user="a")
+    await log.emit(_exec("a"))
     await log.flush()
     store.down = True
-    await log.emit(events.EXEC, user="b")  # still durable in the files
-    await log.emit(events.EXEC, user="c")
+    await log.emit(_exec("b"))  # still durable in the files
+    await log.emit(_exec("c"))
     await log.flush()
     assert await store.count() == 1
     store.down = False
-    await log.emit(events.EXEC, user="d")
+    await log.emit(_exec("d"))
     await log.flush()
     assert [e.seq for e in await store.chain(log.log_id, 0, 100)] == [1, 2, 3, 4]
     await log.close()
@@ -157,15 +163,15 @@ async def test_a_resent_event_is_written_once(tmp_path: Path) -> None:
     store = MemoryEventStore()
     log = _log(tmp_path, store=store)
     uid = "6f1d2b4e-8c2a-4c1e-9a55-0d2e3f4a5b6c"
-    first = await log.record(events.SESSION_START, {"user": "alice"}, uid=uid,
-                             time_ns=1_700_000_000_123_456_789)
-    again = await log.record(events.SESSION_START, {"user": "alice"}, uid=uid)
+    start = schema.SessionStart(sid=SID, user="alice")
+    first = await log.record(start, uid=uid)
+    again = await log.record(start, uid=uid)
     await log.flush()
-    assert first["time"] == "2023-11-14T22:13:20.123456789Z"
+    assert first["uid"] == uid and first["user"] == "alice"
     assert again == {"uid": uid, "duplicate": True}
     await log.close()
     restarted = _log(tmp_path, store=store)  # remembers through the store, too
-    assert (await restarted.record(events.SESSION_START, {}, uid=uid))["duplicate"]
+    assert (await restarted.record(schema.SessionStart(sid=SID), uid=uid))["duplicate"]
     assert [r["uid"] for r in _lines(log) if r["event"] == "session.start"] == [uid]
     await restarted.close()
 

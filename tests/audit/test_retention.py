@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from limen.audit import events
+from limen.audit import schema
 from limen.audit.log import AuditLog
 from limen.audit.retention import Retention
 from limen.audit.store import RecordingMeta, open_audit_store
@@ -15,6 +15,11 @@ from limen.audit.verify import verify_files, verify_store
 from limen.clock import FakeClock
 
 DAY = timedelta(days=1)
+SID = "5e2a9c1d-7b3f-4a6e-8d0c-2f1e3a4b5c6d"
+
+
+def _exec(command: str) -> schema.Exec:
+    return schema.Exec(sid=SID, user="alice", command=command)
 
 
 async def _three_days(tmp_path: Path):  # noqa: ANN202 - (log, store, clock)
@@ -24,7 +29,7 @@ async def _three_days(tmp_path: Path):  # noqa: ANN202 - (log, store, clock)
                    checkpoint_every=4)
     for day in range(3):
         for i in range(5):
-            await log.emit(events.EXEC, user="alice", command=f"day {day} cmd {i}")
+            await log.emit(_exec(f"day {day} cmd {i}"))
         clock.advance(DAY)
     return log, store, clock
 
@@ -46,7 +51,7 @@ async def test_old_days_go_and_the_chain_still_verifies(tmp_path: Path) -> None:
     anchor = [r for r in log.read_all() if r["event"] == "audit.retention"][0]
     assert anchor["removed_through_seq"] == 12 and anchor["code"] == "TAU01I"
 
-    await log.emit(events.EXEC, user="alice", command="after retention")  # the chain goes on
+    await log.emit(_exec("after retention"))  # the chain goes on
     await log.close()
     report, chain = verify_files(log.directory, keys)
     assert report.ok, report.problems

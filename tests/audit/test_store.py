@@ -8,7 +8,7 @@ import dataclasses
 import json
 
 from limen.audit.asciicast import printed_text
-from limen.audit.store import AuditStore, EventQuery, RecordingMeta, StoredEvent
+from limen.audit.store import AuditStore, EventQuery, RecordingMeta, RegisteredKey, StoredEvent
 from limen.errors import NotFound
 
 NODE_ID = "8f14e45f-ceea-4e7a-a2d8-1b2b3c4d5e6f"
@@ -56,8 +56,11 @@ async def test_events_insert_search_and_chain(audit_store: AuditStore) -> None:
     assert [e.seq for e in await events.by_event("log1", "session.start")] == [2]
     assert await events.log_ids() == ["log1"]
     await events.register_log("log1", "key1")
-    await events.register_log("log1", "other")  # the first key stays
-    assert await events.log_keys() == {"log1": "key1"}
+    await events.register_log("log1", "other", "voucher1")  # the first key stays
+    await events.register_log("log1", "key1", "voucher2")  # and the first voucher
+    await events.register_log("log2", "key2")
+    assert await events.log_keys() == {"log1": RegisteredKey("key1", "voucher1"),
+                                       "log2": RegisteredKey("key2", None)}
     assert await events.delete_through("log1", 3) == 3
     assert await _all(audit_store) == [4, 5]
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from limen.audit import events
+from limen.audit import schema
 from limen.audit.log import AuditLog
 from limen.audit.store import open_audit_store
+
+SID = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 
 
 def _verify(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -36,7 +38,7 @@ def data_dir(tmp_path: Path) -> Path:
         log = AuditLog(tmp_path / "log" / "events", "test.limen", store=store.events,
                        checkpoint_every=10)
         for i in range(30):
-            await log.emit(events.EXEC, user=f"user{i % 3}", command=f"echo {i}")
+            await log.emit(schema.Exec(sid=SID, user=f"user{i % 3}", command=f"echo {i}"))
         await log.close()
         await store.close()
 

@@ -85,8 +85,8 @@ def test_clear_errors_for_unknown_node_and_disallowed_login(cluster: ClusterHarn
     assert stock.returncode == 255
     assert b"Permission denied" in stock.stderr
     wait_until(
-        lambda: [e for e in cluster.events_of("auth", user=alice.name, code="T3007W")
-                 if e.get("login") == LOCAL_LOGIN],
+        lambda: [e for e in cluster.events_of("auth", claimed_user=alice.name, code="T3007W")
+                 if e.get("claimed_login") == LOCAL_LOGIN],
         10, "the node's refusal event",
     )
 
@@ -258,7 +258,7 @@ def test_audit_events_for_session_start_exec_and_end(cluster: ClusterHarness) ->
     assert execs[0]["command"] == "exit 4" and execs[0]["exit_code"] == 4
     assert execs[0]["sid"] == start["sid"]
     proxy = cluster.events_of("proxy.connect", user=alice.name)
-    assert proxy and proxy[0]["node"] == "node1" and proxy[0]["allowed"] is True
+    assert proxy and proxy[0]["server_hostname"] == "node1" and proxy[0]["allowed"] is True
 
 
 def test_twenty_concurrent_sessions(cluster: ClusterHarness, tmp_path: Path) -> None:

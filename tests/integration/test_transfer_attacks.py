@@ -299,5 +299,7 @@ def test_file_copy_on_audits_sftp_by_any_command_as_sftp(cluster: ClusterHarness
             Path(target).unlink(missing_ok=True)
     _moved(cluster, "sftp", alice.name, "upload",
            {target: local.read_bytes() for target in targets})
+    # A command's exec event follows its session's end, after the transfer's events.
+    wait_until(lambda: len(cluster.events_of("exec", user=alice.name)) >= 2, 10, "exec events")
     commands = [e["command"] for e in cluster.events_of("exec", user=alice.name)]
     assert commands == [SFTP_SERVER, HIDDEN]

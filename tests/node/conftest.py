@@ -25,6 +25,7 @@ import pytest
 from limen.clock import Clock, FakeClock
 from limen.node import CertPolicy, ManualTimers, NodeServer, NodeSettings
 from limen.node.policy import NodePolicy
+from tests.support.event_shapes import node_problem
 
 TEST_USER = "limen-test"
 
@@ -109,6 +110,7 @@ class RecordingObserver:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.invalid: list[str] = []  # events the auth service would refuse, and why
         self.output: dict[str, bytearray] = {}
         self.streams: dict[str, set[str]] = {}  # which kinds of output each session sent
         self.recordings: list[str] = []  # sessions whose recording was opened
@@ -116,7 +118,10 @@ class RecordingObserver:
         self._cond = threading.Condition()
 
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        problem = node_problem(name, fields)
         with self._cond:
+            if problem is not None:
+                self.invalid.append(problem)
             self.events.append((name, dict(fields)))
             self._cond.notify_all()
 
@@ -234,6 +239,7 @@ def stop_node(node: Node) -> None:
         node.loop.call_soon_threadsafe(node.loop.stop)
         node.thread.join(10)
         node.loop.close()
+    assert not node.observer.invalid, node.observer.invalid
 
 
 @pytest.fixture

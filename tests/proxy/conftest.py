@@ -62,6 +62,7 @@ async def make_jump(pki: Pki, node: Sshd) -> AsyncIterator[MakeJump]:
     yield make
     for host in started:
         await host.stop()
+        assert not host.observer.invalid, host.observer.invalid
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncssh
 
 from limen.proxy.ssh_jump import NodeRoute, StaticRouter
+from tests.support.event_shapes import proxy_problem
 
 CLUSTER = "test.limen"
 SSHD = "/usr/sbin/sshd"
@@ -225,9 +226,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, dict]] = []
+        self.invalid: list[str] = []  # events the auth service would refuse, and why
         self._changed = asyncio.Event()
 
     async def on_event(self, name: str, fields: dict) -> None:
+        problem = proxy_problem(name, fields)
+        if problem is not None:
+            self.invalid.append(problem)
         self.events.append((name, fields))
         self._changed.set()
 

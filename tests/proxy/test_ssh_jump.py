@@ -55,7 +55,8 @@ async def test_stock_ssh_reaches_node_without_port_forwarding_permit(
     assert (auth["user"], auth["login"]) == ("alice", "alice")
     connect = await jump.recorder.wait_for("proxy.connect")
     assert connect["allowed"] is True
-    assert (connect["node"], connect["node_id"], connect["user"]) == ("node1", "id-node1", "alice")
+    assert (connect["server_hostname"], connect["server_id"], connect["user"]) == (
+        "node1", "id-node1", "alice")
 
 
 async def test_node_name_with_cluster_suffix_and_any_port(jump: Jump, alice: UserFiles) -> None:

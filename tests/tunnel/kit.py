@@ -28,6 +28,7 @@ from limen.tunnel.backoff import Backoff
 from limen.tunnel.discovery import TunnelTarget
 from limen.tunnel.registry import NODE_PORT
 from limen.tunnel.server import TunnelServer, TunnelSettings
+from tests.support.event_shapes import proxy_problem
 
 CLUSTER = "tunnel.test"
 
@@ -51,8 +52,12 @@ def host_cert(ca: asyncssh.SSHKey, key: asyncssh.SSHKey, key_id: str, principals
 class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.invalid: list[str] = []  # events the auth service would refuse, and why
 
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        problem = proxy_problem(name, fields)
+        if problem is not None:
+            self.invalid.append(problem)
         self.events.append((name, fields))
 
     def named(self, name: str) -> list[dict[str, Any]]:
@@ -205,6 +210,7 @@ class Kit:
         if self.jump is not None:
             await self.jump.stop()
         await self.stop_proxy()
+        assert not self.recorder.invalid, self.recorder.invalid
 
 
 async def run(conn: asyncssh.SSHClientConnection, command: str) -> str:

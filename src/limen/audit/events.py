@@ -2,9 +2,10 @@
 
 Names and codes follow what operators know from Teleport; codes ending in I are
 information, W a refusal or failure, E an error. The README's reference section lists
-the same table. Every event also carries the common fields (event, code, uid, time in
-RFC 3339 UTC with nanoseconds, cluster_name) and its place in the hash chain (log_id,
-seq, prev_hash, hash; see limen.audit.chain).
+the same table; each event's fields are its model in limen.audit.schema. Every event also
+carries the common fields (event, code, uid, time in RFC 3339 UTC with nanoseconds,
+cluster_name) and its place in the hash chain (log_id, seq, prev_hash, hash; see
+limen.audit.chain).
 """
 
 from __future__ import annotations
@@ -62,36 +63,24 @@ PROXY_CONNECT = EventType("proxy.connect", "TP000I")
 PROXY_CONNECT_FAILURE = EventType("proxy.connect", "TP000W")
 PROXY_DISCONNECT = EventType("proxy.disconnect", "TP001I")
 PROXY_REFUSED = EventType("proxy.refused", "TP002W")
+TUNNEL_DISCONNECT = EventType("tunnel.disconnect", "TT001I")
 # The log's own events: signed checkpoints of the hash chain, and the signed anchor that
 # lets the chain be verified after retention removed its oldest entries.
 AUDIT_CHECKPOINT = EventType("audit.checkpoint", "TAU00I")
 AUDIT_RETENTION = EventType("audit.retention", "TAU01I")
-
+# A report from a node or the proxy that the auth service refused to write (an unknown
+# event or field, an event the reporter may not write, a session of another node).
+REPORT_REFUSED = EventType("audit.report.refused", "TAU02W")
 ALL = [value for value in dict(globals()).values() if isinstance(value, EventType)]
 
-# Events nodes and proxies report by name: (success type, failure type).
-REPORTED: dict[str, tuple[EventType, EventType]] = {
-    "auth": (AUTH_SUCCESS, AUTH_FAILURE),
-    "session.start": (SESSION_START, SESSION_START),
-    "session.end": (SESSION_END, SESSION_END),
-    "session.data": (SESSION_DATA, SESSION_DATA),
-    "session.rejected": (SESSION_REJECTED, SESSION_REJECTED),
-    "resize": (SESSION_RESIZE, SESSION_RESIZE),
-    "exec": (EXEC, EXEC_FAILURE),
-    "port": (PORT_FORWARD, PORT_FORWARD_FAILURE),
-    "sftp": (SFTP, SFTP),
-    "scp": (SCP, SCP),
-    "client.disconnect": (CLIENT_DISCONNECT, CLIENT_DISCONNECT),
-    "session.join": (SESSION_JOIN, SESSION_JOIN),
-    "session.leave": (SESSION_LEAVE, SESSION_LEAVE),
-    "session.recording.failure": (RECORDING_FAILURE, RECORDING_FAILURE),
-    "proxy.connect": (PROXY_CONNECT, PROXY_CONNECT_FAILURE),
-    "proxy.disconnect": (PROXY_DISCONNECT, PROXY_DISCONNECT),
-    "proxy.refused": (PROXY_REFUSED, PROXY_REFUSED),
-}
-
-
-def reported(name: str, failed: bool) -> EventType | None:
-    """The event type for a name a node or proxy reports; None for unknown names."""
-    pair = REPORTED.get(name)
-    return None if pair is None else pair[1 if failed else 0]
+# What a node may report about its own connections and sessions: nothing else (not
+# proxy.*, not user.*, not the log's own events).
+NODE_REPORTED = frozenset({
+    "auth", "session.start", "session.end", "session.data", "session.rejected", "resize",
+    "exec", "port", "scp", "sftp", "client.disconnect", "session.recording.failure",
+    "session.join", "session.leave",
+})
+# What the proxy (jump host and tunnel server) reports.
+PROXY_REPORTED = frozenset({
+    "auth", "proxy.connect", "proxy.disconnect", "proxy.refused", "tunnel.disconnect",
+})

@@ -5,9 +5,13 @@ records can be acknowledged after it. One writer task does the writing: whatever
 while the previous fsync ran goes out in the next batch with one write and one fsync
 (group commit; no artificial delay, so a lone event waits only for its own fsync).
 
+Events are typed (limen.audit.schema): a field the schema does not know is refused
+before anything is written. ``time`` is always this log's clock when the event was
+received; a node's own idea of when something happened is a field of its own
+(``node_time``), so ``--since`` selects by this log's clock, not by a reporter's word.
+
 Files: one JSON line per event, one file per UTC day, under DATA_DIR/log/events/. A
-line goes to the file of the day it was written (an event reported late by a node keeps
-its own ``time`` but is appended to today's file), so reading the files in name order
+line goes to the file of the day it was written, so reading the files in name order
 gives the chain in order.
 
 After the fsync the callers are answered and the batch is copied into the searchable
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from limen.audit import events as types
-from limen.audit import files
+from limen.audit import files, schema
 from limen.audit.chain import (
     GENESIS,
     AuditKey,
@@ -44,14 +48,13 @@ from limen.audit.chain import (
     parse_time,
 )
 from limen.audit.events import EventType
+from limen.audit.metadata import AuditEvent
 from limen.audit.store import EventStore, StoredEvent
 from limen.clock import Clock, RealClock
 from limen.errors import ConnectionProblem, LimenError
 
 log = logging.getLogger(__name__)
 
-# Python keywords cannot hold dots; these are the names auditors' tools expect.
-_FIELD_NAMES = {"addr_remote": "addr.remote", "addr_local": "addr.local"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_BATCH = 2000
 # Seconds the store copy waits to gather events into one transaction: the events are
@@ -94,6 +97,7 @@ class AuditLog:
         store: EventStore | None = None,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
+        voucher: str | None = None,
     ) -> None:
         self.directory = directory
         self.cluster_name = cluster_name
@@ -103,6 +107,10 @@ class AuditLog:
         self.key = key or AuditKey.load_or_create(directory.parent.parent / "ca")
         self.log_id = self.key.log_id
         self.store = store
+        # The cluster CA's signature over this log's key, registered with it in the store
+        # so that verifiers elsewhere trust the key (limen.audit.vouchers).
+        self.voucher = voucher
+        self._registered = False
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval = checkpoint_interval
         self._seq = 0
@@ -129,30 +137,37 @@ class AuditLog:
 
     # -- emitting ------------------------------------------------------------------------
 
-    def build(self, event: EventType, fields: dict[str, Any],
-              time_ns: int | None = None, uid: str | None = None) -> dict[str, Any]:
+    def build(self, event: AuditEvent, uid: str | None = None) -> dict[str, Any]:
+        kind = event.event_type()
         record: dict[str, Any] = {
-            "event": event.name,
-            "code": event.code,
+            "event": kind.name,
+            "code": kind.code,
             "uid": uid or str(uuid.uuid4()),
-            "time": format_time(time_ns if time_ns is not None else now_ns(self.clock)),
+            "time": format_time(now_ns(self.clock)),
             "cluster_name": self.cluster_name,
         }
-        record.update({_FIELD_NAMES.get(k, k): v for k, v in fields.items() if v is not None})
+        record.update(event.fields())
         return record
 
-    async def emit(self, event: EventType, **fields: Any) -> dict[str, Any]:
-        """Write one event; returns it (with its chain fields) once it is on disk."""
-        return await self.record(event, fields)
+    async def emit(self, event: AuditEvent | EventType, /, **fields: Any) -> dict[str, Any]:
+        """Write one event; returns it (with its chain fields) once it is on disk.
 
-    async def record(self, event: EventType, fields: dict[str, Any], *,
-                     uid: str | None = None, time_ns: int | None = None) -> dict[str, Any]:
-        """Like emit, for fields in a dict; ``uid`` and ``time_ns`` come from a reporter
-        (a node resending what it spooled): an event whose uid is already in the log is
-        not written twice."""
+        ``event`` is a typed event (limen.audit.schema). An EventType with keyword fields
+        is still taken, for callers not converted yet: the fields are checked against the
+        event's schema all the same (BadParameter names an unknown field).
+        """
+        if isinstance(event, EventType):  # None means unset, as it always did here
+            event = schema.from_fields(event, {k: v for k, v in fields.items() if v is not None})
+        elif fields:
+            raise TypeError("a typed event carries its own fields")
+        return await self.record(event)
+
+    async def record(self, event: AuditEvent, *, uid: str | None = None) -> dict[str, Any]:
+        """Write a typed event under ``uid`` when a reporter names it (a node resending
+        what it spooled): an event whose uid is already in the log is not written twice."""
         if uid is not None and await self._seen(uid):
             return {"uid": uid, "duplicate": True}
-        record = self.build(event, fields, time_ns, uid)
+        record = self.build(event, uid)
         await self._ensure_started()
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queue.append((record, future))
@@ -186,7 +201,7 @@ class AuditLog:
         await asyncio.to_thread(self._recover)
         if self.store is not None:
             with contextlib.suppress(LimenError):
-                await self.store.register_log(self.log_id, self.key.public_b64)
+                await self._register()
                 last = await self.store.last(self.log_id)
                 if last is not None and last.seq > self._seq:
                     # The files lost their newest lines: continue after the store's.
@@ -264,7 +279,7 @@ class AuditLog:
         out: list[tuple[dict[str, Any], str]] = []
         for base in records:
             if base is _CHECKPOINT:  # signs the chain as it stands just before it
-                base = self.build(types.AUDIT_CHECKPOINT, self._checkpoint_fields(seq, prev))
+                base = self.build(self._checkpoint_event(seq, prev))
             seq += 1
             record = normalize({**base, "log_id": self.log_id, "seq": seq, "prev_hash": prev})
             record["hash"] = prev = event_hash(record)
@@ -318,10 +333,10 @@ class AuditLog:
             return True
         return time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
 
-    def _checkpoint_fields(self, seq: int, digest: str) -> dict[str, Any]:
+    def _checkpoint_event(self, seq: int, digest: str) -> schema.AuditCheckpoint:
         signature = self.key.sign(checkpoint_message("checkpoint", self.log_id, seq, digest))
-        return {"through_seq": seq, "through_hash": digest, "signature": signature,
-                "public_key": self.key.public_b64}
+        return schema.AuditCheckpoint(through_seq=seq, through_hash=digest,
+                                      signature=signature, public_key=self.key.public_b64)
 
     async def checkpoint(self) -> dict[str, Any]:
         """Write a checkpoint now (retention does before it removes anything)."""
@@ -364,10 +379,17 @@ class AuditLog:
             log.warning("audit store unavailable, events stay in the files for now: %s", exc)
             self._store_behind = True
 
+    async def _register(self) -> None:
+        assert self.store is not None
+        await self.store.register_log(self.log_id, self.key.public_b64, self.voucher)
+        self._registered = True
+
     async def _sync_store(self) -> None:
         """Copy into the store what the files have beyond its newest row."""
         assert self.store is not None
         try:
+            if not self._registered:  # the store was away when the log started
+                await self._register()
             last = await self.store.last(self.log_id)
             after = last.seq if last is not None else 0
             if after >= self._seq:

@@ -5,7 +5,9 @@ A node first sends a recording's metadata (``update``), then its bytes as they a
 written (``append``, idempotent by offset), and once the session ended and every byte
 arrived, the final metadata with the total size. Only then is the recording marked
 ended (complete, or interrupted when its node stopped mid-session) and a
-``session.upload`` event written. A node may only write recordings of its own sessions.
+``session.upload`` event written. A node may only write recordings of its own sessions
+(the ones it reported the start of, see bindings.py); who the recording shows and the
+event names are the start's, not what the node's metadata says.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from limen.audit import asciicast
-from limen.audit import events as types
+from limen.audit import asciicast, schema
+from limen.audit.bindings import SessionBinding, SessionBindings
 from limen.audit.chain import format_time
 from limen.audit.log import AuditLog
 from limen.audit.store import RecordingMeta, RecordingStore
@@ -61,16 +63,26 @@ def _int(value: Any, default: int | None = None) -> int | None:
 
 
 class RecordingService:
-    def __init__(self, store: RecordingStore, audit: AuditLog, authorize: Authorize) -> None:
+    def __init__(self, store: RecordingStore, audit: AuditLog, authorize: Authorize,
+                 sessions: SessionBindings | None = None) -> None:
         self.store = store
         self.audit = audit
         self.authorize = authorize
+        self.sessions = sessions
 
     # -- nodes -----------------------------------------------------------------------------
 
     async def update(self, identity: Identity, sid: str, meta: dict[str, Any]) -> dict[str, Any]:
         sid = session_id(sid)
-        existing = await self._owned(identity, sid)
+        try:
+            existing = await self._owned(identity, sid)
+            binding = await self._binding(identity, sid)
+        except AccessDenied as exc:
+            await self.audit.emit(schema.ReportRefused(
+                server_id=identity.user, reporter=identity.builtin or "user",
+                reported="recording", error=exc.message,
+            ))
+            raise
         if existing is not None and existing.end_ns is not None:
             return self._state(existing)
         node_id = identity.user if identity.builtin == "node" else str(meta.get("node_id", ""))
@@ -80,6 +92,10 @@ class RecordingService:
             command=str(meta.get("command", "")), start_ns=_int(meta.get("start_ns"), 0) or 0,
             extra=dict(meta.get("extra") or {}),
         )
+        if binding is not None:
+            record.node = binding.server_hostname or record.node
+            if binding.user is not None:
+                record.user, record.login = binding.user, binding.login or ""
         size = existing.size if existing is not None else 0
         end_ns = _int(meta.get("end_ns"))
         final_size = _int(meta.get("size"))
@@ -89,12 +105,11 @@ class RecordingService:
             record.complete = not record.interrupted
         saved = await self.store.upsert_meta(record)
         if saved.end_ns is not None:
-            await self.audit.emit(
-                types.SESSION_UPLOAD, sid=sid, user=saved.user, login=saved.login,
-                server_id=saved.node_id, server_hostname=saved.node, size=saved.size,
-                complete=saved.complete, interrupted=saved.interrupted,
-                recording=f"limen play {sid}",
-            )
+            await self.audit.emit(schema.SessionUpload(
+                sid=sid, server_id=saved.node_id or None, server_hostname=saved.node or None,
+                size=saved.size, complete=saved.complete, interrupted=saved.interrupted,
+                recording=f"limen play {sid}", **_who(identity, binding, saved),
+            ))
         return self._state(saved)
 
     async def append(self, identity: Identity, sid: str, offset: int, data: bytes) -> int:
@@ -110,6 +125,13 @@ class RecordingService:
             return existing.size
         return await self.store.append(sid, offset, data, asciicast.printed_text)
 
+    async def _binding(self, identity: Identity, sid: str) -> SessionBinding | None:
+        """The session's start, when a node sends its recording (AccessDenied when another
+        node started it)."""
+        if self.sessions is None or identity.builtin != "node":
+            return None
+        return await self.sessions.owned(sid, identity.user)
+
     async def _owned(self, identity: Identity, sid: str) -> RecordingMeta | None:
         if identity.builtin not in ("node", "admin"):
             raise AccessDenied("only nodes send recordings")
@@ -118,7 +140,8 @@ class RecordingService:
         except NotFound:
             return None
         if identity.builtin == "node" and existing.node_id and existing.node_id != identity.user:
-            raise AccessDenied("a node may only send recordings of its own sessions")
+            raise AccessDenied(f"the recording of session {sid} belongs to another node; "
+                               "a node may only send recordings of its own sessions")
         return existing
 
     @staticmethod
@@ -146,6 +169,17 @@ class RecordingService:
                                                                 AsyncIterator[bytes]]:
         """The recording's bytes, for playing or exporting; the access is audited."""
         meta = await self.get(identity, sid)
-        await self.audit.emit(types.RECORDING_ACCESS, user=identity.user, sid=meta.session_id,
-                              addr_remote=identity.remote_addr or None)
+        await self.audit.emit(schema.RecordingAccess(
+            user=identity.user, sid=meta.session_id, addr_remote=identity.remote_addr or None,
+        ))
         return meta, self.store.read(meta.session_id)
+
+
+def _who(identity: Identity, binding: SessionBinding | None,
+         saved: RecordingMeta) -> dict[str, str | None]:
+    """A node's word for who is a claim unless the session's start backed it."""
+    if binding is not None and binding.user is not None:
+        return {"user": binding.user, "login": binding.login}
+    if identity.builtin == "node":
+        return {"claimed_user": saved.user or None, "claimed_login": saved.login or None}
+    return {"user": saved.user or None, "login": saved.login or None}

@@ -16,8 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from limen.audit import events as types
-from limen.audit import files
+from limen.audit import files, schema
 from limen.audit.chain import checkpoint_message, format_time
 from limen.audit.log import AuditLog, now_ns
 from limen.audit.store import AuditStore
@@ -88,11 +87,11 @@ class Retention:
             )
             # Written (and fsynced) before anything goes: a crash in between leaves more
             # than needed, never a chain that cannot be verified.
-            await self.audit.emit(
-                types.AUDIT_RETENTION, removed_through_seq=seq, anchor_hash=digest,
-                signature=signature, public_key=self.audit.key.public_b64,
-                files=[p.name for p in old], cutoff=_day(cutoff_ns),
-            )
+            await self.audit.emit(schema.AuditRetention(
+                removed_through_seq=seq, anchor_hash=digest, signature=signature,
+                public_key=self.audit.key.public_b64, files=[p.name for p in old],
+                cutoff=_day(cutoff_ns),
+            ))
             # The store is filled a moment after the files: let it catch up first, or
             # rows copied after the delete would outlive their files.
             await self.audit.flush()

@@ -7,11 +7,14 @@ import base64
 import json
 from typing import Any
 
+import asyncssh
+
 from limen.audit.chain import parse_time
 from limen.audit.log import AuditLog
 from limen.audit.recordings import Authorize
 from limen.audit.store import EventPage, EventQuery, EventStore
 from limen.audit.verify import Report, verify_files, verify_store
+from limen.audit.vouchers import trusted_keys
 from limen.auth.identity import Identity
 from limen.durations import parse_duration
 from limen.errors import BadParameter
@@ -53,10 +56,12 @@ def decode_cursor(text: str | None) -> tuple[int, int] | None:
 
 
 class AuditSearch:
-    def __init__(self, audit: AuditLog, store: EventStore, authorize: Authorize) -> None:
+    def __init__(self, audit: AuditLog, store: EventStore, authorize: Authorize,
+                 host_ca: asyncssh.SSHKey | None = None) -> None:
         self.audit = audit
         self.store = store
         self.authorize = authorize
+        self.host_ca = host_ca  # vouches for the audit keys of other logs in the store
 
     async def search(self, identity: Identity, query: EventQuery) -> tuple[list[dict[str, Any]],
                                                                             str | None]:
@@ -70,7 +75,8 @@ class AuditSearch:
     async def verify(self, identity: Identity, since_ns: int | None = None) -> Report:
         """Check the chain in this auth service's files and in the store."""
         await self.authorize(identity, "event", "read")
-        keys = {**await self.store.log_keys(), self.audit.log_id: self.audit.key.public_b64}
+        keys = trusted_keys(await self.store.log_keys(), self.host_ca,
+                            {self.audit.log_id: self.audit.key.public_b64})
         report, chain = await asyncio.to_thread(
             verify_files, self.audit.directory, keys, since_ns
         )

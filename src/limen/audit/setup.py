@@ -6,10 +6,13 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
+
 from limen.audit.chain import AuditKey
 from limen.audit.log import AuditLog
 from limen.audit.retention import Retention
 from limen.audit.store import AuditStore, open_audit_store
+from limen.audit.vouchers import vouch
 from limen.clock import Clock
 from limen.config import Config
 from limen.durations import parse_duration
@@ -29,10 +32,13 @@ class AuditRuntime:
             await self.store.close()
 
 
-async def open_audit(config: Config, data_dir: Path, cluster: str, clock: Clock) -> AuditRuntime:
+async def open_audit(config: Config, data_dir: Path, cluster: str, clock: Clock,
+                     host_ca: asyncssh.SSHKey | None = None) -> AuditRuntime:
     """The log in DATA_DIR/log/events, its key in DATA_DIR/ca, the store on the cluster's
-    storage engine; the log has caught up with the store before this returns."""
+    storage engine; the log has caught up with the store before this returns. With the
+    cluster's host CA, the log's key is registered with the CA's voucher for it."""
     key = await asyncio.to_thread(AuditKey.load_or_create, data_dir / "ca")
+    voucher = vouch(host_ca, key.log_id, key.public_b64) if host_ca is not None else None
     storage = config.storage
     store = await open_audit_store(storage.type, data_dir, storage.dsn, storage.schema_name)
     try:
@@ -40,6 +46,7 @@ async def open_audit(config: Config, data_dir: Path, cluster: str, clock: Clock)
         log = AuditLog(
             data_dir / "log" / "events", cluster, clock, key=key, store=store.events,
             checkpoint_interval=parse_duration(settings.checkpoint_interval).total_seconds(),
+            voucher=voucher,
         )
         await log.start()
         retention = Retention(

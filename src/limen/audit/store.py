@@ -35,6 +35,15 @@ class StoredEvent:
 
 
 @dataclass(frozen=True)
+class RegisteredKey:
+    """A log's audit key as the store holds it, with the cluster CA's voucher for it
+    (limen.audit.vouchers) when there is one."""
+
+    public_key: str
+    voucher: str | None = None
+
+
+@dataclass(frozen=True)
 class EventQuery:
     since_ns: int | None = None
     until_ns: int | None = None
@@ -70,8 +79,11 @@ class RecordingMeta:
 
 
 class EventStore(Protocol):
-    async def register_log(self, log_id: str, public_key: str) -> None: ...
-    async def log_keys(self) -> dict[str, str]: ...
+    async def register_log(self, log_id: str, public_key: str,
+                           voucher: str | None = None) -> None:
+        """Record a log's key (the first one stays) and its voucher (the first stays)."""
+        ...
+    async def log_keys(self) -> dict[str, RegisteredKey]: ...
     async def insert(self, rows: list[StoredEvent]) -> None:
         """Add rows; rows already there (same log and seq, or same uid) are skipped."""
         ...

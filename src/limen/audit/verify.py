@@ -10,9 +10,12 @@ It names the first event that was changed, removed, inserted or reordered:
 - reordered: a seq where another was expected, the expected one appearing later.
 
 Checkpoints (``audit.checkpoint``) and anchors (``audit.retention``) must carry a valid
-signature by the audit key the verifier trusts (DATA_DIR/ca/audit_key.pub for the local
-log, the keys registered in the store for others). The store must hold the same events as
-the files: every row's hash equal to the file line of the same seq.
+signature by the audit key the verifier trusts: DATA_DIR/ca/audit_key.pub for the local
+log, and for others only the keys registered in the store with the cluster CA's voucher
+(vouchers.py). A chain whose key is not trusted is refused by name ("untrusted"): anyone
+who can write to the store could otherwise add a log signed with a key of their own. The
+store must hold the same events as the files: every row's hash equal to the file line of
+the same seq.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ _GRACE_NS = 5 * 1_000_000_000  # events this recent may postdate the read of the
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # changed, removed, inserted, reordered, signature, store
+    kind: str  # changed, removed, inserted, reordered, signature, untrusted, store
     where: str  # "2024-05-01.log:17" or "store: log L seq 17"
     message: str
     seq: int | None = None
@@ -101,7 +104,6 @@ class ChainChecker:
         self.start_free = start_free  # --since: the first record's predecessor is not ours
         self.earlier = earlier  # (log_id, seq, hash) -> that exact event was seen before
         self.prev: Item | None = None
-        self.unknown_keys: set[str] = set()
 
     def check(self, item: Item, after: Item | None) -> Problem | None:
         problem = self._check(item, after)
@@ -164,6 +166,10 @@ class ChainChecker:
                 and nxt["prev_hash"] == prev["hash"])
 
     def _first(self, item: Item, r: dict[str, Any]) -> Problem | None:
+        if r["log_id"] not in self.keys:
+            return Problem("untrusted", item.where, f"log {r['log_id']} is signed with a key "
+                           "the cluster's CA does not vouch for: its events cannot be trusted",
+                           r["seq"], str(r.get("uid", "")))
         if self.prev is not None:
             self.report.notes.append(f"a new chain (log {r['log_id']}) begins at {item.where}")
         if self.start_free or (r["seq"] == 1 and r["prev_hash"] == GENESIS):
@@ -182,13 +188,7 @@ class ChainChecker:
         """Checkpoints and anchors must be signed by the chain's trusted key."""
         if r["event"] not in (types.AUDIT_CHECKPOINT.name, types.AUDIT_RETENTION.name):
             return None
-        key = self.keys.get(r["log_id"])
-        if key is None:
-            if r["log_id"] not in self.unknown_keys:
-                self.unknown_keys.add(r["log_id"])
-                self.report.notes.append(f"no trusted key for log {r['log_id']}: its "
-                                         "signatures were not checked")
-            return None
+        key = self.keys[r["log_id"]]  # _first refused chains without a trusted key
         if r["event"] == types.AUDIT_CHECKPOINT.name:
             self.report.checkpoints += 1
             through = (r.get("through_seq"), r.get("through_hash"))

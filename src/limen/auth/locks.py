@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from limen.audit import events
+from limen.audit import schema
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
 from limen.errors import AccessDenied, BadParameter
@@ -42,19 +42,17 @@ class LockService:
     async def save(self, actor: Identity, lock: Lock, create: bool) -> Lock:
         store = self.ctx.stores.locks
         saved = await (store.create(lock) if create else store.upsert(lock))
-        await self.ctx.audit.emit(
-            events.LOCK_CREATED, user=actor.user, name=lock.name,
-            target=lock.spec.target.model_dump(exclude_none=True), message=lock.spec.message,
+        await self.ctx.audit.emit(schema.LockCreated(
+            user=actor.user, name=lock.name, target=_target(lock), message=lock.spec.message,
             expires=lock.metadata.expires.isoformat() if lock.metadata.expires else None,
-        )
+        ))
         return saved
 
     async def delete(self, actor: Identity, name: str) -> None:
         lock = await self.ctx.stores.locks.get(name)
         await self.ctx.stores.locks.delete(name)
         await self.ctx.audit.emit(
-            events.LOCK_DELETED, user=actor.user, name=name,
-            target=lock.spec.target.model_dump(exclude_none=True),
+            schema.LockDeleted(user=actor.user, name=name, target=_target(lock))
         )
 
     async def in_force(self) -> list[Lock]:
@@ -71,3 +69,7 @@ class LockService:
         for lock in await self.in_force():
             if lock.applies_to(user=user, roles=roles, login=login, node_names=node_names):
                 raise AccessDenied(lock.refusal())
+
+
+def _target(lock: Lock) -> dict[str, str]:
+    return {k: str(v) for k, v in lock.spec.target.model_dump(exclude_none=True).items()}

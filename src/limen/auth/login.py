@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import asyncssh
 
-from limen.audit import events
+from limen.audit import schema
 from limen.auth import passwords, totp
 from limen.auth.ca import known_hosts_line, sign_user_cert
 from limen.auth.context import AuthContext
@@ -58,15 +58,10 @@ class LoginService:
             raise
         checker = await self._checker_for(user)
         result = await self._issue(user, checker, key, ttl)
-        await self.ctx.audit.emit(
-            events.USER_LOGIN,
-            user=name,
-            method="local",
-            success=True,
-            addr_remote=remote_addr,
-            mfa_device="TOTP",
-            roles=checker.role_names,
-        )
+        await self.ctx.audit.emit(schema.UserLogin(
+            user=name, method="local", success=True, addr_remote=remote_addr or None,
+            mfa_device="TOTP", roles=list(checker.role_names),
+        ))
         return result
 
     async def _authenticate(self, name: str, password: str, otp: str, remote: str) -> User:
@@ -124,14 +119,9 @@ class LoginService:
         await self.ctx.stores.users.modify(name, reset)
 
     async def _failed(self, name: str, remote: str, reason: str) -> None:
-        await self.ctx.audit.emit(
-            events.USER_LOGIN_FAILURE,
-            user=name,
-            method="local",
-            success=False,
-            error=reason,
-            addr_remote=remote,
-        )
+        await self.ctx.audit.emit(schema.UserLogin(
+            user=name, method="local", success=False, error=reason, addr_remote=remote or None,
+        ))
 
     async def _issue(
         self, user: User, checker: AccessChecker, key: asyncssh.SSHKey, ttl: timedelta | None
@@ -162,13 +152,10 @@ class LoginService:
             serial=secrets.randbits(63),
         )
         token = await self.ctx.stores.api_sessions.issue(user.name, valid_before)
-        await self.ctx.audit.emit(
-            events.CERT_ISSUED,
-            user=user.name,
-            principals=principals,
-            valid_before=valid_before.isoformat(),
-            roles=checker.role_names,
-        )
+        await self.ctx.audit.emit(schema.CertIssued(
+            user=user.name, principals=list(principals), valid_before=valid_before.isoformat(),
+            roles=list(checker.role_names),
+        ))
         return LoginResult(
             user=user.name,
             cert=cert.export_certificate("openssh").decode().strip(),

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from limen.audit import events
+from limen.audit import schema
 from limen.auth.identity import Identity
 from limen.backend.base import Item
 from limen.errors import BadParameter, CompareFailed, NotFound
@@ -137,8 +137,8 @@ class ResourceService:
 
     async def _audit_put(self, actor: Identity, kind: str, saved: Resource, created: bool) -> None:
         if kind == "role":
-            event = events.ROLE_CREATED if created else events.ROLE_UPDATED
-            await self.auth.ctx.audit.emit(event, user=actor.user, name=saved.name)
+            event = schema.RoleCreated if created else schema.RoleUpdated
+            await self.auth.ctx.audit.emit(event(user=actor.user, name=saved.name))
 
     async def delete(self, actor: Identity, kind: str, name: str) -> None:
         kind = canonical_kind(kind)
@@ -152,4 +152,4 @@ class ResourceService:
         else:
             await self._store(kind).delete(name)
             if kind == "role":
-                await self.auth.ctx.audit.emit(events.ROLE_DELETED, user=actor.user, name=name)
+                await self.auth.ctx.audit.emit(schema.RoleDeleted(user=actor.user, name=name))

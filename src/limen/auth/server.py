@@ -6,7 +6,8 @@ import logging
 import secrets
 from pathlib import Path
 
-from limen.audit import events
+from limen.audit import schema
+from limen.audit.bindings import SessionBindings
 from limen.audit.recordings import RecordingService
 from limen.audit.search import AuditSearch
 from limen.auth import builtin_roles
@@ -35,13 +36,18 @@ class AuthServer:
         self.locks = LockService(ctx)
         self.login_service = LoginService(ctx, self.checker_for_user, self.locks)
         self.join = JoinService(ctx)
-        self.tracking = Tracking(ctx)
         if ctx.audit_store is None:
             from limen.backend.audit_memory import MemoryAuditStore
 
             ctx.audit_store = MemoryAuditStore()
-        self.recordings = RecordingService(ctx.audit_store.recordings, ctx.audit, self.authorize)
-        self.audit_search = AuditSearch(ctx.audit, ctx.audit_store.events, self.authorize)
+        # Which node started which session: events and recordings of a session are taken
+        # only from that node.
+        self.sessions = SessionBindings(ctx.audit_store.events)
+        self.tracking = Tracking(ctx, self.sessions)
+        self.recordings = RecordingService(ctx.audit_store.recordings, ctx.audit, self.authorize,
+                                           self.sessions)
+        self.audit_search = AuditSearch(ctx.audit, ctx.audit_store.events, self.authorize,
+                                        ctx.cas.host_ca)
 
     @property
     def cluster_name(self) -> str:
@@ -115,12 +121,8 @@ class AuthServer:
         try:
             (await self.checker_for(identity)).check_rule(kind, verb)
         except AccessDenied as exc:
-            await self.ctx.audit.emit(
-                events.ACCESS_DENIED,
-                user=identity.user,
-                resource=kind,
-                verb=verb,
-                error=exc.message,
-                addr_remote=identity.remote_addr,
-            )
+            await self.ctx.audit.emit(schema.AccessRefused(
+                user=identity.user, resource=kind, verb=verb, error=exc.message,
+                addr_remote=identity.remote_addr or None,
+            ))
             raise

@@ -1,71 +1,51 @@
-"""What nodes report: audit events and live session trackers."""
+"""What nodes report: audit events (node_reports.py) and live session trackers."""
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from typing import Any
 
-from limen.audit import events
-from limen.audit.chain import parse_time
+from limen.audit.bindings import SessionBindings
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
-from limen.errors import AccessDenied, BadParameter, NotFound
+from limen.auth.node_reports import NodeReports
+from limen.errors import AccessDenied, NotFound
 from limen.resources import Session
-
-# Fields a node may not set itself: they come from the server and the node's identity.
-_RESERVED = {"event", "code", "uid", "time", "cluster_name"}
 
 
 class Tracking:
-    def __init__(self, ctx: AuthContext) -> None:
+    def __init__(self, ctx: AuthContext, bindings: SessionBindings) -> None:
         self.ctx = ctx
+        self.bindings = bindings
+        self.reports = NodeReports(ctx, bindings)
 
     async def report_event(self, identity: Identity, name: str, fields: dict[str, Any]) -> None:
-        _require_host(identity)
-        failed = fields.get("success") is False or fields.get("allowed") is False
-        event = events.reported(name, failed)
-        if event is None:
-            raise BadParameter(f"unknown event {name!r}")
-        clean = {k: v for k, v in fields.items() if k not in _RESERVED}
-        clean.setdefault("server_id", identity.user)
-        # The node names each event (a resend after a lost answer is then written once)
-        # and, for an event it kept while the auth service was away, when it happened.
-        uid, when = _reported_uid(fields.get("uid")), _reported_time(fields.get("time"))
-        await self.ctx.audit.record(event, clean, uid=uid, time_ns=when)
+        """A node's event, stamped with what the auth service knows (see node_reports)."""
+        await self.reports.report(identity, name, fields)
 
     async def upsert_session(self, identity: Identity, session: Session) -> Session:
         _require_host(identity)
-        if session.spec.node_id != identity.user and identity.builtin == "node":
-            raise AccessDenied("a node may only report its own sessions")
+        if identity.builtin == "node":
+            if session.spec.node_id != identity.user:
+                raise AccessDenied("a node may only report its own sessions")
+            # The tracker says who as the session's start proved it, not as the node says.
+            binding = await self.bindings.owned(session.name, identity.user)
+            if binding is not None and binding.user is not None:
+                session.spec.user = binding.user
+                session.spec.login = binding.login or session.spec.login
+                session.spec.parties = [binding.user]
         session.metadata.expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
         return await self.ctx.stores.sessions.upsert(session)
 
     async def end_session(self, identity: Identity, session_id: str) -> None:
         _require_host(identity)
+        if identity.builtin == "node":
+            await self.bindings.owned(session_id, identity.user)
         with contextlib.suppress(NotFound):
             await self.ctx.stores.sessions.delete(session_id)
 
     async def list_sessions(self) -> list[Session]:
         return await self.ctx.stores.sessions.list()
-
-
-def _reported_uid(value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise BadParameter("an event's uid must be a UUID") from None
-
-
-def _reported_time(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(str(value))
-    except ValueError:
-        raise BadParameter("an event's time must be RFC 3339") from None
 
 
 def _require_host(identity: Identity) -> None:

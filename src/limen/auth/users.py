@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from limen.audit import events
+from limen.audit import schema
 from limen.auth import passwords, totp
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
@@ -68,7 +68,7 @@ class UserManager:
         )
         await self.ctx.stores.users.create(user)
         await self.ctx.audit.emit(
-            events.USER_CREATE, user=actor.user, name=name, roles=roles, logins=logins
+            schema.UserCreate(user=actor.user, name=name, roles=roles, logins=logins)
         )
         return await self._issue_token(actor, name, "signup", ttl)
 
@@ -77,7 +77,7 @@ class UserManager:
         await self.ctx.stores.users.get(name)
         await self.ctx.stores.credentials.clear(name)
         await self._set_active(name, False)
-        await self.ctx.audit.emit(events.USER_UPDATE, user=actor.user, name=name, action="reset")
+        await self.ctx.audit.emit(schema.UserUpdate(user=actor.user, name=name, action="reset"))
         return await self._issue_token(actor, name, "reset", ttl)
 
     async def delete(self, actor: Identity, name: str) -> None:
@@ -86,14 +86,14 @@ class UserManager:
         for token in await self.ctx.stores.user_tokens.list():
             if token.spec.user == name:
                 await self._forget_token(token.name)
-        await self.ctx.audit.emit(events.USER_DELETE, user=actor.user, name=name)
+        await self.ctx.audit.emit(schema.UserDelete(user=actor.user, name=name))
 
     async def unlock(self, actor: Identity, name: str) -> User:
         def clear(user: User) -> None:
             user.status = UserStatus()
 
         user = await self.ctx.stores.users.modify(name, clear)
-        await self.ctx.audit.emit(events.USER_UNLOCK, user=actor.user, name=name)
+        await self.ctx.audit.emit(schema.UserUnlock(user=actor.user, name=name))
         return user
 
     async def list(self) -> list[User]:
@@ -124,13 +124,9 @@ class UserManager:
             }
         )
         await self.ctx.stores.user_tokens.create(record)
-        await self.ctx.audit.emit(
-            events.USER_TOKEN_CREATE,
-            user=actor.user,
-            name=name,
-            purpose=purpose,
-            expires=expires.isoformat(),
-        )
+        await self.ctx.audit.emit(schema.UserTokenCreate(
+            user=actor.user, name=name, purpose=purpose, expires=expires.isoformat(),
+        ))
         return IssuedToken(token=token, user=name, purpose=purpose, expires=expires)
 
     async def _forget_token(self, hashed: str) -> None:
@@ -183,20 +179,18 @@ class UserManager:
         device = TOTPDevice(secret=secret, added=self.ctx.clock.now(), last_step=step)
         await self.ctx.stores.credentials.set_totp_device(user, device)
         await self._set_active(user, True)
-        await self.ctx.audit.emit(events.USER_PASSWORD_CHANGE, user=user, addr_remote=remote_addr)
         await self.ctx.audit.emit(
-            events.MFA_ADD, user=user, mfa_device_name=device.name, mfa_device_type="TOTP"
+            schema.UserPasswordChange(user=user, addr_remote=remote_addr or None)
+        )
+        await self.ctx.audit.emit(
+            schema.MfaAdd(user=user, mfa_device_name=device.name, mfa_device_type="TOTP")
         )
         return user
 
     async def _signup_failed(self, user: str, remote_addr: str, reason: str) -> None:
-        await self.ctx.audit.emit(
-            events.USER_SIGNUP_FAILURE,
-            user=user,
-            success=False,
-            error=reason,
-            addr_remote=remote_addr,
-        )
+        await self.ctx.audit.emit(schema.UserSignupFailure(
+            user=user, success=False, error=reason, addr_remote=remote_addr or None,
+        ))
 
     async def _set_active(self, name: str, active: bool) -> None:
         def change(user: User) -> None:

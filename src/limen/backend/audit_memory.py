@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 
-from limen.audit.store import EventPage, EventQuery, RecordingMeta, StoredEvent
+from limen.audit.store import EventPage, EventQuery, RecordingMeta, RegisteredKey, StoredEvent
 from limen.backend.events_sql import looks_like_id
 from limen.backend.recordings_sql import TAIL
 from limen.errors import NotFound
@@ -17,13 +17,18 @@ class MemoryEventStore:
         self._keys: set[tuple[str, int]] = set()
         self._uids: set[str] = set()
         self._logs: dict[str, str] = {}
+        self._vouchers: dict[str, str] = {}
         self._next_id = 1
 
-    async def register_log(self, log_id: str, public_key: str) -> None:
+    async def register_log(self, log_id: str, public_key: str,
+                           voucher: str | None = None) -> None:
         self._logs.setdefault(log_id, public_key)
+        if voucher is not None:
+            self._vouchers.setdefault(log_id, voucher)
 
-    async def log_keys(self) -> dict[str, str]:
-        return dict(self._logs)
+    async def log_keys(self) -> dict[str, RegisteredKey]:
+        return {log_id: RegisteredKey(key, self._vouchers.get(log_id))
+                for log_id, key in self._logs.items()}
 
     async def insert(self, rows: list[StoredEvent]) -> None:
         for row in rows:

@@ -60,6 +60,16 @@ logs = Table(
     Column("public_key", Text, nullable=False),
 )
 
+# The cluster CA's voucher for a log's key (limen.audit.vouchers). A table of its own,
+# not a column of audit_logs, so stores created before vouchers existed gain it as they
+# open (tables are created when missing; columns are never added).
+vouchers = Table(
+    "audit_log_vouchers",
+    audit_metadata,
+    Column("log_id", String(32), primary_key=True),
+    Column("voucher", Text, nullable=False),
+)
+
 recordings = Table(
     "audit_recordings",
     audit_metadata,

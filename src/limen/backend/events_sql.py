@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, select, tuple_
 
-from limen.audit.store import EventPage, EventQuery, StoredEvent
+from limen.audit.store import EventPage, EventQuery, RegisteredKey, StoredEvent
 from limen.backend.audit_store import Database
-from limen.backend.audit_tables import events, logs
+from limen.backend.audit_tables import events, logs, vouchers
 
 _COLUMNS = (
     events.c.log_id, events.c.seq, events.c.uid, events.c.time_ns, events.c.event,
@@ -42,15 +42,22 @@ class SQLEventStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def register_log(self, log_id: str, public_key: str) -> None:
-        stmt = self.db.dialect.insert(logs).values(log_id=log_id, public_key=public_key)
+    async def register_log(self, log_id: str, public_key: str,
+                           voucher: str | None = None) -> None:
+        insert = self.db.dialect.insert
         async with self.db.write() as conn:
+            stmt = insert(logs).values(log_id=log_id, public_key=public_key)
             await conn.execute(stmt.on_conflict_do_nothing())
+            if voucher is not None:
+                stmt = insert(vouchers).values(log_id=log_id, voucher=voucher)
+                await conn.execute(stmt.on_conflict_do_nothing())
 
-    async def log_keys(self) -> dict[str, str]:
+    async def log_keys(self) -> dict[str, RegisteredKey]:
+        joined = logs.outerjoin(vouchers, logs.c.log_id == vouchers.c.log_id)
+        stmt = select(logs.c.log_id, logs.c.public_key, vouchers.c.voucher).select_from(joined)
         async with self.db.read() as conn:
-            rows = (await conn.execute(select(logs.c.log_id, logs.c.public_key))).all()
-        return {log_id: key for log_id, key in rows}
+            rows = (await conn.execute(stmt)).all()
+        return {log_id: RegisteredKey(key, voucher) for log_id, key, voucher in rows}
 
     async def insert(self, rows: list[StoredEvent]) -> None:
         if not rows:

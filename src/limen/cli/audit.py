@@ -14,8 +14,8 @@ from limen.cli.output import emit, table
 from limen.config import Config, load_config
 
 # Fields shown in their own columns; the rest go into the details column.
-_COLUMNS = {"event", "code", "time", "user", "server_hostname", "sid", "uid", "cluster_name",
-            "log_id", "seq", "prev_hash", "hash", "server_id"}
+_COLUMNS = {"event", "code", "time", "user", "claimed_user", "server_hostname", "sid", "uid",
+            "cluster_name", "log_id", "seq", "prev_hash", "hash", "server_id"}
 PAGE = 1000
 
 
@@ -59,11 +59,18 @@ def cmd_search(args: argparse.Namespace) -> int:
             cursor = answer["next"]
             if not cursor:
                 break
-    rows = [(e.get("time", ""), e.get("event"), e.get("code"), e.get("user", ""),
+    rows = [(e.get("time", ""), e.get("event"), e.get("code"), _who(e),
              e.get("server_hostname", ""), e.get("sid", ""), _details(e)) for e in found]
     headers = ["Time", "Event", "Code", "User", "Node", "Session", "Details"]
     emit(found, args.format, table(headers, rows) if rows else "No events match.")
     return 0
+
+
+def _who(event: dict[str, Any]) -> str:
+    """The user, or what a node claimed when nothing backed it (never shown as a fact)."""
+    if event.get("user"):
+        return str(event["user"])
+    return f"{event['claimed_user']} (claimed)" if event.get("claimed_user") else ""
 
 
 def _details(event: dict[str, Any]) -> str:
@@ -103,6 +110,7 @@ async def _verify_locally(config: Config, since: str | None) -> dict[str, Any]:
     from limen.audit.search import parse_when
     from limen.audit.store import open_audit_store
     from limen.audit.verify import verify_files, verify_store
+    from limen.audit.vouchers import read_host_ca_public, trusted_keys
     from limen.clock import RealClock
     from limen.errors import BadParameter
 
@@ -114,10 +122,12 @@ async def _verify_locally(config: Config, since: str | None) -> dict[str, Any]:
     storage = config.storage
     store = await open_audit_store(storage.type, data_dir, storage.dsn, storage.schema_name)
     try:
-        keys = await store.events.log_keys()
+        # The local file is the trusted copy of this log's key; other logs' keys count
+        # only with the host CA's voucher.
         mine = read_public_key(data_dir / "ca")
-        if mine is not None:  # the local file is the trusted copy of this log's key
-            keys[log_id_for(mine)] = mine
+        own = {log_id_for(mine): mine} if mine is not None else {}
+        ca_public = await asyncio.to_thread(read_host_ca_public, data_dir / "ca")
+        keys = trusted_keys(await store.events.log_keys(), ca_public, own)
         report, chain = await asyncio.to_thread(verify_files, events_dir, keys, since_ns)
         if report.ok and storage.type != "memory":
             await verify_store(store.events, keys, chain, since_ns, report)

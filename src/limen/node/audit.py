@@ -360,7 +360,7 @@ class NodeAudit:
 
 
 def _who(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: fields[k] for k in ("user", "login", "server_id", "server_hostname")
+    return {k: fields[k] for k in ("user", "login", "server_id", "server_hostname", "cert")
             if fields.get(k) is not None}
 
 

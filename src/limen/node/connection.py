@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from base64 import b64encode
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,9 @@ class NodeConnection(CertAuthServer):
             "server_hostname": self.settings.server_name,
             "addr.remote": _fmt(self.remote_addr),
             "addr.local": _fmt(self.local_addr),
+            # The user's certificate as received: the auth service believes a user name
+            # only when the certificate (signed by the user CA) backs it.
+            "cert": b64encode(self.identity.cert).decode() if self.identity else None,
             **extra,
         }
 
@@ -128,11 +132,7 @@ class NodeConnection(CertAuthServer):
     async def auth_completed(self) -> None:
         assert self.cert is not None
         self.identity = identity_from_certificate(self.cert, self.remote_addr)
-        await self.node.emit("auth", self.base_fields(
-            success=True, method="certificate", principals=list(self.identity.principals),
-            cert_serial=self.identity.serial, ca=self.identity.ca_fingerprint,
-            valid_before=self.identity.valid_before.isoformat(),
-        ))
+        await self.node.emit("auth", self.base_fields(success=True, method="certificate"))
 
     # -- authorization -------------------------------------------------------------
 

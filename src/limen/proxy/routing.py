@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime
 from typing import Any
 
-from limen.audit import events
+from limen.audit import schema
 from limen.auth.server import AuthServer
 from limen.config import split_host_port
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound
 from limen.proxy.ssh_jump import JumpIdentity, NodeRoute, open_tcp_stream
 from limen.tunnel.registry import Tunnel, TunnelDirectory
+
+log = logging.getLogger(__name__)
 
 
 class BackendRouter:
@@ -93,11 +96,20 @@ class RolePolicy:
 
 
 class AuditObserver:
+    """Writes what the jump host and the tunnel server report, checked at the boundary:
+    a name the proxy does not report or a field the event's schema does not know is
+    refused (logged, and an ``audit.report.refused`` event), never silently stored."""
+
     def __init__(self, auth: AuthServer) -> None:
         self.auth = auth
 
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
-        failed = fields.get("success") is False or fields.get("allowed") is False
-        event = events.reported(name, failed)
-        if event is not None:
-            await self.auth.ctx.audit.emit(event, **fields)
+        try:
+            event = schema.proxy_report(name, fields)
+        except BadParameter as exc:
+            log.error("refused a %s event from the proxy: %s", name, exc.message)
+            await self.auth.ctx.audit.emit(
+                schema.ReportRefused(reporter="proxy", reported=name[:64], error=exc.message)
+            )
+            return
+        await self.auth.ctx.audit.emit(event)

@@ -127,14 +127,14 @@ class JumpServer(CertAuthServer):
             "method": "cert",
             "user": ident.user if ident else "",
             "login": ident.login if ident else (conn.get_extra_info("username") if conn else ""),
-            "remote_addr": self.remote_addr[0] if self.remote_addr else "",
+            "addr.remote": self.remote_addr[0] if self.remote_addr else "",
         }
         if ident:
             fields.update(
                 principals=list(ident.principals),
                 valid_before=ident.valid_before.isoformat(),
-                serial=ident.serial,
-                fingerprint=ident.fingerprint,
+                cert_serial=ident.serial,
+                key_fingerprint=ident.fingerprint,
             )
         if reason:
             fields["reason"] = reason
@@ -175,7 +175,7 @@ class JumpServer(CertAuthServer):
         self._host.emit(
             "proxy.refused",
             {"kind": kind, "reason": reason, "user": ident.user if ident else "",
-             "remote_addr": ident.remote_addr if ident else ""},
+             "addr.remote": ident.remote_addr if ident else ""},
         )
 
     async def _open_node(self, target: str, port: int) -> NodePipe:
@@ -183,8 +183,8 @@ class JumpServer(CertAuthServer):
         ident = self._identity
         assert ident is not None
         fields: dict[str, Any] = {
-            "node": target, "port": port, "user": ident.user, "login": ident.login,
-            "remote_addr": ident.remote_addr,
+            "server_hostname": target, "port": port, "user": ident.user, "login": ident.login,
+            "addr.remote": ident.remote_addr,
         }
         try:
             if self._host.clock.now() >= ident.valid_before:
@@ -201,7 +201,7 @@ class JumpServer(CertAuthServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"the proxy could not reach node '{target}'"
             ) from None
-        fields.update(node=route.name, node_id=route.node_id)
+        fields.update(server_hostname=route.name, server_id=route.node_id)
         pipe = NodePipe(reader, writer, on_done=lambda p, e: self._pipe_done(p, e, fields))
         self._pipes[pipe] = route
         if self._lost:  # the client left while we dialed

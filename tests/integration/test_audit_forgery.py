@@ -1,0 +1,356 @@
+"""A node cannot write the audit log in anyone else's name, and verify trusts only keys the
+cluster's CA vouches for.
+
+The attacker is a node: it joins with a token over HTTPS like any node and then reports
+whatever it likes to POST /v1/events with its own API token. The auth service stamps who,
+where and when from what it knows, keeps the node's words as claims, refuses what a node
+may not report (with a clear error and an audit event), and `limen audit verify` still
+passes with no forged row in the log. A stranger who can write to the audit store cannot
+add a log of their own either: verify names it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from limen.audit.chain import GENESIS, AuditKey, checkpoint_message, event_hash, format_time
+from limen.audit.log import stored
+from limen.audit.vouchers import vouch
+from limen.client.trust import insecure_context
+from tests.support.cluster import ClusterHarness
+from tests.support.ssh_access import NODE, SshUser, new_user, unique, wait_until
+
+FORGED_TIME = "2001-09-09T01:46:40Z"
+
+
+@dataclass
+class JoinedNode:
+    """A node identity obtained the way every node gets one: a join token over HTTPS."""
+
+    cluster: ClusterHarness
+    node_id: str
+    name: str
+    api_token: str
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(verify=insecure_context(), base_url=f"https://{self.cluster.web_addr}",
+                            headers={"authorization": f"Bearer {self.api_token}"}, timeout=30)
+
+    def report(self, event: str, **fields: Any) -> httpx.Response:
+        with self._client() as http:
+            return http.post("/v1/events", json={"event": event, "fields": fields})
+
+    def put_recording(self, sid: str, meta: dict[str, Any]) -> httpx.Response:
+        with self._client() as http:
+            return http.put(f"/v1/recordings/{sid}", json=meta)
+
+
+def join_node(cluster: ClusterHarness, name: str) -> JoinedNode:
+    token = cluster.admin("tokens", "add", "--type", "node", "--format", "json").json()["token"]
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    body = {"token": token, "name": name, "addr": "",
+            "public_key": key.export_public_key("openssh").decode()}
+    with httpx.Client(verify=insecure_context(), base_url=f"https://{cluster.web_addr}") as http:
+        joined = http.post("/v1/join", json=body)
+    assert joined.status_code == 200, joined.text
+    answer = joined.json()
+    return JoinedNode(cluster, answer["node_id"], name, answer["api_token"])
+
+
+@pytest.fixture(scope="module")
+def mallory(cluster: ClusterHarness) -> JoinedNode:
+    return join_node(cluster, unique("mallory"))
+
+
+@pytest.fixture(scope="module")
+def victim(cluster: ClusterHarness) -> SshUser:
+    return new_user(cluster, "victim")
+
+
+def _node1_id(cluster: ClusterHarness) -> str:
+    return next(e["server_id"] for e in cluster.events() if e.get("server_hostname") == "node1")
+
+
+def _error(response: httpx.Response) -> str:
+    return str(response.json()["error"]["message"])
+
+
+def _refusal(cluster: ClusterHarness, node: JoinedNode, reported: str) -> dict[str, Any]:
+    found = wait_until(lambda: [e for e in cluster.events_of(
+        "audit.report.refused", server_id=node.node_id, reported=reported)], 10,
+        f"the refusal of {node.name}'s {reported} report")
+    return found[-1]
+
+
+def _cert_text(user: SshUser) -> str:
+    """The user's certificate as a node receives it: the wire blob, base64."""
+    return Path(user.status["cert_path"]).read_text().split()[1]
+
+
+# -- who, where and when are the auth service's -------------------------------------------
+
+
+def test_forged_user_node_and_time_are_stamped_from_the_nodes_identity(
+    cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
+) -> None:
+    node1 = _node1_id(cluster)
+    command = f"forged-{uuid.uuid4().hex[:8]}"
+    answer = mallory.report("exec", sid=str(uuid.uuid4()), user=victim.name, login="root",
+                            server_id=node1, server_hostname="node1", time=FORGED_TIME,
+                            command=command, exit_code=0)
+    assert answer.status_code == 200, answer.text
+
+    [written] = cluster.events_of("exec", command=command)
+    assert (written["server_id"], written["server_hostname"]) == (mallory.node_id, mallory.name)
+    assert "user" not in written and "login" not in written  # nothing backs the names
+    assert (written["claimed_user"], written["claimed_login"]) == (victim.name, "root")
+    assert written["node_time"] == "2001-09-09T01:46:40.000000000Z"
+    assert written["time"] > "2020" and written["time"] != written["node_time"]
+    assert not cluster.events_of("exec", command=command, server_id=node1)
+    assert not cluster.events_of("exec", command=command, user=victim.name)
+    shown = cluster.admin("audit", "search", "--since", "10m", "--node", mallory.node_id)
+    assert f"{victim.name} (claimed)" in shown.stdout, shown.stdout + shown.stderr
+    as_victim = cluster.admin("audit", "search", "--user", victim.name, "--format", "json")
+    assert command not in as_victim.stdout
+
+
+def test_a_session_start_names_a_user_only_when_a_certificate_backs_it(
+    cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser, tmp_path: Path
+) -> None:
+    foreign_ca = asyncssh.generate_private_key("ssh-ed25519")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    self_made = foreign_ca.generate_user_certificate(key, victim.name, principals=["root"])
+    attempts: dict[str, dict[str, Any]] = {
+        "no certificate": {},
+        "a certificate from another CA":
+            {"cert": base64.b64encode(bytes(self_made.public_data)).decode()},
+        "the victim's own certificate, for a login it does not allow":
+            {"cert": _cert_text(victim), "login": "postgres"},
+        "not a certificate": {"cert": "bm90IGEgY2VydGlmaWNhdGU="},
+    }
+    for what, extra in attempts.items():
+        sid = str(uuid.uuid4())
+        fields = {"sid": sid, "user": victim.name, "login": "root", "session_kind": "shell",
+                  **extra}
+        assert mallory.report("session.start", **fields).status_code == 200, what
+        [start] = cluster.events_of("session.start", sid=sid)
+        assert "user" not in start and start["claimed_user"] == victim.name, what
+        assert "cert" not in start and "cert_serial" not in start, what
+        # The session's later events carry what its start established: still a claim.
+        assert mallory.report("exec", sid=sid, user=victim.name, command="id").status_code == 200
+        [later] = cluster.events_of("exec", sid=sid)
+        assert "user" not in later and later["claimed_user"] == victim.name, what
+
+
+def test_an_event_with_another_nodes_session_id_is_refused(
+    cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
+) -> None:
+    done = victim.ssh(f"root@{NODE}", "true")
+    assert done.returncode == 0, done.stderr
+    start = wait_until(lambda: cluster.events_of("session.start", user=victim.name), 10,
+                       "the victim's session on node1")[0]
+    sid = start["sid"]
+    wait_until(lambda: cluster.events_of("session.end", sid=sid), 10, "its end")
+    before = len(cluster.events_of("exec", sid=sid))
+
+    forged = mallory.report("exec", sid=sid, user=victim.name, command="rm -rf /", exit_code=0)
+    assert forged.status_code == 403
+    assert f"session {sid} was started by another node" in _error(forged)
+    again = mallory.report("session.start", sid=sid, user=victim.name, cert=_cert_text(victim),
+                           login="root")
+    assert again.status_code == 403
+    recording = mallory.put_recording(sid, {"user": victim.name, "login": "root"})
+    assert recording.status_code == 403, recording.text
+
+    refused = _refusal(cluster, mallory, "exec")
+    assert sid in refused["error"] and refused["code"] == "TAU02W"
+    assert sid in _refusal(cluster, mallory, "recording")["error"]
+    assert len(cluster.events_of("exec", sid=sid)) == before
+    assert all(e["server_id"] == start["server_id"] for e in cluster.events()
+               if e.get("sid") == sid and e["event"] != "audit.report.refused")
+
+
+def test_a_node_may_report_only_node_events_and_only_their_fields(
+    cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
+) -> None:
+    marker = unique("nobody")
+    for event in ("proxy.connect", "user.login", "audit.checkpoint", "lock.created"):
+        answer = mallory.report(event, user=marker, success=True)
+        assert answer.status_code == 403, event
+        assert f"a node may not report {event} events" in _error(answer)
+        assert _refusal(cluster, mallory, event)["error"] == _error(answer)
+    assert not [e for e in cluster.events() if marker in json.dumps(e)]
+
+    unknown = mallory.report("bogus.event", user=victim.name)
+    assert unknown.status_code == 400 and "no node event named 'bogus.event'" in _error(unknown)
+
+    sid = str(uuid.uuid4())
+    extra = mallory.report("exec", sid=sid, command="id", shadow_user="root")
+    assert extra.status_code == 400
+    assert "event 'exec' has no field 'shadow_user'" in _error(extra)
+    mistyped = mallory.report("exec", sid=sid, command="id", exit_code="0")
+    assert mistyped.status_code == 400 and "'exit_code'" in _error(mistyped)
+    for stamped in ("claimed_user", "node_time", "cert_serial", "log_id", "cluster_name"):
+        answer = mallory.report("exec", sid=sid, command="id", **{stamped: "x"})
+        assert answer.status_code == 400, stamped
+        assert f"a node may not set {stamped}" in _error(answer)
+    assert not cluster.events_of("exec", sid=sid)
+
+
+def test_a_node_uid_deduplicates_only_that_nodes_own_events(
+    cluster: ClusterHarness, mallory: JoinedNode
+) -> None:
+    someone_elses = cluster.events()[-1]["uid"]  # whatever was written last, by anyone
+    command = f"uid-{uuid.uuid4().hex[:8]}"
+    sid = str(uuid.uuid4())
+    for _ in range(2):  # a resend after a lost answer is written once
+        answer = mallory.report("exec", sid=sid, command=command, uid=someone_elses)
+        assert answer.status_code == 200
+    written = cluster.events_of("exec", command=command)
+    assert len(written) == 1 and written[0]["uid"] != someone_elses
+    assert len([e for e in cluster.events() if e["uid"] == someone_elses]) == 1
+
+
+def test_a_nodes_time_claim_does_not_move_an_event_out_of_verify_since(
+    cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
+) -> None:
+    command = f"old-{uuid.uuid4().hex[:8]}"
+    answer = mallory.report("exec", sid=str(uuid.uuid4()), command=command, time=FORGED_TIME)
+    assert answer.status_code == 200
+    # Another event after it: a backdated row in the middle of the chain is what a
+    # time-based selection would have cut out (and then found the chain broken).
+    assert mallory.report("exec", sid=str(uuid.uuid4()), command="later").status_code == 200
+    found = cluster.admin("audit", "search", "--since", "10m", "--type", "exec", "--node",
+                          mallory.node_id, "--format", "json")
+    assert found.returncode == 0, found.stderr
+    assert [e["node_time"] for e in found.json() if e.get("command") == command] == [
+        "2001-09-09T01:46:40.000000000Z"]
+    recent = cluster.admin("audit", "verify", "--since", "10m", "--format", "json")
+    assert recent.returncode == 0, recent.stdout + recent.stderr
+    assert recent.json()["files_checked"] > 0 and recent.json()["store_checked"] > 0
+
+
+def test_verify_passes_after_the_attacks_and_no_forged_row_exists(
+    cluster: ClusterHarness, mallory: JoinedNode
+) -> None:
+    report = cluster.admin("audit", "verify", "--format", "json")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert report.json()["ok"] is True
+    from_mallory = [e for e in cluster.events() if e.get("server_id") == mallory.node_id]
+    assert from_mallory  # its reports were written, as its own
+    assert all("user" not in e for e in from_mallory
+               if e["event"] not in ("instance.join", "audit.report.refused"))
+    node1 = _node1_id(cluster)
+    assert not [e for e in cluster.events() if e.get("server_id") == node1
+                and str(e.get("command", "")).startswith(("forged-", "uid-", "old-", "rm -rf"))]
+
+
+# -- verify trusts only keys the cluster's CA vouches for ---------------------------------
+
+
+def _made_up_chain(key: AuditKey, cluster_name: str, count: int = 3) -> list[dict[str, Any]]:
+    """A consistent chain of a log that never existed, signed with its own key."""
+    records, prev = [], GENESIS
+    for seq in range(1, count + 1):
+        fields: dict[str, Any] = {"sid": str(uuid.uuid4()), "user": "ghost", "command": "id"}
+        event, code = "exec", "T3002I"
+        if seq == count:
+            fields = {"through_seq": seq - 1, "through_hash": prev,
+                      "signature": key.sign(checkpoint_message("checkpoint", key.log_id,
+                                                               seq - 1, prev)),
+                      "public_key": key.public_b64}
+            event, code = "audit.checkpoint", "TAU00I"
+        record = {"event": event, "code": code, "uid": str(uuid.uuid4()),
+                  "time": format_time(1_900_000_000_000_000_000 + seq),
+                  "cluster_name": cluster_name, **fields, "log_id": key.log_id, "seq": seq,
+                  "prev_hash": prev}
+        record["hash"] = prev = event_hash(record)
+        records.append(record)
+    return records
+
+
+def _add_log(cluster: ClusterHarness, key: AuditKey, voucher: str | None) -> None:
+    """What someone who can write to the store adds: a key and the events of its log.
+
+    Written through the running service's own store handle: a second SQLite connection
+    opened in this process would break the service's file locks."""
+    events = cluster.service.auth.ctx.audit_store.events
+    records = _made_up_chain(key, "test.limen")
+
+    async def write() -> None:
+        await events.register_log(key.log_id, key.public_b64, voucher)
+        await events.insert([stored(r, json.dumps(r)) for r in records])
+
+    cluster.run(write())
+
+
+def _drop_log(cluster: ClusterHarness, key: AuditKey) -> None:
+    events = cluster.service.auth.ctx.audit_store.events
+    cluster.run(events.delete_through(key.log_id, 1_000))
+
+
+def _untrusted(result: Any, key: AuditKey) -> None:
+    assert result.returncode == 1, result.stdout
+    assert f"BROKEN: untrusted at store: log {key.log_id} seq 1" in result.stdout, result.stdout
+    assert "the cluster's CA does not vouch for" in result.stdout
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[ClusterHarness]:
+    harness = ClusterHarness(tmp_path).start()
+    yield harness
+    harness.stop()
+
+
+def _api_verify(cluster: ClusterHarness) -> dict[str, Any]:
+    token = (cluster.data_dir / "admin.token").read_text().strip()
+    with httpx.Client(verify=insecure_context(), base_url=f"https://{cluster.web_addr}",
+                      headers={"authorization": f"Bearer {token}"}) as http:
+        return dict(http.get("/v1/audit/verify").json())
+
+
+def test_a_rogue_key_in_the_store_makes_verify_fail_naming_its_log(
+    own_cluster: ClusterHarness,
+) -> None:
+    cluster = own_cluster
+    assert cluster.admin("audit", "verify").returncode == 0
+    host_ca = cluster.service.auth.ctx.cas.host_ca
+
+    # Another auth service of this cluster: its key carries the host CA's voucher.
+    sibling = AuditKey(Ed25519PrivateKey.generate())
+    _add_log(cluster, sibling, vouch(host_ca, sibling.log_id, sibling.public_b64))
+    trusted = cluster.admin("audit", "verify", "--format", "json")
+    assert trusted.returncode == 0, trusted.stdout
+    assert trusted.json()["checkpoints"] >= 1
+
+    # A stranger with write access to the store: a key of their own without a voucher...
+    unvouched = AuditKey(Ed25519PrivateKey.generate())
+    _add_log(cluster, unvouched, None)
+    _untrusted(cluster.admin("audit", "verify"), unvouched)
+    _drop_log(cluster, unvouched)
+    assert cluster.admin("audit", "verify").returncode == 0
+
+    # ... or with a voucher from a CA of their own, or one copied from another log.
+    rogue = AuditKey(Ed25519PrivateKey.generate())
+    other_ca = asyncssh.generate_private_key("ssh-ed25519")
+    _add_log(cluster, rogue, vouch(other_ca, rogue.log_id, rogue.public_b64))
+    _untrusted(cluster.admin("audit", "verify"), rogue)
+    over_api = _api_verify(cluster)
+    assert over_api["ok"] is False
+    assert [(p["kind"], rogue.log_id in p["message"]) for p in over_api["problems"]] == [
+        ("untrusted", True)]
+    _drop_log(cluster, rogue)
+    copied = AuditKey(Ed25519PrivateKey.generate())
+    _add_log(cluster, copied, vouch(host_ca, sibling.log_id, sibling.public_b64))
+    _untrusted(cluster.admin("audit", "verify"), copied)
