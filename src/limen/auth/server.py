@@ -1,4 +1,8 @@
-"""The auth role: bootstrap, identities, and the RBAC facade (check, then delegate)."""
+"""The auth role: its services, bootstrap, and who a caller is.
+
+Nothing here checks what a caller may do: callers reach these services through
+limen.auth.facade (check, then delegate).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import logging
 import secrets
 from pathlib import Path
 
-from limen.audit import events
 from limen.audit.recordings import RecordingService
 from limen.audit.search import AuditSearch
 from limen.auth import builtin_roles
@@ -15,6 +18,7 @@ from limen.auth.identity import Identity
 from limen.auth.join import JoinService
 from limen.auth.locks import LockService
 from limen.auth.login import LoginService
+from limen.auth.resources import ResourceService
 from limen.auth.tracking import Tracking
 from limen.auth.users import UserManager
 from limen.errors import AccessDenied, AlreadyExists, NotFound
@@ -40,8 +44,9 @@ class AuthServer:
             from limen.backend.audit_memory import MemoryAuditStore
 
             ctx.audit_store = MemoryAuditStore()
-        self.recordings = RecordingService(ctx.audit_store.recordings, ctx.audit, self.authorize)
-        self.audit_search = AuditSearch(ctx.audit, ctx.audit_store.events, self.authorize)
+        self.recordings = RecordingService(ctx.audit_store.recordings, ctx.audit)
+        self.audit_search = AuditSearch(ctx.audit, ctx.audit_store.events)
+        self.resources = ResourceService(self)
 
     @property
     def cluster_name(self) -> str:
@@ -109,18 +114,3 @@ class AuthServer:
             except NotFound:
                 log.warning("role %s is assigned but does not exist; ignoring it", name)
         return roles
-
-    async def authorize(self, identity: Identity, kind: str, verb: str) -> None:
-        """Raise AccessDenied unless the identity's current roles allow verb on kind."""
-        try:
-            (await self.checker_for(identity)).check_rule(kind, verb)
-        except AccessDenied as exc:
-            await self.ctx.audit.emit(
-                events.ACCESS_DENIED,
-                user=identity.user,
-                resource=kind,
-                verb=verb,
-                error=exc.message,
-                addr_remote=identity.remote_addr,
-            )
-            raise

@@ -22,7 +22,6 @@ class Tracking:
         self.ctx = ctx
 
     async def report_event(self, identity: Identity, name: str, fields: dict[str, Any]) -> None:
-        _require_host(identity)
         failed = fields.get("success") is False or fields.get("allowed") is False
         event = events.reported(name, failed)
         if event is None:
@@ -35,14 +34,12 @@ class Tracking:
         await self.ctx.audit.record(event, clean, uid=uid, time_ns=when)
 
     async def upsert_session(self, identity: Identity, session: Session) -> Session:
-        _require_host(identity)
         if session.spec.node_id != identity.user and identity.builtin == "node":
             raise AccessDenied("a node may only report its own sessions")
         session.metadata.expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
         return await self.ctx.stores.sessions.upsert(session)
 
     async def end_session(self, identity: Identity, session_id: str) -> None:
-        _require_host(identity)
         with contextlib.suppress(NotFound):
             await self.ctx.stores.sessions.delete(session_id)
 
@@ -66,8 +63,3 @@ def _reported_time(value: Any) -> int | None:
         return parse_time(str(value))
     except ValueError:
         raise BadParameter("an event's time must be RFC 3339") from None
-
-
-def _require_host(identity: Identity) -> None:
-    if identity.builtin not in ("node", "proxy", "admin"):
-        raise AccessDenied("only nodes and proxies report events and sessions")
