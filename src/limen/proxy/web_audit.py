@@ -7,7 +7,7 @@ nodes send recordings with their own identity. The checks are the facade's.
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -21,6 +21,8 @@ from limen.proxy.web_errors import SIGNED_IN, errors
 
 # Nanosecond times, sizes and offsets are stored as signed 64-bit integers.
 INT64 = 2**63 - 1
+# A recording is named by its session's id, a UUID (the service says so if it is not).
+SessionId = Annotated[str, Path(json_schema_extra={"format": "uuid"})]
 
 
 class RecordingUpdate(BaseModel):
@@ -77,7 +79,7 @@ def add_routes(app: FastAPI, Caller: Any) -> None:  # noqa: N803 - a type alias
         return [meta_json(m) for m in await api.search_recordings(text, limit)]
 
     @app.get("/v1/recordings/{session_id}", responses=errors(400, 404, *SIGNED_IN))
-    async def get_recording(session_id: str, api: Caller) -> dict[str, Any]:
+    async def get_recording(session_id: SessionId, api: Caller) -> dict[str, Any]:
         return meta_json(await api.get_recording(session_id))
 
     @app.get(
@@ -89,7 +91,7 @@ def add_routes(app: FastAPI, Caller: Any) -> None:  # noqa: N803 - a type alias
             **errors(400, 404, *SIGNED_IN),
         },
     )
-    async def play_recording(session_id: str, api: Caller) -> StreamingResponse:
+    async def play_recording(session_id: SessionId, api: Caller) -> StreamingResponse:
         meta, chunks = await api.play_recording(session_id)
 
         async def body() -> AsyncIterator[bytes]:
@@ -101,7 +103,7 @@ def add_routes(app: FastAPI, Caller: Any) -> None:  # noqa: N803 - a type alias
         })
 
     @app.put("/v1/recordings/{session_id}", responses=errors(400, *SIGNED_IN))
-    async def update_recording(session_id: str, body: RecordingUpdate,
+    async def update_recording(session_id: SessionId, body: RecordingUpdate,
                                api: Caller) -> dict[str, Any]:
         return await api.update_recording(session_id, body.model_dump())
 
@@ -112,7 +114,7 @@ def add_routes(app: FastAPI, Caller: Any) -> None:  # noqa: N803 - a type alias
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         }}},
     )
-    async def append_recording(session_id: str, request: Request, api: Caller,
+    async def append_recording(session_id: SessionId, request: Request, api: Caller,
                                offset: Annotated[int, Query(ge=0, le=INT64)]) -> dict[str, Any]:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_APPEND:

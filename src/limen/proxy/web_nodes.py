@@ -14,7 +14,7 @@ from limen.auth.join import JoinRequest
 from limen.durations import parse_duration
 from limen.errors import BadParameter
 from limen.proxy.web_errors import ANONYMOUS, SIGNED_IN, errors
-from limen.resources import Node, Session
+from limen.resources import Node, Session, validate_name
 from limen.tunnel.registry import TunnelDirectory, TunnelStatus
 
 
@@ -170,7 +170,9 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
 
     @app.put("/v1/sessions/{session_id}", responses=errors(400, *SIGNED_IN))
     async def upsert_session(session_id: str, body: Session, api: Caller) -> dict[str, Any]:
-        body.metadata.name = session_id
+        # Assigning skips the model's own check; a bad name stored here would break
+        # every later listing of sessions.
+        body.metadata.name = validate_name(session_id, "session id")
         return session_json(await api.upsert_session(body))
 
     @app.delete("/v1/sessions/{session_id}", responses=errors(*SIGNED_IN))
