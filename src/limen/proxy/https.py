@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -36,7 +36,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class HTTPSServer:
-    def __init__(self, app: FastAPI, sock: socket.socket, certfile: Path, keyfile: Path) -> None:
+    def __init__(self, app: FastAPI, sock: socket.socket, certfile: Path, keyfile: Path,
+                 trusted_proxies: Sequence[str] = ()) -> None:
         config = uvicorn.Config(
             app,
             ssl_certfile=str(certfile),
@@ -46,6 +47,11 @@ class HTTPSServer:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=5,
+            # X-Forwarded-For names the client (audit's addr.remote, the rate limit's
+            # bucket) only from the configured proxies. uvicorn's default trusts it from
+            # loopback, which would let anyone on the proxy's host pose as any address.
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies),
         )
         self._server = _Server(config)
         self._sock = sock
