@@ -6,13 +6,14 @@ limen.auth.facade (check, then delegate).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from pathlib import Path
 
 from limen.audit.recordings import RecordingService
 from limen.audit.search import AuditSearch
-from limen.auth import builtin_roles
+from limen.auth import builtin_roles, passwords
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
 from limen.auth.join import JoinService
@@ -61,6 +62,8 @@ class AuthServer:
             except AlreadyExists:
                 pass
         await self._ensure_admin_identity(data_dir)
+        # Made now, so that not even the first unknown user's login takes longer.
+        await asyncio.to_thread(passwords.dummy_hash)
 
     async def _ensure_admin_identity(self, data_dir: Path) -> None:
         """A token in DATA_DIR/admin.token (0600) lets admin commands on this host act."""
