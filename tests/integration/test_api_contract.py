@@ -3,12 +3,14 @@
 For every operation in the OpenAPI schema, generated requests (valid ones and invalid
 ones) go over TLS to a cluster of this module's own, as the admin and as an ordinary
 user. Every answer must be documented in the schema with its body, and none may be a
-500. The run is bounded and derandomized, so it is short and the same every time.
+500. The run is bounded and derandomized, so it is short and the same every time;
+LIMEN_FUZZ_EXAMPLES=100 asks for a longer exploration (examples per operation and mode).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.support.cluster import ClusterHarness
 
-EXAMPLES = 15
+EXAMPLES = int(os.environ.get("LIMEN_FUZZ_EXAMPLES", "15"))
 # The access feed streams until the client goes away; a fuzzer reading it whole would
 # wait forever. Its refusals are fuzzed (ordinary user); its stream has its own tests.
 STREAMING = ("/v1/watch/access",)
@@ -103,8 +105,9 @@ def _fuzz_operation(api: Api, operation: Any, mode: GenerationMode,
     run()
 
 
-# A fuzz run takes well under a minute on an idle machine; a loaded one gets room.
-@pytest.mark.timeout(300)
+# A fuzz run takes well under a minute on an idle machine; a loaded one gets room, and a
+# longer run (LIMEN_FUZZ_EXAMPLES) proportionally more.
+@pytest.mark.timeout(300 * max(1, EXAMPLES // 15))
 def test_the_api_keeps_its_contract_for_an_ordinary_user(api: Api) -> None:
     failures, answers = _fuzz(api, api.user_token)
     assert not failures, "\n\n".join(failures)
@@ -115,7 +118,7 @@ def test_the_api_keeps_its_contract_for_an_ordinary_user(api: Api) -> None:
     assert any(a.endswith(" 400") for a in answers)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300 * max(1, EXAMPLES // 15))
 def test_the_api_keeps_its_contract_for_the_admin(api: Api) -> None:
     failures, answers = _fuzz(api, api.admin_token, skip=STREAMING)
     assert not failures, "\n\n".join(failures)

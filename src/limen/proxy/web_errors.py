@@ -98,7 +98,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def document_errors(app: FastAPI) -> None:
-    """Publish the schema without FastAPI's 422 answers: invalid input is a 400 here."""
+    """Publish the schema as the API behaves: no FastAPI 422 answers (invalid input is
+    a 400 here), and optional parameters that are absent rather than null (a query
+    string cannot say null; FastAPI writes ``str | None`` as "string or null")."""
 
     def schema() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -106,9 +108,19 @@ def document_errors(app: FastAPI) -> None:
             for path in document.get("paths", {}).values():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
+                    for parameter in operation.get("parameters", []):
+                        _not_null(parameter)
             for unused in ("HTTPValidationError", "ValidationError"):
                 document.get("components", {}).get("schemas", {}).pop(unused, None)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = schema  # type: ignore[method-assign]
+
+
+def _not_null(parameter: dict[str, Any]) -> None:
+    schema = parameter.get("schema", {})
+    choices = [c for c in schema.get("anyOf", []) if c.get("type") != "null"]
+    if "anyOf" in schema and len(choices) == 1:
+        del schema["anyOf"]
+        schema.update(choices[0])
