@@ -6,6 +6,7 @@ from Teleport (3080 web, 3022 node, 3023 proxy SSH, 3024 tunnels, 3025 auth).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -110,6 +111,17 @@ class ListenerConfig(_Section):
     _timeout = field_validator("handshake_timeout")(_check_duration)
 
 
+def _check_cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address or network like 10.0.0.0/8") from None
+
+
+def _check_cidrs(values: list[str]) -> list[str]:
+    return [_check_cidr(value) for value in values]
+
+
 class ProxyConfig(_Section):
     enabled: bool = True
     # multiplex: the web port also serves SSH (plain or TLS, ALPN limen-ssh) and node
@@ -122,6 +134,12 @@ class ProxyConfig(_Section):
     public_addr: str | None = None
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     listener: ListenerConfig = Field(default_factory=ListenerConfig)
+    # Load balancers or reverse proxies in front of the web port, whose X-Forwarded-For
+    # names the real client (for audit events and the rate limit). From anyone else the
+    # header is ignored: by default nobody is trusted, not even this host.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    _cidrs = field_validator("trusted_proxies")(_check_cidrs)
 
     @field_validator("web_listen_addr", "ssh_listen_addr", "tunnel_listen_addr")
     @classmethod
@@ -238,6 +256,8 @@ proxy:
     handshake_timeout: 5s
     max_connections_per_ip: 1000
     max_handshakes_per_ip: 256
+  trusted_proxies: []             # load balancers whose X-Forwarded-For names the client,
+                                  # e.g. [10.0.0.0/8]; from anyone else the header is ignored
 
 audit:                            # the audit log (DATA_DIR/log/events) and recordings
   # max_age: 365d                 # remove older events (the chain stays verifiable)

@@ -9,6 +9,9 @@ from limen.errors import BadParameter
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Longer than anything Limen keeps or issues; past it, adding the duration to a date
+# would overflow Python's datetime (year 9999) and fail far from the input.
+MAX_DURATION = timedelta(days=100 * 365)
 
 
 def parse_duration(text: str | int | float) -> timedelta:
@@ -22,6 +25,8 @@ def parse_duration(text: str | int | float) -> timedelta:
         seconds = sum(float(num) * _UNITS[unit] for num, unit in _PART.findall(value))
     if seconds <= 0:
         raise BadParameter(f"duration {text!r} must be greater than zero")
+    if seconds > MAX_DURATION.total_seconds():
+        raise BadParameter(f"duration {text!r} is longer than 100 years")
     return timedelta(seconds=seconds)
 
 

@@ -184,7 +184,8 @@ class Service:
         limits = self.config.proxy.rate_limit
         state = WebState(self.auth, RateLimiter(limits.average_per_minute, limits.burst))
         self._web_state = state
-        self._https = HTTPSServer(create_app(state), sock, *self._tls_files)
+        self._https = HTTPSServer(create_app(state), sock, *self._tls_files,
+                                  trusted_proxies=self.config.proxy.trusted_proxies)
         self.web_addr = local_address(host, self._https.port)
 
     def _multiplexed(self) -> bool:

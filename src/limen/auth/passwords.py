@@ -8,6 +8,7 @@ character counts and no NUL byte reaches bcrypt.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 
 import bcrypt
@@ -18,8 +19,14 @@ MIN_LENGTH = 12
 MAX_LENGTH = 128
 ROUNDS = 12
 
-# Compared against when the user does not exist, so timing does not reveal that.
-_DUMMY_HASH = bcrypt.hashpw(b"limen-dummy-password-hash", bcrypt.gensalt(4))
+
+@functools.cache
+def dummy_hash() -> bytes:
+    """Compared against when the user does not exist (or has no password yet), so that
+    such a login does the same work as a wrong password: one bcrypt verification at the
+    cost real hashes have. A cheaper dummy would tell by timing which users exist.
+    Made on first use, not at import: the CLI imports this module too."""
+    return bcrypt.hashpw(b"limen-dummy-password-hash", bcrypt.gensalt(ROUNDS))
 
 
 def check_rules(user: str, password: str) -> None:
@@ -41,7 +48,7 @@ def hash_password(password: str) -> bytes:
 
 def verify_password(password: str, hashed: bytes | None) -> bool:
     if hashed is None:
-        bcrypt.checkpw(_prehash(password), _DUMMY_HASH)
+        bcrypt.checkpw(_prehash(password), dummy_hash())
         return False
     try:
         return bcrypt.checkpw(_prehash(password), hashed)

@@ -1,7 +1,8 @@
 """Generic resource commands (get, create, update, delete) for the kubectl-style CLI.
 
-Each kind maps to its store and model; every call is checked against the caller's
-rules for that kind first. Updates use compare-and-swap on the revision the caller
+Each kind maps to its store and model. Who may do what is checked before these run
+(limen.auth.facade: the caller's rule on the kind, create or update depending on whether
+the resource exists). Updates use compare-and-swap on the revision the caller
 read, so two admins editing at once cannot silently overwrite each other.
 """
 
@@ -63,6 +64,12 @@ def parse(kind: str, document: dict[str, Any]) -> Resource:
         raise BadParameter(f"{kind}: field '{field}': {err['msg']}") from None
 
 
+def parse_document(document: dict[str, Any]) -> tuple[str, Resource]:
+    """A resource document's kind and its validated resource."""
+    kind = canonical_kind(str(document.get("kind", "")))
+    return kind, parse(kind, document)
+
+
 class ResourceService:
     def __init__(self, auth: Any) -> None:
         self.auth = auth
@@ -78,21 +85,23 @@ class ResourceService:
             "session": self.stores.sessions,
         }[kind]
 
-    async def get(self, actor: Identity, kind: str, name: str | None) -> list[dict[str, Any]]:
-        kind = canonical_kind(kind)
-        await self.auth.authorize(actor, kind, "read" if name else "list")
+    async def get(self, kind: str, name: str | None) -> list[dict[str, Any]]:
         store = self._store(kind)
         items = [await store.get(name)] if name else await store.list()
         return [public(item) for item in items]
 
-    async def put(self, actor: Identity, document: dict[str, Any], force: bool) -> dict[str, Any]:
+    async def exists(self, kind: str, name: str) -> bool:
+        try:
+            await self._store(kind).get(name)
+        except NotFound:
+            return False
+        return True
+
+    async def put(self, actor: Identity, kind: str, resource: Resource, exists: bool,
+                  force: bool) -> dict[str, Any]:
         """Create, or with force replace; an update carrying a revision is compare-and-swap."""
-        kind = canonical_kind(str(document.get("kind", "")))
-        resource = parse(kind, document)
         revision = resource.metadata.revision
         store = self._store(kind)
-        exists = await self._exists(store, resource.name)
-        await self.auth.authorize(actor, kind, "update" if exists else "create")
         if revision:
             saved = await self._swap(store, resource, revision)
         elif exists and not force:
@@ -105,14 +114,6 @@ class ResourceService:
             saved = await store.upsert(resource)
         await self._audit_put(actor, kind, saved, created=not exists)
         return public(saved)
-
-    @staticmethod
-    async def _exists(store: ResourceStore[Any], name: str) -> bool:
-        try:
-            await store.get(name)
-        except NotFound:
-            return False
-        return True
 
     @staticmethod
     async def _swap(store: ResourceStore[Any], resource: Resource, revision: str) -> Resource:
@@ -141,8 +142,6 @@ class ResourceService:
             await self.auth.ctx.audit.emit(event(user=actor.user, name=saved.name))
 
     async def delete(self, actor: Identity, kind: str, name: str) -> None:
-        kind = canonical_kind(kind)
-        await self.auth.authorize(actor, kind, "delete")
         if kind == "lock":
             await self.auth.locks.delete(actor, name)
         elif kind == "user":

@@ -1,21 +1,26 @@
-"""The auth role: bootstrap, identities, and the RBAC facade (check, then delegate)."""
+"""The auth role: its services, bootstrap, and who a caller is.
+
+Nothing here checks what a caller may do: callers reach these services through
+limen.auth.facade (check, then delegate).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from pathlib import Path
 
-from limen.audit import schema
 from limen.audit.bindings import SessionBindings
 from limen.audit.recordings import RecordingService
 from limen.audit.search import AuditSearch
-from limen.auth import builtin_roles
+from limen.auth import builtin_roles, passwords
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
 from limen.auth.join import JoinService
 from limen.auth.locks import LockService
 from limen.auth.login import LoginService
+from limen.auth.resources import ResourceService
 from limen.auth.tracking import Tracking
 from limen.auth.users import UserManager
 from limen.errors import AccessDenied, AlreadyExists, NotFound
@@ -44,10 +49,9 @@ class AuthServer:
         # only from that node.
         self.sessions = SessionBindings(ctx.audit_store.events)
         self.tracking = Tracking(ctx, self.sessions)
-        self.recordings = RecordingService(ctx.audit_store.recordings, ctx.audit, self.authorize,
-                                           self.sessions)
-        self.audit_search = AuditSearch(ctx.audit, ctx.audit_store.events, self.authorize,
-                                        ctx.cas.host_ca)
+        self.recordings = RecordingService(ctx.audit_store.recordings, ctx.audit, self.sessions)
+        self.audit_search = AuditSearch(ctx.audit, ctx.audit_store.events, ctx.cas.host_ca)
+        self.resources = ResourceService(self)
 
     @property
     def cluster_name(self) -> str:
@@ -62,6 +66,8 @@ class AuthServer:
             except AlreadyExists:
                 pass
         await self._ensure_admin_identity(data_dir)
+        # Made now, so that not even the first unknown user's login takes longer.
+        await asyncio.to_thread(passwords.dummy_hash)
 
     async def _ensure_admin_identity(self, data_dir: Path) -> None:
         """A token in DATA_DIR/admin.token (0600) lets admin commands on this host act."""
@@ -115,14 +121,3 @@ class AuthServer:
             except NotFound:
                 log.warning("role %s is assigned but does not exist; ignoring it", name)
         return roles
-
-    async def authorize(self, identity: Identity, kind: str, verb: str) -> None:
-        """Raise AccessDenied unless the identity's current roles allow verb on kind."""
-        try:
-            (await self.checker_for(identity)).check_rule(kind, verb)
-        except AccessDenied as exc:
-            await self.ctx.audit.emit(schema.AccessRefused(
-                user=identity.user, resource=kind, verb=verb, error=exc.message,
-                addr_remote=identity.remote_addr or None,
-            ))
-            raise

@@ -6,14 +6,16 @@ applies the same checks whichever way the node runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import httpx
 
-from limen.auth.feed import access_feed
+from limen.auth.facade import AuthFacade
 from limen.auth.identity import Identity
+from limen.auth.join import JoinRequest
 from limen.auth.server import AuthServer
 from limen.client import trust
 from limen.errors import ConnectionProblem, from_json
@@ -36,38 +38,41 @@ class ClusterLink(Protocol):
 
 
 class LocalLink:
-    """The node runs in the auth service's own process."""
+    """The node runs in the auth service's own process.
+
+    It calls the auth service through the same facade the HTTPS API uses, with the
+    node's identity, so an in-process node meets exactly the checks a remote one meets.
+    """
 
     def __init__(self, auth: AuthServer, node_id: str) -> None:
-        self.auth = auth
-        self.identity = Identity(user=node_id, builtin="node")
+        self.api = AuthFacade(auth, Identity(user=node_id, builtin="node"))
 
     async def heartbeat(self, addr: str | None, connection: str) -> None:
-        await self.auth.join.heartbeat(self.identity, addr, connection)
+        await self.api.heartbeat(addr, connection)
 
     async def reregister(self, name: str, addr: str, labels: dict[str, str]) -> None:
-        from limen.auth.join import JoinRequest
-
-        req = JoinRequest(name=name, public_key="", addr=addr, labels=labels)
-        await self.auth.join.reregister(self.identity, req)
+        await self.api.reregister(JoinRequest(name=name, public_key="", addr=addr, labels=labels))
 
     async def report_event(self, name: str, fields: dict[str, Any]) -> None:
-        await self.auth.tracking.report_event(self.identity, name, fields)
+        await self.api.report_event(name, fields)
 
     async def upsert_session(self, session: Session) -> None:
-        await self.auth.tracking.upsert_session(self.identity, session)
+        await self.api.upsert_session(session)
 
     async def end_session(self, session_id: str) -> None:
-        await self.auth.tracking.end_session(self.identity, session_id)
+        await self.api.end_session(session_id)
 
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
-        return await self.auth.recordings.update(self.identity, session_id, meta)
+        return await self.api.update_recording(session_id, meta)
 
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
-        return await self.auth.recordings.append(self.identity, session_id, offset, data)
+        return await self.api.append_recording(session_id, offset, data)
 
-    def access_feed(self) -> AsyncIterator[dict[str, Any]]:
-        return access_feed(self.auth.ctx.stores)
+    async def access_feed(self) -> AsyncIterator[dict[str, Any]]:
+        feed = await self.api.watch_access()
+        async with contextlib.aclosing(feed):  # ends the backend watch with the caller
+            async for message in feed:
+                yield message
 
     async def close(self) -> None:
         return None

@@ -1,30 +1,28 @@
 """The proxy's HTTPS API: ping, signup, login, and admin actions behind RBAC.
 
-Errors are JSON `{"error": {"kind", "message"}}` with the status from errors.py;
-never a stack trace.
+Every handler acts through an ``AuthFacade`` for its caller (limen.auth.facade), which
+checks and then delegates; the handlers only translate HTTP to calls and back.
+Errors are JSON ``{"error": {"kind", "message"}}`` (limen.proxy.web_errors).
 """
 
-import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any
 
-from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 
 import limen
-from limen.auth.ca import authorized_keys_line, known_hosts_line, spki_pin
+from limen.auth.facade import AuthFacade
 from limen.auth.identity import Identity
 from limen.auth.server import AuthServer
 from limen.durations import parse_duration
-from limen.errors import AccessDenied, LimenError
-from limen.proxy import web_audit, web_nodes, web_resources
+from limen.errors import AccessDenied
+from limen.proxy import web_audit, web_errors, web_nodes, web_resources
 from limen.proxy.ratelimit import RateLimiter
+from limen.proxy.web_errors import ANONYMOUS, SIGNED_IN, errors
 from limen.tunnel.registry import TunnelDirectory
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,67 +69,77 @@ class TokenTTL(BaseModel):
 
 
 def _remote(request: Request) -> str:
+    """The client's address: the peer's, or the forwarded client's when the peer is a
+    trusted proxy (limen.proxy.https resolves that before this app sees the request)."""
     return request.client.host if request.client else ""
+
+
+def ttl_of(text: str | None) -> timedelta | None:
+    return parse_duration(text) if text else None
 
 
 def create_app(state: WebState) -> FastAPI:
     app = FastAPI(title="Limen", version=limen.__version__, docs_url=None, redoc_url=None)
-    _install_error_handlers(app)
+    web_errors.install_error_handlers(app)
+    web_errors.document_errors(app)
+    bearer = HTTPBearer(auto_error=False, description="the api_token from POST /v1/login")
 
-    def unauthenticated(request: Request) -> None:
-        state.limiter.take(_remote(request))
+    def anonymous(request: Request) -> AuthFacade:
+        """A caller without a login, for routes that carry their own credential."""
+        remote = _remote(request)
+        state.limiter.take(remote)
+        return AuthFacade(state.auth, Identity(user="", remote_addr=remote))
 
-    async def identity(request: Request) -> Identity:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            state.limiter.take(_remote(request))
+    async def signed_in(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> AuthFacade:
+        remote = _remote(request)
+        if credentials is None or not credentials.credentials.strip():
+            state.limiter.take(remote)  # no login: counted like any anonymous request
             raise AccessDenied("this request needs a login: run limen login")
-        return await state.auth.identity_for_token(token.strip(), _remote(request))
+        identity = await state.auth.identity_for_token(credentials.credentials.strip(), remote)
+        return AuthFacade(state.auth, identity)
 
-    Caller = Annotated[Identity, Depends(identity)]
-    Limited = Depends(unauthenticated)
+    Caller = Annotated[AuthFacade, Depends(signed_in)]
+    Anonymous = Annotated[AuthFacade, Depends(anonymous)]
 
     @app.get("/v1/ping")
     async def ping() -> dict[str, Any]:
-        cas = state.auth.ctx.cas
+        trust = AuthFacade(state.auth, Identity(user="")).trust()  # public: no caller
         return {
-            "cluster": state.auth.cluster_name,
+            "cluster": trust.cluster,
             "version": limen.__version__,
-            "host_ca": known_hosts_line(cas.host_ca),
-            "user_ca": authorized_keys_line(cas.user_ca),
-            "tls_ca": cas.tls_ca_cert.public_bytes(Encoding.PEM).decode(),
-            "ca_pin": spki_pin(cas.tls_ca_cert),
+            "host_ca": trust.host_ca,
+            "user_ca": trust.user_ca,
+            "tls_ca": trust.tls_ca,
+            "ca_pin": trust.ca_pin,
             "ssh_proxy_addr": state.ssh_proxy_addr,
             "tunnel_addr": state.tunnel_addr,
             "tunnel_tls": state.tunnel_tls,
             "tunnel_host_key": state.tunnel_host_key,
         }
 
-    @app.post("/v1/signup/start", dependencies=[Limited])
-    async def signup_start(body: SignupStart, request: Request) -> dict[str, Any]:
-        challenge = await state.auth.users.signup_start(body.token, _remote(request))
+    @app.post("/v1/signup/start", responses=errors(*ANONYMOUS))
+    async def signup_start(body: SignupStart, api: Anonymous) -> dict[str, Any]:
+        challenge = await api.signup_start(body.token)
         return {
             "user": challenge.user,
             "totp_secret": challenge.totp_secret,
             "otpauth_uri": challenge.otpauth_uri,
             "purpose": challenge.purpose,
-            "server_time": state.auth.ctx.clock.now().isoformat(),
+            "server_time": api.clock.now().isoformat(),
         }
 
-    @app.post("/v1/signup/finish", dependencies=[Limited])
-    async def signup_finish(body: SignupFinish, request: Request) -> dict[str, Any]:
-        user = await state.auth.users.signup_finish(
-            body.token, body.password, body.otp, _remote(request)
-        )
-        return {"user": user, "cluster": state.auth.cluster_name}
+    @app.post("/v1/signup/finish", responses=errors(*ANONYMOUS))
+    async def signup_finish(body: SignupFinish, api: Anonymous) -> dict[str, Any]:
+        user = await api.signup_finish(body.token, body.password, body.otp)
+        return {"user": user, "cluster": api.trust().cluster}
 
-    @app.post("/v1/login", dependencies=[Limited])
-    async def login(body: LoginRequest, request: Request) -> dict[str, Any]:
-        ttl = parse_duration(body.ttl) if body.ttl else None
-        result = await state.auth.login_service.login(
-            body.user, body.password, body.otp, body.public_key, ttl, _remote(request)
-        )
+    @app.post("/v1/login", responses=errors(*ANONYMOUS))
+    async def login(body: LoginRequest, api: Anonymous) -> dict[str, Any]:
+        result = await api.login(body.user, body.password, body.otp, body.public_key,
+                                 ttl_of(body.ttl))
         return {
             "user": result.user,
             "cert": result.cert,
@@ -144,55 +152,46 @@ def create_app(state: WebState) -> FastAPI:
             "ssh_proxy_addr": state.ssh_proxy_addr,
         }
 
-    @app.get("/v1/whoami")
-    async def whoami(caller: Caller) -> dict[str, Any]:
-        checker = await state.auth.checker_for(caller)
+    @app.get("/v1/whoami", responses=errors(*SIGNED_IN))
+    async def whoami(api: Caller) -> dict[str, Any]:
+        checker = await api.whoami()
         return {
-            "user": caller.user,
+            "user": api.caller.user,
             "roles": checker.role_names,
             "logins": checker.logins(),
             "options": checker.options_summary(),
-            "builtin": caller.builtin,
+            "builtin": api.caller.builtin,
         }
 
-    _user_routes(app, state, Caller)
-    web_nodes.add_routes(app, state.auth, identity, Limited, lambda: state.tunnels)
-    web_resources.add_routes(app, state.auth, identity)
-    web_audit.add_routes(app, state.auth, identity)
+    _user_routes(app, Caller)
+    web_nodes.add_routes(app, Caller, Anonymous, lambda: state.tunnels)
+    web_resources.add_routes(app, Caller)
+    web_audit.add_routes(app, Caller)
     return app
 
 
-def _user_routes(app: FastAPI, state: WebState, Caller: Any) -> None:
-    auth = state.auth
+def _user_routes(app: FastAPI, Caller: Any) -> None:
+    @app.get("/v1/users", responses=errors(*SIGNED_IN))
+    async def list_users(api: Caller) -> list[dict[str, Any]]:
+        return [u.to_public() for u in await api.list_users()]
 
-    @app.get("/v1/users")
-    async def list_users(caller: Caller) -> list[dict[str, Any]]:
-        await auth.authorize(caller, "user", "list")
-        return [u.to_public() for u in await auth.users.list()]
-
-    @app.post("/v1/users")
-    async def create_user(body: UserCreate, caller: Caller) -> dict[str, Any]:
-        await auth.authorize(caller, "user", "create")
-        ttl = parse_duration(body.ttl) if body.ttl else None
-        issued = await auth.users.create(caller, body.name, body.roles, body.logins, ttl)
+    @app.post("/v1/users", responses=errors(400, 404, 409, *SIGNED_IN))
+    async def create_user(body: UserCreate, api: Caller) -> dict[str, Any]:
+        issued = await api.create_user(body.name, body.roles, body.logins, ttl_of(body.ttl))
         return _token_json(issued)
 
-    @app.delete("/v1/users/{name}")
-    async def delete_user(name: str, caller: Caller) -> dict[str, Any]:
-        await auth.authorize(caller, "user", "delete")
-        await auth.users.delete(caller, name)
+    @app.delete("/v1/users/{name}", responses=errors(404, *SIGNED_IN))
+    async def delete_user(name: str, api: Caller) -> dict[str, Any]:
+        await api.delete_user(name)
         return {"deleted": name}
 
-    @app.post("/v1/users/{name}/reset")
-    async def reset_user(name: str, body: TokenTTL, caller: Caller) -> dict[str, Any]:
-        await auth.authorize(caller, "user", "update")
-        ttl = parse_duration(body.ttl) if body.ttl else None
-        return _token_json(await auth.users.reset(caller, name, ttl))
+    @app.post("/v1/users/{name}/reset", responses=errors(400, 404, *SIGNED_IN))
+    async def reset_user(name: str, body: TokenTTL, api: Caller) -> dict[str, Any]:
+        return _token_json(await api.reset_user(name, ttl_of(body.ttl)))
 
-    @app.post("/v1/users/{name}/unlock")
-    async def unlock_user(name: str, caller: Caller) -> dict[str, Any]:
-        await auth.authorize(caller, "user", "update")
-        return (await auth.users.unlock(caller, name)).to_public()
+    @app.post("/v1/users/{name}/unlock", responses=errors(404, *SIGNED_IN))
+    async def unlock_user(name: str, api: Caller) -> dict[str, Any]:
+        return (await api.unlock_user(name)).to_public()
 
 
 def _token_json(issued: Any) -> dict[str, Any]:
@@ -202,35 +201,3 @@ def _token_json(issued: Any) -> dict[str, Any]:
         "purpose": issued.purpose,
         "expires": issued.expires.isoformat(),
     }
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(LimenError)
-    async def limen_error(_request: Request, exc: LimenError) -> JSONResponse:
-        return JSONResponse(exc.to_json(), status_code=exc.http_status)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"invalid request: field '{field}': {first.get('msg', 'is not valid')}"
-        return JSONResponse(
-            {"error": {"kind": "bad_parameter", "message": message}}, status_code=400
-        )
-
-    @app.exception_handler(ValidationError)
-    async def invalid_model(_request: Request, exc: ValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        field = ".".join(str(p) for p in first.get("loc", ()))
-        message = f"invalid {exc.title}: field '{field}': {first.get('msg', 'is not valid')}"
-        return JSONResponse(
-            {"error": {"kind": "bad_parameter", "message": message}}, status_code=400
-        )
-
-    @app.exception_handler(Exception)
-    async def internal(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error: %s", type(exc).__name__, exc_info=exc)
-        return JSONResponse(
-            {"error": {"kind": "error", "message": "internal error; see the server log"}},
-            status_code=500,
-        )

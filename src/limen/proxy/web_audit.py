@@ -1,33 +1,53 @@
 """HTTPS API routes for the audit log (search, verify) and session recordings.
 
 People need the rule on ``event`` (search, verify) or ``recording`` (list, play, search);
-nodes send recordings with their own identity.
+nodes send recordings with their own identity. The checks are the facade's.
 """
 
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
 from limen.audit.log import now_ns
 from limen.audit.recordings import MAX_APPEND, meta_json
 from limen.audit.search import decode_cursor, parse_when
 from limen.audit.store import EventQuery
-from limen.auth.identity import Identity
-from limen.auth.server import AuthServer
+from limen.auth.facade import AuthFacade
 from limen.errors import BadParameter
+from limen.proxy.web_errors import SIGNED_IN, errors
+
+# Nanosecond times, sizes and offsets are stored as signed 64-bit integers.
+INT64 = 2**63 - 1
+# A recording is named by its session's id, a UUID (the service says so if it is not).
+SessionId = Annotated[str, Path(json_schema_extra={"format": "uuid"})]
 
 
-def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any) -> None:
-    Caller = Annotated[Identity, Depends(caller_dep)]
+class RecordingUpdate(BaseModel):
+    """A recording's metadata as its node sends it (first, and once it has ended)."""
 
-    def when(text: str | None) -> int | None:
-        return parse_when(text, now_ns(auth.ctx.clock)) if text else None
+    user: str = Field(default="", max_length=256)
+    login: str = Field(default="", max_length=256)
+    node: str = Field(default="", max_length=256)
+    node_id: str = Field(default="", max_length=256)
+    kind: str = Field(default="", max_length=32)
+    command: str = Field(default="", max_length=65536)
+    start_ns: int = Field(default=0, ge=0, le=INT64)
+    end_ns: int | None = Field(default=None, ge=0, le=INT64)
+    size: int | None = Field(default=None, ge=0, le=INT64)
+    interrupted: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict)
 
-    @app.get("/v1/audit/events")
+
+def add_routes(app: FastAPI, Caller: Any) -> None:  # noqa: N803 - a type alias
+    def when(api: AuthFacade, text: str | None) -> int | None:
+        return parse_when(text, now_ns(api.clock)) if text else None
+
+    @app.get("/v1/audit/events", responses=errors(400, *SIGNED_IN))
     async def search_events(
-        caller: Caller,
+        api: Caller,
         since: str | None = None,
         until: str | None = None,
         type: Annotated[list[str] | None, Query()] = None,  # noqa: A002 - the flag's name
@@ -38,34 +58,41 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any) -> None:
         cursor: str | None = None,
     ) -> dict[str, Any]:
         query = EventQuery(
-            since_ns=when(since), until_ns=when(until), types=tuple(type or ()), user=user,
-            node=node, session=session, limit=limit, cursor=decode_cursor(cursor),
+            since_ns=when(api, since), until_ns=when(api, until), types=tuple(type or ()),
+            user=user, node=node, session=session, limit=limit, cursor=decode_cursor(cursor),
         )
-        found, following = await auth.audit_search.search(caller, query)
+        found, following = await api.search_events(query)
         return {"events": found, "next": following}
 
-    @app.get("/v1/audit/verify")
-    async def verify(caller: Caller, since: str | None = None) -> dict[str, Any]:
-        report = await auth.audit_search.verify(caller, when(since))
-        return report.to_json()
+    @app.get("/v1/audit/verify", responses=errors(400, *SIGNED_IN))
+    async def verify(api: Caller, since: str | None = None) -> dict[str, Any]:
+        return (await api.verify_audit(when(api, since))).to_json()
 
-    @app.get("/v1/recordings")
-    async def list_recordings(caller: Caller, limit: int = 100,
+    @app.get("/v1/recordings", responses=errors(400, *SIGNED_IN))
+    async def list_recordings(api: Caller, limit: int = 100,
                               since: str | None = None) -> list[dict[str, Any]]:
-        return [meta_json(m) for m in await auth.recordings.list(caller, limit, when(since))]
+        return [meta_json(m) for m in await api.list_recordings(limit, when(api, since))]
 
-    @app.get("/v1/recordings/search")
-    async def search_recordings(caller: Caller, text: str,
+    @app.get("/v1/recordings/search", responses=errors(400, *SIGNED_IN))
+    async def search_recordings(api: Caller, text: str,
                                 limit: int = 100) -> list[dict[str, Any]]:
-        return [meta_json(m) for m in await auth.recordings.search(caller, text, limit)]
+        return [meta_json(m) for m in await api.search_recordings(text, limit)]
 
-    @app.get("/v1/recordings/{session_id}")
-    async def get_recording(session_id: str, caller: Caller) -> dict[str, Any]:
-        return meta_json(await auth.recordings.get(caller, session_id))
+    @app.get("/v1/recordings/{session_id}", responses=errors(400, 404, *SIGNED_IN))
+    async def get_recording(session_id: SessionId, api: Caller) -> dict[str, Any]:
+        return meta_json(await api.get_recording(session_id))
 
-    @app.get("/v1/recordings/{session_id}/cast")
-    async def play_recording(session_id: str, caller: Caller) -> StreamingResponse:
-        meta, chunks = await auth.recordings.open(caller, session_id)
+    @app.get(
+        "/v1/recordings/{session_id}/cast",
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"application/x-asciicast": {"schema": {"type": "string"}}},
+                  "description": "The recording as asciicast v2."},
+            **errors(400, 404, *SIGNED_IN),
+        },
+    )
+    async def play_recording(session_id: SessionId, api: Caller) -> StreamingResponse:
+        meta, chunks = await api.play_recording(session_id)
 
         async def body() -> AsyncIterator[bytes]:
             async for chunk in chunks:
@@ -75,20 +102,22 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any) -> None:
             "x-limen-complete": "true" if meta.complete else "false",
         })
 
-    @app.put("/v1/recordings/{session_id}")
-    async def update_recording(session_id: str, request: Request,
-                               caller: Caller) -> dict[str, Any]:
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise BadParameter("send the recording's metadata as a JSON object")
-        return await auth.recordings.update(caller, session_id, body)
+    @app.put("/v1/recordings/{session_id}", responses=errors(400, *SIGNED_IN))
+    async def update_recording(session_id: SessionId, body: RecordingUpdate,
+                               api: Caller) -> dict[str, Any]:
+        return await api.update_recording(session_id, body.model_dump())
 
-    @app.post("/v1/recordings/{session_id}/data")
-    async def append_recording(session_id: str, offset: int, request: Request,
-                               caller: Caller) -> dict[str, Any]:
+    @app.post(
+        "/v1/recordings/{session_id}/data",
+        responses=errors(400, *SIGNED_IN),
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        }}},
+    )
+    async def append_recording(session_id: SessionId, request: Request, api: Caller,
+                               offset: Annotated[int, Query(ge=0, le=INT64)]) -> dict[str, Any]:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_APPEND:
             raise BadParameter(f"send at most {MAX_APPEND} bytes of a recording at a time")
         data = await request.body()
-        size = await auth.recordings.append(caller, session_id, offset, data)
-        return {"size": size}
+        return {"size": await api.append_recording(session_id, offset, data)}
