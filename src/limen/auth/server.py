@@ -15,6 +15,7 @@ from limen.auth.identity import Identity
 from limen.auth.join import JoinService
 from limen.auth.locks import LockService
 from limen.auth.login import LoginService
+from limen.auth.node_registry import NodeRegistry
 from limen.auth.tracking import Tracking
 from limen.auth.users import UserManager
 from limen.errors import AccessDenied, AlreadyExists, NotFound
@@ -34,7 +35,8 @@ class AuthServer:
         self.users = UserManager(ctx)
         self.locks = LockService(ctx)
         self.login_service = LoginService(ctx, self.checker_for_user, self.locks)
-        self.join = JoinService(ctx)
+        self.nodes = NodeRegistry(ctx)
+        self.join = JoinService(ctx, self.nodes)
         self.tracking = Tracking(ctx)
         if ctx.audit_store is None:
             from limen.backend.audit_memory import MemoryAuditStore
@@ -75,6 +77,8 @@ class AuthServer:
             raise AccessDenied(
                 "your session is not valid or has expired; run limen login again"
             ) from None
+        if session.spec.builtin == "node":  # only a registered, unlocked node's current token
+            await self.nodes.admit(session, remote_addr)
         if session.spec.builtin:
             return Identity(
                 user=session.spec.user, builtin=session.spec.builtin, remote_addr=remote_addr

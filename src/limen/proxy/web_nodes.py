@@ -1,14 +1,15 @@
-"""HTTPS API routes for join tokens, node registration, heartbeats, events and sessions."""
+"""HTTPS API routes for join tokens, node registration, heartbeats, renewals, events and
+sessions."""
 
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from limen.auth.feed import access_feed
 from limen.auth.identity import Identity
@@ -16,7 +17,7 @@ from limen.auth.join import JoinRequest
 from limen.auth.server import AuthServer
 from limen.durations import parse_duration
 from limen.errors import AccessDenied, BadParameter
-from limen.resources import Node, Session
+from limen.resources import Node, NodePresence, Session
 from limen.tunnel.registry import TunnelDirectory, TunnelStatus
 
 
@@ -24,6 +25,9 @@ class TokenCreate(BaseModel):
     type: str = "node"
     ttl: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    # How many nodes may join with it (single use by default); reusable: any number.
+    uses: int = Field(default=1, ge=1, le=100000)
+    reusable: bool = False
 
 
 class JoinBody(BaseModel):
@@ -35,10 +39,21 @@ class JoinBody(BaseModel):
 
 
 class Heartbeat(BaseModel):
+    """Presence only: a heartbeat that tries to say more (a name, labels) is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
     addr: str | None = Field(default=None, max_length=300)
     connection: str = "direct"
-    name: str = ""
-    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Renewal(BaseModel):
+    """A signed statement, by the node's registered host key, naming the token renewed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time: str = Field(max_length=64)
+    signature: str = Field(max_length=4096)
 
 
 class ReportedEvent(BaseModel):
@@ -46,25 +61,29 @@ class ReportedEvent(BaseModel):
     fields: dict[str, Any] = Field(default_factory=dict)
 
 
-def node_json(node: Node, tunnel: TunnelStatus | None = None) -> dict[str, Any]:
+def node_json(node: Node, presence: NodePresence,
+              tunnel: TunnelStatus | None = None) -> dict[str, Any]:
     """A node as listings show it. A tunnel node is online only while its tunnel to
     this proxy is up, and "since" is when that tunnel came up or went down; a direct
-    node's "since" is when it registered its current address."""
-    since = node.spec.since or node.spec.joined
+    node's "since" is when it took its current address."""
+    here = presence.spec
+    since = here.since or node.spec.joined
     online = True
-    if node.spec.connection == "tunnel":
+    if here.connection == "tunnel":
         online = tunnel is not None and tunnel.online
         since = tunnel.since if tunnel is not None else None
+    expires = node.spec.credentials_expire
     return {
         "name": node.spec.hostname,
         "id": node.name,
-        "addr": node.spec.addr,
+        "addr": here.addr,
         "labels": node.metadata.labels,
-        "connection": node.spec.connection,
+        "connection": here.connection,
         "online": online,
         "since": since.isoformat() if since else "",
-        "last_heartbeat": node.spec.last_heartbeat.isoformat() if node.spec.last_heartbeat else "",
-        "version": node.spec.version,
+        "last_heartbeat": here.last_heartbeat.isoformat() if here.last_heartbeat else "",
+        "version": here.version,
+        "credentials_expire": expires.isoformat() if expires else "",
     }
 
 
@@ -88,8 +107,11 @@ def session_json(session: Session) -> dict[str, Any]:
 PING_SECONDS = 10.0
 
 
-async def _ndjson(feed: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    """Feed messages as lines, with a ping whenever the feed is quiet."""
+async def _ndjson(feed: AsyncIterator[dict[str, Any]],
+                  still_allowed: Callable[[], Awaitable[bool]] | None = None,
+                  ) -> AsyncIterator[bytes]:
+    """Feed messages as lines, with a ping whenever the feed is quiet; the stream ends
+    at a ping when ``still_allowed`` says the caller lost its right to it."""
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1024)
 
     async def pump() -> None:
@@ -107,6 +129,8 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
                     message = await queue.get()
             except TimeoutError:
                 message = {"op": "ping"}
+                if still_allowed is not None and not await still_allowed():
+                    return
             if message is None:
                 return
             yield (json.dumps(message, default=str) + "\n").encode()
@@ -130,9 +154,10 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any,
         if body.type != "node":
             raise BadParameter("only --type node tokens exist so far")
         ttl = parse_duration(body.ttl) if body.ttl else None
-        issued = await auth.join.create_token(caller, ttl, body.labels)
+        uses = None if body.reusable else body.uses
+        issued = await auth.join.create_token(caller, ttl, body.labels, uses)
         return {"token": issued.token, "expires": issued.expires, "labels": issued.labels,
-                "ca_pin": issued.ca_pin, "type": "node"}
+                "ca_pin": issued.ca_pin, "type": "node", "uses": issued.uses}
 
     @app.get("/v1/tokens")
     async def list_tokens(caller: Caller) -> list[dict[str, Any]]:
@@ -140,7 +165,7 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any,
         return [
             {"id": t.name[:12], "type": "node", "labels": t.spec.labels,
              "expires": t.metadata.expires.isoformat() if t.metadata.expires else "",
-             "created_by": t.spec.created_by}
+             "created_by": t.spec.created_by, "uses_left": t.spec.uses_left}
             for t in await auth.join.list_tokens()
         ]
 
@@ -159,21 +184,31 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any,
 
     @app.post("/v1/nodes/heartbeat")
     async def heartbeat(body: Heartbeat, caller: Caller) -> dict[str, Any]:
-        if body.name:
-            req = JoinRequest(name=body.name, public_key="", addr=body.addr or "",
-                              labels=body.labels)
-            node = await auth.join.reregister(caller, req)
-        else:
-            node = await auth.join.heartbeat(caller, body.addr, body.connection)
-        return node_json(node)
+        node, presence = await auth.nodes.heartbeat(caller, body.addr, body.connection)
+        return node_json(node, presence)
+
+    @app.post("/v1/nodes/renew")
+    async def renew(body: Renewal, request: Request) -> dict[str, Any]:
+        """New credentials for a node; its own bearer token, and a proof by its host key.
+
+        Not behind the usual token check: the token of a renewal whose answer was lost
+        is no longer current, and the node may retry with it (and its host key)."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AccessDenied("a node renews its credentials with its API token")
+        remote = request.client.host if request.client else ""
+        renewed = await auth.nodes.renew(token.strip(), body.time, body.signature, remote)
+        return {"host_cert": renewed.host_cert, "api_token": renewed.api_token,
+                "expires": renewed.expires}
 
     @app.get("/v1/nodes")
     async def list_nodes(caller: Caller) -> list[dict[str, Any]]:
         checker = await auth.checker_for(caller)
-        nodes = await auth.ctx.stores.nodes.list()
+        nodes = await auth.nodes.present()
         if not caller.is_admin:
-            nodes = [n for n in nodes if checker.can_access_node(n.metadata.labels)]
-        return [node_json(n, tunnel_of(n)) for n in sorted(nodes, key=lambda n: n.spec.hostname)]
+            nodes = [(n, p) for n, p in nodes if checker.can_access_node(n.metadata.labels)]
+        nodes.sort(key=lambda pair: pair[0].spec.hostname)
+        return [node_json(n, p, tunnel_of(n)) for n, p in nodes]
 
     @app.post("/v1/events")
     async def report_event(body: ReportedEvent, caller: Caller) -> dict[str, Any]:
@@ -195,7 +230,11 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any,
         """Roles, users and locks, then every change, as NDJSON (nodes keep a cache)."""
         if caller.builtin not in ("node", "proxy", "admin"):
             raise AccessDenied("only nodes and proxies watch the access feed")
-        return StreamingResponse(_ndjson(access_feed(auth.ctx.stores)),
+
+        async def still_allowed() -> bool:  # a node removed or locked meanwhile: end it
+            return caller.builtin != "node" or await auth.nodes.in_good_standing(caller.user)
+
+        return StreamingResponse(_ndjson(access_feed(auth.ctx.stores), still_allowed),
                                  media_type="application/x-ndjson")
 
     @app.get("/v1/sessions")

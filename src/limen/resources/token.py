@@ -1,4 +1,4 @@
-"""One-time tokens: signup/reset tokens for people and join tokens for hosts.
+"""Tokens: signup/reset tokens for people and join tokens for hosts.
 
 Only a SHA-256 of each token is stored; the resource name is that hash, so a
 leaked database does not hand out working tokens.
@@ -43,8 +43,12 @@ class JoinTokenSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     roles: list[str] = Field(default_factory=lambda: ["node"])
+    # The labels every node joining with this token gets; they win over the node's own.
     labels: dict[str, str] = Field(default_factory=dict)
     created_by: str = ""
+    # How many more nodes may join with it: 1 by default (single use); None means any
+    # number until it expires (limen tokens add --reusable).
+    uses_left: int | None = Field(default=1, ge=0)
 
 
 class JoinToken(Resource):
