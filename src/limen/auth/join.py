@@ -73,7 +73,7 @@ class JoinService:
             {
                 "metadata": {"name": token_hash(token), "expires": expires, "labels": labels},
                 "spec": {"roles": ["node"], "labels": labels, "created_by": actor.user,
-                         "uses_left": uses},
+                         "uses_left": uses or 0, "reusable": uses is None},
             }
         )
         await self.ctx.stores.join_tokens.create(record)
@@ -109,7 +109,7 @@ class JoinService:
         """Take one use of the token, atomically; AccessDenied when none is left."""
 
         def take(record: JoinToken) -> None:
-            if record.spec.uses_left is None:
+            if record.spec.reusable:
                 return
             if record.spec.uses_left < 1:
                 raise AccessDenied(USED_UP)
@@ -122,12 +122,11 @@ class JoinService:
 
     async def _give_back(self, record: JoinToken) -> None:
         """Return a use taken by a join that then failed (the name was taken meanwhile)."""
-        if record.spec.uses_left is None:
+        if record.spec.reusable:
             return
 
         def give(current: JoinToken) -> None:
-            if current.spec.uses_left is not None:
-                current.spec.uses_left += 1
+            current.spec.uses_left += 1
 
         with contextlib.suppress(LimenError):
             await self.ctx.stores.join_tokens.modify(record.name, give)
@@ -155,8 +154,7 @@ class JoinService:
                 token_id=record.name[:12],
                 node_name=request.name,
                 created_by=record.spec.created_by,
-                uses_left="unlimited" if record.spec.uses_left is None
-                else record.spec.uses_left,
+                uses_left="unlimited" if record.spec.reusable else record.spec.uses_left,
                 addr_remote=remote_addr,
             )
             return await self.nodes.register(

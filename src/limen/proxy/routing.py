@@ -64,7 +64,9 @@ class BackendRouter:
                 f"{_minutes(self.auth.ctx.settings.node_ttl)} (is its limen service running?)"
             )
         if presence.spec.connection == "tunnel" or not presence.spec.addr:
-            raise ConnectionProblem(offline_message(name))
+            # Offline, which open_stream says: after the policy, so that a user who may
+            # not reach the node (or a locked node) is told that instead.
+            return NodeRoute(node_id=node.name, name=name, host="", port=0)
         host, port = split_host_port(presence.spec.addr)
         return NodeRoute(node_id=node.name, name=name, host=host, port=port)
 

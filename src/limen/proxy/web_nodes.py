@@ -165,7 +165,7 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any,
         return [
             {"id": t.name[:12], "type": "node", "labels": t.spec.labels,
              "expires": t.metadata.expires.isoformat() if t.metadata.expires else "",
-             "created_by": t.spec.created_by, "uses_left": t.spec.uses_left}
+             "created_by": t.spec.created_by, "uses_left": t.spec.remaining}
             for t in await auth.join.list_tokens()
         ]
 

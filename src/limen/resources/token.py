@@ -46,9 +46,15 @@ class JoinTokenSpec(BaseModel):
     # The labels every node joining with this token gets; they win over the node's own.
     labels: dict[str, str] = Field(default_factory=dict)
     created_by: str = ""
-    # How many more nodes may join with it: 1 by default (single use); None means any
-    # number until it expires (limen tokens add --reusable).
-    uses_left: int | None = Field(default=1, ge=0)
+    # How many more nodes may join with it: 1 by default (single use), unless reusable
+    # (limen tokens add --reusable: any number until it expires).
+    uses_left: int = Field(default=1, ge=0)
+    reusable: bool = False
+
+    @property
+    def remaining(self) -> int | None:
+        """Joins left, or None for a reusable token."""
+        return None if self.reusable else self.uses_left
 
 
 class JoinToken(Resource):
