@@ -8,7 +8,9 @@ own labels only add keys the token does not set.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import random
 import socket
 import uuid
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ from limen.auth.ca import spki_pin
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
 from limen.auth.node_registry import JoinRequest, JoinResult, NodeRegistry
-from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
+from limen.backend.base import Item
+from limen.errors import AccessDenied, BadParameter, CompareFailed, LimenError, NotFound
 from limen.netpolicy import check_advertised, parse_ip, special_kind
 from limen.resources import JoinToken, validate_name
 from limen.resources.token import new_token, token_hash
@@ -39,6 +42,7 @@ USED_UP = (
     "with --uses N or --reusable); create a new one with: limen tokens add --type node"
 )
 MAX_JOIN_TOKEN_TTL = timedelta(hours=48)
+CONSUME_ATTEMPTS = 500
 
 
 @dataclass(frozen=True)
@@ -106,19 +110,29 @@ class JoinService:
         raise NotFound(f"no join token matches {token_or_id!r}")
 
     async def _consume(self, token: str) -> JoinToken:
-        """Take one use of the token, atomically; AccessDenied when none is left."""
+        """Take one use of the token, atomically; AccessDenied when none is left.
 
-        def take(record: JoinToken) -> None:
+        Many nodes may join with one token at once (a fleet started together): a lost
+        compare-and-swap is retried after a short random pause, many times."""
+        store = self.ctx.stores.join_tokens
+        for attempt in range(CONSUME_ATTEMPTS):
+            try:
+                item = await store.raw(token_hash(token))
+            except NotFound:
+                raise AccessDenied(BAD_JOIN_TOKEN) from None
+            record = JoinToken.from_bytes(item.value, item.revision)
             if record.spec.reusable:
-                return
+                return record
             if record.spec.uses_left < 1:
                 raise AccessDenied(USED_UP)
             record.spec.uses_left -= 1
-
-        try:
-            return await self.ctx.stores.join_tokens.modify(token_hash(token), take)
-        except NotFound:
-            raise AccessDenied(BAD_JOIN_TOKEN) from None
+            new = Item(key=item.key, value=record.to_bytes(), expires=record.metadata.expires)
+            try:
+                await self.ctx.stores.backend.compare_and_swap(item, new)
+                return record
+            except CompareFailed:
+                await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 25)))
+        raise CompareFailed("too many nodes joined with this token at once; try again")
 
     async def _give_back(self, record: JoinToken) -> None:
         """Return a use taken by a join that then failed (the name was taken meanwhile)."""
