@@ -84,6 +84,13 @@ def test_past_half_its_life_a_node_renews_and_its_old_token_is_refused(
             assert role.renewal.renewals == 1
             _check_renewed(cluster, role, old_token, old)
             assert _say(live, b"after\n") == b"after\n"  # the live session went on
+            # The node inside `limen start` renews in-process, on the same schedule.
+            local = cluster.service.node
+            assert local is not None and local.heartbeat and local.renewal
+            cluster.run(local.heartbeat.beat())
+            assert local.renewal.renewals == 1 and local.identity is not None
+            served = read_certificate(_served_certificate(cluster, local))
+            assert served.serial == read_certificate(local.identity.host_cert).serial
         finally:
             live.kill()
 
