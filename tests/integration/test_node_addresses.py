@@ -123,10 +123,11 @@ def test_the_proxys_own_ports_are_never_dialed(cluster: ClusterHarness, alice: S
     _connect_refused(cluster, by_join.name, expected)
 
     ssh_port = cluster.ssh_addr.rsplit(":", 1)[1]
-    by_beat = HandNode(cluster, unique("self-ssh"))
+    by_beat = HandNode(cluster, unique("self"))
     by_beat.join(new_token(cluster))
-    assert by_beat.heartbeat(f"127.0.0.1:{ssh_port}").status_code == 200  # loopback allowed
-    _refused_to_user(alice, by_beat.name, expected)
+    for port in (web_port, ssh_port):
+        assert by_beat.heartbeat(f"127.0.0.1:{port}").status_code == 200  # loopback allowed
+        _refused_to_user(alice, by_beat.name, expected)
     _connect_refused(cluster, by_beat.name, expected)
 
 
