@@ -1,8 +1,8 @@
-"""Registered nodes: registration, presence, credentials, removal, and who may act as one.
+"""Registered nodes: registration, presence, removal, and who may act as one.
 
 A node's registration (``/nodes/ID``) is made once, when it joins with a token (or
 in-process for the node inside ``limen start``), and lives as long as the node keeps
-renewing its credentials. Heartbeats only refresh the node's presence
+renewing its credentials (node_renewal.py). Heartbeats only refresh the node's presence
 (``/node_presence/ID``): they can change neither its name nor its labels, and cannot
 bring back a registration that was removed or lapsed. A node's API token works only
 while the registration names it as the current one and no lock targets the node, so
@@ -53,13 +53,6 @@ class JoinResult:
     heartbeat_seconds: float
     expires: str  # when the certificate and the token lapse unless renewed
     labels: dict[str, str] = field(default_factory=dict)  # as registered: the token's win
-
-
-@dataclass(frozen=True)
-class Renewed:
-    host_cert: str
-    api_token: str  # empty for the in-process node
-    expires: str
 
 
 def locks_node(lock: Lock, names: tuple[str, ...]) -> bool:
@@ -197,8 +190,8 @@ class NodeRegistry:
         """A registered node says it is alive, and where; nothing else can change here."""
         if identity.builtin != "node":
             raise AccessDenied("only a node's own identity may send its heartbeat")
-        node = await self._registered(identity.user)
-        await self._refuse_if_locked(node)
+        node = await self.registered(identity.user)
+        await self.refuse_if_locked(node)
         if addr and not node.spec.local:
             try:
                 check_advertised(addr, self.ctx.settings.node_networks)
@@ -227,13 +220,15 @@ class NodeRegistry:
 
     # -- who may act as a node ----------------------------------------------------------
 
-    async def _registered(self, node_id: str) -> Node:
+    async def registered(self, node_id: str) -> Node:
+        """The node's registration, or AccessDenied saying it is gone."""
         try:
             return await self.ctx.stores.nodes.get(node_id)
         except NotFound:
             raise AccessDenied(GONE.format(node=node_id)) from None
 
-    async def _refuse_if_locked(self, node: Node) -> None:
+    async def refuse_if_locked(self, node: Node) -> None:
+        """AccessDenied with the lock's message while a lock targets the node itself."""
         lock = await self.lock_on(node)
         if lock is not None:
             raise AccessDenied(lock.refusal())
@@ -241,7 +236,7 @@ class NodeRegistry:
     async def in_good_standing(self, node_id: str) -> bool:
         """Registered and not locked (for streams a node opened earlier)."""
         try:
-            await self._refuse_if_locked(await self._registered(node_id))
+            await self.refuse_if_locked(await self.registered(node_id))
         except AccessDenied:
             return False
         return True
@@ -251,89 +246,18 @@ class NodeRegistry:
         unlocked node; every refusal is an audit event."""
         node_id = session.spec.user
         try:
-            node = await self._registered(node_id)
+            node = await self.registered(node_id)
             if creds.session_token_id(session.name) != node.spec.token_id:
                 raise AccessDenied(
                     "this node API token was replaced when the node renewed its credentials"
                 )
-            await self._refuse_if_locked(node)
+            await self.refuse_if_locked(node)
         except AccessDenied as exc:
             await self.ctx.audit.emit(
                 events.AUTH_FAILURE, success=False, method="node-token", kind="api",
                 server_id=node_id, reason=exc.message, addr_remote=remote_addr,
             )
             raise
-
-    # -- renewal ------------------------------------------------------------------------
-
-    async def renew(self, api_token: str, stamp: str, signature: str,
-                    remote_addr: str = "") -> Renewed:
-        """New credentials for a node that proves it holds its registered host key.
-
-        The token may be the current one or, to retry a renewal whose answer was lost,
-        the one before it. The token renewed stops working at once.
-        """
-        node_id = ""
-        try:
-            session = await self._node_session(api_token)
-            node_id = session.spec.user
-            node = await self._registered(node_id)
-            used = creds.session_token_id(session.name)
-            if used not in {node.spec.token_id, node.spec.previous_token_id} - {""}:
-                raise AccessDenied("this node API token is no longer the node's")
-            await self._refuse_if_locked(node)
-            creds.check_renewal(node.spec.host_key, node_id, used, stamp, signature,
-                                self.ctx.clock.now())
-            return await self._reissue(node, used, remote_addr)
-        except AccessDenied as exc:
-            await self.ctx.audit.emit(
-                events.NODE_RENEW_FAILURE, success=False, error=exc.message,
-                server_id=node_id, addr_remote=remote_addr,
-            )
-            raise
-
-    async def renew_local(self, node_id: str) -> Renewed:
-        """The in-process node renews without a token: it is the auth service's own."""
-        node = await self._registered(node_id)
-        if not node.spec.local:
-            raise AccessDenied("only the node inside the auth service renews in-process")
-        await self._refuse_if_locked(node)
-        return await self._reissue(node, "", "")
-
-    async def _node_session(self, api_token: str) -> APISession:
-        try:
-            session = await self.ctx.stores.api_sessions.lookup(api_token)
-        except NotFound:
-            raise AccessDenied(
-                "this node's API token is not valid or has expired: the node was away "
-                "longer than its credentials' lifetime; join it again with a new token"
-            ) from None
-        if session.spec.builtin != "node":
-            raise AccessDenied("only a node renews node credentials")
-        return session
-
-    async def _reissue(self, node: Node, used_token_id: str, remote_addr: str) -> Renewed:
-        key = creds.import_host_key(node.spec.host_key)
-        issued = await creds.issue(self.ctx, node.name, node.spec.principals, key,
-                                   with_token=not node.spec.local)
-
-        def apply(current: Node) -> None:
-            current.metadata.expires = issued.expires
-            current.spec.cert_serial = issued.serial
-            current.spec.credentials_expire = issued.expires
-            current.spec.previous_token_id = used_token_id
-            current.spec.token_id = creds.token_id(issued.api_token) if issued.api_token else ""
-
-        try:
-            await self.ctx.stores.nodes.modify(node.name, apply)
-        except NotFound:
-            raise AccessDenied(GONE.format(node=node.name)) from None
-        await self.ctx.audit.emit(
-            events.NODE_RENEW, server_id=node.name, server_hostname=node.spec.hostname,
-            cert_serial=issued.serial, expires=issued.expires.isoformat(),
-            addr_remote=remote_addr,
-        )
-        return Renewed(issued.cert_line(), issued.api_token, issued.expires.isoformat())
 
     # -- removal ------------------------------------------------------------------------
 

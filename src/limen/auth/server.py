@@ -16,6 +16,7 @@ from limen.auth.join import JoinService
 from limen.auth.locks import LockService
 from limen.auth.login import LoginService
 from limen.auth.node_registry import NodeRegistry
+from limen.auth.node_renewal import NodeRenewal
 from limen.auth.tracking import Tracking
 from limen.auth.users import UserManager
 from limen.errors import AccessDenied, AlreadyExists, NotFound
@@ -36,6 +37,7 @@ class AuthServer:
         self.locks = LockService(ctx)
         self.login_service = LoginService(ctx, self.checker_for_user, self.locks)
         self.nodes = NodeRegistry(ctx)
+        self.node_renewal = NodeRenewal(ctx, self.nodes)
         self.join = JoinService(ctx, self.nodes)
         self.tracking = Tracking(ctx)
         if ctx.audit_store is None:

@@ -17,7 +17,7 @@ import httpx
 from limen.auth.feed import access_feed
 from limen.auth.identity import Identity
 from limen.auth.node_credentials import sign_renewal
-from limen.auth.node_registry import Renewed
+from limen.auth.node_renewal import Renewed
 from limen.auth.server import AuthServer
 from limen.client import trust
 from limen.errors import ConnectionProblem, from_json
@@ -52,7 +52,7 @@ class LocalLink:
         await self.auth.nodes.heartbeat(self.identity, addr, connection)
 
     async def renew(self, host_key: asyncssh.SSHKey, node_id: str, now: datetime) -> Renewed:
-        return await self.auth.nodes.renew_local(node_id)
+        return await self.auth.node_renewal.renew_local(node_id)
 
     async def report_event(self, name: str, fields: dict[str, Any]) -> None:
         await self.auth.tracking.report_event(self.identity, name, fields)

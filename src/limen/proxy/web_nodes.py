@@ -197,7 +197,8 @@ def add_routes(app: FastAPI, auth: AuthServer, caller_dep: Any, limited: Any,
         if scheme.lower() != "bearer" or not token.strip():
             raise AccessDenied("a node renews its credentials with its API token")
         remote = request.client.host if request.client else ""
-        renewed = await auth.nodes.renew(token.strip(), body.time, body.signature, remote)
+        renewed = await auth.node_renewal.renew(token.strip(), body.time, body.signature,
+                                                  remote)
         return {"host_cert": renewed.host_cert, "api_token": renewed.api_token,
                 "expires": renewed.expires}
 
