@@ -38,6 +38,7 @@ from limen.sshauth import TrustedKeys, judge_host, read_certificate
 from limen.sshauth.judge import Revoked
 
 PROVEN_FOR = timedelta(minutes=5)
+MAX_REMEMBERED = 4096
 PROBE_VERSION = "Limen_node_check"  # the probe's SSH banner: SSH-2.0-Limen_node_check
 CERT_ALGS = [alg for alg in HOST_KEY_ALGS if "-cert-v01@" in alg]
 _WILDCARDS = {"", "0.0.0.0", "::"}
@@ -199,8 +200,16 @@ class NodeVerifier:
         if check is None:  # one handshake for every user waiting on the same address
             check = asyncio.ensure_future(self._prove(route, revoked))
             self._checks[key] = check
-            check.add_done_callback(lambda _: self._checks.pop(key, None))
+            check.add_done_callback(lambda done: self._check_done(key, done))
         self._proven[key] = await asyncio.shield(check)
+        if len(self._proven) > MAX_REMEMBERED:  # addresses nodes left long ago
+            now = self.clock.now()
+            self._proven = {k: until for k, until in self._proven.items() if until > now}
+
+    def _check_done(self, key: tuple[str, str, int], done: asyncio.Future[datetime]) -> None:
+        self._checks.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have given up already
 
     async def _prove(self, route: NodeRoute, revoked: Revoked | None) -> datetime:
         self.probes += 1
