@@ -156,7 +156,9 @@ def start_cluster(root: Path, env: dict[str, str], name: str,
         "auth: {listen_addr: '127.0.0.1:0'}\n"
         f"proxy: {{listener_mode: {listener_mode}, web_listen_addr: '{host}:0',\n"
         f"        ssh_listen_addr: '{host}:0', tunnel_listen_addr: '{host}:0',\n"
-        "        rate_limit: {average_per_minute: 100000, burst: 100000}}\n"
+        "        rate_limit: {average_per_minute: 100000, burst: 100000},\n"
+        # Direct nodes here advertise 127.0.0.1; an operator allows loopback the same way.
+        "        node_networks: ['127.0.0.0/8']}\n"
     )
     proxy = Daemon([*LIMEN, "start", "--config", str(config), "--roles", "auth,proxy"],
                    root / "proxy.log", env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from limen.durations import parse_duration
 from limen.errors import BadParameter
+from limen.netpolicy import parse_networks
 from limen.yamlload import load_documents, validate
 
 ROLES = ("auth", "proxy", "node")
@@ -61,6 +63,10 @@ def _check_addr(value: str) -> str:
     return value
 
 
+MIN_NODE_CREDENTIAL_TTL = timedelta(minutes=10)
+MAX_NODE_CREDENTIAL_TTL = timedelta(days=30)
+
+
 def _check_duration(value: str) -> str:
     try:
         parse_duration(value)
@@ -96,11 +102,23 @@ class AuthConfig(_Section):
     reset_token_ttl: str = "8h"
     lockout_attempts: int = Field(default=5, ge=1)
     lockout_duration: str = "30m"
+    # How long a node's host certificate and API token live; the node renews both once
+    # a third of that has passed, and must join again after an absence this long.
+    node_credential_ttl: str = "24h"
 
     _addr = field_validator("listen_addr")(_check_addr)
     _ttls = field_validator(
-        "cert_ttl", "max_cert_ttl", "signup_token_ttl", "reset_token_ttl", "lockout_duration"
+        "cert_ttl", "max_cert_ttl", "signup_token_ttl", "reset_token_ttl", "lockout_duration",
+        "node_credential_ttl",
     )(_check_duration)
+
+    @field_validator("node_credential_ttl")
+    @classmethod
+    def _credential_ttl(cls, value: str) -> str:
+        ttl = parse_duration(value)
+        if not MIN_NODE_CREDENTIAL_TTL <= ttl <= MAX_NODE_CREDENTIAL_TTL:
+            raise ValueError("a node's credentials live between 10m and 30d")
+        return value
 
 
 class ListenerConfig(_Section):
@@ -132,6 +150,10 @@ class ProxyConfig(_Section):
     ssh_listen_addr: str | None = "0.0.0.0:3023"
     tunnel_listen_addr: str | None = "0.0.0.0:3024"  # reverse tunnels from nodes behind NAT
     public_addr: str | None = None
+    # Networks nodes may advertise addresses in although they are loopback, link-local,
+    # unspecified or multicast (refused by default: they reach the proxy's own host).
+    # The proxy never dials its own listen addresses, whatever this says.
+    node_networks: list[str] = Field(default_factory=list)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     listener: ListenerConfig = Field(default_factory=ListenerConfig)
     # Load balancers or reverse proxies in front of the web port, whose X-Forwarded-For
@@ -145,6 +167,15 @@ class ProxyConfig(_Section):
     @classmethod
     def _addrs(cls, value: str | None) -> str | None:
         return None if value is None else _check_addr(value)
+
+    @field_validator("node_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        try:
+            parse_networks(value)
+        except BadParameter as exc:
+            raise ValueError(exc.message) from None
+        return value
 
 
 def _check_optional_duration(value: str | None) -> str | None:
@@ -241,6 +272,7 @@ auth:
   reset_token_ttl: 8h
   lockout_attempts: 5         # failed logins in a row before the user is locked
   lockout_duration: 30m
+  node_credential_ttl: 24h    # node host certificates and API tokens; renewed by the node
 
 proxy:
   enabled: true
@@ -249,6 +281,8 @@ proxy:
   ssh_listen_addr: 0.0.0.0:3023   # SSH jump host (ssh -J)
   tunnel_listen_addr: 0.0.0.0:3024  # nodes without an address dial in here (reverse tunnels)
   # public_addr: proxy.example.com:3080   # the address clients use, if different
+  node_networks: []               # e.g. [127.0.0.0/8]: networks nodes may advertise
+  #                               # although loopback/link-local/unspecified/multicast
   rate_limit:                     # per client address, on unauthenticated endpoints
     average_per_minute: 20
     burst: 40

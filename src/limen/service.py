@@ -26,6 +26,7 @@ from limen.config import Config, split_host_port
 from limen.durations import parse_duration
 from limen.errors import BadParameter, NotFound
 from limen.files import write_private
+from limen.netpolicy import parse_networks
 from limen.node.role import JoinOptions, NodeRole
 from limen.proxy.https import HTTPSServer, bind
 from limen.proxy.listener import (
@@ -37,10 +38,14 @@ from limen.proxy.listener import (
     Routes,
     server_tls_context,
 )
+from limen.proxy.node_verify import AddressGuard, NodeVerifier
+from limen.proxy.node_watch import NodeWatch
 from limen.proxy.ratelimit import RateLimiter
+from limen.proxy.routing import BackendRouter
 from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.ssh_role import proxy_host_identity, start_jump_host
 from limen.proxy.web import WebState, create_app
+from limen.sshauth import TrustedKeys
 from limen.tunnel.proxy_role import start_tunnel_server
 from limen.tunnel.server import TunnelServer
 
@@ -73,6 +78,8 @@ class Service:
     jump: JumpHost | None = None
     tunnel_addr: str = ""
     tunnels: TunnelServer | None = None
+    router: BackendRouter | None = None
+    node_watch: NodeWatch | None = None
     audit: AuditRuntime | None = None
     _https: HTTPSServer | None = None
     _mux: MultiplexListener | None = None
@@ -94,18 +101,7 @@ class Service:
             if self.auth is not None:
                 self._prepare_web()
             if self.auth is not None and "proxy" in self.config.roles():
-                identity = proxy_host_identity(self.config.proxy, self.data_dir, self.auth)
-                self.tunnels = await start_tunnel_server(
-                    self.config.proxy, self.auth, self.clock, identity
-                )
-                self.jump = await start_jump_host(
-                    self.config.proxy, self.data_dir, self.auth, self.clock,
-                    self.tunnels.directory, identity,
-                )
-                self.ssh_addr = self._dedicated_addr(self.config.proxy.ssh_listen_addr,
-                                                     self.jump)
-                self._publish_ssh_addr()
-                self._publish_tunnel(identity[0])
+                await self._start_proxy(self.auth)
             if self.auth is not None:
                 await self._serve_web()
             if "node" in self.config.roles():
@@ -113,10 +109,58 @@ class Service:
                     self.config.ssh, self.data_dir, self.clock, self.auth, self.join_options
                 )
                 await self.node.start()
+                self._trust_local_node(self.node)
             self._write_run_file()
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_proxy(self, auth: AuthServer) -> None:
+        """Tunnel server and jump host, both told at once when a node is removed or locked."""
+        identity = proxy_host_identity(self.config.proxy, self.data_dir, auth)
+        self.node_watch = NodeWatch(auth.ctx.stores, self.clock)
+        await self.node_watch.start()
+        self.tunnels = await start_tunnel_server(
+            self.config.proxy, auth, self.clock, identity, self.node_watch.revoked
+        )
+        self.node_watch.subscribe(self.tunnels.revoke)
+        verifier = NodeVerifier(TrustedKeys([auth.ctx.cas.host_ca.convert_to_public()]),
+                                auth.cluster_name, self.clock)
+        self.node_watch.subscribe(verifier.forget)
+        guard = AddressGuard(auth.ctx.settings.node_networks)
+        self.router = BackendRouter(auth, self.tunnels.directory, verifier, guard)
+        self.jump = await start_jump_host(
+            self.config.proxy, self.data_dir, auth, self.clock,
+            self.tunnels.directory, identity, self.router,
+        )
+        self.node_watch.subscribe(self._end_channels_to_node)
+        self.ssh_addr = self._dedicated_addr(self.config.proxy.ssh_listen_addr, self.jump)
+        self._publish_ssh_addr()
+        self._publish_tunnel(identity[0])
+        self._guard_own_listeners(guard)
+
+    def _end_channels_to_node(self, node_id: str, _why: str) -> None:
+        """A node removed or locked: the jump channels to it end too (direct ones as well
+        as those through its tunnel, which the tunnel server closes)."""
+        if self.jump is not None:
+            self.jump.end_channels(lambda _ident, route: route.node_id == node_id)
+
+    def _guard_own_listeners(self, guard: AddressGuard) -> None:
+        """The proxy never dials itself, whatever a node claims or the config allows."""
+        proxy = self.config.proxy
+        guard.add_listener(split_host_port(proxy.web_listen_addr)[0], self._https.port)
+        for listen, server in ((proxy.ssh_listen_addr, self.jump),
+                               (proxy.tunnel_listen_addr, self.tunnels)):
+            if listen is not None and server is not None:
+                guard.add_listener(split_host_port(listen)[0], server.port)
+
+    def _trust_local_node(self, node: NodeRole) -> None:
+        """The node in this process is reached where its SSH service really listens."""
+        if self.router is None or node.server is None or node.identity is None:
+            return
+        host = split_host_port(self.config.ssh.listen_addr)[0]
+        addr = local_address(host, node.server.port)
+        self.router.trust_local(node.identity.node_id, *split_host_port(addr))
 
     async def _open_backend(self) -> Backend:
         storage = self.config.storage
@@ -153,6 +197,8 @@ class Service:
             lockout_attempts=auth_cfg.lockout_attempts,
             lockout_duration=parse_duration(auth_cfg.lockout_duration),
             reserved_host_names=self._proxy_host_names(),
+            node_credential_ttl=parse_duration(auth_cfg.node_credential_ttl),
+            node_networks=parse_networks(self.config.proxy.node_networks),
         )
         self.audit = await open_audit(self.config, self.data_dir, cluster, self.clock,
                                       cas.host_ca)
@@ -305,6 +351,9 @@ class Service:
         if self.tunnels is not None:
             await self.tunnels.stop()
             self.tunnels = None
+        if self.node_watch is not None:
+            await self.node_watch.stop()
+            self.node_watch = None
         if self._mux is not None:
             await self._mux.stop()
             self._mux = None

@@ -92,6 +92,7 @@ class ProcessCluster:
             f"  ssh_listen_addr: 127.0.0.1:{_free_port()}\n"
             f"  tunnel_listen_addr: 127.0.0.1:{_free_port()}\n"
             "  rate_limit: {average_per_minute: 100000, burst: 100000}\n"
+            "  node_networks: [127.0.0.0/8]\n"
             "audit:\n  checkpoint_interval: 2s\n"
             "ssh:\n  enabled: false\n"
         )

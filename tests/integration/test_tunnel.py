@@ -221,24 +221,25 @@ def test_an_offline_tunnel_node_is_a_clear_error_and_listed_offline(
     assert "tunnel (offline)" in alice.limen("ls").stdout
 
 
-def test_a_registration_lost_while_the_tunnel_was_down_returns_at_reconnect(
+def test_presence_lost_while_the_tunnel_was_down_returns_at_reconnect(
     tunneled: tuple[ClusterHarness, str], alice: SshUser
 ) -> None:
     cluster, name = tunneled
     stores = cluster.service.auth.ctx.stores
     node = next(n for n in cluster.run(stores.nodes.list()) if n.spec.hostname == name)
     tunnel = tunnel_of(cluster, node.name)
-    # As after an outage longer than the node TTL: the entry has expired...
-    cluster.run(stores.nodes.delete(node.name))
+    # As after an outage longer than the node TTL: its presence has expired (the
+    # registration stays: only a removal or lapsed credentials end that)...
+    cluster.run(stores.node_presence.delete(node.name))
     assert name not in {n["name"] for n in alice.limen("ls", "--format", "json").json()}
-    # ...and the network comes back: the agent reconnects and the node re-registers at
-    # once, not a heartbeat interval (60 s) later.
+    # ...and the network comes back: the agent reconnects and the node is present again
+    # at once, not a heartbeat interval (60 s) later.
     cluster.run(_close(tunnel))
-    wait_until(lambda: any(n.spec.hostname == name for n in cluster.run(stores.nodes.list())),
-               10, "the node to re-register")
+    wait_until(lambda: cluster.run(cluster.service.auth.nodes.presence_of(node.name)), 10,
+               "the node's presence to return")
     wait_until(lambda: tunnel_of(cluster, node.name), 10, "the tunnel to come back")
-    result = alice.limen("ssh", name, "echo re-registered")
-    assert result.stdout == "re-registered\n", result.stderr
+    result = alice.limen("ssh", name, "echo present-again")
+    assert result.stdout == "present-again\n", result.stderr
 
 
 async def _close(tunnel) -> None:  # noqa: ANN001 - a registry.Tunnel

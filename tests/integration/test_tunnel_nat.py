@@ -134,7 +134,7 @@ def test_a_direct_dial_into_silence_gives_up_within_5_s(nat: NatSetup) -> None:
         name = unique("dropped")
         request = JoinRequest(name=name, public_key=new_key_line(),
                               addr=f"{silent.node_addr}:3022")
-        cluster.run(auth.join.register(request, {"net": "silent"}))
+        cluster.run(auth.nodes.register(request, {"net": "silent"}, local=False))
         started = time.monotonic()
         result = nat.user.limen("ssh", name, "true")
         took = time.monotonic() - started

@@ -25,7 +25,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClusterHar
     prefix = unique("t")
     proc: subprocess.Popen[bytes] | None = None
     try:
-        token = cluster.admin("tokens", "add", "--type", "node", "--format", "json")
+        token = cluster.admin("tokens", "add", "--type", "node", "--uses", str(COUNT),
+                              "--format", "json")
         assert token.returncode == 0, token.stderr
         log = base / "agents.log"
         with log.open("wb") as out:

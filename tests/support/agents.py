@@ -2,8 +2,9 @@
 
 Each is a full node role (join with the token, heartbeats, access feed, SSH service,
 reverse tunnel agent), as `limen start --roles node --token ... --proxy ...` runs it;
-only the process is shared. Prints READY once every node has started, runs until
-SIGTERM, then stops them all.
+only the process is shared. The token must allow that many joins (`limen tokens add
+--uses COUNT`): join tokens are single-use by default. Prints READY once every node has
+started, runs until SIGTERM, then stops them all.
 """
 
 from __future__ import annotations

@@ -280,6 +280,9 @@ def default_config(data_dir: Path, **overrides: Any) -> Config:
                 "tunnel_listen_addr": "127.0.0.1:0",
                 # Many tests share one address; the limiter has its own test.
                 "rate_limit": {"average_per_minute": 100000, "burst": 100000},
+                # Test nodes run on this host and advertise 127.0.0.1; attack tests
+                # that need loopback refused build clusters without this.
+                "node_networks": ["127.0.0.0/8"],
             },
             "ssh": {"listen_addr": "127.0.0.1:0", "name": "node1", "labels": {"env": "dev"}},
         }

@@ -62,10 +62,14 @@ class NodeProcess:
             raise AssertionError(f"{self.name} exited:\n{self.log.read_text()}")
 
     def node(self) -> Any:
-        """The node's registration, once it exists."""
+        """The node's registration, once it exists and the node is present (heartbeating)."""
         self.check_alive()
-        nodes = self.cluster.run(self.cluster.service.auth.ctx.stores.nodes.list())
-        return next((n for n in nodes if n.spec.hostname == self.name), None)
+        auth = self.cluster.service.auth
+        nodes = self.cluster.run(auth.ctx.stores.nodes.list())
+        node = next((n for n in nodes if n.spec.hostname == self.name), None)
+        if node is None or self.cluster.run(auth.nodes.presence_of(node.name)) is None:
+            return None
+        return node
 
     def wait_registered(self, timeout: float = 30) -> NodeProcess:
         wait_until(lambda: self.node() is not None, timeout, f"node {self.name} to register")

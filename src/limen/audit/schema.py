@@ -137,6 +137,7 @@ class JoinTokenCreate(UserMeta):
     roles: list[str] | None = None
     labels: dict[str, str] | None = None
     ttl: str | None = None
+    uses: int | str | None = None  # a number of joins, or "unlimited"
 
 
 class JoinTokenDelete(UserMeta):
@@ -149,13 +150,33 @@ class JoinTokenUse(ConnectionMeta):
     token_id: str | None = None
     node_name: str | None = None
     created_by: str | None = None
+    uses_left: int | str | None = None  # a number, or "unlimited"
 
 
-class NodeJoin(ServerMeta, ConnectionMeta):
+class NodeJoin(ServerMeta, ConnectionMeta, CertMeta):
     TYPE = types.NODE_JOIN
     FAILURE = types.NODE_JOIN_FAILURE
     labels: dict[str, str] | None = None
     node_name: str | None = None
+    expires: str | None = None  # when the node's credentials run out
+    success: bool | None = None
+    error: str | None = None
+
+
+class NodeRemove(UserMeta, ServerMeta, ConnectionMeta):
+    TYPE = types.NODE_REMOVE
+
+
+class NodeHeartbeatRefused(ServerMeta, ConnectionMeta):
+    TYPE = types.NODE_HEARTBEAT_FAILURE
+    success: bool | None = None
+    error: str | None = None
+
+
+class NodeRenew(ServerMeta, ConnectionMeta, CertMeta):
+    TYPE = types.NODE_RENEW
+    FAILURE = types.NODE_RENEW_FAILURE
+    expires: str | None = None
     success: bool | None = None
     error: str | None = None
 

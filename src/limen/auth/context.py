@@ -10,7 +10,8 @@ from limen.audit.store import AuditStore
 from limen.auth.ca import CAStore
 from limen.backend.base import Backend
 from limen.clock import Clock
-from limen.resources import JoinToken, Lock, Node, Role, Session, User, UserToken
+from limen.netpolicy import IPNetwork
+from limen.resources import JoinToken, Lock, Node, NodePresence, Role, Session, User, UserToken
 from limen.services.credentials import CredentialStore
 from limen.services.sessions import APISessionStore
 from limen.services.store import ResourceStore
@@ -28,7 +29,11 @@ class AuthSettings:
     lockout_attempts: int = 5
     lockout_duration: timedelta = timedelta(minutes=30)
     join_token_ttl: timedelta = timedelta(minutes=30)
-    host_cert_ttl: timedelta = timedelta(days=365)
+    host_cert_ttl: timedelta = timedelta(days=365)  # the proxy's own, made at each start
+    # A node's host certificate and API token; the node renews both as they age.
+    node_credential_ttl: timedelta = timedelta(hours=24)
+    # Networks nodes may advertise although loopback, link-local, ... (proxy.node_networks).
+    node_networks: tuple[IPNetwork, ...] = ()
     # A node missing heartbeats for this long disappears from listings.
     node_ttl: timedelta = timedelta(minutes=10)
     heartbeat_interval: timedelta = timedelta(seconds=60)
@@ -49,6 +54,7 @@ class Stores:
         self.api_sessions = APISessionStore(backend)
         self.join_tokens = ResourceStore(backend, JoinToken, "/tokens")
         self.nodes = ResourceStore(backend, Node, "/nodes")
+        self.node_presence = ResourceStore(backend, NodePresence, "/node_presence")
         self.sessions = ResourceStore(backend, Session, "/sessions")
         self.locks = ResourceStore(backend, Lock, "/locks")
 

@@ -42,12 +42,13 @@ from limen.auth.feed import access_feed
 from limen.auth.identity import Identity
 from limen.auth.join import IssuedJoinToken, JoinRequest, JoinResult
 from limen.auth.login import LoginResult
+from limen.auth.node_renewal import Renewed
 from limen.auth.resources import canonical_kind, parse_document
 from limen.auth.users import IssuedToken, SignupChallenge
 from limen.clock import Clock
 from limen.errors import AccessDenied
 from limen.rbac import AccessChecker
-from limen.resources import JoinToken, Lock, Node, Session, User
+from limen.resources import JoinToken, Lock, Node, NodePresence, Session, User
 
 if TYPE_CHECKING:
     from limen.auth.server import AuthServer
@@ -154,13 +155,13 @@ class AuthFacade:
     async def whoami(self) -> AccessChecker:
         return await self.checker()
 
-    async def list_nodes(self) -> list[Node]:
-        """The nodes the caller's roles reach (the admin sees every node)."""
-        nodes = await self.auth.ctx.stores.nodes.list()
+    async def list_nodes(self) -> list[tuple[Node, NodePresence]]:
+        """The present nodes the caller's roles reach (the admin sees every node)."""
+        nodes = await self.auth.nodes.present()
         if self.caller.is_admin:
             return nodes
         checker = await self.checker()
-        return [n for n in nodes if checker.can_access_node(n.metadata.labels)]
+        return [(n, p) for n, p in nodes if checker.can_access_node(n.metadata.labels)]
 
     async def list_sessions(self) -> list[Session]:
         """Everyone sees their own live sessions; the rule on session (list) shows all."""
@@ -194,10 +195,10 @@ class AuthFacade:
 
     # -- join tokens ---------------------------------------------------------------------
 
-    async def create_join_token(self, ttl: timedelta | None,
-                                labels: dict[str, str]) -> IssuedJoinToken:
+    async def create_join_token(self, ttl: timedelta | None, labels: dict[str, str],
+                                uses: int | None = 1) -> IssuedJoinToken:
         async with self._rule("token", "create"):
-            return await self.auth.join.create_token(self.caller, ttl, labels)
+            return await self.auth.join.create_token(self.caller, ttl, labels, uses)
 
     async def list_join_tokens(self) -> list[JoinToken]:
         async with self._rule("token", "list"):
@@ -233,16 +234,23 @@ class AuthFacade:
 
     # -- what nodes report ---------------------------------------------------------------
 
-    async def heartbeat(self, addr: str | None, connection: str) -> Node:
+    async def heartbeat(self, addr: str | None,
+                        connection: str) -> tuple[Node, NodePresence]:
         async with self._builtin(NODES, "node", "update",
                                  "only a node's own identity may send its heartbeat"):
-            return await self.auth.join.heartbeat(self.caller, addr, connection)
+            return await self.auth.nodes.heartbeat(self.caller, addr, connection)
 
-    async def reregister(self, request: JoinRequest) -> Node:
-        """A node whose entry expired (a long outage) comes back under its own id."""
-        async with self._builtin(NODES, "node", "create",
-                                 "only a node's own identity may re-register it"):
-            return await self.auth.join.reregister(self.caller, request)
+    async def renew_local_node(self) -> Renewed:
+        """The node inside the auth service's process renews without a token."""
+        async with self._builtin(NODES, "node", "update",
+                                 "only a node's own identity may renew it"):
+            return await self.auth.node_renewal.renew_local(self.caller.user)
+
+    async def renew_node(self, api_token: str, stamp: str, signature: str) -> Renewed:
+        """New credentials for a node: its own credential is the proof (its token, even
+        the one before if an answer was lost, and a signature by its host key)."""
+        return await self.auth.node_renewal.renew(api_token, stamp, signature,
+                                                  self.caller.remote_addr)
 
     async def report_event(self, name: str, fields: dict[str, Any]) -> None:
         async with self._builtin(HOSTS, "event", "create",
@@ -264,6 +272,11 @@ class AuthFacade:
         async with self._builtin(HOSTS, "access_feed", "read",
                                  "only nodes and proxies watch the access feed"):
             return access_feed(self.auth.ctx.stores)
+
+    async def still_in_good_standing(self) -> bool:
+        """For a stream opened earlier: a node removed or locked meanwhile is cut off."""
+        return self.caller.builtin != "node" or await self.auth.nodes.in_good_standing(
+            self.caller.user)
 
     # -- recordings ----------------------------------------------------------------------
 

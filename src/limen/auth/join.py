@@ -1,46 +1,48 @@
-"""Join tokens and node registration: host certificates, node identities, heartbeats."""
+"""Join tokens, and a node's first contact: checking what it claims, then registering it.
+
+A join token is single-use unless its creator chose otherwise (``--uses N`` or
+``--reusable``); each join consumes one use with the backend's compare-and-swap, so two
+nodes racing one single-use token cannot both join. The token's labels bind: the node's
+own labels only add keys the token does not set.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import ipaddress
+import random
 import socket
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncssh
 
-from limen import __version__
 from limen.audit import events
-from limen.auth.ca import authorized_keys_line, known_hosts_line, sign_host_cert, spki_pin
+from limen.auth import node_credentials as creds
+from limen.auth.ca import spki_pin
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
-from limen.errors import AccessDenied, BadParameter, NotFound
-from limen.resources import JoinToken, Node, validate_name
+from limen.auth.node_registry import JoinRequest, JoinResult, NodeRegistry
+from limen.backend.base import Item
+from limen.errors import AccessDenied, BadParameter, CompareFailed, LimenError, NotFound
+from limen.netpolicy import check_advertised, parse_ip, special_kind
+from limen.resources import JoinToken, validate_name
 from limen.resources.token import new_token, token_hash
+from limen.services.node_names import NameTaken
 
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def _is_special_ip(text: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return addr.is_loopback or addr.is_unspecified or addr.is_multicast
-
+__all__ = ["BAD_JOIN_TOKEN", "IssuedJoinToken", "JoinRequest", "JoinResult", "JoinService"]
 
 BAD_JOIN_TOKEN = (
     "the join token is not valid: it has expired or was never issued; "
     "create a new one with: limen tokens add --type node"
 )
+USED_UP = (
+    "the join token has been used already (join tokens are single-use unless created "
+    "with --uses N or --reusable); create a new one with: limen tokens add --type node"
+)
+MAX_JOIN_TOKEN_TTL = timedelta(hours=48)
+CONSUME_ATTEMPTS = 500
 
 
 @dataclass(frozen=True)
@@ -49,44 +51,33 @@ class IssuedJoinToken:
     expires: str
     labels: dict[str, str]
     ca_pin: str
-
-
-@dataclass
-class JoinRequest:
-    name: str
-    public_key: str
-    addr: str = ""  # advertised host:port; empty for tunnel-only nodes
-    labels: dict[str, str] = field(default_factory=dict)
-    node_id: str = ""
-
-
-@dataclass(frozen=True)
-class JoinResult:
-    node_id: str
-    host_cert: str
-    host_ca: str  # known_hosts line
-    user_ca: str  # authorized_keys "cert-authority" line
-    cluster: str
-    api_token: str
-    heartbeat_seconds: float
+    uses: int | None  # None: reusable until it expires
 
 
 class JoinService:
-    def __init__(self, ctx: AuthContext) -> None:
+    def __init__(self, ctx: AuthContext, nodes: NodeRegistry) -> None:
         self.ctx = ctx
+        self.nodes = nodes
+
+    # -- tokens -------------------------------------------------------------------------
 
     async def create_token(
-        self, actor: Identity, ttl: timedelta | None, labels: dict[str, str]
+        self, actor: Identity, ttl: timedelta | None, labels: dict[str, str],
+        uses: int | None = 1,
     ) -> IssuedJoinToken:
+        """A join token for ``uses`` nodes (None: any number until it expires)."""
         ttl = ttl or self.ctx.settings.join_token_ttl
-        if ttl > timedelta(hours=48):
+        if ttl > MAX_JOIN_TOKEN_TTL:
             raise BadParameter("a join token may live at most 48h")
+        if uses is not None and uses < 1:
+            raise BadParameter("a join token needs at least one use (or --reusable)")
         token = new_token()
         expires = self.ctx.clock.now() + ttl
         record = JoinToken.model_validate(
             {
                 "metadata": {"name": token_hash(token), "expires": expires, "labels": labels},
-                "spec": {"roles": ["node"], "labels": labels, "created_by": actor.user},
+                "spec": {"roles": ["node"], "labels": labels, "created_by": actor.user,
+                         "uses_left": uses or 0, "reusable": uses is None},
             }
         )
         await self.ctx.stores.join_tokens.create(record)
@@ -96,10 +87,11 @@ class JoinService:
             roles=["node"],
             labels=labels,
             ttl=str(ttl),
+            uses="unlimited" if uses is None else uses,
             token_id=record.name[:12],
         )
         pin = spki_pin(self.ctx.cas.tls_ca_cert)
-        return IssuedJoinToken(token, expires.isoformat(), labels, pin)
+        return IssuedJoinToken(token, expires.isoformat(), labels, pin, uses)
 
     async def list_tokens(self) -> list[JoinToken]:
         return await self.ctx.stores.join_tokens.list()
@@ -117,55 +109,121 @@ class JoinService:
                 return record.name[:12]
         raise NotFound(f"no join token matches {token_or_id!r}")
 
+    async def _consume(self, token: str) -> JoinToken:
+        """Take one use of the token, atomically; AccessDenied when none is left.
+
+        Many nodes may join with one token at once (a fleet started together): a lost
+        compare-and-swap is retried after a short random pause, many times."""
+        store = self.ctx.stores.join_tokens
+        for attempt in range(CONSUME_ATTEMPTS):
+            try:
+                item = await store.raw(token_hash(token))
+            except NotFound:
+                raise AccessDenied(BAD_JOIN_TOKEN) from None
+            record = JoinToken.from_bytes(item.value, item.revision)
+            if record.spec.reusable:
+                return record
+            if record.spec.uses_left < 1:
+                raise AccessDenied(USED_UP)
+            record.spec.uses_left -= 1
+            new = Item(key=item.key, value=record.to_bytes(), expires=record.metadata.expires)
+            try:
+                await self.ctx.stores.backend.compare_and_swap(item, new)
+                return record
+            except CompareFailed:
+                await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 25)))
+        raise CompareFailed("too many nodes joined with this token at once; try again")
+
+    async def _give_back(self, record: JoinToken) -> None:
+        """Return a use taken by a join that then failed (the name was taken meanwhile)."""
+        if record.spec.reusable:
+            return
+
+        def give(current: JoinToken) -> None:
+            current.spec.uses_left += 1
+
+        with contextlib.suppress(LimenError):
+            await self.ctx.stores.join_tokens.modify(record.name, give)
+
+    # -- joining ------------------------------------------------------------------------
+
     async def join(self, token: str, request: JoinRequest, remote_addr: str = "") -> JoinResult:
+        """A node presents a token: check its claims, take a use of the token, register it.
+
+        Every refusal is an ``instance.join`` failure event and changes nothing.
+        """
         try:
-            record = await self.ctx.stores.join_tokens.get(token_hash(token))
+            await self.ctx.stores.join_tokens.get(token_hash(token))
         except NotFound:
-            await self.ctx.audit.emit(
-                events.NODE_JOIN_FAILURE,
-                success=False,
-                error="invalid or expired token",
-                node_name=request.name,
-                addr_remote=remote_addr,
-            )
+            await self._refused(request, "invalid or expired token", remote_addr)
             raise AccessDenied(BAD_JOIN_TOKEN) from None
-        labels = {**request.labels, **record.spec.labels}
+        record: JoinToken | None = None
         try:
             self._check_claims(request)
-        except BadParameter as exc:
+            await self._check_name_free(request)
+            record = await self._consume(token)
+            labels = {**request.labels, **record.spec.labels}  # the token's labels win
             await self.ctx.audit.emit(
-                events.NODE_JOIN_FAILURE,
-                success=False,
-                error=exc.message,
+                events.JOIN_TOKEN_USE,
+                token_id=record.name[:12],
                 node_name=request.name,
+                created_by=record.spec.created_by,
+                uses_left="unlimited" if record.spec.reusable else record.spec.uses_left,
                 addr_remote=remote_addr,
             )
+            return await self.nodes.register(
+                request, labels, local=False, remote_addr=remote_addr,
+                certify_addr=self._claimable_addr(request.addr),
+            )
+        except LimenError as exc:
+            if record is not None:
+                await self._give_back(record)
+            await self._refused(request, exc.message, remote_addr)
             raise
+
+    async def _refused(self, request: JoinRequest, error: str, remote_addr: str) -> None:
         await self.ctx.audit.emit(
-            events.JOIN_TOKEN_USE,
-            token_id=record.name[:12],
+            events.NODE_JOIN_FAILURE,
+            success=False,
+            error=error,
             node_name=request.name,
-            created_by=record.spec.created_by,
+            server_addr=request.addr,
             addr_remote=remote_addr,
-        )
-        return await self.register(
-            request, labels, remote_addr, certify_addr=self._claimable_addr(request.addr)
         )
 
     def _check_claims(self, request: JoinRequest) -> None:
         """A joining host names itself, and its host certificate will say so: refuse names
-        and addresses that would let it pose as the proxy or another well-known host.
+        that would let it pose as the proxy, another well-known host or another node, and
+        addresses that reach the proxy's own host rather than a node.
 
         Every client trusts the host CA for any host name (`@cert-authority *`), so a node
         certificate naming `localhost`, a loopback address or the proxy's own name could
-        answer for the proxy. The local node of `limen start` is registered in-process and
+        answer for the proxy; a name shaped like a node id could answer for that node (ids
+        are principals too). The local node of `limen start` is registered in-process and
         is not subject to this.
         """
-        reserved = self._reserved_names()
-        if request.name.lower() in reserved or _is_ip(request.name):
+        validate_name(request.name, "node name")
+        name = request.name.lower()
+        if name in self._reserved_names() or parse_ip(name) is not None or _is_uuid(name):
             raise BadParameter(
-                f"the node name {request.name!r} is reserved or an address; choose another --name"
+                f"the node name {request.name!r} is reserved or an address (or shaped like "
+                "a node id); choose another --name"
             )
+        if request.addr:
+            check_advertised(request.addr, self.ctx.settings.node_networks, port_known=False)
+        creds.import_host_key(request.public_key)
+
+    async def _check_name_free(self, request: JoinRequest) -> None:
+        """Fail before the token is spent when the name is visibly taken (register()
+        decides for good, atomically)."""
+        holder = await self.nodes.names.holder(request.name)
+        if holder is None:
+            return
+        with contextlib.suppress(NotFound):
+            node = await self.ctx.stores.nodes.get(holder)
+            key = creds.import_host_key(request.public_key).export_public_key("openssh")
+            if node.spec.host_key != key.decode().strip():
+                raise NameTaken(request.name, holder)
 
     def _reserved_names(self) -> set[str]:
         """Names the proxy answers to, which no joining node may have certified."""
@@ -175,44 +233,16 @@ class JoinService:
     def _claimable_addr(self, addr: str) -> bool:
         """Whether a joining node's advertised host may appear in its certificate.
 
-        Loopback, wildcard and reserved names are still used to dial the node, but are
-        never certified: the certificate would otherwise answer for the proxy's host.
+        Loopback, wildcard and reserved names (accepted only where an operator allowed
+        them) are never certified: the certificate would otherwise answer for the
+        proxy's host.
         """
         host = addr.rsplit(":", 1)[0].strip("[]").lower() if addr else ""
-        reserved = self._reserved_names()
-        return bool(host) and host not in reserved and not _is_special_ip(host)
+        ip = parse_ip(host) if host else None
+        return (bool(host) and host not in self._reserved_names()
+                and (ip is None or special_kind(ip) is None))
 
-    async def register(
-        self,
-        request: JoinRequest,
-        labels: dict[str, str],
-        remote_addr: str = "",
-        certify_addr: bool = True,
-    ) -> JoinResult:
-        """Issue a host certificate and a node identity (also used for the local node)."""
-        validate_name(request.name, "node name")
-        node_id = request.node_id or str(uuid.uuid4())
-        certified_addr = request.addr if certify_addr else ""
-        cert = self.sign_host(node_id, request.name, certified_addr, request.public_key)
-        await self._save_node(self._new_node(node_id, request, labels))
-        token = await self.ctx.stores.api_sessions.issue(node_id, None, builtin="node")
-        await self.ctx.audit.emit(
-            events.NODE_JOIN,
-            server_id=node_id,
-            server_hostname=request.name,
-            server_addr=request.addr,
-            labels=labels,
-            addr_remote=remote_addr,
-        )
-        return JoinResult(
-            node_id=node_id,
-            host_cert=cert.export_certificate("openssh").decode().strip(),
-            host_ca=known_hosts_line(self.ctx.cas.host_ca),
-            user_ca=authorized_keys_line(self.ctx.cas.user_ca),
-            cluster=self.ctx.settings.cluster_name,
-            api_token=token,
-            heartbeat_seconds=self.ctx.settings.heartbeat_interval.total_seconds(),
-        )
+    # -- the proxy's own host certificate ---------------------------------------------
 
     def sign_host(
         self,
@@ -223,72 +253,20 @@ class JoinService:
         extra: list[str] | None = None,
         role: str = "node",
     ) -> asyncssh.SSHCertificate:
+        """A host certificate outside node registration (the proxy's, made at each start)."""
         cluster = self.ctx.settings.cluster_name
         principals = [host_id, name, f"{name}.{cluster}"]
         if addr:
             principals.append(addr.rsplit(":", 1)[0].strip("[]"))
         principals += extra or []
-        now = self.ctx.clock.now()
-        try:
-            key = asyncssh.import_public_key(public_key)
-        except (asyncssh.KeyImportError, ValueError) as exc:
-            raise BadParameter("the host public key is not a valid OpenSSH public key") from exc
-        return sign_host_cert(
-            self.ctx.cas.host_ca,
-            key,
-            key_id=host_id,
-            principals=list(dict.fromkeys(principals)),
-            valid_after=now - timedelta(minutes=1),
-            valid_before=now + self.ctx.settings.host_cert_ttl,
-            extensions={"role@limen": role, "cluster@limen": cluster},
-        )
+        key = creds.import_host_key(public_key)
+        return creds.sign_host_certificate(self.ctx, host_id, principals, key,
+                                           self.ctx.settings.host_cert_ttl, role=role)
 
-    async def _save_node(self, node: Node) -> None:
-        now = self.ctx.clock.now()
-        node.spec.last_heartbeat = now
-        node.metadata.expires = now + self.ctx.settings.node_ttl
-        await self.ctx.stores.nodes.upsert(node)
 
-    async def heartbeat(self, identity: Identity, addr: str | None, connection: str) -> Node:
-        """A node says it is alive; its entry expires if it stops saying so."""
-        try:
-            node = await self.ctx.stores.nodes.get(identity.user)
-        except NotFound:
-            raise NotFound(
-                "this node's registration expired; it re-registers with its identity"
-            ) from None
-        mode = "direct" if connection == "direct" else "tunnel"
-        moved = addr is not None and addr != node.spec.addr
-        if moved or mode != node.spec.connection or node.spec.since is None:
-            node.spec.since = self.ctx.clock.now()
-        if addr is not None:
-            node.spec.addr = addr
-        node.spec.connection = mode
-        await self._save_node(node)
-        return node
-
-    async def reregister(self, identity: Identity, request: JoinRequest) -> Node:
-        """A node whose entry expired (long outage) comes back under its own id."""
-        with contextlib.suppress(NotFound):
-            return await self.heartbeat(
-                identity, request.addr, "direct" if request.addr else "tunnel"
-            )
-        node = self._new_node(identity.user, request, request.labels)
-        await self._save_node(node)
-        return node
-
-    def _new_node(self, node_id: str, request: JoinRequest, labels: dict[str, str]) -> Node:
-        now = self.ctx.clock.now()
-        return Node.model_validate(
-            {
-                "metadata": {"name": node_id, "labels": labels},
-                "spec": {
-                    "hostname": request.name,
-                    "addr": request.addr,
-                    "connection": "direct" if request.addr else "tunnel",
-                    "version": __version__,
-                    "joined": now,
-                    "since": now,
-                },
-            }
-        )
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

@@ -95,8 +95,12 @@ class NodeReports:
         except NotFound:
             raise NotFound("this node is not registered (removed, or its registration "
                            "lapsed); its events are accepted again once it is") from None
+        try:  # the address it heartbeats from, when it has one (tunnel nodes do not)
+            addr = (await self.ctx.stores.node_presence.get(node.name)).spec.addr or None
+        except NotFound:
+            addr = None
         return {"server_id": node.name, "server_hostname": node.spec.hostname,
-                "server_addr": node.spec.addr or None}
+                "server_addr": addr}
 
     async def _who(self, name: str, fields: dict[str, Any], cert: Any, server_id: str,
                    node_time: str | None) -> dict[str, Any]:

@@ -148,6 +148,8 @@ class ResourceService:
             await self.auth.users.delete(actor, name)
         elif kind == "token":
             await self.auth.join.delete_token(actor, name)
+        elif kind == "node":  # by name or id; its credentials stop working at once
+            await self.auth.nodes.remove(actor, name)
         else:
             await self._store(kind).delete(name)
             if kind == "role":

@@ -20,6 +20,8 @@ from limen.auth.identity import Identity
 from limen.auth.join import JoinService
 from limen.auth.locks import LockService
 from limen.auth.login import LoginService
+from limen.auth.node_registry import NodeRegistry
+from limen.auth.node_renewal import NodeRenewal
 from limen.auth.resources import ResourceService
 from limen.auth.tracking import Tracking
 from limen.auth.users import UserManager
@@ -40,7 +42,9 @@ class AuthServer:
         self.users = UserManager(ctx)
         self.locks = LockService(ctx)
         self.login_service = LoginService(ctx, self.checker_for_user, self.locks)
-        self.join = JoinService(ctx)
+        self.nodes = NodeRegistry(ctx)
+        self.node_renewal = NodeRenewal(ctx, self.nodes)
+        self.join = JoinService(ctx, self.nodes)
         if ctx.audit_store is None:
             from limen.backend.audit_memory import MemoryAuditStore
 
@@ -87,6 +91,8 @@ class AuthServer:
             raise AccessDenied(
                 "your session is not valid or has expired; run limen login again"
             ) from None
+        if session.spec.builtin == "node":  # only a registered, unlocked node's current token
+            await self.nodes.admit(session, remote_addr)
         if session.spec.builtin:
             return Identity(
                 user=session.spec.user, builtin=session.spec.builtin, remote_addr=remote_addr

@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any, Protocol
 
+import asyncssh
 import httpx
 
 from limen.auth.facade import AuthFacade
 from limen.auth.identity import Identity
-from limen.auth.join import JoinRequest
+from limen.auth.node_credentials import sign_renewal
+from limen.auth.node_renewal import Renewed
 from limen.auth.server import AuthServer
 from limen.client import trust
 from limen.errors import ConnectionProblem, from_json
@@ -27,7 +30,9 @@ FEED_READ_TIMEOUT = 30.0
 
 class ClusterLink(Protocol):
     async def heartbeat(self, addr: str | None, connection: str) -> None: ...
-    async def reregister(self, name: str, addr: str, labels: dict[str, str]) -> None: ...
+    async def renew(self, host_key: asyncssh.SSHKey, node_id: str, now: datetime) -> Renewed:
+        """New credentials; a remote link proves the host key and uses the new token."""
+        ...
     async def report_event(self, name: str, fields: dict[str, Any]) -> None: ...
     async def upsert_session(self, session: Session) -> None: ...
     async def end_session(self, session_id: str) -> None: ...
@@ -50,8 +55,8 @@ class LocalLink:
     async def heartbeat(self, addr: str | None, connection: str) -> None:
         await self.api.heartbeat(addr, connection)
 
-    async def reregister(self, name: str, addr: str, labels: dict[str, str]) -> None:
-        await self.api.reregister(JoinRequest(name=name, public_key="", addr=addr, labels=labels))
+    async def renew(self, host_key: asyncssh.SSHKey, node_id: str, now: datetime) -> Renewed:
+        return await self.api.renew_local_node()
 
     async def report_event(self, name: str, fields: dict[str, Any]) -> None:
         await self.api.report_event(name, fields)
@@ -83,12 +88,18 @@ class RemoteLink:
 
     def __init__(self, proxy: str, ca_pem: str, token: str) -> None:
         self.proxy = proxy
+        self._token = token
         self._http = httpx.AsyncClient(
             base_url=f"https://{proxy}",
             verify=trust.verifying_context(ca_pem),
             headers={"authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(15.0, connect=5.0),
         )
+
+    def use_token(self, token: str) -> None:
+        """Speak with a renewed API token from now on (the old one no longer works)."""
+        self._token = token
+        self._http.headers["authorization"] = f"Bearer {token}"
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
         try:
@@ -106,10 +117,12 @@ class RemoteLink:
     async def heartbeat(self, addr: str | None, connection: str) -> None:
         await self._call("POST", "/v1/nodes/heartbeat", {"addr": addr, "connection": connection})
 
-    async def reregister(self, name: str, addr: str, labels: dict[str, str]) -> None:
-        await self._call(
-            "POST", "/v1/nodes/heartbeat", {"addr": addr, "name": name, "labels": labels}
-        )
+    async def renew(self, host_key: asyncssh.SSHKey, node_id: str, now: datetime) -> Renewed:
+        proof = sign_renewal(host_key, node_id, self._token, now)
+        answer = await self._call("POST", "/v1/nodes/renew", proof)
+        renewed = Renewed(answer["host_cert"], answer["api_token"], answer["expires"])
+        self.use_token(renewed.api_token)
+        return renewed
 
     async def report_event(self, name: str, fields: dict[str, Any]) -> None:
         await self._call("POST", "/v1/events", {"event": name, "fields": fields})

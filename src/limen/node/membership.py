@@ -1,7 +1,9 @@
 """A node's membership in a cluster: its identity on disk, joining, and heartbeats.
 
 DATA_DIR/node/ holds the host key (0600), the host certificate, the cluster's CAs and
-the node's API token (0600). A restarted node reuses them and needs no token.
+the node's API token (0600). A restarted node reuses them and needs no token while they
+are valid; the node renews them as they age (renewal.py). A node whose credentials
+lapsed, or that is given a join token other than the one it joined with, joins again.
 """
 
 from __future__ import annotations
@@ -11,19 +13,23 @@ import contextlib
 import json
 import logging
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import asyncssh
 import httpx
 
+from limen.auth.node_credentials import token_id
 from limen.client import trust
 from limen.client.api import fetch_ca
 from limen.client.profile import write_private
 from limen.config import split_host_port
-from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound, from_json
+from limen.errors import AccessDenied, BadParameter, ConnectionProblem, from_json
 from limen.node.cluster_link import ClusterLink
 from limen.resources import Session
+from limen.sshauth import read_certificate
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,12 @@ class NodeIdentity:
     proxy: str = ""
     tls_ca: str = ""
     heartbeat_seconds: float = 60.0
+    join_token_id: str = ""  # which join token made this identity (a short hash)
+    # The labels the cluster registered (a join token's labels win over the node's own).
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def credentials_expire(self) -> datetime:
+        return read_certificate(self.host_cert).valid_before
 
     def host_key(self, directory: Path) -> asyncssh.SSHKey:
         return asyncssh.read_private_key(str(directory / "host_key"))
@@ -136,32 +148,40 @@ async def join_remote(
         node_id=result["node_id"], name=name, cluster=result["cluster"],
         host_cert=result["host_cert"], host_ca=result["host_ca"], user_ca=result["user_ca"],
         api_token=result["api_token"], proxy=proxy, tls_ca=ca_pem,
-        heartbeat_seconds=result["heartbeat_seconds"],
+        heartbeat_seconds=result["heartbeat_seconds"], join_token_id=token_id(token),
+        labels=result.get("labels", labels),
     )
     save_identity(data_dir, identity)
     return identity
 
 
+class Renewal(Protocol):
+    async def renew_if_due(self) -> bool: ...
+
+
 class Heartbeat:
-    """Tell the cluster the node is alive, and refresh its live sessions' trackers."""
+    """Tell the cluster the node is alive (and where), renew its credentials when they
+    are due, and refresh its live sessions' trackers.
+
+    A heartbeat is presence only: the node's name and labels were fixed when it joined,
+    and a node whose registration is gone is refused, not registered again."""
 
     def __init__(self, link: ClusterLink, identity: NodeIdentity, addr: str,
-                 labels: dict[str, str], sessions: dict) -> None:
+                 sessions: dict, renewal: Renewal | None = None) -> None:
         self.link = link
         self.identity = identity
         self.addr = addr
-        self.labels = labels
         self.sessions = sessions
+        self.renewal = renewal
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def beat(self) -> None:
-        try:
-            await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
-        except NotFound:
-            await self.link.reregister(self.identity.name, self.addr, self.labels)
+        if self.renewal is not None:
+            await self.renewal.renew_if_due()
+        await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
         for ctx in list(self.sessions.values()):
             if ctx.started_at is not None and not ctx.ended:
                 await self.link.upsert_session(self._tracker(ctx))
@@ -181,6 +201,8 @@ class Heartbeat:
             await asyncio.sleep(self.identity.heartbeat_seconds)
             try:
                 await self.beat()
+            except AccessDenied as exc:  # removed, locked, or credentials lapsed: say so
+                log.error("the cluster refused this node's heartbeat: %s", exc.message)
             except Exception as exc:  # noqa: BLE001 - keep beating through outages
                 log.warning("heartbeat failed: %s", exc)
 

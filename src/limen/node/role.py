@@ -1,4 +1,4 @@
-"""The node role inside `limen start`: identity, SSH service, heartbeats."""
+"""The node role inside `limen start`: identity, SSH service, heartbeats, renewals."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
+
 from limen.auth.access_cache import AccessCache
-from limen.auth.join import JoinRequest
+from limen.auth.node_credentials import token_id
+from limen.auth.node_registry import JoinRequest
 from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import NodeConfig, split_host_port
-from limen.errors import BadParameter
+from limen.errors import AccessDenied, BadParameter
 from limen.node.audit import NodeAudit
 from limen.node.cluster_link import ClusterLink, LocalLink, RemoteLink
 from limen.node.cluster_policy import ClusterObserver, ClusterPolicy
@@ -26,6 +29,7 @@ from limen.node.membership import (
     load_identity,
     save_identity,
 )
+from limen.node.renewal import CredentialRenewal
 from limen.node.server import NodeServer
 from limen.node.settings import NodeSettings
 from limen.resources import Lock
@@ -59,6 +63,7 @@ class NodeRole:
         self.link: ClusterLink | None = None
         self.identity: NodeIdentity | None = None
         self._heartbeat: Heartbeat | None = None
+        self.renewal: CredentialRenewal | None = None
         self.agent: TunnelAgent | None = None
         self.cache: AccessCache | None = None
         self.audit: NodeAudit | None = None
@@ -89,7 +94,8 @@ class NodeRole:
             server_name=self.identity.name,
             env_allowlist=self.config.env_allowlist,
         )
-        labels = self.config.labels
+        # What the cluster registered: for a joined node the token's labels win.
+        labels = self.identity.labels or self.config.labels
         self.cache = AccessCache(self.link.access_feed, self._on_lock)
         self.cache.start()
         policy = ClusterPolicy(
@@ -109,14 +115,28 @@ class NodeRole:
             if tunneled
             else advertise_address(host, self.server.port, self.config.advertise_addr)
         )
-        self._heartbeat = Heartbeat(self.link, self.identity, addr, labels, self.server.sessions)
-        await self._heartbeat.beat()  # registered with the real port before anyone dials
+        self.renewal = CredentialRenewal(self.link, self.identity, settings.host_key,
+                                         self.data_dir, self.clock, self._use_certificate)
+        self._heartbeat = Heartbeat(self.link, self.identity, addr, self.server.sessions,
+                                    self.renewal)
+        await self._heartbeat.beat()  # present at the real port before anyone dials
         self._heartbeat.start()
         if tunneled:
             self.agent = start_agent(
                 self.identity, settings.host_key, self.server, on_connected=self._heartbeat.beat
             )
         log.info("node %s (%s) serving SSH on %s", self.identity.name, self.identity.node_id, addr)
+
+    @property
+    def heartbeat(self) -> Heartbeat | None:
+        return self._heartbeat
+
+    def _use_certificate(self, cert: asyncssh.SSHCertificate) -> None:
+        """A renewed host certificate: new connections get it; live ones go on."""
+        if self.server is not None:
+            self.server.update_host_certs([cert])
+        if self.agent is not None:
+            self.agent.use_certificate(cert)
 
     async def _on_lock(self, lock: Lock) -> None:
         """End every connection the lock targets (sessions, forwards and all), telling
@@ -134,28 +154,12 @@ class NodeRole:
 
     async def _identity(self, addr: str) -> NodeIdentity:
         existing = load_identity(self.data_dir)
-        if existing is not None and existing.name == self.name:
+        if existing is not None and existing.name != self.name:
+            existing = None  # renamed: a new registration
+        if self.auth is not None:
+            return await self._register_locally(existing, addr)
+        if existing is not None and not self._joins_again(existing):
             return existing
-        key = host_key_for(self.data_dir)
-        if self.auth is not None:  # same process as the auth service: no token needed
-            request = JoinRequest(
-                name=self.name,
-                addr=addr,
-                labels=self.config.labels,
-                public_key=key.export_public_key("openssh").decode(),
-            )
-            result = await self.auth.join.register(request, self.config.labels)
-            identity = NodeIdentity(
-                node_id=result.node_id,
-                name=self.name,
-                cluster=result.cluster,
-                host_cert=result.host_cert,
-                host_ca=result.host_ca,
-                user_ca=result.user_ca,
-                heartbeat_seconds=result.heartbeat_seconds,
-            )
-            save_identity(self.data_dir, identity)
-            return identity
         if not (self.config.proxy_addr and self.config.join_token):
             raise BadParameter(
                 "a node without a local auth service joins with --token TOKEN --proxy HOST:PORT"
@@ -170,6 +174,49 @@ class NodeRole:
             self.config.ca_pin,
             self.join.insecure,
         )
+
+    def _joins_again(self, existing: NodeIdentity) -> bool:
+        """Whether a remote node with an identity on disk must present its token again.
+
+        Yes when it was given a token other than the one it joined with (an operator's
+        way to re-join it), or when its credentials lapsed; then it needs a new token.
+        """
+        token = self.config.join_token
+        if token and token_id(token) != existing.join_token_id:
+            return True
+        expired = existing.credentials_expire()
+        if expired > self.clock.now():
+            return False
+        raise AccessDenied(
+            f"this node's credentials expired at {expired:%Y-%m-%d %H:%M:%S} UTC: it was away "
+            "longer than their lifetime. Join it again with a new token (limen tokens add "
+            "--type node on the auth host, then limen start --roles node --token NEW ...)"
+        )
+
+    async def _register_locally(self, existing: NodeIdentity | None, addr: str) -> NodeIdentity:
+        """Same process as the auth service: no token; fresh credentials at every start."""
+        assert self.auth is not None
+        key = host_key_for(self.data_dir)
+        request = JoinRequest(
+            name=self.name,
+            addr=addr,
+            labels=self.config.labels,
+            public_key=key.export_public_key("openssh").decode(),
+            node_id=existing.node_id if existing is not None else "",
+        )
+        result = await self.auth.nodes.register(request, self.config.labels, local=True)
+        identity = NodeIdentity(
+            node_id=result.node_id,
+            name=self.name,
+            cluster=result.cluster,
+            host_cert=result.host_cert,
+            host_ca=result.host_ca,
+            user_ca=result.user_ca,
+            heartbeat_seconds=result.heartbeat_seconds,
+            labels=result.labels,
+        )
+        save_identity(self.data_dir, identity)
+        return identity
 
     def _link(self, identity: NodeIdentity) -> ClusterLink:
         if self.auth is not None:

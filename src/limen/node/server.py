@@ -63,6 +63,9 @@ class NodeServer:
         self.sessions: dict[str, SessionContext] = {}  # live sessions by id
         self.connections: set[NodeConnection] = set()
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        # Listeners inside reverse tunnels (listen_on), to hand them renewed certificates.
+        self._tunnel_acceptors: list[tuple[asyncssh.SSHClientConnection,
+                                           asyncssh.SSHAcceptor]] = []
         self._tasks: set[asyncio.Future[Any]] = set()
         self.port = settings.port
 
@@ -104,7 +107,21 @@ class NodeServer:
                         port: int) -> asyncssh.SSHAcceptor:
         """Serve inside an SSH connection: each channel the peer opens to host:port
         (a reverse tunnel's tcpip-forward) becomes a node connection."""
-        return await tunnel.listen_ssh(host, port, **self.listen_options())
+        acceptor = await tunnel.listen_ssh(host, port, **self.listen_options())
+        self._tunnel_acceptors = [(t, a) for t, a in self._tunnel_acceptors if not t.is_closed()]
+        self._tunnel_acceptors.append((tunnel, acceptor))
+        return acceptor
+
+    def update_host_certs(self, certs: list[asyncssh.SSHCertificate]) -> None:
+        """Serve renewed host certificates to every connection from now on.
+
+        asyncssh applies an acceptor's updated options to connections it accepts later;
+        live connections (and their sessions) keep going untouched."""
+        self.settings.host_certs = list(certs)
+        live = [a for t, a in self._tunnel_acceptors if not t.is_closed()]
+        for acceptor in [self._acceptor, *live]:
+            if acceptor is not None:
+                acceptor.update(server_host_certs=list(certs))
 
     async def serve_stream(self, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter) -> None:

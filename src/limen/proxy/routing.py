@@ -4,30 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from limen.audit import schema
+from limen.auth.node_registry import GONE
 from limen.auth.server import AuthServer
 from limen.config import split_host_port
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound
+from limen.proxy.node_verify import AddressGuard, NodeVerifier
 from limen.proxy.ssh_jump import JumpIdentity, NodeRoute, open_tcp_stream
+from limen.sshauth import CertFacts
+from limen.sshauth.judge import Revoked
 from limen.tunnel.registry import Tunnel, TunnelDirectory
 
 log = logging.getLogger(__name__)
 
 
 class BackendRouter:
-    """Nodes as registered in the backend (they expire when heartbeats stop).
+    """Nodes as registered in the backend, at the address their heartbeats report.
 
-    A node with a reverse tunnel to this proxy is reached through it; otherwise the
-    node's address is dialed (giving up after NODE_DIAL_TIMEOUT). A tunnel-only node
-    is never dialed, even if an old address lingers: it has no port anyone can reach.
+    A node with a reverse tunnel to this proxy is reached through it (the tunnel server
+    checked its host certificate when the agent logged in). Otherwise the node's address
+    is dialed, but only after the address proved it serves that node (node_verify): a
+    node's word alone sends nobody anywhere. A tunnel-only node is never dialed, even if
+    an old address lingers: it has no port anyone can reach. The node running in this
+    very process (``trust_local``) is dialed at the address its service really listens
+    on, which this process knows first-hand.
     """
 
-    def __init__(self, auth: AuthServer, tunnels: TunnelDirectory | None = None) -> None:
+    def __init__(self, auth: AuthServer, tunnels: TunnelDirectory | None = None,
+                 verifier: NodeVerifier | None = None,
+                 guard: AddressGuard | None = None) -> None:
         self.auth = auth
         self.tunnels = tunnels
+        self.verifier = verifier
+        self.guard = guard or AddressGuard()
+        self._local: dict[str, tuple[str, int]] = {}
+
+    def trust_local(self, node_id: str, host: str, port: int) -> None:
+        """The node inside this process listens at host:port: no check needed there."""
+        self._local[node_id] = (host, port)
 
     async def resolve(self, target: str) -> NodeRoute:
         nodes = await self.auth.ctx.stores.nodes.list()
@@ -41,9 +58,19 @@ class BackendRouter:
         name = node.spec.hostname
         if self._tunnel(node.name) is not None:
             return NodeRoute(node_id=node.name, name=name, host="", port=0)
-        if node.spec.connection == "tunnel" or not node.spec.addr:
-            raise ConnectionProblem(offline_message(name))
-        host, port = split_host_port(node.spec.addr)
+        if node.name in self._local:
+            return NodeRoute(node.name, name, *self._local[node.name])
+        presence = await self.auth.nodes.presence_of(node.name)
+        if presence is None:
+            raise ConnectionProblem(
+                f"node '{name}' is offline: it has not sent a heartbeat for "
+                f"{_minutes(self.auth.ctx.settings.node_ttl)} (is its limen service running?)"
+            )
+        if presence.spec.connection == "tunnel" or not presence.spec.addr:
+            # Offline, which open_stream says: after the policy, so that a user who may
+            # not reach the node (or a locked node) is told that instead.
+            return NodeRoute(node_id=node.name, name=name, host="", port=0)
+        host, port = split_host_port(presence.spec.addr)
         return NodeRoute(node_id=node.name, name=name, host=host, port=port)
 
     async def open_stream(
@@ -54,10 +81,35 @@ class BackendRouter:
             return await tunnel.open_stream(route.name)
         if not route.host:  # the tunnel went down since resolve()
             raise ConnectionProblem(offline_message(route.name))
-        return await open_tcp_stream(route)
+        if self._local.get(route.node_id) == (route.host, route.port):
+            return await open_tcp_stream(route)
+        proven = await self.guard.dialable(route)
+        if self.verifier is not None and not self.verifier.proven(proven):
+            await self.verifier.verify(proven, await self._revocation(route))
+        return await open_tcp_stream(proven)
+
+    async def _revocation(self, route: NodeRoute) -> Revoked:
+        """Refuse certificates of a node removed since resolve(), or replaced by renewal."""
+        try:
+            node = await self.auth.ctx.stores.nodes.get(route.node_id)
+        except NotFound:
+            raise AccessDenied(GONE.format(node=route.name)) from None
+        serial = node.spec.cert_serial
+
+        def revoked(cert: CertFacts) -> str | None:
+            if serial and cert.serial != serial:
+                return f"its host certificate (serial {cert.serial}) is not the current one"
+            return None
+
+        return revoked
 
     def _tunnel(self, node_id: str) -> Tunnel | None:
         return self.tunnels.get(node_id) if self.tunnels is not None else None
+
+
+def _minutes(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    return f"{minutes} minutes" if minutes != 1 else "a minute"
 
 
 def offline_message(name: str) -> str:

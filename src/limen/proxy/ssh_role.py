@@ -13,7 +13,7 @@ from limen.clock import Clock
 from limen.config import ProxyConfig, split_host_port
 from limen.node.membership import first_address
 from limen.proxy.routing import AuditObserver, BackendRouter, RolePolicy
-from limen.proxy.ssh_jump import JumpHost, JumpSettings
+from limen.proxy.ssh_jump import JumpHost, JumpSettings, NodeRouter
 from limen.proxy.ssh_locks import JumpLocks
 from limen.tunnel.registry import TunnelDirectory
 
@@ -52,7 +52,8 @@ def proxy_host_identity(config: ProxyConfig, data_dir: Path,
 
 async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
                           clock: Clock, tunnels: TunnelDirectory | None = None,
-                          identity: tuple[SSHKey, SSHCertificate] | None = None) -> JumpHost:
+                          identity: tuple[SSHKey, SSHCertificate] | None = None,
+                          router: NodeRouter | None = None) -> JumpHost:
     # No dedicated port (null): the jump host is reached only through the web port.
     host, port = split_host_port(config.ssh_listen_addr) if config.ssh_listen_addr else ("", None)
     key, cert = identity or proxy_host_identity(config, data_dir, auth)
@@ -61,7 +62,7 @@ async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
         user_ca_keys=[auth.ctx.cas.user_ca.convert_to_public()],
         cluster_name=auth.cluster_name,
     )
-    jump = JumpHost(settings, BackendRouter(auth, tunnels), RolePolicy(auth),
+    jump = JumpHost(settings, router or BackendRouter(auth, tunnels), RolePolicy(auth),
                     AuditObserver(auth), clock=clock)
     await jump.start()
     locks = JumpLocks(jump, lambda: access_feed(auth.ctx.stores))

@@ -98,16 +98,19 @@ async def open_tcp_stream(
         return await asyncio.wait_for(
             asyncio.open_connection(route.host, route.port, limit=STREAM_LIMIT), timeout
         )
-    except TimeoutError:
-        raise ConnectionProblem(
-            f"node '{route.name}' did not answer at {route.host}:{route.port} "
-            f"within {timeout:g} s"
-        ) from None
-    except OSError as exc:
-        raise ConnectionProblem(
-            f"node '{route.name}' could not be reached at {route.host}:{route.port}: "
-            f"{exc.strerror or exc}"
-        ) from exc
+    except (TimeoutError, OSError) as exc:
+        raise dial_failure(route, exc, timeout) from None
+
+
+def dial_failure(route: NodeRoute, exc: BaseException, timeout: float) -> ConnectionProblem:
+    """What to tell a user whose node could not be dialed."""
+    where = f"{route.host}:{route.port}"
+    if isinstance(exc, TimeoutError):
+        return ConnectionProblem(
+            f"node '{route.name}' did not answer at {where} within {timeout:g} s"
+        )
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ConnectionProblem(f"node '{route.name}' could not be reached at {where}: {reason}")
 
 
 def strip_cluster(target: str, cluster_name: str) -> str:

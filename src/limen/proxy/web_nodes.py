@@ -1,20 +1,21 @@
-"""HTTPS API routes for join tokens, node registration, heartbeats, events and sessions."""
+"""HTTPS API routes for join tokens, node registration, heartbeats, renewals, events and
+sessions."""
 
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from limen.auth.join import JoinRequest
 from limen.durations import parse_duration
-from limen.errors import BadParameter
+from limen.errors import AccessDenied, BadParameter
 from limen.proxy.web_errors import ANONYMOUS, SIGNED_IN, errors
-from limen.resources import Node, Session, validate_name
+from limen.resources import Node, NodePresence, Session, validate_name
 from limen.tunnel.registry import TunnelDirectory, TunnelStatus
 
 
@@ -22,6 +23,9 @@ class TokenCreate(BaseModel):
     type: str = "node"
     ttl: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    # How many nodes may join with it (single use by default); reusable: any number.
+    uses: int = Field(default=1, ge=1, le=100000)
+    reusable: bool = False
 
 
 class JoinBody(BaseModel):
@@ -33,10 +37,21 @@ class JoinBody(BaseModel):
 
 
 class Heartbeat(BaseModel):
+    """Presence only: a heartbeat that tries to say more (a name, labels) is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
     addr: str | None = Field(default=None, max_length=300)
     connection: str = "direct"
-    name: str = ""
-    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Renewal(BaseModel):
+    """A signed statement, by the node's registered host key, naming the token renewed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time: str = Field(max_length=64)
+    signature: str = Field(max_length=4096)
 
 
 class ReportedEvent(BaseModel):
@@ -44,25 +59,29 @@ class ReportedEvent(BaseModel):
     fields: dict[str, Any] = Field(default_factory=dict)
 
 
-def node_json(node: Node, tunnel: TunnelStatus | None = None) -> dict[str, Any]:
+def node_json(node: Node, presence: NodePresence,
+              tunnel: TunnelStatus | None = None) -> dict[str, Any]:
     """A node as listings show it. A tunnel node is online only while its tunnel to
     this proxy is up, and "since" is when that tunnel came up or went down; a direct
-    node's "since" is when it registered its current address."""
-    since = node.spec.since or node.spec.joined
+    node's "since" is when it took its current address."""
+    here = presence.spec
+    since = here.since or node.spec.joined
     online = True
-    if node.spec.connection == "tunnel":
+    if here.connection == "tunnel":
         online = tunnel is not None and tunnel.online
         since = tunnel.since if tunnel is not None else None
+    expires = node.spec.credentials_expire
     return {
         "name": node.spec.hostname,
         "id": node.name,
-        "addr": node.spec.addr,
+        "addr": here.addr,
         "labels": node.metadata.labels,
-        "connection": node.spec.connection,
+        "connection": here.connection,
         "online": online,
         "since": since.isoformat() if since else "",
-        "last_heartbeat": node.spec.last_heartbeat.isoformat() if node.spec.last_heartbeat else "",
-        "version": node.spec.version,
+        "last_heartbeat": here.last_heartbeat.isoformat() if here.last_heartbeat else "",
+        "version": here.version,
+        "credentials_expire": expires.isoformat() if expires else "",
     }
 
 
@@ -86,8 +105,11 @@ def session_json(session: Session) -> dict[str, Any]:
 PING_SECONDS = 10.0
 
 
-async def _ndjson(feed: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    """Feed messages as lines, with a ping whenever the feed is quiet."""
+async def _ndjson(feed: AsyncIterator[dict[str, Any]],
+                  still_allowed: Callable[[], Awaitable[bool]] | None = None,
+                  ) -> AsyncIterator[bytes]:
+    """Feed messages as lines, with a ping whenever the feed is quiet; the stream ends
+    at a ping when ``still_allowed`` says the caller lost its right to it."""
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1024)
 
     async def pump() -> None:
@@ -105,6 +127,8 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
                     message = await queue.get()
             except TimeoutError:
                 message = {"op": "ping"}
+                if still_allowed is not None and not await still_allowed():
+                    return
             if message is None:
                 return
             yield (json.dumps(message, default=str) + "\n").encode()
@@ -125,16 +149,17 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
         if body.type != "node":
             raise BadParameter("only --type node tokens exist so far")
         ttl = parse_duration(body.ttl) if body.ttl else None
-        issued = await api.create_join_token(ttl, body.labels)
+        issued = await api.create_join_token(ttl, body.labels,
+                                             None if body.reusable else body.uses)
         return {"token": issued.token, "expires": issued.expires, "labels": issued.labels,
-                "ca_pin": issued.ca_pin, "type": "node"}
+                "ca_pin": issued.ca_pin, "type": "node", "uses": issued.uses}
 
     @app.get("/v1/tokens", responses=errors(*SIGNED_IN))
     async def list_tokens(api: Caller) -> list[dict[str, Any]]:
         return [
             {"id": t.name[:12], "type": "node", "labels": t.spec.labels,
              "expires": t.metadata.expires.isoformat() if t.metadata.expires else "",
-             "created_by": t.spec.created_by}
+             "created_by": t.spec.created_by, "uses_left": t.spec.remaining}
             for t in await api.list_join_tokens()
         ]
 
@@ -150,18 +175,26 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
 
     @app.post("/v1/nodes/heartbeat", responses=errors(400, 404, *SIGNED_IN))
     async def heartbeat(body: Heartbeat, api: Caller) -> dict[str, Any]:
-        if body.name:
-            req = JoinRequest(name=body.name, public_key="", addr=body.addr or "",
-                              labels=body.labels)
-            node = await api.reregister(req)
-        else:
-            node = await api.heartbeat(body.addr, body.connection)
-        return node_json(node)
+        node, presence = await api.heartbeat(body.addr, body.connection)
+        return node_json(node, presence)
+
+    @app.post("/v1/nodes/renew", responses=errors(400, *ANONYMOUS))
+    async def renew(body: Renewal, request: Request, api: Anonymous) -> dict[str, Any]:
+        """New credentials for a node; its own bearer token, and a proof by its host key.
+
+        Not behind the usual token check: the token of a renewal whose answer was lost
+        is no longer current, and the node may retry with it (and its host key)."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AccessDenied("a node renews its credentials with its API token")
+        renewed = await api.renew_node(token.strip(), body.time, body.signature)
+        return {"host_cert": renewed.host_cert, "api_token": renewed.api_token,
+                "expires": renewed.expires}
 
     @app.get("/v1/nodes", responses=errors(*SIGNED_IN))
     async def list_nodes(api: Caller) -> list[dict[str, Any]]:
-        nodes = await api.list_nodes()
-        return [node_json(n, tunnel_of(n)) for n in sorted(nodes, key=lambda n: n.spec.hostname)]
+        nodes = sorted(await api.list_nodes(), key=lambda pair: pair[0].spec.hostname)
+        return [node_json(n, p, tunnel_of(n)) for n, p in nodes]
 
     @app.post("/v1/events", responses=errors(400, *SIGNED_IN))
     async def report_event(body: ReportedEvent, api: Caller) -> dict[str, Any]:
@@ -191,7 +224,7 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
     )
     async def watch_access(api: Caller) -> StreamingResponse:
         """Roles, users and locks, then every change, as NDJSON (nodes keep a cache)."""
-        return StreamingResponse(_ndjson(await api.watch_access()),
+        return StreamingResponse(_ndjson(await api.watch_access(), api.still_in_good_standing),
                                  media_type="application/x-ndjson")
 
     @app.get("/v1/sessions", responses=errors(*SIGNED_IN))

@@ -2,7 +2,7 @@
 
 from limen.resources.base import Metadata, Resource, validate_name
 from limen.resources.lock import Lock, LockSpec, LockTarget
-from limen.resources.node import Node, NodeSpec
+from limen.resources.node import Node, NodePresence, NodePresenceSpec, NodeSpec
 from limen.resources.role import Role, RoleConditions, RoleOptions, RoleSpec, Rule
 from limen.resources.session import Session, SessionSpec
 from limen.resources.token import JoinToken, UserToken
@@ -15,6 +15,8 @@ __all__ = [
     "LockTarget",
     "Metadata",
     "Node",
+    "NodePresence",
+    "NodePresenceSpec",
     "NodeSpec",
     "Resource",
     "Role",

@@ -1,4 +1,4 @@
-"""One-time tokens: signup/reset tokens for people and join tokens for hosts.
+"""Tokens: signup/reset tokens for people and join tokens for hosts.
 
 Only a SHA-256 of each token is stored; the resource name is that hash, so a
 leaked database does not hand out working tokens.
@@ -43,8 +43,18 @@ class JoinTokenSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     roles: list[str] = Field(default_factory=lambda: ["node"])
+    # The labels every node joining with this token gets; they win over the node's own.
     labels: dict[str, str] = Field(default_factory=dict)
     created_by: str = ""
+    # How many more nodes may join with it: 1 by default (single use), unless reusable
+    # (limen tokens add --reusable: any number until it expires).
+    uses_left: int = Field(default=1, ge=0)
+    reusable: bool = False
+
+    @property
+    def remaining(self) -> int | None:
+        """Joins left, or None for a reusable token."""
+        return None if self.reusable else self.uses_left
 
 
 class JoinToken(Resource):

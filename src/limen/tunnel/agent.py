@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -112,6 +112,13 @@ class TunnelAgent:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def use_certificate(self, cert: asyncssh.SSHCertificate) -> None:
+        """Log in with a renewed host certificate from the next connection on.
+
+        The tunnel that is up stays up: the proxy checked the certificate when the agent
+        logged in, and the node's SSH service inside serves the renewed one already."""
+        self.identity = replace(self.identity, host_cert=cert)
 
     async def wait_connected(self, timeout: float) -> None:
         async with asyncio.timeout(timeout):

@@ -8,11 +8,13 @@ from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import ProxyConfig, split_host_port
 from limen.proxy.routing import AuditObserver
+from limen.sshauth.judge import Revoked
 from limen.tunnel.server import TunnelServer, TunnelSettings
 
 
 async def start_tunnel_server(config: ProxyConfig, auth: AuthServer, clock: Clock,
-                              identity: tuple[SSHKey, SSHCertificate]) -> TunnelServer:
+                              identity: tuple[SSHKey, SSHCertificate],
+                              revoked: Revoked | None = None) -> TunnelServer:
     # No dedicated port (null): agents reach the tunnel server only through the web port.
     host, port = (
         split_host_port(config.tunnel_listen_addr) if config.tunnel_listen_addr else ("", None)
@@ -23,6 +25,6 @@ async def start_tunnel_server(config: ProxyConfig, auth: AuthServer, clock: Cloc
         host_ca_keys=[auth.ctx.cas.host_ca.convert_to_public()],
         cluster_name=auth.cluster_name,
     )
-    server = TunnelServer(settings, AuditObserver(auth), clock=clock)
+    server = TunnelServer(settings, AuditObserver(auth), clock=clock, revoked=revoked)
     await server.start()
     return server

@@ -10,8 +10,10 @@ How host-certificate logins and ``tcpip-forward`` fit asyncssh:
 
 1. Authentication is Limen's one SSH path (limen.sshauth): ``AgentHooks.judge``
    accepts the node's host certificate (host CA, role@limen = node, this cluster,
-   validity, key id = user name = node id) and has asyncssh check the login signature
-   with the certified key.
+   validity, key id = user name = node id, and through ``revoked`` a node that is still
+   registered, not locked, with its current certificate) and has asyncssh check the
+   login signature with the certified key. ``TunnelServer.revoke`` closes a node's
+   tunnel the moment the node is removed or locked.
 2. Because asyncssh never saw a user certificate on this connection, its
    ``check_certificate_permission('port-forwarding')`` answers "allowed" (no
    certificate, no restriction) and the agent's ``tcpip-forward`` reaches our
@@ -36,6 +38,7 @@ from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied
 from limen.proxy.ssh_jump import asyncssh_algs
 from limen.sshauth import Accepted, CertAuthServer, CertFacts, TrustedKeys, judge_host
+from limen.sshauth.judge import Revoked
 from limen.sshauth.server import connection_factory
 from limen.tunnel.registry import NODE_PORT, Tunnel, TunnelDirectory
 
@@ -136,7 +139,8 @@ class AgentHooks(CertAuthServer):
     def judge(self, cert: CertFacts, username: str) -> Accepted:
         settings = self._server.settings
         node_id = judge_host(cert, self._server.host_cas, self._server.clock.now(),
-                             cluster=settings.cluster_name, role="node")
+                             cluster=settings.cluster_name, role="node",
+                             revoked=self._server.revoked)
         if username != node_id:
             raise AccessDenied(
                 f"node {node_id} may not open a tunnel as '{username}': an agent logs in "
@@ -189,9 +193,11 @@ class TunnelServer:
     """Listens for node agents and keeps the directory of live tunnels."""
 
     def __init__(self, settings: TunnelSettings, observer: TunnelObserver | None = None, *,
-                 clock: Clock | None = None, directory: TunnelDirectory | None = None) -> None:
+                 clock: Clock | None = None, directory: TunnelDirectory | None = None,
+                 revoked: Revoked | None = None) -> None:
         self.settings = settings
         self.observer = observer
+        self.revoked = revoked  # why a node's certificate may no longer log in, or None
         self.clock = clock or RealClock()
         self.directory = directory or TunnelDirectory(self.clock)
         self.host_cas = TrustedKeys(settings.host_ca_keys)
@@ -252,6 +258,21 @@ class TunnelServer:
             self._server = None
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def revoke(self, node_id: str, reason: str) -> None:
+        """The node was removed or locked: close its tunnel and any login of it, now."""
+        hooks = [h for h in self.connections if h.node_id == node_id]
+        tunnel = self.directory.get(node_id)
+        if tunnel is not None:
+            log.info("closing node %s's tunnel: %s", node_id, reason)
+            tunnel.close(f"limen: {reason}")
+        for hook in hooks:
+            if hook.conn is not None:
+                hook.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"limen: {reason}")
+        if tunnel is not None or hooks:
+            self.emit("auth", {"success": False, "method": "host-cert", "kind": "tunnel",
+                               "user": node_id, "server_id": node_id,
+                               "reason": f"tunnel closed: {reason}"})
 
     def emit(self, name: str, fields: dict[str, Any]) -> None:
         """Hand an event to the observer without holding up asyncssh's callback."""

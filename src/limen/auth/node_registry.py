@@ -1,0 +1,275 @@
+"""Registered nodes: registration, presence, removal, and who may act as one.
+
+A node's registration (``/nodes/ID``) is made once, when it joins with a token (or
+in-process for the node inside ``limen start``), and lives as long as the node keeps
+renewing its credentials (node_renewal.py). Heartbeats only refresh the node's presence
+(``/node_presence/ID``): they can change neither its name nor its labels, and cannot
+bring back a registration that was removed or lapsed. A node's API token works only
+while the registration names it as the current one and no lock targets the node, so
+``limen rm node/X`` or ``limen lock --node X`` stops it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+
+from limen import __version__
+from limen.audit import events
+from limen.auth import node_credentials as creds
+from limen.auth.ca import authorized_keys_line, known_hosts_line
+from limen.auth.context import AuthContext
+from limen.auth.identity import Identity
+from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
+from limen.netpolicy import check_advertised
+from limen.resources import Lock, Node, NodePresence, validate_name
+from limen.services.node_names import NodeNames
+from limen.services.sessions import APISession
+
+GONE = (
+    "node {node} is not registered in this cluster (it was removed, or was away longer "
+    "than its credentials' lifetime): join it again with a new token from limen tokens add"
+)
+
+
+@dataclass
+class JoinRequest:
+    name: str
+    public_key: str
+    addr: str = ""  # advertised host:port; empty for tunnel-only nodes
+    labels: dict[str, str] = field(default_factory=dict)
+    node_id: str = ""  # the in-process node keeps its id across restarts
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    node_id: str
+    host_cert: str
+    host_ca: str  # known_hosts line
+    user_ca: str  # authorized_keys "cert-authority" line
+    cluster: str
+    api_token: str
+    heartbeat_seconds: float
+    expires: str  # when the certificate and the token lapse unless renewed
+    labels: dict[str, str] = field(default_factory=dict)  # as registered: the token's win
+
+
+def locks_node(lock: Lock, names: tuple[str, ...]) -> bool:
+    """A lock on the node itself (not on a user's access to it)."""
+    target = lock.spec.target
+    return (target.node in names and target.user is None and target.role is None
+            and target.login is None)
+
+
+class NodeRegistry:
+    def __init__(self, ctx: AuthContext) -> None:
+        self.ctx = ctx
+        self.names = NodeNames(ctx.stores.backend, self._is_registered)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _is_registered(self, node_id: str) -> bool:
+        try:
+            await self.ctx.stores.nodes.get(node_id)
+        except NotFound:
+            return False
+        return True
+
+    async def find(self, name_or_id: str) -> Node:
+        """A registration by id or name (names compare without case)."""
+        with contextlib.suppress(NotFound, BadParameter):
+            return await self.ctx.stores.nodes.get(name_or_id)
+        holder = await self.names.holder(name_or_id)
+        if holder is not None:
+            with contextlib.suppress(NotFound):
+                return await self.ctx.stores.nodes.get(holder)
+        raise NotFound(f"no node is registered as {name_or_id!r}")
+
+    async def present(self) -> list[tuple[Node, NodePresence]]:
+        """Registered nodes that are heartbeating and not locked."""
+        presence = {p.name: p for p in await self.ctx.stores.node_presence.list()}
+        locks = await self._node_locks()
+        return [
+            (node, presence[node.name])
+            for node in await self.ctx.stores.nodes.list()
+            if node.name in presence and not any(
+                locks_node(lock, (node.name, node.spec.hostname)) for lock in locks)
+        ]
+
+    async def presence_of(self, node_id: str) -> NodePresence | None:
+        try:
+            return await self.ctx.stores.node_presence.get(node_id)
+        except NotFound:
+            return None
+
+    async def lock_on(self, node: Node) -> Lock | None:
+        names = (node.name, node.spec.hostname)
+        return next((lock for lock in await self._node_locks() if locks_node(lock, names)), None)
+
+    async def _node_locks(self) -> list[Lock]:
+        now = self.ctx.clock.now()
+        return [lock for lock in await self.ctx.stores.locks.list()
+                if lock.spec.target.node and (lock.metadata.expires is None
+                                              or lock.metadata.expires > now)]
+
+    # -- registering --------------------------------------------------------------------
+
+    async def register(self, request: JoinRequest, labels: dict[str, str], *, local: bool,
+                       remote_addr: str = "", certify_addr: bool = True) -> JoinResult:
+        """Register a node and issue its credentials (a joining node's or the local one's).
+
+        The name must be free: NameTaken when another registered node holds it. A node
+        that joins again with the host key it registered with keeps its id.
+        """
+        validate_name(request.name, "node name")
+        key = creds.import_host_key(request.public_key)
+        public = key.export_public_key("openssh").decode().strip()
+        node_id = request.node_id or await self._same_node(request.name, public)
+        node_id = node_id or str(uuid.uuid4())
+        principals = self._principals(node_id, request, certify_addr)
+        issued = await creds.issue(self.ctx, node_id, principals, key, with_token=not local)
+        now = self.ctx.clock.now()
+        node = Node.model_validate({
+            "metadata": {"name": node_id, "labels": labels, "expires": issued.expires},
+            "spec": {"hostname": request.name, "host_key": public,
+                     "cert_serial": issued.serial, "principals": principals,
+                     "token_id": creds.token_id(issued.api_token) if issued.api_token else "",
+                     "credentials_expire": issued.expires, "local": local,
+                     "version": __version__, "joined": now},
+        })
+        # Registration first, then the name: a join that sees the name taken by a node
+        # whose registration is written refuses, so two racing joins cannot both win.
+        await self.ctx.stores.nodes.upsert(node)
+        try:
+            await self.names.claim(request.name, node_id)
+        except LimenError:
+            with contextlib.suppress(NotFound):
+                await self.ctx.stores.nodes.delete(node_id)
+            raise
+        if not request.addr.endswith(":0"):  # else present from its first heartbeat
+            await self._touch(node_id, request.addr, "direct" if request.addr else "tunnel")
+        await self.ctx.audit.emit(
+            events.NODE_JOIN, server_id=node_id, server_hostname=request.name,
+            server_addr=request.addr, labels=labels, addr_remote=remote_addr,
+            cert_serial=issued.serial, expires=issued.expires.isoformat(),
+        )
+        return JoinResult(
+            node_id=node_id,
+            host_cert=issued.cert_line(),
+            host_ca=known_hosts_line(self.ctx.cas.host_ca),
+            user_ca=authorized_keys_line(self.ctx.cas.user_ca),
+            cluster=self.ctx.settings.cluster_name,
+            api_token=issued.api_token,
+            heartbeat_seconds=self.ctx.settings.heartbeat_interval.total_seconds(),
+            expires=issued.expires.isoformat(),
+            labels=labels,
+        )
+
+    async def _same_node(self, name: str, public_key: str) -> str | None:
+        """The id of the registration holding ``name`` if it is this host key's."""
+        holder = await self.names.holder(name)
+        if holder is None:
+            return None
+        with contextlib.suppress(NotFound):
+            if (await self.ctx.stores.nodes.get(holder)).spec.host_key == public_key:
+                return holder
+        return None
+
+    def _principals(self, node_id: str, request: JoinRequest, certify_addr: bool) -> list[str]:
+        cluster = self.ctx.settings.cluster_name
+        principals = [node_id, request.name, f"{request.name}.{cluster}"]
+        if certify_addr and request.addr:
+            principals.append(request.addr.rsplit(":", 1)[0].strip("[]"))
+        return list(dict.fromkeys(principals))
+
+    # -- presence -----------------------------------------------------------------------
+
+    async def heartbeat(self, identity: Identity, addr: str | None,
+                        connection: str) -> tuple[Node, NodePresence]:
+        """A registered node says it is alive, and where; nothing else can change here."""
+        if identity.builtin != "node":
+            raise AccessDenied("only a node's own identity may send its heartbeat")
+        node = await self.registered(identity.user)
+        await self.refuse_if_locked(node)
+        if addr and not node.spec.local:
+            try:
+                check_advertised(addr, self.ctx.settings.node_networks)
+            except BadParameter as exc:
+                await self.ctx.audit.emit(
+                    events.NODE_HEARTBEAT_FAILURE, success=False, error=exc.message,
+                    server_id=node.name, server_hostname=node.spec.hostname,
+                    server_addr=addr, addr_remote=identity.remote_addr,
+                )
+                raise
+        mode = "direct" if connection == "direct" else "tunnel"
+        return node, await self._touch(node.name, addr, mode)
+
+    async def _touch(self, node_id: str, addr: str | None, mode: str) -> NodePresence:
+        now = self.ctx.clock.now()
+        old = await self.presence_of(node_id)
+        new_addr = addr if addr is not None else (old.spec.addr if old else "")
+        moved = old is None or old.spec.addr != new_addr or old.spec.connection != mode
+        presence = NodePresence.model_validate({
+            "metadata": {"name": node_id, "expires": now + self.ctx.settings.node_ttl},
+            "spec": {"addr": new_addr, "connection": mode, "version": __version__,
+                     "since": now if moved or old.spec.since is None else old.spec.since,
+                     "last_heartbeat": now},
+        })
+        return await self.ctx.stores.node_presence.upsert(presence)
+
+    # -- who may act as a node ----------------------------------------------------------
+
+    async def registered(self, node_id: str) -> Node:
+        """The node's registration, or AccessDenied saying it is gone."""
+        try:
+            return await self.ctx.stores.nodes.get(node_id)
+        except NotFound:
+            raise AccessDenied(GONE.format(node=node_id)) from None
+
+    async def refuse_if_locked(self, node: Node) -> None:
+        """AccessDenied with the lock's message while a lock targets the node itself."""
+        lock = await self.lock_on(node)
+        if lock is not None:
+            raise AccessDenied(lock.refusal())
+
+    async def in_good_standing(self, node_id: str) -> bool:
+        """Registered and not locked (for streams a node opened earlier)."""
+        try:
+            await self.refuse_if_locked(await self.registered(node_id))
+        except AccessDenied:
+            return False
+        return True
+
+    async def admit(self, session: APISession, remote_addr: str = "") -> None:
+        """Refuse a node's API token unless it is the current token of a registered,
+        unlocked node; every refusal is an audit event."""
+        node_id = session.spec.user
+        try:
+            node = await self.registered(node_id)
+            if creds.session_token_id(session.name) != node.spec.token_id:
+                raise AccessDenied(
+                    "this node API token was replaced when the node renewed its credentials"
+                )
+            await self.refuse_if_locked(node)
+        except AccessDenied as exc:
+            await self.ctx.audit.emit(
+                events.AUTH_FAILURE, success=False, method="node-token", kind="api",
+                server_id=node_id, reason=exc.message, addr_remote=remote_addr,
+            )
+            raise
+
+    # -- removal ------------------------------------------------------------------------
+
+    async def remove(self, actor: Identity, name_or_id: str) -> Node:
+        """`limen rm node/X`: the registration, its presence and its name go at once."""
+        node = await self.find(name_or_id)
+        await self.ctx.stores.nodes.delete(node.name)
+        with contextlib.suppress(NotFound):
+            await self.ctx.stores.node_presence.delete(node.name)
+        await self.names.release(node.spec.hostname, node.name)
+        await self.ctx.audit.emit(
+            events.NODE_REMOVE, user=actor.user, server_id=node.name,
+            server_hostname=node.spec.hostname, addr_remote=actor.remote_addr,
+        )
+        return node

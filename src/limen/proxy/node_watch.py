@@ -1,0 +1,154 @@
+"""Which nodes this proxy may deal with: registrations and locks, as the backend's watch says.
+
+The tunnel server judges an agent's host certificate synchronously, and a removed or
+locked node must lose its tunnel the moment that happens, not at the next poll. So the
+proxy keeps the registrations and the locks on nodes in memory, fed by a watch on
+``/nodes/`` and ``/locks/``, and tells its subscribers (the tunnel server, the address
+verifier) when a node is removed, lapses or is locked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from limen.auth.context import Stores
+from limen.auth.node_registry import GONE, locks_node
+from limen.backend.base import Event, OpType
+from limen.clock import Clock
+from limen.errors import LimenError
+from limen.resources import Lock, Node
+from limen.sshauth import CertFacts
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("/nodes/", "/locks/")
+RESYNC_DELAY = 1.0
+
+# Called with (node id, why) when a node may no longer be reached.
+OnRevoked = Callable[[str, str], None]
+
+
+class NodeWatch:
+    def __init__(self, stores: Stores, clock: Clock) -> None:
+        self.stores = stores
+        self.clock = clock
+        self._nodes: dict[str, Node] = {}
+        self._locks: dict[str, Lock] = {}
+        self._subscribers: list[OnRevoked] = []
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, callback: OnRevoked) -> None:
+        self._subscribers.append(callback)
+
+    async def start(self, timeout: float = 30) -> None:
+        """Watch, and return once the first snapshot is in memory."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        async with asyncio.timeout(timeout):
+            await self._ready.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- what the proxy asks -----------------------------------------------------------
+
+    def refusal(self, node_id: str) -> str | None:
+        """Why the node may not be reached now (removed, lapsed, locked), or None."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return GONE.format(node=node_id)
+        lock = self._lock_on(node)
+        return lock.refusal() if lock is not None else None
+
+    def revoked(self, cert: CertFacts) -> str | None:
+        """judge_host's ``revoked`` hook: also refuses a certificate a renewal replaced."""
+        reason = self.refusal(cert.key_id)
+        if reason is not None:
+            return reason
+        current = self._nodes[cert.key_id].spec.cert_serial
+        if current and cert.serial != current:
+            return (f"this host certificate (serial {cert.serial}) was replaced when node "
+                    f"{cert.key_id} renewed its credentials")
+        return None
+
+    def _lock_on(self, node: Node) -> Lock | None:
+        now = self.clock.now()
+        names = (node.name, node.spec.hostname)
+        for lock in self._locks.values():
+            live = lock.metadata.expires is None or lock.metadata.expires > now
+            if live and locks_node(lock, names):
+                return lock
+        return None
+
+    # -- keeping up ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with self.stores.backend.watch(list(PREFIXES)) as watcher:
+                    self._load(await self.stores.nodes.list(), await self.stores.locks.list())
+                    self._ready.set()
+                    async for event in watcher:
+                        self._apply(event)
+            except asyncio.CancelledError:
+                raise
+            except LimenError as exc:  # the watch broke: read everything again
+                log.warning("the node watch broke (%s); re-reading", exc.message)
+            except Exception:  # noqa: BLE001 - never stop watching
+                log.exception("the node watch failed; re-reading")
+            await asyncio.sleep(RESYNC_DELAY)
+
+    def _load(self, nodes: list[Node], locks: list[Lock]) -> None:
+        before = set(self._nodes)
+        self._nodes = {node.name: node for node in nodes}
+        self._locks = {lock.name: lock for lock in locks if lock.spec.target.node}
+        for node_id in before - set(self._nodes):
+            self._revoke(node_id, GONE.format(node=node_id))
+        for node in self._nodes.values():
+            self._revoke_if_locked(node)
+
+    def _apply(self, event: Event) -> None:
+        key = event.item.key
+        if key.startswith("/nodes/"):
+            self._apply_node(key[len("/nodes/"):], event)
+        elif key.startswith("/locks/"):
+            self._apply_lock(key[len("/locks/"):], event)
+
+    def _apply_node(self, node_id: str, event: Event) -> None:
+        if event.type == OpType.DELETE:
+            if self._nodes.pop(node_id, None) is not None:
+                self._revoke(node_id, GONE.format(node=node_id))
+            return
+        node = Node.from_bytes(event.item.value)
+        self._nodes[node_id] = node
+        self._revoke_if_locked(node)
+
+    def _apply_lock(self, name: str, event: Event) -> None:
+        if event.type == OpType.DELETE:
+            self._locks.pop(name, None)
+            return
+        lock = Lock.from_bytes(event.item.value)
+        if not lock.spec.target.node:
+            return
+        self._locks[name] = lock
+        for node in list(self._nodes.values()):
+            self._revoke_if_locked(node)
+
+    def _revoke_if_locked(self, node: Node) -> None:
+        lock = self._lock_on(node)
+        if lock is not None:
+            self._revoke(node.name, lock.refusal())
+
+    def _revoke(self, node_id: str, reason: str) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(node_id, reason)
+            except Exception:  # noqa: BLE001 - one subscriber's failure spares the others
+                log.exception("revoking node %s failed", node_id)
