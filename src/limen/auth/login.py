@@ -15,6 +15,7 @@ from limen.auth import passwords, totp
 from limen.auth.ca import known_hosts_line, sign_user_cert
 from limen.auth.context import AuthContext
 from limen.auth.locks import LockService
+from limen.diag import metrics
 from limen.errors import AccessDenied, BadParameter, NotFound
 from limen.rbac import AccessChecker
 from limen.resources import User
@@ -58,6 +59,7 @@ class LoginService:
             raise
         checker = await self._checker_for(user)
         result = await self._issue(user, checker, key, ttl)
+        metrics.login_attempt(success=True)
         await self.ctx.audit.emit(
             events.USER_LOGIN,
             user=name,
@@ -124,6 +126,7 @@ class LoginService:
         await self.ctx.stores.users.modify(name, reset)
 
     async def _failed(self, name: str, remote: str, reason: str) -> None:
+        metrics.login_attempt(success=False)
         await self.ctx.audit.emit(
             events.USER_LOGIN_FAILURE,
             user=name,
@@ -152,7 +155,7 @@ class LoginService:
             valid_after=now - timedelta(minutes=1),
             valid_before=valid_before,
             permit_pty=True,
-            permit_port_forwarding=bool(checker.port_forwarding()),
+            permit_port_forwarding=checker.any_port_forwarding(),
             permit_agent_forwarding=checker.forward_agent(),
             extensions={
                 "roles@limen": json.dumps(checker.role_names),
@@ -162,6 +165,7 @@ class LoginService:
             serial=secrets.randbits(63),
         )
         token = await self.ctx.stores.api_sessions.issue(user.name, valid_before)
+        metrics.certificate_issued()
         await self.ctx.audit.emit(
             events.CERT_ISSUED,
             user=user.name,
