@@ -94,7 +94,10 @@ class LoginService:
         if step is None:
             await self._count_failure(user, remote, "wrong TOTP code")
         if not await self.ctx.stores.credentials.consume_step(name, item, device, step):
-            await self._count_failure(user, remote, "TOTP code already used")
+            # Right password, a real but spent code: a person retrying too fast (e.g. just
+            # after signup), not a guess; refused without counting toward the lockout.
+            await self._failed(name, remote, "TOTP code already used")
+            raise AccessDenied(INVALID)
         if user.status.failed_logins:
             await self._reset_failures(name)
         return user

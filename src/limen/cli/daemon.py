@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from limen.client.proxy_addr import FORMS, normalize_proxy
 from limen.config import ROLES, SAMPLE_CONFIG, Config, load_config, split_host_port
 from limen.errors import BadParameter
 from limen.runtime import logs
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "HTTP; off by default), e.g. 127.0.0.1:3000")
     node = start.add_argument_group("joining a node to a cluster that runs elsewhere")
     node.add_argument("--token", help="join token from: limen tokens add --type node")
-    node.add_argument("--proxy", help="the proxy's web address, HOST:PORT")
+    node.add_argument("--proxy", help=f"the proxy's web address: {FORMS}")
     node.add_argument("--ca-pin", help="the cluster CA pin that limen tokens add printed")
     node.add_argument("--insecure", action="store_true", help="join without a CA pin (tests)")
     node.add_argument("--name", help="the node's name (default: the host name)")
@@ -64,6 +65,8 @@ def build_config(args: argparse.Namespace) -> Config:
     node = config.ssh
     node.join_token = args.token or node.join_token
     node.proxy_addr = args.proxy or node.proxy_addr
+    if node.proxy_addr:  # the banner's URL, HOST:PORT or HOST (3080) all work
+        node.proxy_addr = normalize_proxy(node.proxy_addr)
     node.ca_pin = args.ca_pin or node.ca_pin
     node.name = args.name or node.name
     node.advertise_addr = args.advertise_addr or node.advertise_addr
