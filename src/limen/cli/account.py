@@ -13,7 +13,7 @@ from limen.client import profile as profiles
 from limen.client.connect import TrustOptions, open_client
 from limen.client.profile import write_private
 from limen.client.proxy_addr import FORMS
-from limen.errors import BadParameter
+from limen.errors import BadParameter, NotFound
 
 
 def add_trust_flags(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +148,11 @@ def cmd_login(args: argparse.Namespace) -> int:
 def cmd_logout(_args: argparse.Namespace) -> int:
     from limen.client.login import remove_from_agent
 
-    profile = profiles.current()
+    try:
+        profile = profiles.current()
+    except NotFound:  # the state logout leads to is already there
+        print("Not logged in; nothing to remove.")
+        return 0
     remove_from_agent(profile)
     profile.remove_credentials()
     print(f"Logged out {profile.user} from {profile.proxy}.")
@@ -158,6 +162,11 @@ def cmd_logout(_args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     profile = profiles.current()
     _print_status(profile, args.format, _effective_access(profile))
+    until = datetime.fromisoformat(profile.valid_until)
+    if until <= datetime.now(UTC):
+        print(f"ERROR: your certificate expired at {profile.valid_until}; run limen login "
+              f"--proxy {profile.proxy} --user {profile.user}", file=sys.stderr)
+        return 1
     return 0
 
 
