@@ -50,6 +50,7 @@ from limen.runtime.lock import DataDirLock
 from limen.runtime.ports import binding
 from limen.runtime.readiness import readiness_checks
 from limen.runtime.reload import reload
+from limen.runtime.request_ids import RequestIds
 from limen.tunnel.proxy_role import start_tunnel_server
 from limen.tunnel.server import TunnelServer
 
@@ -233,7 +234,8 @@ class Service:
         limits = self.config.proxy.rate_limit
         state = WebState(self.auth, RateLimiter(limits.average_per_minute, limits.burst))
         self._web_state = state
-        self._https = HTTPSServer(create_app(state), sock, *self._tls_files)
+        app = RequestIds(create_app(state))  # every log line of a request carries its id
+        self._https = HTTPSServer(app, sock, *self._tls_files)  # type: ignore[arg-type]
         self.web_addr = local_address(host, self._https.port)
 
     def _multiplexed(self) -> bool:

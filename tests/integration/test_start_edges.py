@@ -4,21 +4,18 @@ what is safe; a node-only instance prints what is true for it and stays quiet.""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.cluster import ClusterHarness
+from tests.support.daemon import LIMEN, Running
 from tests.support.ssh_access import wait_until
 from tests.support.tunnel import NodeProcess
-
-LIMEN = [sys.executable, "-m", "limen.cli.main"]
 
 
 def _config(path: Path, data: Path, web: str = "127.0.0.1:0", extra: str = "") -> Path:
@@ -29,30 +26,6 @@ def _config(path: Path, data: Path, web: str = "127.0.0.1:0", extra: str = "") -
         "ssh:\n  enabled: false\n"
     )
     return path
-
-
-class Running:
-    """A `limen start` process, its log (stdout and stderr) and its run.json."""
-
-    def __init__(self, config: Path, data: Path, log: Path) -> None:
-        self.config, self.data, self.log = config, data, log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen([*LIMEN, "start", "--config", str(config)],
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        wait_until(lambda: (data / "run.json").exists() or self.proc.poll() is not None, 60,
-                   "limen start to listen")
-        assert self.proc.poll() is None, log.read_text()
-
-    def run_file(self) -> dict[str, str]:
-        return json.loads((self.data / "run.json").read_text())
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
 
 
 @pytest.fixture(scope="module")

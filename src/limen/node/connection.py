@@ -212,12 +212,16 @@ class NodeConnection(CertAuthServer):
     async def _session_event(self, name: str, fields: dict[str, Any]) -> None:
         """A session's audit event, counted in the node's session metrics on the way."""
         node = self.settings.server_name
+        ids = {"session_id": fields.get("sid")}
         if name == "session.start":
             setup = None if self._first_session_seen else time.monotonic() - self._connected_at
             self._first_session_seen = True
             metrics.session_started(node, setup)
+            log.info("session started: %s as %s from %s", fields.get("user"), self.login,
+                     fields.get("addr.remote"), extra=ids)
         elif name == "session.end":
             metrics.session_ended(node)
+            log.info("session ended: %s as %s", fields.get("user"), self.login, extra=ids)
         await self.node.emit(name, fields)
 
     async def agent_socket_for(self, user: LocalUser, ctx: SessionContext,

@@ -25,6 +25,8 @@ session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("session
 # Libraries that log every channel or HTTP request at INFO: an idle joined node would
 # write a line per heartbeat and feed poll. They speak at WARNING unless we debug.
 CHATTY = ("asyncssh", "httpx", "httpcore", "uvicorn.access", "uvicorn.error")
+# A line per SQL call, even for debugging Limen: never below WARNING.
+NOISY = ("aiosqlite",)
 
 
 def component(logger_name: str) -> str:
@@ -90,3 +92,5 @@ def set_level(level: str) -> None:
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
     for name in CHATTY:
         logging.getLogger(name).setLevel(quiet)
+    for name in NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
