@@ -29,13 +29,22 @@ def binding(what: str, addr: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if exc.filename is not None or _errno(exc) not in _BIND_ERRORS:
+            raise  # not about the address (a key file, say): the error says it best
         raise bind_error(what, addr, exc) from None
 
 
+_BIND_ERRORS = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
+
+
+def _errno(exc: OSError) -> int | None:
+    if exc.errno is not None:
+        return exc.errno
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+
+
 def bind_error(what: str, addr: str, exc: OSError) -> Exception:
-    code = exc.errno
-    if code is None and exc.args and isinstance(exc.args[0], int):
-        code = exc.args[0]
+    code = _errno(exc)
     if code == errno.EADDRINUSE:
         port = _port_of(addr)
         holder = listener_owner(port) if port else None
