@@ -260,8 +260,11 @@ def scp_site(walk: Walk, command: str) -> None:
 
 
 def stock_scp(walk: Walk, command: str) -> None:
-    walk.run(command)
-    assert Path("/tmp/file").read_text() == "a file\n"
+    try:
+        walk.run(command)
+        assert Path("/tmp/file").read_text() == "a file\n"
+    finally:
+        Path("/tmp/file").unlink(missing_ok=True)
 
 
 def tokens_add(walk: Walk, command: str) -> None:
