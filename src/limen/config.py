@@ -214,11 +214,19 @@ class Config(_Section):
     cluster_name: str = Field(default_factory=lambda: socket.gethostname() or "limen")
     data_dir: Path = Field(default_factory=default_data_dir)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line
+    # Prometheus /metrics, /healthz and /readyz over plain HTTP; off unless set.
+    diag_addr: str | None = None
     storage: StorageConfig = Field(default_factory=StorageConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     ssh: NodeConfig = Field(default_factory=NodeConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @field_validator("diag_addr")
+    @classmethod
+    def _diag(cls, value: str | None) -> str | None:
+        return None if value is None else _check_addr(value)
 
     def roles(self) -> list[str]:
         return [
@@ -256,7 +264,12 @@ version: v1
 # Where CA keys, the embedded database and the audit log live (kept 0600).
 data_dir: /var/lib/limen
 
-log_level: info   # debug | info | warning | error
+log_level: info   # debug | info | warning | error (SIGHUP reloads it)
+log_format: text  # text | json (one JSON object per line; SIGHUP reloads it)
+
+# Prometheus metrics (/metrics) and health checks (/healthz, /readyz) over plain HTTP.
+# Off by default; keep it on a loopback or management address.
+# diag_addr: 127.0.0.1:3000
 
 storage:
   type: sqlite    # sqlite (embedded, default) | postgres (several auth/proxy instances)

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from limen.backend import open_backend
 from limen.backend.base import Backend, Item
 from limen.clock import Clock, RealClock
 from limen.config import Config, split_host_port
+from limen.diag import metrics
+from limen.diag.server import DiagServer
+from limen.diag.timed_backend import TimedBackend
 from limen.durations import parse_duration
 from limen.errors import BadParameter, NotFound
 from limen.files import write_private
@@ -45,6 +49,12 @@ from limen.proxy.routing import BackendRouter
 from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.ssh_role import proxy_host_identity, start_jump_host
 from limen.proxy.web import WebState, create_app
+from limen.runtime.banner import banner
+from limen.runtime.lock import DataDirLock
+from limen.runtime.ports import binding
+from limen.runtime.readiness import readiness_checks
+from limen.runtime.reload import reload
+from limen.runtime.request_ids import RequestIds
 from limen.sshauth import TrustedKeys
 from limen.tunnel.proxy_role import start_tunnel_server
 from limen.tunnel.server import TunnelServer
@@ -85,6 +95,10 @@ class Service:
     _mux: MultiplexListener | None = None
     _tls_files: tuple[Path, Path] = (Path(), Path())
     _web_state: WebState | None = None
+    diag_addr: str = ""
+    _diag: DiagServer | None = None
+    _lock: DataDirLock | None = None
+    _wrote_run_file: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -93,46 +107,37 @@ class Service:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.data_dir, 0o700)
-        self.backend = await self._open_backend()
+        # Before anything else: a second instance on this data dir must touch nothing.
+        self._lock = DataDirLock(self.data_dir)
+        self._lock.acquire()
         try:
-            cluster = await self._cluster_name(self.backend)
-            if "auth" in self.config.roles():
-                self.auth = await self._start_auth(self.backend, cluster)
-            if self.auth is not None:
-                self._prepare_web()
-            if self.auth is not None and "proxy" in self.config.roles():
-                await self._start_proxy(self.auth)
-            if self.auth is not None:
-                await self._serve_web()
-            if "node" in self.config.roles():
-                self.node = NodeRole(
-                    self.config.ssh, self.data_dir, self.clock, self.auth, self.join_options
-                )
-                await self.node.start()
-                self._trust_local_node(self.node)
-            self._write_run_file()
+            await self._start_roles()
         except BaseException:
             await self.stop()
             raise
 
     async def _start_proxy(self, auth: AuthServer) -> None:
         """Tunnel server and jump host, both told at once when a node is removed or locked."""
-        identity = proxy_host_identity(self.config.proxy, self.data_dir, auth)
+        proxy = self.config.proxy
+        identity = proxy_host_identity(proxy, self.data_dir, auth)
         self.node_watch = NodeWatch(auth.ctx.stores, self.clock)
         await self.node_watch.start()
-        self.tunnels = await start_tunnel_server(
-            self.config.proxy, auth, self.clock, identity, self.node_watch.revoked
-        )
+        with binding("the proxy's tunnel port", proxy.tunnel_listen_addr or ""):
+            self.tunnels = await start_tunnel_server(
+                proxy, auth, self.clock, identity, self.node_watch.revoked
+            )
+        metrics.count_tunnels(self.tunnels.directory.__len__)
         self.node_watch.subscribe(self.tunnels.revoke)
         verifier = NodeVerifier(TrustedKeys([auth.ctx.cas.host_ca.convert_to_public()]),
                                 auth.cluster_name, self.clock)
         self.node_watch.subscribe(verifier.forget)
         guard = AddressGuard(auth.ctx.settings.node_networks)
         self.router = BackendRouter(auth, self.tunnels.directory, verifier, guard)
-        self.jump = await start_jump_host(
-            self.config.proxy, self.data_dir, auth, self.clock,
-            self.tunnels.directory, identity, self.router,
-        )
+        with binding("the proxy's SSH port", proxy.ssh_listen_addr or ""):
+            self.jump = await start_jump_host(
+                proxy, self.data_dir, auth, self.clock, self.tunnels.directory, identity,
+                self.router,
+            )
         self.node_watch.subscribe(self._end_channels_to_node)
         self.ssh_addr = self._dedicated_addr(self.config.proxy.ssh_listen_addr, self.jump)
         self._publish_ssh_addr()
@@ -162,12 +167,63 @@ class Service:
         addr = local_address(host, node.server.port)
         self.router.trust_local(node.identity.node_id, *split_host_port(addr))
 
+    async def _start_roles(self) -> None:
+        self.backend = await self._open_backend()
+        cluster = await self._cluster_name(self.backend)
+        if "auth" in self.config.roles():
+            self.auth = await self._start_auth(self.backend, cluster)
+        if self.auth is not None:
+            with binding("the HTTPS API", self._web_listen_text()):
+                self._prepare_web()
+        if self.auth is not None and "proxy" in self.config.roles():
+            await self._start_proxy(self.auth)
+        if self.auth is not None:
+            await self._serve_web()
+        if "node" in self.config.roles():
+            self.node = NodeRole(
+                self.config.ssh, self.data_dir, self.clock, self.auth, self.join_options
+            )
+            with binding("the node's SSH service", self.config.ssh.listen_addr):
+                await self.node.start()
+            self._trust_local_node(self.node)
+        if self.config.diag_addr:
+            await self._start_diag(self.config.diag_addr)
+        self._write_run_file()
+
+    async def _start_diag(self, addr: str) -> None:
+        """Metrics and health checks (off unless diag_addr is set)."""
+        host, port = split_host_port(addr)
+        with binding("diagnostics (metrics and health checks)", addr):
+            sock = bind(host, port)
+        self._diag = DiagServer(sock, readiness_checks(self))
+        await self._diag.start()
+        self.diag_addr = local_address(host, self._diag.port)
+        log.info("diagnostics on http://%s (/metrics, /healthz, /readyz)", self.diag_addr)
+
+    def listeners(self) -> dict[str, bool]:
+        """Each port this instance opened, and whether it is still served (for /readyz)."""
+        up: dict[str, bool] = {}
+        if self.auth is not None:
+            up["web"] = self._https is not None and self._https.socket.fileno() != -1
+        if self.auth is not None and "proxy" in self.config.roles():
+            up["ssh jump host"] = self.jump is not None
+            up["tunnel server"] = self.tunnels is not None
+        if self.node is not None and self.node.listening:
+            up["node ssh"] = self.node.server is not None
+        return up
+
+    def _web_listen_text(self) -> str:
+        if "proxy" in self.config.roles():
+            return self.config.proxy.web_listen_addr
+        return self.config.auth.listen_addr
+
     async def _open_backend(self) -> Backend:
         storage = self.config.storage
         path = storage.path or str(self.data_dir / "backend.sqlite")
-        return await open_backend(
+        backend = await open_backend(
             storage.type, path=path, dsn=storage.dsn, schema=storage.schema_name, clock=self.clock
         )
+        return TimedBackend(backend)  # type: ignore[return-value]  # a Backend, measured
 
     async def _cluster_name(self, backend: Backend) -> str:
         wanted = self.config.cluster_name
@@ -217,9 +273,7 @@ class Service:
         return frozenset(hosts - {"", "0.0.0.0", "::"})
 
     def _web_listen(self) -> tuple[str, int]:
-        if "proxy" in self.config.roles():
-            return split_host_port(self.config.proxy.web_listen_addr)
-        return split_host_port(self.config.auth.listen_addr)
+        return split_host_port(self._web_listen_text())
 
     def _prepare_web(self) -> None:
         """Bind the web port (so its address is known) and build the app; serve later."""
@@ -230,7 +284,8 @@ class Service:
         limits = self.config.proxy.rate_limit
         state = WebState(self.auth, RateLimiter(limits.average_per_minute, limits.burst))
         self._web_state = state
-        self._https = HTTPSServer(create_app(state), sock, *self._tls_files,
+        app = RequestIds(create_app(state))  # every log line of a request carries its id
+        self._https = HTTPSServer(app, sock, *self._tls_files,  # type: ignore[arg-type]
                                   trusted_proxies=self.config.proxy.trusted_proxies)
         self.web_addr = local_address(host, self._https.port)
 
@@ -308,6 +363,7 @@ class Service:
             data = {"web_addr": self.web_addr, "ssh_addr": self.ssh_addr,
                     "tunnel_addr": self.tunnel_addr}
             write_private(self.data_dir / RUN_FILE, json.dumps(data).encode())
+            self._wrote_run_file = True
 
     def _write_tls_files(self, listen_host: str) -> tuple[Path, Path]:
         assert self.auth is not None
@@ -342,6 +398,9 @@ class Service:
         return certfile, keyfile
 
     async def stop(self) -> None:
+        if self._diag is not None:
+            await self._diag.stop()
+            self._diag = None
         if self.node is not None:
             await self.node.stop()
             self.node = None
@@ -362,34 +421,40 @@ class Service:
         if self._https is not None:
             await self._https.stop()
             self._https = None
-        (self.data_dir / RUN_FILE).unlink(missing_ok=True)
+        if self._wrote_run_file:  # only ours: never a running instance's
+            (self.data_dir / RUN_FILE).unlink(missing_ok=True)
+            self._wrote_run_file = False
         if self.audit is not None:  # last: everything above may still write events
             await self.audit.close()
             self.audit = None
         if self.backend is not None:
             await self.backend.close()
             self.backend = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def next_steps(service: Service) -> str:
-    data = service.data_dir
-    return (
-        f"Limen cluster {service.auth.cluster_name if service.auth else '?'} is running.\n"
-        f"  HTTPS API: https://{service.web_addr}\n"
-        f"  SSH proxy: {service.ssh_addr or 'off'}\n"
-        f"  Node tunnels: {service.tunnel_addr or 'off'}\n"
-        f"Next, add the first user (in another terminal on this host):\n"
-        f"  limen users add alice --roles access,editor --logins alice,root --data-dir {data}\n"
-        f"and follow the signup command it prints."
-    )
+    return banner(service)
 
 
-async def run_until_signalled(service: Service, ready_message: bool = True) -> None:
-    """`limen start`: run until SIGINT or SIGTERM, then shut down cleanly."""
+async def run_until_signalled(service: Service, ready_message: bool = True,
+                              load_config: Callable[[], Config] | None = None) -> None:
+    """`limen start`: run until SIGINT or SIGTERM, then shut down cleanly; on SIGHUP,
+    reload what is safe from ``load_config`` (see limen.runtime.reload)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def on_hangup() -> None:
+        if load_config is None:
+            log.warning("SIGHUP: no configuration to reload; restart limen start to change it")
+            return
+        service.config = reload(service.config, load_config)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await service.start()
     if ready_message:
         print(next_steps(service), flush=True)

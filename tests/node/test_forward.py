@@ -199,11 +199,19 @@ def test_agent_forwarding_refused_by_policy_is_reported(node_factory, agent) -> 
     assert event["allowed"] is False
 
 
-def test_remote_forward_is_refused_and_reported(node: Node) -> None:
+def test_remote_forward_refused_by_policy_is_reported(node_factory) -> None:
+    class LocalOnly(CertPolicy):
+        def permit_for(self, identity) -> SessionPermit:
+            permit = super().permit_for(identity)
+            permit.remote_forwarding = False
+            return permit
+
+    node = node_factory(lambda clock: LocalOnly(clock=clock))
     result = node.client().ssh("true", options=(
         "-R", "127.0.0.1:0:127.0.0.1:22", "-o", "ExitOnForwardFailure=yes",
     ))
     assert result.returncode == 255
     assert b"remote port forwarding failed" in result.stderr.lower()
     event = node.observer.wait_for("port", lambda f: f["kind"] == "remote-forward")
-    assert event["allowed"] is False and "not supported" in event["error"]
+    assert event["allowed"] is False
+    assert "remote port forwarding is not allowed" in event["error"]

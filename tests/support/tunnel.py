@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from limen.config import Config
+from limen.errors import AlreadyExists
 from limen.service import Service
 from tests.support.cluster import ClusterHarness
 from tests.support.netns import NatNamespace
@@ -144,7 +145,7 @@ def restart_proxy(cluster: ClusterHarness) -> float:
         try:
             cluster.run(cluster.service.start())
             return time.monotonic()
-        except OSError:
+        except (OSError, AlreadyExists):  # a port in use is said as AlreadyExists
             if time.monotonic() > deadline:
                 raise
             cluster.service = Service(cluster.config, clock=cluster.clock)

@@ -51,6 +51,7 @@ from limen.audit.events import EventType
 from limen.audit.metadata import AuditEvent
 from limen.audit.store import EventStore, StoredEvent
 from limen.clock import Clock, RealClock
+from limen.diag import metrics
 from limen.errors import ConnectionProblem, LimenError
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,7 @@ class AuditLog:
             else:
                 self._since_checkpoint += 1
             self._remember(record["uid"])
+        metrics.audit_written(len(written), queued=len(self._queue))
         # Durable now: acknowledge, then index (the store catches up from the files if
         # the copy fails, so callers need not wait for it).
         for (_, future), (record, _) in zip(batch, written, strict=True):

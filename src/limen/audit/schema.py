@@ -266,6 +266,8 @@ class PortForward(NodeEvent):
     kind: str | None = None  # direct-tcpip, remote-forward, ...
     addr: str | None = None
     resolved: list[str] | None = None  # the addresses the node judged and connects to
+    listen: str | None = None  # remote-forward: the address the client asked to listen on
+    origin: str | None = None  # remote-forward: who connected to the node's listener
     allowed: bool | None = None
     error: str | None = None
 

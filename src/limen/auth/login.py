@@ -15,6 +15,7 @@ from limen.auth import passwords, totp
 from limen.auth.ca import known_hosts_line, sign_user_cert
 from limen.auth.context import AuthContext
 from limen.auth.locks import LockService
+from limen.diag import metrics
 from limen.errors import AccessDenied, BadParameter, NotFound
 from limen.rbac import AccessChecker
 from limen.resources import User
@@ -58,6 +59,7 @@ class LoginService:
             raise
         checker = await self._checker_for(user)
         result = await self._issue(user, checker, key, ttl)
+        metrics.login_attempt(success=True)
         await self.ctx.audit.emit(schema.UserLogin(
             user=name, method="local", success=True, addr_remote=remote_addr or None,
             mfa_device="TOTP", roles=list(checker.role_names),
@@ -87,7 +89,10 @@ class LoginService:
         if step is None:
             await self._count_failure(user, remote, "wrong TOTP code")
         if not await self.ctx.stores.credentials.consume_step(name, item, device, step):
-            await self._count_failure(user, remote, "TOTP code already used")
+            # Right password, a real but spent code: a person retrying too fast (e.g. just
+            # after signup), not a guess; refused without counting toward the lockout.
+            await self._failed(name, remote, "TOTP code already used")
+            raise AccessDenied(INVALID)
         if user.status.failed_logins:
             await self._reset_failures(name)
         return user
@@ -119,6 +124,7 @@ class LoginService:
         await self.ctx.stores.users.modify(name, reset)
 
     async def _failed(self, name: str, remote: str, reason: str) -> None:
+        metrics.login_attempt(success=False)
         await self.ctx.audit.emit(schema.UserLogin(
             user=name, method="local", success=False, error=reason, addr_remote=remote or None,
         ))
@@ -142,7 +148,7 @@ class LoginService:
             valid_after=now - timedelta(minutes=1),
             valid_before=valid_before,
             permit_pty=True,
-            permit_port_forwarding=bool(checker.port_forwarding()),
+            permit_port_forwarding=checker.any_port_forwarding(),
             permit_agent_forwarding=checker.forward_agent(),
             extensions={
                 "roles@limen": json.dumps(checker.role_names),
@@ -152,6 +158,7 @@ class LoginService:
             serial=secrets.randbits(63),
         )
         token = await self.ctx.stores.api_sessions.issue(user.name, valid_before)
+        metrics.certificate_issued()
         await self.ctx.audit.emit(schema.CertIssued(
             user=user.name, principals=list(principals), valid_before=valid_before.isoformat(),
             roles=list(checker.role_names),

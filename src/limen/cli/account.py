@@ -12,7 +12,8 @@ from limen.cli.output import add_format_flag, emit, table
 from limen.client import profile as profiles
 from limen.client.connect import TrustOptions, open_client
 from limen.client.profile import write_private
-from limen.errors import BadParameter
+from limen.client.proxy_addr import FORMS
+from limen.errors import BadParameter, NotFound
 
 
 def add_trust_flags(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_trust_flags(parser: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     signup = sub.add_parser("signup", help="set your password and enroll a TOTP device")
     signup.add_argument("token")
-    signup.add_argument("--proxy", required=True, help="the proxy's address, HOST:PORT")
+    signup.add_argument("--proxy", required=True, help=f"the proxy's address: {FORMS}")
     signup.add_argument(
         "--password-stdin",
         action="store_true",
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     signup.set_defaults(func=cmd_signup)
 
     login = sub.add_parser("login", help="sign in and get a short-lived SSH certificate")
-    login.add_argument("--proxy", help="the proxy's address, HOST:PORT (default: last used)")
+    login.add_argument("--proxy", help=f"the proxy's address: {FORMS} (default: last used)")
     login.add_argument("--user", help="user name (default: last used)")
     login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (capped by your roles)")
     login.add_argument(
@@ -90,7 +91,7 @@ def _show_qr(uri: str) -> None:
 
 
 def cmd_signup(args: argparse.Namespace) -> int:
-    from limen.auth import totp
+    from limen.client import first_login
 
     options = TrustOptions(args.ca_pin, args.insecure)
     client, _new = open_client(args.proxy, options)
@@ -98,24 +99,29 @@ def cmd_signup(args: argparse.Namespace) -> int:
         challenge = client.post("/v1/signup/start", {"token": args.token})
         password = _read_new_password(args)
         secret = challenge["totp_secret"]
+        # The server's time, so that automation works whatever this machine's clock says.
+        server_time = datetime.fromisoformat(challenge["server_time"])
         if args.totp_secret_out:
             write_private(Path(args.totp_secret_out), secret + "\n")
-            # The code proves this client holds the secret; the server's time is used so
-            # that automation works regardless of this machine's clock.
-            server_time = datetime.fromisoformat(challenge["server_time"])
-            otp = totp.code_at(secret, server_time)
+            otp, used_step = first_login.code_for_script(secret, server_time)
         else:
             print(f"Add this account to your authenticator app:\n  {challenge['otpauth_uri']}\n")
             _show_qr(challenge["otpauth_uri"])
             otp = input("Enter the current 6-digit code: ").strip()
+            used_step = first_login.step_of_code(secret, otp, server_time)
         result = client.post(
             "/v1/signup/finish", {"token": args.token, "password": password, "otp": otp}
         )
-        profile = profiles.load(args.proxy)
+        profile = profiles.load(client.proxy)
         profile.trust_ca(client.ca_pem)
+        if used_step is not None:  # the first login must not meet a spent code
+            first_login.wait_for_next_step(
+                used_step, lambda: datetime.fromisoformat(client.get("/v1/ping")["server_time"]),
+                lambda text: print(text, file=sys.stderr, flush=True),
+            )
     print(
         f"Signed up as {result['user']} on cluster {result['cluster']}. Now run:\n"
-        f"  limen login --proxy {args.proxy} --user {result['user']}"
+        f"  limen login --proxy {client.proxy} --user {result['user']}"
     )
     return 0
 
@@ -142,7 +148,11 @@ def cmd_login(args: argparse.Namespace) -> int:
 def cmd_logout(_args: argparse.Namespace) -> int:
     from limen.client.login import remove_from_agent
 
-    profile = profiles.current()
+    try:
+        profile = profiles.current()
+    except NotFound:  # the state logout leads to is already there
+        print("Not logged in; nothing to remove.")
+        return 0
     remove_from_agent(profile)
     profile.remove_credentials()
     print(f"Logged out {profile.user} from {profile.proxy}.")
@@ -152,6 +162,11 @@ def cmd_logout(_args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     profile = profiles.current()
     _print_status(profile, args.format, _effective_access(profile))
+    until = datetime.fromisoformat(profile.valid_until)
+    if until <= datetime.now(UTC):
+        print(f"ERROR: your certificate expired at {profile.valid_until}; run limen login "
+              f"--proxy {profile.proxy} --user {profile.user}", file=sys.stderr)
+        return 1
     return 0
 
 

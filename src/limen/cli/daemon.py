@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from pathlib import Path
 
-from limen.config import ROLES, SAMPLE_CONFIG, Config, load_config
+from limen.client.proxy_addr import FORMS, normalize_proxy
+from limen.config import ROLES, SAMPLE_CONFIG, Config, load_config, split_host_port
 from limen.errors import BadParameter
+from limen.runtime import logs
+from limen.runtime.logs import FORMATS, LEVELS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--config", help="YAML config file (see: limen configure)")
     start.add_argument("--data-dir", help="where keys, the database and the audit log live")
     start.add_argument("--roles", help=f"comma-separated roles to run, from: {', '.join(ROLES)}")
+    start.add_argument("--log-format", choices=FORMATS,
+                       help="text (default) or json: one JSON object per line")
+    start.add_argument("--log-level", choices=LEVELS, help="default: info")
+    start.add_argument("--diag-addr", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics, /healthz and /readyz here (plain "
+                            "HTTP; off by default), e.g. 127.0.0.1:3000")
     node = start.add_argument_group("joining a node to a cluster that runs elsewhere")
     node.add_argument("--token", help="join token from: limen tokens add --type node")
-    node.add_argument("--proxy", help="the proxy's web address, HOST:PORT")
+    node.add_argument("--proxy", help=f"the proxy's web address: {FORMS}")
     node.add_argument("--ca-pin", help="the cluster CA pin that limen tokens add printed")
     node.add_argument("--insecure", action="store_true", help="join without a CA pin (tests)")
     node.add_argument("--name", help="the node's name (default: the host name)")
@@ -37,6 +45,13 @@ def build_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else Config()
     if args.data_dir:
         config.data_dir = Path(args.data_dir)
+    if args.log_format:
+        config.log_format = args.log_format
+    if args.log_level:
+        config.log_level = args.log_level
+    if args.diag_addr:
+        split_host_port(args.diag_addr)  # a clear error for a malformed address
+        config.diag_addr = args.diag_addr
     if args.roles:
         wanted = {r.strip() for r in args.roles.split(",") if r.strip()}
         unknown = wanted - set(ROLES)
@@ -50,6 +65,8 @@ def build_config(args: argparse.Namespace) -> Config:
     node = config.ssh
     node.join_token = args.token or node.join_token
     node.proxy_addr = args.proxy or node.proxy_addr
+    if node.proxy_addr:  # the banner's URL, HOST:PORT or HOST (3080) all work
+        node.proxy_addr = normalize_proxy(node.proxy_addr)
     node.ca_pin = args.ca_pin or node.ca_pin
     node.name = args.name or node.name
     node.advertise_addr = args.advertise_addr or node.advertise_addr
@@ -75,11 +92,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     from limen.service import Service, run_until_signalled
 
     config = build_config(args)
-    logging.getLogger().setLevel(config.log_level.upper())
-    if config.log_level != "debug":  # asyncssh logs every channel at INFO
-        logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    logs.configure(config.log_level, config.log_format)
     service = Service(config, join_options=JoinOptions(insecure=args.insecure))
-    asyncio.run(run_until_signalled(service))
+    asyncio.run(run_until_signalled(service, load_config=lambda: build_config(args)))
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from limen.client import trust
+from limen.client.proxy_addr import normalize_proxy
 from limen.errors import ConnectionProblem, LimenError, from_json
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -15,6 +16,7 @@ TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 class APIClient:
     def __init__(self, proxy: str, ca_pem: str, token: str | None = None) -> None:
+        proxy = normalize_proxy(proxy)
         self.proxy = proxy
         self.ca_pem = ca_pem
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -74,7 +76,16 @@ def _connect_message(proxy: str, exc: Exception) -> str:
             "not sign; refusing to talk to it (if the cluster was rebuilt, run limen logout "
             "and log in again)"
         )
-    return f"cannot reach the proxy at {proxy}: {text or type(exc).__name__}"
+    host = proxy.rpartition(":")[0].strip("[]")
+    port = proxy.rpartition(":")[2]
+    if any(s in text for s in ("Name or service not known", "Temporary failure in name",
+                               "nodename nor servname", "No address associated")):
+        return f"cannot reach the proxy at https://{proxy}: the host name {host!r} does not resolve"
+    if "Connection refused" in text:
+        return (f"cannot reach the proxy at https://{proxy}: connection refused (nothing "
+                f"listens on port {port} of {host}; the proxy's web port is 3080 unless "
+                "its config says otherwise)")
+    return f"cannot reach the proxy at https://{proxy}: {text or type(exc).__name__}"
 
 
 def _decode(response: httpx.Response) -> Any:
@@ -89,6 +100,7 @@ def _decode(response: httpx.Response) -> Any:
 
 def fetch_ca(proxy: str) -> dict[str, Any]:
     """Read /v1/ping without trusting anything yet: the caller must pin or confirm the CA."""
+    proxy = normalize_proxy(proxy)
     try:
         with httpx.Client(verify=trust.insecure_context(), timeout=TIMEOUT) as http:
             response = http.get(f"https://{proxy}/v1/ping")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from limen.client import profile as profiles
 from limen.client import trust
 from limen.client.api import APIClient, fetch_ca
+from limen.client.proxy_addr import normalize_proxy
 from limen.errors import AccessDenied
 
 
@@ -36,6 +37,7 @@ def open_client(
     A stored CA always wins: it is checked against --ca-pin when one is given, and
     --insecure never overrides it.
     """
+    proxy = normalize_proxy(proxy)
     profile = profiles.load(proxy)
     stored = profile.trusted_ca()
     if stored is not None:

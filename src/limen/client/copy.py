@@ -9,13 +9,17 @@ keeps many requests in flight, so the copy is not one round trip per block.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncssh
 
 from limen.client.access import Credentials, Target, dial
 from limen.client.ssh import close_connection
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenError, NotFound
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,25 +96,50 @@ async def _start_sftp(conn: asyncssh.SSHClientConnection, node: str) -> asyncssh
 
 async def _transfer(sftp: asyncssh.SFTPClient, job: CopyPlan, recursive: bool,
                     preserve: bool) -> None:
-    try:
+    """One source at a time, so that an error names the file it is about (as scp does)."""
+    node = job.target.node
+    if len(job.sources) > 1:  # as with scp, several sources need a directory to go into
         if job.upload:
-            await sftp.put(job.sources, job.destination, recurse=recursive, preserve=preserve)
-            return
-        for source in job.sources:
-            if not recursive and await sftp.isdir(source):
-                raise BadParameter(f"{source} is a directory on the node; use -r to copy it")
-        await sftp.get(job.sources, job.destination, recurse=recursive, preserve=preserve)
+            remote = f"{node}:{job.destination}"
+            is_dir = await _one(sftp.isdir(job.destination), remote, f"reading {remote}")
+        else:
+            remote, is_dir = job.destination, os.path.isdir(job.destination)
+        if not is_dir:
+            raise BadParameter(f"{remote} is not a directory; several files go into one")
+    for source in job.sources:
+        if job.upload:
+            remote = f"{node}:{job.destination}"
+            await _one(sftp.put(source, job.destination, recurse=recursive, preserve=preserve),
+                       remote, f"copying {source} to {remote}")
+            continue
+        remote = f"{node}:{source}"
+        if not recursive and await _one(sftp.isdir(source), remote, f"reading {remote}"):
+            raise BadParameter(f"{remote} is a directory on the node; use -r to copy it")
+        await _one(sftp.get(source, job.destination, recurse=recursive, preserve=preserve),
+                   remote, f"copying {remote} to {job.destination}")
+
+
+async def _one(operation: Awaitable[T], remote: str, doing: str) -> T:
+    """Await an SFTP operation, turning its errors into sentences that name the path."""
+    try:
+        return await operation
     except LimenError:
         raise
     except asyncssh.SFTPNoSuchFile as exc:
-        raise NotFound(f"{exc.reason or 'no such file or directory'}") from None
+        raise NotFound(f"{remote}: {_reason(exc, 'no such file or directory')} ({doing})"
+                       ) from None
     except asyncssh.SFTPPermissionDenied as exc:
-        raise AccessDenied(f"permission denied: {exc.reason}") from None
+        raise AccessDenied(f"{remote}: {_reason(exc, 'permission denied')} ({doing})") from None
     except asyncssh.SFTPError as exc:
-        raise ConnectionProblem(f"the copy failed: {exc.reason}") from None
+        raise ConnectionProblem(f"{remote}: {_reason(exc, 'the copy failed')} ({doing})"
+                                ) from None
     except asyncssh.Error as exc:  # the connection itself went away
         raise ConnectionProblem(f"the copy stopped: the connection was lost ({exc.reason})"
                                 ) from None
-    except OSError as exc:
-        raise ConnectionProblem(f"the copy failed: {exc.strerror or exc}"
-                                f"{': ' + exc.filename if exc.filename else ''}") from None
+    except OSError as exc:  # a local file
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ConnectionProblem(f"{where}{exc.strerror or exc} ({doing})") from None
+
+
+def _reason(exc: asyncssh.SFTPError, default: str) -> str:
+    return (exc.reason or default).rstrip(".").lower()

@@ -68,6 +68,7 @@ class ClusterPolicy:
         idle = checker.client_idle_timeout()
         return SessionPermit(
             port_forwarding=base.port_forwarding and checker.port_forwarding(),
+            remote_forwarding=base.remote_forwarding and checker.remote_port_forwarding(),
             forward_agent=base.forward_agent and checker.forward_agent(),
             file_copy=checker.file_copy(),
             max_sessions=checker.max_sessions(),
@@ -85,6 +86,10 @@ class ClusterPolicy:
                     f"port forwarding to {dest.host}:{dest.port} is not allowed by your roles "
                     "or certificate"
                 )
+        if action == "remote_forward" and not permit.remote_forwarding:
+            raise AccessDenied(
+                "remote port forwarding (ssh -R) is not allowed by your roles or certificate"
+            )
         if action == "agent_forward" and not permit.forward_agent:
             raise AccessDenied("agent forwarding is not allowed by your roles or certificate")
         if action == "subsystem" and detail.get("subsystem") == "sftp" and not permit.file_copy:

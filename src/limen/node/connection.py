@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from base64 import b64encode
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from limen.diag import metrics
 from limen.errors import AccessDenied
 from limen.node.agent import grant_agent_socket, revoke_agent_socket
 from limen.node.destinations import Destination
@@ -23,6 +25,7 @@ from limen.node.executor import TermSize
 from limen.node.forward import ForwardedConnection, connect_target, resolve_target
 from limen.node.identity import UserIdentity, identity_from_certificate
 from limen.node.policy import SessionPermit, destination_allowed
+from limen.node.remote_forward import RemoteForwardListener, bind_host, refusal_for_port
 from limen.node.session import SessionContext
 from limen.node.users import LocalUser
 from limen.sshauth import Accepted, CertAuthServer, CertFacts, judge_user
@@ -60,6 +63,9 @@ class NodeConnection(CertAuthServer):
         self._key_offered = False
         self._agent_allowed: bool | None = None
         self._expiry_timer: TimerHandle | None = None
+        # For the set-up latency metric: from the TCP connection to its first session.
+        self._connected_at = time.monotonic()
+        self._first_session_seen = False
 
     # -- connection ------------------------------------------------------------
 
@@ -199,9 +205,24 @@ class NodeConnection(CertAuthServer):
         return SessionContext(
             identity=self.identity, login=self.login, server_id=self.settings.server_id,
             server_name=self.settings.server_name, kind=kind, permit=SessionPermit(),
-            timers=self.node.timers, emit=self.node.emit, base_fields=self.base_fields(),
+            timers=self.node.timers, emit=self._session_event, base_fields=self.base_fields(),
             command=command, subsystem=subsystem, term_size=term_size,
         )
+
+    async def _session_event(self, name: str, fields: dict[str, Any]) -> None:
+        """A session's audit event, counted in the node's session metrics on the way."""
+        node = self.settings.server_name
+        ids = {"session_id": fields.get("sid")}
+        if name == "session.start":
+            setup = None if self._first_session_seen else time.monotonic() - self._connected_at
+            self._first_session_seen = True
+            metrics.session_started(node, setup)
+            log.info("session started: %s as %s from %s", fields.get("user"), self.login,
+                     fields.get("addr.remote"), extra=ids)
+        elif name == "session.end":
+            metrics.session_ended(node)
+            log.info("session ended: %s as %s", fields.get("user"), self.login, extra=ids)
+        await self.node.emit(name, fields)
 
     async def agent_socket_for(self, user: LocalUser, ctx: SessionContext,
                                path: str) -> str | None:
@@ -223,11 +244,80 @@ class NodeConnection(CertAuthServer):
                              orig_port: int) -> Coroutine[Any, Any, ForwardedConnection]:
         return self._open_forward(dest_host, dest_port, orig_host, orig_port)
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        """Remote forwarding (ssh -R) is not offered; say so in the audit log."""
-        self._refuse_forward("remote-forward", f"{listen_host}:{listen_port}",
-                             "remote port forwarding is not supported on this node")
-        return False
+    def server_requested(self, listen_host: str, listen_port: int
+                         ) -> Coroutine[Any, Any, RemoteForwardListener | bool]:
+        """Remote forwarding (ssh -R), when the roles and the certificate allow it."""
+        return self._open_remote_forward(listen_host, listen_port)
+
+    async def _open_remote_forward(self, listen_host: str,
+                                   listen_port: int) -> RemoteForwardListener | bool:
+        requested = f"{listen_host}:{listen_port}"
+        error = await self._remote_forward_refusal(listen_host, listen_port)
+        listener: RemoteForwardListener | None = None
+        if error is None:
+            host = bind_host(listen_host)
+
+            async def accepted(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+                assert listener is not None
+                await self._forward_back(listen_host, listener, reader, writer)
+
+            try:
+                listener = await RemoteForwardListener.open(host, listen_port, accepted)
+            except OSError as exc:
+                error = f"the node cannot listen on {host}:{listen_port}: {exc.strerror}"
+        await self.node.emit("port", self.base_fields(
+            kind="remote-forward", addr=listener.address if listener else requested,
+            listen=requested, allowed=error is None, error=error,
+        ))
+        if error is not None:
+            # The SSH reply to a refused forward carries no reason; ssh -v shows this one.
+            self._debug(f"remote port forwarding of {requested} refused: {error}")
+            return False
+        return listener
+
+    async def _remote_forward_refusal(self, listen_host: str, listen_port: int) -> str | None:
+        """Why this connection may not listen there now (None: it may)."""
+        error = refusal_for_port(self.login, listen_port)
+        if error is not None:
+            return error
+        try:
+            await self.authorize("remote_forward", {"listen_host": listen_host,
+                                                    "listen_port": listen_port})
+        except AccessDenied as exc:
+            return exc.message
+        except Exception:  # escaping into asyncssh would close the whole connection
+            log.exception("authorizing a remote forward failed")
+            return "internal error"
+        return None
+
+    async def _forward_back(self, listen_host: str, listener: RemoteForwardListener,
+                            reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection to a remote forward's port, sent back to the user; roles and
+        locks are judged again, since they may have changed since the forward began."""
+        peer = writer.get_extra_info("peername") or ("", 0)
+        origin = (str(peer[0]), int(peer[1]))
+        error = await self._remote_forward_refusal(listen_host, listener.get_port())
+        if error is None and self.conn is None:
+            error = "the SSH connection is closed"
+        if error is None:
+            try:
+                await self.conn.create_connection(
+                    lambda: ForwardedConnection(reader, writer), listen_host,
+                    listener.get_port(), *origin,
+                )
+            except (asyncssh.Error, OSError) as exc:
+                error = f"the client refused the forwarded connection: {exc}"
+        await self.node.emit("port", self.base_fields(
+            kind="remote-forward", addr=listener.address, origin=_fmt(origin),
+            allowed=error is None, error=error,
+        ))
+        if error is not None:
+            writer.close()
+
+    def _debug(self, message: str) -> None:
+        if self.conn is not None:
+            self.conn.send_debug(message, always_display=True)
 
     def unix_connection_requested(self, dest_path: str) -> bool:
         self._refuse_forward("direct-streamlocal", dest_path,

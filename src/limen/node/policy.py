@@ -16,7 +16,8 @@ from limen.errors import AccessDenied
 from limen.node.destinations import Destination, destination_admitted
 from limen.node.identity import UserIdentity
 
-ACTIONS = frozenset({"session", "exec", "shell", "subsystem", "port_forward", "agent_forward"})
+ACTIONS = frozenset({"session", "exec", "shell", "subsystem", "port_forward", "remote_forward",
+                     "agent_forward"})
 
 
 @dataclass
@@ -24,6 +25,7 @@ class SessionPermit:
     """What one connection may do; decided at each new channel."""
 
     port_forwarding: bool | list[str] = False  # False, True, or allowed "host:port" globs
+    remote_forwarding: bool = False  # ssh -R: the node listens and forwards back
     forward_agent: bool = False
     file_copy: bool = True
     max_sessions: int = 0  # 0 = unlimited session channels per connection
@@ -123,6 +125,8 @@ class CertPolicy:
                 raise AccessDenied(
                     f"port forwarding to {dest.host}:{dest.port} is not allowed for you"
                 )
+        if action == "remote_forward" and not permit.remote_forwarding:
+            raise AccessDenied("remote port forwarding is not allowed for you")
         if action == "agent_forward" and not permit.forward_agent:
             raise AccessDenied("agent forwarding is not allowed for you")
         return permit
@@ -130,6 +134,7 @@ class CertPolicy:
     def permit_for(self, identity: UserIdentity) -> SessionPermit:
         return SessionPermit(
             port_forwarding=identity.permit_port_forwarding,
+            remote_forwarding=identity.permit_port_forwarding,
             forward_agent=identity.permit_agent_forwarding,
             file_copy=self._file_copy,
             max_sessions=self._max_sessions,

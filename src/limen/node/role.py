@@ -67,6 +67,7 @@ class NodeRole:
         self.agent: TunnelAgent | None = None
         self.cache: AccessCache | None = None
         self.audit: NodeAudit | None = None
+        self.listening = False  # whether the node opened a port of its own
 
     @property
     def name(self) -> str:
@@ -108,7 +109,8 @@ class NodeRole:
         self.server = NodeServer(settings, policy, observer, timers=LoopTimers(self.clock))
         self.audit.attach(self.server)
         # Behind NAT nobody can dial in: open a port only when one was asked for.
-        if not tunneled or "listen_addr" in self.config.model_fields_set:
+        self.listening = not tunneled or "listen_addr" in self.config.model_fields_set
+        if self.listening:
             await self.server.start()
         addr = (
             ""
@@ -125,7 +127,12 @@ class NodeRole:
             self.agent = start_agent(
                 self.identity, settings.host_key, self.server, on_connected=self._heartbeat.beat
             )
-        log.info("node %s (%s) serving SSH on %s", self.identity.name, self.identity.node_id, addr)
+        if tunneled:
+            log.info("node %s (%s) serving SSH through a reverse tunnel to %s",
+                     self.identity.name, self.identity.node_id, self.identity.proxy)
+        else:
+            log.info("node %s (%s) serving SSH on %s", self.identity.name,
+                     self.identity.node_id, addr)
 
     @property
     def heartbeat(self) -> Heartbeat | None:

@@ -26,6 +26,7 @@ from typing import Any
 import asyncssh
 
 from limen.clock import Clock, RealClock
+from limen.diag import metrics
 from limen.proxy.ssh_hooks import PROXY_SESSION_MESSAGE, JumpServer
 from limen.proxy.ssh_routes import (
     NODE_DIAL_TIMEOUT,
@@ -208,6 +209,8 @@ class JumpHost:
 
     async def notify(self, name: str, fields: dict[str, Any]) -> None:
         """Hand an event to the observer and wait for it (audit before acknowledging)."""
+        if name == "proxy.connect":
+            metrics.jump_connection(bool(fields.get("allowed")))
         if self.observer is None:
             return
         fields = {"cluster_name": self.settings.cluster_name, **fields}

@@ -118,6 +118,7 @@ def create_app(state: WebState) -> FastAPI:
             "tunnel_addr": state.tunnel_addr,
             "tunnel_tls": state.tunnel_tls,
             "tunnel_host_key": state.tunnel_host_key,
+            "server_time": state.auth.ctx.clock.now().isoformat(),  # TOTP steps follow it
         }
 
     @app.post("/v1/signup/start", responses=errors(*ANONYMOUS))

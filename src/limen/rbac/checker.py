@@ -105,12 +105,21 @@ class AccessChecker:
         return any(r.spec.options.forward_agent for r in self.roles)
 
     def port_forwarding(self) -> bool | list[str]:
-        """True if any role allows all; else the union of allowed destination globs."""
-        values = [r.spec.options.port_forwarding for r in self.roles]
+        """Local forwarding (ssh -L): True if any role allows every destination; else the
+        union of the roles' destination patterns; else False."""
+        values = [r.spec.options.forwarding().local for r in self.roles]
         if any(v is True for v in values):
             return True
         globs = [g for v in values if isinstance(v, list) for g in v]
         return list(dict.fromkeys(globs)) if globs else False
+
+    def remote_port_forwarding(self) -> bool:
+        """Remote forwarding (ssh -R): allowed if any role allows it."""
+        return any(r.spec.options.forwarding().remote for r in self.roles)
+
+    def any_port_forwarding(self) -> bool:
+        """What the certificate's permit-port-forwarding says: some direction is allowed."""
+        return bool(self.port_forwarding()) or self.remote_port_forwarding()
 
     def file_copy(self) -> bool:
         return bool(self.roles) and all(r.spec.options.ssh_file_copy for r in self.roles)
@@ -132,6 +141,7 @@ class AccessChecker:
             "client_idle_timeout": str(idle) if idle else None,
             "forward_agent": self.forward_agent(),
             "port_forwarding": self.port_forwarding(),
+            "remote_port_forwarding": self.remote_port_forwarding(),
             "ssh_file_copy": self.file_copy(),
             "disconnect_expired_cert": self.disconnect_expired_cert(),
             "max_sessions": self.max_sessions(),

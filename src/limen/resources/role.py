@@ -85,12 +85,38 @@ class RoleConditions(BaseModel):
         return value
 
 
+def _enabled(value: object) -> object:
+    """Teleport's spelling ``{enabled: true}`` means ``true``."""
+    if isinstance(value, dict) and set(value) == {"enabled"}:
+        return value["enabled"]
+    return value
+
+
+class PortForwarding(BaseModel):
+    """Which directions of SSH port forwarding a role allows.
+
+    ``local`` (``ssh -L``): true, false, or destination patterns (see node/destinations.py);
+    ``remote`` (``ssh -R``): the node listens on its loopback and forwards back to the user.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    local: bool | list[str] = False
+    remote: bool = False
+
+    _teleport_form = field_validator("local", "remote", mode="before")(
+        lambda value: _enabled(value)
+    )
+
+
 class RoleOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_session_ttl: str = "30h"
     forward_agent: bool = False
-    port_forwarding: bool | list[str] = False
+    # true: local and remote forwarding (as Teleport's legacy option); a list: local
+    # forwarding to those destinations only; or {local: ..., remote: ...}.
+    port_forwarding: bool | list[str] | PortForwarding = False
     ssh_file_copy: bool = True
     client_idle_timeout: str | None = None
     disconnect_expired_cert: bool = False
@@ -108,6 +134,15 @@ class RoleOptions(BaseModel):
             except BadParameter as exc:
                 raise ValueError(exc.message) from None
         return value
+
+    def forwarding(self) -> PortForwarding:
+        """``port_forwarding`` in its explicit form, whichever way it was written."""
+        value = self.port_forwarding
+        if isinstance(value, PortForwarding):
+            return value
+        if isinstance(value, list):
+            return PortForwarding(local=value)
+        return PortForwarding(local=value, remote=value)
 
     @field_validator("max_sessions")
     @classmethod

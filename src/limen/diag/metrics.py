@@ -1,0 +1,88 @@
+"""Every Limen metric, in one registry, behind small functions the rest of the code calls.
+
+The functions are the only thing other modules touch (one line at the place the thing
+happens), so they never need to know about label names or the client library. Metrics
+live in a registry of our own, with the process and platform collectors, so a test
+process that imports other libraries scrapes only Limen's figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+LOGINS = Counter("limen_logins", "Login attempts (password and second factor), by result",
+                 ["result"], registry=REGISTRY)
+CERTIFICATES = Counter("limen_certificates_issued", "User certificates issued",
+                       registry=REGISTRY)
+SESSIONS = Counter("limen_sessions", "Sessions started, by node", ["node"], registry=REGISTRY)
+SESSIONS_ACTIVE = Gauge("limen_sessions_active", "Sessions running now, by node", ["node"],
+                        registry=REGISTRY)
+SESSION_SETUP = Histogram(
+    "limen_session_setup_seconds",
+    "From the SSH connection reaching the node to its first session starting",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+JUMP_CONNECTIONS = Counter("limen_proxy_ssh_connections",
+                           "Connections through the SSH jump host to nodes, by result",
+                           ["result"], registry=REGISTRY)
+TUNNELS = Gauge("limen_tunnels_connected", "Node reverse tunnels connected to this proxy",
+                registry=REGISTRY)
+AUDIT_EVENTS = Counter("limen_audit_events_written", "Audit events written and fsynced",
+                       registry=REGISTRY)
+AUDIT_QUEUE = Gauge("limen_audit_queue_depth", "Audit events waiting for the writer",
+                    registry=REGISTRY)
+BACKEND_LATENCY = Histogram("limen_backend_operation_seconds",
+                            "Storage backend operation latency, by operation", ["operation"],
+                            buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+
+
+def login_attempt(success: bool) -> None:
+    LOGINS.labels(result="success" if success else "failure").inc()
+
+
+def certificate_issued() -> None:
+    CERTIFICATES.inc()
+
+
+def session_started(node: str, setup_seconds: float | None = None) -> None:
+    SESSIONS.labels(node=node).inc()
+    SESSIONS_ACTIVE.labels(node=node).inc()
+    if setup_seconds is not None:
+        SESSION_SETUP.observe(setup_seconds)
+
+
+def session_ended(node: str) -> None:
+    SESSIONS_ACTIVE.labels(node=node).dec()
+
+
+def jump_connection(allowed: bool) -> None:
+    JUMP_CONNECTIONS.labels(result="allowed" if allowed else "refused").inc()
+
+
+def count_tunnels(count: Callable[[], int]) -> None:
+    """The tunnel gauge reads the proxy's tunnel directory when scraped."""
+    TUNNELS.set_function(count)
+
+
+def audit_written(events: int, queued: int) -> None:
+    AUDIT_EVENTS.inc(events)
+    AUDIT_QUEUE.set(queued)
+
+
+def backend_operation(operation: str, seconds: float) -> None:
+    BACKEND_LATENCY.labels(operation=operation).observe(seconds)
