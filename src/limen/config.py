@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -326,3 +327,10 @@ ssh:
   # ca_pin: sha256:<from limen tokens add>
   env_allowlist: []               # environment variables clients may set beyond LANG, LC_*, TERM
 """
+
+
+@dataclass
+class JoinOptions:
+    """How a node joins that is not configuration: ``--insecure`` (test clusters only)."""
+
+    insecure: bool = False

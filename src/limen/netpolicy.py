@@ -9,7 +9,9 @@ multicast) are refused unless the operator allows a network for nodes
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import socket
 from collections.abc import Iterable
 
 from limen.errors import BadParameter
@@ -82,3 +84,13 @@ def check_advertised(addr: str, allowed: Iterable[IPNetwork], port_known: bool =
     reason = refusal(ip, allowed) if ip is not None else None
     if reason is not None:
         raise BadParameter(f"the advertised address {addr} is refused: {reason}")
+
+
+def first_address() -> str:
+    """The first non-loopback address of this host (127.0.0.1 when it has none)."""
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addr = str(info[4][0])
+            if not addr.startswith("127."):
+                return addr
+    return "127.0.0.1"

@@ -23,7 +23,7 @@ from limen.auth.server import AuthServer
 from limen.backend import open_backend
 from limen.backend.base import Backend, Item
 from limen.clock import Clock, RealClock
-from limen.config import Config, split_host_port
+from limen.config import Config, JoinOptions, split_host_port
 from limen.diag import metrics
 from limen.diag.server import DiagServer
 from limen.diag.timed_backend import TimedBackend
@@ -31,7 +31,7 @@ from limen.durations import parse_duration
 from limen.errors import BadParameter, NotFound
 from limen.files import write_private
 from limen.netpolicy import parse_networks
-from limen.node.role import JoinOptions, NodeRole
+from limen.node.cluster.role import NodeRole
 from limen.proxy.https import HTTPSServer, bind
 from limen.proxy.listener import (
     ALPN_HTTP,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from limen.audit import asciicast
+from limen.recording import asciicast
 
 
 def test_printed_text_drops_escapes_and_keeps_lines() -> None:

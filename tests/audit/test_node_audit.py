@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from limen.audit.asciicast import printed_text
 from limen.errors import BadParameter, ConnectionProblem
-from limen.node.audit import NodeAudit
-from limen.node.recorder import LocalRecording
+from limen.node.audit.reporter import NodeAudit
+from limen.recording.asciicast import printed_text
+from limen.recording.cast import LocalRecording
 
 SID = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
@@ -169,7 +169,7 @@ def test_local_recording_metadata_round_trips(tmp_path: Path) -> None:
 
 
 def test_binary_output_is_counted_not_stored(tmp_path: Path) -> None:
-    from limen.node.recorder import CastWriter
+    from limen.recording.cast import CastWriter
 
     writer = CastWriter(tmp_path / "s.cast", 80, 24, 0)
     writer.output(b"text before\r\n")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from limen.audit.asciicast import printed_text
 from limen.audit.store import AuditStore, EventQuery, RecordingMeta, RegisteredKey, StoredEvent
 from limen.errors import NotFound
+from limen.recording.asciicast import printed_text
 
 NODE_ID = "8f14e45f-ceea-4e7a-a2d8-1b2b3c4d5e6f"
 

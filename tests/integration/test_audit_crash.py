@@ -26,7 +26,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from limen.auth import totp
+from limen import totp
 from tests.support.cluster import PASSWORD, CLIResult
 from tests.support.ssh_access import clean_env, wait_until
 

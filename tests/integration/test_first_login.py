@@ -14,7 +14,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from limen.auth import totp
+from limen import totp
 from limen.clock import FakeClock
 from tests.support.cluster import PASSWORD, ClusterHarness
 

@@ -10,7 +10,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from limen.auth import totp
+from limen import totp
 from tests.support.cluster import PASSWORD
 from tests.support.daemon import LIMEN, Running
 

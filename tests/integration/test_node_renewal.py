@@ -17,8 +17,9 @@ import asyncssh
 import pytest
 
 from limen.auth.node_credentials import sign_renewal
+from limen.config import JoinOptions
 from limen.errors import AccessDenied, NotFound
-from limen.node.role import JoinOptions, NodeRole
+from limen.node.cluster.role import NodeRole
 from limen.proxy.node_verify import fetch_host_certificate
 from limen.proxy.ssh_routes import NodeRoute
 from limen.sshauth import CertFacts, read_certificate

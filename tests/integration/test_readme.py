@@ -28,7 +28,7 @@ import httpx
 import pexpect
 import pytest
 
-from limen.auth import totp
+from limen import totp
 from limen.config import load_config
 from tests.support.cluster import PASSWORD
 from tests.support.ssh_access import wait_until

@@ -24,7 +24,7 @@ import pytest
 
 from limen.clock import Clock, FakeClock
 from limen.node import CertPolicy, ManualTimers, NodeServer, NodeSettings
-from limen.node.policy import NodePolicy
+from limen.node.ssh.policy import NodePolicy
 from tests.support.event_shapes import node_problem
 
 TEST_USER = "limen-test"

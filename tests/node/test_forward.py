@@ -102,7 +102,8 @@ def test_local_forward_when_permitted(node: Node, echo_port: int) -> None:
 
 
 def test_local_forward_refused_without_certificate_permission(node: Node, echo_port: int) -> None:
-    # asyncssh refuses the channel before any node hook runs (ASYNCSSH.md item 2).
+    # asyncssh refuses the channel before any node hook runs: the certificate lacks
+    # permit-port-forwarding, as OpenSSH's sshd would refuse it.
     tunnel = Tunnel(node.client(node.creds(port_forwarding=False)), echo_port)
     try:
         assert tunnel.exchange(b"ping\n") == b""

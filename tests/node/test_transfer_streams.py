@@ -12,12 +12,12 @@ from collections.abc import Callable
 import pytest
 
 from limen.errors import BadParameter
-from limen.node import sftp_wire as wire
-from limen.node.digest import MAX_WAITING, OffsetDigest
-from limen.node.scp import mentions_file_copy, parse_scp_command
-from limen.node.scp_stream import MAX_HELD, ScpFollower
-from limen.node.sftp import SftpFollower
-from limen.node.transfer import SftpSniffer
+from limen.node.ssh.transfer_gate import SftpSniffer
+from limen.transfer import sftp_wire as wire
+from limen.transfer.digest import MAX_WAITING, OffsetDigest
+from limen.transfer.scp import mentions_file_copy, parse_scp_command
+from limen.transfer.scp_stream import MAX_HELD, ScpFollower
+from limen.transfer.sftp import SftpFollower
 
 HOME = "/home/u"
 SCP = "/usr/bin/scp"

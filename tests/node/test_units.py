@@ -10,11 +10,11 @@ import pytest
 from limen.clock import FakeClock
 from limen.errors import AccessDenied, BadParameter
 from limen.node import CertPolicy, ManualTimers, NodeSettings, SessionPermit
-from limen.node.destinations import Destination
-from limen.node.environment import filter_client_env
-from limen.node.executor import ExitStatus
-from limen.node.identity import UserIdentity, identity_from_certificate
-from limen.node.policy import destination_allowed
+from limen.node.forwarding.destinations import Destination
+from limen.node.process.environment import filter_client_env
+from limen.node.process.executor import ExitStatus
+from limen.node.ssh.identity import UserIdentity, identity_from_certificate
+from limen.node.ssh.policy import destination_allowed
 from limen.sshauth import read_certificate
 
 CA = asyncssh.generate_private_key("ssh-ed25519")
@@ -112,7 +112,7 @@ def test_settings_validation() -> None:
 def test_without_root_only_the_nodes_own_account(monkeypatch: pytest.MonkeyPatch) -> None:
     import pwd
 
-    from limen.node import users
+    from limen.node.process import users
 
     own = pwd.getpwnam("nobody")
     monkeypatch.setattr(users.os, "geteuid", lambda: own.pw_uid)

@@ -33,13 +33,13 @@ def captured() -> Iterator[io.StringIO]:
 def test_a_json_line_has_time_level_component_message_and_ids(captured: io.StringIO) -> None:
     token = logs.request_id.set("req-1")
     try:
-        logging.getLogger("limen.node.server").info("hello %s", "world")
+        logging.getLogger("limen.node.ssh.server").info("hello %s", "world")
     finally:
         logs.request_id.reset(token)
-    logging.getLogger("limen.node.connection").warning("x", extra={"session_id": "s-9"})
+    logging.getLogger("limen.node.ssh.connection").warning("x", extra={"session_id": "s-9"})
     first, second = (json.loads(line) for line in captured.getvalue().splitlines())
     assert first["message"] == "hello world" and first["level"] == "info"
-    assert first["component"] == "node.server" and first["request_id"] == "req-1"
+    assert first["component"] == "node.ssh.server" and first["request_id"] == "req-1"
     assert first["time"].endswith("Z")
     assert second["session_id"] == "s-9" and "request_id" not in second
 

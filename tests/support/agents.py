@@ -16,8 +16,8 @@ import signal
 from pathlib import Path
 
 from limen.clock import RealClock
-from limen.config import NodeConfig
-from limen.node.role import JoinOptions, NodeRole
+from limen.config import JoinOptions, NodeConfig
+from limen.node.cluster.role import NodeRole
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from limen.auth import totp
+from limen import totp
 from limen.clock import FakeClock
-from limen.config import Config, NodeConfig
-from limen.node.role import JoinOptions, NodeRole
+from limen.config import Config, JoinOptions, NodeConfig
+from limen.node.cluster.role import NodeRole
 from limen.service import Service
 
 T = TypeVar("T")

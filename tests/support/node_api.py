@@ -12,8 +12,8 @@ import asyncssh
 import httpx
 
 from limen.client.trust import verifying_context
-from limen.config import NodeConfig
-from limen.node.role import JoinOptions, NodeRole
+from limen.config import JoinOptions, NodeConfig
+from limen.node.cluster.role import NodeRole
 from tests.support.cluster import ClusterHarness
 
 

@@ -19,13 +19,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from limen.audit import asciicast, schema
+from limen.audit import schema
 from limen.audit.bindings import SessionBinding, SessionBindings
 from limen.audit.chain import format_time
 from limen.audit.log import AuditLog
 from limen.audit.store import RecordingMeta, RecordingStore
 from limen.auth.identity import Identity
 from limen.errors import AccessDenied, BadParameter, NotFound
+from limen.recording import asciicast
 
 MAX_APPEND = 4 * 1024 * 1024
 

@@ -10,8 +10,9 @@ from datetime import datetime, timedelta
 
 import asyncssh
 
+from limen import totp
 from limen.audit import schema
-from limen.auth import passwords, totp
+from limen.auth import passwords
 from limen.auth.ca import known_hosts_line, sign_user_cert
 from limen.auth.context import AuthContext
 from limen.auth.locks import LockService

@@ -7,8 +7,9 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from limen import totp
 from limen.audit import schema
-from limen.auth import passwords, totp
+from limen.auth import passwords
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
 from limen.errors import AccessDenied, BadParameter, NotFound

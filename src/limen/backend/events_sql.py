@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, select, tuple_
 
 from limen.audit.store import EventPage, EventQuery, RegisteredKey, StoredEvent
-from limen.backend.audit_store import Database
+from limen.backend.audit_db import Database
 from limen.backend.audit_tables import events, logs, vouchers
 
 _COLUMNS = (

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 
 from limen.audit.store import RecordingMeta
-from limen.backend.audit_store import Database
+from limen.backend.audit_db import Database
 from limen.backend.audit_tables import chunks, recordings
 from limen.errors import NotFound
 

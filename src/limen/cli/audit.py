@@ -83,7 +83,9 @@ def _details(event: dict[str, Any]) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     local = _local_config(args)
     if local is not None:
-        report = asyncio.run(_verify_locally(local, args.since))
+        from limen.hostadmin import verify_audit_locally
+
+        report = asyncio.run(verify_audit_locally(local, args.since))
     else:
         with admin_client(args) as client:
             query = f"?{urlencode({'since': args.since})}" if args.since else ""
@@ -102,38 +104,6 @@ def _local_config(args: argparse.Namespace) -> Config | None:
     if getattr(args, "data_dir", None):
         return Config(data_dir=Path(args.data_dir))
     return None  # elsewhere the auth service verifies, for a user with the rule on event
-
-
-async def _verify_locally(config: Config, since: str | None) -> dict[str, Any]:
-    from limen.audit.chain import log_id_for, read_public_key
-    from limen.audit.log import now_ns
-    from limen.audit.search import parse_when
-    from limen.audit.store import open_audit_store
-    from limen.audit.verify import verify_files, verify_store
-    from limen.audit.vouchers import read_host_ca_public, trusted_keys
-    from limen.clock import RealClock
-    from limen.errors import BadParameter
-
-    data_dir = Path(config.data_dir)
-    events_dir = data_dir / "log" / "events"
-    if not events_dir.is_dir():
-        raise BadParameter(f"{data_dir} holds no audit log (no {events_dir})")
-    since_ns = parse_when(since, now_ns(RealClock())) if since else None
-    storage = config.storage
-    store = await open_audit_store(storage.type, data_dir, storage.dsn, storage.schema_name)
-    try:
-        # The local file is the trusted copy of this log's key; other logs' keys count
-        # only with the host CA's voucher.
-        mine = read_public_key(data_dir / "ca")
-        own = {log_id_for(mine): mine} if mine is not None else {}
-        ca_public = await asyncio.to_thread(read_host_ca_public, data_dir / "ca")
-        keys = trusted_keys(await store.events.log_keys(), ca_public, own)
-        report, chain = await asyncio.to_thread(verify_files, events_dir, keys, since_ns)
-        if report.ok and storage.type != "memory":
-            await verify_store(store.events, keys, chain, since_ns, report)
-    finally:
-        await store.close()
-    return report.to_json()
 
 
 def _verify_text(report: dict[str, Any]) -> str:

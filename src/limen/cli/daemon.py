@@ -88,7 +88,7 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from limen.node.role import JoinOptions
+    from limen.config import JoinOptions
     from limen.service import Service, run_until_signalled
 
     config = build_config(args)

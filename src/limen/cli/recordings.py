@@ -7,10 +7,10 @@ import sys
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from limen.audit import asciicast
 from limen.cli.admin import add_admin_flags, admin_client
 from limen.cli.output import emit, table
 from limen.errors import BadParameter
+from limen.recording import asciicast
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from limen.auth import totp
+from limen import totp
 
 STEP = totp.STEP_SECONDS
 MARGIN_SECONDS = 5  # time left in a step below which the previous step's code is not used

@@ -2,7 +2,7 @@
 
 Each local connection opens a ``direct-tcpip`` channel to HOST:RPORT from the node,
 and two copy loops of our own move the bytes (asyncssh's stock forwarder can lose
-the first bytes; ASYNCSSH.md item 4). A refused channel is reported on stderr with
+the first bytes before its channel side is connected). A refused channel is reported on stderr with
 the node's reason, as ssh does, and the local connection is closed.
 """
 

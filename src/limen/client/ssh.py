@@ -6,7 +6,8 @@ first. Both hosts are verified through the cluster's host CA alone: known_hosts 
 a single ``@cert-authority *`` line, so there is never a trust-on-first-use prompt.
 
 ``run_command`` and ``run_interactive`` copy stdin/stdout/stderr with their own
-loops; asyncssh's redirect() loses data under flow control (ASYNCSSH.md item 3).
+loops; asyncssh's redirect() loses data under flow control (a second feed task starts
+while the first waits, and asyncssh closes the connection).
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ protocols with ``SessionPermit``, ``CertPolicy``, ``NullObserver``, ``UserIdenti
 ``SessionContext`` and the timers (``LoopTimers``, ``ManualTimers``).
 """
 
-from limen.node.identity import UserIdentity
-from limen.node.policy import CertPolicy, NodeObserver, NodePolicy, NullObserver, SessionPermit
-from limen.node.server import NodeServer
-from limen.node.session import SessionContext
-from limen.node.settings import NodeSettings
+from limen.node.ssh.identity import UserIdentity
+from limen.node.ssh.policy import CertPolicy, NodeObserver, NodePolicy, NullObserver, SessionPermit
+from limen.node.ssh.server import NodeServer
+from limen.node.ssh.session import SessionContext
+from limen.node.ssh.settings import NodeSettings
 from limen.timers import LoopTimers, ManualTimers, Timers
 
 __all__ = [

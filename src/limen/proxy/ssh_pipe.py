@@ -1,7 +1,7 @@
 """Copy bytes between an SSH channel and a node's stream, with flow control both ways.
 
 Not asyncssh's stock forwarder (it can drop the node's first bytes, the SSH banner,
-before the channel is connected: ASYNCSSH.md item 4) and not redirect() (item 3).
+before the channel is connected) and not redirect() (it loses data under flow control).
 The node stream is opened before the channel is confirmed; its reader buffers
 whatever the node sends until ``session_started`` starts the node-to-channel copy.
 

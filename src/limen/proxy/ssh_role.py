@@ -11,7 +11,7 @@ from limen.auth.feed import access_feed
 from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import ProxyConfig, split_host_port
-from limen.node.membership import first_address
+from limen.netpolicy import first_address
 from limen.proxy.routing import AuditObserver, BackendRouter, RolePolicy
 from limen.proxy.ssh_jump import JumpHost, JumpSettings, NodeRouter
 from limen.proxy.ssh_locks import JumpLocks

@@ -30,7 +30,7 @@ NOISY = ("aiosqlite",)
 
 
 def component(logger_name: str) -> str:
-    """'limen.node.server' -> 'node.server'; other libraries keep their own name."""
+    """'limen.node.ssh.server' -> 'node.ssh.server'; other libraries keep their own name."""
     return logger_name.removeprefix("limen.")
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import asyncssh
 
 from limen.errors import BadParameter
-from limen.node.membership import NodeIdentity
-from limen.node.server import NodeServer
+from limen.node.cluster.membership import NodeIdentity
+from limen.node.ssh.server import NodeServer
 from limen.tunnel.agent import AgentIdentity, ProxyLocator, TunnelAgent
 from limen.tunnel.registry import NODE_PORT
 

@@ -11,8 +11,9 @@ unaware of the difference, with flow control intact both ways:
 - proxy to node: asyncssh calls ``pause_writing`` when the channel's send buffer
   passes its high-water mark; ``StreamWriter.drain`` then waits, as on a socket.
 
-Not asyncssh's stock forwarder (ASYNCSSH.md item 4), and nothing here may raise into
-an asyncssh callback: any exception there closes the whole tunnel (item 6), which
+Not asyncssh's stock forwarder (it can drop the first bytes before its channel side is
+connected), and nothing here may raise into an asyncssh callback: any exception there
+closes the whole tunnel connection, which
 would end every session on the node.
 """
 

@@ -14,10 +14,10 @@ from typing import Any
 from limen.auth.access_cache import AccessCache
 from limen.clock import Clock
 from limen.errors import AccessDenied, ConnectionProblem, NotFound
-from limen.node.audit import NodeAudit
-from limen.node.cluster_link import ClusterLink
-from limen.node.identity import UserIdentity
-from limen.node.policy import (
+from limen.node.audit.reporter import NodeAudit
+from limen.node.cluster.link import ClusterLink
+from limen.node.ssh.identity import UserIdentity
+from limen.node.ssh.policy import (
     ACTIONS,
     CertPolicy,
     SessionPermit,
@@ -99,7 +99,7 @@ class ClusterPolicy:
 class ClusterObserver:
     """Sends audit events to the auth service and keeps session trackers current.
 
-    With a NodeAudit (node/audit.py), events are never lost (spooled on disk while the
+    With a NodeAudit (node/audit/reporter.py), events are never lost (spooled on disk while the
     auth service is away) and sessions are recorded.
     """
 

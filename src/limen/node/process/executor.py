@@ -8,8 +8,9 @@ running between fork and exec (unsafe with threads):
 - for a pty, ``setsid --ctty`` makes the pty the controlling terminal, so the kernel
   delivers Ctrl-C and SIGWINCH to the foreground process group;
 - ``env --default-signal -C HOME`` resets every signal disposition to default (a node
-  started from a non-interactive shell inherits ignored SIGINT/SIGQUIT; ASYNCSSH.md
-  item 8) and changes to the home directory with the user's own permissions.
+  started from a non-interactive shell inherits ignored SIGINT/SIGQUIT, and so would
+  its users' shells, where Ctrl-C would then do nothing) and changes to the home
+  directory with the user's own permissions.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import termios
 from dataclasses import dataclass
 
 from limen.errors import BadParameter
-from limen.node.fdstream import FdStream
-from limen.node.users import LocalUser
+from limen.node.process.fdstream import FdStream
+from limen.node.process.users import LocalUser
 
 # Signals a client may send with a "signal" channel request (RFC 4254 6.9, as sshd).
 CLIENT_SIGNALS = frozenset(

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied
-from limen.node.destinations import Destination, destination_admitted
-from limen.node.identity import UserIdentity
+from limen.node.forwarding.destinations import Destination, destination_admitted
+from limen.node.ssh.identity import UserIdentity
 
 ACTIONS = frozenset({"session", "exec", "shell", "subsystem", "port_forward", "remote_forward",
                      "agent_forward"})

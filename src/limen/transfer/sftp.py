@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from limen.errors import BadParameter
-from limen.node import sftp_wire as wire
-from limen.node.digest import OffsetDigest
-from limen.node.sftp_wire import Fields, Framer
+from limen.transfer import sftp_wire as wire
+from limen.transfer.digest import OffsetDigest
+from limen.transfer.sftp_wire import Fields, Framer
 
 MAX_PENDING = 65536  # requests without a reply yet
 MAX_DEFERRED = 64 * 1024 * 1024  # bytes of WRITE data waiting for a reply to resolve

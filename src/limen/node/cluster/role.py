@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
@@ -14,13 +13,11 @@ from limen.auth.node_credentials import token_id
 from limen.auth.node_registry import JoinRequest
 from limen.auth.server import AuthServer
 from limen.clock import Clock
-from limen.config import NodeConfig, split_host_port
+from limen.config import JoinOptions, NodeConfig, split_host_port
 from limen.errors import AccessDenied, BadParameter
-from limen.node.audit import NodeAudit
-from limen.node.cluster_link import ClusterLink, LocalLink, RemoteLink
-from limen.node.cluster_policy import ClusterObserver, ClusterPolicy
-from limen.node.identity import UserIdentity
-from limen.node.membership import (
+from limen.node.audit.reporter import NodeAudit
+from limen.node.cluster.link import ClusterLink, LocalLink, RemoteLink
+from limen.node.cluster.membership import (
     Heartbeat,
     NodeIdentity,
     advertise_address,
@@ -29,20 +26,17 @@ from limen.node.membership import (
     load_identity,
     save_identity,
 )
-from limen.node.renewal import CredentialRenewal
-from limen.node.server import NodeServer
-from limen.node.settings import NodeSettings
+from limen.node.cluster.policy import ClusterObserver, ClusterPolicy
+from limen.node.cluster.renewal import CredentialRenewal
+from limen.node.ssh.identity import UserIdentity
+from limen.node.ssh.server import NodeServer
+from limen.node.ssh.settings import NodeSettings
 from limen.resources import Lock
 from limen.timers import LoopTimers
 from limen.tunnel.agent import TunnelAgent
 from limen.tunnel.node_role import start_agent
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JoinOptions:
-    insecure: bool = False
 
 
 class NodeRole:

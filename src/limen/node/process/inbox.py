@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from limen.node.fdstream import FdStream
+from limen.node.process.fdstream import FdStream
 
 Write = Callable[[bytes], Awaitable[None]]
 

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from limen.audit import asciicast
 from limen.files import write_private
+from limen.recording import asciicast
 
 FSYNC_SECONDS = 1.0
 

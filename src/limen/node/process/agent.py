@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from limen.node.users import LocalUser
+from limen.node.process.users import LocalUser
 
 
 def grant_agent_socket(path: str, user: LocalUser) -> None:

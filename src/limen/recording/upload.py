@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from limen.audit.files import complete_lines_end
 from limen.errors import BadParameter, LimenError
-from limen.node.recorder import LocalRecording
+from limen.recording.cast import LocalRecording
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 The session's copy loops use these instead of asyncio subprocess streams or
 asyncssh's redirect(): each read is written out and drained before the next read,
-so flow control holds end to end and nothing is dropped (see ASYNCSSH.md).
+so flow control holds end to end and nothing is dropped (redirect() was seen to start a
+second feed while the first waited and truncate large transfers).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from limen.node.executor import ExitStatus, TermSize
-from limen.node.identity import UserIdentity
-from limen.node.policy import SessionPermit
+from limen.node.process.executor import ExitStatus, TermSize
+from limen.node.ssh.identity import UserIdentity
+from limen.node.ssh.policy import SessionPermit
 from limen.timers import TimerHandle, Timers
 
 log = logging.getLogger(__name__)

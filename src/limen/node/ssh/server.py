@@ -18,11 +18,11 @@ from typing import Any
 
 import asyncssh
 
-from limen.node.connection import NodeConnection
-from limen.node.identity import UserIdentity
-from limen.node.policy import CertPolicy, NodeObserver, NodePolicy, NullObserver
-from limen.node.session import SessionContext
-from limen.node.settings import NodeSettings
+from limen.node.ssh.connection import NodeConnection
+from limen.node.ssh.identity import UserIdentity
+from limen.node.ssh.policy import CertPolicy, NodeObserver, NodePolicy, NullObserver
+from limen.node.ssh.session import SessionContext
+from limen.node.ssh.settings import NodeSettings
 from limen.sshalgs import hardened_options
 from limen.sshauth import TrustedKeys
 from limen.timers import LoopTimers, Timers

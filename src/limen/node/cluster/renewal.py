@@ -18,8 +18,8 @@ import asyncssh
 
 from limen.clock import Clock
 from limen.errors import AccessDenied
-from limen.node.cluster_link import ClusterLink
-from limen.node.membership import NodeIdentity, save_identity
+from limen.node.cluster.link import ClusterLink
+from limen.node.cluster.membership import NodeIdentity, save_identity
 from limen.sshauth import read_certificate
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from limen.node.users import LocalUser
+from limen.node.process.users import LocalUser
 
 BASE_ALLOWLIST = ("LANG", "LC_*", "TERM")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"

@@ -3,7 +3,8 @@
 The target is connected before the channel is confirmed, so a refused connection is
 an open failure the client understands. Bytes the target sends first (a banner) wait
 in the socket's reader until the channel is open: nothing is dropped, unlike the stock
-forwarder (ASYNCSSH.md item 4). Both directions honour flow control.
+forwarder, which was seen to drop a target's first bytes before the channel side was
+connected. Both directions honour flow control.
 """
 
 from __future__ import annotations

@@ -37,12 +37,12 @@ from limen.audit.chain import format_time
 from limen.audit.files import truncate_torn_tail
 from limen.errors import BadParameter, LimenError
 from limen.files import write_private
-from limen.node.event_spool import EventSpool
-from limen.node.recorder import CastWriter, LocalRecording
-from limen.node.recording_upload import RecordingLink, RecordingUploader
+from limen.node.audit.spool import EventSpool
+from limen.recording.cast import CastWriter, LocalRecording
+from limen.recording.upload import RecordingLink, RecordingUploader
 
 if TYPE_CHECKING:
-    from limen.node.server import NodeServer
+    from limen.node.ssh.server import NodeServer
 
 log = logging.getLogger(__name__)
 

@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from limen.errors import AccessDenied, LimenError
-from limen.node.executor import Child, ExitStatus, TermSize, spawn
-from limen.node.fdstream import FdStream
-from limen.node.inbox import InputQueue
-from limen.node.launch import FILE_COPY_DENIED, SessionPlan, plan_session, to_term_size
-from limen.node.session import SessionContext
-from limen.node.sftp import SftpFollower
-from limen.node.transfer import TransferFollower, TransferGate
+from limen.node.process.executor import Child, ExitStatus, TermSize, spawn
+from limen.node.process.fdstream import FdStream
+from limen.node.process.inbox import InputQueue
+from limen.node.ssh.launch import FILE_COPY_DENIED, SessionPlan, plan_session, to_term_size
+from limen.node.ssh.session import SessionContext
+from limen.node.ssh.transfer_gate import TransferFollower, TransferGate
+from limen.transfer.sftp import SftpFollower
 
 if TYPE_CHECKING:
-    from limen.node.connection import NodeConnection
+    from limen.node.ssh.connection import NodeConnection
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from limen.errors import BadParameter
-from limen.node import sftp_wire as wire
-from limen.node.executor import ProcessSpec, spawn
-from limen.node.inbox import Write
-from limen.node.users import LocalUser
+from limen.node.process.executor import ProcessSpec, spawn
+from limen.node.process.inbox import Write
+from limen.node.process.users import LocalUser
+from limen.transfer import sftp_wire as wire
 
 Event = dict[str, Any]
 _HEADER = 5  # uint32 length, byte type

@@ -18,22 +18,22 @@ import asyncssh
 
 from limen.diag import metrics
 from limen.errors import AccessDenied
-from limen.node.agent import grant_agent_socket, revoke_agent_socket
-from limen.node.destinations import Destination
-from limen.node.environment import Endpoints
-from limen.node.executor import TermSize
-from limen.node.forward import ForwardedConnection, connect_target, resolve_target
-from limen.node.identity import UserIdentity, identity_from_certificate
-from limen.node.policy import SessionPermit, destination_allowed
-from limen.node.remote_forward import RemoteForwardListener, bind_host, refusal_for_port
-from limen.node.session import SessionContext
-from limen.node.users import LocalUser
+from limen.node.forwarding.destinations import Destination
+from limen.node.forwarding.local import ForwardedConnection, connect_target, resolve_target
+from limen.node.forwarding.remote import RemoteForwardListener, bind_host, refusal_for_port
+from limen.node.process.agent import grant_agent_socket, revoke_agent_socket
+from limen.node.process.environment import Endpoints
+from limen.node.process.executor import TermSize
+from limen.node.process.users import LocalUser
+from limen.node.ssh.identity import UserIdentity, identity_from_certificate
+from limen.node.ssh.policy import SessionPermit, destination_allowed
+from limen.node.ssh.session import SessionContext
 from limen.sshauth import Accepted, CertAuthServer, CertFacts, judge_user
 from limen.timers import TimerHandle
 
 if TYPE_CHECKING:
-    from limen.node.channel import SessionChannel
-    from limen.node.server import NodeServer
+    from limen.node.ssh.channel import SessionChannel
+    from limen.node.ssh.server import NodeServer
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class NodeConnection(CertAuthServer):
         return self._open_session()  # asyncssh awaits it: a refusal is a ChannelOpenError
 
     async def _open_session(self) -> SessionChannel:
-        from limen.node.channel import SessionChannel  # channel imports this module
+        from limen.node.ssh.channel import SessionChannel  # channel imports this module
 
         try:
             permit = await self.authorize("session", {"open_sessions": len(self.channels)})

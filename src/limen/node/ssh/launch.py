@@ -10,17 +10,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from limen.errors import AccessDenied, BadParameter
-from limen.node.environment import session_environment
-from limen.node.executor import ProcessSpec, TermSize
-from limen.node.scp import ScpRequest, mentions_file_copy, parse_scp_command
-from limen.node.scp_stream import ScpFollower
-from limen.node.sftp import SftpFollower, sftp_server_argv
-from limen.node.transfer import TransferFollower, display_path, is_directory_for
-from limen.node.users import lookup_user
+from limen.node.process.environment import session_environment
+from limen.node.process.executor import ProcessSpec, TermSize
+from limen.node.process.users import lookup_user
+from limen.node.ssh.transfer_gate import TransferFollower, display_path, is_directory_for
+from limen.transfer.scp import ScpRequest, mentions_file_copy, parse_scp_command
+from limen.transfer.scp_stream import ScpFollower
+from limen.transfer.sftp import SftpFollower, sftp_server_argv
 
 if TYPE_CHECKING:
-    from limen.node.connection import NodeConnection
-    from limen.node.session import SessionContext
+    from limen.node.ssh.connection import NodeConnection
+    from limen.node.ssh.session import SessionContext
 
 FILE_COPY_DENIED = "file copy (scp and sftp) is not allowed for you on this node"
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +26,8 @@ from limen.client.api import fetch_ca
 from limen.client.profile import write_private
 from limen.config import split_host_port
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, from_json
-from limen.node.cluster_link import ClusterLink
+from limen.netpolicy import first_address
+from limen.node.cluster.link import ClusterLink
 from limen.resources import Session
 from limen.sshauth import read_certificate
 
@@ -101,16 +101,6 @@ def advertise_address(listen_host: str, port: int, explicit: str | None = None) 
     if host in ("", "0.0.0.0", "::"):
         host = first_address()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def first_address() -> str:
-    """The first non-loopback address of this host (127.0.0.1 when it has none)."""
-    with contextlib.suppress(OSError):
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            addr = str(info[4][0])
-            if not addr.startswith("127."):
-                return addr
-    return "127.0.0.1"
 
 
 async def join_remote(
