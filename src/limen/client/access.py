@@ -13,20 +13,23 @@ import getpass
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncssh
 from asyncssh.public_key import CERT_TYPE_USER  # not re-exported by asyncssh
 
 from limen.client import profile as profiles
-from limen.client.api import APIClient
 from limen.client.ssh import (
     client_algs,
     connect_via_proxy,
     host_ca_known_hosts,
     translate_error,
 )
-from limen.config import split_host_port
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound
+from limen.hostport import split_host_port
+
+if TYPE_CHECKING:
+    from limen.client.api import APIClient
 
 RELOGIN = "run limen login"
 
@@ -85,6 +88,8 @@ class Credentials:
         return wanted
 
     def api(self) -> APIClient:
+        from limen.client.api import APIClient  # HTTP only for the commands that need it
+
         ca = self.profile.trusted_ca()
         if ca is None:
             raise NotFound(f"no cluster CA is stored for {self.profile.proxy}; {RELOGIN}")

@@ -1,0 +1,42 @@
+"""`limen ssh` starts fast: a command loads its own module, not every library of the CLI.
+
+Timing is a benchmark's job (bench/); here the budget is counted in modules imported,
+which does not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from limen.cli import main
+
+HEAVY = ("asyncssh", "httpx", "pydantic", "rich", "yaml", "cryptography", "sqlalchemy",
+         "fastapi", "uvicorn", "prometheus_client")
+BUDGET = 200  # modules, the standard library's included (about 120 today)
+
+
+def _imported(*argv: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "limen.cli.main", *argv],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    return [line.split("|")[-1].strip() for line in done.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line][1:]
+
+
+def test_ssh_help_imports_no_heavy_library_and_stays_within_budget() -> None:
+    modules = _imported("ssh", "--help")
+    heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
+    assert heavy == [], f"`limen ssh --help` imports {heavy}"
+    assert len(modules) <= BUDGET, f"{len(modules)} modules imported, budget {BUDGET}"
+
+
+def test_every_command_is_mapped_to_its_module() -> None:
+    """A command missing from the map still works, but loads every module (slow)."""
+    parser = main.build_parser([])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(main.COMMANDS)
+    for command, module in main.COMMANDS.items():
+        assert main._modules_for([command, "--help"]) == (module,)
