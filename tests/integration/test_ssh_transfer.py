@@ -117,3 +117,42 @@ def test_limen_scp_errors_are_sentences(cluster: ClusterHarness, tmp_path: Path)
     assert both_local.returncode != 0 and "remote" in both_local.stderr
     unknown = alice.limen("scp", str(tmp_path), "nowhere:/tmp/x")
     assert unknown.returncode != 0
+
+
+def test_git_over_ssh_clones_and_pushes_through_the_proxy(
+    cluster: ClusterHarness, tmp_path: Path
+) -> None:
+    """git runs `git-upload-pack` / `git-receive-pack` as exec sessions: both ways work."""
+    alice = new_user(cluster, "gitter")
+    remote = f"/tmp/{alice.name}.git"
+    env = {**clean_env(), "GIT_SSH_COMMAND": f"ssh -F {alice.config} -o BatchMode=yes",
+           "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@x", "GIT_COMMITTER_NAME": "a",
+           "GIT_COMMITTER_EMAIL": "a@x"}
+
+    def git(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    try:
+        made = alice.ssh(f"root@{NODE}", f"git init -q --bare {remote}")
+        assert made.returncode == 0, made.stderr
+        url = f"root@{NODE}:{remote}"
+        assert git("clone", "-q", url, "work").returncode == 0
+        work = tmp_path / "work"
+        (work / "hello.txt").write_text("through limen\n")
+        assert git("add", "hello.txt", cwd=work).returncode == 0
+        assert git("commit", "-qm", "first", cwd=work).returncode == 0
+        pushed = git("push", "-q", "origin", "HEAD", cwd=work)
+        assert pushed.returncode == 0, pushed.stderr
+        again = git("clone", "-q", url, "again")
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / "again" / "hello.txt").read_text() == "through limen\n"
+    finally:
+        alice.ssh(f"root@{NODE}", f"rm -rf {remote}")
+    # Each command's exec event follows its session's end.
+    commands = wait_until(
+        lambda: [c for e in cluster.events_of("exec", user=alice.name)
+                 if "git-" in (c := e["command"])] if len(cluster.events_of(
+                     "exec", user=alice.name)) >= 4 else None, 10, "git's exec events")
+    assert any("git-receive-pack" in c for c in commands)
+    assert any("git-upload-pack" in c for c in commands)
