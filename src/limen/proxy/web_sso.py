@@ -22,6 +22,7 @@ class ConnectorOut(BaseModel):
     kind: str
     display: str
     default: bool
+    second_factor: str  # none, or totp
 
 
 class OIDCStartRequest(BaseModel):
@@ -61,7 +62,8 @@ class LDAPLoginRequest(BaseModel):
 def add_routes(app: FastAPI, Anonymous: Any, login_json: Any) -> None:  # noqa: N803
     @app.get("/v1/sso/connectors", responses=errors(429))
     async def list_connectors(api: Anonymous) -> list[ConnectorOut]:
-        return [ConnectorOut(name=c.name, kind=c.kind, display=c.display, default=c.default)
+        return [ConnectorOut(name=c.name, kind=c.kind, display=c.display, default=c.default,
+                             second_factor=c.second_factor)
                 for c in await api.list_connectors()]
 
     @app.post("/v1/sso/oidc/start", responses=errors(*ANONYMOUS, 404, 502))

@@ -69,6 +69,7 @@ class ConnectorInfo:
     kind: str
     display: str
     default: bool
+    second_factor: str  # none, or totp: the CLI asks for a code too
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class SSOService:
     # -- which connectors ----------------------------------------------------------------
 
     async def list_public(self) -> list[ConnectorInfo]:
-        return [ConnectorInfo(c.name, c.kind, c.spec.display or c.name, c.spec.default)
+        return [ConnectorInfo(c.name, c.kind, c.spec.display or c.name, c.spec.default,
+                              getattr(c.spec, "second_factor", "none"))
                 for c in sorted(await self.connectors.list(), key=lambda c: c.name)]
 
     async def connector(self, name: str | None, kind: str) -> Connector:
