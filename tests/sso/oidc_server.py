@@ -57,10 +57,11 @@ class OIDCProvider:
                  "redirect_uris": [self.redirect_url]},
             ],
         }))
-        self._proc = subprocess.Popen(
-            ["node", str(PROVIDER_DIR / "provider.mjs"), str(config)], cwd=PROVIDER_DIR,
-            stdout=subprocess.PIPE, stderr=(self.workdir / "provider.log").open("a"), text=True,
-        )
+        with (self.workdir / "provider.log").open("a") as log:
+            self._proc = subprocess.Popen(
+                ["node", str(PROVIDER_DIR / "provider.mjs"), str(config)], cwd=PROVIDER_DIR,
+                stdout=subprocess.PIPE, stderr=log, text=True,
+            )
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()  # blocks until it listens, or it died
         if not line.startswith("listening "):

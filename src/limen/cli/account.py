@@ -7,14 +7,17 @@ import getpass
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from limen.cli.output import add_format_flag, emit, table
 from limen.client import profile as profiles
-from limen.client.api import APIClient
 from limen.client.connect import TrustOptions, open_client
 from limen.client.profile import write_private
 from limen.client.proxy_addr import FORMS
 from limen.errors import BadParameter, NotFound
+
+if TYPE_CHECKING:
+    from limen.client.api import APIClient
 
 
 def add_trust_flags(parser: argparse.ArgumentParser) -> None:

@@ -137,7 +137,7 @@ def oidc_login(client: APIClient, connector: str, ttl: str | None,
     message = b"\0".join((REDEEM_CONTEXT, state.encode(), code.encode()))
     result = client.post("/v1/sso/redeem", {
         "state": state, "code": code, "client_nonce": nonce,
-        "signature": key.sign(message).hex(),
+        "signature": key.sign(message, key.sig_algorithms[0]).hex(),
     })
     return keep(client, key, result, auth=connector)
 

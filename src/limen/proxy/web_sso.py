@@ -6,8 +6,6 @@ provider and leaves for the CLI's one-time localhost listener. Every other route
 called by the CLI (or a sign-in page) and answers JSON.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from fastapi import FastAPI

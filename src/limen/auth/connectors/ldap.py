@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import warnings
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import ldap3
-from ldap3.core import exceptions as ldap_errors
-from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import parse_dn
+with warnings.catch_warnings():
+    # ldap3 2.9.1 (its latest release) imports names that pyasn1 0.6 renamed and warns
+    # about; the old names still work.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import ldap3
+    from ldap3.core import exceptions as ldap_errors
+    from ldap3.utils.conv import escape_filter_chars
+    from ldap3.utils.dn import parse_dn
 
 from limen.auth.connectors.identity import ExternalIdentity
 from limen.auth.connectors.mapping import as_strings, roles_from_groups, traits_from
