@@ -90,8 +90,9 @@ class LDAPDirectory:
         return ldap3.Server(parts.hostname, port=port, use_ssl=use_ssl, tls=tls,
                             connect_timeout=self._timeout(), get_info=ldap3.NONE)
 
-    def _timeout(self) -> float:
-        return parse_duration(self.spec.timeout).total_seconds()
+    def _timeout(self) -> int:
+        # Whole seconds: ldap3 packs the receive timeout into a socket option as an integer.
+        return max(1, int(parse_duration(self.spec.timeout).total_seconds()))
 
     def _connection(self, server: ldap3.Server, dn: str, password: str) -> ldap3.Connection:
         conn = ldap3.Connection(server, user=dn, password=password, auto_bind=False,
@@ -192,6 +193,8 @@ def _first_rdn_value(dn: str) -> str:
 
 def _tls_reason(exc: Exception) -> str:
     text = str(exc)
+    if "mismatch" in text and ("Hostname" in text or "IP address" in text):
+        return "its TLS certificate is for another host name than the connector's url"
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return ("its TLS certificate does not verify (set the connector's ca_file to the "
                 "directory's CA)")

@@ -230,6 +230,8 @@ def _provider_error(body: Any) -> str:
 
 def _reason(exc: Exception) -> str:
     text = str(exc)
+    if "mismatch" in text and ("Hostname" in text or "IP address" in text):
+        return "its TLS certificate is for another host name"
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "its TLS certificate does not verify (set the connector's ca_file?)"
     return text or type(exc).__name__
