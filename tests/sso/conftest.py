@@ -115,3 +115,34 @@ def sso(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSOSetup]:
             provider.stop()
     finally:
         cluster.stop()
+
+
+@dataclass
+class Flow:
+    """A sign-in started the way the CLI starts one, for tests that attack its steps."""
+
+    state: str
+    auth_url: str
+    key: Any
+    nonce: str
+    client_callback: str
+
+
+def start_flow(setup: SSOSetup, connector: str = "okta") -> Flow:
+    import hashlib
+    import secrets
+
+    import asyncssh
+
+    from limen.client.api import APIClient
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    nonce = secrets.token_urlsafe(32)
+    callback = "http://127.0.0.1:9/callback/test"  # never dialed: the tests stop before
+    with APIClient(setup.cluster.web_addr, setup.cluster_ca.read_text()) as api:
+        started = api.post("/v1/sso/oidc/start", {
+            "connector": connector, "public_key": key.export_public_key("openssh").decode(),
+            "client_callback": callback,
+            "client_nonce_hash": hashlib.sha256(nonce.encode()).hexdigest(),
+        })
+    return Flow(started["state"], started["auth_url"], key, nonce, callback)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,13 @@ class OIDCProvider:
         self.kid = kid or self.kid
         self.start()
 
-    def set_mode(self, mode: str, **claims: Any) -> None:
-        """What the token endpoint does to ID tokens: pass, tamper, resign, alg_none."""
-        response = httpx.post(f"{self.issuer}/test/mode", json={"mode": mode, "claims": claims},
-                              verify=str(self.tls.ca), timeout=10)
+    def set_mode(self, mode: str, claims: dict[str, Any] | None = None,
+                 header: dict[str, Any] | None = None) -> None:
+        """What the token endpoint does to ID tokens: pass, tamper (claims changed, the
+        signature kept), resign (claims and header changed, signed by the provider's own
+        key), alg_none (no signature at all)."""
+        body = {"mode": mode, "claims": claims or {}, "header": header or {}}
+        response = httpx.post(f"{self.issuer}/test/mode", json=body,
+                              verify=ssl.create_default_context(cafile=self.tls.ca),
+                              timeout=10)
         assert response.status_code == 204, response.text

@@ -79,7 +79,7 @@ async function rewrite(token) {
       return `${head}.${b64({ ...claims, ...mode.claims })}.${signature}`;
     case 'resign': // a token the provider's own key signed, saying something else
       return new SignJWT({ ...claims, ...mode.claims })
-        .setProtectedHeader({ ...decodeProtectedHeader(token) })
+        .setProtectedHeader({ ...decodeProtectedHeader(token), ...mode.header })
         .sign(signingKey);
     case 'alg_none':
       return `${b64({ alg: 'none', typ: 'JWT' })}.${b64({ ...claims, ...mode.claims })}.`;
