@@ -16,6 +16,7 @@ import pytest
 
 from tests.sso.oidc_server import CLIENT_ID, CLIENT_SECRET, OIDCProvider
 from tests.sso.pki import TestCA
+from tests.sso.slapd import BASE, SERVICE_DN, SERVICE_PASSWORD, Slapd
 from tests.support.cluster import CLIResult, ClusterHarness
 from tests.support.ssh_access import LOCAL_LOGIN, ensure_local_user
 
@@ -146,3 +147,58 @@ def start_flow(setup: SSOSetup, connector: str = "okta") -> Flow:
             "client_nonce_hash": hashlib.sha256(nonce.encode()).hexdigest(),
         })
     return Flow(started["state"], started["auth_url"], key, nonce, callback)
+
+
+@dataclass
+class LDAPSetup:
+    sso: SSOSetup
+    slapd: Slapd
+
+    def connector(self, name: str, **spec: str) -> str:
+        fields = {
+            "url": self.slapd.ldaps_url, "ca_file": str(self.sso.ca.path),
+            "bind_dn": f"'{SERVICE_DN}'", "bind_password": f"{{env: {BIND_ENV}}}",
+            "user_search": f"{{base_dn: 'ou=people,{BASE}', "
+                           "filter: '(&(objectClass=inetOrgPerson)(uid={username}))'}",
+            "group_search": f"{{base_dn: 'ou=groups,{BASE}'}}",
+            "groups_to_roles": "[{group: ops, roles: [access]}, "
+                               "{group: '^sre|admins$', roles: [auditor]}]",
+            "traits": "{logins: uid}",
+        } | spec
+        body = "\n".join(f"  {k}: {v}" for k, v in fields.items())
+        return f"kind: ldap\nversion: v1\nmetadata:\n  name: {name}\nspec:\n{body}\n"
+
+    def login(self, home: Path, connector: str, user: str, password: str,
+              *extra: str) -> CLIResult:
+        return self.sso.cluster.cli(
+            "login", "--proxy", self.sso.cluster.web_addr, "--auth", connector, "--user", user,
+            "--password-stdin", "--insecure", *extra, home=home, input=password + "\n")
+
+
+BIND_ENV = "LIMEN_TEST_LDAP_BIND_PASSWORD"
+
+
+@pytest.fixture(scope="session")
+def ldap(sso: SSOSetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LDAPSetup]:
+    import os
+
+    base = tmp_path_factory.mktemp("slapd")
+    # A certificate for 127.0.0.1 only: a connector that says "localhost" must be refused.
+    server = Slapd(base, sso.ca.server("ldap", hosts=("127.0.0.1",))).start()
+    os.environ[BIND_ENV] = SERVICE_PASSWORD  # the in-process auth service reads it
+    try:
+        setup = LDAPSetup(sso, server)
+        other_ca = TestCA(base / "other", "not-the-directorys")
+        for name, spec in {
+            "corp": {"display": "'Corporate directory'"},
+            "corp-starttls": {"url": server.ldap_url, "start_tls": "true"},
+            "corp-wrong-ca": {"ca_file": str(other_ca.path)},
+            "corp-wrong-name": {"url": server.ldaps_url.replace("127.0.0.1", "localhost")},
+            "corp-totp": {"second_factor": "totp"},
+        }.items():
+            created = sso.create(name, setup.connector(name, **spec))
+            assert created.returncode == 0, created.stderr
+        yield setup
+    finally:
+        os.environ.pop(BIND_ENV, None)
+        server.stop()

@@ -204,3 +204,126 @@ def test_the_audit_log_names_the_connector_and_the_deciding_claims_never_tokens(
     text = json.dumps(sso.cluster.events())
     assert "eyJ" not in text  # no JWT (ID or access token) anywhere in the log
     assert CLIENT_SECRET not in text
+
+
+# -- keys, users and connectors ----------------------------------------------------------------
+
+
+def test_a_rotated_signing_key_is_fetched_once_and_then_trusted(sso: SSOSetup) -> None:
+    home = sso.cluster.new_home()
+    assert sso.cli_login(home, "alice", "okta").returncode == 0  # keys are cached now
+    sso.oidc.restart(kid="key-2")  # the provider rotated its key; the port stays
+    try:
+        result = sso.cli_login(home, "alice", "okta")
+        assert result.returncode == 0, result.stderr + sso.browser_log(home)
+    finally:
+        sso.oidc.restart(kid="key-1")
+
+
+def test_an_sso_user_cannot_use_a_local_password_and_locks_apply(sso: SSOSetup) -> None:
+    home = sso.cluster.new_home()
+    assert sso.cli_login(home, "carol", "okta").returncode == 0
+    local = sso.cluster.cli("login", "--proxy", sso.cluster.web_addr, "--user",
+                            "carol@example.com", "--password-stdin", "--otp", "123456",
+                            "--insecure", home=home, input="any password at all\n")
+    assert local.returncode == 1
+    assert "signs in through single sign-on: limen login --auth okta" in local.stderr
+
+    locked = sso.cluster.admin("lock", "--user", "carol@example.com", "--message", "incident 7",
+                               "--format", "json")
+    assert locked.returncode == 0, locked.stderr
+    try:
+        refused = sso.cli_login(home, "carol", "okta")
+        assert refused.returncode == 1
+        assert "incident 7" in refused.stderr
+    finally:
+        lock = json.loads(locked.stdout)["metadata"]["name"]
+        assert sso.cluster.admin("rm", f"lock/{lock}").returncode == 0
+
+
+def test_a_provider_cannot_take_over_a_local_users_name(sso: SSOSetup) -> None:
+    token = sso.cluster.add_user("localonly", logins="localonly")
+    assert token
+    home = sso.cluster.new_home()
+    result = sso.cli_login(home, "admin-impostor", "okta")
+    assert result.returncode == 1
+    assert "localonly is a local Limen user" in result.stderr
+    user = json.loads(sso.cluster.admin("get", "user/localonly", "--format", "json").stdout)
+    assert user["spec"]["kind"] == "local"
+    assert "sso" not in user["spec"]
+
+
+def test_when_the_mapping_no_longer_grants_a_role_the_user_is_refused_and_keeps_none(
+    sso: SSOSetup,
+) -> None:
+    doc = sso.oidc_connector("okta-sre", claims_to_roles="[{claim: groups, value: ops, "
+                             "roles: [access]}]", username_claim="preferred_username")
+    assert sso.create("okta-sre", doc).returncode == 0
+    home = sso.cluster.new_home()
+    assert sso.cli_login(home, "alice", "okta-sre").returncode == 0
+    # The admin changes the mapping: ops no longer grants anything.
+    stricter = doc.replace("value: ops", "value: sre")
+    changed = sso.create("okta-sre", stricter, "--force")
+    assert changed.returncode == 0, changed.stderr
+    refused = sso.cli_login(home, "alice", "okta-sre")
+    assert refused.returncode == 1
+    assert "does not map alice to any Limen role" in refused.stderr
+    user = json.loads(sso.cluster.admin("get", "user/alice", "--format", "json").stdout)
+    assert user["spec"]["roles"] == []
+    assert user["spec"]["sso"]["connector"] == "okta-sre"
+    assert sso.cluster.events_of("user.update", name="alice", action="sso_mapping", roles=[])
+    assert sso.cluster.events_of("connector.updated", name="okta-sre", connector_kind="oidc")
+
+
+def test_connectors_are_listed_without_secrets_and_guarded_by_the_connector_rule(
+    sso: SSOSetup,
+) -> None:
+    with httpx.Client(verify=context([str(sso.cluster_ca)])) as http:
+        listed = http.get(f"https://{sso.cluster.web_addr}/v1/sso/connectors").json()
+    okta = next(c for c in listed if c["name"] == "okta")
+    assert okta == {"name": "okta", "kind": "oidc", "display": "Test IdP", "default": True,
+                    "second_factor": "none"}
+
+    shown = sso.cluster.admin("get", "connector/okta", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    spec = json.loads(shown.stdout)["spec"]
+    assert spec["client_secret"] == {"file": str(sso.secret_file)}
+    assert CLIENT_SECRET not in shown.stdout
+
+    person = sso.cluster.create_user("plain-editor-less", roles="access", logins="x")
+    assert sso.cluster.login(person).returncode == 0
+    path = person.home / "evil.yaml"
+    path.write_text(sso.oidc_connector("evil"))
+    refused = sso.cluster.cli("create", "-f", str(path), home=person.home)
+    assert refused.returncode == 1
+    assert "connector" in refused.stderr
+    assert sso.cluster.events_of("access.denied", user="plain-editor-less",
+                                 resource="connector")
+    assert sso.cluster.admin("get", "connector/evil").returncode == 1
+
+
+@pytest.mark.parametrize(("change", "field", "problem"), [
+    ("client_secret: {file: /x}", "spec.client_secret", None),
+    ("client_secret: hunter2", "spec.client_secret", "a secret is never stored"),
+    ("issuer_url: http://idp.example.com", "spec.issuer_url", "must be an https:// URL"),
+    ("claims_to_roles: []", "spec.claims_to_roles", "at least 1"),
+    ("colour: blue", "spec.colour", "unknown field"),
+])
+def test_a_malformed_connector_names_the_field_and_its_line(
+    sso: SSOSetup, change: str, field: str, problem: str | None,
+) -> None:
+    key = change.split(":")[0]
+    lines = [line for line in sso.oidc_connector("bad-one").splitlines()
+             if not line.startswith(f"  {key}:")]
+    lines.append(f"  {change}")
+    result = sso.create("bad-one", "\n".join(lines) + "\n")
+    if problem is None:
+        assert result.returncode == 0, result.stderr
+        assert sso.cluster.admin("rm", "connector/bad-one").returncode == 0
+        assert sso.cluster.events_of("connector.deleted", name="bad-one")
+        return
+    assert result.returncode == 1
+    line = len(lines)
+    assert f"field '{field}' (line {line})" in result.stderr, result.stderr
+    assert problem in result.stderr
+    assert sso.cluster.admin("get", "connector/bad-one").returncode == 1
