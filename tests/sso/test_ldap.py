@@ -85,3 +85,35 @@ def test_names_that_are_filters_are_refused_before_the_directory(ldap: LDAPSetup
         result = ldap.login(ldap.sso.cluster.new_home(), "corp", name, "x")
         assert result.returncode == 1
         assert "is not valid" in result.stderr
+
+
+def test_a_connector_may_ask_for_the_local_totp_code_too(ldap: LDAPSetup) -> None:
+    cluster = ldap.sso.cluster
+    home = cluster.new_home()
+    first = ldap.login(home, "corp-totp", "frank", PASSWORDS["frank"], "--otp", "123456")
+    assert first.returncode == 1
+    assert "frank has no device enrolled" in first.stderr
+    assert "limen users reset frank" in first.stderr
+
+    issued = cluster.admin("users", "reset", "frank", "--format", "json")
+    assert issued.returncode == 0, issued.stderr
+    signup = cluster.try_signup(issued.json()["token"], home)
+    assert signup.returncode == 0, signup.stderr
+    assert "--auth corp-totp" in signup.stdout  # an SSO user sets no local password
+    secret = (home / "totp.secret").read_text().strip()
+
+    wrong_code = "000000" if cluster.otp(secret) != "000000" else "111111"
+    refused = ldap.login(home, "corp-totp", "frank", PASSWORDS["frank"], "--otp", wrong_code)
+    assert refused.returncode == 1
+    assert cluster.events_of("user.login", user="frank", error="wrong TOTP code",
+                             connector="corp-totp")
+    ok = ldap.login(home, "corp-totp", "frank", PASSWORDS["frank"], "--otp",
+                    cluster.otp(secret), "--format", "json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["roles"] == ["access"]
+    # Still no local password: the directory's is the only one.
+    local = cluster.cli("login", "--proxy", cluster.web_addr, "--user", "frank",
+                        "--password-stdin", "--otp", cluster.otp(secret), home=home,
+                        input=PASSWORDS["frank"] + "\n")
+    assert local.returncode == 1
+    assert "signs in through single sign-on" in local.stderr

@@ -105,7 +105,9 @@ def cmd_signup(args: argparse.Namespace) -> int:
     client, _new = open_client(args.proxy, options)
     with client:
         challenge = client.post("/v1/signup/start", {"token": args.token})
-        password = _read_new_password(args)
+        connector = challenge.get("sso_connector") or ""
+        # An SSO user enrolls only a TOTP device: their password is the directory's.
+        password = "" if connector else _read_new_password(args)
         secret = challenge["totp_secret"]
         # The server's time, so that automation works whatever this machine's clock says.
         server_time = datetime.fromisoformat(challenge["server_time"])
@@ -127,9 +129,10 @@ def cmd_signup(args: argparse.Namespace) -> int:
                 used_step, lambda: datetime.fromisoformat(client.get("/v1/ping")["server_time"]),
                 lambda text: print(text, file=sys.stderr, flush=True),
             )
+    how = f"--auth {connector}" if connector else f"--user {result['user']}"
     print(
         f"Signed up as {result['user']} on cluster {result['cluster']}. Now run:\n"
-        f"  limen login --proxy {client.proxy} --user {result['user']}"
+        f"  limen login --proxy {client.proxy} {how}"
     )
     return 0
 

@@ -130,6 +130,7 @@ def create_app(state: WebState) -> FastAPI:
             "totp_secret": challenge.totp_secret,
             "otpauth_uri": challenge.otpauth_uri,
             "purpose": challenge.purpose,
+            "sso_connector": challenge.sso_connector,
             "server_time": api.clock.now().isoformat(),
         }
 
