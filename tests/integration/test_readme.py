@@ -355,7 +355,7 @@ def create_oidc_connector(walk: Walk, command: str) -> None:
     from tests.sso.oidc_server import CLIENT_ID, CLIENT_SECRET, OIDCProvider
 
     ca = _test_ca(walk)
-    redirect = walk.fill("https://proxy.example.com:3080/v1/sso/oidc/callback")
+    redirect = f"https://{walk.values['proxy.example.com:3080']}/v1/sso/oidc/callback"
     provider = OIDCProvider(walk.base, ca.server("idp"), redirect, README_IDP_USER).start()
     walk.services.append(provider)
     secret = walk.base / "okta.secret"
@@ -363,7 +363,9 @@ def create_oidc_connector(walk: Walk, command: str) -> None:
     text = (_readme_yaml("oidc").replace("https://example.okta.com", provider.issuer)
             .replace("0oa1b2c3d4", CLIENT_ID).replace("/etc/limen/okta.secret", str(secret))
             .replace("spec:\n", f"spec:\n  ca_file: {ca.path}\n"))
-    (walk.cwd / "okta.yaml").write_text(walk.fill(text))
+    # Only the proxy's address: fill() would also replace words such as "secret".
+    web = walk.values["proxy.example.com:3080"]
+    (walk.cwd / "okta.yaml").write_text(text.replace("proxy.example.com:3080", web))
     walk.run(command)
 
 

@@ -260,18 +260,18 @@ def test_when_the_mapping_no_longer_grants_a_role_the_user_is_refused_and_keeps_
                              "roles: [access]}]", username_claim="preferred_username")
     assert sso.create("okta-sre", doc).returncode == 0
     home = sso.cluster.new_home()
-    assert sso.cli_login(home, "alice", "okta-sre").returncode == 0
+    assert sso.cli_login(home, "carol", "okta-sre").returncode == 0
     # The admin changes the mapping: ops no longer grants anything.
     stricter = doc.replace("value: ops", "value: sre")
     changed = sso.create("okta-sre", stricter, "--force")
     assert changed.returncode == 0, changed.stderr
-    refused = sso.cli_login(home, "alice", "okta-sre")
+    refused = sso.cli_login(home, "carol", "okta-sre")
     assert refused.returncode == 1
-    assert "does not map alice to any Limen role" in refused.stderr
-    user = json.loads(sso.cluster.admin("get", "user/alice", "--format", "json").stdout)
+    assert "does not map carol to any Limen role" in refused.stderr
+    user = json.loads(sso.cluster.admin("get", "user/carol", "--format", "json").stdout)
     assert user["spec"]["roles"] == []
     assert user["spec"]["sso"]["connector"] == "okta-sre"
-    assert sso.cluster.events_of("user.update", name="alice", action="sso_mapping", roles=[])
+    assert sso.cluster.events_of("user.update", name="carol", action="sso_mapping", roles=[])
     assert sso.cluster.events_of("connector.updated", name="okta-sre", connector_kind="oidc")
 
 

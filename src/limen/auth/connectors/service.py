@@ -207,6 +207,8 @@ class SSOService:
             await self._failed("", remote, "redeem of an unknown sign-in", "oidc", None, None)
             raise AccessDenied("this sign-in is unknown, expired or already redeemed") from None
         spec = request.spec
+        if not spec.exchange_hash:  # the browser has not come back yet: nothing to take
+            raise AccessDenied("this sign-in is not finished in the browser yet")
         user_name = str((spec.result or {}).get("user", ""))
         claims = (spec.result or {}).get("claims") or {}
         try:
@@ -227,8 +229,8 @@ class SSOService:
     def _check_proof(self, request: SSORequest, state: str, code: str, client_nonce: str,
                      signature: str) -> None:
         spec = request.spec
-        if self._expired(request) or not spec.exchange_hash:
-            raise AccessDenied("it is not answered yet or has expired")
+        if self._expired(request):
+            raise AccessDenied("it has expired")
         if not hmac.compare_digest(spec.exchange_hash, token_hash(code)):
             raise AccessDenied("wrong exchange code")
         if not hmac.compare_digest(spec.client_nonce_hash, token_hash(client_nonce)):
