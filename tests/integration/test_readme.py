@@ -345,9 +345,11 @@ def _test_ca(walk: Walk) -> Any:
     return walk.ca
 
 
-# The reader's identity provider: a person in group ops, as the README's mapping expects.
+# The reader's identity provider: the admin, in groups the README's mapping gives access
+# and editor (so the LDAP connector that follows is theirs to create).
 README_IDP_USER = {"alice": {"password": "alice-at-the-idp", "claims": {
-    "email": "alice@example.com", "groups": ["ops"], "unix_logins": ["root"]}}}
+    "email": "alice@example.com", "groups": ["ops", "admins-limen"],
+    "unix_logins": ["root"]}}}
 
 
 def create_oidc_connector(walk: Walk, command: str) -> None:

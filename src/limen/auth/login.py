@@ -118,14 +118,14 @@ class LoginService:
                                f"limen login --auth {connector}")
         hashed = await self.ctx.stores.credentials.password_hash(name)
         if not await asyncio.to_thread(passwords.verify_password, password, hashed):
-            await self._count_failure(user, remote, "wrong password")
+            await self.count_failure(user, remote, "wrong password")
         found = await self.ctx.stores.credentials.totp_device(name)
         if found is None:
-            await self._count_failure(user, remote, "no second factor enrolled")
+            await self.count_failure(user, remote, "no second factor enrolled")
         device, item = found
         step = totp.matching_step(device.secret, otp, now)
         if step is None:
-            await self._count_failure(user, remote, "wrong TOTP code")
+            await self.count_failure(user, remote, "wrong TOTP code")
         if not await self.ctx.stores.credentials.consume_step(name, item, device, step):
             # Right password, a real but spent code: a person retrying too fast (e.g. just
             # after signup), not a guess; refused without counting toward the lockout.
@@ -134,9 +134,6 @@ class LoginService:
         if user.status.failed_logins:
             await self._reset_failures(name)
         return user
-
-    async def _count_failure(self, user: User, remote: str, reason: str) -> None:
-        await self.count_failure(user, remote, reason)
 
     async def count_failure(self, user: User, remote: str, reason: str,
                             method: str = "local", **audit: Any) -> None:
