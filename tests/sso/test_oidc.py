@@ -327,3 +327,24 @@ def test_a_malformed_connector_names_the_field_and_its_line(
     assert f"field '{field}' (line {line})" in result.stderr, result.stderr
     assert problem in result.stderr
     assert sso.cluster.admin("get", "connector/bad-one").returncode == 1
+
+
+def test_a_sign_in_left_too_long_at_the_provider_expires(sso: SSOSetup) -> None:
+    flow, callback = sign_in(sso, "alice")
+    sso.cluster.clock.advance(11 * 60)  # sign-ins live 10 minutes
+    try:
+        with browser(sso) as http:
+            response = http.get(callback)
+    finally:
+        sso.cluster.clock.advance(-11 * 60)
+    assert response.status_code == 403
+    assert "has expired" in response.json()["error"]["message"]
+
+
+def test_an_unreachable_provider_is_a_clear_error(sso: SSOSetup) -> None:
+    doc = sso.oidc_connector("okta-down", issuer_url="https://127.0.0.1:9")
+    assert sso.create("okta-down", doc).returncode == 0
+    result = sso.cli_login(sso.cluster.new_home(), "alice", "okta-down")
+    assert result.returncode == 1
+    assert "cannot reach the identity provider https://127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr
