@@ -23,6 +23,9 @@ def test_group_membership_maps_to_roles(ldap: LDAPSetup) -> None:
     user = json.loads(cluster.admin("get", "user/alice", "--format", "json").stdout)
     assert user["spec"]["kind"] == "sso"
     assert user["spec"]["sso"]["subject"] == "uid=alice,ou=people,dc=example,dc=com"
+    listed = cluster.admin("users", "ls")
+    assert any(line.split()[:2] == ["alice", "access"] and "sso (corp)" in line
+               for line in listed.stdout.splitlines()), listed.stdout
     # Next time `limen login` alone signs in the same way (the profile remembers it).
     again = ldap.sso.cluster.cli("login", "--password-stdin", home=home,
                                  input=PASSWORDS["alice"] + "\n")
