@@ -137,7 +137,9 @@ class OIDCSpec(ConnectorCommon):
         parts = urlsplit(value)
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"{value!r} must be an https:// URL")
-        return value.rstrip("/") if value.endswith("/") and parts.path == "/" else value
+        # Kept exactly as written: the ID token's iss must equal it (some issuers, such
+        # as Auth0's, end in a slash).
+        return value
 
     @field_validator("scopes")
     @classmethod
