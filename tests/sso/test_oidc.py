@@ -211,7 +211,10 @@ def test_the_audit_log_names_the_connector_and_the_deciding_claims_never_tokens(
 
 def test_a_rotated_signing_key_is_fetched_once_and_then_trusted(sso: SSOSetup) -> None:
     home = sso.cluster.new_home()
-    assert sso.cli_login(home, "alice", "okta").returncode == 0  # keys are cached now
+    # --auth alone: the cluster's default connector (okta); the provider's keys are cached.
+    cached = sso.cluster.cli("login", "--proxy", sso.cluster.web_addr, "--auth", "--insecure",
+                             home=home, env=sso.browser_env(home, "alice"))
+    assert cached.returncode == 0, cached.stderr
     sso.oidc.restart(kid="key-2")  # the provider rotated its key; the port stays
     try:
         result = sso.cli_login(home, "alice", "okta")

@@ -19,6 +19,8 @@ from limen.errors import BadParameter, NotFound
 if TYPE_CHECKING:
     from limen.client.api import APIClient
 
+DEFAULT_CONNECTOR = ":default"  # `--auth` given without a name
+
 
 def add_trust_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-pin", help="expected cluster CA pin, sha256:HEX")
@@ -50,9 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     login.add_argument("--proxy", help=f"the proxy's address: {FORMS} (default: last used)")
     login.add_argument("--user", help="user name (default: last used; LDAP: your directory "
                        "user name)")
-    login.add_argument("--auth", metavar="NAME",
+    login.add_argument("--auth", metavar="NAME", nargs="?", const=DEFAULT_CONNECTOR,
                        help="sign in through this connector (OIDC: in your browser; LDAP: "
-                       "with your directory password); default: how you signed in last")
+                       "with your directory password); --auth alone: the cluster's default "
+                       "connector; without --auth or --user: how you signed in last")
     login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (capped by your roles)")
     login.add_argument(
         "--password-stdin",
@@ -170,7 +173,9 @@ def _sso_login(client: APIClient, auth: str, user: str | None,
                args: argparse.Namespace) -> profiles.Profile:
     from limen.client import sso
 
-    connector = sso.find_connector(client, auth)
+    connector = (sso.default_connector(client) if auth == DEFAULT_CONNECTOR
+                 else sso.find_connector(client, auth))
+    auth = connector["name"]
     if connector["kind"] == "oidc":
         return sso.oidc_login(client, auth, args.ttl,
                               lambda text: print(text, file=sys.stderr, flush=True))

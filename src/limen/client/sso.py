@@ -46,6 +46,17 @@ def find_connector(client: APIClient, name: str) -> dict[str, Any]:
     raise BadParameter(f"the cluster has no connector {name!r}; it has: {names}")
 
 
+def default_connector(client: APIClient) -> dict[str, Any]:
+    """The one marked default, or the only one there is."""
+    known = connectors(client)
+    chosen = [c for c in known if c["default"]] or (known if len(known) == 1 else [])
+    if not chosen:
+        names = ", ".join(c["name"] for c in known) or "none"
+        raise BadParameter(f"the cluster has no default connector; name one with --auth NAME "
+                           f"(it has: {names})")
+    return chosen[0]
+
+
 class CallbackListener:
     """A one-time HTTP listener on 127.0.0.1: the first request to its path is the answer."""
 
