@@ -20,9 +20,11 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pexpect
@@ -92,6 +94,10 @@ class Walk:
         self.background: list[subprocess.Popen[bytes]] = []
         self.ran: list[str] = []
         self.cluster: subprocess.Popen[bytes] | None = None
+        # The identity providers the single sign-on section connects to (stopped at the end),
+        # and the CA their certificates come from.
+        self.services: list[Any] = []
+        self.ca: Any = None
 
     # -- running ---------------------------------------------------------------------
 
@@ -138,6 +144,8 @@ class Walk:
     def stop_all(self) -> None:
         for proc in reversed(self.background):
             self.stop(proc)
+        for service in self.services:
+            service.stop()
 
     def log(self, name: str) -> str:
         return (self.base / name).read_text(errors="replace")
@@ -322,6 +330,88 @@ def readyz(walk: Walk, command: str) -> None:
     assert json.loads(walk.run(command))["ready"] is True
 
 
+def _readme_yaml(kind: str) -> str:
+    block = re.search(rf"```yaml\n( *# \S+\n *kind: {kind}\n.*?)```", README.read_text(),
+                      re.S)
+    assert block, f"the README's {kind} connector"
+    return textwrap.dedent(block.group(1))
+
+
+def _test_ca(walk: Walk) -> Any:
+    from tests.sso.pki import TestCA
+
+    if walk.ca is None:
+        walk.ca = TestCA(walk.base / "pki", "readme-providers")
+    return walk.ca
+
+
+# The reader's identity provider: the admin, in groups the README's mapping gives access
+# and editor (so the LDAP connector that follows is theirs to create).
+README_IDP_USER = {"alice": {"password": "alice-at-the-idp", "claims": {
+    "email": "alice@example.com", "groups": ["ops", "admins-limen"],
+    "unix_logins": ["root"]}}}
+
+
+def create_oidc_connector(walk: Walk, command: str) -> None:
+    """The README's connector, pointed at the test's provider (oidc-provider from npm)."""
+    from tests.sso.oidc_server import CLIENT_ID, CLIENT_SECRET, OIDCProvider
+
+    ca = _test_ca(walk)
+    redirect = f"https://{walk.values['proxy.example.com:3080']}/v1/sso/oidc/callback"
+    provider = OIDCProvider(walk.base, ca.server("idp"), redirect, README_IDP_USER).start()
+    walk.services.append(provider)
+    secret = walk.base / "okta.secret"
+    secret.write_text(CLIENT_SECRET + "\n")
+    text = (_readme_yaml("oidc").replace("https://example.okta.com", provider.issuer)
+            .replace("0oa1b2c3d4", CLIENT_ID).replace("/etc/limen/okta.secret", str(secret))
+            .replace("spec:\n", f"spec:\n  ca_file: {ca.path}\n"))
+    # Only the proxy's address: fill() would also replace words such as "secret".
+    web = walk.values["proxy.example.com:3080"]
+    (walk.cwd / "okta.yaml").write_text(text.replace("proxy.example.com:3080", web))
+    walk.run(command)
+
+
+def oidc_login(walk: Walk, command: str) -> None:
+    """`limen login --auth okta`: $BROWSER is the tests' scripted browser."""
+    browser = walk.base / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nexec {sys.executable} {REPO}/tests/sso/browser.py "$1"\n')
+    browser.chmod(0o755)
+    assert walk.ca is not None
+    out = walk.run(command, BROWSER=str(browser), LIMEN_TEST_IDP_USER="alice",
+                   LIMEN_TEST_IDP_PASSWORD=README_IDP_USER["alice"]["password"],
+                   LIMEN_TEST_CAS=f"{walk.ca.path}:{walk.data / 'ca' / 'tls_ca.crt'}",
+                   LIMEN_TEST_BROWSER_LOG=str(walk.base / "browser.log"))
+    assert "alice@example.com" in out and "access" in out, out
+
+
+def create_ldap_connector(walk: Walk, command: str) -> None:
+    """The README's connector, pointed at a slapd of the test's own (same DNs)."""
+    from tests.sso.slapd import SERVICE_PASSWORD, Slapd
+
+    ca = _test_ca(walk)
+    directory = Slapd(walk.base / "slapd", ca.server("ldap", hosts=("127.0.0.1",))).start()
+    walk.services.append(directory)
+    secret = walk.base / "ldap-bind.secret"
+    secret.write_text(SERVICE_PASSWORD + "\n")
+    text = (_readme_yaml("ldap").replace("ldaps://ldap.example.com:636", directory.ldaps_url)
+            .replace("/etc/limen/ldap-ca.pem", str(ca.path))
+            .replace("/etc/limen/ldap-bind.secret", str(secret)))
+    (walk.cwd / "corp.yaml").write_text(text)
+    walk.run(command)
+
+
+def ldap_login(walk: Walk, command: str) -> None:
+    from tests.sso.slapd import PASSWORDS
+
+    child = walk.spawn(command)
+    child.expect("Corporate directory password: ")
+    child.sendline(PASSWORDS["dave"])
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "dave" in child.before
+
+
 RUNNERS: dict[str, Callable[[Walk, str], None]] = {
     "./scripts/quickstart": quickstart,
     "limen users add alice --roles access,editor --logins alice,root": users_add,
@@ -357,6 +447,11 @@ RUNNERS: dict[str, Callable[[Walk, str], None]] = {
     "curl -s http://127.0.0.1:3000/readyz": readyz,
     "limen start --roles node --token TOKEN --proxy proxy.example.com:3080 --ca-pin "
     "sha256:... --name db-1": join_node("db-1", "node-nat"),
+    "limen create -f okta.yaml": create_oidc_connector,
+    "limen get connectors": expect_output(r"okta"),
+    "limen login --proxy proxy.example.com:3080 --auth okta": oidc_login,
+    "limen create -f corp.yaml": create_ldap_connector,
+    "limen login --proxy proxy.example.com:3080 --auth corp --user dave": ldap_login,
 }
 
 

@@ -40,6 +40,10 @@ class UserLogin(UserMeta, ConnectionMeta):
     error: str | None = None
     mfa_device: str | None = None
     roles: list[str] | None = None
+    # Single sign-on: the connector, and the claims or groups that decided the roles (on
+    # a refusal, those the provider offered); never a token or a password.
+    connector: str | None = None
+    claims: dict[str, list[str]] | None = None
 
 
 class UserCreate(UserMeta):
@@ -47,12 +51,15 @@ class UserCreate(UserMeta):
     name: str
     roles: list[str] | None = None
     logins: list[str] | None = None
+    connector: str | None = None  # an SSO user, made at their first sign-in
 
 
 class UserUpdate(UserMeta):
     TYPE = types.USER_UPDATE
     name: str
-    action: str | None = None
+    action: str | None = None  # reset, or sso_mapping (a connector changed the roles)
+    connector: str | None = None
+    roles: list[str] | None = None
 
 
 class UserDelete(UserMeta):
@@ -100,6 +107,23 @@ class AccessRefused(UserMeta, ConnectionMeta):
     resource: str | None = None
     verb: str | None = None
     error: str | None = None
+
+
+class ConnectorChange(UserMeta):
+    name: str
+    connector_kind: str | None = None  # oidc or ldap
+
+
+class ConnectorCreated(ConnectorChange):
+    TYPE = types.CONNECTOR_CREATED
+
+
+class ConnectorUpdated(ConnectorChange):
+    TYPE = types.CONNECTOR_UPDATED
+
+
+class ConnectorDeleted(ConnectorChange):
+    TYPE = types.CONNECTOR_DELETED
 
 
 class RoleCreated(UserMeta):

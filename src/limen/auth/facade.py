@@ -19,9 +19,10 @@ Three kinds of check:
   the admin (what nodes report, the access feed);
 - signed in: any authenticated caller (who am I, the nodes and sessions one may see).
 
-Signup, login and node join carry their own credential (a token, a password and code)
-and are checked by the services that verify it; they are here so that the API has one
-entry, not because a caller's identity could allow them.
+Signup, login, single sign-on and node join carry their own credential (a token, a
+password and code, a provider's answer) and are checked by the services that verify it;
+they are here so that the API has one entry, not because a caller's identity could
+allow them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from limen.audit import schema
 from limen.audit.store import EventQuery, RecordingMeta
 from limen.audit.verify import Report
 from limen.auth.ca import authorized_keys_line, known_hosts_line, spki_pin
+from limen.auth.connectors.service import ConnectorInfo, OIDCStart
 from limen.auth.feed import access_feed
 from limen.auth.identity import Identity
 from limen.auth.join import IssuedJoinToken, JoinRequest, JoinResult
@@ -149,6 +151,32 @@ class AuthFacade:
 
     async def join(self, token: str, request: JoinRequest) -> JoinResult:
         return await self.auth.join.join(token, request, self.caller.remote_addr)
+
+    # -- single sign-on (the provider's answer, a directory password, or the proof the
+    # CLI holds is the credential) ---------------------------------------------------------
+
+    async def list_connectors(self) -> list[ConnectorInfo]:
+        """Name, kind and display name of each connector, for sign-in pages (public)."""
+        return await self.auth.sso.list_public()
+
+    async def sso_oidc_start(self, connector: str | None, public_key: str,
+                             client_callback: str, client_nonce_hash: str,
+                             ttl: str | None) -> OIDCStart:
+        return await self.auth.sso.oidc_start(connector, public_key, client_callback,
+                                              client_nonce_hash, ttl, self.caller.remote_addr)
+
+    async def sso_oidc_callback(self, state: str, code: str, error: str) -> str:
+        return await self.auth.sso.oidc_callback(state, code, error, self.caller.remote_addr)
+
+    async def sso_redeem(self, state: str, code: str, client_nonce: str,
+                         signature: str) -> LoginResult:
+        return await self.auth.sso.redeem(state, code, client_nonce, signature,
+                                          self.caller.remote_addr)
+
+    async def sso_ldap_login(self, connector: str | None, user: str, password: str, otp: str,
+                             public_key: str, ttl: timedelta | None) -> LoginResult:
+        return await self.auth.sso.ldap_login(connector, user, password, otp, public_key, ttl,
+                                              self.caller.remote_addr)
 
     # -- any signed-in caller ------------------------------------------------------------
 

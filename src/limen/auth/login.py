@@ -1,4 +1,9 @@
-"""Login: password + TOTP, lockout after repeated failures, then a short-lived certificate."""
+"""Login: password + TOTP, lockout after repeated failures, then a short-lived certificate.
+
+Single sign-on (limen.auth.connectors) ends here too: once a connector has said who
+someone is, ``issue_for`` makes the same certificate and API token a local login makes,
+so nothing downstream knows how they signed in.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncssh
 
@@ -51,21 +57,45 @@ class LoginService:
         ttl: timedelta | None = None,
         remote_addr: str = "",
     ) -> LoginResult:
-        key = _parse_public_key(public_key)
+        key = parse_public_key(public_key)
         user = await self._authenticate(name, password, otp, remote_addr)
-        try:
-            await self._locks.check(user.name, list(user.spec.roles))
-        except AccessDenied as exc:
-            await self._failed(name, remote_addr, f"locked: {exc.message}")
-            raise
-        checker = await self._checker_for(user)
-        result = await self._issue(user, checker, key, ttl)
+        result = await self.issue_for(user, key, ttl, remote_addr, "local")
         metrics.login_attempt(success=True)
         await self.ctx.audit.emit(schema.UserLogin(
             user=name, method="local", success=True, addr_remote=remote_addr or None,
-            mfa_device="TOTP", roles=list(checker.role_names),
+            mfa_device="TOTP", roles=list(result.roles),
         ))
         return result
+
+    async def issue_for(self, user: User, key: asyncssh.SSHKey | str, ttl: timedelta | None,
+                        remote_addr: str, method: str, **audit: Any) -> LoginResult:
+        """A certificate for someone already authenticated, unless a lock says no.
+        ``audit``: more fields of the failure event (a connector and its claims)."""
+        if isinstance(key, str):
+            key = parse_public_key(key)
+        try:
+            await self._locks.check(user.name, list(user.spec.roles))
+        except AccessDenied as exc:
+            await self._failed(user.name, remote_addr, f"locked: {exc.message}", method, **audit)
+            raise
+        return await self._issue(user, await self._checker_for(user), key, ttl)
+
+    async def check_second_factor(self, user: User, otp: str, remote: str, method: str,
+                                  **audit: Any) -> None:
+        """The user's own TOTP code (a connector that asks for one); failures count."""
+        found = await self.ctx.stores.credentials.totp_device(user.name)
+        if found is None:
+            await self._failed(user.name, remote, "no second factor enrolled", method, **audit)
+            raise AccessDenied(
+                f"this sign-in needs a TOTP code and {user.name} has no device enrolled; an "
+                f"admin can issue one with: limen users reset {user.name}")
+        device, item = found
+        step = totp.matching_step(device.secret, otp, self.ctx.clock.now())
+        if step is None:
+            await self.count_failure(user, remote, "wrong TOTP code", method, **audit)
+        if not await self.ctx.stores.credentials.consume_step(user.name, item, device, step):
+            await self._failed(user.name, remote, "TOTP code already used", method, **audit)
+            raise AccessDenied(INVALID)
 
     async def _authenticate(self, name: str, password: str, otp: str, remote: str) -> User:
         try:
@@ -78,17 +108,25 @@ class LoginService:
         locked_until = user.status.locked_until
         if locked_until and locked_until > now:
             await self._failed(name, remote, "user is locked")
-            raise AccessDenied(_locked_message(name, locked_until, user.status.lock_reason))
+            raise AccessDenied(locked_message(name, locked_until, user.status.lock_reason))
+        if user.spec.kind == "sso":
+            # No local password to try (and guesses must not lock them out); the same
+            # bcrypt work as any other attempt, then say where they sign in.
+            await asyncio.to_thread(passwords.verify_password, password, None)
+            connector = user.spec.sso.connector if user.spec.sso else "?"
+            await self._failed(name, remote, f"an SSO user has no local password ({connector})")
+            raise AccessDenied(f"user {name} signs in through single sign-on: "
+                               f"limen login --auth {connector}")
         hashed = await self.ctx.stores.credentials.password_hash(name)
         if not await asyncio.to_thread(passwords.verify_password, password, hashed):
-            await self._count_failure(user, remote, "wrong password")
+            await self.count_failure(user, remote, "wrong password")
         found = await self.ctx.stores.credentials.totp_device(name)
         if found is None:
-            await self._count_failure(user, remote, "no second factor enrolled")
+            await self.count_failure(user, remote, "no second factor enrolled")
         device, item = found
         step = totp.matching_step(device.secret, otp, now)
         if step is None:
-            await self._count_failure(user, remote, "wrong TOTP code")
+            await self.count_failure(user, remote, "wrong TOTP code")
         if not await self.ctx.stores.credentials.consume_step(name, item, device, step):
             # Right password, a real but spent code: a person retrying too fast (e.g. just
             # after signup), not a guess; refused without counting toward the lockout.
@@ -98,7 +136,8 @@ class LoginService:
             await self._reset_failures(name)
         return user
 
-    async def _count_failure(self, user: User, remote: str, reason: str) -> None:
+    async def count_failure(self, user: User, remote: str, reason: str,
+                            method: str = "local", **audit: Any) -> None:
         """Record one failure, lock the user after too many, and refuse."""
         settings = self.ctx.settings
         now = self.ctx.clock.now()
@@ -111,10 +150,10 @@ class LoginService:
                 u.status.failed_logins = 0
 
         updated = await self.ctx.stores.users.modify(user.name, bump)
-        await self._failed(user.name, remote, reason)
+        await self._failed(user.name, remote, reason, method, **audit)
         if updated.status.locked_until and updated.status.locked_until > now:
             raise AccessDenied(
-                _locked_message(user.name, updated.status.locked_until, updated.status.lock_reason)
+                locked_message(user.name, updated.status.locked_until, updated.status.lock_reason)
             )
         raise AccessDenied(INVALID)
 
@@ -124,10 +163,12 @@ class LoginService:
 
         await self.ctx.stores.users.modify(name, reset)
 
-    async def _failed(self, name: str, remote: str, reason: str) -> None:
+    async def _failed(self, name: str, remote: str, reason: str, method: str = "local",
+                      **audit: Any) -> None:
         metrics.login_attempt(success=False)
         await self.ctx.audit.emit(schema.UserLogin(
-            user=name, method="local", success=False, error=reason, addr_remote=remote or None,
+            user=name, method=method, success=False, error=reason, addr_remote=remote or None,
+            **audit,
         ))
 
     async def _issue(
@@ -176,14 +217,14 @@ class LoginService:
         )
 
 
-def _parse_public_key(text: str) -> asyncssh.SSHKey:
+def parse_public_key(text: str) -> asyncssh.SSHKey:
     try:
         return asyncssh.import_public_key(text)
     except (asyncssh.KeyImportError, ValueError) as exc:
         raise BadParameter("the public key is not a valid OpenSSH public key") from exc
 
 
-def _locked_message(name: str, until: datetime, reason: str) -> str:
+def locked_message(name: str, until: datetime, reason: str) -> str:
     when = until.strftime("%Y-%m-%d %H:%M:%S UTC")
     why = f" after {reason}" if reason else ""
     return (

@@ -16,7 +16,7 @@ from limen.audit import schema
 from limen.auth.identity import Identity
 from limen.backend.base import Item
 from limen.errors import BadParameter, CompareFailed, NotFound
-from limen.resources import Lock, Role
+from limen.resources import AnyConnector, Lock, Role
 from limen.resources.base import Resource
 from limen.services.store import ResourceStore
 
@@ -33,8 +33,13 @@ ALIASES = {
     "tokens": "token",
     "session": "session",
     "sessions": "session",
+    # Identity connectors: one rule kind (connector) for both protocols.
+    "connector": "connector",
+    "connectors": "connector",
+    "oidc": "connector",
+    "ldap": "connector",
 }
-WRITABLE = {"role": Role, "lock": Lock}
+WRITABLE: dict[str, Any] = {"role": Role, "lock": Lock, "connector": None}
 
 
 def canonical_kind(kind: str) -> str:
@@ -42,7 +47,8 @@ def canonical_kind(kind: str) -> str:
         return ALIASES[kind.lower()]
     except KeyError:
         raise BadParameter(
-            f"unknown kind {kind!r}; known: role, lock, user, node, token, session"
+            f"unknown kind {kind!r}; known: role, lock, user, node, token, session, "
+            "connector (oidc, ldap)"
         ) from None
 
 
@@ -54,6 +60,10 @@ def public(resource: Resource) -> dict[str, Any]:
 
 def parse(kind: str, document: dict[str, Any]) -> Resource:
     model = WRITABLE.get(kind)
+    if kind == "connector":
+        model = AnyConnector.MODELS.get(str(document.get("kind", "")).lower())
+        if model is None:
+            raise BadParameter("a connector is a document of kind oidc or kind ldap")
     if model is None:
         raise BadParameter(f"{kind} resources cannot be created this way")
     try:
@@ -83,6 +93,7 @@ class ResourceService:
             "node": self.stores.nodes,
             "token": self.stores.join_tokens,
             "session": self.stores.sessions,
+            "connector": self.auth.sso.connectors,
         }[kind]
 
     async def get(self, kind: str, name: str | None) -> list[dict[str, Any]]:
@@ -140,6 +151,10 @@ class ResourceService:
         if kind == "role":
             event = schema.RoleCreated if created else schema.RoleUpdated
             await self.auth.ctx.audit.emit(event(user=actor.user, name=saved.name))
+        elif kind == "connector":
+            changed = schema.ConnectorCreated if created else schema.ConnectorUpdated
+            await self.auth.ctx.audit.emit(changed(user=actor.user, name=saved.name,
+                                                   connector_kind=saved.kind))
 
     async def delete(self, actor: Identity, kind: str, name: str) -> None:
         if kind == "lock":
@@ -150,6 +165,11 @@ class ResourceService:
             await self.auth.join.delete_token(actor, name)
         elif kind == "node":  # by name or id; its credentials stop working at once
             await self.auth.nodes.remove(actor, name)
+        elif kind == "connector":
+            gone = await self._store(kind).get(name)
+            await self._store(kind).delete(name)
+            await self.auth.ctx.audit.emit(schema.ConnectorDeleted(
+                user=actor.user, name=name, connector_kind=gone.kind))
         else:
             await self._store(kind).delete(name)
             if kind == "role":

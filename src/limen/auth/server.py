@@ -15,6 +15,7 @@ from limen.audit.bindings import SessionBindings
 from limen.audit.recordings import RecordingService
 from limen.audit.search import AuditSearch
 from limen.auth import builtin_roles, passwords
+from limen.auth.connectors.service import SSOService
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
 from limen.auth.join import JoinService
@@ -42,6 +43,7 @@ class AuthServer:
         self.users = UserManager(ctx)
         self.locks = LockService(ctx)
         self.login_service = LoginService(ctx, self.checker_for_user, self.locks)
+        self.sso = SSOService(ctx, self.login_service)
         self.nodes = NodeRegistry(ctx)
         self.node_renewal = NodeRenewal(ctx, self.nodes)
         self.join = JoinService(ctx, self.nodes)

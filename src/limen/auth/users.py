@@ -37,6 +37,9 @@ class SignupChallenge:
     totp_secret: str
     otpauth_uri: str
     purpose: str
+    # For an SSO user: their connector. Signup then enrolls only the TOTP device (the
+    # connector's second factor); there is no local password to set.
+    sso_connector: str = ""
 
 
 class UserManager:
@@ -155,7 +158,12 @@ class UserManager:
         record = await self.ctx.stores.user_tokens.modify(record.name, ensure_secret)
         secret = record.spec.pending_totp_secret
         uri = totp.provisioning_uri(secret, record.spec.user, self.ctx.settings.cluster_name)
-        return SignupChallenge(record.spec.user, secret, uri, record.spec.purpose)
+        return SignupChallenge(record.spec.user, secret, uri, record.spec.purpose,
+                               await self._sso_connector(record.spec.user))
+
+    async def _sso_connector(self, name: str) -> str:
+        user = await self.ctx.stores.users.get(name)
+        return user.spec.sso.connector if user.spec.kind == "sso" and user.spec.sso else ""
 
     async def signup_finish(
         self, token: str, password: str, otp: str, remote_addr: str = ""
@@ -163,7 +171,9 @@ class UserManager:
         """Set the password and TOTP device; the token is used up. Returns the user name."""
         record = await self._token(token)
         user = record.spec.user
-        passwords.check_rules(user, password)
+        sso = bool(await self._sso_connector(user))
+        if not sso:
+            passwords.check_rules(user, password)
         secret = record.spec.pending_totp_secret
         if not secret:
             raise BadParameter("start the signup first: the TOTP secret was never shown")
@@ -175,8 +185,9 @@ class UserManager:
             await self.ctx.stores.user_tokens.delete(record.name)
         except NotFound:
             raise AccessDenied(BAD_TOKEN) from None
-        hashed = await asyncio.to_thread(passwords.hash_password, password)
-        await self.ctx.stores.credentials.set_password_hash(user, hashed)
+        if not sso:  # an SSO user's password is the provider's business
+            hashed = await asyncio.to_thread(passwords.hash_password, password)
+            await self.ctx.stores.credentials.set_password_hash(user, hashed)
         device = TOTPDevice(secret=secret, added=self.ctx.clock.now(), last_step=step)
         await self.ctx.stores.credentials.set_totp_device(user, device)
         await self._set_active(user, True)

@@ -7,6 +7,7 @@ import getpass
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from limen.cli.output import add_format_flag, emit, table
 from limen.client import profile as profiles
@@ -14,6 +15,11 @@ from limen.client.connect import TrustOptions, open_client
 from limen.client.profile import write_private
 from limen.client.proxy_addr import FORMS
 from limen.errors import BadParameter, NotFound
+
+if TYPE_CHECKING:
+    from limen.client.api import APIClient
+
+DEFAULT_CONNECTOR = ":default"  # `--auth` given without a name
 
 
 def add_trust_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     login = sub.add_parser("login", help="sign in and get a short-lived SSH certificate")
     login.add_argument("--proxy", help=f"the proxy's address: {FORMS} (default: last used)")
-    login.add_argument("--user", help="user name (default: last used)")
+    login.add_argument("--user", help="user name (default: last used; LDAP: your directory "
+                       "user name)")
+    login.add_argument("--auth", metavar="NAME", nargs="?", const=DEFAULT_CONNECTOR,
+                       help="sign in through this connector (OIDC: in your browser; LDAP: "
+                       "with your directory password); --auth alone: the cluster's default "
+                       "connector; without --auth or --user: how you signed in last")
     login.add_argument("--ttl", help="certificate lifetime, e.g. 8h (capped by your roles)")
     login.add_argument(
         "--password-stdin",
@@ -97,7 +108,9 @@ def cmd_signup(args: argparse.Namespace) -> int:
     client, _new = open_client(args.proxy, options)
     with client:
         challenge = client.post("/v1/signup/start", {"token": args.token})
-        password = _read_new_password(args)
+        connector = challenge.get("sso_connector") or ""
+        # An SSO user enrolls only a TOTP device: their password is the directory's.
+        password = "" if connector else _read_new_password(args)
         secret = challenge["totp_secret"]
         # The server's time, so that automation works whatever this machine's clock says.
         server_time = datetime.fromisoformat(challenge["server_time"])
@@ -119,9 +132,10 @@ def cmd_signup(args: argparse.Namespace) -> int:
                 used_step, lambda: datetime.fromisoformat(client.get("/v1/ping")["server_time"]),
                 lambda text: print(text, file=sys.stderr, flush=True),
             )
+    how = f"--auth {connector}" if connector else f"--user {result['user']}"
     print(
         f"Signed up as {result['user']} on cluster {result['cluster']}. Now run:\n"
-        f"  limen login --proxy {client.proxy} --user {result['user']}"
+        f"  limen login --proxy {client.proxy} {how}"
     )
     return 0
 
@@ -129,20 +143,48 @@ def cmd_signup(args: argparse.Namespace) -> int:
 def cmd_login(args: argparse.Namespace) -> int:
     from limen.client.login import login
 
-    proxy, user = args.proxy, args.user
-    if not proxy or not user:
-        try:
-            last = profiles.current()
-        except Exception:  # noqa: BLE001 - no previous profile: the flags are required
-            raise BadParameter("give --proxy HOST:PORT and --user NAME") from None
-        proxy, user = proxy or last.proxy, user or last.user
+    proxy, user, auth = args.proxy, args.user, args.auth
+    last = _last_profile()
+    if last is not None and not user and not auth and proxy in (None, last.proxy):
+        user, auth = last.user, last.auth or None  # the way they signed in last time
+    proxy = proxy or (last.proxy if last else None)
+    if not proxy or not (user or auth):
+        raise BadParameter("give --proxy HOST:PORT and --user NAME (or --auth NAME)")
     client, _new = open_client(proxy, TrustOptions(args.ca_pin, args.insecure))
     with client:
-        password = _read_password(args.password_stdin)
-        otp = args.otp or input("TOTP code: ").strip()
-        profile = login(client, user, password, otp, args.ttl)
+        if auth:
+            profile = _sso_login(client, auth, user, args)
+        else:
+            password = _read_password(args.password_stdin)
+            otp = args.otp or input("TOTP code: ").strip()
+            profile = login(client, user, password, otp, args.ttl)
     _print_status(profile, args.format)
     return 0
+
+
+def _last_profile() -> profiles.Profile | None:
+    try:
+        return profiles.current()
+    except Exception:  # noqa: BLE001 - no previous profile
+        return None
+
+
+def _sso_login(client: APIClient, auth: str, user: str | None,
+               args: argparse.Namespace) -> profiles.Profile:
+    from limen.client import sso
+
+    connector = (sso.default_connector(client) if auth == DEFAULT_CONNECTOR
+                 else sso.find_connector(client, auth))
+    auth = connector["name"]
+    if connector["kind"] == "oidc":
+        return sso.oidc_login(client, auth, args.ttl,
+                              lambda text: print(text, file=sys.stderr, flush=True))
+    user = user or input("Directory user name: ").strip()
+    password = _read_password(args.password_stdin, f"{connector['display']} password: ")
+    otp = args.otp or ""
+    if connector.get("second_factor") == "totp" and not otp:
+        otp = input("TOTP code: ").strip()
+    return sso.ldap_login(client, auth, user, password, otp, args.ttl)
 
 
 def cmd_logout(_args: argparse.Namespace) -> int:

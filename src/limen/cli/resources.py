@@ -15,10 +15,10 @@ import yaml
 from limen.cli.admin import add_admin_flags, admin_client
 from limen.cli.output import add_format_flag, emit, table
 from limen.errors import BadParameter
-from limen.resources import Lock, Role
+from limen.resources import LDAPConnector, Lock, OIDCConnector, Role
 from limen.yamlload import load_documents, validate
 
-MODELS = {"role": Role, "lock": Lock}
+MODELS = {"role": Role, "lock": Lock, "oidc": OIDCConnector, "ldap": LDAPConnector}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +72,12 @@ def _summary(item: dict[str, Any]) -> tuple[str, str, str]:
             meta.get("expires") or "",
         )
     if kind == "user":
-        return meta["name"], "roles " + ",".join(spec.get("roles", [])), ""
+        how = f" (sso: {spec['sso']['connector']})" if spec.get("sso") else ""
+        return meta["name"], "roles " + ",".join(spec.get("roles", [])) + how, ""
+    if kind in ("oidc", "ldap"):
+        where = spec.get("issuer_url") or spec.get("url", "")
+        default = ", default" if spec.get("default") else ""
+        return meta["name"], f"{kind} {where}{default}", ""
     if kind == "node":
         labels = ",".join(f"{k}={v}" for k, v in meta.get("labels", {}).items())
         return spec.get("hostname", ""), f"{spec.get('addr', '')} {labels}", meta["name"]

@@ -93,13 +93,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
             u["metadata"]["name"],
             ",".join(u["spec"]["roles"]),
             ",".join(u["spec"]["traits"].get("logins", [])),
-            "active" if u["spec"].get("active") else "pending signup",
+            _state(u["spec"]),
             u["status"].get("locked_until") or "",
         )
         for u in users
     ]
     emit(users, args.format, table(["User", "Roles", "Logins", "State", "Locked until"], rows))
     return 0
+
+
+def _state(spec: dict[str, object]) -> str:
+    sso = spec.get("sso")
+    if isinstance(sso, dict):  # signs in through a connector: roles are its last mapping
+        return f"sso ({sso.get('connector')})"
+    return "active" if spec.get("active") else "pending signup"
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

@@ -24,12 +24,22 @@ def login(
     otp: str,
     ttl: str | None = None,
 ) -> profiles.Profile:
-    key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{user}@limen")
+    key = new_key(user)
     public = key.export_public_key("openssh").decode()
     result = client.post(
         "/v1/login",
         {"user": user, "password": password, "otp": otp, "public_key": public, "ttl": ttl},
     )
+    return keep(client, key, result)
+
+
+def new_key(label: str) -> asyncssh.SSHKey:
+    return asyncssh.generate_private_key("ssh-ed25519", comment=f"{label}@limen")
+
+
+def keep(client: APIClient, key: asyncssh.SSHKey, result: dict[str, Any],
+         auth: str = "") -> profiles.Profile:
+    """Store what a login answered (local or single sign-on) where OpenSSH finds it."""
     profile = profiles.Profile(
         proxy=client.proxy,
         cluster=result["cluster"],
@@ -39,6 +49,7 @@ def login(
         valid_until=result["valid_before"],
         ssh_proxy=ssh_proxy_addr(client, result),
         host_ca=result["host_ca"],
+        auth=auth,
     )
     save_credentials(profile, key, result["cert"], result["api_token"], client.ca_pem)
     profiles.add_known_host_ca(result["host_ca"])

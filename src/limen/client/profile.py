@@ -40,6 +40,7 @@ class Profile:
     valid_until: str = ""
     ssh_proxy: str = ""  # the jump host's host:port (limen ssh, ProxyJump)
     host_ca: str = ""  # this cluster's "@cert-authority * KEY" line, to verify its hosts
+    auth: str = ""  # the connector of the last login (limen login --auth); "" for local
 
     @property
     def dir(self) -> Path:

@@ -16,10 +16,11 @@ from pydantic import BaseModel, Field
 import limen
 from limen.auth.facade import AuthFacade
 from limen.auth.identity import Identity
+from limen.auth.login import LoginResult
 from limen.auth.server import AuthServer
 from limen.durations import parse_duration
 from limen.errors import AccessDenied
-from limen.proxy import web_audit, web_errors, web_nodes, web_resources
+from limen.proxy import web_audit, web_errors, web_nodes, web_resources, web_sso
 from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.web_errors import ANONYMOUS, SIGNED_IN, errors
 from limen.tunnel.registry import TunnelDirectory
@@ -129,6 +130,7 @@ def create_app(state: WebState) -> FastAPI:
             "totp_secret": challenge.totp_secret,
             "otpauth_uri": challenge.otpauth_uri,
             "purpose": challenge.purpose,
+            "sso_connector": challenge.sso_connector,
             "server_time": api.clock.now().isoformat(),
         }
 
@@ -141,6 +143,10 @@ def create_app(state: WebState) -> FastAPI:
     async def login(body: LoginRequest, api: Anonymous) -> dict[str, Any]:
         result = await api.login(body.user, body.password, body.otp, body.public_key,
                                  ttl_of(body.ttl))
+        return login_json(result)
+
+    def login_json(result: LoginResult) -> dict[str, Any]:
+        """What a login (local or single sign-on) answers."""
         return {
             "user": result.user,
             "cert": result.cert,
@@ -168,6 +174,7 @@ def create_app(state: WebState) -> FastAPI:
     web_nodes.add_routes(app, Caller, Anonymous, lambda: state.tunnels)
     web_resources.add_routes(app, Caller)
     web_audit.add_routes(app, Caller)
+    web_sso.add_routes(app, Anonymous, login_json)
     return app
 
 

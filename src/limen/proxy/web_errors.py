@@ -41,6 +41,8 @@ _MEANING = {
     409: "It exists already, or someone changed it meanwhile (already_exists, "
          "compare_failed).",
     429: "Too many unauthenticated requests from this address (kind limit_exceeded).",
+    502: "A peer the request needs (an identity provider) could not be reached or answered "
+         "nonsense (kind connection_problem).",
 }
 
 # What every route that needs a login can answer: no or a bad login, or (without a login)

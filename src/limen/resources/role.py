@@ -26,6 +26,7 @@ RESOURCE_KINDS = (
     "recording",
     "lock",
     "cert_authority",
+    "connector",
 )
 VERBS = ("list", "read", "create", "update", "delete")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +18,19 @@ class UserStatus(BaseModel):
     lock_reason: str = ""
 
 
+class SSOLink(BaseModel):
+    """How an SSO user signed in last: the connector and what decided their roles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str
+    connector_kind: str  # oidc or ldap
+    subject: str = ""  # the provider's own id for the person (OIDC sub, LDAP DN)
+    # The claims or groups that matched a mapping (never tokens or passwords).
+    claims: dict[str, list[str]] = Field(default_factory=dict)
+    last_login: datetime | None = None
+
+
 class UserSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -27,6 +41,10 @@ class UserSpec(BaseModel):
     created: datetime | None = None
     # False until signup set a password and a second factor.
     active: bool = False
+    # local: password + TOTP kept here; sso: a connector says who they are and their
+    # roles (spec.roles and traits hold the last mapping), never a local password.
+    kind: Literal["local", "sso"] = "local"
+    sso: SSOLink | None = None
 
 
 class User(Resource):
