@@ -32,7 +32,13 @@ class LoginResult:
     roles: list[str]
     host_ca: str  # known_hosts line: @cert-authority * ...
     cluster: str
-    api_token: str
+    api_token: str  # "" when none was asked for (a web sign-in keeps its own session)
+
+
+# Where a certificate's holder signs in from, carried in the certificate (origin@limen)
+# so that a node can say where a session came from. Only the auth service sets it.
+ORIGIN_EXTENSION = "origin@limen"
+ORIGIN_WEB = "web"
 
 
 class LoginService:
@@ -49,7 +55,12 @@ class LoginService:
         public_key: str,
         ttl: timedelta | None = None,
         remote_addr: str = "",
+        *,
+        origin: str | None = None,
+        api_token: bool = True,
     ) -> LoginResult:
+        """``origin`` goes into the certificate (origin@limen); ``api_token`` False issues
+        no API bearer token (the web UI's sessions are their own record)."""
         key = _parse_public_key(public_key)
         user = await self._authenticate(name, password, otp, remote_addr)
         try:
@@ -58,7 +69,7 @@ class LoginService:
             await self._failed(name, remote_addr, f"locked: {exc.message}")
             raise
         checker = await self._checker_for(user)
-        result = await self._issue(user, checker, key, ttl)
+        result = await self._issue(user, checker, key, ttl, origin, api_token)
         metrics.login_attempt(success=True)
         await self.ctx.audit.emit(schema.UserLogin(
             user=name, method="local", success=True, addr_remote=remote_addr or None,
@@ -130,7 +141,8 @@ class LoginService:
         ))
 
     async def _issue(
-        self, user: User, checker: AccessChecker, key: asyncssh.SSHKey, ttl: timedelta | None
+        self, user: User, checker: AccessChecker, key: asyncssh.SSHKey, ttl: timedelta | None,
+        origin: str | None = None, with_token: bool = True,
     ) -> LoginResult:
         settings = self.ctx.settings
         now = self.ctx.clock.now()
@@ -140,6 +152,13 @@ class LoginService:
             ttl = min(ttl, role_cap)
         valid_before = now + ttl
         principals = checker.logins() or [f"-limen-nologin-{secrets.token_hex(4)}"]
+        extensions = {
+            "roles@limen": json.dumps(checker.role_names),
+            "traits@limen": json.dumps(user.spec.traits, sort_keys=True),
+            "cluster@limen": settings.cluster_name,
+        }
+        if origin:
+            extensions[ORIGIN_EXTENSION] = origin
         cert = sign_user_cert(
             self.ctx.cas.user_ca,
             key,
@@ -150,14 +169,11 @@ class LoginService:
             permit_pty=True,
             permit_port_forwarding=checker.any_port_forwarding(),
             permit_agent_forwarding=checker.forward_agent(),
-            extensions={
-                "roles@limen": json.dumps(checker.role_names),
-                "traits@limen": json.dumps(user.spec.traits, sort_keys=True),
-                "cluster@limen": settings.cluster_name,
-            },
+            extensions=extensions,
             serial=secrets.randbits(63),
         )
-        token = await self.ctx.stores.api_sessions.issue(user.name, valid_before)
+        token = (await self.ctx.stores.api_sessions.issue(user.name, valid_before)
+                 if with_token else "")
         metrics.certificate_issued()
         await self.ctx.audit.emit(schema.CertIssued(
             user=user.name, principals=list(principals), valid_before=valid_before.isoformat(),
