@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
+from starlette.websockets import WebSocketDisconnect
 
 from limen.audit import schema
 from limen.auth.web_sessions import csrf_matches
@@ -97,6 +98,8 @@ def add_routes(app: FastAPI, state: WebUIState) -> None:
                 target = (await visible_session(visitor, join)).spec.node_id
             if not target or not login:
                 raise BadParameter("a terminal needs a node and a login")
+        except WebSocketDisconnect:
+            return  # the browser left before saying hello
         except LimenError as exc:
             await _refuse(ws, REFUSED if isinstance(exc, AccessDenied) else FAILED, exc.message)
             return
@@ -125,6 +128,8 @@ async def _hello(ws: WebSocket, visitor: Visitor) -> tuple[int, int]:
     try:
         text = await asyncio.wait_for(ws.receive_text(), HELLO_SECONDS)
         message = json.loads(text)
+    except WebSocketDisconnect:
+        raise
     except (TimeoutError, ValueError, KeyError, RuntimeError):
         raise BadParameter("the terminal did not start properly; reload the page") from None
     if not isinstance(message, dict) or not csrf_matches(visitor.session.token,
