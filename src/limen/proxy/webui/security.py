@@ -7,7 +7,7 @@ same-origin opener and resource policies, and a Content-Security-Policy. The API
 only from this origin (no inline script, no eval, no WebAssembly), styles only from
 this origin. Pages that show a terminal also allow ``<style>`` elements carrying that
 response's nonce, because xterm.js builds its character-grid rules as ``<style>``
-elements; our own script stamps the nonce on them (static/js/style_nonce.js). Inline
+elements; our own script stamps the nonce on them (static/js/xterm_csp.js). Inline
 ``style`` attributes stay forbidden everywhere.
 
 Cross-site requests: a state-changing request (a form post, a WebSocket) is accepted

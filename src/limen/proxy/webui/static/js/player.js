@@ -1,7 +1,7 @@
 // A player for asciicast v2 recordings on xterm.js: play/pause, speed, seek, and
 // finding text. (asciinema-player runs its terminal emulator as WebAssembly, which
 // this site's Content-Security-Policy does not allow; xterm.js is here already.)
-import "./style_nonce.js";
+import "./xterm_csp.js";
 import { Terminal } from "../vendor/xterm/xterm.mjs";
 
 const box = document.getElementById("player");

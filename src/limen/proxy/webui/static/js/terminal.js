@@ -1,7 +1,7 @@
 // The browser terminal: xterm.js (DOM renderer: its text is in the page) over a
 // WebSocket on this origin. Keystrokes and pastes go out as binary frames of UTF-8;
 // the session's output comes back as binary frames that xterm.js decodes itself.
-import "./style_nonce.js";
+import "./xterm_csp.js";
 import { Terminal } from "../vendor/xterm/xterm.mjs";
 import { FitAddon } from "../vendor/xterm/addon-fit.mjs";
 
