@@ -27,11 +27,13 @@ from limen.proxy.webui.pages_auth import safe_next
 
 
 class CachedStatic(StaticFiles):
-    """Static files revalidated by ETag: cheap on loopback, never stale after an upgrade."""
+    """Static files revalidated by ETag (cheap on loopback, never stale after an
+    upgrade), under the pages' policy rather than the API's."""
 
     def file_response(self, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
         response = super().file_response(*args, **kwargs)
         response.headers["cache-control"] = "no-cache"
+        response.headers["content-security-policy"] = security.page_csp()
         return response
 
 
