@@ -144,6 +144,7 @@ async function load() {
   term = new Terminal({
     cols: header.width || 80, rows: header.height || 24, disableStdin: true,
     fontFamily: '"DejaVu Sans Mono", "Liberation Mono", ui-monospace, monospace', fontSize: 14,
+    theme: { background: "#111418" },
   });
   term.open(box);
   seekBar.max = String(duration);

@@ -13,6 +13,7 @@ const encoder = new TextEncoder();
 const term = new Terminal({
   cursorBlink: true,
   fontFamily: '"DejaVu Sans Mono", "Liberation Mono", ui-monospace, monospace',
+  theme: { background: "#111418" },
   fontSize: 14,
   scrollback: 5000,
 });
