@@ -7,6 +7,8 @@ a terminal, and sign-out and user deletion ending the web session."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import time
 from pathlib import Path
 
@@ -14,10 +16,11 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from limen.audit import schema
 from limen.sshauth import read_certificate
 from tests.support.cluster import ClusterHarness, LimenUser
 from tests.support.ssh_access import unique, wait_until
-from tests.web.support import Browser, csrf_of
+from tests.web.support import Browser, Terminal, csrf_of
 
 COOKIE = "__Host-limen_session"
 
@@ -215,3 +218,78 @@ def test_signing_out_or_deleting_the_user_ends_the_web_session_and_its_terminal(
     gone = browser.page("/web/nodes")
     assert gone.status_code == 401 and "no longer exists" in gone.text
     assert csrf_of(gone.text)  # the sign-in form, ready for someone else
+
+
+def test_join_opens_a_terminal_running_the_agreed_command_on_the_sessions_node(
+        cluster: ClusterHarness, browser: Browser) -> None:
+    """The contract with session sharing: joining runs ``join SID --mode MODE`` as an exec
+    command on the node of that session (what the node then does is the node's)."""
+    owner = _person(cluster, "webowner")
+    owner_browser = Browser(cluster)
+    try:
+        owner_browser.sign_in(owner)
+        owned = owner_browser.terminal("node1", "root")
+        owned.read_until(lambda t: t.ready, 20, "the owner's terminal")
+        sid = wait_until(lambda: cluster.events_of("session.start", user=owner.name), 10,
+                         "the owner's session.start")[0]["sid"]
+
+        watcher = _person(cluster, "webwatch", roles="access,auditor")
+        browser.sign_in(watcher)
+        assert f'name="join" value="{sid}"' in browser.page("/web/sessions").text
+        joined = Terminal(browser.socket(f"join={sid}&mode=observer&login=root"))
+        joined.socket.send(json.dumps({"type": "hello", "csrf": browser.csrf()}))
+        joined.read_until(lambda t: t.ready or t.closed_at is not None, 20, "the join")
+
+        command = f"join {sid} --mode observer"
+
+        def joined_events() -> list[dict]:
+            started = [e for e in cluster.events_of("session.start", user=watcher.name)
+                       if e.get("command") == command]
+            return started or cluster.events_of("session.join", user=watcher.name, sid=sid)
+
+        event = wait_until(joined_events, 10, "the node running the join")[0]
+        assert event["server_hostname"] == "node1" and event.get("origin", "web") == "web"
+
+        # Someone who may not see the session cannot join it, and no mode but the three.
+        outsider = _person(cluster, "webout2")
+        other = Browser(cluster)
+        try:
+            other.sign_in(outsider)
+            for query in (f"join={sid}&mode=observer&login=root",
+                          f"join={sid}&mode=owner&login=root"):
+                refused = Terminal(other.socket(query))
+                refused.socket.send(json.dumps({"type": "hello", "csrf": other.csrf()}))
+                refused.wait_closed(10)
+                assert not refused.ready and refused.closed
+            assert not cluster.events_of("session.start", user=outsider.name)
+        finally:
+            other.close()
+    finally:
+        owner_browser.close()
+
+
+def test_the_audit_page_pages_through_events_and_admin_pages_need_their_rules(
+        cluster: ClusterHarness, browser: Browser) -> None:
+    auditor = _person(cluster, "webpages", roles="access,auditor")
+    browser.sign_in(auditor)
+    assert cluster.service.auth is not None
+    audit = cluster.service.auth.ctx.audit
+    for n in range(60):  # more than a page of this person's events
+        cluster.run(audit.emit(schema.AccessRefused(user=auditor.name, resource="paging",
+                                                    verb="list", error=f"event {n}")))
+    first = browser.page(f"/web/audit?since=24h&user={auditor.name}")
+    assert first.status_code == 200
+    older = re.search(r'rel="next" href="\?([^"]+)"', first.text)
+    assert older, "more than a page of events, so a link to older ones"
+    second = browser.page("/web/audit?" + older.group(1).replace("&amp;", "&"))
+    assert second.status_code == 200 and "an older page" in second.text
+    uids = re.compile(r'"uid": "([0-9a-f-]+)"')
+    assert set(uids.findall(first.text)).isdisjoint(uids.findall(second.text))
+    mistyped = browser.page("/web/audit?since=yesterday-ish")
+    assert mistyped.status_code == 400 and "is not a time" in mistyped.text
+
+    # No rule on users: no link to the page, and the page itself is refused (audited).
+    assert 'href="/web/users"' not in first.text
+    refused = browser.page("/web/users")
+    assert refused.status_code == 403
+    assert cluster.events_of("access.denied", user=auditor.name, resource="user")

@@ -23,7 +23,7 @@ from limen.proxy.webui import (
     security,
 )
 from limen.proxy.webui.context import HERE, PREFIX, CrossSite, NeedsSignIn, WebUIState, render
-from limen.proxy.webui.pages_auth import safe_next
+from limen.proxy.webui.pages_auth import login_page, safe_next
 
 
 class CachedStatic(StaticFiles):
@@ -57,9 +57,8 @@ def _error_pages(app: FastAPI, state: WebUIState) -> None:
         if not exc.reason and request.method == "GET":
             return RedirectResponse(f"{PREFIX}/login?next={safe_next(exc.next_path)}",
                                     status_code=303)
-        response = render(state, request, "login.html", status=401, error=exc.reason,
-                          username="", notice="", next=safe_next(exc.next_path),
-                          connectors=[], title="Sign in")
+        response = login_page(state, request, status=401, error=exc.reason,
+                              next_path=exc.next_path)
         response.delete_cookie(security.SESSION_COOKIE, path="/", secure=True,
                                httponly=True, samesite="strict")
         return response

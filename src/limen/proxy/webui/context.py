@@ -24,7 +24,7 @@ from limen.auth.facade import AuthFacade
 from limen.auth.identity import Identity
 from limen.auth.server import AuthServer
 from limen.auth.web_sessions import SignedIn, csrf_matches
-from limen.errors import AccessDenied, LimenError
+from limen.errors import AccessDenied
 from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.webui import security
@@ -104,22 +104,30 @@ def remote_of(request: Any) -> str:
     return request.client.host if request.client else ""
 
 
+def public(state: WebUIState, request: Any) -> AuthFacade:
+    """A caller without a session (what it may do, it proves itself: a cookie, a token)."""
+    return AuthFacade(state.auth, Identity(user="", remote_addr=remote_of(request)))
+
+
 def anonymous(state: WebUIState, request: Any) -> AuthFacade:
-    """A caller without a session, counted by the unauthenticated rate limit."""
-    remote = remote_of(request)
-    state.limiter.take(remote)
-    return AuthFacade(state.auth, Identity(user="", remote_addr=remote))
+    """A caller without a session acting (signing in, signing up): counted by the
+    unauthenticated rate limit, as the API's anonymous routes are."""
+    state.limiter.take(remote_of(request))
+    return public(state, request)
 
 
 async def find_visitor(state: WebUIState, request: Any) -> Visitor:
-    """The visitor a session cookie names; NeedsSignIn when there is none (any longer)."""
+    """The visitor a session cookie names; NeedsSignIn when there is none (any longer).
+    A cookie that names no good session counts against the rate limit, as a wrong
+    bearer token does on the API; a good one does not."""
     token = request.cookies.get(security.SESSION_COOKIE)
     path = request.url.path
     if not token:
         raise NeedsSignIn(path)
     try:
-        session = await anonymous(state, request).web_session(token)
+        session = await public(state, request).web_session(token)
     except AccessDenied as exc:
+        state.limiter.take(remote_of(request))
         raise NeedsSignIn(path, exc.message) from None
     api = AuthFacade(state.auth, session.identity)
     return Visitor(session, api, await api.checker())
@@ -166,6 +174,3 @@ def render(state: WebUIState, request: Request, template: str, *, status: int = 
                             samesite="strict", path="/")
     return response
 
-
-def error_text(exc: LimenError) -> str:
-    return exc.message

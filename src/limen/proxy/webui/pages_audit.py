@@ -20,6 +20,7 @@ from limen.audit.log import now_ns
 from limen.audit.recordings import meta_json
 from limen.audit.search import decode_cursor, parse_when
 from limen.audit.store import EventQuery
+from limen.errors import BadParameter
 from limen.proxy.webui.context import WebUIState, find_visitor, render
 
 PAGE = 50
@@ -70,16 +71,23 @@ def add_routes(app: FastAPI, state: WebUIState) -> None:
         visitor = await find_visitor(state, request)
         now = now_ns(visitor.api.clock)
         chosen = [t for t in type if t]
-        query = EventQuery(
-            since_ns=parse_when(since, now) if since.strip() else None,
-            until_ns=parse_when(until, now) if until.strip() else None,
-            types=tuple(chosen), user=user.strip() or None, node=node.strip() or None,
-            session=session.strip() or None, limit=PAGE, cursor=decode_cursor(cursor or None),
-        )
-        found, following = await visitor.api.search_events(query)
         params = {"since": since, "until": until, "user": user, "node": node,
                   "session": session}
+        found: list[dict[str, Any]] = []
+        following, error = None, ""
+        try:  # a mistyped time is said on the page, beside the form to correct it
+            query = EventQuery(
+                since_ns=parse_when(since, now) if since.strip() else None,
+                until_ns=parse_when(until, now) if until.strip() else None,
+                types=tuple(chosen), user=user.strip() or None, node=node.strip() or None,
+                session=session.strip() or None, limit=PAGE,
+                cursor=decode_cursor(cursor or None),
+            )
+            found, following = await visitor.api.search_events(query)
+        except BadParameter as exc:
+            error = exc.message
         return render(state, request, "audit.html", visitor=visitor, title="Audit log",
+                      status=400 if error else 200, error=error,
                       rows=[EventRow(r) for r in found], following=following,
                       params=params, chosen=chosen, event_names=EVENT_NAMES,
                       first_page=not cursor,

@@ -19,10 +19,12 @@ from limen.errors import BadParameter, LimenError
 from limen.proxy.webui import security
 from limen.proxy.webui.context import (
     PREFIX,
+    NeedsSignIn,
     WebUIState,
     anonymous,
     check_form,
     find_visitor,
+    public,
     render,
 )
 from limen.proxy.webui.terminals import end_web_session_terminals
@@ -54,29 +56,27 @@ def qr_svg(uri: str) -> str:
                  'class="qr" ', 1)
 
 
+def login_page(state: WebUIState, request: Request, *, status: int = 200, error: str = "",
+               user: str = "", notice: str = "", next_path: str = "") -> Response:
+    """The sign-in form; ``connectors`` are other ways to sign in (single sign-on), one
+    button each, as the facade lists them."""
+    return render(state, request, "login.html", status=status, error=error, username=user,
+                  notice=notice, next=safe_next(next_path or None),
+                  connectors=public(state, request).login_connectors(), title="Sign in")
+
+
 def add_routes(app: FastAPI, state: WebUIState) -> None:
-    def login_page(request: Request, *, status: int = 200, error: str = "", user: str = "",
-                   notice: str = "", next_path: str = "") -> Response:
-        connectors = anonymous_connectors(request)
-        return render(state, request, "login.html", status=status, error=error,
-                      username=user, notice=notice, next=safe_next(next_path or None),
-                      connectors=connectors, title="Sign in")
-
-    def anonymous_connectors(request: Request) -> list[dict[str, str]]:
-        from limen.auth.facade import AuthFacade
-        from limen.auth.identity import Identity
-
-        return AuthFacade(state.auth, Identity(user="")).login_connectors()
-
     @app.get("/login")
     async def login_form(request: Request, next: str = "", notice: str = "",
                          user: str = "") -> Response:
-        try:
-            await find_visitor(state, request)
-        except Exception:  # noqa: BLE001 - no (good) session: show the form
-            return login_page(request, notice=NOTICES.get(notice, ""), user=user[:256],
-                              next_path=next)
-        return RedirectResponse(safe_next(next), status_code=303)
+        if request.cookies.get(security.SESSION_COOKIE):
+            try:
+                await find_visitor(state, request)
+                return RedirectResponse(safe_next(next), status_code=303)
+            except NeedsSignIn:
+                pass  # no good session: the form
+        return login_page(state, request, notice=NOTICES.get(notice, ""), user=user[:256],
+                          next_path=next)
 
     @app.post("/login")
     async def login(request: Request, username: Text, password: Text, otp: Code,
@@ -86,7 +86,7 @@ def add_routes(app: FastAPI, state: WebUIState) -> None:
             session = await anonymous(state, request).web_sign_in(
                 username.strip(), password, otp.strip())
         except LimenError as exc:
-            return login_page(request, status=exc.http_status, error=exc.message,
+            return login_page(state, request, status=exc.http_status, error=exc.message,
                               user=username, next_path=next)
         response = RedirectResponse(safe_next(next), status_code=303)
         response.set_cookie(security.SESSION_COOKIE, session.token, httponly=True,

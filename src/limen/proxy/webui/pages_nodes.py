@@ -9,7 +9,6 @@ the visitor's roles allow on that node, so the chooser offers nothing the node r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
@@ -27,7 +26,6 @@ class NodeRow:
     labels: dict[str, str]
     connection: str
     logins: list[str]
-    since: datetime | None
 
     def matches(self, text: str, labels: list[tuple[str, str]]) -> bool:
         """The search text in its name, id or a label; every label filter holds."""
@@ -53,8 +51,7 @@ def node_rows(visitor: Visitor, nodes: list[tuple[Node, NodePresence]]) -> list[
     rows = [
         NodeRow(id=node.name, name=node.spec.hostname, labels=dict(node.metadata.labels),
                 connection=presence.spec.connection,
-                logins=node_logins(visitor.checker, node),
-                since=presence.spec.since or node.spec.joined)
+                logins=node_logins(visitor.checker, node))
         for node, presence in nodes
     ]
     return sorted(rows, key=lambda row: row.name.lower())

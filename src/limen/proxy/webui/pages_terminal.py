@@ -16,6 +16,7 @@ import json
 import uuid
 from typing import Any
 
+import asyncssh
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect
@@ -120,7 +121,9 @@ async def _handshake(state: WebUIState, ws: WebSocket) -> Visitor | None:
         return await find_visitor(state, ws)
     except NeedsSignIn:
         await ws.close(SIGNED_OUT)
-        return None
+    except LimenError:  # the rate limit of wrong cookies
+        await ws.close(REFUSED)
+    return None
 
 
 async def _hello(ws: WebSocket, visitor: Visitor) -> tuple[int, int]:
@@ -160,7 +163,8 @@ async def _open_terminal(state: WebUIState, ws: WebSocket, visitor: Visitor, tar
             raise AccessDenied("your web session's certificate has expired; sign in again")
         route, conn = await connect_node(
             jump, identity, target, visitor.session.private_key(),
-            _certificate(visitor.session.cert), state.auth.ctx.cas.host_ca.convert_to_public())
+            asyncssh.import_certificate(visitor.session.cert),
+            state.auth.ctx.cas.host_ca.convert_to_public())
     except LimenError as exc:
         await jump.notify("proxy.connect", {**fields, "allowed": False, "reason": exc.message})
         await _refuse(ws, REFUSED if isinstance(exc, AccessDenied) else FAILED, exc.message)
@@ -174,8 +178,3 @@ async def _open_terminal(state: WebUIState, ws: WebSocket, visitor: Visitor, tar
         jump.emit("proxy.disconnect", {**fields, "bytes_up": terminal.bytes_up,
                                        "bytes_down": terminal.bytes_down})
 
-
-def _certificate(line: str) -> Any:
-    import asyncssh
-
-    return asyncssh.import_certificate(line)
