@@ -293,3 +293,30 @@ def test_the_audit_page_pages_through_events_and_admin_pages_need_their_rules(
     refused = browser.page("/web/users")
     assert refused.status_code == 403
     assert cluster.events_of("access.denied", user=auditor.name, resource="user")
+
+
+def test_signed_in_pages_do_not_spend_the_anonymous_rate_limit_but_wrong_cookies_do(
+        cluster: ClusterHarness, browser: Browser) -> None:
+    erin = _person(cluster, "webrate")
+    browser.sign_in(erin)
+    assert cluster.service._web_state is not None
+    limiter = cluster.service._web_state.limiter
+    saved = limiter.rate, limiter.burst
+    limiter.rate, limiter.burst = 0.0, 3.0  # three anonymous requests, no refill
+    limiter._buckets.clear()
+    try:
+        for _ in range(10):
+            assert browser.page("/web/nodes").status_code == 200
+        stranger = Browser(cluster)
+        try:
+            codes = []
+            for _ in range(4):  # a guesser sends a cookie again although told it is bad
+                stranger.http.cookies.set(COOKIE, "made-up",
+                                          domain=cluster.web_addr.split(":")[0])
+                codes.append(stranger.page("/web/nodes").status_code)
+        finally:
+            stranger.close()
+        assert codes == [401, 401, 401, 429]
+    finally:
+        limiter.rate, limiter.burst = saved
+        limiter._buckets.clear()
