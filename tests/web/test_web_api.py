@@ -151,7 +151,7 @@ def test_a_locked_users_web_terminal_ends_within_5_seconds_saying_why(
     terminal = browser.terminal("node1", "root")
     terminal.read_until(lambda t: t.ready, 20, "the terminal to open")
     terminal.send("echo up-$((40+2))\n")
-    terminal.read_until(lambda t: "up-42" in t.text, 20, "the command's output")
+    terminal.read_until(lambda t: "up-42" in t.text, 60, "the command's output")
 
     locked = cluster.admin("lock", "--user", bob.name, "--message", "incident 77")
     assert locked.returncode == 0, locked.stderr
@@ -214,9 +214,13 @@ def test_signing_out_or_deleting_the_user_ends_the_web_session_and_its_terminal(
     browser.http.cookies.clear()
     browser.sign_in(dave)
     assert browser.page("/web/nodes").status_code == 200
+    again = browser.terminal("node1", "root")
+    again.read_until(lambda t: t.ready, 20, "the terminal to open")
     assert cluster.admin("users", "rm", dave.name).returncode == 0
-    gone = browser.page("/web/nodes")
-    assert gone.status_code == 401 and "no longer exists" in gone.text
+    again.wait_closed(15)  # the terminal's next check of its session finds it gone
+    assert again.closed and "no longer exists" in again.closed["message"]
+    gone = browser.page("/web/nodes")  # the terminal's check already removed the session
+    assert gone.status_code == 401 and "you are signed out" in gone.text
     assert csrf_of(gone.text)  # the sign-in form, ready for someone else
 
 

@@ -31,6 +31,7 @@ from limen.proxy.webui.context import (
     Visitor,
     WebUIState,
     find_visitor,
+    public,
     remote_of,
     render,
 )
@@ -126,6 +127,15 @@ async def _handshake(state: WebUIState, ws: WebSocket) -> Visitor | None:
     return None
 
 
+async def _session_ended(state: WebUIState, ws: WebSocket, token: str) -> str | None:
+    """Why the terminal's web session is no longer good, or None while it is."""
+    try:
+        await public(state, ws).web_session(token)
+    except AccessDenied as exc:
+        return exc.message
+    return None
+
+
 async def _hello(ws: WebSocket, visitor: Visitor) -> tuple[int, int]:
     """The first message: the CSRF token and the window size."""
     try:
@@ -172,6 +182,7 @@ async def _open_terminal(state: WebUIState, ws: WebSocket, visitor: Visitor, tar
     fields.update(server_hostname=route.name, server_id=route.node_id)
     await jump.notify("proxy.connect", {**fields, "allowed": True})
     terminal = WebTerminal(jump, ws, identity, visitor.session.id)
+    terminal.watch(lambda: _session_ended(state, ws, visitor.session.token))
     try:
         await terminal.run(conn, route, command, size)
     finally:

@@ -10,8 +10,10 @@ Each terminal is registered among the jump host's connections, with the identity
 certificate gives, so what ends ``ssh -J`` connections ends it too: a lock (the proxy
 acts a second after the node, which has already told the person why), the removal of
 its node, and the proxy's shutdown. It also ends with the web session: at the
-certificate's expiry and when the person signs out. Closing the tab closes the
-WebSocket, which closes the SSH connection: the node ends the session.
+certificate's expiry, when the person signs out here, and within ``RECHECK`` of
+anything else that ends the session (the user deleted, a sign-out served by another
+proxy), which a check every few seconds finds. Closing the tab closes the WebSocket,
+which closes the SSH connection: the node ends the session.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import asyncssh
@@ -33,6 +36,7 @@ from limen.timers import TimerHandle
 log = logging.getLogger(__name__)
 
 TERM_TYPE = "xterm-256color"
+RECHECK = timedelta(seconds=5)  # how often a terminal asks whether its session is good
 HIGH_WATER = 1024 * 1024  # output queued for the browser before the node is paused
 LOW_WATER = 256 * 1024
 MAX_REASON = 120  # a WebSocket close reason is at most 123 bytes
@@ -101,6 +105,9 @@ class WebTerminal:
         self._ended = asyncio.Event()
         self._reason: tuple[int, str] | None = None
         self._expiry: TimerHandle | None = None
+        self._recheck: TimerHandle | None = None
+        self._still_good: Callable[[], Awaitable[str | None]] | None = None
+        self._checking: asyncio.Task[None] | None = None
 
     # -- the jump host's view (JumpHost.connections) -------------------------------------
 
@@ -124,12 +131,18 @@ class WebTerminal:
 
     # -- running ------------------------------------------------------------------------
 
+    def watch(self, still_good: Callable[[], Awaitable[str | None]]) -> None:
+        """Ask ``still_good`` every RECHECK whether the web session holds; a reason
+        (its user deleted, signed out elsewhere, ...) ends the terminal with it."""
+        self._still_good = still_good
+
     async def run(self, conn: asyncssh.SSHClientConnection, route: NodeRoute,
                   command: str | None, size: tuple[int, int]) -> None:
         """Open the session, copy both ways until either side ends, then close both."""
         self._conn, self.route = conn, route
         self._jump.connections.add(self)  # type: ignore[arg-type]  # duck-typed: end(), ...
         self._expiry = self._jump.timers.call_at(self.identity.valid_before, self._expired)
+        self._arm_recheck()
         try:
             if await self._open(conn, route, command, size):
                 await self._send_json({"type": "ready", "node": route.name,
@@ -143,8 +156,11 @@ class WebTerminal:
                         await reader
         finally:
             self._jump.connections.discard(self)  # type: ignore[arg-type]
-            if self._expiry is not None:
-                self._expiry.cancel()
+            for timer in (self._expiry, self._recheck):
+                if timer is not None:
+                    timer.cancel()
+            if self._checking is not None:
+                self._checking.cancel()
             conn.close()
             self._ended.set()
 
@@ -186,6 +202,26 @@ class WebTerminal:
                                           f"{session.exit_status})")
         else:
             self._finish(CLOSED_NORMALLY, "the session ended")
+
+    def _arm_recheck(self) -> None:
+        if self._still_good is not None and self._reason is None:
+            when = self._jump.clock.now() + RECHECK
+            self._recheck = self._jump.timers.call_at(when, self._recheck_due)
+
+    def _recheck_due(self) -> None:
+        self._checking = asyncio.get_running_loop().create_task(self._check_session())
+
+    async def _check_session(self) -> None:
+        assert self._still_good is not None
+        try:
+            reason = await self._still_good()
+        except Exception:  # a failed lookup ends nothing; the next check asks again
+            log.exception("checking a web terminal's session failed")
+            reason = None
+        if reason:
+            self.end(f"limen: {reason}")
+        else:
+            self._arm_recheck()
 
     def _expired(self) -> None:
         self.end(f"limen: your web session's certificate expired at "
