@@ -22,7 +22,7 @@ from limen.auth import totp
 from tests.support.cluster import PASSWORD, ClusterHarness, LimenUser
 from tests.support.ssh_access import unique, wait_until
 
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 45_000  # a shell on a busy machine can be slow to show its prompt
 expect.set_options(timeout=TIMEOUT_MS)
 UTF8_LINE = "héllo wörld ✓"
 

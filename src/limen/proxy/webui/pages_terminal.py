@@ -12,7 +12,9 @@ node's session-sharing side decides whether and how the person joins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -46,6 +48,8 @@ from limen.proxy.webui.terminals import (
 )
 from limen.resources import Session
 from limen.sshauth import read_certificate
+
+log = logging.getLogger(__name__)
 
 JOIN_MODES = ("observer", "peer", "moderator")
 HELLO_SECONDS = 10.0
@@ -153,8 +157,9 @@ async def _hello(ws: WebSocket, visitor: Visitor) -> tuple[int, int]:
 
 
 async def _refuse(ws: WebSocket, code: int, message: str) -> None:
-    await ws.send_text(json.dumps({"type": "closed", "code": code, "message": message}))
-    await ws.close(code, close_reason(message))
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # already gone
+        await ws.send_text(json.dumps({"type": "closed", "code": code, "message": message}))
+        await ws.close(code, close_reason(message))
 
 
 async def _open_terminal(state: WebUIState, ws: WebSocket, visitor: Visitor, target: str,
@@ -178,6 +183,11 @@ async def _open_terminal(state: WebUIState, ws: WebSocket, visitor: Visitor, tar
     except LimenError as exc:
         await jump.notify("proxy.connect", {**fields, "allowed": False, "reason": exc.message})
         await _refuse(ws, REFUSED if isinstance(exc, AccessDenied) else FAILED, exc.message)
+        return
+    except Exception as exc:  # a bug must still close the terminal with a sentence
+        log.exception("opening a web terminal to %r failed", target)
+        await jump.notify("proxy.connect", {**fields, "allowed": False, "reason": repr(exc)})
+        await _refuse(ws, FAILED, f"the proxy could not reach node '{target}'")
         return
     fields.update(server_hostname=route.name, server_id=route.node_id)
     await jump.notify("proxy.connect", {**fields, "allowed": True})

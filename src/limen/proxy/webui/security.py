@@ -28,7 +28,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 SESSION_COOKIE = "__Host-limen_session"  # __Host-: Secure, Path=/, no Domain, by rule
 FORM_COOKIE = "__Host-limen_form"  # the double-submit token of forms before sign-in
 CSRF_FIELD = "csrf_token"
-CSRF_HEADER = "x-csrf-token"
 
 BASE_HEADERS = {
     "x-content-type-options": "nosniff",

@@ -144,9 +144,8 @@ class WebTerminal:
         self._expiry = self._jump.timers.call_at(self.identity.valid_before, self._expired)
         self._arm_recheck()
         try:
-            if await self._open(conn, route, command, size):
-                await self._send_json({"type": "ready", "node": route.name,
-                                       "login": self.identity.login})
+            if await self._open(conn, route, command, size) and await self._send_json(
+                    {"type": "ready", "node": route.name, "login": self.identity.login}):
                 reader = asyncio.get_running_loop().create_task(self._browser_to_node())
                 try:
                     await self._node_to_browser()
@@ -290,14 +289,19 @@ class WebTerminal:
             cols, rows = _size(message)
             self._chan.change_terminal_size(cols, rows)
 
-    async def _send_json(self, message: dict[str, Any]) -> None:
-        await self._ws.send_text(json.dumps(message))
+    async def _send_json(self, message: dict[str, Any]) -> bool:
+        """Send a control message; False when the browser has gone."""
+        try:
+            await self._ws.send_text(json.dumps(message))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return False
+        return True
 
     async def _close_browser(self) -> None:
         code, reason = self._reason or (CLOSED_NORMALLY, "the session ended")
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await self._send_json({"type": "closed", "code": code, "message": reason})
-            await self._ws.close(code, close_reason(reason))
+        if await self._send_json({"type": "closed", "code": code, "message": reason}):
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self._ws.close(code, close_reason(reason))
 
 
 def _size(message: dict[str, Any]) -> tuple[int, int]:
