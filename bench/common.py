@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from limen.auth import totp  # noqa: E402
+from limen import totp  # noqa: E402
 from limen.client.api import APIClient  # noqa: E402
 
 PASSWORD = "correct horse battery staple"

@@ -328,6 +328,7 @@ class Service:
         configured, with the jump host's port."""
         if self._web_state is None or self.jump is None:
             return
+        self._web_state.jump = self.jump  # browser terminals reach nodes through it
         public = self.config.proxy.public_addr
         host = split_host_port(public, 0)[0] if public else ""
         # Multiplexed: clients need nothing but the web address, plain SSH works on it.

@@ -151,3 +151,24 @@ async def test_the_connection_limit_per_address_bites(tmp_path: Path, listener) 
     for _reader, w in held:
         w.close()
         await w.wait_closed()
+
+
+class Upgrader(Tagger):
+    """Hands the connection to another protocol on its first bytes, as HTTP does when a
+    request upgrades to a WebSocket."""
+
+    def data_received(self, data: bytes) -> None:
+        upgraded = Tagger(b"UPGRADED:")
+        upgraded.connection_made(self.transport)
+        self.transport.set_protocol(upgraded)  # type: ignore[attr-defined]
+        upgraded.data_received(data)
+
+
+async def test_an_upgraded_connection_is_uncounted_when_it_ends(listener) -> None:
+    """Else every WebSocket would hold one of its address's connections for good."""
+    mux, ca_pem = listener
+    mux.routes.http = lambda: Upgrader(b"HTTP:")
+    assert await _ask(mux.port, b"x", _client_tls(ca_pem, ["http/1.1"])) == b"UPGRADED:x"
+    async with asyncio.timeout(5):
+        while mux._open:  # the per-address count of open connections
+            await asyncio.sleep(0.01)

@@ -237,6 +237,7 @@ class SessionStart(NodeSessionEvent):
     command: str | None = None
     subsystem: str | None = None
     session_start: str | None = None
+    origin: str | None = None  # "web": a browser terminal (the certificate's origin@limen)
 
 
 class SessionEnd(NodeSessionEvent):

@@ -43,10 +43,11 @@ from limen.auth.connectors.service import ConnectorInfo, OIDCStart
 from limen.auth.feed import access_feed
 from limen.auth.identity import Identity
 from limen.auth.join import IssuedJoinToken, JoinRequest, JoinResult
-from limen.auth.login import LoginResult
+from limen.auth.login import ORIGIN_WEB, LoginResult
 from limen.auth.node_renewal import Renewed
 from limen.auth.resources import canonical_kind, parse_document
 from limen.auth.users import IssuedToken, SignupChallenge
+from limen.auth.web_sessions import SignedIn, WebSessions
 from limen.clock import Clock
 from limen.errors import AccessDenied
 from limen.rbac import AccessChecker
@@ -177,6 +178,35 @@ class AuthFacade:
                              public_key: str, ttl: timedelta | None) -> LoginResult:
         return await self.auth.sso.ldap_login(connector, user, password, otp, public_key, ttl,
                                               self.caller.remote_addr)
+    # -- web sessions (the browser's sign-in; limen.auth.web_sessions) -------------------
+
+    def _web_sessions(self) -> WebSessions:
+        return WebSessions(self.auth.ctx, self.auth.locks)
+
+    def login_connectors(self) -> list[dict[str, str]]:
+        """Other ways to sign in, one button each on the sign-in page (``name``,
+        ``display``, ``url``). None yet: single sign-on connectors will list theirs."""
+        return []
+
+    async def web_sign_in(self, user: str, password: str, otp: str) -> SignedIn:
+        """``login`` for a browser: a key pair the proxy keeps, a certificate marked
+        ``origin@limen: web``, no API token, and a web session holding both."""
+        sessions = self._web_sessions()
+        key = sessions.new_key()
+        public_key = key.export_public_key("openssh").decode()
+        result = await self.auth.login_service.login(
+            user, password, otp, public_key, None, self.caller.remote_addr,
+            origin=ORIGIN_WEB, api_token=False,
+        )
+        return await sessions.create(result, key, self.caller.remote_addr)
+
+    async def web_session(self, token: str) -> SignedIn:
+        """The session a browser's cookie names, if still good (the cookie is its own
+        credential: the check is the session's certificate, user and locks)."""
+        return await self._web_sessions().find(token, self.caller.remote_addr)
+
+    async def web_sign_out(self, token: str) -> None:
+        await self._web_sessions().end(token)
 
     # -- any signed-in caller ------------------------------------------------------------
 

@@ -39,7 +39,13 @@ class LoginResult:
     roles: list[str]
     host_ca: str  # known_hosts line: @cert-authority * ...
     cluster: str
-    api_token: str
+    api_token: str  # "" when none was asked for (a web sign-in keeps its own session)
+
+
+# Where a certificate's holder signs in from, carried in the certificate (origin@limen)
+# so that a node can say where a session came from. Only the auth service sets it.
+ORIGIN_EXTENSION = "origin@limen"
+ORIGIN_WEB = "web"
 
 
 class LoginService:
@@ -56,10 +62,16 @@ class LoginService:
         public_key: str,
         ttl: timedelta | None = None,
         remote_addr: str = "",
+        *,
+        origin: str | None = None,
+        api_token: bool = True,
     ) -> LoginResult:
+        """``origin`` goes into the certificate (origin@limen); ``api_token`` False issues
+        no API bearer token (the web UI's sessions are their own record)."""
         key = parse_public_key(public_key)
         user = await self._authenticate(name, password, otp, remote_addr)
-        result = await self.issue_for(user, key, ttl, remote_addr, "local")
+        result = await self.issue_for(user, key, ttl, remote_addr, "local", origin=origin,
+                                      api_token=api_token)
         metrics.login_attempt(success=True)
         await self.ctx.audit.emit(schema.UserLogin(
             user=name, method="local", success=True, addr_remote=remote_addr or None,
@@ -68,7 +80,8 @@ class LoginService:
         return result
 
     async def issue_for(self, user: User, key: asyncssh.SSHKey | str, ttl: timedelta | None,
-                        remote_addr: str, method: str, **audit: Any) -> LoginResult:
+                        remote_addr: str, method: str, *, origin: str | None = None,
+                        api_token: bool = True, **audit: Any) -> LoginResult:
         """A certificate for someone already authenticated, unless a lock says no.
         ``audit``: more fields of the failure event (a connector and its claims)."""
         if isinstance(key, str):
@@ -78,7 +91,7 @@ class LoginService:
         except AccessDenied as exc:
             await self._failed(user.name, remote_addr, f"locked: {exc.message}", method, **audit)
             raise
-        return await self._issue(user, await self._checker_for(user), key, ttl)
+        return await self._issue(user, await self._checker_for(user), key, ttl, origin, api_token)
 
     async def check_second_factor(self, user: User, otp: str, remote: str, method: str,
                                   **audit: Any) -> None:
@@ -172,7 +185,8 @@ class LoginService:
         ))
 
     async def _issue(
-        self, user: User, checker: AccessChecker, key: asyncssh.SSHKey, ttl: timedelta | None
+        self, user: User, checker: AccessChecker, key: asyncssh.SSHKey, ttl: timedelta | None,
+        origin: str | None = None, with_token: bool = True,
     ) -> LoginResult:
         settings = self.ctx.settings
         now = self.ctx.clock.now()
@@ -182,6 +196,13 @@ class LoginService:
             ttl = min(ttl, role_cap)
         valid_before = now + ttl
         principals = checker.logins() or [f"-limen-nologin-{secrets.token_hex(4)}"]
+        extensions = {
+            "roles@limen": json.dumps(checker.role_names),
+            "traits@limen": json.dumps(user.spec.traits, sort_keys=True),
+            "cluster@limen": settings.cluster_name,
+        }
+        if origin:
+            extensions[ORIGIN_EXTENSION] = origin
         cert = sign_user_cert(
             self.ctx.cas.user_ca,
             key,
@@ -192,14 +213,11 @@ class LoginService:
             permit_pty=True,
             permit_port_forwarding=checker.any_port_forwarding(),
             permit_agent_forwarding=checker.forward_agent(),
-            extensions={
-                "roles@limen": json.dumps(checker.role_names),
-                "traits@limen": json.dumps(user.spec.traits, sort_keys=True),
-                "cluster@limen": settings.cluster_name,
-            },
+            extensions=extensions,
             serial=secrets.randbits(63),
         )
-        token = await self.ctx.stores.api_sessions.issue(user.name, valid_before)
+        token = (await self.ctx.stores.api_sessions.issue(user.name, valid_before)
+                 if with_token else "")
         metrics.certificate_issued()
         await self.ctx.audit.emit(schema.CertIssued(
             user=user.name, principals=list(principals), valid_before=valid_before.isoformat(),

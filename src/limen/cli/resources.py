@@ -15,10 +15,7 @@ import yaml
 from limen.cli.admin import add_admin_flags, admin_client
 from limen.cli.output import add_format_flag, emit, table
 from limen.errors import BadParameter
-from limen.resources import LDAPConnector, Lock, OIDCConnector, Role
-from limen.yamlload import load_documents, validate
-
-MODELS = {"role": Role, "lock": Lock, "oidc": OIDCConnector, "ldap": LDAPConnector}
+from limen.resources.documents import validate_documents
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -104,30 +101,6 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 0
     emit(data, args.format, table(["Name", "Details", "Expires / id"], map(_summary, items)))
     return 0
-
-
-def validate_documents(text: str, source: str) -> list[dict[str, Any]]:
-    """Every document checked before any is sent: one bad document saves nothing."""
-    documents = []
-    for data, located in load_documents(text, source):
-        if not isinstance(data, dict):
-            raise BadParameter(f"{source}: each document must be a mapping with kind, metadata")
-        kind = str(data.get("kind", "")).lower()
-        model = MODELS.get(kind)
-        if model is None:
-            raise BadParameter(
-                f"{source}: field 'kind' (line {located.line_of(('kind',))}): "
-                f"expected one of {', '.join(MODELS)}, got {data.get('kind')!r}"
-            )
-        resource = validate(model, data, located, source)
-        document = resource.model_dump(mode="json", exclude_none=True)
-        revision = (data.get("metadata") or {}).get("revision")
-        if revision:
-            document["metadata"]["revision"] = revision
-        documents.append(document)
-    if not documents:
-        raise BadParameter(f"{source}: no resources found")
-    return documents
 
 
 def cmd_create(args: argparse.Namespace) -> int:

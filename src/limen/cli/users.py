@@ -51,12 +51,20 @@ def _signup_command(client: APIClient, token: str) -> str:
     return f"limen signup {token} --proxy {client.proxy} --ca-pin {pin_of(client.ca_pem)}"
 
 
+def _web_link(client: APIClient, issued: dict[str, Any]) -> str:
+    """The web UI's page for this token (it signs up, or resets, in a browser)."""
+    page = "invite" if issued["purpose"] == "signup" else "reset"
+    return f"https://{client.proxy}/web/{page}/{issued['token']}"
+
+
 def _token_output(client: APIClient, issued: dict[str, Any], fmt: str, verb: str) -> None:
     command = _signup_command(client, issued["token"])
-    data = {**issued, "command": command}
+    link = _web_link(client, issued)
+    data = {**issued, "command": command, "web_link": link}
     text = (
         f"User {issued['user']} {verb}. The {issued['purpose']} token expires at "
         f"{issued['expires']}.\nShare this command with them; it works once:\n\n  {command}\n"
+        f"\nor this link, to do the same in a browser:\n\n  {link}\n"
     )
     emit(data, fmt, text)
 

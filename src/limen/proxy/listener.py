@@ -63,6 +63,7 @@ class _ALPNSwitch(asyncio.Protocol):
         protocol = factory()
         _on_close(protocol, self.on_close)
         transport.set_protocol(protocol)
+        _follow_upgrades(transport, self.on_close)
         protocol.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:  # closed before switching
@@ -202,6 +203,18 @@ def _on_close(protocol: asyncio.BaseProtocol, callback: Callable[[], None]) -> N
             callback()
 
     protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+
+
+def _follow_upgrades(transport: asyncio.BaseTransport, callback: Callable[[], None]) -> None:
+    """A connection upgraded to another protocol (HTTP to WebSocket) hands its transport
+    to that protocol, whose end must be counted too (``callback`` runs once in all)."""
+    original = transport.set_protocol
+
+    def set_protocol(protocol: asyncio.BaseProtocol) -> None:
+        _on_close(protocol, callback)
+        original(protocol)
+
+    transport.set_protocol = set_protocol  # type: ignore[method-assign]
 
 
 def server_tls_context(certfile: str, keyfile: str, alpn: list[str]) -> ssl.SSLContext:

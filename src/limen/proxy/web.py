@@ -1,4 +1,5 @@
-"""The proxy's HTTPS API: ping, signup, login, and admin actions behind RBAC.
+"""The proxy's HTTPS API: ping, signup, login, and admin actions behind RBAC; the web UI
+is mounted beside it at ``/web`` (limen.proxy.webui) and ``/`` leads there.
 
 Every handler acts through an ``AuthFacade`` for its caller (limen.auth.facade), which
 checks and then delegates; the handlers only translate HTTP to calls and back.
@@ -10,6 +11,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -22,7 +24,9 @@ from limen.durations import parse_duration
 from limen.errors import AccessDenied
 from limen.proxy import web_audit, web_errors, web_nodes, web_resources, web_sso
 from limen.proxy.ratelimit import RateLimiter
+from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.web_errors import ANONYMOUS, SIGNED_IN, errors
+from limen.proxy.webui import SecurityHeaders, WebUIState, create_webui
 from limen.tunnel.registry import TunnelDirectory
 
 
@@ -38,6 +42,8 @@ class WebState:
     tunnel_tls: bool = False  # the tunnel address is the multiplexed web port (TLS + ALPN)
     tunnel_host_key: str = ""
     tunnels: TunnelDirectory | None = None
+    # The jump host, through which browser terminals reach nodes; set once it listens.
+    jump: JumpHost | None = None
 
 
 class SignupStart(BaseModel):
@@ -175,7 +181,19 @@ def create_app(state: WebState) -> FastAPI:
     web_resources.add_routes(app, Caller)
     web_audit.add_routes(app, Caller)
     web_sso.add_routes(app, Anonymous, login_json)
+    _mount_webui(app, state)
     return app
+
+
+def _mount_webui(app: FastAPI, state: WebState) -> None:
+    """The web UI at /web (not in the API's schema), and the headers every response of
+    this port carries (limen.proxy.webui.security)."""
+    app.add_middleware(SecurityHeaders)
+    app.mount("/web", create_webui(WebUIState(state.auth, state.limiter, lambda: state.jump)))
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/web/", status_code=303)
 
 
 def _user_routes(app: FastAPI, Caller: Any) -> None:

@@ -30,6 +30,9 @@ class UserIdentity:
     force_command: str | None
     remote_addr: tuple[str, int] | None
     cert: bytes = field(repr=False)
+    # Where the person signed in from, as the auth service wrote it into the certificate
+    # (origin@limen: "web" for the browser terminal); "" for limen login.
+    origin: str = ""
 
     @property
     def remote_host(self) -> str:
@@ -54,4 +57,5 @@ def identity_from_certificate(
         force_command=cert.force_command,
         remote_addr=remote_addr,
         cert=cert.blob,
+        origin=cert.extensions.get("origin@limen", ""),
     )

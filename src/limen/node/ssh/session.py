@@ -101,6 +101,7 @@ class SessionContext:
             command=self.command,
             subsystem=self.subsystem,
             session_start=_iso(self.started_at),
+            origin=self.identity.origin or None,
         ))
 
     async def finish(self, status: ExitStatus | None) -> None:
