@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncssh
 import pytest
 
-from limen.auth.web_sessions import _seal, _unseal, csrf_matches, csrf_token
+from limen.auth.web_sessions import csrf_matches, csrf_token, seal, unseal
 from limen.errors import AccessDenied
 
 
@@ -16,14 +16,14 @@ def _key_bytes() -> bytes:
 
 def test_the_sealed_key_opens_only_with_its_token_and_only_in_its_record() -> None:
     key = _key_bytes()
-    sealed = _seal("token-a", "record-a", key)
+    sealed = seal("token-a", "record-a", key)
     assert b"PRIVATE KEY" not in sealed.encode() and key not in sealed.encode()
-    assert _unseal("token-a", "record-a", sealed) == key
+    assert unseal("token-a", "record-a", sealed) == key
     with pytest.raises(AccessDenied):
-        _unseal("token-b", "record-a", sealed)  # someone else's cookie
+        unseal("token-b", "record-a", sealed)  # someone else's cookie
     with pytest.raises(AccessDenied):
-        _unseal("token-a", "record-b", sealed)  # copied into another record
-    assert _seal("token-a", "record-a", key) != sealed  # a fresh nonce each time
+        unseal("token-a", "record-b", sealed)  # copied into another record
+    assert seal("token-a", "record-a", key) != sealed  # a fresh nonce each time
 
 
 def test_the_csrf_token_is_bound_to_the_session_token() -> None:

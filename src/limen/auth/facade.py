@@ -48,8 +48,9 @@ from limen.auth.node_renewal import Renewed
 from limen.auth.resources import canonical_kind, parse_document
 from limen.auth.users import IssuedToken, SignupChallenge
 from limen.auth.web_sessions import SignedIn, WebSessions
+from limen.auth.web_sso import WebFlow, WebSSO, button_url
 from limen.clock import Clock
-from limen.errors import AccessDenied
+from limen.errors import AccessDenied, NotFound
 from limen.rbac import AccessChecker
 from limen.resources import JoinToken, Lock, Node, NodePresence, Session, User
 
@@ -183,10 +184,33 @@ class AuthFacade:
     def _web_sessions(self) -> WebSessions:
         return WebSessions(self.auth.ctx, self.auth.locks)
 
-    def login_connectors(self) -> list[dict[str, str]]:
+    async def login_connectors(self) -> list[dict[str, str]]:
         """Other ways to sign in, one button each on the sign-in page (``name``,
-        ``display``, ``url``). None yet: single sign-on connectors will list theirs."""
-        return []
+        ``display``, ``url``): the single sign-on connectors."""
+        return [{"name": c.name, "display": c.display, "url": button_url(c)}
+                for c in await self.auth.sso.list_public()]
+
+    async def login_connector(self, name: str, kind: str) -> ConnectorInfo:
+        """One connector of a kind, for its sign-in page; NotFound when there is none."""
+        found = [c for c in await self.auth.sso.list_public()
+                 if c.name == name and c.kind == kind]
+        if not found:
+            raise NotFound(f"there is no {kind} connector {name!r}")
+        return found[0]
+
+    def _web_sso(self) -> WebSSO:
+        return WebSSO(self.auth.sso, self._web_sessions())
+
+    async def web_sso_oidc_start(self, connector: str) -> WebFlow:
+        return await self._web_sso().start_oidc(connector, self.caller.remote_addr)
+
+    async def web_sso_oidc_finish(self, cookie: str, code: str) -> SignedIn:
+        return await self._web_sso().finish_oidc(cookie, code, self.caller.remote_addr)
+
+    async def web_sso_ldap_sign_in(self, connector: str, user: str, password: str,
+                                   otp: str) -> SignedIn:
+        return await self._web_sso().ldap(connector, user, password, otp,
+                                          self.caller.remote_addr)
 
     async def web_sign_in(self, user: str, password: str, otp: str) -> SignedIn:
         """``login`` for a browser: a key pair the proxy keeps, a certificate marked

@@ -105,7 +105,7 @@ class SignedIn:
     def private_key(self) -> asyncssh.SSHKey:
         """The session's private key, unsealed with the token (for a terminal only)."""
         sealed = self.record.spec.sealed_key
-        return asyncssh.import_private_key(_unseal(self.token, self.id, sealed))
+        return asyncssh.import_private_key(unseal(self.token, self.id, sealed))
 
 
 def csrf_token(token: str) -> str:
@@ -137,7 +137,7 @@ class WebSessions:
         record = WebSession(
             metadata={"name": name, "expires": login.valid_before},
             spec=WebSessionSpec(
-                user=login.user, cert=login.cert, sealed_key=_seal(token, name, private),
+                user=login.user, cert=login.cert, sealed_key=seal(token, name, private),
                 valid_before=login.valid_before, created=self.ctx.clock.now(),
                 remote_addr=remote_addr,
             ),
@@ -181,7 +181,7 @@ def _sealing_key(token: str) -> bytes:
     return hkdf.derive(token.encode())
 
 
-def _seal(token: str, name: str, data: bytes) -> str:
+def seal(token: str, name: str, data: bytes) -> str:
     nonce = os.urandom(_NONCE_BYTES)
     # The record's name is bound in as associated data: a sealed key moved to another
     # record does not open.
@@ -189,7 +189,7 @@ def _seal(token: str, name: str, data: bytes) -> str:
     return base64.b64encode(nonce + sealed).decode()
 
 
-def _unseal(token: str, name: str, text: str) -> bytes:
+def unseal(token: str, name: str, text: str) -> bytes:
     raw = base64.b64decode(text)
     try:
         return AESGCM(_sealing_key(token)).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:],

@@ -20,10 +20,13 @@ class SSORequestSpec(BaseModel):
     nonce: str  # sent to the provider; its ID token must carry it back
     code_verifier: str  # PKCE (RFC 7636): only its S256 hash went to the provider
     public_key: str  # the OpenSSH key the certificate will certify
-    client_callback: str  # the CLI's one-time http://127.0.0.1:PORT/... address
+    client_callback: str  # the CLI's one-time http://127.0.0.1:PORT/..., or the web's page
     client_nonce_hash: str  # SHA-256 of a secret only the CLI knows
     ttl: str | None = None
     remote_addr: str = ""
+    # A web sign-in: the proxy's key pair and client nonce, sealed under a token only the
+    # browser's cookie holds (limen.auth.web_sso). Empty for the CLI.
+    web_seal: str = ""
     # Set by the first redirect from the provider: a replayed one finds it taken.
     claimed: bool = False
     # Set once the provider answered: the certificate is ready to be redeemed.

@@ -126,6 +126,14 @@ class SSOService:
             parse_duration(ttl)
         if len(client_nonce_hash) != 64:
             raise BadParameter("client_nonce_hash must be a SHA-256 in hex")
+        return await self.oidc_begin(name, public_key, client_callback, client_nonce_hash,
+                                     ttl, remote)
+
+    async def oidc_begin(self, name: str | None, public_key: str, client_callback: str,
+                         client_nonce_hash: str, ttl: str | None, remote: str,
+                         web_seal: str = "") -> OIDCStart:
+        """Store a sign-in and return the provider's URL. The caller has checked its
+        arguments: ``oidc_start`` for the CLI, ``limen.auth.web_sso`` for a browser."""
         connector = await self.connector(name, "oidc")
         assert isinstance(connector, OIDCConnector)
         state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -138,7 +146,7 @@ class SSOService:
             "spec": {"connector": connector.name, "nonce": nonce, "code_verifier": verifier,
                      "public_key": public_key, "client_callback": client_callback,
                      "client_nonce_hash": client_nonce_hash.lower(), "ttl": ttl,
-                     "remote_addr": remote},
+                     "remote_addr": remote, "web_seal": web_seal},
         }))
         return OIDCStart(url, state, expires)
 
@@ -179,16 +187,16 @@ class SSOService:
         """The sign-in this state names, taken once: a replayed redirect finds it taken."""
         def take(req: SSORequest) -> None:
             if req.spec.claimed:
-                raise AccessDenied("this sign-in was already answered; start again with "
-                                   "limen login")
+                raise AccessDenied("this sign-in was already answered; start the sign-in "
+                                   "again")
             req.spec.claimed = True
 
         try:
             request = await self.requests.modify(token_hash(state or "-"), take)
         except NotFound:
             await self._failed("", remote, "unknown or expired state", "oidc", None, None)
-            raise AccessDenied("this sign-in is unknown or has expired (state); start again "
-                               "with limen login") from None
+            raise AccessDenied("this sign-in is unknown or has expired (state); start the "
+                               "sign-in again") from None
         except AccessDenied as exc:
             await self._failed("", remote, "state already used", "oidc", None, None)
             raise AccessDenied(exc.message) from None
@@ -196,11 +204,12 @@ class SSOService:
             await self._forget(request)
             await self._failed("", remote, "sign-in expired", "oidc", request.spec.connector,
                                None)
-            raise AccessDenied("this sign-in has expired; start again with limen login")
+            raise AccessDenied("this sign-in has expired; start the sign-in again")
         return request
 
     async def redeem(self, state: str, code: str, client_nonce: str, signature: str,
-                     remote: str) -> LoginResult:
+                     remote: str, *, origin: str | None = None,
+                     api_token: bool = True) -> LoginResult:
         try:
             request = await self.requests.get(token_hash(state or "-"))
         except NotFound:
@@ -222,7 +231,8 @@ class SSOService:
         user = await self.ctx.stores.users.get(user_name)
         ttl = parse_duration(spec.ttl) if spec.ttl else None
         audit = {"connector": spec.connector, "claims": dict(claims)}
-        result = await self.login.issue_for(user, spec.public_key, ttl, remote, "oidc", **audit)
+        result = await self.login.issue_for(user, spec.public_key, ttl, remote, "oidc",
+                                            origin=origin, api_token=api_token, **audit)
         await self._succeeded(user, remote, "oidc", result, audit)
         return result
 
@@ -254,7 +264,8 @@ class SSOService:
     # -- LDAP ------------------------------------------------------------------------------
 
     async def ldap_login(self, name: str | None, username: str, password: str, otp: str,
-                         public_key: str, ttl: timedelta | None, remote: str) -> LoginResult:
+                         public_key: str, ttl: timedelta | None, remote: str, *,
+                         origin: str | None = None, api_token: bool = True) -> LoginResult:
         parse_public_key(public_key)
         connector = await self.connector(name, "ldap")
         assert isinstance(connector, LDAPConnector)
@@ -279,7 +290,8 @@ class SSOService:
         audit = {"connector": connector.name, "claims": identity.decided_by}
         if connector.spec.second_factor == "totp":
             await self.login.check_second_factor(user, otp, remote, "ldap", **audit)
-        result = await self.login.issue_for(user, public_key, ttl, remote, "ldap", **audit)
+        result = await self.login.issue_for(user, public_key, ttl, remote, "ldap",
+                                            origin=origin, api_token=api_token, **audit)
         await self._succeeded(user, remote, "ldap", result, audit)
         return result
 

@@ -19,6 +19,7 @@ from limen.proxy.webui import (
     pages_audit,
     pages_auth,
     pages_nodes,
+    pages_sso,
     pages_terminal,
     security,
 )
@@ -45,7 +46,7 @@ def create_webui(state: WebUIState) -> FastAPI:
     async def home() -> Response:
         return RedirectResponse(f"{PREFIX}/nodes", status_code=303)
 
-    for pages in (pages_auth, pages_nodes, pages_terminal, pages_audit, pages_admin):
+    for pages in (pages_auth, pages_sso, pages_nodes, pages_terminal, pages_audit, pages_admin):
         pages.add_routes(app, state)
     _error_pages(app, state)
     return app
@@ -57,7 +58,7 @@ def _error_pages(app: FastAPI, state: WebUIState) -> None:
         if not exc.reason and request.method == "GET":
             return RedirectResponse(f"{PREFIX}/login?next={safe_next(exc.next_path)}",
                                     status_code=303)
-        response = login_page(state, request, status=401, error=exc.reason,
+        response = await login_page(state, request, status=401, error=exc.reason,
                               next_path=exc.next_path)
         response.delete_cookie(security.SESSION_COOKIE, path="/", secure=True,
                                httponly=True, samesite="strict")

@@ -56,13 +56,24 @@ def qr_svg(uri: str) -> str:
                  'class="qr" ', 1)
 
 
-def login_page(state: WebUIState, request: Request, *, status: int = 200, error: str = "",
-               user: str = "", notice: str = "", next_path: str = "") -> Response:
+async def login_page(state: WebUIState, request: Request, *, status: int = 200,
+                     error: str = "", user: str = "", notice: str = "",
+                     next_path: str = "") -> Response:
     """The sign-in form; ``connectors`` are other ways to sign in (single sign-on), one
     button each, as the facade lists them."""
     return render(state, request, "login.html", status=status, error=error, username=user,
                   notice=notice, next=safe_next(next_path or None),
-                  connectors=public(state, request).login_connectors(), title="Sign in")
+                  connectors=await public(state, request).login_connectors(),
+                  title="Sign in")
+
+
+def start_session(response: Response, token: str) -> Response:
+    """The session cookie on a response that ends a sign-in (the form's token is spent)."""
+    response.set_cookie(security.SESSION_COOKIE, token, httponly=True, secure=True,
+                        samesite="strict", path="/")
+    response.delete_cookie(security.FORM_COOKIE, path="/", secure=True, httponly=True,
+                           samesite="strict")
+    return response
 
 
 def add_routes(app: FastAPI, state: WebUIState) -> None:
@@ -75,7 +86,7 @@ def add_routes(app: FastAPI, state: WebUIState) -> None:
                 return RedirectResponse(safe_next(next), status_code=303)
             except NeedsSignIn:
                 pass  # no good session: the form
-        return login_page(state, request, notice=NOTICES.get(notice, ""), user=user[:256],
+        return await login_page(state, request, notice=NOTICES.get(notice, ""), user=user[:256],
                           next_path=next)
 
     @app.post("/login")
@@ -86,14 +97,10 @@ def add_routes(app: FastAPI, state: WebUIState) -> None:
             session = await anonymous(state, request).web_sign_in(
                 username.strip(), password, otp.strip())
         except LimenError as exc:
-            return login_page(state, request, status=exc.http_status, error=exc.message,
+            return await login_page(state, request, status=exc.http_status, error=exc.message,
                               user=username, next_path=next)
-        response = RedirectResponse(safe_next(next), status_code=303)
-        response.set_cookie(security.SESSION_COOKIE, session.token, httponly=True,
-                            secure=True, samesite="strict", path="/")
-        response.delete_cookie(security.FORM_COOKIE, path="/", secure=True, httponly=True,
-                               samesite="strict")
-        return response
+        return start_session(RedirectResponse(safe_next(next), status_code=303),
+                             session.token)
 
     @app.post("/logout")
     async def logout(request: Request, csrf_token: Token = "") -> Response:
