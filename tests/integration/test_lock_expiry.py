@@ -186,10 +186,11 @@ def test_expiry_ends_shells_forwards_and_the_jump_connection(
         shell.expect("READY-42")
         _wait_live(cluster, "shortlived", (2, 2), 10)
         cluster.clock.advance(timedelta(minutes=6))
-        shell.expect("certificate expired", timeout=5)
-        shell.expect(pexpect.EOF, timeout=5)
-        forward.wait_ended(5)
-        _wait_live(cluster, "shortlived", (0, 0), 5)
+        # Generous waits: a loaded CI machine, not the feature, sets how long these take.
+        shell.expect("certificate expired", timeout=20)
+        shell.expect(pexpect.EOF, timeout=20)
+        forward.wait_ended(20)
+        _wait_live(cluster, "shortlived", (0, 0), 20)
     finally:
         shell.close(force=True)
         forward.close()
