@@ -1,0 +1,284 @@
+"""High availability: two `limen start --roles auth,proxy` processes on one PostgreSQL
+schema act as one cluster, and either may die.
+
+One module cluster: instances A and B started at the same moment (so they race to create
+the CAs and the tables), a tunneled node and a direct node, both joined through A. The
+tests that only look share it; the SIGKILL test runs last and restarts A itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pytest
+
+from limen.clock import FakeClock
+from limen.errors import AccessDenied
+from tests.support.cluster import LimenUser
+from tests.support.ha import Instance, drop_schema, new_schema
+from tests.support.ssh_access import clean_env, signed_up, unique, wait_until
+from tests.support.tunnel import DIRECT, NodeProcess
+
+pytestmark = pytest.mark.postgres
+
+CLUSTER = "ha.limen"
+
+
+@dataclass
+class HA:
+    a: Instance
+    b: Instance
+    tunneled: NodeProcess
+    direct: NodeProcess
+    base: Path
+
+    def node(self, via: Instance, name: str) -> dict[str, Any] | None:
+        return next((n for n in via.get("/v1/nodes") if n["name"] == name), None)
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HA]:
+    base = tmp_path_factory.mktemp("ha")
+    schema = new_schema()
+    clock = FakeClock(follow_real_time=True)
+    a, b = Instance(base, "a", schema, clock), Instance(base, "b", schema, clock)
+    nodes: list[NodeProcess] = []
+    try:
+        a.launch(), b.launch()  # together: one set of CAs, one set of tables all the same
+        a.wait_ready(), b.wait_ready()
+        tunneled = NodeProcess(a, base, unique("tun"), "env=dev", proxy=a.web_addr)
+        direct = NodeProcess(a, base, unique("dir"), "env=dev", proxy=a.web_addr, extra=DIRECT)
+        nodes += [tunneled.start(), direct.start()]
+        cluster = HA(a, b, tunneled, direct, base)
+        both = sorted([a.web_addr, b.web_addr])
+        wait_until(lambda: (cluster.node(b, tunneled.name) or {}).get("proxies") == both, 30,
+                   "the tunneled node to keep a tunnel to both proxies")
+        wait_until(lambda: cluster.node(b, direct.name), 30, "the direct node to register")
+        yield cluster
+    finally:
+        for node in nodes:
+            node.stop()
+        a.stop()
+        b.stop()
+        drop_schema(schema)
+
+
+def person(ha: HA, prefix: str, roles: str = "access") -> LimenUser:
+    """A user made and signed in through A."""
+    user = signed_up(ha.a, unique(prefix), roles, "root")
+    result = ha.a.login(user)
+    assert result.returncode == 0, result.stderr
+    return user
+
+
+def through(user: LimenUser, instance: Instance) -> Path:
+    """Point the user's `limen ssh` at this instance's jump host (as a load balancer or
+    DNS would after a failover) and write a stock ssh config jumping through it."""
+    path = next((user.home / "keys").glob("*/profile.json"))
+    profile = json.loads(path.read_text())
+    profile["ssh_proxy"] = instance.ssh_addr
+    path.write_text(json.dumps(profile))
+    printed = instance.cli("config", home=user.home)
+    assert printed.returncode == 0, printed.stderr
+    config = user.home / f"ssh_config.{instance.name}"
+    config.write_text(printed.stdout)
+    assert f"{instance.ssh_addr.rsplit(':', 1)[1]}" in printed.stdout
+    return config
+
+
+def stock_ssh(config: Path, target: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", target, *command],
+                          capture_output=True, text=True, timeout=60, env=clean_env(),
+                          stdin=subprocess.DEVNULL)
+
+
+# -- one cluster ---------------------------------------------------------------------------
+
+
+def test_instances_started_together_share_one_set_of_cas(ha: HA) -> None:
+    for name in ("user_ca", "host_ca", "tls_ca.key", "tls_ca.crt"):
+        assert (ha.a.data_dir / "ca" / name).read_bytes() == \
+            (ha.b.data_dir / "ca" / name).read_bytes(), name
+    pings = [i.get("/v1/ping") for i in (ha.a, ha.b)]
+    assert pings[0]["ca_pin"] == pings[1]["ca_pin"]
+    assert pings[0]["host_ca"] == pings[1]["host_ca"]
+    # Each proxy has its own SSH host key, and names both proxies to node agents.
+    assert pings[0]["tunnel_host_key"] != pings[1]["tunnel_host_key"]
+    for ping in pings:
+        assert sorted(p["web_addr"] for p in ping["tunnel_peers"]) == \
+            sorted([ha.a.web_addr, ha.b.web_addr])
+
+
+def test_admin_credentials_of_one_instance_work_on_the_other(ha: HA) -> None:
+    with ha.b.api(token=(ha.a.data_dir / "admin.token").read_text().strip()) as client:
+        assert isinstance(client.get("/v1/users"), list)
+    with ha.a.api(token=(ha.b.data_dir / "admin.token").read_text().strip()) as client:
+        assert isinstance(client.get("/v1/users"), list)
+
+
+def test_sign_in_through_a_then_limen_ssh_and_stock_ssh_through_b(ha: HA) -> None:
+    user = person(ha, "hab")
+    config = through(user, ha.b)
+    for node in (ha.tunneled.name, ha.direct.name):
+        ran = ha.b.cli("ssh", f"root@{node}", "echo", "via-b", home=user.home)
+        assert (ran.returncode, ran.stdout.strip()) == (0, "via-b"), ran.stderr
+        stock = stock_ssh(config, f"root@{node}.{CLUSTER}", "echo", "stock-b")
+        assert (stock.returncode, stock.stdout.strip()) == (0, "stock-b"), stock.stderr
+
+
+def test_ls_shows_which_proxies_hold_each_node(ha: HA) -> None:
+    user = person(ha, "hals")
+    listed = {n["name"]: n for n in ha.a.cli("ls", "--format", "json", home=user.home).json()}
+    assert listed[ha.tunneled.name]["proxies"] == sorted([ha.a.web_addr, ha.b.web_addr])
+    assert listed[ha.tunneled.name]["online"] is True
+    assert listed[ha.direct.name]["proxies"] == []  # dialed directly by whichever proxy
+    text = ha.a.cli("ls", home=user.home).stdout
+    assert "Proxies" in text and ha.b.web_addr in text
+
+
+def test_a_lock_made_on_b_ends_a_session_held_through_a(ha: HA) -> None:
+    user = person(ha, "halock")
+    config = through(user, ha.a)
+    shell = pexpect.spawn("ssh", ["-F", str(config), "-tt", f"root@{ha.tunneled.name}."
+                                  f"{CLUSTER}"], timeout=20, encoding="utf-8", env=clean_env())
+    try:
+        shell.sendline("echo READY-$((40+2))")
+        shell.expect("READY-42")
+        locked = ha.b.admin("lock", "--user", user.name, "--message", "incident 77")
+        assert locked.returncode == 0, locked.stderr
+        started = time.monotonic()
+        shell.expect("incident 77", timeout=5)
+        shell.expect(pexpect.EOF, timeout=5)
+        assert time.monotonic() - started < 2.5
+    finally:
+        shell.close(force=True)
+    refused = stock_ssh(config, f"root@{ha.direct.name}.{CLUSTER}", "true")
+    assert refused.returncode != 0 and "incident 77" in refused.stderr
+
+
+def test_a_role_edit_on_b_applies_through_a_within_two_seconds(ha: HA, tmp_path: Path) -> None:
+    role = unique("harole")
+    spec = "spec:\n  allow:\n    logins: [{login}]\n    node_labels: {{'*': '*'}}\n"
+    doc = tmp_path / "role.yaml"
+    doc.write_text(f"kind: role\nmetadata:\n  name: {role}\n" + spec.format(login="root"))
+    assert ha.b.admin("create", "-f", str(doc)).returncode == 0
+    user = person(ha, "haedit", roles=role)
+    config = through(user, ha.a)
+    target = f"root@{ha.direct.name}.{CLUSTER}"
+    assert stock_ssh(config, target, "true").returncode == 0
+    doc.write_text(f"kind: role\nmetadata:\n  name: {role}\n" + spec.format(login="nobody"))
+    edited = ha.b.admin("create", "-f", str(doc), "--force")
+    assert edited.returncode == 0, edited.stderr
+    started = time.monotonic()
+    wait_until(lambda: stock_ssh(config, target, "true").returncode != 0, 5,
+               "the edited role to refuse root through A")
+    assert time.monotonic() - started < 2.5
+
+
+def test_status_cluster_lists_both_instances_up(ha: HA) -> None:
+    shown = ha.b.admin("status", "--cluster", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    instances = {i["web_addr"]: i for i in shown.json()}
+    assert set(instances) == {ha.a.web_addr, ha.b.web_addr}
+    for instance in instances.values():
+        assert instance["roles"] == ["auth", "proxy"] and instance["status"] == "up"
+        assert instance["version"] and instance["last_heartbeat"] and instance["id"]
+    text = ha.a.admin("status", "--cluster").stdout
+    assert "Last heartbeat" in text and ha.b.web_addr in text
+
+
+def test_status_cluster_is_for_admins_only(ha: HA) -> None:
+    user = person(ha, "hanosy")
+    refused = ha.a.cli("status", "--cluster", home=user.home)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "instance" in refused.stderr
+    # A node's own identity may not list the instances either.
+    node_token = json.loads((ha.tunneled.data_dir / "node" / "identity.json").read_text())
+    with pytest.raises(AccessDenied), ha.b.api(token=node_token["api_token"]) as client:
+        client.get("/v1/cluster/instances")
+    denied = ha.b.admin("audit", "search", "--type", "access.denied", "--user", user.name,
+                        "--format", "json")
+    assert denied.returncode == 0, denied.stderr
+    assert any(e.get("resource") == "instance" for e in denied.json())
+
+
+def test_an_instance_with_another_clusters_cas_refuses_to_start(ha: HA, tmp_path: Path) -> None:
+    stray = Instance(tmp_path, "stray", ha.a.schema, ha.a.clock)
+    other = Instance(tmp_path, "other", new_schema(), ha.a.clock)
+    try:
+        other.start()  # makes its own CAs in a cluster of its own
+        other.stop()
+        (stray.data_dir).mkdir(parents=True)
+        (other.data_dir / "ca").rename(stray.data_dir / "ca")
+        stray.launch()
+        assert stray.proc is not None and stray.proc.wait(60) != 0
+        log = stray.log.read_text()
+        assert "belongs to another cluster" in log and "Traceback" not in log
+    finally:
+        stray.stop()
+        drop_schema(other.schema)
+
+
+# -- losing an instance (last: it kills A) ----------------------------------------------
+
+
+def test_sigkill_of_a_mid_session_b_serves_and_a_rejoins(ha: HA) -> None:
+    user = person(ha, "hakill")
+    config_a = through(user, ha.a)
+    config_b = through(user, ha.b)
+    shell = pexpect.spawn("ssh", ["-F", str(config_b), "-tt", f"root@{ha.tunneled.name}."
+                                  f"{CLUSTER}"], timeout=20, encoding="utf-8", env=clean_env())
+    doomed = pexpect.spawn("ssh", ["-F", str(config_a), "-tt", f"root@{ha.direct.name}."
+                                   f"{CLUSTER}"], timeout=20, encoding="utf-8", env=clean_env())
+    try:
+        for term in (shell, doomed):
+            term.sendline("echo READY-$((40+2))")
+            term.expect("READY-42")
+        ha.a.kill()
+        killed = time.monotonic()
+        doomed.expect(pexpect.EOF, timeout=10)  # its jump host died with A
+        # The session through B goes on, and both nodes are reached through B within 10 s.
+        shell.sendline("echo STILL-$((1+1))")
+        shell.expect("STILL-2")
+        for node in (ha.tunneled.name, ha.direct.name):
+            wait_until(lambda n=node: stock_ssh(config_b, f"root@{n}.{CLUSTER}",
+                                                "true").returncode == 0,
+                       10, f"{node} through B")
+        assert time.monotonic() - killed < 10
+        shell.sendline("exit")
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.close(force=True)
+        doomed.close(force=True)
+    # A is called down once three heartbeats are missing.
+    wait_until(lambda: _status_of(ha.b, ha.a) == "down", 10, "A to be marked down")
+    assert ha.b.admin("status", "--cluster").returncode == 1
+    # Nothing acknowledged was lost: every chain verifies, from the survivor.
+    verified = ha.b.admin("audit", "verify", "--format", "json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    # A rejoins under its old id, and takes tunnels again.
+    old_id = (ha.a.data_dir / "instance_id").read_text().strip()
+    ha.a.start()
+    wait_until(lambda: _status_of(ha.b, ha.a) == "up", 10, "A to be up again")
+    assert any(i["id"] == old_id and i["status"] == "up" for i in ha.b.get("/v1/cluster/instances"))
+    both = sorted([ha.a.web_addr, ha.b.web_addr])
+    wait_until(lambda: (ha.node(ha.b, ha.tunneled.name) or {}).get("proxies") == both, 30,
+               "the tunneled node back on A")
+    assert stock_ssh(through(user, ha.a), f"root@{ha.tunneled.name}.{CLUSTER}",
+                     "true").returncode == 0
+
+
+def _status_of(via: Instance, instance: Instance) -> str:
+    addr = instance.run_file()["web_addr"] if instance.alive() else None
+    listed = via.get("/v1/cluster/instances")
+    mine = (instance.data_dir / "instance_id").read_text().strip()
+    found = [i for i in listed if i["id"] == mine and (addr is None or i["web_addr"] == addr)]
+    return found[0]["status"] if found else ""
+
