@@ -8,6 +8,8 @@ tests that only look share it; the SIGKILL test runs last and restarts A itself.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -16,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pexpect
 import pytest
 
+from limen.audit.chain import log_id_for, read_public_key
 from limen.clock import FakeClock
 from limen.errors import AccessDenied
 from tests.support.cluster import LimenUser
-from tests.support.ha import Instance, drop_schema, new_schema
+from tests.support.ha import DSN, Instance, drop_schema, new_schema
 from tests.support.ssh_access import clean_env, signed_up, unique, wait_until
 from tests.support.tunnel import DIRECT, NodeProcess
 
@@ -226,6 +230,61 @@ def test_an_instance_with_another_clusters_cas_refuses_to_start(ha: HA, tmp_path
         drop_schema(other.schema)
 
 
+def test_each_instance_keeps_its_own_chain_verified_and_searched_from_either(ha: HA) -> None:
+    user = person(ha, "haaudit")
+    through(user, ha.b)
+    mark = unique("REC")
+    ran = ha.b.cli("ssh", f"root@{ha.direct.name}", "echo", mark, home=user.home)
+    assert ran.returncode == 0, ran.stderr
+    # The recording is in the shared store: found and played through A.
+    found = wait_until(lambda: [r for r in ha.a.get(f"/v1/recordings/search?text={mark}")
+                                if r["complete"]], 15, "the recording through A")
+    with ha.a.api() as client:
+        cast = "\n".join(client.stream_lines(f"/v1/recordings/{found[0]['session_id']}/cast"))
+    assert mark in cast
+    # Events of both chains (A logged the login, B the jump), searched through B.
+    logs = {name: log_id_for(read_public_key(i.data_dir / "ca") or "")
+            for name, i in (("a", ha.a), ("b", ha.b))}
+    assert logs["a"] != logs["b"]
+    searched = ha.b.admin("audit", "search", "--user", user.name, "--limit", "500",
+                          "--format", "json")
+    assert searched.returncode == 0, searched.stderr
+    assert {e["log_id"] for e in searched.json()} == set(logs.values())
+    for instance in (ha.a, ha.b):
+        verified = instance.verify()
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        # Every stored event of both chains was checked, not only this instance's.
+        assert verified.json()["store_checked"] > verified.json()["files_checked"] > 0
+    # B checks A's chain too: a row of A's log changed in the shared store is caught.
+    with _row_tampered(ha.a.schema, logs["a"], user.name):
+        broken = ha.b.verify()
+        assert broken.returncode == 1 and "Traceback" not in broken.stderr
+        assert any(logs["a"] in p["where"] or p["kind"] in ("changed", "store")
+                   for p in broken.json()["problems"])
+    assert ha.b.verify().returncode == 0
+
+
+@contextlib.contextmanager
+def _row_tampered(schema: str, log_id: str, user: str) -> Iterator[None]:
+    """One of the log's rows about ``user`` says mallory instead, until the block ends."""
+    async def swap(old: str, new: str) -> None:
+        conn = await asyncpg.connect(DSN, server_settings={"search_path": schema})
+        try:
+            await conn.execute("UPDATE audit_events SET data = replace(data, $1, $2) "
+                               "WHERE id = (SELECT min(id) FROM audit_events "
+                               "WHERE log_id = $3 AND data LIKE '%' || $1 || '%')",
+                               old, new, log_id)
+        finally:
+            await conn.close()
+
+    forged = "m" * len(user)
+    asyncio.run(swap(user, forged))
+    try:
+        yield
+    finally:
+        asyncio.run(swap(forged, user))
+
+
 # -- losing an instance (last: it kills A) ----------------------------------------------
 
 
@@ -261,8 +320,9 @@ def test_sigkill_of_a_mid_session_b_serves_and_a_rejoins(ha: HA) -> None:
     wait_until(lambda: _status_of(ha.b, ha.a) == "down", 10, "A to be marked down")
     assert ha.b.admin("status", "--cluster").returncode == 1
     # Nothing acknowledged was lost: every chain verifies, from the survivor.
-    verified = ha.b.admin("audit", "verify", "--format", "json")
+    verified = ha.b.verify()
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.json()["store_checked"] > verified.json()["files_checked"]
     # A rejoins under its old id, and takes tunnels again.
     old_id = (ha.a.data_dir / "instance_id").read_text().strip()
     ha.a.start()

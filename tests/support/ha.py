@@ -22,7 +22,7 @@ import asyncpg
 
 from limen.client.api import APIClient
 from limen.clock import FakeClock
-from tests.support.cluster import ClusterHarness, default_config
+from tests.support.cluster import CLIResult, ClusterHarness, default_config
 from tests.support.ssh_access import wait_until
 
 DSN = os.environ.get("LIMEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -144,6 +144,12 @@ class Instance(ClusterHarness):
     def get(self, path: str) -> Any:
         with self.api() as client:
             return client.get(path)
+
+    def verify(self) -> CLIResult:
+        """`limen audit verify` on this instance's host: its files, and every chain in the
+        shared store (the config names the database)."""
+        return self.cli("audit", "verify", "--config", str(self.config_path), "--format",
+                        "json")
 
     def events(self) -> list[dict[str, Any]]:
         raise NotImplementedError("search the shared store: limen audit search")
