@@ -136,10 +136,12 @@ class Instance(ClusterHarness):
         return self.run_file()["ssh_addr"]
 
     # -- the API as this instance's admin ------------------------------------------------
+    def ca_pem(self) -> str:
+        return (self.data_dir / "ca" / "tls_ca.crt").read_text()
+
     def api(self, token: str | None = None) -> APIClient:
-        ca = (self.data_dir / "ca" / "tls_ca.crt").read_text()
         admin = (self.data_dir / "admin.token").read_text().strip()
-        return APIClient(self.web_addr, ca, token or admin)
+        return APIClient(self.web_addr, self.ca_pem(), token or admin)
 
     def get(self, path: str) -> Any:
         with self.api() as client:
