@@ -323,6 +323,18 @@ def test_sigkill_of_a_mid_session_b_serves_and_a_rejoins(ha: HA) -> None:
     verified = ha.b.verify()
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.json()["store_checked"] > verified.json()["files_checked"]
+    # Both sessions' recordings reached the shared store whole, the one through A too:
+    # its node, joined through A, sends them to B now.
+    def shells() -> list[dict[str, Any]]:
+        return [r for r in ha.b.get("/v1/recordings")
+                if r["user"] == user.name and r["kind"] == "shell"]
+
+    try:
+        wait_until(lambda: len(shells()) == 2 and all(r["end"] for r in shells()), 30,
+                   "both shells' recordings to end in the store")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {shells()}") from None
+    assert all(r["complete"] and r["size"] > 0 for r in shells()), shells()
     # A rejoins under its old id, and takes tunnels again.
     old_id = (ha.a.data_dir / "instance_id").read_text().strip()
     ha.a.start()
