@@ -255,6 +255,10 @@ def test_each_instance_keeps_its_own_chain_verified_and_searched_from_either(ha:
         assert verified.returncode == 0, verified.stdout + verified.stderr
         # Every stored event of both chains was checked, not only this instance's.
         assert verified.json()["store_checked"] > verified.json()["files_checked"] > 0
+    # The data dir alone does not say where the store is: a clear refusal, not a pass.
+    blind = ha.b.cli("audit", "verify", "--data-dir", str(ha.b.data_dir))
+    assert blind.returncode != 0 and "pass --config" in blind.stderr
+    assert "Traceback" not in blind.stderr
     # B checks A's chain too: a row of A's log changed in the shared store is caught.
     with _row_tampered(ha.a.schema, logs["a"], user.name):
         broken = ha.b.verify()
