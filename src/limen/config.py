@@ -84,11 +84,14 @@ class AuthConfig(_Section):
     # How long a node's host certificate and API token live; the node renews both once
     # a third of that has passed, and must join again after an absence this long.
     node_credential_ttl: str = "24h"
+    # How often this instance records that it is alive in the shared storage (limen
+    # status --cluster); it is called down after three missed heartbeats.
+    heartbeat_interval: str = "5s"
 
     _addr = field_validator("listen_addr")(_check_addr)
     _ttls = field_validator(
         "cert_ttl", "max_cert_ttl", "signup_token_ttl", "reset_token_ttl", "lockout_duration",
-        "node_credential_ttl",
+        "node_credential_ttl", "heartbeat_interval",
     )(_check_duration)
 
     @field_validator("node_credential_ttl")

@@ -31,6 +31,12 @@ async def verify_audit_locally(config: Config, since: str | None) -> dict[str, A
         raise BadParameter(f"{data_dir} holds no audit log (no {events_dir})")
     since_ns = parse_when(since, now_ns(RealClock())) if since else None
     storage = config.storage
+    if storage.type == "sqlite" and not (data_dir / "audit.sqlite").exists():
+        # Not an empty store to compare with: the instance keeps its store elsewhere.
+        raise BadParameter(
+            f"{data_dir} holds no audit store (audit.sqlite): its cluster keeps the store "
+            "in PostgreSQL; pass --config with the instance's config file instead"
+        )
     store = await open_audit_store(storage.type, data_dir, storage.dsn, storage.schema_name)
     try:
         # The local file is the trusted copy of this log's key; other logs' keys count

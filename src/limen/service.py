@@ -16,9 +16,12 @@ from pathlib import Path
 from asyncssh import SSHKey
 from cryptography.hazmat.primitives import serialization
 
+import limen
 from limen.audit.setup import AuditRuntime, open_audit
 from limen.auth.ca import CAStore, issue_tls_server_cert
+from limen.auth.ca_shared import load_or_create_shared
 from limen.auth.context import AuthContext, AuthSettings, Stores
+from limen.auth.instances import InstanceHeartbeat, instance_id
 from limen.auth.server import AuthServer
 from limen.backend import open_backend
 from limen.backend.base import Backend, Item
@@ -28,7 +31,7 @@ from limen.diag import metrics
 from limen.diag.server import DiagServer
 from limen.diag.timed_backend import TimedBackend
 from limen.durations import parse_duration
-from limen.errors import BadParameter, NotFound
+from limen.errors import AlreadyExists, BadParameter, NotFound
 from limen.files import write_private
 from limen.netpolicy import parse_networks
 from limen.node.cluster.role import NodeRole
@@ -49,6 +52,7 @@ from limen.proxy.routing import BackendRouter
 from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.ssh_role import proxy_host_identity, start_jump_host
 from limen.proxy.web import WebState, create_app
+from limen.resources import Instance, InstanceSpec
 from limen.runtime.banner import banner
 from limen.runtime.lock import DataDirLock
 from limen.runtime.ports import binding
@@ -98,6 +102,7 @@ class Service:
     diag_addr: str = ""
     _diag: DiagServer | None = None
     _lock: DataDirLock | None = None
+    heartbeat: InstanceHeartbeat | None = None
     _wrote_run_file: bool = False
 
     @property
@@ -188,7 +193,56 @@ class Service:
             self._trust_local_node(self.node)
         if self.config.diag_addr:
             await self._start_diag(self.config.diag_addr)
+        if self.auth is not None:
+            await self._start_heartbeat(self.auth)
         self._write_run_file()
+
+    async def _start_heartbeat(self, auth: AuthServer) -> None:
+        """Record this instance in the shared storage, now and every heartbeat."""
+        interval = parse_duration(self.config.auth.heartbeat_interval).total_seconds()
+        ident = await asyncio.to_thread(instance_id, self.data_dir)
+        self.heartbeat = InstanceHeartbeat(auth.ctx.stores.instances, self.clock, ident,
+                                           interval, self._describe_instance)
+        if self.tunnels is not None:
+            self.tunnels.directory.on_change.append(self.heartbeat.soon)
+        if self._web_state is not None:
+            self.heartbeat.on_live.append(self._publish_peers)
+            self._web_state.proxies_of = self._proxies_of
+        await self.heartbeat.start()
+
+    def _publish_peers(self, live: list[Instance]) -> None:
+        """Tell node agents (ping) every live proxy's tunnel server, so that each node
+        keeps a tunnel to all of them."""
+        assert self._web_state is not None
+        self._web_state.tunnel_peers = [
+            {"id": i.name, "web_addr": i.spec.web_addr, "tunnel_addr": i.spec.tunnel_addr,
+             "tunnel_host_key": i.spec.tunnel_host_key, "tunnel_tls": i.spec.tunnel_tls}
+            for i in live if "proxy" in i.spec.roles and i.spec.tunnel_addr
+        ]
+
+    def _proxies_of(self, node_id: str) -> list[str]:
+        """The proxies holding a node's tunnel: this one as of now, the others as of their
+        last heartbeat."""
+        assert self.heartbeat is not None
+        here = self.tunnels is not None and self.tunnels.directory.get(node_id) is not None
+        mine = self._describe_instance().web_addr
+        others = {i.spec.web_addr for i in self.heartbeat.live
+                  if i.name != self.heartbeat.id and node_id in i.spec.tunnels}
+        return sorted(others | ({mine} if here else set()))
+    def _describe_instance(self) -> InstanceSpec:
+        state = self._web_state
+        public = self.config.proxy.public_addr
+        web = self.web_addr
+        if public and self._https is not None:
+            web = local_address(split_host_port(public, 0)[0], self._https.port)
+        return InstanceSpec(
+            hostname=socket.gethostname(), roles=self.config.roles(), version=limen.__version__,
+            web_addr=web, ssh_addr=state.ssh_proxy_addr if state else "",
+            tunnel_addr=state.tunnel_addr if state else "",
+            tunnel_host_key=state.tunnel_host_key if state else "",
+            tunnel_tls=state.tunnel_tls if state else False,
+            tunnels=self.tunnels.directory.node_ids() if self.tunnels is not None else [],
+        )
 
     async def _start_diag(self, addr: str) -> None:
         """Metrics and health checks (off unless diag_addr is set)."""
@@ -230,8 +284,11 @@ class Service:
         try:
             stored = (await backend.get(CLUSTER_KEY)).value.decode()
         except NotFound:
-            await backend.create(Item(key=CLUSTER_KEY, value=wanted.encode()))
-            return wanted
+            try:
+                await backend.create(Item(key=CLUSTER_KEY, value=wanted.encode()))
+                return wanted
+            except AlreadyExists:  # another instance starting on the same database won
+                stored = (await backend.get(CLUSTER_KEY)).value.decode()
         if "cluster_name" in self.config.model_fields_set and stored != wanted:
             raise BadParameter(
                 f"the data in {self.data_dir} belongs to cluster {stored!r}, "
@@ -241,9 +298,12 @@ class Service:
 
     async def _start_auth(self, backend: Backend, cluster: str) -> AuthServer:
         auth_cfg = self.config.auth
-        cas = await asyncio.to_thread(
-            CAStore.load_or_create, self.data_dir, cluster, self.clock.now()
-        )
+        if self.config.storage.type == "postgres":  # shared by every instance on it
+            cas = await load_or_create_shared(backend, self.data_dir, cluster, self.clock.now())
+        else:
+            cas = await asyncio.to_thread(
+                CAStore.load_or_create, self.data_dir, cluster, self.clock.now()
+            )
         settings = AuthSettings(
             cluster_name=cluster,
             cert_ttl=parse_duration(auth_cfg.cert_ttl),
@@ -399,6 +459,9 @@ class Service:
         return certfile, keyfile
 
     async def stop(self) -> None:
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
+            self.heartbeat = None
         if self._diag is not None:
             await self._diag.stop()
             self._diag = None

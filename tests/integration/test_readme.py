@@ -43,6 +43,9 @@ EXCLUDED = {
         "needs systemd as PID 1",
     "sudo systemctl daemon-reload && sudo systemctl enable --now limen": "needs systemd",
     "sudo systemctl reload limen": "needs systemd",
+    "limen start --roles auth,proxy --config ha.yaml":
+        "needs PostgreSQL and two hosts; test_ha.py runs two instances this way",
+    "limen status --cluster --config ha.yaml": "test_ha.py runs it against two instances",
 }
 
 
@@ -470,6 +473,16 @@ def test_the_readme_config_example_loads(tmp_path: Path) -> None:
     path.write_text(block.group(1))
     config = load_config(path)
     assert config.cluster_name == "example.com" and config.audit.max_age == "365d"
+
+
+def test_the_readme_ha_config_loads(tmp_path: Path) -> None:
+    block = re.search(r"```yaml\n# ha.yaml.*?\n(.*?)```", README.read_text(), re.S)
+    assert block
+    path = tmp_path / "ha.yaml"
+    path.write_text(block.group(1))
+    config = load_config(path)
+    assert config.storage.type == "postgres" and config.storage.schema_name == "limen"
+    assert config.roles() == ["auth", "proxy"] and config.auth.heartbeat_interval == "5s"
 
 
 @pytest.mark.timeout(900)

@@ -437,6 +437,30 @@ class CAStore:
         return cls(directory, user_ca, host_ca, tls_key, tls_cert)
 
 
+#: The files of DATA_DIR/ca that make up the cluster's CAs, and their modes.
+CA_FILES = {"user_ca": _PRIVATE_MODE, "host_ca": _PRIVATE_MODE,
+            "tls_ca.key": _PRIVATE_MODE, "tls_ca.crt": _PUBLIC_MODE}
+
+
+def new_ca_files(cluster_name: str, now: datetime) -> dict[str, bytes]:
+    """A fresh set of CA files (in memory: nothing is written)."""
+    tls_key = generate_tls_key()
+    return {
+        "user_ca": generate_ssh_key().export_private_key("openssh"),
+        "host_ca": generate_ssh_key().export_private_key("openssh"),
+        "tls_ca.key": dump_tls_key_pem(tls_key),
+        "tls_ca.crt": dump_tls_cert_pem(reissue_tls_ca_cert(tls_key, cluster_name, now=now)),
+    }
+
+
+def write_ca_files(data_dir: Path, files: dict[str, bytes]) -> None:
+    """Write CA files into DATA_DIR/ca, each atomically and only where none exists yet."""
+    directory = Path(data_dir) / "ca"
+    _ensure_private_dir(directory)
+    for name, data in files.items():
+        _write_new(directory / name, data, CA_FILES[name])
+
+
 def _ensure_private_dir(directory: Path) -> None:
     directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
     # mkdir's mode is filtered by the umask, and an existing directory keeps its own.

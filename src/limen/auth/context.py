@@ -11,7 +11,17 @@ from limen.auth.ca import CAStore
 from limen.backend.base import Backend
 from limen.clock import Clock
 from limen.netpolicy import IPNetwork
-from limen.resources import JoinToken, Lock, Node, NodePresence, Role, Session, User, UserToken
+from limen.resources import (
+    Instance,
+    JoinToken,
+    Lock,
+    Node,
+    NodePresence,
+    Role,
+    Session,
+    User,
+    UserToken,
+)
 from limen.services.credentials import CredentialStore
 from limen.services.sessions import APISessionStore
 from limen.services.store import ResourceStore
@@ -57,6 +67,7 @@ class Stores:
         self.node_presence = ResourceStore(backend, NodePresence, "/node_presence")
         self.sessions = ResourceStore(backend, Session, "/sessions")
         self.locks = ResourceStore(backend, Lock, "/locks")
+        self.instances = ResourceStore(backend, Instance, "/instances")
 
 
 @dataclass

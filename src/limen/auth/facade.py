@@ -42,6 +42,7 @@ from limen.auth.ca import authorized_keys_line, known_hosts_line, spki_pin
 from limen.auth.connectors.service import ConnectorInfo, OIDCStart
 from limen.auth.feed import access_feed
 from limen.auth.identity import Identity
+from limen.auth.instances import list_instances
 from limen.auth.join import IssuedJoinToken, JoinRequest, JoinResult
 from limen.auth.login import ORIGIN_WEB, LoginResult
 from limen.auth.node_renewal import Renewed
@@ -52,7 +53,7 @@ from limen.auth.web_sso import WebFlow, WebSSO, button_url
 from limen.clock import Clock
 from limen.errors import AccessDenied, NotFound
 from limen.rbac import AccessChecker
-from limen.resources import JoinToken, Lock, Node, NodePresence, Session, User
+from limen.resources import Instance, JoinToken, Lock, Node, NodePresence, Session, User
 
 if TYPE_CHECKING:
     from limen.auth.server import AuthServer
@@ -387,6 +388,13 @@ class AuthFacade:
         """The recording's bytes, for playing or exporting; the access is audited."""
         async with self._rule("recording", "read"):
             return await self.auth.recordings.open(self.caller, session_id)
+
+    # -- the cluster's instances ----------------------------------------------------------
+
+    async def list_instances(self) -> list[Instance]:
+        """The auth/proxy instances sharing this cluster's storage, up or down."""
+        async with self._rule("instance", "list"):
+            return await list_instances(self.auth.ctx.stores.instances)
 
     # -- the audit log -------------------------------------------------------------------
 

@@ -16,7 +16,10 @@ poller that remembers the last id it read never skips a change.
 
 Watch: one poller task per Backend reads ``kv_changes`` after its cursor and hands each
 row to the matching watchers. It wakes on every local commit, and otherwise every
-``poll_interval`` seconds to pick up other instances' changes. It only runs while
+``poll_interval`` seconds to pick up other instances' changes. A failed read (a dropped
+connection, the database restarting) keeps the cursor and is retried, so watchers resume
+without a gap or a repeat; only an outage longer than half of ``change_retention``
+closes them with an error. It only runs while
 someone watches. Change rows older than ``change_retention`` seconds are pruned by the
 sweeper (the newest is always kept, so ids keep increasing).
 
@@ -34,7 +37,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from limen.backend.base import (
@@ -291,6 +294,7 @@ class SQLBackend:
         self._watchers.pop(watcher, None)
 
     async def _poll_forever(self) -> None:
+        failing_since: float | None = None
         while True:
             if not self._watchers:
                 self._have_watchers.clear()
@@ -298,11 +302,12 @@ class SQLBackend:
             self._wake.clear()  # before reading: a commit from now on wakes us again
             try:
                 more = await self._poll_once()
+                if failing_since is not None:
+                    log.info("Reading changes works again; watchers resume where they were.")
+                failing_since = None
             except Exception as exc:  # noqa: BLE001 - watchers must hear of any failure
-                message = exc.message if isinstance(exc, LimenError) else "Reading changes failed."
-                log.warning("Watching the backend failed, closing its watchers: %s", message)
-                for watcher in list(self._watchers):
-                    watcher.close(ConnectionProblem(f"{message} Watch again to resume."))
+                failing_since = failing_since or time.monotonic()
+                self._poll_failed(exc, time.monotonic() - failing_since)
                 more = False
             if not more:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
@@ -310,6 +315,25 @@ class SQLBackend:
                 with suppress(TimeoutError):
                     async with asyncio.timeout(self._poll_interval):
                         await self._wake.wait()
+
+    def _poll_failed(self, exc: Exception, down_for: float) -> None:
+        """A failed read of the changes (the database restarting, a dropped connection).
+
+        The cursor stays where it was, so the next successful poll delivers exactly the
+        changes committed meanwhile: watchers see a delay, neither a gap nor a repeat.
+        Only an outage so long that change rows after the cursor may have been pruned
+        (half the retention) ends the watchers with an error, for them to re-sync."""
+        message = exc.message if isinstance(exc, LimenError) else "Reading changes failed."
+        # The database answered that the tables are not there (or not ours): no waiting
+        # brings them back. Anything else (no connection, refused logins) may pass.
+        answered = isinstance(exc.__cause__, ProgrammingError)
+        if not answered and down_for < self.change_retention / 2:
+            log.warning("Watching the backend failed (%s); retrying.", message)
+            return
+        log.warning("Watching the backend failed for %.0f s, closing its watchers: %s",
+                    down_for, message)
+        for watcher in list(self._watchers):
+            watcher.close(ConnectionProblem(f"{message} Watch again to resume."))
 
     async def _poll_once(self) -> bool:
         """Deliver the next batch of changes; True if there may be more right away."""

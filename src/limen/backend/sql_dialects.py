@@ -220,8 +220,15 @@ class PostgresDialect:
         # Instances starting together would race on CREATE SCHEMA/TABLE IF NOT EXISTS
         # (both can fail on the catalogs' unique indexes); one at a time.
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._migrate_key})
-        if self.schema:
-            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+        if self.schema and not await self._schema_exists(conn):
+            # Only when missing: CREATE SCHEMA IF NOT EXISTS still needs the right to
+            # create schemas in the database, which a role given just its schema lacks.
+            await conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
+
+    async def _schema_exists(self, conn: AsyncConnection) -> bool:
+        found = await conn.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"),
+                                   {"s": self.schema})
+        return found.first() is not None
 
     async def lock_for_write(self, conn: AsyncConnection) -> None:
         # One writer at a time across every instance sharing this schema: change ids then

@@ -72,6 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     status = sub.add_parser("status", help="show who you are logged in as")
     add_format_flag(status)
+    status.add_argument("--cluster", action="store_true",
+                        help="list the cluster's auth/proxy instances instead (admin); "
+                             "exits 1 if one is down")
+    status.add_argument("--data-dir", help="with --cluster: an auth server's data dir "
+                                           "(use its admin identity)")
+    status.add_argument("--config", help="with --cluster: an auth server's config file")
     status.set_defaults(func=cmd_status)
 
 
@@ -202,6 +208,12 @@ def cmd_logout(_args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.cluster:
+        from limen.cli.cluster import cmd_cluster_status
+
+        return cmd_cluster_status(args)
+    if args.data_dir or args.config:
+        raise BadParameter("--data-dir and --config go with --cluster")
     profile = profiles.current()
     _print_status(profile, args.format, _effective_access(profile))
     until = datetime.fromisoformat(profile.valid_until)

@@ -49,6 +49,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for n in nodes
     ]
     headers = ["Node", "Id", "Address", "Labels", "Connection", "Since", "Last heartbeat"]
+    if any(n.get("proxies") for n in nodes):  # tunnels to several proxies: through which
+        rows = [(*row, ", ".join(n.get("proxies") or [])) for row, n in zip(rows, nodes,
+                                                                          strict=True)]
+        headers.append("Proxies")
     emit(nodes, args.format, table(headers, rows) if rows else "No nodes match.")
     return 0
 

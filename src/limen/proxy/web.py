@@ -6,7 +6,8 @@ checks and then delegates; the handlers only translate HTTP to calls and back.
 Errors are JSON ``{"error": {"kind", "message"}}`` (limen.proxy.web_errors).
 """
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -22,7 +23,7 @@ from limen.auth.login import LoginResult
 from limen.auth.server import AuthServer
 from limen.durations import parse_duration
 from limen.errors import AccessDenied
-from limen.proxy import web_audit, web_errors, web_nodes, web_resources, web_sso
+from limen.proxy import web_audit, web_cluster, web_errors, web_nodes, web_resources, web_sso
 from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.web_errors import ANONYMOUS, SIGNED_IN, errors
@@ -44,6 +45,11 @@ class WebState:
     tunnels: TunnelDirectory | None = None
     # The jump host, through which browser terminals reach nodes; set once it listens.
     jump: JumpHost | None = None
+    # Every live proxy of the cluster (this one too) as node agents should dial their
+    # tunnel servers; kept by the instance heartbeat (limen.auth.instances).
+    tunnel_peers: list[dict[str, Any]] = field(default_factory=list)
+    # The proxies (their web addresses) that hold a node's tunnel, this one included.
+    proxies_of: Callable[[str], list[str]] = lambda _node_id: []
 
 
 class SignupStart(BaseModel):
@@ -125,6 +131,7 @@ def create_app(state: WebState) -> FastAPI:
             "tunnel_addr": state.tunnel_addr,
             "tunnel_tls": state.tunnel_tls,
             "tunnel_host_key": state.tunnel_host_key,
+            "tunnel_peers": state.tunnel_peers,
             "server_time": state.auth.ctx.clock.now().isoformat(),  # TOTP steps follow it
         }
 
@@ -177,8 +184,10 @@ def create_app(state: WebState) -> FastAPI:
         }
 
     _user_routes(app, Caller)
-    web_nodes.add_routes(app, Caller, Anonymous, lambda: state.tunnels)
+    web_nodes.add_routes(app, Caller, Anonymous, lambda: state.tunnels,
+                         lambda node_id: state.proxies_of(node_id))
     web_resources.add_routes(app, Caller)
+    web_cluster.add_routes(app, Caller)
     web_audit.add_routes(app, Caller)
     web_sso.add_routes(app, Anonymous, login_json)
     _mount_webui(app, state)

@@ -59,16 +59,18 @@ class ReportedEvent(BaseModel):
     fields: dict[str, Any] = Field(default_factory=dict)
 
 
-def node_json(node: Node, presence: NodePresence,
-              tunnel: TunnelStatus | None = None) -> dict[str, Any]:
-    """A node as listings show it. A tunnel node is online only while its tunnel to
-    this proxy is up, and "since" is when that tunnel came up or went down; a direct
-    node's "since" is when it took its current address."""
+def node_json(node: Node, presence: NodePresence, tunnel: TunnelStatus | None = None,
+              proxies: list[str] | None = None) -> dict[str, Any]:
+    """A node as listings show it. A tunnel node is online while its tunnel to this
+    proxy, or to another proxy of the cluster (``proxies``), is up, and "since" is when
+    this proxy's tunnel came up or went down; a direct node's "since" is when it took its
+    current address."""
     here = presence.spec
     since = here.since or node.spec.joined
     online = True
+    proxies = proxies or []
     if here.connection == "tunnel":
-        online = tunnel is not None and tunnel.online
+        online = (tunnel is not None and tunnel.online) or bool(proxies)
         since = tunnel.since if tunnel is not None else None
     expires = node.spec.credentials_expire
     return {
@@ -78,6 +80,7 @@ def node_json(node: Node, presence: NodePresence,
         "labels": node.metadata.labels,
         "connection": here.connection,
         "online": online,
+        "proxies": proxies if here.connection == "tunnel" else [],
         "since": since.isoformat() if since else "",
         "last_heartbeat": here.last_heartbeat.isoformat() if here.last_heartbeat else "",
         "version": here.version,
@@ -139,7 +142,8 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]],
 
 
 def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type aliases
-               tunnels: Callable[[], TunnelDirectory | None] = lambda: None) -> None:
+               tunnels: Callable[[], TunnelDirectory | None] = lambda: None,
+               proxies_of: Callable[[str], list[str]] = lambda _node_id: []) -> None:
     def tunnel_of(node: Node) -> TunnelStatus | None:
         directory = tunnels()
         return directory.status(node.name) if directory is not None else None
@@ -194,7 +198,7 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
     @app.get("/v1/nodes", responses=errors(*SIGNED_IN))
     async def list_nodes(api: Caller) -> list[dict[str, Any]]:
         nodes = sorted(await api.list_nodes(), key=lambda pair: pair[0].spec.hostname)
-        return [node_json(n, p, tunnel_of(n)) for n, p in nodes]
+        return [node_json(n, p, tunnel_of(n), proxies_of(n.name)) for n, p in nodes]
 
     @app.post("/v1/events", responses=errors(400, *SIGNED_IN))
     async def report_event(body: ReportedEvent, api: Caller) -> dict[str, Any]:

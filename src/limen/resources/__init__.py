@@ -2,6 +2,7 @@
 
 from limen.resources.base import Metadata, Resource, validate_name
 from limen.resources.connector import AnyConnector, Connector, LDAPConnector, OIDCConnector
+from limen.resources.instance import Instance, InstanceSpec
 from limen.resources.lock import Lock, LockSpec, LockTarget
 from limen.resources.node import Node, NodePresence, NodePresenceSpec, NodeSpec
 from limen.resources.role import Role, RoleConditions, RoleOptions, RoleSpec, Rule
@@ -11,6 +12,8 @@ from limen.resources.token import JoinToken, UserToken
 from limen.resources.user import SSOLink, User, UserSpec, UserStatus
 
 __all__ = [
+    "Instance",
+    "InstanceSpec",
     "AnyConnector",
     "Connector",
     "LDAPConnector",

@@ -27,6 +27,7 @@ RESOURCE_KINDS = (
     "lock",
     "cert_authority",
     "connector",
+    "instance",
 )
 VERBS = ("list", "read", "create", "update", "delete")
 

@@ -91,6 +91,7 @@ class TunnelAgent:
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.identity = identity
+        self.locator = locate
         self._locate = locate
         self._serve = serve
         self._on_connected = on_connected

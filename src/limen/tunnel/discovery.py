@@ -67,6 +67,11 @@ def target_from_ping(ping: dict, proxy: str, tls_ca_pem: str | None = None) -> T
 
 async def discover(proxy: str, tls_ca_pem: str) -> TunnelTarget:
     """Ask the proxy's HTTPS API where its tunnel server listens."""
+    return target_from_ping(await fetch_ping(proxy, tls_ca_pem), proxy, tls_ca_pem)
+
+
+async def fetch_ping(proxy: str, tls_ca_pem: str) -> dict:
+    """The proxy's /v1/ping, over TLS verified by the cluster CA."""
     try:
         async with httpx.AsyncClient(verify=trust.verifying_context(tls_ca_pem),
                                      timeout=PING_TIMEOUT) as http:
@@ -75,4 +80,6 @@ async def discover(proxy: str, tls_ca_pem: str) -> TunnelTarget:
             ping = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise ConnectionProblem(f"cannot reach the proxy at {proxy}: {exc}") from None
-    return target_from_ping(ping, proxy, tls_ca_pem)
+    if not isinstance(ping, dict):
+        raise ConnectionProblem(f"the proxy at {proxy} answered its ping with no object")
+    return ping

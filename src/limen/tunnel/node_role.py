@@ -11,6 +11,8 @@ from limen.errors import BadParameter
 from limen.node.cluster.membership import NodeIdentity
 from limen.node.ssh.server import NodeServer
 from limen.tunnel.agent import AgentIdentity, ProxyLocator, TunnelAgent
+from limen.tunnel.discovery import TunnelTarget
+from limen.tunnel.peers import PeerTunnels
 from limen.tunnel.registry import NODE_PORT
 
 
@@ -31,12 +33,42 @@ def start_agent(identity: NodeIdentity, host_key: asyncssh.SSHKey, server: NodeS
     async def serve(conn: asyncssh.SSHClientConnection) -> Any:
         return await server.listen_on(conn, identity.node_id, NODE_PORT)
 
+    locator = ProxyLocator(identity.proxy, identity.tls_ca)
     agent = TunnelAgent(
         AgentIdentity(identity.node_id, host_key, identity.certificate(),
                       host_ca_key(identity.host_ca), identity.cluster),
-        ProxyLocator(identity.proxy, identity.tls_ca),
+        locator,
         serve,
         on_connected=on_connected,
     )
     agent.start()
     return agent
+
+
+def start_peer_tunnels(main: TunnelAgent | None, server: NodeServer,
+                       identity: NodeIdentity) -> PeerTunnels:
+    """One more agent for each other proxy of the cluster (limen.tunnel.peers); with no
+    main agent (a node the proxies dial) only the proxies' addresses are learned, for the
+    node's API calls to fail over to."""
+    if main is None:
+        locator = ProxyLocator(identity.proxy, identity.tls_ca)
+        return _started(PeerTunnels(locator, None))
+    assert isinstance(main.locator, ProxyLocator)
+    tunnel_main = main
+
+    async def serve(conn: asyncssh.SSHClientConnection) -> Any:
+        return await server.listen_on(conn, identity.node_id, NODE_PORT)
+
+    def make_agent(target: TunnelTarget) -> TunnelAgent:
+        async def locate() -> TunnelTarget:
+            return target
+
+        # The main agent's identity as of now: it carries the latest renewed certificate.
+        return TunnelAgent(tunnel_main.identity, locate, serve)
+
+    return _started(PeerTunnels(main.locator, make_agent))
+
+
+def _started(peers: PeerTunnels) -> PeerTunnels:
+    peers.start()
+    return peers

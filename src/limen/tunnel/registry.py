@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -103,6 +104,15 @@ class TunnelDirectory:
         self.clock = clock
         self._tunnels: dict[str, Tunnel] = {}
         self._down_since: dict[str, datetime] = {}
+        # Told when a node's tunnel comes or goes (the instance heartbeat publishes the set).
+        self.on_change: list[Callable[[], None]] = []
+
+    def node_ids(self) -> list[str]:
+        return sorted(self._tunnels)
+
+    def _changed(self) -> None:
+        for listener in self.on_change:
+            listener()
 
     def __len__(self) -> int:
         return len(self._tunnels)
@@ -122,6 +132,7 @@ class TunnelDirectory:
         old = self._tunnels.get(tunnel.node_id)
         self._tunnels[tunnel.node_id] = tunnel
         self._down_since.pop(tunnel.node_id, None)
+        self._changed()
         if old is not None and old is not tunnel:
             log.warning("node %s opened a new tunnel from %s; closing the one from %s",
                         tunnel.node_id, tunnel.peer, old.peer)
@@ -134,5 +145,6 @@ class TunnelDirectory:
             return False
         del self._tunnels[tunnel.node_id]
         self._down_since[tunnel.node_id] = self.clock.now()
+        self._changed()
         return True
 

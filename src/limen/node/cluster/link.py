@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -23,6 +24,8 @@ from limen.auth.server import AuthServer
 from limen.client import trust
 from limen.errors import ConnectionProblem, from_json
 from limen.resources import Session
+
+log = logging.getLogger(__name__)
 
 # The server pings every few seconds; this much silence means the stream is dead.
 FEED_READ_TIMEOUT = 30.0
@@ -88,6 +91,11 @@ class RemoteLink:
 
     def __init__(self, proxy: str, ca_pem: str, token: str) -> None:
         self.proxy = proxy
+        self.joined_proxy = proxy
+        # Other proxies of the cluster (their web addresses, limen.tunnel.peers): when the
+        # current one cannot be connected to, the next call goes to another. Only a
+        # failure to connect moves on, so no request is ever sent twice.
+        self.fallbacks: Callable[[], list[str]] = lambda: []
         self._token = token
         self._http = httpx.AsyncClient(
             base_url=f"https://{proxy}",
@@ -101,11 +109,33 @@ class RemoteLink:
         self._token = token
         self._http.headers["authorization"] = f"Bearer {token}"
 
+    def _move_on(self) -> bool:
+        """Use the next proxy of the cluster after the current one; False if none other."""
+        candidates = list(dict.fromkeys([self.joined_proxy, *self.fallbacks()]))
+        if len(candidates) < 2:
+            return False
+        at = candidates.index(self.proxy) if self.proxy in candidates else -1
+        self.proxy = candidates[(at + 1) % len(candidates)]
+        self._http.base_url = httpx.URL(f"https://{self.proxy}")
+        log.warning("the proxy did not answer; the node now talks to %s", self.proxy)
+        return True
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        tries = 1 + len(self.fallbacks())
+        for _ in range(tries):
+            try:
+                return await self._http.request(method, path, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failure: httpx.HTTPError = exc
+                if not self._move_on():
+                    break
+            except httpx.HTTPError as exc:
+                failure = exc
+                break
+        raise ConnectionProblem(f"cannot reach the proxy at {self.proxy}: {failure}")
+
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            response = await self._http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise ConnectionProblem(f"cannot reach the proxy at {self.proxy}: {exc}") from None
+        response = await self._request(method, path, json=body)
         try:
             payload = response.json()
         except ValueError:
@@ -137,15 +167,10 @@ class RemoteLink:
         return await self._call("PUT", f"/v1/recordings/{session_id}", meta)
 
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
-        try:
-            response = await self._http.post(
-                f"/v1/recordings/{session_id}/data",
-                params={"offset": offset},
-                content=data,
-                headers={"content-type": "application/octet-stream"},
-            )
-        except httpx.HTTPError as exc:
-            raise ConnectionProblem(f"cannot reach the proxy at {self.proxy}: {exc}") from None
+        response = await self._request(
+            "POST", f"/v1/recordings/{session_id}/data", params={"offset": offset},
+            content=data, headers={"content-type": "application/octet-stream"},
+        )
         payload = _json_or_none(response)
         if not response.is_success:
             raise from_json(payload, f"the proxy answered HTTP {response.status_code}")
@@ -154,16 +179,26 @@ class RemoteLink:
     async def access_feed(self) -> AsyncIterator[dict[str, Any]]:
         """The auth service's feed as newline-delimited JSON; pings keep it honest."""
         timeout = httpx.Timeout(FEED_READ_TIMEOUT, connect=5.0)
-        async with self._http.stream("GET", "/v1/watch/access", timeout=timeout) as response:
-            if not response.is_success:
-                await response.aread()
-                raise from_json(_json_or_none(response), "the access feed was refused")
-            async for line in response.aiter_lines():
-                if line.strip():
-                    message = json.loads(line)
-                    if message.get("op") != "ping":
-                        yield message
+        try:
+            async with self._http.stream("GET", "/v1/watch/access",
+                                         timeout=timeout) as response:
+                async for message in self._feed_lines(response):
+                    yield message
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            self._move_on()  # the cache reconnects, to the next proxy
+            raise ConnectionProblem(f"cannot reach the proxy for the access feed: {exc}") \
+                from None
         raise ConnectionProblem("the access feed ended")
+
+    async def _feed_lines(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        if not response.is_success:
+            await response.aread()
+            raise from_json(_json_or_none(response), "the access feed was refused")
+        async for line in response.aiter_lines():
+            if line.strip():
+                message = json.loads(line)
+                if message.get("op") != "ping":
+                    yield message
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -34,7 +34,8 @@ from limen.node.ssh.settings import NodeSettings
 from limen.resources import Lock
 from limen.timers import LoopTimers
 from limen.tunnel.agent import TunnelAgent
-from limen.tunnel.node_role import start_agent
+from limen.tunnel.node_role import start_agent, start_peer_tunnels
+from limen.tunnel.peers import PeerTunnels
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class NodeRole:
         self._heartbeat: Heartbeat | None = None
         self.renewal: CredentialRenewal | None = None
         self.agent: TunnelAgent | None = None
+        self.peer_tunnels: PeerTunnels | None = None
         self.cache: AccessCache | None = None
         self.audit: NodeAudit | None = None
         self.listening = False  # whether the node opened a port of its own
@@ -121,6 +123,10 @@ class NodeRole:
             self.agent = start_agent(
                 self.identity, settings.host_key, self.server, on_connected=self._heartbeat.beat
             )
+        if isinstance(self.link, RemoteLink):  # learn the other proxies, to fail over to
+            peers = start_peer_tunnels(self.agent, self.server, self.identity)
+            self.peer_tunnels = peers
+            self.link.fallbacks = lambda: peers.web_addrs
         if tunneled:
             log.info("node %s (%s) serving SSH through a reverse tunnel to %s",
                      self.identity.name, self.identity.node_id, self.identity.proxy)
@@ -138,6 +144,9 @@ class NodeRole:
             self.server.update_host_certs([cert])
         if self.agent is not None:
             self.agent.use_certificate(cert)
+        if self.peer_tunnels is not None:
+            for agent in self.peer_tunnels.agents.values():
+                agent.use_certificate(cert)
 
     async def _on_lock(self, lock: Lock) -> None:
         """End every connection the lock targets (sessions, forwards and all), telling
@@ -233,6 +242,9 @@ class NodeRole:
             await self.server.stop()
         if self.audit is not None:  # after the sessions ended: ships their last events
             await self.audit.stop()
+        if self.peer_tunnels is not None:
+            await self.peer_tunnels.stop()
+            self.peer_tunnels = None
         if self.agent is not None:  # after the server told tunneled sessions why they end
             await self.agent.stop()
         if self.link is not None:

@@ -1,0 +1,135 @@
+"""Tunnels to the cluster's other proxies, so that a user on any proxy reaches the node.
+
+With several auth/proxy instances on one database, each proxy can reach a tunneled node
+only through a tunnel the node opened to that proxy. The node's main agent keeps the
+tunnel to the proxy it joined through; this keeps one more agent per other proxy. The set
+comes from the proxies: every ``/v1/ping`` lists the proxies heartbeating in the cluster
+(``tunnel_peers``: tunnel address, host key, web address), refreshed every
+``REFRESH_SECONDS``. The node asks the proxy it joined through, or, while that one is
+away, any peer it learned of (the ping is verified by the pinned cluster CA). A peer
+listed no more (down for three heartbeats, or gone) has its agent stopped.
+
+Each peer's agent pins that peer's own host key, as the main agent pins its proxy's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from limen.errors import BadParameter, LimenError
+from limen.tunnel.agent import ProxyLocator, TunnelAgent
+from limen.tunnel.discovery import TunnelTarget, fetch_ping, target_from_ping
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 10.0
+
+MakeAgent = Callable[[TunnelTarget], TunnelAgent]
+
+
+class PeerTunnels:
+    def __init__(self, main: ProxyLocator, make_agent: MakeAgent | None,
+                 refresh_seconds: float = REFRESH_SECONDS) -> None:
+        self.main = main  # the main agent's: its last answer names the main proxy's key
+        self.proxy = main.proxy
+        self.tls_ca_pem = main.tls_ca_pem
+        self._make_agent = make_agent
+        self.refresh_seconds = refresh_seconds
+        self.agents: dict[str, TunnelAgent] = {}  # by the peer's tunnel host key
+        self.targets: dict[str, TunnelTarget] = {}
+        self._web_addrs: list[str] = []  # where else to ask while the main proxy is away
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def web_addrs(self) -> list[str]:
+        """Every proxy's web address, as the cluster last listed them."""
+        return list(self._web_addrs)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        agents, self.agents = list(self.agents.values()), {}
+        await asyncio.gather(*(agent.stop() for agent in agents))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except LimenError as exc:
+                log.warning("could not learn the cluster's proxies: %s", exc.message)
+            except Exception:  # never let it die: the node would lose its other proxies
+                log.exception("learning the cluster's proxies failed; retrying")
+            await asyncio.sleep(self.refresh_seconds)
+
+    async def refresh(self) -> None:
+        ping = await self._ping()
+        peers = ping.get("tunnel_peers")
+        if not isinstance(peers, list):
+            return  # a proxy of a version without peers: the main tunnel is all there is
+        wanted = self._targets(peers, self._main_key(ping))
+        if self._make_agent is None:
+            return  # a node the proxies dial: only their addresses matter
+        for key in set(self.agents) - set(wanted):
+            log.info("proxy %s left the cluster; closing its tunnel", self.targets.pop(key))
+            await self.agents.pop(key).stop()
+        for key, target in wanted.items():
+            if key not in self.agents:
+                log.info("keeping a tunnel to the cluster's proxy at %s too", target)
+                agent = self._make_agent(target)
+                agent.start()
+                self.agents[key], self.targets[key] = agent, target
+
+    def _main_key(self, ping: dict[str, Any]) -> str:
+        """The host key of the main agent's proxy: its tunnel is the main one's job."""
+        last = self.main.last
+        if last is not None and last.host_key is not None:
+            return str(last.host_key.export_public_key("openssh").decode().strip())
+        return str(ping.get("tunnel_host_key") or "")
+
+    def _targets(self, peers: list[Any], main_key: str) -> dict[str, TunnelTarget]:
+        wanted: dict[str, TunnelTarget] = {}
+        addrs: list[str] = []
+        for peer in peers:
+            if not isinstance(peer, dict):
+                continue
+            key = str(peer.get("tunnel_host_key") or "")
+            web = str(peer.get("web_addr") or "")
+            if web:
+                addrs.append(web)
+            if not key or _same_key(key, main_key):
+                continue
+            try:
+                wanted[_key_id(key)] = target_from_ping(peer, web or self.proxy, self.tls_ca_pem)
+            except (LimenError, BadParameter, ValueError) as exc:
+                log.warning("ignoring a proxy the cluster listed: %s", exc)
+        self._web_addrs = addrs
+        return wanted
+
+    async def _ping(self) -> dict[str, Any]:
+        error: LimenError | None = None
+        for addr in dict.fromkeys([self.proxy, *self._web_addrs]):
+            try:
+                return await fetch_ping(addr, self.tls_ca_pem)
+            except LimenError as exc:
+                error = error or exc
+        assert error is not None
+        raise error
+
+
+def _key_id(key_line: str) -> str:
+    """ALG BASE64 without the comment."""
+    return " ".join(key_line.split()[:2])
+
+
+def _same_key(a: str, b: str) -> bool:
+    return bool(b) and _key_id(a) == _key_id(b)
