@@ -49,8 +49,9 @@ from limen.auth.resources import canonical_kind, parse_document
 from limen.auth.users import IssuedToken, SignupChallenge
 from limen.auth.web_sessions import SignedIn, WebSessions
 from limen.clock import Clock
-from limen.errors import AccessDenied
+from limen.errors import AccessDenied, NotFound
 from limen.rbac import AccessChecker
+from limen.rbac.joining import join_modes
 from limen.resources import JoinToken, Lock, Node, NodePresence, Session, User
 
 if TYPE_CHECKING:
@@ -222,11 +223,23 @@ class AuthFacade:
         return [(n, p) for n, p in nodes if checker.can_access_node(n.metadata.labels)]
 
     async def list_sessions(self) -> list[Session]:
-        """Everyone sees their own live sessions; the rule on session (list) shows all."""
+        """Everyone sees their own live sessions, and the interactive ones their roles let
+        them join (join_sessions); the rule on session (list) shows all."""
         sessions = await self.auth.tracking.list_sessions()
         if await self._allows("session", "list"):
             return sessions
-        return [s for s in sessions if s.spec.user == self.caller.user]
+        checker = await self.checker()
+        return [s for s in sessions
+                if s.spec.user == self.caller.user or await self._may_join(checker, s)]
+
+    async def _may_join(self, checker: AccessChecker, session: Session) -> bool:
+        if not session.spec.interactive:
+            return False
+        try:
+            owner = await self.auth.ctx.stores.users.get(session.spec.user)
+        except NotFound:
+            return False
+        return bool(join_modes(checker, list(owner.spec.roles)))
 
     # -- users ---------------------------------------------------------------------------
 

@@ -15,6 +15,10 @@ from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied
 from limen.node.forwarding.destinations import Destination, destination_admitted
 from limen.node.ssh.identity import UserIdentity
+from limen.resources.session_policy import RequireSessionJoin
+
+STANDALONE_JOIN = ("joining sessions needs the cluster's roles; this node runs standalone "
+                   "and lets nobody join")
 
 ACTIONS = frozenset({"session", "exec", "shell", "subsystem", "port_forward", "remote_forward",
                      "agent_forward"})
@@ -60,6 +64,15 @@ class NodePolicy(Protocol):
         ``action`` is one of ``ACTIONS``; ``detail`` carries what the action is about
         (command, subsystem, host and port, session id).
         """
+        ...
+
+    async def check_join(self, joiner: UserIdentity, owner: str, mode: str) -> list[str]:
+        """The joiner's role names when their roles let them join ``owner``'s sessions in
+        ``mode``; else AccessDenied with the reason (see limen.rbac.joining)."""
+        ...
+
+    async def moderation(self, owner: UserIdentity) -> list[RequireSessionJoin]:
+        """The owner's require_session_join policies for an interactive session."""
         ...
 
 
@@ -130,6 +143,12 @@ class CertPolicy:
         if action == "agent_forward" and not permit.forward_agent:
             raise AccessDenied("agent forwarding is not allowed for you")
         return permit
+
+    async def check_join(self, joiner: UserIdentity, owner: str, mode: str) -> list[str]:
+        raise AccessDenied(STANDALONE_JOIN)
+
+    async def moderation(self, owner: UserIdentity) -> list[RequireSessionJoin]:
+        return []
 
     def permit_for(self, identity: UserIdentity) -> SessionPermit:
         return SessionPermit(
