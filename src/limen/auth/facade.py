@@ -233,13 +233,23 @@ class AuthFacade:
                 if s.spec.user == self.caller.user or await self._may_join(checker, s)]
 
     async def _may_join(self, checker: AccessChecker, session: Session) -> bool:
+        return bool(await self._modes(checker, session))
+
+    async def join_modes(self, session: Session) -> list[str]:
+        """The modes the caller's roles let them join this session in (none for their
+        own); what to offer, while the node decides again when they join."""
+        if session.spec.user == self.caller.user:
+            return []
+        return await self._modes(await self.checker(), session)
+
+    async def _modes(self, checker: AccessChecker, session: Session) -> list[str]:
         if not session.spec.interactive:
-            return False
+            return []
         try:
             owner = await self.auth.ctx.stores.users.get(session.spec.user)
         except NotFound:
-            return False
-        return bool(join_modes(checker, list(owner.spec.roles)))
+            return []
+        return join_modes(checker, list(owner.spec.roles))
 
     # -- users ---------------------------------------------------------------------------
 
