@@ -185,6 +185,10 @@ def test_a_moderated_session_waits_for_a_moderator_and_ends_when_the_last_one_le
     owner.expect(pexpect.EOF)
     end = wait_until(lambda: cluster.events_of("session.end", sid=sid), 10, "session.end")
     assert end[0]["reason"] == "moderator left"
+    # Without a terminal there is nothing to moderate: a command does not run at all.
+    unseen = erin.ssh(f"root@{NODE}", "echo UNSEEN-$((2*2))")
+    assert unseen.returncode != 0 and b"UNSEEN-4" not in unseen.stdout
+    assert b"only a session with a terminal can be moderated" in unseen.stderr
 
 
 def _sessions(user: SshUser) -> list[dict]:

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 STDERR = asyncssh.EXTENDED_DATA_STDERR
+# A command, scp or sftp has no terminal to watch: under require_session_join it would
+# run unseen, so it does not run (as in Teleport).
+UNMODERATABLE = ("your roles require a moderator in your sessions (require_session_join), "
+                 "and only a session with a terminal can be moderated: use ssh -t")
 UNRECORDABLE = ("this session cannot be recorded, and your role requires recording "
                 "(record_session: strict)")
 
@@ -165,8 +169,9 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
                 self._conn, ctx, self._chan.get_environment(), self._term_type,
                 self._chan.get_agent_path(),
             )
-            moderation = (await self._conn.node.policy.moderation(ctx.identity)
-                          if ctx.interactive else [])
+            moderation = await self._conn.node.policy.moderation(ctx.identity)
+            if moderation and not ctx.interactive:
+                raise AccessDenied(UNMODERATABLE)
         except LimenError as exc:
             await self._refuse(exc)
             return
