@@ -218,6 +218,24 @@ def test_a_moderator_ends_the_session_with_sessions_kill(
     assert end[0]["reason"] == "ended by moderator"
 
 
+def test_a_moderator_ends_the_session_from_the_terminal(
+    cluster: ClusterHarness, people: dict[str, SshUser], closing: list[pexpect.spawn]
+) -> None:
+    alice, frank = people["alice"], people["frank"]
+    owner, sid = _ready_shell(alice)
+    closing.append(owner)
+    moderator = _join(frank, sid, "moderator")
+    closing.append(moderator)
+    moderator.expect_exact("t ends the session")
+    owner.expect_exact(f"{frank.name} joined as moderator")
+    moderator.send("t")
+    owner.expect_exact(f"moderator {frank.name} ended the session")
+    owner.expect(pexpect.EOF)
+    moderator.expect(pexpect.EOF)
+    joined = cluster.events_of("session.join", sid=sid, user=frank.name)
+    assert joined and joined[0]["mode"] == "moderator"
+
+
 def test_joins_the_roles_do_not_grant_are_refused_and_audited(
     cluster: ClusterHarness, people: dict[str, SshUser], closing: list[pexpect.spawn]
 ) -> None:
