@@ -107,3 +107,13 @@ async def test_the_last_moderator_leaving_ends_the_session_under_terminate() -> 
     shared.leave(one)
     await asyncio.gather(*rec.tasks)
     assert rec.ended == ["moderator left"]
+
+
+async def test_joining_a_session_that_just_ended_lets_the_joiner_go() -> None:
+    rec = Recorder()
+    shared = rec.session([])
+    shared.close("limen: the node is shutting down")
+    ended: list[str] = []
+    late = Party("bob", "observer", [], lambda data: None, lambda line: None, ended.append)
+    shared.join(late)
+    assert ended == ["limen: the session has ended"] and shared.parties == []

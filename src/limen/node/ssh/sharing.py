@@ -97,6 +97,9 @@ class SharedSession:
     # -- parties -----------------------------------------------------------------------
 
     def join(self, party: Party) -> None:
+        if self.closed:  # it ended while the joiner was being judged
+            party.end("limen: the session has ended")
+            return
         self._announce(f"limen: {party.user} joined as {party.mode}", skip=party)
         self.parties.append(party)
         if party.user not in self.participants:
