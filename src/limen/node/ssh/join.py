@@ -84,7 +84,6 @@ class JoinChannel:
         self._party: Party | None = None
         self._shared: SharedSession | None = None
         self._done = asyncio.Event()
-        self._status = 0
 
     # -- what the session channel forwards ------------------------------------------
 
@@ -159,7 +158,7 @@ class JoinChannel:
                 await self._done.wait()
             shared.leave(party)
         await self._emit("session.leave", ctx)
-        self._exit(self._status)
+        self._exit(0)
 
     def _greeting(self, ctx: SessionContext, party: Party) -> str:
         size = f", {ctx.term_size.cols}x{ctx.term_size.rows}" if ctx.term_size else ""
