@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -21,6 +22,7 @@ from tests.support.ssh_access import NODE, SshUser, clean_env, new_user, wait_un
 PROMPT = "JOIN-PROMPT> "
 OWNER = "share-owner"
 MODERATED = "share-moderated"
+PAUSED = "share-paused"
 ACCESS = "    logins: [root]\n    node_labels: {'*': '*'}\n"
 ROLES = {
     OWNER: "  allow:\n" + ACCESS,
@@ -38,9 +40,13 @@ ROLES = {
         "      filter: 'contains(user.spec.roles, \"share-mod\")'\n"
         "      kinds: [ssh]\n      count: 1\n      modes: [moderator]\n"
         "      on_leave: terminate\n"),
+    PAUSED: "  allow:\n" + ACCESS + (
+        "    require_session_join:\n"
+        "    - {name: watched, filter: 'equals(user.metadata.name, \"NOBODY\") || "
+        "contains(user.spec.roles, \"share-mod\")', count: 1, on_leave: pause}\n"),
     "share-mod": "  allow:\n" + ACCESS + (
         "    join_sessions:\n"
-        f"    - {{name: moderate, roles: [{MODERATED}, {OWNER}], modes: [moderator]}}\n"),
+        f"    - {{name: moderate, roles: [{MODERATED}, {OWNER}, {PAUSED}], modes: [moderator]}}\n"),
 }
 
 
@@ -54,7 +60,7 @@ def people(cluster: ClusterHarness, tmp_path_factory: pytest.TempPathFactory
         created = cluster.admin("create", "-f", str(path))
         assert created.returncode == 0, created.stderr
     who = {"alice": OWNER, "bob": "share-watch", "carol": "share-pair", "dave": OWNER,
-           "erin": MODERATED, "frank": "share-mod"}
+           "erin": MODERATED, "frank": "share-mod", "gina": PAUSED}
     return {key: new_user(cluster, f"sj{key}", roles=role, logins="root")
             for key, role in who.items()}
 
@@ -189,6 +195,40 @@ def test_a_moderated_session_waits_for_a_moderator_and_ends_when_the_last_one_le
     unseen = erin.ssh(f"root@{NODE}", "echo UNSEEN-$((2*2))")
     assert unseen.returncode != 0 and b"UNSEEN-4" not in unseen.stdout
     assert b"only a session with a terminal can be moderated" in unseen.stderr
+
+
+def test_on_leave_pause_holds_the_session_until_a_moderator_is_back(
+    cluster: ClusterHarness, people: dict[str, SshUser], closing: list[pexpect.spawn]
+) -> None:
+    gina, frank = people["gina"], people["frank"]
+    owner = _shell(gina)
+    closing.append(owner)
+    owner.expect_exact("waiting for a moderator")
+    sid = wait_until(lambda: next((s["id"] for s in _sessions(frank) if s["user"] == gina.name),
+                                  None), 10, "gina's session listed")
+    first = _join(frank, sid, "moderator")
+    closing.append(first)
+    owner.expect_exact("it starts now")
+    flag = Path(f"/tmp/{gina.name}-flag")
+    owner.sendline(f"while [ ! -e {flag} ]; do sleep 0.05; done; echo HELD-$((8*8))")
+    first.send("q")
+    first.expect(pexpect.EOF)
+    owner.expect_exact("paused until a moderator joins")
+    owner.send("echo TYPED-$((5*5))\r")  # dropped: nothing reaches a paused session
+    flag.touch()  # the shell's loop now prints, into the pause: held until it resumes
+    with pytest.raises(pexpect.TIMEOUT):
+        owner.expect_exact("HELD-64", timeout=1)
+    second = _join(frank, sid, "moderator")
+    closing.append(second)
+    owner.expect_exact("the session resumes")
+    owner.expect_exact("HELD-64")
+    owner.sendline("echo AFTER-$((6*6))")
+    owner.expect_exact("AFTER-36")
+    second.expect_exact("AFTER-36")
+    assert "TYPED-25" not in owner.before
+    owner.sendline("exit")
+    owner.expect(pexpect.EOF)
+    flag.unlink()
 
 
 def _sessions(user: SshUser) -> list[dict]:
