@@ -118,6 +118,11 @@ def test_an_observer_sees_the_output_and_cannot_type(
     owner.sendline("echo SHARED-$((6*7))")
     owner.expect_exact("SHARED-42")
     watcher.expect_exact("SHARED-42")
+    watcher.setwinsize(50, 200)  # a joiner's window changes nothing in the session
+    owner.setwinsize(30, 100)
+    watcher.expect_exact("the session's terminal is now 100x30")
+    owner.sendline("stty size")
+    owner.expect_exact("30 100")
     watcher.send("echo BOBTYPED-$((1+1))\r")  # an observer's keys reach nothing
     owner.sendline("echo CHECK-$((2+3))")
     owner.expect_exact("CHECK-5")

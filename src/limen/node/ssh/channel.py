@@ -126,6 +126,9 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if self.ctx is not None:
             self.ctx.term_size = size
             self._spawn_task(self._conn.node.emit("resize", self.ctx.fields(size=str(size))))
+            if self.ctx.shared is not None:  # joiners see it at the session's size
+                self.ctx.shared.tell_parties(
+                    f"limen: the session's terminal is now {size.cols}x{size.rows}")
         if self._child is not None:
             self._child.resize(size)
 

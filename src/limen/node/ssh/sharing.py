@@ -139,6 +139,10 @@ class SharedSession:
         for party in list(self.parties):
             party.end(message)
 
+    def tell_parties(self, line: str) -> None:
+        for party in self.parties:
+            party.say(line)
+
     def _announce(self, line: str, skip: Party | None = None) -> None:
         self._say_owner(line)
         for party in self.parties:
