@@ -181,10 +181,18 @@ def test_a_moderated_session_waits_for_a_moderator_and_ends_when_the_last_one_le
     owner.sendline("echo EARLY-$((1+1))")  # nothing runs before a moderator is there
     sid = wait_until(lambda: next((s["id"] for s in _sessions(frank) if s["user"] == erin.name),
                                   None), 10, "erin's session listed")
+    # carol's role allows peer in anyone's sessions but denies it in moderated ones:
+    # deny wins; and an observer does not count as a moderator.
+    denied = people["carol"].ssh("-tt", f"root@{NODE}", "join", sid, "--mode", "peer")
+    assert b"role 'share-pair' denies joining" in denied.stdout + denied.stderr
+    watcher = _join(people["carol"], sid, "observer")
+    closing.append(watcher)
+    owner.expect_exact(f"{people['carol'].name} joined as observer")
     moderator = _join(frank, sid, "moderator")
     closing.append(moderator)
     moderator.expect_exact("as moderator")
     owner.expect_exact(f"{frank.name} joined as moderator")
+    assert "it starts now" not in owner.before  # carol's joining did not start it
     owner.expect_exact("it starts now")
     owner.sendline("echo MOD-$((4+4))")
     owner.expect_exact("MOD-8")
@@ -194,6 +202,8 @@ def test_a_moderated_session_waits_for_a_moderator_and_ends_when_the_last_one_le
     moderator.expect(pexpect.EOF)
     owner.expect_exact("on_leave: terminate")
     owner.expect(pexpect.EOF)
+    watcher.expect_exact("on_leave: terminate")
+    watcher.expect(pexpect.EOF)
     end = wait_until(lambda: cluster.events_of("session.end", sid=sid), 10, "session.end")
     assert end[0]["reason"] == "moderator left"
     # Without a terminal there is nothing to moderate: a command does not run at all.
