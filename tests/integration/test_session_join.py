@@ -179,8 +179,9 @@ def test_a_moderated_session_waits_for_a_moderator_and_ends_when_the_last_one_le
     closing.append(owner)
     owner.expect_exact("waiting for a moderator")
     owner.sendline("echo EARLY-$((1+1))")  # nothing runs before a moderator is there
-    sid = wait_until(lambda: next((s["id"] for s in _sessions(frank) if s["user"] == erin.name),
-                                  None), 10, "erin's session listed")
+    sid = wait_until(lambda: next((s["id"] for s in _sessions(frank) if s["user"] == erin.name
+                                   and s["state"] == "waiting for moderators"), None), 10,
+                     "erin's session listed as waiting for moderators")
     # carol's role allows peer in anyone's sessions but denies it in moderated ones:
     # deny wins; and an observer does not count as a moderator.
     denied = people["carol"].ssh("-tt", f"root@{NODE}", "join", sid, "--mode", "peer")
@@ -194,6 +195,8 @@ def test_a_moderated_session_waits_for_a_moderator_and_ends_when_the_last_one_le
     owner.expect_exact(f"{frank.name} joined as moderator")
     assert "it starts now" not in owner.before  # carol's joining did not start it
     owner.expect_exact("it starts now")
+    wait_until(lambda: [s for s in _sessions(frank) if s["id"] == sid
+                        and s["state"] == "active"], 10, "the session listed as active")
     owner.sendline("echo MOD-$((4+4))")
     owner.expect_exact("MOD-8")
     moderator.expect_exact("MOD-8")
@@ -229,6 +232,8 @@ def test_on_leave_pause_holds_the_session_until_a_moderator_is_back(
     first.send("q")
     first.expect(pexpect.EOF)
     owner.expect_exact("paused until a moderator joins")
+    wait_until(lambda: [s for s in _sessions(frank) if s["id"] == sid
+                        and s["state"] == "paused"], 10, "the session listed as paused")
     owner.send("echo TYPED-$((5*5))\r")  # dropped: nothing reaches a paused session
     flag.touch()  # the shell's loop now prints, into the pause: held until it resumes
     with pytest.raises(pexpect.TIMEOUT):

@@ -38,6 +38,7 @@ class Recorder:
         self.typed: list[bytes] = []
         self.ended: list[str] = []
         self.tasks: list[asyncio.Future[None]] = []
+        self.states: list[str] = []
 
     def session(self, requirements: list[RequireSessionJoin]) -> SharedSession:
         async def terminate(message: str, reason: str) -> None:
@@ -47,7 +48,7 @@ class Recorder:
             self.tasks.append(asyncio.ensure_future(coro))
 
         return SharedSession("alice", self.owner_lines.append, self.typed.append,
-                             requirements, terminate, spawn)
+                             requirements, terminate, spawn, self.states.append)
 
 
 def party(user: str, mode: str, roles: list[str], seen: list[bytes]) -> Party:
@@ -93,6 +94,7 @@ async def test_a_paused_session_resumes_when_a_moderator_is_back() -> None:
     shared.join(party("frank", "moderator", ["aud"], []))
     assert not shared.paused
     assert rec.owner_lines[-1] == "limen: a moderator is back; the session resumes"
+    assert rec.states == ["active", "paused", "active"]  # what limen sessions ls shows
 
 
 async def test_the_last_moderator_leaving_ends_the_session_under_terminate() -> None:

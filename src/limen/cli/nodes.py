@@ -62,10 +62,10 @@ def cmd_sessions_ls(args: argparse.Namespace) -> int:
         sessions = client.get("/v1/sessions")
     rows = [
         (s["id"], s["user"], s["login"], s["node"], _kind(s), s["started"], s["remote_addr"],
-         ", ".join(s.get("parties") or []))
+         ", ".join(s.get("parties") or []), s.get("state", ""))
         for s in sessions
     ]
-    headers = ["Id", "User", "Login", "Node", "Kind", "Started", "From", "Parties"]
+    headers = ["Id", "User", "Login", "Node", "Kind", "Started", "From", "Parties", "State"]
     emit(sessions, args.format, table(headers, rows) if rows else "No live sessions.")
     return 0
 

@@ -161,6 +161,16 @@ class ClusterObserver:
         if self.audit is not None:
             await self.audit.on_output(session_id, data, stream)
 
+    async def on_session_state(self, session_id: str, state: str) -> None:
+        tracker = self._trackers.get(session_id)
+        if tracker is None or tracker.spec.state == state:
+            return
+        tracker.spec.state = state
+        try:
+            await self.link.upsert_session(tracker)
+        except Exception as exc:  # noqa: BLE001 - the session must not die with the tracker
+            log.warning("could not update session %s: %s", session_id, exc)
+
     async def _party_changed(self, name: str, fields: dict[str, Any]) -> None:
         """limen sessions ls shows who is in a session: the owner, then the joiners."""
         tracker = self._trackers.get(str(fields.get("sid")))

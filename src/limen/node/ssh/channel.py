@@ -191,7 +191,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self._conn.node.session_started(ctx)
         status: ExitStatus | None = None
         try:
-            if ctx.shared is not None and not await self._moderators_present(ctx.shared):
+            if ctx.shared is not None and not await self._moderators_present(ctx, ctx.shared):
                 return
             status = await self._execute(self._plan)
             self._close(status)
@@ -206,14 +206,17 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     def _shared(self, ctx: SessionContext,
                 moderation: list[RequireSessionJoin]) -> SharedSession:
+        node = self._conn.node
         return SharedSession(ctx.identity.user, self._write_line, self._inbox.put, moderation,
-                             ctx.terminate, self._conn.node.spawn)
+                             ctx.terminate, node.spawn,
+                             lambda state: node.session_state(ctx.id, state))
 
-    async def _moderators_present(self, shared: SharedSession) -> bool:
+    async def _moderators_present(self, ctx: SessionContext, shared: SharedSession) -> bool:
         """Wait until the owner's roles' moderators have joined (require_session_join);
         False when the session ended meanwhile."""
         if shared.paused:
             self._write_line(shared.waiting_line())
+            self._conn.node.session_state(ctx.id, "waiting for moderators")
             await self._until(shared.wait_running())
         if self._lost or self._ending:
             self._close(ExitStatus(1))

@@ -92,6 +92,11 @@ class NodeObserver(Protocol):
         a file-transfer protocol's bytes, to count rather than store). Keep it cheap."""
         ...
 
+    async def on_session_state(self, session_id: str, state: str) -> None:
+        """A live session's state changed: active, or waiting for moderators, or paused
+        (require_session_join); what limen sessions ls shows."""
+        ...
+
 
 class NullObserver:
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
@@ -101,6 +106,9 @@ class NullObserver:
         return None  # nothing to record with: no recording was promised
 
     async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
+        return None
+
+    async def on_session_state(self, session_id: str, state: str) -> None:
         return None
 
 

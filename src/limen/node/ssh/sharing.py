@@ -36,13 +36,15 @@ class SharedSession:
     def __init__(self, owner: str, say_owner: Say, feed: Callable[[bytes], None],
                  requirements: list[RequireSessionJoin],
                  terminate: Callable[[str, str], Awaitable[None]],
-                 spawn: Callable[[Awaitable[None]], None]) -> None:
+                 spawn: Callable[[Awaitable[None]], None],
+                 on_state: Callable[[str], None] = lambda state: None) -> None:
         self.owner = owner
         self._say_owner = say_owner
         self._feed = feed
         self.requirements = requirements
         self._terminate = terminate
         self._spawn = spawn
+        self._on_state = on_state  # active, waiting for moderators, paused
         self.parties: list[Party] = []
         self.participants: list[str] = []  # everyone who ever joined, in order
         self._running = asyncio.Event()  # clear while waiting for moderators, or paused
@@ -75,6 +77,7 @@ class SharedSession:
         if self.moderated_enough():
             if self.paused:
                 self._running.set()
+                self._on_state("active")
                 if self.started:
                     self._announce("limen: a moderator is back; the session resumes")
             return
@@ -87,6 +90,7 @@ class SharedSession:
                 "(on_leave: terminate)", "moderator left"))
             return
         self._running.clear()
+        self._on_state("paused")
         self._announce("limen: the last moderator left; the session is paused until a "
                        "moderator joins (on_leave: pause)")
 
