@@ -342,12 +342,21 @@ class RecordingFailure(NodeSessionEvent):
     success: bool | None = None
 
 
-class SessionJoin(NodeSessionEvent):
+class SessionJoin(NodeEvent):
+    """Someone joined a session of this node (the user is the joiner, from their
+    certificate), or was refused: then ``sid`` only when the session is live here."""
+
     TYPE = types.SESSION_JOIN
+    FAILURE = types.SESSION_JOIN_FAILURE
+    sid: str | None = None
+    mode: str | None = None  # observer, peer or moderator (as asked, when refused)
+    success: bool | None = None
+    error: str | None = None
 
 
 class SessionLeave(NodeSessionEvent):
     TYPE = types.SESSION_LEAVE
+    mode: str | None = None
 
 
 # -- sessions on the auth service --------------------------------------------------------------

@@ -33,12 +33,16 @@ def editor() -> Role:
 def auditor() -> Role:
     return Role.model_validate(
         {
-            "metadata": {"name": "auditor", "description": "read events, sessions, recordings"},
+            "metadata": {"name": "auditor", "description": "read events, sessions, "
+                         "recordings; watch or moderate sessions"},
             "spec": {
                 "allow": {
                     "rules": [
                         {"resources": ["event", "session", "recording"], "verbs": ["list", "read"]}
-                    ]
+                    ],
+                    # As Teleport's auditor preset: watch and moderate anyone's sessions.
+                    "join_sessions": [{"name": "auditor oversight", "roles": ["*"],
+                                       "kinds": ["*"], "modes": ["observer", "moderator"]}],
                 }
             },
         }

@@ -53,6 +53,7 @@ from limen.auth.web_sso import WebFlow, WebSSO, button_url
 from limen.clock import Clock
 from limen.errors import AccessDenied, NotFound
 from limen.rbac import AccessChecker
+from limen.rbac.joining import join_modes
 from limen.resources import Instance, JoinToken, Lock, Node, NodePresence, Session, User
 
 if TYPE_CHECKING:
@@ -247,11 +248,33 @@ class AuthFacade:
         return [(n, p) for n, p in nodes if checker.can_access_node(n.metadata.labels)]
 
     async def list_sessions(self) -> list[Session]:
-        """Everyone sees their own live sessions; the rule on session (list) shows all."""
+        """Everyone sees their own live sessions, and the interactive ones their roles let
+        them join (join_sessions); the rule on session (list) shows all."""
         sessions = await self.auth.tracking.list_sessions()
         if await self._allows("session", "list"):
             return sessions
-        return [s for s in sessions if s.spec.user == self.caller.user]
+        checker = await self.checker()
+        return [s for s in sessions
+                if s.spec.user == self.caller.user or await self._may_join(checker, s)]
+
+    async def _may_join(self, checker: AccessChecker, session: Session) -> bool:
+        return bool(await self._modes(checker, session))
+
+    async def join_modes(self, session: Session) -> list[str]:
+        """The modes the caller's roles let them join this session in (none for their
+        own); what to offer, while the node decides again when they join."""
+        if session.spec.user == self.caller.user:
+            return []
+        return await self._modes(await self.checker(), session)
+
+    async def _modes(self, checker: AccessChecker, session: Session) -> list[str]:
+        if not session.spec.interactive:
+            return []
+        try:
+            owner = await self.auth.ctx.stores.users.get(session.spec.user)
+        except NotFound:
+            return []
+        return join_modes(checker, list(owner.spec.roles))
 
     # -- users ---------------------------------------------------------------------------
 

@@ -32,7 +32,10 @@ class Tracking:
             if binding is not None and binding.user is not None:
                 session.spec.user = binding.user
                 session.spec.login = binding.login or session.spec.login
-                session.spec.parties = [binding.user]
+                # The owner as proven; then whoever the node says joined (the node
+                # judged their certificates, and may only speak of its own sessions).
+                joined = [p for p in session.spec.parties[1:] if p != binding.user]
+                session.spec.parties = [binding.user, *joined]
         session.metadata.expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
         return await self.ctx.stores.sessions.upsert(session)
 

@@ -14,7 +14,7 @@ from limen.errors import LimenError
 # only: start-up time is what people feel on every `limen ssh`, and most of it would be
 # importing libraries other commands need (HTTP, YAML, tables, pydantic).
 MODULES = ("daemon", "users", "tokens", "resources", "account", "nodes", "ssh", "audit",
-           "recordings", "proxy_cmd")
+           "recordings", "proxy_cmd", "sharing")
 COMMANDS = {
     "start": "daemon", "configure": "daemon",
     "users": "users", "tokens": "tokens",
@@ -24,7 +24,7 @@ COMMANDS = {
     "ls": "nodes", "nodes": "nodes", "sessions": "nodes",
     "ssh": "ssh", "scp": "ssh", "config": "ssh",
     "audit": "audit", "recordings": "recordings", "play": "recordings",
-    "proxy": "proxy_cmd",
+    "proxy": "proxy_cmd", "join": "sharing",
 }
 
 

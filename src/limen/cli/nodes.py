@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sessions_ls = cmds.add_parser("ls", help="list live sessions")
     add_format_flag(sessions_ls)
     sessions_ls.set_defaults(func=cmd_sessions_ls)
+    kill = cmds.add_parser("kill", help="end a live session (as a moderator of it)")
+    kill.add_argument("session_id", metavar="SESSION_ID")
+    kill.add_argument("-l", dest="login", help="your login on that node (default as ssh)")
+    kill.set_defaults(func=cmd_sessions_kill)
 
 
 def _client() -> APIClient:
@@ -61,12 +65,19 @@ def cmd_sessions_ls(args: argparse.Namespace) -> int:
     with _client() as client:
         sessions = client.get("/v1/sessions")
     rows = [
-        (s["id"], s["user"], s["login"], s["node"], _kind(s), s["started"], s["remote_addr"])
+        (s["id"], s["user"], s["login"], s["node"], _kind(s), s["started"], s["remote_addr"],
+         ", ".join(s.get("parties") or []), s.get("state", ""))
         for s in sessions
     ]
-    headers = ["Id", "User", "Login", "Node", "Kind", "Started", "From"]
+    headers = ["Id", "User", "Login", "Node", "Kind", "Started", "From", "Parties", "State"]
     emit(sessions, args.format, table(headers, rows) if rows else "No live sessions.")
     return 0
+
+
+def cmd_sessions_kill(args: argparse.Namespace) -> int:
+    from limen.cli.sharing import cmd_kill
+
+    return cmd_kill(args)
 
 
 def _connection(node: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from limen.durations import parse_duration
 from limen.errors import BadParameter
 from limen.resources.base import Resource
+from limen.resources.session_policy import JoinSessionRule, RequireSessionJoin
 
 _TEMPLATE = re.compile(
     r"^\{\{\s*((internal|external)\.[A-Za-z0-9_:-]+|"
@@ -61,6 +62,10 @@ class RoleConditions(BaseModel):
     logins: list[str] = Field(default_factory=list)
     node_labels: dict[str, str | list[str]] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
+    # Session sharing (resources/session_policy.py): who may join whose sessions, and
+    # (allow only) which sessions of this role's holders need moderators present.
+    join_sessions: list[JoinSessionRule] = Field(default_factory=list)
+    require_session_join: list[RequireSessionJoin] = Field(default_factory=list)
 
     @field_validator("logins")
     @classmethod
@@ -160,6 +165,14 @@ class RoleSpec(BaseModel):
     allow: RoleConditions = Field(default_factory=RoleConditions)
     deny: RoleConditions = Field(default_factory=RoleConditions)
     options: RoleOptions = Field(default_factory=RoleOptions)
+
+    @field_validator("deny")
+    @classmethod
+    def _no_denied_requirement(cls, value: RoleConditions) -> RoleConditions:
+        if value.require_session_join:
+            raise ValueError("require_session_join belongs under allow: a requirement "
+                             "cannot be denied")
+        return value
 
 
 class Role(Resource):

@@ -125,9 +125,8 @@ class NodeAudit:
             self._unrecorded.discard(sid)  # refused before it started: nothing to end
         if name == "session.end" and sid:
             self._session_ended(sid, fields)
-            # One party per session today (a shell or command on one channel); joining
-            # sessions will add more.
-            if fields.get("user"):
+            # The session says who joined it (limen.node.ssh.sharing); alone, its owner.
+            if fields.get("user") and not fields.get("participants"):
                 fields = {**fields, "participants": [fields["user"]]}
         await self.report(name, fields)
         if name == "session.end" and sid:

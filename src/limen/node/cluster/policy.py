@@ -26,7 +26,9 @@ from limen.node.ssh.policy import (
     destinations_of,
 )
 from limen.rbac import AccessChecker
+from limen.rbac.joining import check_join, moderation
 from limen.resources import Session
+from limen.resources.session_policy import RequireSessionJoin
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,25 @@ class ClusterPolicy:
         permit = self._permit(base, checker, identity)
         self._check_action(permit, action, detail)
         return permit
+
+    async def check_join(self, joiner: UserIdentity, owner: str, mode: str) -> list[str]:
+        """Both users' current roles, from the cache: the joiner's certificate names who
+        joins; nothing else they send is believed."""
+        checker = await self._checker(joiner.user, f"user {joiner.user} no longer exists")
+        owners = await self._checker(owner, f"the session's owner {owner} no longer exists")
+        check_join(checker, owner, owners.role_names, mode)
+        return checker.role_names
+
+    async def moderation(self, owner: UserIdentity) -> list[RequireSessionJoin]:
+        return moderation(await self._checker(owner.user, f"user {owner.user} no longer exists"))
+
+    async def _checker(self, user: str, missing: str) -> AccessChecker:
+        try:
+            return await self.cache.checker_for(user)
+        except NotFound:
+            raise AccessDenied(missing) from None
+        except ConnectionProblem as exc:
+            raise AccessDenied(exc.message) from None
 
     @staticmethod
     def _permit(
@@ -110,6 +131,7 @@ class ClusterObserver:
         self.node_id = node_id
         self.node_name = node_name
         self.audit = audit
+        self._trackers: dict[str, Session] = {}  # live sessions, to update their parties
 
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
         fields = {**fields, "server_id": self.node_id, "server_hostname": self.node_name}
@@ -119,9 +141,13 @@ class ClusterObserver:
             else:
                 await self.link.report_event(name, fields)
             if name == "session.start":
-                await self.link.upsert_session(self._tracker(fields))
+                tracker = self._trackers[str(fields["sid"])] = self._tracker(fields)
+                await self.link.upsert_session(tracker)
             elif name == "session.end" and fields.get("sid"):
+                self._trackers.pop(str(fields["sid"]), None)
                 await self.link.end_session(str(fields["sid"]))
+            elif name in ("session.join", "session.leave") and fields.get("success") is not False:
+                await self._party_changed(name, fields)
         except Exception as exc:  # noqa: BLE001 - the session must not die with the reporter
             log.warning("could not report %s to the auth service: %s", name, exc)
 
@@ -134,6 +160,29 @@ class ClusterObserver:
     async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
         if self.audit is not None:
             await self.audit.on_output(session_id, data, stream)
+
+    async def on_session_state(self, session_id: str, state: str) -> None:
+        tracker = self._trackers.get(session_id)
+        if tracker is None or tracker.spec.state == state:
+            return
+        tracker.spec.state = state
+        try:
+            await self.link.upsert_session(tracker)
+        except Exception as exc:  # noqa: BLE001 - the session must not die with the tracker
+            log.warning("could not update session %s: %s", session_id, exc)
+
+    async def _party_changed(self, name: str, fields: dict[str, Any]) -> None:
+        """limen sessions ls shows who is in a session: the owner, then the joiners."""
+        tracker = self._trackers.get(str(fields.get("sid")))
+        if tracker is None:
+            return
+        who = f"{fields.get('user')} ({fields.get('mode')})"
+        parties = tracker.spec.parties
+        if name == "session.join":
+            parties.append(who)
+        elif who in parties:
+            parties.remove(who)
+        await self.link.upsert_session(tracker)
 
     def _tracker(self, fields: dict[str, Any]) -> Session:
         started = fields.get("session_start")

@@ -26,9 +26,12 @@ from limen.errors import AccessDenied, LimenError
 from limen.node.process.executor import Child, ExitStatus, TermSize, spawn
 from limen.node.process.fdstream import FdStream
 from limen.node.process.inbox import InputQueue
+from limen.node.ssh.join import JoinChannel, parse_join
 from limen.node.ssh.launch import FILE_COPY_DENIED, SessionPlan, plan_session, to_term_size
 from limen.node.ssh.session import SessionContext
+from limen.node.ssh.sharing import SharedSession
 from limen.node.ssh.transfer_gate import TransferFollower, TransferGate
+from limen.resources.session_policy import RequireSessionJoin
 from limen.transfer.sftp import SftpFollower
 
 if TYPE_CHECKING:
@@ -38,6 +41,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 STDERR = asyncssh.EXTENDED_DATA_STDERR
+# A command, scp or sftp has no terminal to watch: under require_session_join it would
+# run unseen, so it does not run (as in Teleport).
+UNMODERATABLE = ("your roles require a moderator in your sessions (require_session_join), "
+                 "and only a session with a terminal can be moderated: use ssh -t")
 UNRECORDABLE = ("this session cannot be recorded, and your role requires recording "
                 "(record_session: strict)")
 
@@ -55,6 +62,7 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         self._child: Child | None = None
         self._plan: SessionPlan | None = None
         self._gate: TransferGate | None = None
+        self._join: JoinChannel | None = None  # this channel joins another session
         self._inbox = InputQueue(self._pause_input, self._resume_input)
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -96,8 +104,13 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
     # -- asyncssh hooks: traffic ---------------------------------------------------
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._join is not None:
+            self._join.data_received(data)
+            return
         if self.ctx is not None:
             self.ctx.touch(rx=len(data))
+            if self.ctx.shared is not None and self.ctx.shared.paused:
+                return  # nothing runs unseen while moderators are awaited
         self._inbox.put(data)
 
     def eof_received(self) -> bool:
@@ -106,11 +119,16 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
                               pixheight: int) -> None:
+        if self._join is not None:
+            return  # a joiner sees the session at its own size; theirs changes nothing
         size = to_term_size((width, height, pixwidth, pixheight))
         self._term_size = size
         if self.ctx is not None:
             self.ctx.term_size = size
             self._spawn_task(self._conn.node.emit("resize", self.ctx.fields(size=str(size))))
+            if self.ctx.shared is not None:  # joiners see it at the session's size
+                self.ctx.shared.tell_parties(
+                    f"limen: the session's terminal is now {size.cols}x{size.rows}")
         if self._child is not None:
             self._child.resize(size)
 
@@ -130,6 +148,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel is gone (client left): stop the session's processes."""
         self._lost = True
+        if self._join is not None:
+            self._join.lost()
         self._can_write.set()
         self._conn.channel_closed(self)
         self._inbox.discard()
@@ -142,11 +162,19 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
     async def _run(self) -> None:
         assert self.ctx is not None and self._chan is not None
         ctx = self.ctx
+        request = parse_join(ctx.kind, ctx.command)
+        if request is not None:
+            self._join = JoinChannel(self._conn, self._chan, self._term_type, request)
+            await self._join.run()
+            return
         try:
             self._plan = await plan_session(
                 self._conn, ctx, self._chan.get_environment(), self._term_type,
                 self._chan.get_agent_path(),
             )
+            moderation = await self._conn.node.policy.moderation(ctx.identity)
+            if moderation and not ctx.interactive:
+                raise AccessDenied(UNMODERATABLE)
         except LimenError as exc:
             await self._refuse(exc)
             return
@@ -157,10 +185,14 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if not await self._recording_ready(ctx):
             return
         # session.start is on record before the user's process can do anything.
+        if ctx.interactive:
+            ctx.shared = self._shared(ctx, moderation)
         await ctx.start(self._terminate)
         self._conn.node.session_started(ctx)
         status: ExitStatus | None = None
         try:
+            if ctx.shared is not None and not await self._moderators_present(ctx, ctx.shared):
+                return
             status = await self._execute(self._plan)
             self._close(status)
             await self._emit_command_events(status)
@@ -168,7 +200,39 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             if self._child is not None:
                 self._child.close()
             self._conn.node.session_ended(ctx)
+            if ctx.shared is not None:
+                ctx.shared.close("limen: the session has ended")
             await ctx.finish(status)
+
+    def _shared(self, ctx: SessionContext,
+                moderation: list[RequireSessionJoin]) -> SharedSession:
+        node = self._conn.node
+        return SharedSession(ctx.identity.user, self._write_line, self._inbox.put, moderation,
+                             ctx.terminate, node.spawn,
+                             lambda state: node.session_state(ctx.id, state))
+
+    async def _moderators_present(self, ctx: SessionContext, shared: SharedSession) -> bool:
+        """Wait until the owner's roles' moderators have joined (require_session_join);
+        False when the session ended meanwhile."""
+        if shared.paused:
+            self._write_line(shared.waiting_line())
+            self._conn.node.session_state(ctx.id, "waiting for moderators")
+            await self._until(shared.wait_running())
+        if self._lost or self._ending:
+            self._close(ExitStatus(1))
+            return False
+        shared.started = True
+        if shared.requirements:
+            self._write_line("limen: moderated session; it starts now")
+        return True
+
+    async def _until(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Await ``coro`` unless the session is ended or abandoned first."""
+        waiter = asyncio.ensure_future(coro)
+        try:
+            await asyncio.wait({waiter, self._stop_output}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
 
     async def _recording_ready(self, ctx: SessionContext) -> bool:
         """Open the recording; False when the session was refused for want of one."""
@@ -244,6 +308,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
             if not data:
                 return
             ctx.touch(tx=len(data))
+            if ctx.shared is not None and ctx.shared.paused:
+                await self._until(ctx.shared.wait_running())  # on_leave: pause
             kind = name
             if gate is not None and gate.following:
                 if not await gate.from_process(data):
@@ -254,6 +320,8 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
                 self._chan.write(data, datatype)
             except OSError:  # channel already closed
                 return
+            if ctx.shared is not None:
+                ctx.shared.output(data)  # the same bytes, recorded once, to every party
             await self._writable()
 
     async def _writable(self) -> None:
@@ -311,8 +379,12 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         """SessionContext's closer: tell the user, hang up, kill what lingers."""
         self._ending = True
         self._write_line(message)
+        if self.ctx is not None and self.ctx.shared is not None:
+            self.ctx.shared.close(message)
         if self._child is not None:
             self._hang_up(self._child)
+        else:
+            self._stop_output_now()  # not started (waiting for moderators): stop waiting
 
     def _hang_up(self, child: Child) -> None:
         child.signal_group(signal.SIGHUP)

@@ -15,6 +15,10 @@ from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied
 from limen.node.forwarding.destinations import Destination, destination_admitted
 from limen.node.ssh.identity import UserIdentity
+from limen.resources.session_policy import RequireSessionJoin
+
+STANDALONE_JOIN = ("joining sessions needs the cluster's roles; this node runs standalone "
+                   "and lets nobody join")
 
 ACTIONS = frozenset({"session", "exec", "shell", "subsystem", "port_forward", "remote_forward",
                      "agent_forward"})
@@ -62,6 +66,15 @@ class NodePolicy(Protocol):
         """
         ...
 
+    async def check_join(self, joiner: UserIdentity, owner: str, mode: str) -> list[str]:
+        """The joiner's role names when their roles let them join ``owner``'s sessions in
+        ``mode``; else AccessDenied with the reason (see limen.rbac.joining)."""
+        ...
+
+    async def moderation(self, owner: UserIdentity) -> list[RequireSessionJoin]:
+        """The owner's require_session_join policies for an interactive session."""
+        ...
+
 
 class NodeObserver(Protocol):
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
@@ -79,6 +92,11 @@ class NodeObserver(Protocol):
         a file-transfer protocol's bytes, to count rather than store). Keep it cheap."""
         ...
 
+    async def on_session_state(self, session_id: str, state: str) -> None:
+        """A live session's state changed: active, or waiting for moderators, or paused
+        (require_session_join); what limen sessions ls shows."""
+        ...
+
 
 class NullObserver:
     async def on_event(self, name: str, fields: dict[str, Any]) -> None:
@@ -88,6 +106,9 @@ class NullObserver:
         return None  # nothing to record with: no recording was promised
 
     async def on_session_output(self, session_id: str, data: bytes, stream: str) -> None:
+        return None
+
+    async def on_session_state(self, session_id: str, state: str) -> None:
         return None
 
 
@@ -130,6 +151,12 @@ class CertPolicy:
         if action == "agent_forward" and not permit.forward_agent:
             raise AccessDenied("agent forwarding is not allowed for you")
         return permit
+
+    async def check_join(self, joiner: UserIdentity, owner: str, mode: str) -> list[str]:
+        raise AccessDenied(STANDALONE_JOIN)
+
+    async def moderation(self, owner: UserIdentity) -> list[RequireSessionJoin]:
+        return []
 
     def permit_for(self, identity: UserIdentity) -> SessionPermit:
         return SessionPermit(

@@ -221,6 +221,16 @@ class NodeServer:
         except Exception:
             log.exception("observer failed to take output of session %s", session_id)
 
+    def session_state(self, session_id: str, state: str) -> None:
+        """Tell the observer (session trackers) a session's new state, in the background."""
+        self.spawn(self._session_state(session_id, state))
+
+    async def _session_state(self, session_id: str, state: str) -> None:
+        try:
+            await self.observer.on_session_state(session_id, state)
+        except Exception:
+            log.exception("observer failed on the state of session %s", session_id)
+
     def emit_soon(self, name: str, fields: dict[str, Any]) -> None:
         """emit() from a synchronous callback."""
         self.spawn(self.emit(name, fields))

@@ -19,6 +19,7 @@ from typing import Any
 from limen.node.process.executor import ExitStatus, TermSize
 from limen.node.ssh.identity import UserIdentity
 from limen.node.ssh.policy import SessionPermit
+from limen.node.ssh.sharing import SharedSession
 from limen.timers import TimerHandle, Timers
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class SessionContext:
     tx_bytes: int = 0  # node -> user
     rx_bytes: int = 0  # user -> node
     last_activity: datetime | None = None
+    shared: SharedSession | None = None  # an interactive session's other parties
 
     def __post_init__(self) -> None:
         self._closer: Closer | None = None
@@ -122,7 +124,13 @@ class SessionContext:
             exit_code=status.as_int if status else None,
             exit_signal=status.signal if status else None,
             reason=self.end_reason,
+            participants=self._participants(),
         ))
+
+    def _participants(self) -> list[str] | None:
+        """Who took part: the owner, then everyone who joined (None: nobody joined)."""
+        joined = self.shared.participants if self.shared is not None else []
+        return [self.identity.user, *joined] if joined else None
 
     async def wait_ended(self) -> None:
         await asyncio.shield(self._ended)

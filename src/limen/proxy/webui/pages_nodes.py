@@ -88,7 +88,8 @@ def add_routes(app: FastAPI, state: WebUIState) -> None:
         live = sorted(await visitor.api.list_sessions(), key=lambda s: s.spec.started,
                       reverse=True)
         reachable = {node.name: node for node, _ in await visitor.api.list_nodes()}
-        rows = [(session, _join_logins(visitor, session, reachable)) for session in live]
+        rows = [(session, _join_logins(visitor, session, reachable),
+                 await visitor.api.join_modes(session)) for session in live]
         return render(state, request, "sessions.html", visitor=visitor, title="Sessions",
                       rows=rows, now=state.auth.ctx.clock.now(),
                       may_read_recordings=visitor.may("recording", "read"))
