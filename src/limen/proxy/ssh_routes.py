@@ -27,6 +27,7 @@ class NodeRoute:
     name: str
     host: str
     port: int
+    kind: str = ""  # "openssh": an agentless node, whose SSH the proxy ends (proxy/openssh)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,13 @@ class JumpPolicy(Protocol):
 
     async def connection_deadline(self, identity: JumpIdentity) -> datetime | None:
         """When the identity's connections end by themselves (None: they do not)."""
+        ...
+
+
+class NodeOpener(Protocol):
+    async def open(self, identity: JumpIdentity, route: NodeRoute,
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream to an SSH server the proxy runs for an agentless node."""
         ...
 
 

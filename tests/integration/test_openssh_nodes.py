@@ -1,0 +1,184 @@
+"""Agentless OpenSSH nodes: a stock /usr/sbin/sshd (no Limen code on its side),
+configured with exactly the lines `limen nodes add --openssh` printed, reached through
+the proxy by `limen ssh` and stock ssh, scp and sftp; the proxy records and audits the
+sessions, ends them on a lock, refuses users whose roles do not reach the node's labels,
+and refuses an sshd that cannot prove it is the node.
+
+The module shares one cluster and one registered sshd; tests that change the sshd or
+the registration make nodes of their own.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from limen.sshauth import read_certificate
+from tests.proxy.support import SSHD, free_port, wait_until
+from tests.support.cluster import ClusterHarness
+from tests.support.recordings import complete_recording, printed_text, recordings_of
+from tests.support.ssh_access import (
+    CLUSTER,
+    SshUser,
+    new_user,
+    unique,
+)
+from tests.support.ssh_access import wait_until as wait_for
+
+BASE_SSHD = (
+    "ListenAddress 127.0.0.1\n"
+    "AuthorizedKeysFile none\n"
+    "PasswordAuthentication no\n"
+    "KbdInteractiveAuthentication no\n"
+    "PermitRootLogin prohibit-password\n"
+    "UsePAM no\n"
+    "StrictModes no\n"
+    "PidFile none\n"
+    "LogLevel VERBOSE\n"
+    "UseDNS no\n"
+    "Subsystem sftp internal-sftp\n"
+)
+
+
+class StockSshd:
+    """/usr/sbin/sshd -D -e -f CFG on 127.0.0.1, with the printed lines."""
+
+    def __init__(self, root: Path, port: int, limen_lines: str) -> None:
+        self.port = port
+        self.config = root / "sshd_config"
+        self.config.write_text(f"Port {port}\n" + BASE_SSHD + limen_lines)
+        self.log = root / "sshd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StockSshd:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        check = subprocess.run([SSHD, "-t", "-f", str(self.config)], capture_output=True,
+                               text=True)
+        assert check.returncode == 0, check.stderr
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                         start_new_session=True)
+        wait_until(lambda: "Server listening" in self.log.read_text(), 10, "sshd to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            import os
+            import signal
+
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+
+
+@dataclass
+class Registered:
+    name: str
+    node_id: str
+    out: Path
+    printed: str
+    sshd: StockSshd
+
+
+def register(cluster: ClusterHarness, root: Path, name: str, labels: str,
+             port: int | None = None) -> tuple[str, Path, int]:
+    port = port or free_port()
+    out = root / f"{name}-files"
+    added = cluster.admin("nodes", "add", "--openssh", name, "--addr", f"127.0.0.1:{port}",
+                          "--labels", labels, "--out", str(out), "--install-dir", str(out))
+    assert added.returncode == 0, added.stderr
+    return added.stdout, out, port
+
+
+def sshd_lines(printed: str) -> str:
+    """The sshd_config lines, as a person copies them from what was printed."""
+    keys = ("TrustedUserCAKeys", "HostKey", "HostCertificate", "AuthorizedPrincipalsCommand")
+    return "".join(line.strip() + "\n" for line in printed.splitlines()
+                   if line.strip().split(" ", 1)[0] in keys or
+                   line.strip().startswith("AuthorizedPrincipalsCommandUser"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHarness]:
+    harness = ClusterHarness(tmp_path_factory.mktemp("openssh")).start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+@pytest.fixture(scope="module")
+def node(cluster: ClusterHarness, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Registered]:
+    root = tmp_path_factory.mktemp("sshd")
+    name = unique("legacy")
+    printed, out, port = register(cluster, root, name, "env=legacy")
+    sshd = StockSshd(root, port, sshd_lines(printed)).start()
+    node_id = re.search(r"\(id ([0-9a-f-]{36})\)", printed).group(1)  # type: ignore[union-attr]
+    try:
+        yield Registered(name, node_id, out, printed, sshd)
+    finally:
+        sshd.stop()
+
+
+def legacy_role(cluster: ClusterHarness, tmp_path: Path) -> str:
+    doc = tmp_path / "legacy-role.yaml"
+    doc.write_text("kind: role\nversion: v7\nmetadata:\n  name: legacy-ops\nspec:\n"
+                   "  allow:\n    logins: [root]\n    node_labels: {env: legacy}\n")
+    created = cluster.admin("create", "-f", str(doc), "--force")
+    assert created.returncode == 0, created.stderr
+    return "legacy-ops"
+
+
+@pytest.fixture(scope="module")
+def alice(cluster: ClusterHarness, node: Registered, tmp_path_factory: pytest.TempPathFactory
+          ) -> SshUser:
+    role = legacy_role(cluster, tmp_path_factory.mktemp("roles"))
+    return new_user(cluster, "alice", roles=f"access,{role}", logins="root")
+
+
+# -- registering ----------------------------------------------------------------------------
+
+
+def test_add_prints_what_the_host_needs(node: Registered, alice: SshUser) -> None:
+    printed = node.printed
+    assert "TrustedUserCAKeys" in printed and "HostCertificate" in printed
+    assert f"AuthorizedPrincipalsCommand /bin/echo limen-openssh/{node.node_id}/%u" in printed
+    assert "limen nodes cert" in printed  # how to renew
+    assert (node.out / "limen_host_key").stat().st_mode & 0o777 == 0o600
+    cert = asyncssh.read_certificate(str(node.out / "limen_host_key-cert.pub"))
+    assert read_certificate(cert).key_id == node.node_id
+    assert f"{node.name}.{CLUSTER}" in cert.principals
+    user_ca = (node.out / "limen_user_ca.pub").read_text().split()
+    assert user_ca[1] in printed
+    listed = {n["name"]: n for n in alice.limen("ls", "--format", "json").json()}
+    assert listed[node.name]["connection"] == "openssh"
+    assert listed[node.name]["labels"] == {"env": "legacy"}
+    assert listed[node.name]["kind"] == "openssh"
+
+
+# -- reaching it ----------------------------------------------------------------------------
+
+
+def test_limen_ssh_reaches_it_and_the_output_is_recorded(
+    cluster: ClusterHarness, node: Registered, alice: SshUser
+) -> None:
+    result = alice.limen("ssh", f"root@{node.name}", "echo agentless-$((6*7)); exit 3")
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "agentless-42\n"
+    start = wait_for(lambda: cluster.events_of("session.start", user=alice.name,
+                                               server_id=node.node_id), 10, "session.start")
+    sid = start[0]["sid"]
+    assert start[0]["server_hostname"] == node.name and start[0]["login"] == "root"
+    wait_for(lambda: cluster.events_of("session.end", sid=sid), 10, "session.end")
+    assert cluster.events_of("exec", sid=sid)[0]["exit_code"] == 3
+    auditor = new_user(cluster, "auditor", roles="auditor", logins="root")
+    complete_recording(auditor, sid)
+    assert "agentless-42" in printed_text(auditor, sid)
+    assert recordings_of(auditor, alice.name)[0]["node"] == node.name
