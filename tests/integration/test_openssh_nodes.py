@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+import pexpect
 import pytest
 
 from limen.sshauth import read_certificate
@@ -26,7 +27,10 @@ from tests.support.recordings import complete_recording, printed_text, recording
 from tests.support.ssh_access import (
     CLUSTER,
     SshUser,
+    clean_env,
     new_user,
+    random_file,
+    sha256_file,
     unique,
 )
 from tests.support.ssh_access import wait_until as wait_for
@@ -182,3 +186,47 @@ def test_limen_ssh_reaches_it_and_the_output_is_recorded(
     complete_recording(auditor, sid)
     assert "agentless-42" in printed_text(auditor, sid)
     assert recordings_of(auditor, alice.name)[0]["node"] == node.name
+
+
+def test_stock_ssh_scp_and_sftp_reach_it(
+    cluster: ClusterHarness, node: Registered, alice: SshUser, tmp_path: Path
+) -> None:
+    target = f"root@{node.name}.{CLUSTER}"
+    stock = alice.ssh(target, "echo stock-$((1+1))")
+    assert (stock.returncode, stock.stdout) == (0, b"stock-2\n"), stock.stderr
+
+    sent = random_file(tmp_path / "up.bin", 3)
+    remote = f"/tmp/{unique('limen-openssh')}.bin"
+    up = alice.tool("scp", str(sent), f"{target}:{remote}")
+    assert up.returncode == 0, up.stderr
+    assert sha256_file(Path(remote)) == sha256_file(sent)
+    back = tmp_path / "back.bin"
+    down = subprocess.run(
+        ["sftp", "-F", str(alice.config), "-o", "BatchMode=yes", "-b", "-", target],
+        input=f"get {remote} {back}\n", capture_output=True, text=True, env=clean_env(),
+        timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert sha256_file(back) == sha256_file(sent)
+    Path(remote).unlink()
+
+    files = wait_for(lambda: [e for e in cluster.events_of("sftp", user=alice.name)
+                              if e.get("path", "").endswith(remote)], 10, "sftp events")
+    actions = {e["action"] for e in files}
+    assert {"upload", "download"} <= actions
+    upload = next(e for e in files if e["action"] == "upload")
+    assert upload["sha256"] == sha256_file(sent) and upload["len"] == 3 << 20
+    assert upload["server_id"] == node.node_id
+
+
+def test_interactive_shell_with_a_pty(node: Registered, alice: SshUser) -> None:
+    argv = alice.ssh_argv("-tt", f"root@{node.name}.{CLUSTER}")
+    shell = pexpect.spawn(argv[0], argv[1:], env=clean_env(), timeout=20, dimensions=(33, 101))
+    try:
+        shell.sendline("stty size; tty; echo pty-$((2*21))")
+        shell.expect("pty-42")
+        assert b"33 101" in shell.before and b"/dev/pts/" in shell.before
+        shell.sendline("exit 5")
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.close()
+    assert shell.exitstatus == 5

@@ -87,7 +87,7 @@ class OpenSSHGateway:
             server_factory=lambda: FrontServer(self, identity, route, node),
             server_host_keys=[self.key], server_host_certs=[self._front_cert(node)],
             password_auth=False, kbdint_auth=False, gss_host=None, agent_forwarding=False,
-            x11_forwarding=False, login_timeout=30, **self.algs,
+            x11_forwarding=False, line_editor=False, login_timeout=30, **self.algs,
         )
         ours, theirs = socket.socketpair()
         loop = asyncio.get_running_loop()
