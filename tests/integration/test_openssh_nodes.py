@@ -230,3 +230,127 @@ def test_interactive_shell_with_a_pty(node: Registered, alice: SshUser) -> None:
     finally:
         shell.close()
     assert shell.exitstatus == 5
+
+
+# -- locks, roles, and an sshd that is not the node ------------------------------------------
+
+
+def test_a_lock_ends_the_session_with_its_message(
+    cluster: ClusterHarness, node: Registered, tmp_path: Path
+) -> None:
+    bob = new_user(cluster, "bob", roles=f"access,{legacy_role(cluster, tmp_path)}",
+                   logins="root")
+    argv = bob.ssh_argv("-tt", f"root@{node.name}.{CLUSTER}")
+    shell = pexpect.spawn(argv[0], argv[1:], env=clean_env(), timeout=20)
+    locked = None
+    try:
+        shell.sendline("echo ready-$((3*3))")
+        shell.expect("ready-9")
+        locked = cluster.admin("lock", "--user", bob.name, "--message", "incident 15",
+                               "--format", "json")
+        assert locked.returncode == 0, locked.stderr
+        shell.expect("incident 15", timeout=5)
+        shell.expect(pexpect.EOF, timeout=5)
+    finally:
+        shell.close()
+        if locked is not None:
+            cluster.admin("rm", f"lock/{locked.json()['metadata']['name']}")
+    end = wait_for(lambda: cluster.events_of("session.end", user=bob.name,
+                                             server_id=node.node_id), 10, "session.end")
+    assert end[0]["reason"] == "locked"
+
+
+def test_a_user_whose_roles_miss_the_labels_is_refused_at_the_proxy(
+    cluster: ClusterHarness, node: Registered, alice: SshUser, tmp_path: Path
+) -> None:
+    doc = tmp_path / "dev-only.yaml"
+    doc.write_text("kind: role\nversion: v7\nmetadata:\n  name: dev-only\nspec:\n"
+                   "  allow:\n    logins: [root]\n    node_labels: {env: dev}\n")
+    assert cluster.admin("create", "-f", str(doc), "--force").returncode == 0
+    carol = new_user(cluster, "carol", roles="dev-only", logins="root")  # env=dev only
+    refused = carol.limen("ssh", f"root@{node.name}", "echo never")
+    assert refused.returncode != 0
+    assert "never" not in refused.stdout
+    assert f"do not allow access to node {node.name}" in refused.stderr
+    stock = carol.ssh(f"root@{node.name}.{CLUSTER}", "echo never")
+    assert stock.returncode == 255 and b"never" not in stock.stdout
+    denied = cluster.events_of("proxy.connect", user=carol.name, allowed=False)
+    assert denied and {e["server_hostname"] for e in denied} >= {node.name}
+    assert not cluster.events_of("session.start", user=carol.name)
+
+    # A login the roles stopped granting after the certificate was issued: the current
+    # roles decide, before the sshd hears of it.
+    def dave_role(logins: str) -> None:
+        doc.write_text("kind: role\nversion: v7\nmetadata:\n  name: dave-role\nspec:\n"
+                       f"  allow:\n    logins: [{logins}]\n    node_labels: {{env: legacy}}\n")
+        assert cluster.admin("create", "-f", str(doc), "--force").returncode == 0
+
+    dave_role("root, nobody")
+    dave = new_user(cluster, "dave", roles="dave-role", logins="root,nobody")
+    dave_role("root")
+    wrong = dave.limen("ssh", f"nobody@{node.name}", "echo never")
+    assert wrong.returncode != 0 and "never" not in wrong.stdout
+    assert "do not allow the login 'nobody'" in wrong.stderr, wrong.stderr
+    rejected = wait_for(lambda: cluster.events_of("session.rejected", user=dave.name), 10,
+                        "session.rejected")
+    assert rejected[0]["server_id"] == node.node_id
+
+
+def test_a_limen_users_own_certificate_does_not_open_the_sshd(
+    node: Registered, alice: SshUser
+) -> None:
+    """Only the proxy's session certificates open it: straight to the sshd with the
+    login certificate (principal root, same user CA) is refused by sshd itself."""
+    direct = subprocess.run(
+        ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-i", alice.status["key_path"], "-o", f"CertificateFile={alice.status['cert_path']}",
+         "-p", str(node.sshd.port), "root@127.0.0.1", "echo direct"],
+        capture_output=True, env=clean_env(), timeout=30)
+    assert direct.returncode == 255 and b"direct" not in direct.stdout
+    assert b"Permission denied" in direct.stderr
+
+
+def _impostor(cluster: ClusterHarness, root: Path, name: str, host_lines: str
+              ) -> tuple[str, StockSshd]:
+    printed, out, port = register(cluster, root, name, "env=legacy")
+    lines = "".join(line + "\n" for line in sshd_lines(printed).splitlines()
+                    if not line.startswith(("HostKey", "HostCertificate")))
+    return printed, StockSshd(root, port, lines + host_lines).start()
+
+
+def test_an_sshd_without_the_clusters_host_certificate_is_refused(
+    cluster: ClusterHarness, alice: SshUser, tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(plain)],
+                   check=True)
+    name = unique("impostor")
+    _, sshd = _impostor(cluster, tmp_path, name, f"HostKey {plain}\n")
+    try:
+        refused = alice.limen("ssh", f"root@{name}", "echo never")
+        assert refused.returncode != 0 and "never" not in refused.stdout
+        assert "presents no host certificate" in refused.stderr, refused.stderr
+        stock = alice.ssh(f"root@{name}.{CLUSTER}", "echo never")
+        assert b"never" not in stock.stdout
+        assert b"presents no host certificate" in stock.stderr, stock.stderr
+        assert cluster.events_of("session.rejected", user=alice.name, server_hostname=name)
+    finally:
+        sshd.stop()
+
+
+def test_an_sshd_with_another_nodes_certificate_is_refused(
+    cluster: ClusterHarness, node: Registered, alice: SshUser, tmp_path: Path
+) -> None:
+    """Certified by the right CA, but for the other node's key and id: not this node."""
+    name = unique("copycat")
+    _, sshd = _impostor(cluster, tmp_path, name,
+                        f"HostKey {node.out / 'limen_host_key'}\n"
+                        f"HostCertificate {node.out / 'limen_host_key-cert.pub'}\n")
+    try:
+        refused = alice.limen("ssh", f"root@{name}", "echo never")
+        assert refused.returncode != 0 and "never" not in refused.stdout
+        assert "did not prove it is that node" in refused.stderr, refused.stderr
+        assert f"{node.node_id}'s" in refused.stderr
+    finally:
+        sshd.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,17 @@ class OpenSSHGateway:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.uploader.stop()
+
+    def end_sessions(self, applies: Callable[[JumpIdentity, NodeRoute, str], bool],
+                     message: str, reason: str) -> int:
+        """End the relayed sessions (identity, node, login) that ``applies`` picks."""
+        ended = 0
+        for front in list(self.fronts):
+            for relay in list(front.relays):
+                if applies(front.identity, front.route, relay.login):
+                    relay.end(reason, message)
+                    ended += 1
+        return ended
 
     def _front_cert(self, node: Node) -> asyncssh.SSHCertificate:
         now = self.clock.now()

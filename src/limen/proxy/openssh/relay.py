@@ -223,9 +223,13 @@ class SessionRelay:
         for event in events:
             self.gateway.spawn(self.emit("sftp", **event))
 
-    def end(self, reason: str) -> None:
-        """End the session from outside (the user's connection closed, a lock)."""
+    def end(self, reason: str, message: str = "") -> None:
+        """End the session from outside (the user's connection closed, a lock), telling
+        the person at the other end why when there is something to say."""
         self.reason = self.reason or reason
+        if message:
+            with contextlib.suppress(Exception):
+                self.stderr.write(f"\r\n{message}\r\n".encode())
         if self.upstream is not None:
             self.upstream.close()
 

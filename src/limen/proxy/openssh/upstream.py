@@ -1,7 +1,8 @@
 """The proxy's SSH client connection to an OpenSSH node's sshd.
 
 The host key is judged inside the key exchange, before the proxy authenticates: the
-sshd must present a host certificate (only certificate algorithms are offered) from the
+sshd must present a host certificate (certificate algorithms are offered first; a plain
+key is offered for too, only so that the refusal can say what it was) from the
 cluster's host CA, ``role@limen: openssh``, key id = the node's id, for the host key the
 node's registration names, valid now. Anything else ends the connection with a sentence
 for the user, and the sshd never sees the session's certificate.
@@ -16,10 +17,10 @@ import asyncssh
 
 from limen.clock import Clock
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem
-from limen.proxy.node_verify import CERT_ALGS, AddressGuard
+from limen.proxy.node_verify import AddressGuard
 from limen.proxy.ssh_routes import NODE_DIAL_TIMEOUT, NodeRoute, dial_failure
 from limen.resources import Node
-from limen.sshalgs import hardened_options
+from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 from limen.sshauth import CertFacts, TrustedKeys, judge_host, read_certificate
 
 ROLE = "openssh"
@@ -31,8 +32,9 @@ def judge_sshd(blob: bytes, node: Node, host_cas: TrustedKeys, cluster: str,
     try:
         facts = read_certificate(blob)
     except BadParameter:
-        raise AccessDenied("it presented a plain host key, not a host certificate from "
-                           "this cluster (install the one limen nodes cert prints)") from None
+        raise AccessDenied("its sshd presents no host certificate, only a plain host key "
+                           "(install the one limen nodes add or limen nodes cert printed)"
+                           ) from None
     registered = node.spec.host_key.split()[:2]
 
     def revoked(cert: CertFacts) -> str | None:
@@ -59,7 +61,7 @@ class _Judged(asyncssh.SSHClient):
                 self._check(bytes(key_data))
             except AccessDenied as exc:
                 self.refusal = exc.message
-                raise ValueError(exc.message) from None
+                raise asyncssh.HostKeyNotVerifiable(exc.message) from None
             return validate(key_data)
 
         conn.validate_server_host_key = judged  # type: ignore[method-assign]
@@ -82,7 +84,7 @@ async def dial_sshd(route: NodeRoute, node: Node, guard: AddressGuard, host_cas:
         return await asyncio.wait_for(asyncssh.connect(
             target.host, target.port, username=login, client_keys=[(key, cert)],
             known_hosts=None, agent_path=None, config=[], preferred_auth="publickey",
-            client_factory=lambda: client, server_host_key_algs=CERT_ALGS,
+            client_factory=lambda: client, server_host_key_algs=HOST_KEY_ALGS,
             kex_algs=algs["kex_algs"], encryption_algs=algs["encryption_algs"],
             mac_algs=algs["mac_algs"], compression_algs=algs["compression_algs"],
         ), timeout)
@@ -95,8 +97,10 @@ async def dial_sshd(route: NodeRoute, node: Node, guard: AddressGuard, host_cas:
         raise refused(route, "its sshd presents no host certificate (install the one "
                              "limen nodes add or limen nodes cert printed)") from None
     except asyncssh.HostKeyNotVerifiable:
-        raise refused(route, f"its sshd did not prove it is that node: {client.refusal}") \
-            from None
+        why = client.refusal or "its host key could not be verified"
+        if "presents no host certificate" not in why:
+            why = f"its sshd did not prove it is that node: {why}"
+        raise refused(route, why) from None
     except (OSError, asyncssh.Error) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, asyncssh.Error):
             raise dial_failure(target, exc, timeout) from None
