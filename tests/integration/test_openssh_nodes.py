@@ -10,7 +10,9 @@ the registration make nodes of their own.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,11 +74,16 @@ class StockSshd:
         wait_until(lambda: "Server listening" in self.log.read_text(), 10, "sshd to listen")
         return self
 
+    def reload(self) -> None:
+        """SIGHUP: sshd starts again with its files read anew, as `systemctl reload`."""
+        assert self.proc is not None
+        listening = self.log.read_text().count("Server listening")
+        self.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: self.log.read_text().count("Server listening") > listening, 10,
+                   "sshd to listen again")
+
     def stop(self) -> None:
         if self.proc is not None:
-            import os
-            import signal
-
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)
 
@@ -232,6 +239,44 @@ def test_interactive_shell_with_a_pty(node: Registered, alice: SshUser) -> None:
     assert shell.exitstatus == 5
 
 
+def check_health(cluster: ClusterHarness) -> None:
+    """One round of the proxy's health check, now (it runs every 30 s by itself)."""
+    assert cluster.service.jump is not None and cluster.service.jump.openssh is not None
+    cluster.run(cluster.service.jump.openssh.health.check_all())
+
+
+def test_health_shows_in_ls(cluster: ClusterHarness, node: Registered, alice: SshUser) -> None:
+    check_health(cluster)
+    listed = {n["name"]: n for n in alice.limen("ls", "--format", "json").json()}
+    assert (listed[node.name]["state"], listed[node.name]["online"]) == ("ok", True)
+    row = next(line for line in alice.limen("ls").stdout.splitlines() if node.name in line)
+    assert "openssh" in row and "offline" not in row and "ok" in row
+
+
+def test_renewing_the_host_certificate(
+    cluster: ClusterHarness, node: Registered, alice: SshUser, tmp_path: Path
+) -> None:
+    """limen nodes cert over the host key the sshd already has; the sshd picks the new
+    certificate up at its next reload and is still the node."""
+    renewed = cluster.admin("nodes", "cert", node.name, "--pubkey",
+                            str(node.out / "limen_host_key.pub"), "--ttl", "90d",
+                            "--out", str(tmp_path), "--install-dir", str(node.out))
+    assert renewed.returncode == 0, renewed.stderr
+    new = read_certificate((tmp_path / "limen_host_key-cert.pub").read_text())
+    old = read_certificate((node.out / "limen_host_key-cert.pub").read_text())
+    assert new.key_id == old.key_id and new.serial != old.serial
+    assert new.valid_before > old.valid_before
+    (node.out / "limen_host_key-cert.pub").write_text(
+        (tmp_path / "limen_host_key-cert.pub").read_text())
+    node.sshd.reload()
+    again = alice.limen("ssh", f"root@{node.name}", "echo renewed")
+    assert again.stdout == "renewed\n", again.stderr
+
+    other = cluster.admin("nodes", "cert", "node1", "--pubkey",
+                          str(node.out / "limen_host_key.pub"), "--out", str(tmp_path))
+    assert other.returncode != 0 and "not an OpenSSH node" in other.stderr
+
+
 # -- locks, roles, and an sshd that is not the node ------------------------------------------
 
 
@@ -328,6 +373,12 @@ def test_an_sshd_without_the_clusters_host_certificate_is_refused(
     name = unique("impostor")
     _, sshd = _impostor(cluster, tmp_path, name, f"HostKey {plain}\n")
     try:
+        check_health(cluster)
+        listed = {n["name"]: n for n in alice.limen("ls", "--format", "json").json()}
+        assert listed[name]["online"] is False
+        assert "presents no host certificate" in listed[name]["state"]
+        assert "openssh (offline)" in alice.limen("ls").stdout
+
         refused = alice.limen("ssh", f"root@{name}", "echo never")
         assert refused.returncode != 0 and "never" not in refused.stdout
         assert "presents no host certificate" in refused.stderr, refused.stderr

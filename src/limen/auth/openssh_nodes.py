@@ -62,6 +62,7 @@ class OpenSSHCert:
     addr: str
     labels: dict[str, str]
     host_cert: str  # OpenSSH certificate line
+    host_key: str  # the certified public key (OpenSSH line)
     user_ca: str  # the user CA's public key (for TrustedUserCAKeys)
     principal_prefix: str  # limen-openssh/ID/ : then the login
     expires: str
@@ -157,6 +158,7 @@ class OpenSSHNodes:
             node_id=node.name, name=node.spec.hostname, addr=node.spec.addr,
             labels=dict(node.metadata.labels),
             host_cert=cert.export_certificate("openssh").decode().strip(),
+            host_key=node.spec.host_key,
             user_ca=authorized_keys_line(self.ctx.cas.user_ca).removeprefix(
                 "cert-authority ").strip(),
             principal_prefix=principal(node.name, ""),

@@ -85,6 +85,7 @@ def _finish(args: argparse.Namespace, issued: dict[str, Any], private: bytes | N
     key_path = install / HOST_KEY
     if private is not None:
         write_private(out / HOST_KEY, private)
+        (out / f"{HOST_KEY}.pub").write_text(issued["host_key"] + "\n")
         cert_name = f"{HOST_KEY}-cert.pub"
     else:  # OpenSSH finds a certificate by its key's path; the admin names that key
         key_path = Path(args.pubkey).with_suffix("")

@@ -79,5 +79,6 @@ async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
     health = OpenSSHHealth(gateway)
     health.start()
     jump.openssh = gateway
+    gateway.health = health
     jump.on_stop.extend([health.stop, gateway.stop])
     return jump

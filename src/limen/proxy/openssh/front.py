@@ -53,6 +53,7 @@ class OpenSSHGateway:
         self.uploader = RecordingUploader(link, recordings)
         self.fronts: set[FrontServer] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.health: Any = None  # the OpenSSHHealth checking these nodes, once started
 
     def spawn(self, coro: Any) -> None:
         """Run an audit write in the background, keeping a reference until it is done."""

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING
 
 from limen.errors import LimenError, NotFound
 from limen.hostport import split_host_port
-from limen.proxy.node_verify import fetch_host_certificate
-from limen.proxy.openssh.upstream import judge_sshd, refused
-from limen.proxy.ssh_routes import NODE_DIAL_TIMEOUT, NodeRoute
+from limen.proxy.openssh.upstream import probe_sshd
+from limen.proxy.ssh_routes import NodeRoute
 from limen.resources import Node
 
 if TYPE_CHECKING:
@@ -33,11 +32,10 @@ async def check_node(gateway: OpenSSHGateway, node: Node) -> str:
     host, port = split_host_port(node.spec.addr)
     route = NodeRoute(node.name, node.spec.hostname, host, port, kind="openssh")
     try:
-        target = await gateway.guard.dialable(route)
-        blob = await fetch_host_certificate(target, NODE_DIAL_TIMEOUT)
-        judge_sshd(blob, node, gateway.host_cas, gateway.link.cluster, gateway.clock.now())
+        await probe_sshd(route, node, gateway.guard, gateway.host_cas, gateway.link.cluster,
+                         gateway.clock)
     except LimenError as exc:
-        return exc.message if "OpenSSH node" in exc.message else refused(route, exc.message).message
+        return exc.message
     return "ok"
 
 

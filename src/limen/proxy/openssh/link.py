@@ -20,7 +20,7 @@ from limen.auth.facade import AuthFacade
 from limen.auth.identity import Identity
 from limen.auth.node_credentials import sign_host_certificate
 from limen.auth.server import AuthServer
-from limen.errors import BadParameter
+from limen.errors import BadParameter, NotFound
 from limen.resources import Node
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,10 @@ class AuthLink:
     async def set_state(self, node_id: str, state: str) -> None:
         """What the health check saw, in the node's presence (``limen ls``)."""
         store = self.auth.ctx.stores.node_presence
-        presence = await store.get(node_id)
+        try:
+            presence = await store.get(node_id)
+        except NotFound:  # removed meanwhile
+            return
         if presence.spec.state != state:
             presence.spec.state = state
             presence.spec.since = self.auth.ctx.clock.now()

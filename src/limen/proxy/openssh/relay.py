@@ -110,8 +110,13 @@ class SessionRelay:
         key = asyncssh.generate_private_key("ssh-ed25519")
         cert = await gw.link.session_cert(self.identity.user, self.login, self.node.name,
                                           key.export_public_key("openssh").decode())
-        conn = await dial_sshd(self.route, self.node, gw.guard, gw.host_cas, gw.link.cluster,
-                               gw.clock, self.login, key, cert)
+        try:
+            conn = await dial_sshd(self.route, self.node, gw.guard, gw.host_cas,
+                                   gw.link.cluster, gw.clock, self.login, key, cert)
+        except LimenError as exc:
+            gw.spawn(gw.link.set_state(self.node.name, exc.message))
+            raise
+        gw.spawn(gw.link.set_state(self.node.name, "ok"))
         try:
             process = await conn.create_process(
                 command=self.command, subsystem=self.subsystem, term_type=self.term_type,

@@ -11,6 +11,8 @@ for the user, and the sshd never sees the session's certificate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 
 import asyncssh
@@ -80,7 +82,7 @@ async def dial_sshd(route: NodeRoute, node: Node, guard: AddressGuard, host_cas:
     target = await guard.dialable(route)
     client = _Judged(lambda blob: judge_sshd(blob, node, host_cas, cluster, clock.now()))
     algs = hardened_options()
-    try:
+    with _explained(route, target, client, timeout):
         return await asyncio.wait_for(asyncssh.connect(
             target.host, target.port, username=login, client_keys=[(key, cert)],
             known_hosts=None, agent_path=None, config=[], preferred_auth="publickey",
@@ -88,6 +90,29 @@ async def dial_sshd(route: NodeRoute, node: Node, guard: AddressGuard, host_cas:
             kex_algs=algs["kex_algs"], encryption_algs=algs["encryption_algs"],
             mac_algs=algs["mac_algs"], compression_algs=algs["compression_algs"],
         ), timeout)
+
+
+async def probe_sshd(route: NodeRoute, node: Node, guard: AddressGuard, host_cas: TrustedKeys,
+                     cluster: str, clock: Clock, timeout: float = NODE_DIAL_TIMEOUT) -> None:
+    """The key exchange alone (no authentication): does the sshd prove it is the node?"""
+    target = await guard.dialable(route)
+    client = _Judged(lambda blob: judge_sshd(blob, node, host_cas, cluster, clock.now()))
+    algs = hardened_options()
+    options = asyncssh.SSHClientConnectionOptions(
+        client_factory=lambda: client, encryption_algs=algs["encryption_algs"],
+        mac_algs=algs["mac_algs"], compression_algs=algs["compression_algs"])
+    with _explained(route, target, client, timeout):
+        await asyncio.wait_for(asyncssh.get_server_host_key(
+            target.host, target.port, options=options, config=None,
+            kex_algs=algs["kex_algs"], server_host_key_algs=HOST_KEY_ALGS), timeout)
+
+
+@contextlib.contextmanager
+def _explained(route: NodeRoute, target: NodeRoute, client: _Judged,
+               timeout: float) -> Iterator[None]:
+    """asyncssh's and the network's failures as sentences for the user."""
+    try:
+        yield
     except TimeoutError:
         raise refused(route, f"its sshd gave no SSH answer within {timeout:g} s") from None
     except asyncssh.PermissionDenied:
@@ -101,7 +126,7 @@ async def dial_sshd(route: NodeRoute, node: Node, guard: AddressGuard, host_cas:
         if "presents no host certificate" not in why:
             why = f"its sshd did not prove it is that node: {why}"
         raise refused(route, why) from None
-    except (OSError, asyncssh.Error) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, asyncssh.Error):
-            raise dial_failure(target, exc, timeout) from None
-        raise ConnectionProblem(f"OpenSSH node '{route.name}': {exc}") from None
+    except asyncssh.Error as exc:
+        raise ConnectionProblem(f"OpenSSH node '{route.name}': {exc.reason or exc}") from None
+    except OSError as exc:
+        raise dial_failure(target, exc, timeout) from None
