@@ -405,3 +405,25 @@ def test_an_sshd_with_another_nodes_certificate_is_refused(
         assert f"{node.node_id}'s" in refused.stderr
     finally:
         sshd.stop()
+
+
+def test_registering_is_for_admins_and_checks_its_input(
+    cluster: ClusterHarness, node: Registered, alice: SshUser, tmp_path: Path
+) -> None:
+    def add(*args: str, user: SshUser | None = None) -> str:
+        argv = ("nodes", "add", "--out", str(tmp_path / "out"), *args)
+        result = user.limen(*argv) if user else cluster.admin(*argv)
+        assert result.returncode != 0, result.stdout
+        assert "Traceback" not in result.stderr
+        return result.stderr
+
+    assert "you may not create node" in add("--openssh", unique("x"), "--addr", "127.0.0.1:22",
+                                            user=alice)
+    assert cluster.events_of("access.denied", user=alice.name, resource="node")
+    assert "already registered" in add("--openssh", node.name, "--addr", "127.0.0.1:22")
+    assert "is not HOST:PORT" in add("--openssh", unique("x"), "--addr", "127.0.0.1")
+    assert "169.254.169.254" in add("--openssh", unique("x"), "--addr", "169.254.169.254:22")
+    bad = tmp_path / "bad.pub"
+    bad.write_text("ssh-ed25519 not-a-key\n")
+    assert "not a valid OpenSSH public key" in add("--openssh", unique("x"), "--addr",
+                                                   "127.0.0.1:22", "--pubkey", str(bad))
