@@ -214,6 +214,10 @@ def test_stock_ssh_scp_and_sftp_reach_it(
         timeout=60)
     assert down.returncode == 0, down.stderr
     assert sha256_file(back) == sha256_file(sent)
+    again = tmp_path / "again.bin"
+    ours = alice.limen("scp", f"root@{node.name}:{remote}", str(again))
+    assert ours.returncode == 0, ours.stderr
+    assert sha256_file(again) == sha256_file(sent)
     Path(remote).unlink()
 
     files = wait_for(lambda: [e for e in cluster.events_of("sftp", user=alice.name)
