@@ -16,6 +16,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import asyncssh
@@ -33,6 +34,7 @@ from tests.support.ssh_access import (
     new_user,
     random_file,
     sha256_file,
+    signed_up,
     unique,
 )
 from tests.support.ssh_access import wait_until as wait_for
@@ -431,3 +433,31 @@ def test_registering_is_for_admins_and_checks_its_input(
     bad.write_text("ssh-ed25519 not-a-key\n")
     assert "not a valid OpenSSH public key" in add("--openssh", unique("x"), "--addr",
                                                    "127.0.0.1:22", "--pubkey", str(bad))
+
+
+# Last in the module: it moves the cluster's clock ahead of the sshd's.
+def test_expiry_ends_the_session_saying_why(
+    cluster: ClusterHarness, node: Registered, tmp_path: Path
+) -> None:
+    doc = tmp_path / "short.yaml"
+    doc.write_text("kind: role\nversion: v7\nmetadata:\n  name: legacy-short\nspec:\n"
+                   "  allow:\n    logins: [root]\n    node_labels: {env: legacy}\n"
+                   "  options:\n    disconnect_expired_cert: true\n")
+    assert cluster.admin("create", "-f", str(doc), "--force").returncode == 0
+    person = signed_up(cluster, unique("brief"), "legacy-short", "root")
+    assert cluster.login(person, "--ttl", "5m").returncode == 0
+    config = person.home / "ssh_config"
+    config.write_text(cluster.cli("config", home=person.home).stdout)
+    shell = pexpect.spawn("ssh", ["-F", str(config), "-o", "BatchMode=yes", "-tt",
+                                  f"root@{node.name}.{CLUSTER}"], env=clean_env(), timeout=20)
+    try:
+        shell.sendline("echo live-$((5*5))")
+        shell.expect("live-25")
+        cluster.clock.advance(timedelta(minutes=6))
+        shell.expect("certificate expired", timeout=5)
+        shell.expect(pexpect.EOF, timeout=5)
+    finally:
+        shell.close(force=True)
+    end = wait_for(lambda: cluster.events_of("session.end", user=person.name), 10,
+                   "session.end")
+    assert end[0]["reason"] == "certificate expired"
