@@ -23,6 +23,9 @@ import asyncssh
 import pexpect
 import pytest
 
+from limen.auth.facade import AuthFacade
+from limen.auth.identity import Identity
+from limen.errors import AccessDenied
 from limen.sshauth import read_certificate
 from tests.proxy.support import SSHD, free_port, wait_until
 from tests.support.cluster import ClusterHarness
@@ -433,6 +436,30 @@ def test_registering_is_for_admins_and_checks_its_input(
     bad.write_text("ssh-ed25519 not-a-key\n")
     assert "not a valid OpenSSH public key" in add("--openssh", unique("x"), "--addr",
                                                    "127.0.0.1:22", "--pubkey", str(bad))
+
+
+def test_only_the_proxy_obtains_session_certificates(
+    cluster: ClusterHarness, node: Registered, alice: SshUser
+) -> None:
+    """A person, or a node, asking the auth service for a certificate that opens the sshd
+    is refused and audited; the proxy's own identity gets one only within the roles."""
+    auth = cluster.service.auth
+    assert auth is not None
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode()
+    for caller in (Identity(user=alice.name, roles=["access", "legacy-ops"]),
+                   Identity(user=node.node_id, builtin="node")):
+        with pytest.raises(AccessDenied, match="only the proxy"):
+            cluster.run(AuthFacade(auth, caller).openssh_session_cert(
+                alice.name, "root", node.node_id, key))
+    assert cluster.events_of("access.denied", user=alice.name, verb="connect")
+    proxy = AuthFacade(auth, Identity(user="proxy", builtin="proxy"))
+    cert = read_certificate(cluster.run(proxy.openssh_session_cert(
+        alice.name, "root", node.node_id, key)).export_certificate("openssh"))
+    assert cert.principals == (f"limen-openssh/{node.node_id}/root",)
+    assert cert.key_id == alice.name
+    assert (cert.valid_before - cert.valid_after).total_seconds() <= 180
+    with pytest.raises(AccessDenied):  # a login alice's roles do not grant there
+        cluster.run(proxy.openssh_session_cert(alice.name, "postgres", node.node_id, key))
 
 
 # Last in the module: it moves the cluster's clock ahead of the sshd's.
