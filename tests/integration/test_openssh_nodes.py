@@ -171,6 +171,8 @@ def test_add_prints_what_the_host_needs(node: Registered, alice: SshUser) -> Non
     cert = asyncssh.read_certificate(str(node.out / "limen_host_key-cert.pub"))
     assert read_certificate(cert).key_id == node.node_id
     assert f"{node.name}.{CLUSTER}" in cert.principals
+    # Clients trust the host CA for any name: a loopback address is never certified.
+    assert "127.0.0.1" not in cert.principals
     user_ca = (node.out / "limen_user_ca.pub").read_text().split()
     assert user_ca[1] in printed
     listed = {n["name"]: n for n in alice.limen("ls", "--format", "json").json()}
@@ -430,6 +432,9 @@ def test_registering_is_for_admins_and_checks_its_input(
                                             user=alice)
     assert cluster.events_of("access.denied", user=alice.name, resource="node")
     assert "already registered" in add("--openssh", node.name, "--addr", "127.0.0.1:22")
+    for reserved in ("localhost", "proxy", node.node_id, "10.1.2.3"):
+        assert "is reserved or an address" in add("--openssh", reserved, "--addr",
+                                                  "127.0.0.1:22")
     assert "is not HOST:PORT" in add("--openssh", unique("x"), "--addr", "127.0.0.1")
     assert "169.254.169.254" in add("--openssh", unique("x"), "--addr", "169.254.169.254:22")
     bad = tmp_path / "bad.pub"

@@ -35,12 +35,13 @@ from limen.auth import node_credentials as creds
 from limen.auth.ca import authorized_keys_line, sign_user_cert
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
+from limen.auth.join import JoinService
 from limen.auth.locks import LockService
 from limen.auth.node_registry import NodeRegistry
 from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
 from limen.hostport import split_host_port
 from limen.netpolicy import check_advertised
-from limen.resources import Node, NodePresence, validate_name
+from limen.resources import Node, NodePresence
 from limen.services.node_names import NameTaken
 
 KIND = "openssh"
@@ -69,10 +70,11 @@ class OpenSSHCert:
 
 
 class OpenSSHNodes:
-    def __init__(self, ctx: AuthContext, nodes: NodeRegistry, locks: LockService,
-                 checker_for_user) -> None:
+    def __init__(self, ctx: AuthContext, nodes: NodeRegistry, join: JoinService,
+                 locks: LockService, checker_for_user) -> None:
         self.ctx = ctx
         self.nodes = nodes
+        self.join = join
         self.locks = locks
         self.checker_for_user = checker_for_user
 
@@ -80,13 +82,16 @@ class OpenSSHNodes:
 
     async def add(self, actor: Identity, name: str, addr: str, labels: dict[str, str],
                   public_key: str, ttl: timedelta | None) -> OpenSSHCert:
-        validate_name(name, "node name")
         _check_addr(addr)
+        # Every client trusts the host CA for any name: the same names and addresses a
+        # joining node may not have certified (the proxy's, loopback, ids) are refused.
+        self.join.check_host_claims(name, addr, public_key)
         check_advertised(addr, self.ctx.settings.node_networks)
         key = creds.import_host_key(public_key)
         ttl = _ttl(ttl)
-        if await self.nodes.names.holder(name) is not None:
-            raise NameTaken(name, (await self.nodes.names.holder(name)) or "")
+        holder = await self.nodes.names.holder(name)
+        if holder is not None:
+            raise NameTaken(name, holder)
         node_id = str(uuid.uuid4())
         principals = self._principals(node_id, name, addr)
         serial = creds.new_serial()
@@ -149,8 +154,10 @@ class OpenSSHNodes:
 
     def _principals(self, node_id: str, name: str, addr: str) -> list[str]:
         cluster = self.ctx.settings.cluster_name
-        host = split_host_port(addr, 22)[0]
-        return list(dict.fromkeys([node_id, name, f"{name}.{cluster}", host]))
+        principals = [node_id, name, f"{name}.{cluster}"]
+        if self.join.claimable_addr(addr):  # never loopback or the proxy's names
+            principals.append(split_host_port(addr, 22)[0])
+        return list(dict.fromkeys(principals))
 
     def _issued(self, node: Node, cert: asyncssh.SSHCertificate) -> OpenSSHCert:
         expires = node.spec.credentials_expire

@@ -48,7 +48,8 @@ class AuthServer:
         self.nodes = NodeRegistry(ctx)
         self.node_renewal = NodeRenewal(ctx, self.nodes)
         self.join = JoinService(ctx, self.nodes)
-        self.openssh = OpenSSHNodes(ctx, self.nodes, self.locks, self.checker_for_user)
+        self.openssh = OpenSSHNodes(ctx, self.nodes, self.join, self.locks,
+                                    self.checker_for_user)
         if ctx.audit_store is None:
             from limen.backend.audit_memory import MemoryAuditStore
 
