@@ -236,6 +236,25 @@ def test_stock_ssh_scp_and_sftp_reach_it(
     assert upload["server_id"] == node.node_id
 
 
+def test_legacy_scp_is_followed_file_by_file(
+    cluster: ClusterHarness, node: Registered, alice: SshUser, tmp_path: Path
+) -> None:
+    target = f"root@{node.name}.{CLUSTER}"
+    sent = random_file(tmp_path / "legacy.bin", 1)
+    remote = f"/tmp/{unique('limen-scp')}.bin"
+    up = alice.tool("scp", "-O", str(sent), f"{target}:{remote}")
+    assert up.returncode == 0, up.stderr
+    back = tmp_path / "legacy-back.bin"
+    down = alice.tool("scp", "-O", f"{target}:{remote}", str(back))
+    assert down.returncode == 0, down.stderr
+    assert sha256_file(back) == sha256_file(sent)
+    Path(remote).unlink()
+    files = wait_for(lambda: [e for e in cluster.events_of("scp", user=alice.name)
+                              if e.get("path") == remote], 10, "scp events")
+    assert {e["action"] for e in files} == {"upload", "download"}
+    assert all(e["sha256"] == sha256_file(sent) and e["len"] == 1 << 20 for e in files)
+    assert all(e["server_id"] == node.node_id for e in files)
+
 def test_interactive_shell_with_a_pty(node: Registered, alice: SshUser) -> None:
     argv = alice.ssh_argv("-tt", f"root@{node.name}.{CLUSTER}")
     shell = pexpect.spawn(argv[0], argv[1:], env=clean_env(), timeout=20, dimensions=(33, 101))

@@ -6,10 +6,10 @@ allow the login there and no lock says otherwise (a refusal is ``session.rejecte
 a sentence on the user's stderr). Then the sshd must prove it is the node
 (``upstream``), the recording is opened (asciicast v2 in the proxy's data dir,
 uploaded to the same store as nodes' recordings), and the bytes are copied with flow
-control both ways. Output of a shell or command is recorded; an SFTP session's bytes
-are counted and each file is an ``sftp`` event, followed from the protocol as on
-nodes. ``session.start``, ``exec``, ``session.data`` and ``session.end`` name the node
-by its registration.
+control both ways. Output of a shell or command is recorded; an SFTP or legacy scp
+session's bytes are counted and each file is an ``sftp`` or ``scp`` event, followed
+from the protocol as on nodes. ``session.start``, ``exec``, ``session.data`` and
+``session.end`` name the node by its registration.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import posixpath
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from limen.proxy.ssh_routes import JumpIdentity, NodeRoute
 from limen.recording.cast import CastWriter, LocalRecording
 from limen.resources import Node
 from limen.sshauth import CertFacts
+from limen.transfer.scp import parse_scp_command
+from limen.transfer.scp_stream import ScpFollower
 from limen.transfer.sftp import SftpFollower
 
 if TYPE_CHECKING:
@@ -62,7 +65,7 @@ class SessionRelay:
         self.upstream: asyncssh.SSHClientConnection | None = None
         self.cast: CastWriter | None = None
         self.meta: LocalRecording | None = None
-        self.follower = SftpFollower("~") if self.subsystem == "sftp" else None
+        self.follower = _follower(self.subsystem, self.command)
         self.tx = self.rx = 0
         self.reason: str | None = None
         self.started = ""
@@ -160,8 +163,8 @@ class SessionRelay:
     # -- copying ----------------------------------------------------------------------------
 
     async def _copy(self, process: asyncssh.SSHClientProcess) -> tuple[int | None, str | None]:
-        down = [asyncio.ensure_future(self._down(process.stdout, self.stdout)),
-                asyncio.ensure_future(self._down(process.stderr, self.stderr))]
+        down = [asyncio.ensure_future(self._down(process.stdout, self.stdout, process)),
+                asyncio.ensure_future(self._down(process.stderr, self.stderr, None))]
         up = asyncio.ensure_future(self._up(process))
         try:
             await asyncio.gather(*down)
@@ -172,12 +175,17 @@ class SessionRelay:
                 await up
         return process.exit_status, process.exit_signal[0] if process.exit_signal else None
 
-    async def _down(self, reader: Any, writer: SSHWriter[bytes]) -> None:
+    async def _down(self, reader: Any, writer: SSHWriter[bytes],
+                    process: asyncssh.SSHClientProcess | None) -> None:
+        """The node's output to the user (``process``: stdout, which a transfer follows)."""
         while data := await reader.read(CHUNK):
             self.tx += len(data)
             self._record(data)
-            if self.follower is not None:
+            if self.follower is not None and process is not None:
                 self._follow(self.follower.to_user, data)
+                held = self.follower.take_input()  # scp: user bytes its answer released
+                if held:
+                    process.stdin.write(held)
             writer.write(data)
             await writer.drain()
 
@@ -215,18 +223,19 @@ class SessionRelay:
         self.gateway.uploader.wake()
 
     def _follow(self, step: Any, data: bytes) -> None:
+        assert self.follower is not None
         try:
             step(data)
         except BadParameter as exc:
             self._transfer_events([{"action": "protocol_error", "error": exc.message}])
-            self.end("the SFTP stream broke the protocol")
+            self.end(f"the {self.follower.event} stream broke the protocol")
             return
-        assert self.follower is not None
         self._transfer_events(self.follower.take_events())
 
     def _transfer_events(self, events: list[dict[str, Any]]) -> None:
+        assert self.follower is not None
         for event in events:
-            self.gateway.spawn(self.emit("sftp", **event))
+            self.gateway.spawn(self.emit(self.follower.event, **event))
 
     def end(self, reason: str, message: str = "") -> None:
         """End the session from outside (the user's connection closed, a lock), telling
@@ -261,3 +270,16 @@ class SessionRelay:
             command=self.command, subsystem=self.subsystem, session_start=self.started,
             session_stop=self.gateway.clock.now().isoformat(), exit_code=code,
             exit_signal=signal, reason=self.reason, participants=[self.identity.user])
+
+
+def _follower(subsystem: str | None, command: str | None) -> SftpFollower | ScpFollower | None:
+    """What follows this session's file transfers: the sftp subsystem, or a command that
+    can be nothing but legacy scp's server (the same rule as on nodes); paths relative to
+    the login's home are shown as ``~/...`` (the proxy does not know the home)."""
+    if subsystem == "sftp":
+        return SftpFollower("~")
+    scp = parse_scp_command(command, "~", "scp") if command else None
+    if scp is None:
+        return None
+    return ScpFollower(scp.action, posixpath.join("~", scp.path),
+                       scp.target_must_be_directory or scp.recursive)
