@@ -255,6 +255,27 @@ def test_legacy_scp_is_followed_file_by_file(
     assert all(e["sha256"] == sha256_file(sent) and e["len"] == 1 << 20 for e in files)
     assert all(e["server_id"] == node.node_id for e in files)
 
+def test_file_copy_refused_by_a_role(
+    cluster: ClusterHarness, node: Registered, tmp_path: Path
+) -> None:
+    doc = tmp_path / "nocopy.yaml"
+    doc.write_text("kind: role\nversion: v7\nmetadata:\n  name: legacy-nocopy\nspec:\n"
+                   "  allow:\n    logins: [root]\n    node_labels: {env: legacy}\n"
+                   "  options:\n    ssh_file_copy: false\n")
+    assert cluster.admin("create", "-f", str(doc), "--force").returncode == 0
+    erin = new_user(cluster, "erin", roles="legacy-nocopy", logins="root")
+    target = f"root@{node.name}.{CLUSTER}"
+    remote = f"/tmp/{unique('nocopy')}"
+    for argv in (["scp", str(doc), f"{target}:{remote}"],
+                 ["scp", "-O", str(doc), f"{target}:{remote}"]):
+        refused = erin.tool(*argv)
+        assert refused.returncode != 0
+        assert not Path(remote).exists()
+    assert "file copy (scp and sftp) is not allowed" in refused.stderr
+    assert erin.ssh(target, "echo shell-ok").stdout == b"shell-ok\n"
+    rejected = cluster.events_of("session.rejected", user=erin.name)
+    assert {e["session_kind"] for e in rejected} == {"subsystem", "exec"}
+
 def test_interactive_shell_with_a_pty(node: Registered, alice: SshUser) -> None:
     argv = alice.ssh_argv("-tt", f"root@{node.name}.{CLUSTER}")
     shell = pexpect.spawn(argv[0], argv[1:], env=clean_env(), timeout=20, dimensions=(33, 101))

@@ -78,6 +78,14 @@ class AuthLink:
             user, login, node_id, public_key)
         return cert
 
+    async def file_copy_allowed(self, user: str) -> bool:
+        """Whether every one of the user's current roles allows scp and sftp."""
+        try:
+            record = await self.auth.ctx.stores.users.get(user)
+        except NotFound:
+            return False
+        return (await self.auth.checker_for_user(record)).file_copy()
+
     async def bind(self, sid: str, node: Node, user: str, login: str) -> None:
         """The session is this node's (no other reporter may claim it)."""
         await self.auth.sessions.bind(SessionBinding(sid, node.name, node.spec.hostname,

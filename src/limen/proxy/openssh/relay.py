@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh.stream import SSHReader, SSHWriter
 
-from limen.errors import BadParameter, LimenError
+from limen.errors import AccessDenied, BadParameter, LimenError
 from limen.proxy.openssh.upstream import dial_sshd
 from limen.proxy.ssh_routes import JumpIdentity, NodeRoute
 from limen.recording.cast import CastWriter, LocalRecording
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+FILE_COPY_DENIED = "file copy (scp and sftp) is not allowed for you on this node"
 
 
 class SessionRelay:
@@ -110,6 +111,9 @@ class SessionRelay:
         gw = self.gateway
         if gw.clock.now() >= self.identity.valid_before:
             raise BadParameter("your certificate expired; run limen login")
+        if self.follower is not None and not await gw.link.file_copy_allowed(
+                self.identity.user):
+            raise AccessDenied(FILE_COPY_DENIED)
         key = asyncssh.generate_private_key("ssh-ed25519")
         cert = await gw.link.session_cert(self.identity.user, self.login, self.node.name,
                                           key.export_public_key("openssh").decode())
