@@ -342,6 +342,9 @@ def test_a_lock_ends_the_session_with_its_message(
     try:
         shell.sendline("echo ready-$((3*3))")
         shell.expect("ready-9")
+        live = bob.limen("sessions", "ls", "--format", "json").json()
+        assert [(s["node"], s["login"], s["interactive"]) for s in live] == [
+            (node.name, "root", True)]
         locked = cluster.admin("lock", "--user", bob.name, "--message", "incident 15",
                                "--format", "json")
         assert locked.returncode == 0, locked.stderr

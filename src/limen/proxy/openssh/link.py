@@ -21,7 +21,7 @@ from limen.auth.identity import Identity
 from limen.auth.node_credentials import sign_host_certificate
 from limen.auth.server import AuthServer
 from limen.errors import BadParameter, NotFound
-from limen.resources import Node
+from limen.resources import Node, Session
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,17 @@ class AuthLink:
         """The session is this node's (no other reporter may claim it)."""
         await self.auth.sessions.bind(SessionBinding(sid, node.name, node.spec.hostname,
                                                      user, login))
+
+    async def track(self, session: Session) -> None:
+        """The session in `limen sessions ls` (kept there while it is refreshed)."""
+        await self.facade.upsert_session(session)
+
+    async def untrack(self, sid: str) -> None:
+        await self.facade.end_session(sid)
+
+    @property
+    def track_every(self) -> float:
+        return self.auth.ctx.settings.session_ttl.total_seconds() / 3
 
     async def emit(self, name: str, fields: dict[str, Any]) -> None:
         try:

@@ -29,7 +29,7 @@ from limen.errors import AccessDenied, BadParameter, LimenError
 from limen.proxy.openssh.upstream import dial_sshd
 from limen.proxy.ssh_routes import JumpIdentity, NodeRoute
 from limen.recording.cast import CastWriter, LocalRecording
-from limen.resources import Node
+from limen.resources import Node, Session
 from limen.sshauth import CertFacts
 from limen.transfer.scp import parse_scp_command
 from limen.transfer.scp_stream import ScpFollower
@@ -100,12 +100,33 @@ class SessionRelay:
             return
         self.upstream = upstream
         status: tuple[int | None, str | None] = (None, None)
+        tracker = asyncio.ensure_future(self._keep_listed())
         try:
             await self._start_events()
             status = await self._copy(process)
         finally:
+            tracker.cancel()
             upstream.close()
             await self._finish(status)
+
+    async def _keep_listed(self) -> None:
+        """Listed in `limen sessions ls` while it runs (the record lapses unless renewed)."""
+        session = Session.model_validate({
+            "metadata": {"name": self.sid},
+            "spec": {"user": self.identity.user, "login": self.login,
+                     "node_id": self.node.name, "node_name": self.node.spec.hostname,
+                     "interactive": self.term_type is not None,
+                     "command": self.command or self.subsystem or "",
+                     "started": self.gateway.clock.now(),
+                     "remote_addr": self.identity.remote_addr,
+                     "parties": [self.identity.user]},
+        })
+        while True:
+            try:
+                await self.gateway.link.track(session)
+            except LimenError as exc:
+                log.warning("listing session %s failed: %s", self.sid, exc.message)
+            await asyncio.sleep(self.gateway.link.track_every)
 
     async def _open(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess]:
         gw = self.gateway
@@ -253,6 +274,8 @@ class SessionRelay:
 
     async def _finish(self, status: tuple[int | None, str | None]) -> None:
         code, signal = status
+        with contextlib.suppress(LimenError):
+            await self.gateway.link.untrack(self.sid)
         if self.follower is not None:
             self._transfer_events(self.follower.finish())
         if self.cast is not None:
