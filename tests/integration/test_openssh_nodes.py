@@ -510,6 +510,28 @@ def test_only_the_proxy_obtains_session_certificates(
         cluster.run(proxy.openssh_session_cert(alice.name, "postgres", node.node_id, key))
 
 
+def test_a_node_lock_refuses_and_removal_forgets_it(
+    cluster: ClusterHarness, node: Registered, alice: SshUser, tmp_path: Path
+) -> None:
+    locked = cluster.admin("lock", "--node", node.name, "--message", "maintenance",
+                           "--ttl", "1h", "--format", "json")
+    assert locked.returncode == 0, locked.stderr
+    try:
+        refused = alice.limen("ssh", f"root@{node.name}", "echo never")
+        assert refused.returncode != 0 and "maintenance" in refused.stderr
+    finally:
+        cluster.admin("rm", f"lock/{locked.json()['metadata']['name']}")
+    assert alice.limen("ssh", f"root@{node.name}", "echo back").stdout == "back\n"
+
+    name = unique("gone")
+    register(cluster, tmp_path, name, "env=legacy")
+    removed = cluster.admin("rm", f"node/{name}")
+    assert removed.returncode == 0, removed.stderr
+    assert name not in alice.limen("ls").stdout
+    unknown = alice.limen("ssh", f"root@{name}", "true")
+    assert unknown.returncode != 0 and "is not known" in unknown.stderr
+
+
 # Last in the module: it moves the cluster's clock ahead of the sshd's.
 def test_expiry_ends_the_session_saying_why(
     cluster: ClusterHarness, node: Registered, tmp_path: Path
