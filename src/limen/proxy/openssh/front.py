@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+
+# asyncssh's stream session, subclassed below: its public process API would hand the
+# sftp subsystem to an in-process SFTP server, and here sshd must serve it (pyproject
+# pins asyncssh below 2.25; these tests cover the subclass).
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 
 from limen.clock import Clock
