@@ -93,3 +93,8 @@ NODE_REPORTED = frozenset({
 PROXY_REPORTED = frozenset({
     "auth", "proxy.connect", "proxy.disconnect", "proxy.refused", "tunnel.disconnect",
 })
+# What the proxy reports for the sessions it relays to agentless OpenSSH nodes.
+OPENSSH_REPORTED = frozenset({
+    "auth", "session.start", "session.end", "session.data", "session.rejected", "exec",
+    "resize", "scp", "sftp",
+})

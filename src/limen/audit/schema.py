@@ -469,6 +469,14 @@ def proxy_report(name: str, fields: dict[str, Any]) -> AuditEvent:
     return from_fields(name, {k: v for k, v in fields.items() if k != "cluster_name"})
 
 
+def openssh_report(name: str, fields: dict[str, Any]) -> AuditEvent:
+    """What the proxy reports about a session it relays to an OpenSSH node: the events a
+    node reports about its own sessions, with the node's registration as the server."""
+    if name not in types.OPENSSH_REPORTED:
+        raise BadParameter(f"the proxy does not report {name[:64]!r} events for OpenSSH nodes")
+    return from_fields(name, {k: v for k, v in fields.items() if k != "cluster_name"})
+
+
 # -- the written line ---------------------------------------------------------------------------
 
 CHAIN_FIELDS = ("log_id", "seq", "prev_hash", "hash")

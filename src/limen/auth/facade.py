@@ -46,6 +46,7 @@ from limen.auth.instances import list_instances
 from limen.auth.join import IssuedJoinToken, JoinRequest, JoinResult
 from limen.auth.login import ORIGIN_WEB, LoginResult
 from limen.auth.node_renewal import Renewed
+from limen.auth.openssh_nodes import OpenSSHCert
 from limen.auth.resources import canonical_kind, parse_document
 from limen.auth.users import IssuedToken, SignupChallenge
 from limen.auth.web_sessions import SignedIn, WebSessions
@@ -62,8 +63,10 @@ if TYPE_CHECKING:
 # Built-in identities that report what happens on hosts and keep access caches.
 HOSTS = frozenset({"node", "proxy", "admin"})
 NODES = frozenset({"node"})
-# Recordings are written by the node that recorded the session (or the admin, for repair).
-RECORDERS = frozenset({"node", "admin"})
+# Recordings are written by the node that recorded the session (or the admin, for repair),
+# and by the proxy for the OpenSSH nodes whose sessions it relays.
+RECORDERS = frozenset({"node", "proxy", "admin"})
+PROXIES = frozenset({"proxy"})
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,26 @@ class AuthFacade:
                           expires: datetime | None) -> Lock:
         async with self._rule("lock", "create"):
             return await self.auth.locks.create(self.caller, target, message, ttl, expires)
+
+    # -- OpenSSH nodes (limen.auth.openssh_nodes) ---------------------------------------
+
+    async def add_openssh_node(self, name: str, addr: str, labels: dict[str, str],
+                               public_key: str, ttl: timedelta | None) -> OpenSSHCert:
+        async with self._rule("node", "create"):
+            return await self.auth.openssh.add(self.caller, name, addr, labels, public_key, ttl)
+
+    async def certify_openssh_node(self, name: str, public_key: str,
+                                   ttl: timedelta | None) -> OpenSSHCert:
+        async with self._rule("node", "update"):
+            return await self.auth.openssh.certify(self.caller, name, public_key, ttl)
+
+    async def openssh_session_cert(self, user: str, login: str, node_id: str,
+                                   public_key: str) -> Any:
+        """A short-lived certificate for a session the proxy relays to an OpenSSH node:
+        only the proxy asks, and the user's current roles and locks decide."""
+        async with self._builtin(PROXIES, "node", "connect",
+                                 "only the proxy obtains certificates for OpenSSH nodes"):
+            return await self.auth.openssh.session_cert(user, login, node_id, public_key)
 
     # -- what nodes report ---------------------------------------------------------------
 

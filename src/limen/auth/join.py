@@ -230,6 +230,14 @@ class JoinService:
         names = {"proxy", "localhost", self.ctx.settings.cluster_name, socket.gethostname()}
         return {n.lower() for n in names | set(self.ctx.settings.reserved_host_names)}
 
+    def check_host_claims(self, name: str, addr: str, public_key: str) -> None:
+        """What a host certificate may name, for hosts an admin registers (OpenSSH nodes):
+        the same refusals as for a joining node."""
+        self._check_claims(JoinRequest(name=name, public_key=public_key, addr=addr))
+
+    def claimable_addr(self, addr: str) -> bool:
+        return self._claimable_addr(addr)
+
     def _claimable_addr(self, addr: str) -> bool:
         """Whether a joining node's advertised host may appear in its certificate.
 

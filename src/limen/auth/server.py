@@ -23,6 +23,7 @@ from limen.auth.locks import LockService
 from limen.auth.login import LoginService
 from limen.auth.node_registry import NodeRegistry
 from limen.auth.node_renewal import NodeRenewal
+from limen.auth.openssh_nodes import OpenSSHNodes
 from limen.auth.resources import ResourceService
 from limen.auth.tracking import Tracking
 from limen.auth.users import UserManager
@@ -47,6 +48,8 @@ class AuthServer:
         self.nodes = NodeRegistry(ctx)
         self.node_renewal = NodeRenewal(ctx, self.nodes)
         self.join = JoinService(ctx, self.nodes)
+        self.openssh = OpenSSHNodes(ctx, self.nodes, self.join, self.locks,
+                                    self.checker_for_user)
         if ctx.audit_store is None:
             from limen.backend.audit_memory import MemoryAuditStore
 

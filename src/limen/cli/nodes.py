@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             help="only nodes with these")
         add_format_flag(parser)
         parser.set_defaults(func=cmd_ls)
+    from limen.cli import openssh_nodes
+
+    openssh_nodes.register(nodes_cmds)
 
     sessions = sub.add_parser("sessions", help="live sessions")
     cmds = sessions.add_subparsers(dest="sessions_cmd", required=True, metavar="COMMAND")
@@ -49,10 +52,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         nodes = [n for n in client.get("/v1/nodes") if matches(n, selector)]
     rows = [
         (n["name"], n["id"], n["addr"], _labels(n["labels"]), _connection(n),
-         n.get("since", ""), n.get("last_heartbeat", ""))
+         n.get("since", ""), n.get("last_heartbeat", "") or n.get("state", ""))
         for n in nodes
     ]
-    headers = ["Node", "Id", "Address", "Labels", "Connection", "Since", "Last heartbeat"]
+    headers = ["Node", "Id", "Address", "Labels", "Connection", "Since",
+               "Last heartbeat / state"]
     if any(n.get("proxies") for n in nodes):  # tunnels to several proxies: through which
         rows = [(*row, ", ".join(n.get("proxies") or [])) for row, n in zip(rows, nodes,
                                                                           strict=True)]
@@ -81,7 +85,8 @@ def cmd_sessions_kill(args: argparse.Namespace) -> int:
 
 
 def _connection(node: dict[str, Any]) -> str:
-    """direct, tunnel, or "tunnel (offline)" while a tunnel node's tunnel is down."""
+    """direct, tunnel, openssh, or "tunnel (offline)" while a tunnel node's tunnel is
+    down (and "openssh (offline)" while the proxy's health check fails)."""
     text = str(node.get("connection", ""))
     return f"{text} (offline)" if node.get("online") is False else text
 

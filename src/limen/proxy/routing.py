@@ -56,6 +56,9 @@ class BackendRouter:
             raise BadParameter(f"{len(matches)} nodes are named '{target}'; use an id: {ids}")
         node = matches[0]
         name = node.spec.hostname
+        if node.spec.kind == "openssh":  # the admin registered its address; the proxy
+            host, port = split_host_port(node.spec.addr)  # checks it when it dials
+            return NodeRoute(node_id=node.name, name=name, host=host, port=port, kind="openssh")
         if self._tunnel(node.name) is not None:
             return NodeRoute(node_id=node.name, name=name, host="", port=0)
         if node.name in self._local:

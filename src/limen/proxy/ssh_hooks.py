@@ -111,7 +111,12 @@ class JumpServer(CertAuthServer):
             self._expiry = self._host.timers.call_at(deadline, self._expiring)
 
     def _expiring(self) -> None:
-        # Nodes first: they can tell the person at the terminal why.
+        # Sessions the proxy relays to OpenSSH nodes end now, saying why; those on Limen
+        # nodes end there first (the node can tell the person at the terminal why).
+        ident = self._identity
+        if self._host.openssh is not None and ident is not None:
+            self._host.openssh.end_sessions(lambda other, _route, _login: other is ident,
+                                            expired_message(ident), "certificate expired")
         asyncio.get_running_loop().call_later(self._host.settings.node_grace, self._expired)
 
     def _expired(self) -> None:

@@ -27,12 +27,14 @@ import asyncssh
 
 from limen.clock import Clock, RealClock
 from limen.diag import metrics
+from limen.errors import ConnectionProblem
 from limen.proxy.ssh_hooks import PROXY_SESSION_MESSAGE, JumpServer
 from limen.proxy.ssh_routes import (
     NODE_DIAL_TIMEOUT,
     JumpIdentity,
     JumpObserver,
     JumpPolicy,
+    NodeOpener,
     NodeRoute,
     NodeRouter,
     StaticRouter,
@@ -114,6 +116,8 @@ class JumpHost:
         self._tasks: set[asyncio.Task[None]] = set()
         # Stopped with the jump host (watchers the cluster glue attaches).
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
+        # Agentless OpenSSH nodes: the SSH server the proxy runs for them (None: refused).
+        self.openssh: NodeOpener | None = None
 
     @property
     def port(self) -> int:
@@ -228,6 +232,12 @@ class JumpHost:
         route = await self.router.resolve(strip_cluster(target, self.settings.cluster_name))
         if self.policy is not None:
             await self.policy.check_node_access(identity, route)
+        if route.kind == "openssh":
+            if self.openssh is None:
+                raise ConnectionProblem(f"node '{route.name}' is an OpenSSH node, which this "
+                                        "proxy does not reach")
+            reader, writer = await self.openssh.open(identity, route)
+            return route, reader, writer
         reader, writer = await self.router.open_stream(route)
         return route, reader, writer
 

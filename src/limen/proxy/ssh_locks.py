@@ -6,7 +6,9 @@ lock. The nodes act first (they can tell a person at a terminal why, and the pro
 cannot: the SSH session is encrypted end to end); the proxy ends what is still open
 ``JumpSettings.node_grace`` seconds later, well inside the promise of "within 5 s". The proxy does
 not see which login a channel uses (the user's SSH session to the
-node is encrypted end to end), so a lock that names a login is left to the nodes.
+node is encrypted end to end), so a lock that names a login is left to the nodes. The
+sessions the proxy relays to agentless OpenSSH nodes are its own to end: at once, with
+the lock's message, whatever the lock names (login too).
 """
 
 from __future__ import annotations
@@ -35,9 +37,15 @@ class JumpLocks:
 
     async def _on_lock(self, lock: Lock) -> None:
         target = lock.spec.target
+        message = f"limen: {lock.refusal()}"
+        if self.jump.openssh is not None:  # sessions the proxy itself relays: at once
+            def relayed(ident: JumpIdentity, route: NodeRoute, login: str) -> bool:
+                return lock.applies_to(user=ident.user, roles=self.cache.roles_of(ident.user),
+                                       login=login, node_names=(route.node_id, route.name))
+
+            self.jump.openssh.end_sessions(relayed, message, "locked")
         if target.login:
             return
-        message = f"limen: {lock.refusal()}"
 
         def person(ident: JumpIdentity) -> bool:
             return lock.applies_to(user=ident.user, roles=self.cache.roles_of(ident.user))

@@ -12,8 +12,12 @@ from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import ProxyConfig, split_host_port
 from limen.netpolicy import first_address
+from limen.proxy.node_verify import AddressGuard
+from limen.proxy.openssh.front import OpenSSHGateway
+from limen.proxy.openssh.health import OpenSSHHealth
+from limen.proxy.openssh.link import AuthLink
 from limen.proxy.routing import AuditObserver, BackendRouter, RolePolicy
-from limen.proxy.ssh_jump import JumpHost, JumpSettings, NodeRouter
+from limen.proxy.ssh_jump import JumpHost, JumpSettings, NodeRouter, asyncssh_algs
 from limen.proxy.ssh_locks import JumpLocks
 from limen.tunnel.registry import TunnelDirectory
 
@@ -68,4 +72,13 @@ async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
     locks = JumpLocks(jump, lambda: access_feed(auth.ctx.stores))
     locks.start()
     jump.on_stop.append(locks.stop)
+    guard = getattr(router, "guard", None) or AddressGuard(auth.ctx.settings.node_networks)
+    gateway = OpenSSHGateway(AuthLink(auth), guard, clock, data_dir / "proxy" / "recordings",
+                             asyncssh_algs())
+    gateway.start()
+    health = OpenSSHHealth(gateway)
+    health.start()
+    jump.openssh = gateway
+    gateway.health = health
+    jump.on_stop.extend([health.stop, gateway.stop])
     return jump

@@ -8,6 +8,7 @@ are the simple versions for tests and fixed set-ups.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ class NodeRoute:
     name: str
     host: str
     port: int
+    kind: str = ""  # "openssh": an agentless node, whose SSH the proxy ends (proxy/openssh)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,18 @@ class JumpPolicy(Protocol):
 
     async def connection_deadline(self, identity: JumpIdentity) -> datetime | None:
         """When the identity's connections end by themselves (None: they do not)."""
+        ...
+
+
+class NodeOpener(Protocol):
+    async def open(self, identity: JumpIdentity, route: NodeRoute,
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream to an SSH server the proxy runs for an agentless node."""
+        ...
+
+    def end_sessions(self, applies: Callable[[JumpIdentity, NodeRoute, str], bool],
+                     message: str, reason: str) -> int:
+        """End the sessions it relays whose (identity, node, login) ``applies``."""
         ...
 
 

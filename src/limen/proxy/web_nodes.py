@@ -54,6 +54,23 @@ class Renewal(BaseModel):
     signature: str = Field(max_length=4096)
 
 
+class OpenSSHNodeAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=253)
+    addr: str = Field(max_length=300)
+    labels: dict[str, str] = Field(default_factory=dict)
+    public_key: str = Field(max_length=16384)
+    ttl: str | None = Field(default=None, max_length=32)
+
+
+class OpenSSHCertify(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: str = Field(max_length=16384)
+    ttl: str | None = Field(default=None, max_length=32)
+
+
 class ReportedEvent(BaseModel):
     event: str = Field(max_length=64)
     fields: dict[str, Any] = Field(default_factory=dict)
@@ -72,6 +89,8 @@ def node_json(node: Node, presence: NodePresence, tunnel: TunnelStatus | None = 
     if here.connection == "tunnel":
         online = (tunnel is not None and tunnel.online) or bool(proxies)
         since = tunnel.since if tunnel is not None else None
+    elif here.connection == "openssh":  # the proxy's health check says (openssh/health.py)
+        online = here.state in ("ok", "unchecked")
     expires = node.spec.credentials_expire
     return {
         "name": node.spec.hostname,
@@ -85,6 +104,8 @@ def node_json(node: Node, presence: NodePresence, tunnel: TunnelStatus | None = 
         "last_heartbeat": here.last_heartbeat.isoformat() if here.last_heartbeat else "",
         "version": here.version,
         "credentials_expire": expires.isoformat() if expires else "",
+        "kind": node.spec.kind or "limen",
+        "state": here.state,
     }
 
 
@@ -199,6 +220,20 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
     async def list_nodes(api: Caller) -> list[dict[str, Any]]:
         nodes = sorted(await api.list_nodes(), key=lambda pair: pair[0].spec.hostname)
         return [node_json(n, p, tunnel_of(n), proxies_of(n.name)) for n, p in nodes]
+
+    @app.post("/v1/nodes/openssh", responses=errors(400, 409, *SIGNED_IN))
+    async def add_openssh_node(body: OpenSSHNodeAdd, api: Caller) -> dict[str, Any]:
+        """Register a stock OpenSSH server and certify its host key (limen nodes add)."""
+        ttl = parse_duration(body.ttl) if body.ttl else None
+        return (await api.add_openssh_node(body.name, body.addr, body.labels,
+                                           body.public_key, ttl)).__dict__
+
+    @app.post("/v1/nodes/openssh/{name}/cert", responses=errors(400, 404, *SIGNED_IN))
+    async def certify_openssh_node(name: str, body: OpenSSHCertify,
+                                   api: Caller) -> dict[str, Any]:
+        """A new host certificate for an OpenSSH node (limen nodes cert)."""
+        ttl = parse_duration(body.ttl) if body.ttl else None
+        return (await api.certify_openssh_node(name, body.public_key, ttl)).__dict__
 
     @app.post("/v1/events", responses=errors(400, *SIGNED_IN))
     async def report_event(body: ReportedEvent, api: Caller) -> dict[str, Any]:

@@ -41,6 +41,10 @@ class NodeSpec(BaseModel):
     local: bool = False
     version: str = ""
     joined: datetime | None = None
+    # "openssh": a stock sshd registered by an admin (limen nodes add --openssh), which
+    # the proxy reaches at ``addr`` and speaks SSH to for the user; "" for Limen nodes.
+    kind: Literal["", "openssh"] = ""
+    addr: str = ""  # an OpenSSH node's HOST:PORT, as the admin registered it
 
 
 class Node(Resource):
@@ -54,12 +58,14 @@ class NodePresenceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     addr: str = ""  # host:port of the SSH service; empty for tunnel-only nodes
-    connection: Literal["direct", "tunnel"] = "direct"
+    connection: Literal["direct", "tunnel", "openssh"] = "direct"
     version: str = ""
     # When the node took its current connection (first heartbeat, or changed address or
     # direct/tunnel); listings show a tunnel's own up/down time from the proxy instead.
     since: datetime | None = None
     last_heartbeat: datetime | None = None
+    # OpenSSH nodes: what the proxy's health check last saw ("ok", or why not), and when.
+    state: str = ""
 
 
 class NodePresence(Resource):
