@@ -111,9 +111,10 @@ class Cluster:
         token = (self.data_dir / "admin.token").read_text().strip()
         return APIClient(self.web_addr, self.tls_ca(), token)
 
-    def token(self) -> str:
+    def token(self, uses: int = 1) -> str:
+        """A node join token for ``uses`` nodes (join tokens are single-use by default)."""
         with self.admin() as admin:
-            return str(admin.post("/v1/tokens", {"type": "node"})["token"])
+            return str(admin.post("/v1/tokens", {"type": "node", "uses": uses})["token"])
 
     def nodes(self) -> list[dict]:
         with self.admin() as admin:
