@@ -22,6 +22,9 @@ from typing import Any
 import asyncssh
 
 WINDOW = 8 * 1024 * 1024  # the channel's receive window, as the jump host's
+# What the proxy may send in one packet (asyncssh's default is 32 KiB): the per-packet
+# work in Python is the same whatever the size, so fewer, larger packets cost less.
+MAX_PACKET = 128 * 1024
 
 
 class _StdoutProtocol(asyncio.Protocol):
@@ -164,7 +167,8 @@ async def splice_stdio(conn: asyncssh.SSHClientConnection, host: str, port: int)
     both directions end; raises what opening the channel raises."""
     splice = StdioSplice()
     await splice.attach_stdout(sys.stdout.buffer)
-    chan, _ = await conn.create_connection(lambda: splice, host, port, window=WINDOW)
+    chan, _ = await conn.create_connection(lambda: splice, host, port, window=WINDOW,
+                                         max_pktsize=MAX_PACKET)
     try:
         await splice.attach_stdin(sys.stdin.buffer)
         await splice.done
