@@ -160,6 +160,9 @@ def start_cluster(root: Path, env: dict[str, str], name: str,
         f"proxy: {{listener_mode: {listener_mode}, web_listen_addr: '{host}:{web_port}',\n"
         f"        ssh_listen_addr: '{host}:0', tunnel_listen_addr: '{host}:0',\n"
         "        rate_limit: {average_per_minute: 100000, burst: 100000},\n"
+        # Every simulated node (bench/tunnels.py) comes from 127.0.0.1, with a tunnel
+        # and an HTTPS connection each: the per-address bounds would stop them.
+        "        listener: {max_connections_per_ip: 100000, max_handshakes_per_ip: 100000},\n"
         # Direct nodes here advertise 127.0.0.1; an operator allows loopback the same way.
         "        node_networks: ['127.0.0.0/8']}\n"
     )
