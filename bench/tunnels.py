@@ -12,7 +12,7 @@ a token, its own host certificate, heartbeats, the access feed, its SSH service)
 reverse tunnel into the web port, SSH inside TLS. It logs a user in and prints:
 
 - joined: the time until all nodes are online (each joins, is issued a host
-  certificate, and opens its tunnel);
+  certificate, and opens its tunnel), the nodes started --rate a second;
 - memory per tunnel: the proxy's RSS growth over all tunnels, divided by their number,
   and the agents' process per node (the whole node role);
 - idle CPU of the proxy while every tunnel is up and nothing happens (share of one
@@ -64,6 +64,8 @@ def parse_args() -> argparse.Namespace:
                         help="how long to watch the idle proxy's CPU (default 20)")
     parser.add_argument("--sessions", type=int, default=5,
                         help="sessions to random nodes, and to the single node (default 5)")
+    parser.add_argument("--rate", type=int, default=20,
+                        help="nodes started per second, as a fleet joins (default 20)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="how long all nodes may take to join (default 1800 s)")
     return parser.parse_args()
@@ -83,11 +85,13 @@ def online_count(cluster: Cluster) -> int:
         return 0
 
 
-def start_agents(cluster: Cluster, count: int, prefix: str, timeout: float) -> tuple[Daemon, float]:
+def start_agents(cluster: Cluster, count: int, prefix: str, timeout: float,
+                 rate: int = 0) -> tuple[Daemon, float]:
     started = time.monotonic()
     agents = Daemon([sys.executable, "-m", "tests.support.agents", "--proxy", cluster.web_addr,
                      "--token", cluster.token(count), "--count", str(count),
-                     "--base", str(cluster.root / prefix), "--prefix", prefix],
+                     "--base", str(cluster.root / prefix), "--prefix", prefix,
+                     "--rate", str(rate)],
                     cluster.root / f"{prefix}agents.log", cluster.env)
     cluster.daemons.append(agents)
     wait_for(lambda: agents.alive() and sum(
@@ -140,7 +144,7 @@ def main() -> None:
         cluster.daemons.remove(single)
 
         proxy_before = rss_kb(cluster.proxy.pid)
-        agents, joined = start_agents(cluster, args.nodes, PREFIX, args.timeout)
+        agents, joined = start_agents(cluster, args.nodes, PREFIX, args.timeout, args.rate)
         time.sleep(5)  # let the joins' garbage go and the feeds settle
         proxy_kb = (rss_kb(cluster.proxy.pid) - proxy_before) / args.nodes
         node_kb = rss_kb(agents.pid) / args.nodes
