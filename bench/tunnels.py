@@ -106,22 +106,26 @@ def sessions(way_of: list[Way], count: int, env: dict[str, str]) -> float:
                                     for _ in range(count))
 
 
-def restart(cluster: Cluster, count: int, env: dict[str, str]) -> list[float]:
+def restart(cluster: Cluster, count: int, env: dict[str, str]) -> tuple[list[float], float]:
     """Stop and start the proxy; returns when each node was back (seconds after the
-    new proxy was started), as seen by polling its node listing."""
+    new proxy was started), as seen by polling its node listing, and when that listing
+    first answered (nodes back before it are all counted at that instant)."""
     cluster.proxy.stop()
     started = time.monotonic()
     cluster.proxy = start_proxy(cluster.root, env, "proxy-restarted.log")
     back: list[float] = []
+    answered = 0.0
     while len(back) < count:
         if time.monotonic() - started > 10 * RECONNECT_GOAL:
             break
         cluster.proxy.alive()
         online = online_count(cluster)
         now = time.monotonic() - started
+        if online and not answered:
+            answered = now
         back.extend([now] * (online - len(back)))
         time.sleep(0.2)
-    return back
+    return back, answered
 
 
 def main() -> None:
@@ -154,16 +158,17 @@ def main() -> None:
         nodes = [way(f"{PREFIX}{i:02d}") for i in range(args.nodes)]
         busy_ms = sessions(nodes, args.sessions, env)
 
-        back = restart(cluster, args.nodes, env)
+        back, answered = restart(cluster, args.nodes, env)
         after_ms = sessions(nodes, args.sessions, env) if len(back) == args.nodes else None
-        report(args, joined, proxy_kb, node_kb, idle_share, alone_ms, busy_ms, after_ms, back)
+        report(args, joined, proxy_kb, node_kb, idle_share, alone_ms, busy_ms, after_ms, back,
+               answered)
     finally:
         cluster.stop()
 
 
 def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: float,
            idle_share: float, alone_ms: float, busy_ms: float, after_ms: float | None,
-           back: list[float]) -> None:
+           back: list[float], answered: float) -> None:
     n = args.nodes
     print(f"{n} tunneled nodes in one process, SSH inside TLS to the proxy's web port")
     print(f"joined and online:        {joined:.1f} s ({n / joined:.1f} nodes/s, a host "
@@ -182,7 +187,8 @@ def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: fl
     print(f"after a proxy restart:    50% back in {back[n // 2 - 1 if n > 1 else 0]:.1f} s, "
           f"90% in {back[max(0, int(0.9 * n) - 1)]:.1f} s, all in {back[-1]:.1f} s (goal "
           f"<= {RECONNECT_GOAL:g} s: {'met' if back[-1] <= RECONNECT_GOAL else 'not met'}); "
-          f"at most {herd} nodes came back in one second")
+          f"at most {herd} nodes came back in one second (the restarted proxy's API "
+          f"answered after {answered:.1f} s: nodes back before then count at that second)")
     if after_ms is not None:
         print(f"ssh true, random node, after the restart: {after_ms:.0f} ms median")
 
