@@ -111,9 +111,10 @@ class Cluster:
         token = (self.data_dir / "admin.token").read_text().strip()
         return APIClient(self.web_addr, self.tls_ca(), token)
 
-    def token(self) -> str:
+    def token(self, uses: int = 1) -> str:
+        """A node join token for ``uses`` nodes (join tokens are single-use by default)."""
         with self.admin() as admin:
-            return str(admin.post("/v1/tokens", {"type": "node"})["token"])
+            return str(admin.post("/v1/tokens", {"type": "node", "uses": uses})["token"])
 
     def nodes(self) -> list[dict]:
         with self.admin() as admin:
@@ -144,9 +145,11 @@ class Cluster:
 
 
 def start_cluster(root: Path, env: dict[str, str], name: str,
-                  listener_mode: str = "multiplex", host: str = "127.0.0.1") -> Cluster:
-    """Auth and proxy in one process, every port picked by the kernel on ``host``, the
-    rate limit out of the way (benchmarks connect far faster than people)."""
+                  listener_mode: str = "multiplex", host: str = "127.0.0.1",
+                  web_port: int = 0) -> Cluster:
+    """Auth and proxy in one process, every port picked by the kernel on ``host`` (the
+    web port too unless given: a restarted proxy must be where agents dial), the rate
+    limit out of the way (benchmarks connect far faster than people)."""
     data = root / "auth"
     config = root / "limen.yaml"
     config.write_text(
@@ -154,14 +157,16 @@ def start_cluster(root: Path, env: dict[str, str], name: str,
         f"data_dir: {data}\n"
         "log_level: warning\n"
         "auth: {listen_addr: '127.0.0.1:0'}\n"
-        f"proxy: {{listener_mode: {listener_mode}, web_listen_addr: '{host}:0',\n"
+        f"proxy: {{listener_mode: {listener_mode}, web_listen_addr: '{host}:{web_port}',\n"
         f"        ssh_listen_addr: '{host}:0', tunnel_listen_addr: '{host}:0',\n"
         "        rate_limit: {average_per_minute: 100000, burst: 100000},\n"
+        # Every simulated node (bench/tunnels.py) comes from 127.0.0.1, with a tunnel
+        # and an HTTPS connection each: the per-address bounds would stop them.
+        "        listener: {max_connections_per_ip: 100000, max_handshakes_per_ip: 100000},\n"
         # Direct nodes here advertise 127.0.0.1; an operator allows loopback the same way.
         "        node_networks: ['127.0.0.0/8']}\n"
     )
-    proxy = Daemon([*LIMEN, "start", "--config", str(config), "--roles", "auth,proxy"],
-                   root / "proxy.log", env)
+    proxy = start_proxy(root, env)
     run = data / "run.json"
     wait_for(lambda: proxy.alive() and run.exists(), 30, "the auth and proxy service")
     addrs = json.loads(run.read_text())
@@ -169,6 +174,12 @@ def start_cluster(root: Path, env: dict[str, str], name: str,
     with cluster.admin() as admin:  # what agents hear, not what run.json says we bound
         cluster.tunnel_addr = admin.get("/v1/ping")["tunnel_addr"]
     return cluster
+
+
+def start_proxy(root: Path, env: dict[str, str], log: str = "proxy.log") -> Daemon:
+    """`limen start --roles auth,proxy` with the config start_cluster() wrote."""
+    return Daemon([*LIMEN, "start", "--config", str(root / "limen.yaml"),
+                   "--roles", "auth,proxy"], root / log, env)
 
 
 # a user, for stock OpenSSH

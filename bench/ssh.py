@@ -114,7 +114,7 @@ def _await_ready(clients: list[subprocess.Popen[bytes]]) -> None:
 
 
 def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, limen_cli: float,
-           cores: dict) -> None:
+           cores: dict, per_gb: dict) -> None:
     oss = "OpenSSH"
     print(f"upload {args.size_mb} MB x{args.uploads} (median); latency x{args.runs} (median); "
           f"memory per {args.idle} idle sessions; cipher {args.cipher or 'default'}")
@@ -130,7 +130,9 @@ def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, limen_cli
     print(f"limen ssh {NODE_NAME} true (Python client, start-up included): "
           f"{limen_cli:.1f} ms median")
     print("Limen upload CPU (SSH port), share of one core: "
-          + ", ".join(f"{name} {share:.0%}" for name, share in cores.items()))
+          + ", ".join(f"{name} {share:.0%}" for name, share in cores.items())
+          + "; CPU seconds per GB: "
+          + ", ".join(f"{name} {seconds:.1f}" for name, seconds in per_gb.items()))
 
 
 def main() -> None:
@@ -172,7 +174,8 @@ def main() -> None:
         limen_cli = 1000 * statistics.median(
             timed(shlex.join([*LIMEN, "ssh", NODE_NAME, "true"]), cli_env) for _ in range(10)
         )
-        report(args, uploads.mb_s, lat, mem, limen_cli, uploads.shares["Limen"])
+        report(args, uploads.mb_s, lat, mem, limen_cli, uploads.shares["Limen"],
+               uploads.cpu_s_per_gb["Limen"])
     finally:
         for server in servers:
             server.stop()

@@ -97,7 +97,7 @@ def idle_memory(cluster: Cluster, count: int) -> tuple[float, float]:
     """kB per idle tunnel on the proxy, and per tunneled node in the nodes' process."""
     proxy_before = rss_kb(cluster.proxy.pid)
     agents = Daemon([sys.executable, "-m", "tests.support.agents", "--proxy", cluster.web_addr,
-                     "--token", cluster.token(), "--count", str(count),
+                     "--token", cluster.token(count), "--count", str(count),
                      "--base", str(cluster.root / "idle"), "--prefix", "idle-"],
                     cluster.root / "idle.log", cluster.env)
     cluster.daemons.append(agents)

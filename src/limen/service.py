@@ -137,7 +137,8 @@ class Service:
                                 auth.cluster_name, self.clock)
         self.node_watch.subscribe(verifier.forget)
         guard = AddressGuard(auth.ctx.settings.node_networks)
-        self.router = BackendRouter(auth, self.tunnels.directory, verifier, guard)
+        self.router = BackendRouter(auth, self.tunnels.directory, verifier, guard,
+                                    known=self.node_watch)
         with binding("the proxy's SSH port", proxy.ssh_listen_addr or ""):
             self.jump = await start_jump_host(
                 proxy, self.data_dir, auth, self.clock, self.tunnels.directory, identity,

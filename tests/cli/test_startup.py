@@ -7,10 +7,14 @@ which does not depend on the machine.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
+import pytest
+
 from limen.cli import main
+from limen.client import liboqs_probe
 
 HEAVY = ("asyncssh", "httpx", "pydantic", "rich", "yaml", "cryptography", "sqlalchemy",
          "fastapi", "uvicorn", "prometheus_client")
@@ -40,3 +44,26 @@ def test_every_command_is_mapped_to_its_module() -> None:
     assert set(sub.choices) == set(main.COMMANDS)
     for command, module in main.COMMANDS.items():
         assert main._modules_for([command, "--help"]) == (module,)
+
+
+@pytest.mark.skipif(liboqs_probe.liboqs_present(), reason="asyncssh may load liboqs here")
+def test_importing_the_ssh_client_does_not_search_for_liboqs() -> None:
+    """asyncssh's search for liboqs runs ldconfig, then the compiler and the linker (most
+    of `limen ssh`'s start-up); with no liboqs on the host it is answered at once. (One
+    ldconfig remains: asyncssh finds libnettle, which umac needs, through it.)"""
+    code = (
+        "import json, subprocess\n"
+        "spawned, popen = [], subprocess.Popen\n"
+        "def recording(args, *rest, **kwargs):\n"
+        "    spawned.append(list(args))\n"
+        "    return popen(args, *rest, **kwargs)\n"
+        "subprocess.Popen = recording\n"
+        "import limen.client.ssh, limen.cli.proxy_cmd, asyncssh\n"
+        "print(json.dumps([spawned, asyncssh.crypto.pq.mlkem_available]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    spawned, mlkem = json.loads(done.stdout)
+    assert [argv for argv in spawned if any("oqs" in arg for arg in argv)] == []
+    assert len(spawned) <= 1, spawned  # the ldconfig for libnettle
+    assert mlkem  # ML-KEM still offered (from cryptography, not liboqs)

@@ -9,7 +9,10 @@ listener keeps serving everyone else.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import random
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -67,8 +70,12 @@ def test_limen_ssh_reaches_the_tunneled_node_through_the_web_port(one_port: OneP
 
 def test_stock_ssh_with_proxyjump_speaks_plain_ssh_to_the_web_port(one_port: OnePort) -> None:
     assert "ProxyJump" in one_port.user.config.read_text()
-    stock = one_port.user.ssh(f"root@{one_port.node.name}.{CLUSTER}", "echo", "plain-ssh")
+    stock = one_port.user.ssh("-v", f"root@{one_port.node.name}.{CLUSTER}", "echo", "plain-ssh")
     assert stock.stdout == b"plain-ssh\n", stock.stderr
+    # `limen config` puts AES-GCM first (the cheap AEAD cipher for the Python proxy and
+    # node): both hops use it, not OpenSSH's default ChaCha20.
+    chosen = re.findall(rb"kex: client->server cipher: (\S+)", stock.stderr)
+    assert chosen == [b"aes256-gcm@openssh.com"] * 2, stock.stderr
 
 
 def test_stock_ssh_through_limen_proxy_ssh_inside_tls(one_port: OnePort) -> None:
@@ -86,6 +93,25 @@ def test_stock_ssh_through_limen_proxy_ssh_inside_tls(one_port: OnePort) -> None
     copied = user.tool("scp", str(scp_source),
                        f"root@{one_port.node.name}.{CLUSTER}:/tmp/limen-oneport.txt")
     assert copied.returncode == 0, copied.stderr
+
+
+def test_bulk_data_both_ways_through_limen_proxy_ssh_arrives_whole(one_port: OnePort) -> None:
+    """`limen proxy ssh` splices stdin/stdout at the protocol level: megabytes each way,
+    more than every buffer on the path holds, arrive whole and in order (flow control
+    pauses a side instead of dropping or reordering)."""
+    user = one_port.user
+    printed = user.limen("config", "--tls-routing")
+    config = user.home / "ssh_config_tls_bulk"
+    config.write_text(printed.stdout)
+    target = f"root@{one_port.node.name}.{CLUSTER}"
+    payload = random.Random(17).randbytes(24 * 1024 * 1024)
+    up = user.ssh(target, "sha256sum", config=config, input=payload, timeout=120)
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.split()[0].decode() == hashlib.sha256(payload).hexdigest()
+    down = user.ssh(target, "head -c 25165824 /dev/zero | tr '\\0' x", config=config,
+                    timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout == b"x" * 24 * 1024 * 1024
 
 
 def test_a_silent_client_is_dropped_and_others_still_served(one_port: OnePort) -> None:

@@ -172,3 +172,46 @@ async def test_an_upgraded_connection_is_uncounted_when_it_ends(listener) -> Non
     async with asyncio.timeout(5):
         while mux._open:  # the per-address count of open connections
             await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(("alpn", "size"), [
+    (["limen-tunnel"], 64 * 1024), (["http/1.1"], 32 * 1024), (None, 32 * 1024),
+    (["limen-ssh"], 256 * 1024),
+])
+async def test_tls_read_buffer_is_sized_by_route(tmp_path: Path, alpn: list[str] | None,
+                                                 size: int) -> None:
+    """asyncio gives every TLS connection a 256 KiB read buffer, resident: thousands of
+    tunnels and HTTPS connections keep a smaller one; bulk SSH inside TLS the default."""
+    now = datetime.now(UTC)
+    ca_key, ca_cert = generate_tls_ca("mux.test", now=now)
+    key, cert = issue_tls_server_cert(ca_key, ca_cert, names=["localhost"], ips=["127.0.0.1"],
+                                      now=now)
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    tls = server_tls_context(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"),
+                             ["http/1.1", "limen-ssh", "limen-tunnel"])
+    seen: list[Tagger] = []
+
+    def tagger() -> Tagger:
+        seen.append(Tagger(b""))
+        return seen[-1]
+
+    mux = MultiplexListener(bind("127.0.0.1", 0), tls, Routes(http=tagger, ssh=tagger,
+                                                             tunnel=tagger))
+    await mux.start()
+    try:
+        ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
+        payload = bytes(range(256)) * 1024  # more than any of the buffers
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", mux.port, ssl=_client_tls(ca_pem, alpn), server_hostname="localhost")
+        writer.write(payload)
+        async with asyncio.timeout(10):
+            echoed = await reader.readexactly(len(payload))
+        writer.close()
+        assert echoed == payload
+        server_tls = seen[0].transport._ssl_protocol  # type: ignore[attr-defined]
+        assert (server_tls.max_size, len(server_tls._ssl_buffer)) == (size, size)
+    finally:
+        await mux.stop()

@@ -2,7 +2,8 @@
 
 Each is a full node role (join with the token, heartbeats, access feed, SSH service,
 reverse tunnel agent), as `limen start --roles node --token ... --proxy ...` runs it;
-only the process is shared. The token must allow that many joins (`limen tokens add
+only the process is shared (--rate N starts N a second, as a fleet joins over time
+rather than in one instant). The token must allow that many joins (`limen tokens add
 --uses COUNT`): join tokens are single-use by default. Prints READY once every node has
 started, runs until SIGTERM, then stops them all.
 """
@@ -34,7 +35,12 @@ async def main(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        await asyncio.gather(*(role.start() for role in roles))
+        started = []
+        for i, role in enumerate(roles):
+            started.append(asyncio.ensure_future(role.start()))
+            if args.rate and (i + 1) % args.rate == 0:  # pace the joins: --rate a second
+                await asyncio.sleep(1)
+        await asyncio.gather(*started)
         print("READY", flush=True)
         await stop.wait()
     finally:
@@ -49,6 +55,8 @@ if __name__ == "__main__":
     parser.add_argument("--base", required=True)
     parser.add_argument("--prefix", default="agent")
     parser.add_argument("--labels", default="")
+    parser.add_argument("--rate", type=int, default=0,
+                        help="nodes started per second (0: all at once)")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("asyncssh").setLevel(logging.ERROR)
     asyncio.run(main(parser.parse_args()))

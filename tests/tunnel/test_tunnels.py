@@ -240,3 +240,19 @@ async def test_stopping_the_agent_takes_the_node_offline(kit: Kit) -> None:
     with pytest.raises(ConnectionProblem, match="is offline"):
         await kit.router.open_stream(await kit.router.resolve("leaving"))
     assert NODE_PORT == 3022
+
+
+async def test_the_node_takes_large_packets_from_the_proxy(kit: Kit) -> None:
+    """The node accepts tunnel channels with an 8 MiB window and 128 KiB packets (not
+    asyncssh's 2 MiB and 32 KiB): the proxy forwards a user's bytes in a quarter of the
+    packets, each costing both ends the same Python work whatever its size."""
+    node = await kit.add_node("wide")
+    await node.agent.wait_connected(10)
+    assert kit.router is not None
+    reader, writer = await kit.router.open_stream(await kit.router.resolve("wide"))
+    try:
+        assert (await reader.readline()).startswith(b"SSH-2.0-")  # the node's banner
+        chan = writer.transport._chan  # type: ignore[attr-defined]
+        assert (chan._send_pktsize, chan._send_window) == (128 * 1024, 8 * 1024 * 1024)
+    finally:
+        writer.close()

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import sys
 
 import asyncssh
 
 from limen.client.access import load_credentials
 from limen.client.ssh import client_algs, host_ca_known_hosts, translate_error
+from limen.client.stdio_pipe import splice_stdio
 from limen.client.tls_tunnel import TLSTunnel
 from limen.config import split_host_port
 from limen.errors import BadParameter, NotFound
-
-CHUNK = 256 * 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,39 +63,7 @@ async def _proxy(login: str | None, host: str, port: int) -> int:
         raise translate_error(exc, "proxy", where, creds.profile.cluster) from exc
     async with jump:
         try:
-            reader, writer = await jump.open_connection(host, port)
+            await splice_stdio(jump, host, port)
         except (OSError, asyncssh.Error) as exc:
             raise translate_error(exc, "node", f"node '{host}'", creds.profile.cluster) from exc
-        await _pipe(reader, writer)
     return 0
-
-
-async def _pipe(reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
-    """stdin -> channel and channel -> stdout, each with its own flow-controlled loop."""
-    loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader(limit=CHUNK)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin.buffer)
-    out_transport, out_protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, sys.stdout.buffer
-    )
-    stdout = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
-
-    async def upstream() -> None:
-        while chunk := await stdin.read(CHUNK):
-            writer.write(chunk)
-            await writer.drain()
-        writer.write_eof()
-
-    async def downstream() -> None:
-        while chunk := await reader.read(CHUNK):
-            stdout.write(chunk)
-            await stdout.drain()
-
-    up = asyncio.create_task(upstream())
-    try:
-        await downstream()
-    finally:
-        up.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OSError, asyncssh.Error):
-            await up
-        writer.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from limen.client import profile as profiles
 from limen.config import split_host_port
+from limen.sshalgs import CIPHERS_OPENSSH
 
 INCLUDE_MARKER = "# Added by limen config --write"
 
@@ -57,6 +58,8 @@ def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool =
         f"    GlobalKnownHostsFile /dev/null\n"
         f"    StrictHostKeyChecking yes\n"
         f"    CheckHostIP no\n"
+        # AES-GCM first: the cheapest AEAD cipher for the Python proxy and nodes.
+        f"    Ciphers {CIPHERS_OPENSSH}\n"
         f"\n"
         f"Host *.{cluster} !{host}\n"
         + (

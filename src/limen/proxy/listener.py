@@ -33,6 +33,14 @@ PEEK_BYTES = 8
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
+# How much ciphertext asyncio's TLS layer reads at once, by ALPN. Its default, 256 KiB,
+# is allocated (and zero-filled, so resident) for every TLS connection: with thousands
+# of tunneled nodes, each holding a tunnel and an HTTPS connection, that alone was
+# half a megabyte per node. Bulk SSH inside TLS keeps the default; a tunnel reads
+# 64 KiB at a time (four full TLS records), the HTTPS API 32 KiB.
+TLS_READ_SIZE = {ALPN_SSH: 256 * 1024, ALPN_TUNNEL: 64 * 1024}
+TLS_READ_SIZE_HTTP = 32 * 1024
+
 
 @dataclass
 class ListenerLimits:
@@ -62,12 +70,28 @@ class _ALPNSwitch(asyncio.Protocol):
         factory = by_alpn.get(alpn or "") or self.routes.http
         protocol = factory()
         _on_close(protocol, self.on_close)
+        _shrink_tls_buffer(transport, TLS_READ_SIZE.get(alpn or "", TLS_READ_SIZE_HTTP))
         transport.set_protocol(protocol)
         _follow_upgrades(transport, self.on_close)
         protocol.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:  # closed before switching
         self.on_close()
+
+
+def _shrink_tls_buffer(transport: asyncio.BaseTransport, size: int) -> None:
+    """Give the connection's asyncio SSLProtocol a read buffer of ``size`` bytes.
+
+    asyncio offers no parameter for it (SSLProtocol.max_size, a class attribute, and
+    the buffer made in its constructor), so this reaches into the transport; on a
+    Python whose internals differ it leaves the default, which is only bigger."""
+    tls = getattr(transport, "_ssl_protocol", None)
+    if tls is None or not isinstance(getattr(tls, "_ssl_buffer", None), bytearray):
+        return
+    if len(tls._ssl_buffer) > size:
+        tls.max_size = size
+        tls._ssl_buffer = bytearray(size)
+        tls._ssl_buffer_view = memoryview(tls._ssl_buffer)
 
 
 @dataclass

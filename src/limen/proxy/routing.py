@@ -13,7 +13,9 @@ from limen.auth.server import AuthServer
 from limen.config import split_host_port
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound
 from limen.proxy.node_verify import AddressGuard, NodeVerifier
+from limen.proxy.node_watch import NodeWatch
 from limen.proxy.ssh_jump import JumpIdentity, NodeRoute, open_tcp_stream
+from limen.resources import Node
 from limen.sshauth import CertFacts
 from limen.sshauth.judge import Revoked
 from limen.tunnel.registry import Tunnel, TunnelDirectory
@@ -35,11 +37,13 @@ class BackendRouter:
 
     def __init__(self, auth: AuthServer, tunnels: TunnelDirectory | None = None,
                  verifier: NodeVerifier | None = None,
-                 guard: AddressGuard | None = None) -> None:
+                 guard: AddressGuard | None = None,
+                 known: NodeWatch | None = None) -> None:
         self.auth = auth
         self.tunnels = tunnels
         self.verifier = verifier
         self.guard = guard or AddressGuard()
+        self.known = known  # the nodes in memory; the backend is asked when it has none
         self._local: dict[str, tuple[str, int]] = {}
 
     def trust_local(self, node_id: str, host: str, port: int) -> None:
@@ -47,8 +51,10 @@ class BackendRouter:
         self._local[node_id] = (host, port)
 
     async def resolve(self, target: str) -> NodeRoute:
-        nodes = await self.auth.ctx.stores.nodes.list()
-        matches = [n for n in nodes if target in (n.name, n.spec.hostname)]
+        matches = await self._known_matches(target)
+        if not matches:  # not in memory (or joined since the watch last heard): ask
+            nodes = await self.auth.ctx.stores.nodes.list()
+            matches = [n for n in nodes if target in (n.name, n.spec.hostname)]
         if not matches:
             raise NotFound(f"node '{target}' is not known (limen ls lists the nodes you can reach)")
         if len(matches) > 1:
@@ -75,6 +81,22 @@ class BackendRouter:
             return NodeRoute(node_id=node.name, name=name, host="", port=0)
         host, port = split_host_port(presence.spec.addr)
         return NodeRoute(node_id=node.name, name=name, host=host, port=port)
+
+    async def _known_matches(self, target: str) -> list[Node]:
+        """The nodes the watch has in memory for ``target``, each read again from the
+        backend by id (one row, not every node): one removed or renamed since the watch
+        last heard does not count."""
+        if self.known is None:
+            return []
+        fresh = []
+        for node in self.known.matching(target):
+            try:
+                current = await self.auth.ctx.stores.nodes.get(node.name)
+            except NotFound:
+                continue
+            if target in (current.name, current.spec.hostname):
+                fresh.append(current)
+        return fresh
 
     async def open_stream(
         self, route: NodeRoute

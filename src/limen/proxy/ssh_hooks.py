@@ -172,7 +172,9 @@ class JumpServer(CertAuthServer):
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> tuple[asyncssh.SSHTCPChannel[bytes], Any]:
         assert self.conn is not None
-        chan = self.conn.create_tcp_channel(window=self._host.settings.channel_window)
+        settings = self._host.settings
+        chan = self.conn.create_tcp_channel(window=settings.channel_window,
+                                            max_pktsize=settings.channel_max_packet)
         return chan, self._open_node(dest_host, dest_port)
 
     def _refused(self, kind: str, reason: str) -> None:

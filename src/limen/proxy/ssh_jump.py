@@ -82,6 +82,10 @@ class JumpSettings:
     login_timeout: float = 30.0
     # SSH window per channel; larger than asyncssh's 2 MiB default for bulk copies.
     channel_window: int = 8 * 1024 * 1024
+    # The largest packet a client may send on a channel (asyncssh's default: 32 KiB).
+    # OpenSSH clients send 32 KiB packets anyway; `limen proxy ssh` and `limen ssh` fill
+    # bigger ones, and every packet costs the same Python work whatever its size.
+    channel_max_packet: int = 128 * 1024
     # A lock or expiry: nodes end their sessions first (they can tell the person at the
     # terminal why; the proxy cannot read the encrypted session), the proxy ends what
     # is still open this many seconds later.

@@ -5,10 +5,12 @@ before the channel is connected) and not redirect() (it loses data under flow co
 The node stream is opened before the channel is confirmed; its reader buffers
 whatever the node sends until ``session_started`` starts the node-to-channel copy.
 
-Client to node: asyncssh calls ``data_received`` per packet; each packet is handed
-to the node's transport as is. When the transport's buffer passes ``HIGH_WATER`` the
-channel stops reading (its SSH window then stops opening, which slows the client)
-until the node has taken the backlog.
+Client to node: asyncssh calls ``data_received`` per packet, often several times for
+one read from the client's socket (OpenSSH sends 32 KiB packets). The packets are
+gathered and handed to the node's transport once per turn of the event loop, as one
+write: one send() system call where there were up to eight. When the transport's
+buffer passes ``HIGH_WATER`` the channel stops reading (its SSH window then stops
+opening, which slows the client) until the node has taken the backlog.
 
 Node to client: one task reads large chunks and writes them to the channel,
 waiting while asyncssh says the channel's send buffer is full.
@@ -49,6 +51,7 @@ class NodePipe(asyncssh.SSHTCPSession[bytes]):
         self._client_eof = False
         self._node_eof = False
         self._done = False
+        self._up: list[bytes] = []  # client packets not yet handed to the node
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -67,7 +70,19 @@ class NodePipe(asyncssh.SSHTCPSession[bytes]):
             self._finish(ConnectionResetError("the node closed the connection"))
             return
         self.bytes_up += len(data)
-        self._writer.write(data)
+        if not self._up:
+            asyncio.get_running_loop().call_soon(self._flush_up)
+        self._up.append(data)
+
+    def _flush_up(self) -> None:
+        """Hand the gathered client packets to the node in one write."""
+        if not self._up or self._done:
+            return
+        chunks, self._up = self._up, []
+        if self._writer.is_closing():  # the node's socket failed on an earlier write
+            self._finish(ConnectionResetError("the node closed the connection"))
+            return
+        self._writer.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if self._drainer is None and self._node_backlog() > HIGH_WATER:
             assert self._chan is not None
             self._chan.pause_reading()
@@ -75,6 +90,7 @@ class NodePipe(asyncssh.SSHTCPSession[bytes]):
 
     def eof_received(self) -> bool:
         self._client_eof = True
+        self._flush_up()  # what came before the EOF goes first
         self._send_node_eof()  # asyncio sends the FIN after the queued bytes
         self._finish_if_both_eof()
         return True  # keep the channel half open: the node may still answer
@@ -149,7 +165,10 @@ class NodePipe(asyncssh.SSHTCPSession[bytes]):
         if exc is not None and self._writer.transport is not None:
             self._writer.transport.abort()  # an error: drop what is queued for the node
         else:
+            if self._up and not self._writer.is_closing():
+                self._writer.write(b"".join(self._up))
             self._writer.close()  # a clean end: let queued bytes reach the node first
+        self._up = []
         if self._on_done is not None:
             self._on_done(self, exc)
 

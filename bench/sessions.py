@@ -1,0 +1,203 @@
+"""Benchmark: new SSH sessions per second through Limen (proxy + node) against OpenSSH
+(jump sshd + sshd), same run, with the set-up latency at that rate.
+
+Run by hand from the repository root, as root (the node and the sshds run commands):
+
+    .venv/bin/python bench/sessions.py [--concurrency 8] [--seconds 20] [--rounds 2]
+
+It starts `limen start --roles auth,proxy`, a direct `limen start --roles node` joined
+with a token, logs a user in, and starts two stock sshds that trust the cluster's user
+CA (as bench/ssh.py does). The load generator is asyncssh in this process, the same
+client on both paths: --concurrency workers each loop on a whole session for
+--seconds: log in at the jump host, open a channel to the node through it, log in at
+the node, run ``true``, wait for its exit status, close both connections. The paths
+alternate for --rounds rounds so that drift in the machine's load hits them alike.
+
+Printed per path: sessions/s (completed sessions over the wall time of its rounds), the
+set-up latency (start of the jump connection to the exit status) at p50 and p99, and
+where that time goes (median of each step: jump login, node login through the jump
+host, the command), and the CPU the servers used per session; then the ratios
+Limen / OpenSSH. The goal of issue 17: sessions/s >= 2x OpenSSH's ``ssh -J``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+# common first: it puts the repository root on sys.path for tests.proxy.support.
+from common import Cluster, bench_env, log_in, memory_kb, start_cluster
+from ssh import openssh_servers
+
+from limen.client.ssh import client_algs
+
+CLUSTER = "test.limen"  # tests.proxy.support names sshd host certificates for it
+NODE_NAME = "bench-node"
+STEPS = ("jump login", "node login", "command")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, default=8, help="workers (default 8)")
+    parser.add_argument("--seconds", type=float, default=20, help="per path and round (20)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per path (default 2)")
+    return parser.parse_args()
+
+
+@dataclass
+class Target:
+    """Where a session goes: the jump host, then the node behind it."""
+
+    name: str
+    jump: tuple[str, int]
+    node: tuple[str, int]
+    server_pids: list[int]  # whose CPU counts as the servers'
+
+
+@dataclass
+class Tally:
+    sessions: int = 0
+    failures: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
+    setups: list[float] = field(default_factory=list)
+    steps: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STEPS})
+
+
+@dataclass
+class Credentials:
+    key: asyncssh.SSHKey
+    cert: asyncssh.SSHCertificate
+    known_hosts: asyncssh.SSHKnownHosts
+
+
+def credentials(config: Path) -> Credentials:
+    """The key, certificate and known_hosts the `limen config` file names."""
+    values = dict(line.split(None, 1) for line in config.read_text().splitlines()
+                  if line.startswith("    ") and " " in line.strip())
+    values = {k.strip(): v.strip().strip('"') for k, v in values.items()}
+    return Credentials(asyncssh.read_private_key(values["IdentityFile"]),
+                       asyncssh.read_certificate(values["CertificateFile"]),
+                       asyncssh.read_known_hosts(values["UserKnownHostsFile"]))
+
+
+async def one_session(target: Target, creds: Credentials, tally: Tally) -> None:
+    options = {"username": "root", "client_keys": [(creds.key, creds.cert)],
+               "known_hosts": creds.known_hosts, "agent_path": None, "config": [],
+               "preferred_auth": "publickey", **client_algs()}
+    started = time.perf_counter()
+    async with asyncssh.connect(*target.jump, **options) as jump:
+        jumped = time.perf_counter()
+        async with asyncssh.connect(*target.node, tunnel=jump, **options) as node:
+            logged_in = time.perf_counter()
+            result = await node.run("true", check=True)
+            done = time.perf_counter()
+    assert result.exit_status == 0
+    tally.setups.append(done - started)
+    for step, seconds in zip(STEPS, (jumped - started, logged_in - jumped, done - logged_in),
+                             strict=True):
+        tally.steps[step].append(seconds)
+
+
+async def load(target: Target, creds: Credentials, workers: int, seconds: float,
+               tally: Tally) -> None:
+    """``workers`` loops of whole sessions for ``seconds``."""
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            try:
+                await one_session(target, creds, tally)
+                tally.sessions += 1
+            except (OSError, asyncssh.Error) as exc:
+                tally.failures += 1
+                if tally.failures <= 3:
+                    print(f"  {target.name}: a session failed: {exc!r}")
+
+    cpu_before = sum(tree_cpu(pid) for pid in target.server_pids)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    tally.wall += time.perf_counter() - started
+    tally.cpu += sum(tree_cpu(pid) for pid in target.server_pids) - cpu_before
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU of a server and of its children it has reaped (an sshd's
+    per-connection processes, the sessions' commands on either server)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def report(args: argparse.Namespace, tallies: dict[str, Tally]) -> None:
+    print(f"{args.concurrency} concurrent asyncssh clients, {args.seconds:g} s x{args.rounds} "
+          "per path (interleaved); a session = jump login + node login + `true`")
+    print(f"{'path':<10}{'sessions/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}"
+          + "".join(f"{s + ' ms':>15}" for s in STEPS) + f"{'server CPU ms/session':>24}")
+    for name, tally in tallies.items():
+        rate = tally.sessions / tally.wall
+        steps = "".join(f"{1000 * statistics.median(tally.steps[s]):>15.1f}" for s in STEPS)
+        cpu = f"{1000 * tally.cpu / max(tally.sessions, 1):>24.1f}"
+        print(f"{name:<10}{rate:>11.1f}{1000 * statistics.median(tally.setups):>9.1f}"
+              f"{1000 * p99(tally.setups):>9.1f}{tally.failures:>8}{steps}{cpu}")
+    limen, openssh = tallies["Limen"], tallies["OpenSSH"]
+    ratio = (limen.sessions / limen.wall) / (openssh.sessions / openssh.wall)
+    print(f"ratio sessions/s Limen / OpenSSH: {ratio:.2f} (goal >= 2.0: "
+          f"{'met' if ratio >= 2 else 'not met'}); p99 ratio "
+          f"{p99(limen.setups) / p99(openssh.setups):.2f}")
+    print("server CPU: the auth+proxy and node processes / the two sshds, with the "
+          "children each reaped (sshd's per-connection processes, the commands)")
+
+
+async def run(args: argparse.Namespace, cluster: Cluster, node_pid: int, root: Path) -> None:
+    config = log_in(cluster, root / "home")
+    creds = credentials(config)
+    node_sshd, jump_sshd = openssh_servers(cluster, root)
+    assert node_sshd.proc is not None and jump_sshd.proc is not None
+    try:
+        proxy_host, proxy_port = cluster.ssh_addr.rsplit(":", 1)
+        targets = [
+            Target("Limen", (proxy_host, int(proxy_port)), (f"{NODE_NAME}.{CLUSTER}", 22),
+                   [cluster.proxy.pid, node_pid]),
+            Target("OpenSSH", ("127.0.0.1", jump_sshd.port), ("127.0.0.1", node_sshd.port),
+                   [jump_sshd.proc.pid, node_sshd.proc.pid]),
+        ]
+        tallies = {t.name: Tally() for t in targets}
+        for target in targets:  # warm-up
+            await load(target, creds, 1, 0.5, Tally())
+        for _ in range(args.rounds):
+            for target in targets:
+                await load(target, creds, args.concurrency, args.seconds, tallies[target.name])
+        report(args, tallies)
+        print(f"Limen node memory after the run: {memory_kb(node_pid)[0] / 1024:.1f} MB RSS")
+    finally:
+        node_sshd.stop()
+        jump_sshd.stop()
+
+
+def main() -> None:
+    args = parse_args()
+    root = Path(tempfile.mkdtemp(prefix="limen-bench-sessions-"))
+    env = bench_env()
+    cluster = start_cluster(root, env, CLUSTER)
+    try:
+        node = cluster.start_node(NODE_NAME, direct=True)
+        asyncio.run(run(args, cluster, node.pid, root))
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Benchmark: many tunneled nodes on one proxy (issue 17, goal 6), in one run.
+
+Run by hand from the repository root, as root (the nodes run shells):
+
+    .venv/bin/python bench/tunnels.py [--nodes 50] [--idle-seconds 20]
+    .venv/bin/python bench/tunnels.py --nodes 3000      # the full figure (long)
+
+It starts `limen start --roles auth,proxy` on a fixed web port (agents dial it; a
+restarted proxy must be found there again), then --nodes simulated nodes in one process
+(tests/support/agents.py): each a whole node role with its own identity (joined with
+a token, its own host certificate, heartbeats, the access feed, its SSH service) and its
+reverse tunnel into the web port, SSH inside TLS. It logs a user in and prints:
+
+- joined: the time until all nodes are online (each joins, is issued a host
+  certificate, and opens its tunnel), the nodes started --rate a second;
+- memory per tunnel: the proxy's RSS growth over all tunnels, divided by their number,
+  and the agents' process per node (the whole node role);
+- idle CPU of the proxy while every tunnel is up and nothing happens (share of one
+  core over --idle-seconds; the goal: under 5%);
+- a session to a random node while all are connected (stock ssh with the config
+  `limen config` writes, ``true``), against a session to a node when it is the only
+  one: the baseline in the same run (ratio printed);
+- reconnection after a proxy restart: the proxy is stopped (SIGTERM) and started again
+  on the same port; the agents come back with jittered exponential backoff (capped at
+  10 s). Printed: the time until 50%, 90% and all of the nodes are online again (the
+  goal: all within 60 s), and the most nodes that came back in any one second (the
+  herd the auth service sees; with no jitter it would be all of them at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    Cluster,
+    Daemon,
+    Way,
+    bench_env,
+    cpu_seconds,
+    log_in,
+    rss_kb,
+    start_cluster,
+    start_proxy,
+    timed,
+    wait_for,
+)
+
+CLUSTER = "bench.limen"
+PREFIX = "tn-"
+RECONNECT_GOAL = 60.0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=50, help="tunneled nodes (default 50)")
+    parser.add_argument("--idle-seconds", type=float, default=20,
+                        help="how long to watch the idle proxy's CPU (default 20)")
+    parser.add_argument("--sessions", type=int, default=5,
+                        help="sessions to random nodes, and to the single node (default 5)")
+    parser.add_argument("--rate", type=int, default=20,
+                        help="nodes started per second, as a fleet joins (default 20)")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="how long all nodes may take to join (default 1800 s)")
+    return parser.parse_args()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def online_count(cluster: Cluster) -> int:
+    """Tunneled nodes online now; 0 while the proxy does not answer."""
+    try:
+        return sum(n["name"].startswith(PREFIX) and n["online"] for n in cluster.nodes())
+    except Exception:  # noqa: BLE001 - the proxy is restarting
+        return 0
+
+
+def start_agents(cluster: Cluster, count: int, prefix: str, timeout: float,
+                 rate: int = 0) -> tuple[Daemon, float]:
+    started = time.monotonic()
+    agents = Daemon([sys.executable, "-m", "tests.support.agents", "--proxy", cluster.web_addr,
+                     "--token", cluster.token(count), "--count", str(count),
+                     "--base", str(cluster.root / prefix), "--prefix", prefix,
+                     "--rate", str(rate)],
+                    cluster.root / f"{prefix}agents.log", cluster.env)
+    cluster.daemons.append(agents)
+    wait_for(lambda: agents.alive() and sum(
+        n["name"].startswith(prefix) and n["online"] for n in cluster.nodes()) >= count,
+        timeout, f"{count} tunneled nodes online")
+    return agents, time.monotonic() - started
+
+
+def sessions(way_of: list[Way], count: int, env: dict[str, str]) -> float:
+    """Median ms of ``ssh ... true`` over ``count`` sessions, each to a way picked at random."""
+    return 1000 * statistics.median(timed(random.choice(way_of).shell("true"), env)
+                                    for _ in range(count))
+
+
+def restart(cluster: Cluster, count: int, env: dict[str, str]) -> tuple[list[float], float]:
+    """Stop and start the proxy; returns when each node was back (seconds after the
+    new proxy was started), as seen by polling its node listing, and when that listing
+    first answered (nodes back before it are all counted at that instant)."""
+    cluster.proxy.stop()
+    started = time.monotonic()
+    cluster.proxy = start_proxy(cluster.root, env, "proxy-restarted.log")
+    back: list[float] = []
+    answered = 0.0
+    while len(back) < count:
+        if time.monotonic() - started > 10 * RECONNECT_GOAL:
+            break
+        cluster.proxy.alive()
+        online = online_count(cluster)
+        now = time.monotonic() - started
+        if online and not answered:
+            answered = now
+        back.extend([now] * (online - len(back)))
+        time.sleep(0.2)
+    return back, answered
+
+
+def main() -> None:
+    args = parse_args()
+    root = Path(tempfile.mkdtemp(prefix="limen-bench-tunnels-"))
+    env = bench_env()
+    cluster = start_cluster(root, env, CLUSTER, web_port=free_port())
+    try:
+        config = log_in(cluster, root / "home")
+        ssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes"]
+
+        def way(name: str) -> Way:
+            return Way(name, [*ssh, f"root@{name}.{CLUSTER}"])
+
+        # The baseline: one tunneled node on a proxy that holds nothing else.
+        single, _ = start_agents(cluster, 1, "single-", 120)
+        timed(way("single-00").shell("true"), env)  # warm-up
+        alone_ms = sessions([way("single-00")], args.sessions, env)
+        single.stop()
+        cluster.daemons.remove(single)
+
+        proxy_before = rss_kb(cluster.proxy.pid)
+        agents, joined = start_agents(cluster, args.nodes, PREFIX, args.timeout, args.rate)
+        time.sleep(5)  # let the joins' garbage go and the feeds settle
+        proxy_kb = (rss_kb(cluster.proxy.pid) - proxy_before) / args.nodes
+        node_kb = rss_kb(agents.pid) / args.nodes
+        cpu_before = cpu_seconds(cluster.proxy.pid)
+        time.sleep(args.idle_seconds)
+        idle_share = (cpu_seconds(cluster.proxy.pid) - cpu_before) / args.idle_seconds
+        nodes = [way(f"{PREFIX}{i:02d}") for i in range(args.nodes)]
+        busy_ms = sessions(nodes, args.sessions, env)
+
+        back, answered = restart(cluster, args.nodes, env)
+        after_ms = sessions(nodes, args.sessions, env) if len(back) == args.nodes else None
+        report(args, joined, proxy_kb, node_kb, idle_share, alone_ms, busy_ms, after_ms, back,
+               answered)
+    finally:
+        cluster.stop()
+
+
+def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: float,
+           idle_share: float, alone_ms: float, busy_ms: float, after_ms: float | None,
+           back: list[float], answered: float) -> None:
+    n = args.nodes
+    print(f"{n} tunneled nodes in one process, SSH inside TLS to the proxy's web port")
+    print(f"joined and online:        {joined:.1f} s ({n / joined:.1f} nodes/s, a host "
+          "certificate each)")
+    print(f"memory per tunnel:        proxy {proxy_kb:.0f} kB; agents' process "
+          f"{node_kb:.0f} kB per node (the whole node role)")
+    print(f"proxy idle CPU:           {idle_share:.1%} of a core over {args.idle_seconds:g} s "
+          f"(goal < 5%: {'met' if idle_share < 0.05 else 'not met'})")
+    print(f"ssh true, random node:    {busy_ms:.0f} ms median with all {n} connected; "
+          f"{alone_ms:.0f} ms to a node alone on the proxy; ratio {busy_ms / alone_ms:.2f}")
+    if len(back) < n:
+        print(f"after a proxy restart:    only {len(back)} of {n} back within "
+              f"{10 * RECONNECT_GOAL:.0f} s")
+        return
+    herd = max(sum(1 for t in back if int(t) == second) for second in range(int(back[-1]) + 1))
+    print(f"after a proxy restart:    50% back in {back[n // 2 - 1 if n > 1 else 0]:.1f} s, "
+          f"90% in {back[max(0, int(0.9 * n) - 1)]:.1f} s, all in {back[-1]:.1f} s (goal "
+          f"<= {RECONNECT_GOAL:g} s: {'met' if back[-1] <= RECONNECT_GOAL else 'not met'}); "
+          f"at most {herd} nodes came back in one second (the restarted proxy's API "
+          f"answered after {answered:.1f} s: nodes back before then count at that second)")
+    if after_ms is not None:
+        print(f"ssh true, random node, after the restart: {after_ms:.0f} ms median")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The proxy's in-memory view of the nodes answers the jump host's routing by id and by
+name, and follows joins, renames and removals as the backend's watch reports them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from limen.auth.context import Stores
+from limen.backend import open_backend
+from limen.clock import FakeClock
+from limen.proxy.node_watch import NodeWatch
+from limen.resources import Node
+
+
+def _node(node_id: str, hostname: str) -> Node:
+    return Node(metadata={"name": node_id}, spec={"hostname": hostname})
+
+
+async def _until(check, what: str) -> None:  # noqa: ANN001 - tiny helper
+    async with asyncio.timeout(10):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def watched() -> AsyncIterator[tuple[Stores, NodeWatch]]:
+    backend = await open_backend("memory", sweep_interval=None)
+    stores = Stores(backend)
+    await stores.nodes.create(_node("id-1", "web-1"))
+    watch = NodeWatch(stores, FakeClock())
+    await watch.start()
+    yield stores, watch
+    await watch.stop()
+    await backend.close()
+
+
+async def test_matching_by_id_and_name_follows_the_backend(watched) -> None:
+    stores, watch = watched
+    assert [n.name for n in watch.matching("web-1")] == ["id-1"]
+    assert [n.name for n in watch.matching("id-1")] == ["id-1"]
+    assert watch.matching("web-2") == []
+
+    await stores.nodes.create(_node("id-2", "web-2"))
+    await _until(lambda: watch.matching("web-2"), "the join")
+
+    async def rename(node: Node) -> None:
+        node.spec.hostname = "db-1"
+
+    await stores.nodes.modify("id-1", rename)
+    await _until(lambda: watch.matching("db-1"), "the rename")
+    assert watch.matching("web-1") == []  # the old name no longer leads anywhere
+
+    await stores.nodes.delete("id-2")
+    await _until(lambda: not watch.matching("web-2"), "the removal")
+    assert watch.matching("id-2") == []
+
+
+async def test_two_nodes_with_one_name_are_both_found(watched) -> None:
+    """The router then says the name is ambiguous, as it did reading the backend."""
+    stores, watch = watched
+    await stores.nodes.create(_node("id-3", "web-1"))
+    await _until(lambda: len(watch.matching("web-1")) == 2, "the second node")
+    assert sorted(n.name for n in watch.matching("web-1")) == ["id-1", "id-3"]
