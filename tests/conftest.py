@@ -12,6 +12,7 @@ from limen.audit.files import DAY_FILE, read_lines
 from limen.audit.schema import CHAIN_FIELDS, check_record
 from limen.errors import BadParameter
 from tests.support.cluster import ClusterHarness
+from tests.support.shell_lock import stale_shell_locks_removed
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,14 @@ def fresh_cluster(tmp_path: Path) -> Iterator[ClusterHarness]:
     harness = ClusterHarness(tmp_path).start()
     yield harness
     harness.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stale_shell_lock() -> Iterator[None]:
+    """Root's shell start-up on the reference machine can stall every session for 60 s
+    after one was killed at the wrong moment (tests.support.shell_lock explains)."""
+    with stale_shell_locks_removed():
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
