@@ -517,11 +517,16 @@ def test_a_node_lock_refuses_and_removal_forgets_it(
                            "--ttl", "1h", "--format", "json")
     assert locked.returncode == 0, locked.stderr
     try:
-        refused = alice.limen("ssh", f"root@{node.name}", "echo never")
-        assert refused.returncode != 0 and "maintenance" in refused.stderr
+        def refused() -> bool:
+            tried = alice.limen("ssh", f"root@{node.name}", "echo never")
+            return tried.returncode != 0 and "maintenance" in tried.stderr
+
+        wait_until(refused, 15, "the node lock's refusal")
     finally:
         cluster.admin("rm", f"lock/{locked.json()['metadata']['name']}")
-    assert alice.limen("ssh", f"root@{node.name}", "echo back").stdout == "back\n"
+    # The removal reaches the proxy's lock cache through the watch feed: soon, not at once.
+    wait_until(lambda: alice.limen("ssh", f"root@{node.name}", "echo back").stdout
+               == "back\n", 15, "the node reachable again once its lock is removed")
 
     name = unique("gone")
     register(cluster, tmp_path, name, "env=legacy")
