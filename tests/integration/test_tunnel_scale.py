@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import ClusterHarness
+from tests.support.processes import stop_process
 from tests.support.ssh_access import SshUser, new_user, unique, wait_until
 
 COUNT = 50
@@ -48,13 +47,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClusterHar
         wait_until(all_up, 90, f"{COUNT} tunnels")
         yield cluster, prefix
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, timeout=30, group=True)
         cluster.stop()
 
 

@@ -5,9 +5,7 @@ stock ssh invocations, and a router that counts dials.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -19,6 +17,7 @@ import asyncssh
 
 from limen.proxy.ssh_jump import NodeRoute, StaticRouter
 from tests.support.event_shapes import proxy_problem
+from tests.support.processes import stop_process
 
 CLUSTER = "test.limen"
 SSHD = "/usr/sbin/sshd"
@@ -193,13 +192,7 @@ class Sshd:
         if self.proc is None:
             return
         # The listener and any session children it forked: the group we created.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc, group=True)
         self._collector.join(10)  # stderr ends once every process of the group is gone
         if self.proc.stderr is not None:
             self.proc.stderr.close()

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.sso.pki import ServerFiles
+from tests.support.processes import stop_process
 
 PROVIDER_DIR = Path(__file__).parent / "provider"
 CLIENT_ID = "limen-test"
@@ -74,12 +75,7 @@ class OIDCProvider:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+            stop_process(self._proc)
             if self._proc.stdout:
                 self._proc.stdout.close()
             self._proc = None

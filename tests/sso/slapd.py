@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.sso.pki import ServerFiles
+from tests.support.processes import stop_process
 
 BASE = "dc=example,dc=com"
 SERVICE_DN = f"cn=limen,ou=services,{BASE}"
@@ -126,10 +127,5 @@ class Slapd:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+            stop_process(self._proc)
             self._proc = None

@@ -23,6 +23,7 @@ import asyncpg
 from limen.client.api import APIClient
 from limen.clock import FakeClock
 from tests.support.cluster import CLIResult, ClusterHarness, default_config
+from tests.support.processes import stop_process
 from tests.support.ssh_access import wait_until
 
 DSN = os.environ.get("LIMEN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -115,12 +116,7 @@ class Instance(ClusterHarness):
     def stop(self) -> None:
         if self.alive():
             assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            stop_process(self.proc, timeout=30)
         if not self._loop.is_closed():
             self._loop.close()
 

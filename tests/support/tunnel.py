@@ -5,7 +5,6 @@ network namespace), the proxy's view of tunnels, and restarting a test cluster's
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from limen.errors import AlreadyExists
 from limen.service import Service
 from tests.support.cluster import ClusterHarness
 from tests.support.netns import NatNamespace
+from tests.support.processes import stop_process
 from tests.support.ssh_access import unique, wait_until
 
 
@@ -87,15 +87,8 @@ class NodeProcess:
         return wait_until(ready, timeout, f"node {self.name}'s tunnel")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)  # the node and the shells it started
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:  # the node and the shells it started
+            stop_process(self.proc, sig=sig, timeout=15, group=True)
 
 
 DIRECT = ("--listen-addr", "127.0.0.1:0", "--advertise-addr", "127.0.0.1")  # not tunneled

@@ -53,6 +53,7 @@ from limen.audit.store import EventStore, StoredEvent
 from limen.clock import Clock, RealClock
 from limen.diag import metrics
 from limen.errors import ConnectionProblem, LimenError
+from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -435,9 +436,7 @@ class AuditLog:
             await self._writer
         if self._copier is not None:
             await self.flush()
-            self._copier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._copier
+            await cancel_and_wait(self._copier)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

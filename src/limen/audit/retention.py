@@ -9,7 +9,6 @@ chain that remains still verifies from its first line (the anchor carries it acr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +20,7 @@ from limen.audit.chain import checkpoint_message, format_time
 from limen.audit.log import AuditLog, now_ns
 from limen.audit.store import AuditStore
 from limen.errors import LimenError
+from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,7 @@ class Retention:
             self._task = asyncio.create_task(self._loop(), name="limen-audit-retention")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         while True:

@@ -9,7 +9,6 @@ refused: a node that cannot see the locks does not guess (fail closed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ from typing import Any
 from limen.errors import ConnectionProblem, NotFound
 from limen.rbac import AccessChecker
 from limen.resources import Lock, Role, User
+from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,7 @@ class AccessCache:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         delay = 0.5

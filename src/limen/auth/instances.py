@@ -22,6 +22,7 @@ from limen.files import write_private
 from limen.resources import Metadata
 from limen.resources.instance import Instance, InstanceSpec
 from limen.services.store import ResourceStore
+from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,7 @@ class InstanceHeartbeat:
     async def stop(self) -> None:
         """Stop beating and say so: listings show this instance down at once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
             try:
                 await self.beat(stopped=True)

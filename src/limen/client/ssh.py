@@ -30,6 +30,7 @@ import asyncssh
 from limen.client.tls_tunnel import TLSTunnel
 from limen.errors import AccessDenied, ConnectionProblem, LimenError, NotFound
 from limen.sshalgs import HOST_KEY_ALGS, hardened_options
+from limen.tasks import cancel_and_wait
 
 NODE_PORT = 3022  # ignored by the jump host: a node's SSH service is all it reaches
 CHUNK = 256 * 1024
@@ -251,9 +252,7 @@ async def _pump(
         await asyncio.gather(_copy_out(proc.stdout, stdout), _copy_out(proc.stderr, stderr))
         await proc.wait_closed()
     finally:
-        feeder.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await feeder
+        await cancel_and_wait(feeder)
         proc.close()
     sig = proc.exit_signal
     return RemoteExit(proc.exit_status if sig is None else None, sig[0] if sig else None)

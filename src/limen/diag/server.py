@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from limen.diag.metrics import REGISTRY
+from limen.tasks import serve_until_started
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,7 @@ class DiagServer:
         return self._sock.getsockname()[1]
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
-        while not self._server.started:
-            if self._task.done():
-                await self._task  # surfaces the start-up error
-                raise RuntimeError("the diagnostics server stopped while starting")
-            await asyncio.sleep(0.01)
+        self._task = await serve_until_started(self._server, self._sock, "diagnostics server")
 
     async def stop(self) -> None:
         if self._task is None:

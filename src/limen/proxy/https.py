@@ -12,6 +12,8 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from limen.tasks import serve_until_started
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: service.py owns the process's signals."""
@@ -84,12 +86,7 @@ class HTTPSServer:
             connection.shutdown()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
-        while not self._server.started:
-            if self._task.done():
-                await self._task  # surfaces the start-up error
-                raise RuntimeError("the HTTPS server stopped while starting")
-            await asyncio.sleep(0.01)
+        self._task = await serve_until_started(self._server, self._sock, "HTTPS server")
 
     async def stop(self) -> None:
         self._server.should_exit = True

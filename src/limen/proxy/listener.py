@@ -15,13 +15,14 @@ log line. Connection counts per source address are bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,7 @@ class MultiplexListener:
         self._task = asyncio.create_task(self._accept_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for task in list(self._pending):
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)

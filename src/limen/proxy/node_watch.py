@@ -10,7 +10,6 @@ verifier) when a node is removed, lapses or is locked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -21,6 +20,7 @@ from limen.clock import Clock
 from limen.errors import LimenError
 from limen.resources import Lock, Node
 from limen.sshauth import CertFacts
+from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,8 @@ class NodeWatch:
             await self._ready.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     # -- what the proxy asks -----------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from limen.audit.files import complete_lines_end
 from limen.errors import BadParameter, LimenError
 from limen.recording.cast import LocalRecording
+from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,7 @@ class RecordingUploader:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._task), grace)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
     def pending(self) -> list[str]:
         if not self.directory.is_dir():

@@ -32,6 +32,7 @@ from limen.client.tls_tunnel import ALPN_TUNNEL, TLSTunnel
 from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied, LimenError
 from limen.sshalgs import HOST_KEY_ALGS, hardened_options
+from limen.tasks import cancel_and_wait
 from limen.tunnel.backoff import Backoff
 from limen.tunnel.discovery import TunnelTarget, discover
 
@@ -126,11 +127,8 @@ class TunnelAgent:
             await self._up.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._close()
 
     # the loop

@@ -15,12 +15,12 @@ Each peer's agent pins that peer's own host key, as the main agent pins its prox
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from limen.errors import BadParameter, LimenError
+from limen.tasks import cancel_and_wait
 from limen.tunnel.agent import ProxyLocator, TunnelAgent
 from limen.tunnel.discovery import TunnelTarget, fetch_ping, target_from_ping
 
@@ -53,11 +53,8 @@ class PeerTunnels:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         agents, self.agents = list(self.agents.values()), {}
         await asyncio.gather(*(agent.stop() for agent in agents))
 

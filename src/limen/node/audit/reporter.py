@@ -40,6 +40,7 @@ from limen.files import write_private
 from limen.node.audit.spool import EventSpool
 from limen.recording.cast import CastWriter, LocalRecording
 from limen.recording.upload import RecordingLink, RecordingUploader
+from limen.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from limen.node.ssh.server import NodeServer
@@ -106,10 +107,7 @@ class NodeAudit:
         for sid in list(self._writers):
             self._close_writer(sid)
         await self.uploader.stop()
-        if self._replayer is not None:
-            self._replayer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replayer
+        await cancel_and_wait(self._replayer)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 

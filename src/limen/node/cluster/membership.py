@@ -9,7 +9,6 @@ lapsed, or that is given a join token other than the one it joined with, joins a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from limen.netpolicy import first_address
 from limen.node.cluster.link import ClusterLink
 from limen.resources import Session
 from limen.sshauth import read_certificate
+from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,4 @@ class Heartbeat:
                 log.warning("heartbeat failed: %s", exc)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)

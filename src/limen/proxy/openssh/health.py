@@ -18,6 +18,7 @@ from limen.hostport import split_host_port
 from limen.proxy.openssh.upstream import probe_sshd
 from limen.proxy.ssh_routes import NodeRoute
 from limen.resources import Node
+from limen.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from limen.proxy.openssh.front import OpenSSHGateway
@@ -50,10 +51,7 @@ class OpenSSHHealth:
                                                             name="limen-openssh-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def check_all(self) -> None:
         for node in await self.gateway.link.openssh_nodes():

@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.ssh_routes import JumpIdentity, NodeRoute
+from limen.tasks import cancel_and_wait
 from limen.timers import TimerHandle
 
 log = logging.getLogger(__name__)
@@ -150,9 +151,7 @@ class WebTerminal:
                 try:
                     await self._node_to_browser()
                 finally:
-                    reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reader
+                    await cancel_and_wait(reader)
         finally:
             self._jump.connections.discard(self)  # type: ignore[arg-type]
             for timer in (self._expiry, self._recheck):
