@@ -156,6 +156,18 @@ def test_a_user_the_provider_maps_to_no_role_sees_why_on_the_sign_in_page(
         assert "does not map mallory@example.com to any Limen role" in landed.text
         assert "Sign in to Limen" in landed.text  # the sign-in page, with the reason
         assert not http.session
+        # Told once, and only to the browser that started the sign-in.
+        again = http.get("/web/sso/finish")
+        assert again.status_code == 403 and "does not map" not in again.text
+
+
+def test_the_sign_in_page_shows_no_words_a_link_brings(sso: SSOSetup) -> None:
+    with WebClient(sso) as http:
+        lure = http.get("/web/sso/finish?error=Your+account+is+suspended%2C+call+555-0100"
+                        "&error_description=x")
+        assert lure.status_code == 403
+        assert "555-0100" not in lure.text and "suspended" not in lure.text
+        assert "not started in this browser" in lure.text
 
 
 def test_ldap_signs_in_from_its_form_and_a_wrong_password_counts(ldap: LDAPSetup) -> None:

@@ -50,7 +50,7 @@ from limen.auth.openssh_nodes import OpenSSHCert
 from limen.auth.resources import canonical_kind, parse_document
 from limen.auth.users import IssuedToken, SignupChallenge
 from limen.auth.web_sessions import SignedIn, WebSessions
-from limen.auth.web_sso import WebFlow, WebSSO, button_url
+from limen.auth.web_sso import WebFlow, WebSSO
 from limen.clock import Clock
 from limen.errors import AccessDenied, NotFound
 from limen.rbac import AccessChecker
@@ -189,12 +189,6 @@ class AuthFacade:
     def _web_sessions(self) -> WebSessions:
         return WebSessions(self.auth.ctx, self.auth.locks)
 
-    async def login_connectors(self) -> list[dict[str, str]]:
-        """Other ways to sign in, one button each on the sign-in page (``name``,
-        ``display``, ``url``): the single sign-on connectors."""
-        return [{"name": c.name, "display": c.display, "url": button_url(c)}
-                for c in await self.auth.sso.list_public()]
-
     async def login_connector(self, name: str, kind: str) -> ConnectorInfo:
         """One connector of a kind, for its sign-in page; NotFound when there is none."""
         found = [c for c in await self.auth.sso.list_public()
@@ -206,8 +200,11 @@ class AuthFacade:
     def _web_sso(self) -> WebSSO:
         return WebSSO(self.auth.sso, self._web_sessions())
 
-    async def web_sso_oidc_start(self, connector: str) -> WebFlow:
-        return await self._web_sso().start_oidc(connector, self.caller.remote_addr)
+    async def web_sso_oidc_start(self, connector: str, finish_url: str) -> WebFlow:
+        return await self._web_sso().start_oidc(connector, finish_url, self.caller.remote_addr)
+
+    async def web_sso_oidc_refusal(self, cookie: str) -> str:
+        return await self._web_sso().refusal(cookie)
 
     async def web_sso_oidc_finish(self, cookie: str, code: str) -> SignedIn:
         return await self._web_sso().finish_oidc(cookie, code, self.caller.remote_addr)

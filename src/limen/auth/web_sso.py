@@ -18,6 +18,7 @@ Either way the certificate says ``origin@limen: web`` and becomes a web session.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -25,14 +26,13 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from limen.auth.connectors.service import ConnectorInfo, SSOService, redeem_message
+from limen.auth.connectors.service import SSOService, redeem_message
 from limen.auth.login import ORIGIN_WEB
 from limen.auth.web_sessions import SignedIn, WebSessions, seal, unseal
 from limen.errors import AccessDenied, NotFound
+from limen.resources import SSORequest
 from limen.resources.token import token_hash
 
-# Where the provider's callback sends a browser next (the web UI's finish page).
-WEB_FINISH = "/web/sso/finish"
 _SEAL_NAME = "limen web sso"
 FOREIGN_FLOW = ("this sign-in was not started in this browser (or has expired); start it "
                 "again from the sign-in page")
@@ -46,23 +46,19 @@ class WebFlow:
     cookie: str  # "STATE.FLOW_TOKEN": both are URL-safe base64, without dots
 
 
-def button_url(connector: ConnectorInfo) -> str:
-    """What the sign-in page's button for a connector opens."""
-    return f"/web/sso/{connector.kind}/{connector.name}"
-
-
 class WebSSO:
     def __init__(self, sso: SSOService, sessions: WebSessions) -> None:
         self.sso = sso
         self.sessions = sessions
 
-    async def start_oidc(self, connector: str, remote: str) -> WebFlow:
+    async def start_oidc(self, connector: str, finish_url: str, remote: str) -> WebFlow:
+        """``finish_url``: the web UI's page the provider's callback sends the browser on to."""
         key = WebSessions.new_key()
         flow_token, client_nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         secret = json.dumps({"key": key.export_private_key("openssh").decode(),
                              "nonce": client_nonce}).encode()
         started = await self.sso.oidc_begin(
-            connector, key.export_public_key("openssh").decode(), WEB_FINISH,
+            connector, key.export_public_key("openssh").decode(), finish_url,
             hashlib.sha256(client_nonce.encode()).hexdigest(), None, remote,
             web_seal=seal(flow_token, _SEAL_NAME, secret))
         return WebFlow(started.auth_url, f"{started.state}.{flow_token}")
@@ -70,13 +66,24 @@ class WebSSO:
     async def finish_oidc(self, cookie: str, code: str, remote: str) -> SignedIn:
         """Redeem the sign-in this browser started, as the CLI would; a web session."""
         state, _, flow_token = (cookie or "").partition(".")
-        key, client_nonce = await self._open_flow(state, flow_token)
+        _request, opened = await self._open_flow(state, flow_token)
+        key, client_nonce = asyncssh.import_private_key(opened["key"]), opened["nonce"]
         signature = key.sign(redeem_message(state, code), key.sig_algorithms[0]).hex()
         result = await self.sso.redeem(state, code, client_nonce, signature, remote,
                                        origin=ORIGIN_WEB, api_token=False)
         return await self.sessions.create(result, key, remote)
 
-    async def _open_flow(self, state: str, flow_token: str) -> tuple[asyncssh.SSHKey, str]:
+    async def refusal(self, cookie: str) -> str:
+        """Why the sign-in this browser started was refused (told once)."""
+        state, _, flow_token = (cookie or "").partition(".")
+        request, _opened = await self._open_flow(state, flow_token)
+        with contextlib.suppress(NotFound):
+            await self.sso.requests.delete(request.name)
+        return str((request.spec.result or {}).get("error") or FOREIGN_FLOW)
+
+    async def _open_flow(self, state: str, flow_token: str) -> tuple[SSORequest, dict[str, str]]:
+        """The sign-in this cookie started, and its sealed secrets; anything else is
+        refused alike, without saying which part was wrong."""
         if not state or not flow_token:
             raise AccessDenied(FOREIGN_FLOW)
         try:
@@ -89,7 +96,7 @@ class WebSSO:
             opened = json.loads(unseal(flow_token, _SEAL_NAME, request.spec.web_seal))
         except (AccessDenied, ValueError):
             raise AccessDenied(FOREIGN_FLOW) from None
-        return asyncssh.import_private_key(opened["key"]), str(opened["nonce"])
+        return request, opened
 
     async def ldap(self, connector: str, user: str, password: str, otp: str,
                    remote: str) -> SignedIn:

@@ -169,10 +169,9 @@ class SSOService:
                                                             spec.code_verifier)
             user = await self._admit(identity)
         except LimenError as exc:
-            await self._forget(request)
             await self._failed(identity.username if identity else "", remote, exc.message,
                                "oidc", spec.connector, identity.offered if identity else None)
-            return _with_query(spec.client_callback, error=exc.message)
+            return await self._refused(request, exc.message)
         exchange = secrets.token_urlsafe(32)
 
         def answered(req: SSORequest) -> None:
@@ -182,6 +181,22 @@ class SSOService:
 
         await self.requests.modify(request.name, answered)
         return _with_query(spec.client_callback, code=exchange)
+
+    async def _refused(self, request: SSORequest, reason: str) -> str:
+        """Where a refused sign-in sends the browser. The CLI's listener gets the reason in
+        its URL. A web sign-in keeps it in the request, for the browser that proves it
+        started it (limen.auth.web_sso): a reason in the URL would let anyone put words
+        of their choosing on the sign-in page."""
+        if not request.spec.web_seal:
+            await self._forget(request)
+            return _with_query(request.spec.client_callback, error=reason)
+
+        def refused(req: SSORequest) -> None:
+            req.spec.result = {"error": reason}
+            req.metadata.expires = self.ctx.clock.now() + REDEEM_TTL
+
+        await self.requests.modify(request.name, refused)
+        return _with_query(request.spec.client_callback, refused="1")
 
     async def _claim(self, state: str, remote: str) -> SSORequest:
         """The sign-in this state names, taken once: a replayed redirect finds it taken."""

@@ -63,7 +63,7 @@ async def login_page(state: WebUIState, request: Request, *, status: int = 200,
     button each, as the facade lists them."""
     return render(state, request, "login.html", status=status, error=error, username=user,
                   notice=notice, next=safe_next(next_path or None),
-                  connectors=await public(state, request).login_connectors(),
+                  connectors=await public(state, request).list_connectors(),
                   title="Sign in")
 
 

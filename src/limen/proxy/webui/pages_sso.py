@@ -38,21 +38,21 @@ def _end_flow(response: Response) -> Response:
 def add_routes(app: FastAPI, state: WebUIState) -> None:
     @app.get("/sso/oidc/{name}")
     async def oidc_start(request: Request, name: str) -> Response:
-        flow = await anonymous(state, request).web_sso_oidc_start(name[:256])
+        flow = await anonymous(state, request).web_sso_oidc_start(name[:256],
+                                                                   f"{PREFIX}/sso/finish")
         response = RedirectResponse(flow.auth_url, status_code=303)
         response.set_cookie(FLOW_COOKIE, flow.cookie, max_age=FLOW_SECONDS, httponly=True,
                             secure=True, samesite="lax", path="/")
         return response
 
     @app.get("/sso/finish")
-    async def oidc_finish(request: Request, code: str = "", error: str = "") -> Response:
-        if error or not code:
-            page = await login_page(state, request, status=403,
-                                    error=error[:500] or "the sign-in did not finish")
-            return _end_flow(page)
+    async def oidc_finish(request: Request, code: str = "") -> Response:
+        api, cookie = anonymous(state, request), request.cookies.get(FLOW_COOKIE, "")
         try:
-            session = await anonymous(state, request).web_sso_oidc_finish(
-                request.cookies.get(FLOW_COOKIE, ""), code[:256])
+            if not code:  # refused: the reason is kept for the browser holding the cookie
+                reason = await api.web_sso_oidc_refusal(cookie)
+                return _end_flow(await login_page(state, request, status=403, error=reason))
+            session = await api.web_sso_oidc_finish(cookie, code[:256])
         except LimenError as exc:
             page = await login_page(state, request, status=exc.http_status, error=exc.message)
             return _end_flow(page)
