@@ -19,6 +19,7 @@ from typing import Any
 import asyncssh
 import pytest
 
+from limen.auth.node_credentials import sign_join
 from tests.support.cluster import ClusterHarness
 from tests.support.node_api import HandNode, error_of, joined_role, new_token
 from tests.support.ssh_access import SshUser, new_user, unique, wait_until
@@ -182,6 +183,33 @@ def test_names_are_unique_and_the_join_tokens_labels_bind(
     # Once removed, the name is free for another node.
     assert cluster.admin("rm", f"node/{name}").returncode == 0
     HandNode(cluster, name).join(new_token(cluster))
+
+
+def test_a_registered_nodes_public_key_does_not_make_its_node(cluster: ClusterHarness) -> None:
+    """Anyone can read a node's public host key (ssh-keyscan); with a join token of their
+    own, that must not get them the node's id, labels or API credentials."""
+    name = unique("victim")
+    victim = HandNode(cluster, name)
+    victim.join(new_token(cluster, "--labels", "env=prod"))
+    before = cluster.run(cluster.service.auth.nodes.find(name))
+
+    impostor = HandNode(cluster, name, key=victim.key)  # only the public half is used
+    stranger_key = asyncssh.generate_private_key("ssh-ed25519")
+    for proof in (None, sign_join(stranger_key, name, "t", cluster.clock.now())):
+        refused = impostor.try_join(new_token(cluster, "--labels", "env=dev"), proof=proof)
+        assert refused.status_code == 403, refused.text
+        assert "host key" in error_of(refused)
+    after = cluster.run(cluster.service.auth.nodes.find(name))
+    assert (after.metadata.labels, after.spec.token_id) == (before.metadata.labels,
+                                                            before.spec.token_id)
+    assert victim.heartbeat("", "tunnel").status_code == 200  # its credentials still work
+    assert cluster.events_of("instance.join", node_name=name, success=False)
+
+    # The node itself, holding the key, joins again under its id.
+    token = new_token(cluster)
+    again = HandNode(cluster, name, key=victim.key)
+    assert again.join(token, proof=sign_join(victim.key, name, token,
+                                             cluster.clock.now())) == victim.node_id
 
 
 def test_a_join_token_is_single_use_unless_created_for_more(cluster: ClusterHarness) -> None:

@@ -38,19 +38,22 @@ class HandNode:
         return httpx.Client(base_url=f"https://{self.cluster.web_addr}",
                             verify=verifying_context(ca), timeout=30)
 
-    def try_join(self, token: str, addr: str = "",
-                 labels: dict[str, str] | None = None) -> httpx.Response:
+    def try_join(self, token: str, addr: str = "", labels: dict[str, str] | None = None,
+                 proof: dict[str, str] | None = None) -> httpx.Response:
+        """``proof``: the host key's signature, as `limen start` sends (sign_join)."""
         body = {"token": token, "name": self.name, "addr": addr, "labels": labels or {},
-                "public_key": self.key.export_public_key("openssh").decode()}
+                "public_key": self.key.export_public_key("openssh").decode(),
+                "proof": proof}
         with self._client() as http:
             response = http.post("/v1/join", json=body)
         if response.is_success:
             self.joined = response.json()
         return response
 
-    def join(self, token: str, addr: str = "", labels: dict[str, str] | None = None) -> str:
+    def join(self, token: str, addr: str = "", labels: dict[str, str] | None = None,
+             proof: dict[str, str] | None = None) -> str:
         """Join; returns the node id."""
-        response = self.try_join(token, addr, labels)
+        response = self.try_join(token, addr, labels, proof)
         assert response.status_code == 200, response.text
         return str(self.joined["node_id"])
 

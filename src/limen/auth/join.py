@@ -13,7 +13,7 @@ import contextlib
 import random
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import asyncssh
@@ -160,7 +160,7 @@ class JoinService:
         record: JoinToken | None = None
         try:
             self._check_claims(request)
-            await self._check_name_free(request)
+            request = replace(request, node_id=await self._check_name_free(request, token))
             record = await self._consume(token)
             labels = {**request.labels, **record.spec.labels}  # the token's labels win
             await self.ctx.audit.emit(
@@ -213,17 +213,24 @@ class JoinService:
             check_advertised(request.addr, self.ctx.settings.node_networks, port_known=False)
         creds.import_host_key(request.public_key)
 
-    async def _check_name_free(self, request: JoinRequest) -> None:
+    async def _check_name_free(self, request: JoinRequest, token: str) -> str:
         """Fail before the token is spent when the name is visibly taken (register()
-        decides for good, atomically)."""
+        decides for good, atomically). A node joining again under its name with its
+        registered host key keeps its id, once it proves it holds that key: the id
+        returned (empty for a new node)."""
         holder = await self.nodes.names.holder(request.name)
         if holder is None:
-            return
-        with contextlib.suppress(NotFound):
+            return ""
+        try:
             node = await self.ctx.stores.nodes.get(holder)
-            key = creds.import_host_key(request.public_key).export_public_key("openssh")
-            if node.spec.host_key != key.decode().strip():
-                raise NameTaken(request.name, holder)
+        except NotFound:
+            return ""
+        key = creds.import_host_key(request.public_key).export_public_key("openssh")
+        if node.spec.host_key != key.decode().strip():
+            raise NameTaken(request.name, holder)
+        creds.check_join(node.spec.host_key, request.name, token, request.proof,
+                         self.ctx.clock.now())
+        return holder
 
     def _reserved_names(self) -> set[str]:
         """Names the proxy answers to, which no joining node may have certified."""

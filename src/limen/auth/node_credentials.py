@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,6 +27,7 @@ from limen.sshalgs import SIGNATURE_ALGS
 # How far a renewal's signed time may be from the auth service's clock.
 PROOF_WINDOW = timedelta(minutes=5)
 _PROOF_CONTEXT = "limen-node-renewal-v1"
+_JOIN_CONTEXT = "limen-node-join-v1"
 
 
 def token_id(token: str) -> str:
@@ -99,37 +101,69 @@ def _statement(node_id: str, renewed_token_id: str, stamp: str) -> bytes:
     return f"{_PROOF_CONTEXT}\n{node_id}\n{renewed_token_id}\n{stamp}".encode()
 
 
-def sign_renewal(key: asyncssh.SSHKey, node_id: str, api_token: str,
-                 now: datetime) -> dict[str, str]:
-    """The node's side: a signed statement for POST /v1/nodes/renew."""
-    stamp = now.isoformat()
+def _join_statement(name: str, join_token: str, stamp: str) -> bytes:
+    return f"{_JOIN_CONTEXT}\n{name.lower()}\n{token_hash(join_token)}\n{stamp}".encode()
+
+
+def _signed(key: asyncssh.SSHKey, statement: bytes, stamp: str) -> dict[str, str]:
     algorithm = next(
         (alg for alg in key.sig_algorithms if alg.decode() in SIGNATURE_ALGS),
         key.sig_algorithms[0],
     )
-    signature = key.sign(_statement(node_id, token_id(api_token), stamp), algorithm)
+    signature = key.sign(statement, algorithm)
     return {"time": stamp, "signature": base64.b64encode(signature).decode()}
+
+
+def sign_renewal(key: asyncssh.SSHKey, node_id: str, api_token: str,
+                 now: datetime) -> dict[str, str]:
+    """The node's side: a signed statement for POST /v1/nodes/renew."""
+    stamp = now.isoformat()
+    return _signed(key, _statement(node_id, token_id(api_token), stamp), stamp)
+
+
+def sign_join(key: asyncssh.SSHKey, name: str, join_token: str,
+              now: datetime) -> dict[str, str]:
+    """The joining node's side: that it holds the host key it presents (POST /v1/join)."""
+    stamp = now.isoformat()
+    return _signed(key, _join_statement(name, join_token, stamp), stamp)
 
 
 def check_renewal(public_key: str, node_id: str, renewed_token_id: str, stamp: str,
                   signature: str, now: datetime) -> None:
     """The auth service's side: AccessDenied unless the registered host key signed it now."""
+    _check_proof(public_key, stamp, signature, now, "renewal",
+                 lambda: _statement(node_id, renewed_token_id, stamp))
+
+
+def check_join(public_key: str, name: str, join_token: str, proof: dict[str, str] | None,
+               now: datetime) -> None:
+    """A join that claims a registered node's host key must be signed by that key, now:
+    the public key alone is no secret (ssh-keyscan shows it)."""
+    if not proof:
+        raise AccessDenied("the join's proof of the host key is missing")
+    stamp = str(proof.get("time", ""))
+    _check_proof(public_key, stamp, str(proof.get("signature", "")), now, "join",
+                 lambda: _join_statement(name, join_token, stamp))
+
+
+def _check_proof(public_key: str, stamp: str, signature: str, now: datetime, what: str,
+                 statement: Callable[[], bytes]) -> None:
     try:
         when = datetime.fromisoformat(stamp)
         raw = base64.b64decode(signature, validate=True)
     except (ValueError, binascii.Error):
-        raise AccessDenied("the renewal's proof is malformed") from None
+        raise AccessDenied(f"the {what}'s proof is malformed") from None
     if when.tzinfo is None or abs(now - when) > PROOF_WINDOW:
         raise AccessDenied(
-            "the renewal's proof is not from now: check the node's clock against the "
+            f"the {what}'s proof is not from now: check the node's clock against the "
             "auth service's"
         )
     if _algorithm(raw) not in SIGNATURE_ALGS:  # no SHA-1 RSA signatures
-        raise AccessDenied("the renewal's proof uses a signature algorithm not accepted here")
+        raise AccessDenied(f"the {what}'s proof uses a signature algorithm not accepted here")
     key = import_host_key(public_key)
-    if not key.verify(_statement(node_id, renewed_token_id, stamp), raw):
+    if not key.verify(statement(), raw):
         raise AccessDenied(
-            "the renewal was not signed with the host key this node registered with"
+            f"the {what} was not signed with the host key this node registered with"
         )
 
 

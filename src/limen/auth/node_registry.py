@@ -39,7 +39,10 @@ class JoinRequest:
     public_key: str
     addr: str = ""  # advertised host:port; empty for tunnel-only nodes
     labels: dict[str, str] = field(default_factory=dict)
-    node_id: str = ""  # the in-process node keeps its id across restarts
+    # The in-process node keeps its id across restarts; a joining node, once it proved it
+    # holds the registered host key (limen.auth.join).
+    node_id: str = ""
+    proof: dict[str, str] | None = None  # a joining node's signature (node_credentials)
 
 
 @dataclass(frozen=True)
@@ -119,14 +122,15 @@ class NodeRegistry:
                        remote_addr: str = "", certify_addr: bool = True) -> JoinResult:
         """Register a node and issue its credentials (a joining node's or the local one's).
 
-        The name must be free: NameTaken when another registered node holds it. A node
-        that joins again with the host key it registered with keeps its id.
+        The name must be free: NameTaken when another registered node holds it. The local
+        node keeps its id; a joining node keeps it when the request names it (proven).
         """
         validate_name(request.name, "node name")
         key = creds.import_host_key(request.public_key)
         public = key.export_public_key("openssh").decode().strip()
-        node_id = request.node_id or await self._same_node(request.name, public)
-        node_id = node_id or str(uuid.uuid4())
+        # A joining node reuses an id only as limen.auth.join decided, after a proof.
+        found = await self._same_node(request.name, public) if local else ""
+        node_id = request.node_id or found or str(uuid.uuid4())
         principals = self._principals(node_id, request, certify_addr)
         issued = await creds.issue(self.ctx, node_id, principals, key, with_token=not local)
         now = self.ctx.clock.now()

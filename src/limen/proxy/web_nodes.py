@@ -34,6 +34,9 @@ class JoinBody(BaseModel):
     public_key: str = Field(max_length=16384)
     addr: str = Field(default="", max_length=300)
     labels: dict[str, str] = Field(default_factory=dict)
+    # {time, signature}: the host key's signature over the join (node_credentials.sign_join);
+    # needed to join again under a registered node's name and key.
+    proof: dict[str, str] | None = None
 
 
 class Heartbeat(BaseModel):
@@ -195,7 +198,7 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
     @app.post("/v1/join", responses=errors(*ANONYMOUS))
     async def join(body: JoinBody, api: Anonymous) -> dict[str, Any]:
         req = JoinRequest(name=body.name, public_key=body.public_key, addr=body.addr,
-                          labels=body.labels)
+                          labels=body.labels, proof=body.proof)
         return (await api.join(body.token, req)).__dict__
 
     @app.post("/v1/nodes/heartbeat", responses=errors(400, 404, *SIGNED_IN))

@@ -19,7 +19,7 @@ from typing import Protocol
 import asyncssh
 import httpx
 
-from limen.auth.node_credentials import token_id
+from limen.auth.node_credentials import sign_join, token_id
 from limen.client import trust
 from limen.client.api import fetch_ca
 from limen.client.profile import write_private
@@ -112,6 +112,7 @@ async def join_remote(
     addr: str,
     ca_pin: str | None,
     insecure: bool,
+    now: datetime,
 ) -> NodeIdentity:
     """First start of a remote node: verify the cluster, present the token, keep the result."""
     ca_pem = (await asyncio.to_thread(fetch_ca, proxy))["tls_ca"]
@@ -124,7 +125,8 @@ async def join_remote(
         )
     key = host_key_for(data_dir)
     body = {"token": token, "name": name, "labels": labels, "addr": addr,
-            "public_key": key.export_public_key("openssh").decode()}
+            "public_key": key.export_public_key("openssh").decode(),
+            "proof": sign_join(key, name, token, now)}
     async with httpx.AsyncClient(base_url=f"https://{proxy}",
                                  verify=trust.verifying_context(ca_pem), timeout=15) as http:
         try:

@@ -183,6 +183,7 @@ class NodeRole:
             addr,
             self.config.ca_pin,
             self.join.insecure,
+            self.clock.now(),
         )
 
     def _joins_again(self, existing: NodeIdentity) -> bool:
