@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from typing import Any
 
@@ -14,8 +13,12 @@ async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the caller itself is being cancelled: that must not be swallowed
 
 
 async def serve_until_started(server: Any, sock: socket.socket, what: str) -> asyncio.Task[None]:

@@ -119,3 +119,25 @@ async def test_joining_a_session_that_just_ended_lets_the_joiner_go() -> None:
     late = Party("bob", "observer", [], lambda data: None, lambda line: None, ended.append)
     shared.join(late)
     assert ended == ["limen: the session has ended"] and shared.parties == []
+
+
+async def test_the_owner_and_a_second_channel_do_not_count_as_moderators() -> None:
+    rec = Recorder()
+    shared = rec.session([RequireSessionJoin(name="m", count=2)])
+    shared.join(party("alice", "moderator", [], []))  # the owner, from another connection
+    shared.join(party("bob", "moderator", [], []))
+    shared.join(party("bob", "moderator", [], []))  # bob again, on a second channel
+    assert shared.paused
+    shared.join(party("carol", "moderator", [], []))
+    assert not shared.paused
+
+
+async def test_a_moderator_who_leaves_before_the_start_leaves_it_waiting() -> None:
+    rec = Recorder()
+    shared = rec.session([RequireSessionJoin(name="m")])
+    bob = party("bob", "moderator", [], [])
+    shared.join(bob)
+    assert not shared.paused
+    shared.leave(bob)  # before the owner's task let the process run
+    assert shared.paused and rec.ended == []
+    assert rec.states[-1] == "waiting for moderators"

@@ -33,6 +33,10 @@ IDP_USERS: dict[str, dict[str, Any]] = {
     "carol": {"password": "carol-at-the-idp", "claims": {
         "email": "carol@example.com", "preferred_username": "carol",
         "groups": ["ops"], "logins": [LOCAL_LOGIN]}},
+    # Another account at the provider whose email claim is carol's: not carol.
+    "carol-twin": {"password": "twin-at-the-idp", "claims": {
+        "email": "carol@example.com", "preferred_username": "carol2",
+        "groups": ["ops"], "logins": [LOCAL_LOGIN]}},
     # Claims to be a local user's name: must not take over that account.
     "admin-impostor": {"password": "impostor-at-the-idp", "claims": {
         "email": "localonly", "preferred_username": "localonly", "groups": ["ops"]}},

@@ -32,6 +32,15 @@ def test_group_membership_maps_to_roles(ldap: LDAPSetup) -> None:
     assert again.returncode == 0, again.stderr
 
 
+def test_a_name_typed_in_capitals_is_the_same_user(ldap: LDAPSetup) -> None:
+    home = ldap.sso.cluster.new_home()
+    result = ldap.login(home, "corp", "ALICE", PASSWORDS["alice"], "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["user"] == "alice"
+    listed = ldap.sso.cluster.admin("users", "ls", "--format", "json").json()
+    assert "ALICE" not in [u["metadata"]["name"] for u in listed]
+
+
 def test_a_regex_mapping_and_starttls(ldap: LDAPSetup) -> None:
     home = ldap.sso.cluster.new_home()
     result = ldap.login(home, "corp-starttls", "erin", PASSWORDS["erin"], "--format", "json")

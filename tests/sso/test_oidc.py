@@ -244,6 +244,18 @@ def test_an_sso_user_cannot_use_a_local_password_and_locks_apply(sso: SSOSetup) 
         assert sso.cluster.admin("rm", f"lock/{lock}").returncode == 0
 
 
+def test_another_account_with_the_same_name_claim_is_not_that_user(sso: SSOSetup) -> None:
+    assert sso.cli_login(sso.cluster.new_home(), "carol", "okta").returncode == 0
+    home = sso.cluster.new_home()
+    twin = sso.cli_login(home, "carol-twin", "okta")
+    assert twin.returncode == 1, twin.stdout
+    assert "belongs to another account at the identity provider" in twin.stderr
+    assert sso.cluster.events_of("user.login", code="T1000W", user="carol@example.com")
+    user = json.loads(sso.cluster.admin("get", "user/carol@example.com", "--format",
+                                        "json").stdout)
+    assert user["spec"]["sso"]["subject"] == "carol"
+
+
 def test_a_provider_cannot_take_over_a_local_users_name(sso: SSOSetup) -> None:
     token = sso.cluster.add_user("localonly", logins="localonly")
     assert token

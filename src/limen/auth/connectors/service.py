@@ -284,6 +284,9 @@ class SSOService:
         parse_public_key(public_key)
         connector = await self.connector(name, "ldap")
         assert isinstance(connector, LDAPConnector)
+        # Directories match user names regardless of case; so must the user, its lockout
+        # and its locks (ALICE is alice).
+        username = username.strip().lower()
         try:
             self.users.check_name(username)
             existing = await self.users.find(connector.name, username)

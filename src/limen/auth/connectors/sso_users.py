@@ -49,6 +49,16 @@ class SSOUsers:
             raise AccessDenied(f"{user.name} signs in through connector {owner}, "
                                f"not {connector}")
 
+    @staticmethod
+    def _same_person(user: User, identity: ExternalIdentity) -> None:
+        """The provider's subject (OIDC ``sub``, the LDAP entry's DN) names the person; the
+        claim the user name comes from (an email, a preferred username) may change hands."""
+        known = user.spec.sso.subject if user.spec.sso else ""
+        if known and identity.subject and known != identity.subject:
+            raise AccessDenied(
+                f"{user.name} belongs to another account at the identity provider (subject "
+                f"{known!r}, not {identity.subject!r}); ask an admin to remove the old user")
+
     async def placeholder(self, connector: str, kind: str, username: str, subject: str) -> User:
         """The record a wrong directory password is counted on before a first sign-in
         (the directory knows the person, so the lockout must too); it holds no roles."""
@@ -85,6 +95,7 @@ class SSOUsers:
 
         def apply(user: User) -> None:
             self._owned_by(user, identity.connector)
+            self._same_person(user, identity)
             user.spec.roles = list(identity.roles)
             user.spec.traits = dict(identity.traits)
             user.spec.sso = link

@@ -217,8 +217,10 @@ class SessionChannel(asyncssh.SSHServerSession[bytes]):
         if shared.paused:
             self._write_line(shared.waiting_line())
             self._conn.node.session_state(ctx.id, "waiting for moderators")
+        # Again after each wake: a moderator may have left before this task ran.
+        while shared.paused and not (self._lost or self._ending or self._stop_output.done()):
             await self._until(shared.wait_running())
-        if self._lost or self._ending:
+        if self._lost or self._ending or shared.paused:
             self._close(ExitStatus(1))
             return False
         shared.started = True

@@ -56,11 +56,7 @@ class SharedSession:
     # -- moderation --------------------------------------------------------------------
 
     def moderated_enough(self) -> bool:
-        return all(
-            sum(1 for p in self.parties if p.mode == "moderator" and req.admits(p.user, p.roles))
-            >= req.count
-            for req in self.requirements
-        )
+        return all(self._met(req) for req in self.requirements)
 
     def waiting_line(self) -> str:
         names = ", ".join(f"{r.name} needs {r.count}" for r in self.requirements)
@@ -81,7 +77,12 @@ class SharedSession:
                 if self.started:
                     self._announce("limen: a moderator is back; the session resumes")
             return
-        if self.paused or not self.started or leaver is None:
+        if not self.started:  # a moderator came and went before the process started
+            if not self.paused:
+                self._running.clear()
+                self._on_state("waiting for moderators")
+            return
+        if self.paused or leaver is None:
             return
         if any(r.on_leave == "terminate" for r in self.requirements
                if not self._met(r)):
@@ -95,8 +96,11 @@ class SharedSession:
                        "moderator joins (on_leave: pause)")
 
     def _met(self, req: RequireSessionJoin) -> bool:
-        return sum(1 for p in self.parties
-                   if p.mode == "moderator" and req.admits(p.user, p.roles)) >= req.count
+        """Enough distinct people other than the owner moderate: nobody watches themself,
+        and one person on two channels is one moderator."""
+        moderators = {p.user for p in self.parties if p.mode == "moderator"
+                      and p.user != self.owner and req.admits(p.user, p.roles)}
+        return len(moderators) >= req.count
 
     # -- parties -----------------------------------------------------------------------
 

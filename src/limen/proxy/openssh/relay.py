@@ -98,6 +98,10 @@ class SessionRelay:
             log.exception("relaying a session to OpenSSH node %s failed", self.route.name)
             await self._refuse("the proxy could not open the session on the node")
             return
+        if self.reason:  # ended (a lock, the user gone) while the proxy was dialing
+            upstream.close()
+            await self._refuse(self.reason)
+            return
         self.upstream = upstream
         status: tuple[int | None, str | None] = (None, None)
         tracker = asyncio.ensure_future(self._keep_listed())
