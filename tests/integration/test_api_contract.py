@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from limen.audit.recordings import MAX_APPEND
 from tests.support.cluster import ClusterHarness
 
 EXAMPLES = int(os.environ.get("LIMEN_FUZZ_EXAMPLES", "15"))
@@ -156,6 +158,34 @@ def test_recording_metadata_that_is_not_json_is_a_clear_400(api: Api) -> None:
     missing = api.http.get(f"{api.base_url}/v1/recordings/{sid}", headers=headers,
                            verify=api.ca, timeout=30)
     assert missing.status_code == 404  # nothing was stored
+
+
+def test_a_chunked_recording_upload_is_refused_once_past_the_limit(api: Api) -> None:
+    """A body sent in chunks declares no length: the proxy counts it as it arrives and
+    answers as soon as it passes the limit, without waiting for (or buffering) the rest.
+    The body below never ends: only a proxy that counts answers at all."""
+    sid = "5f0c8f0e-6f2b-4c3e-9a51-000000000002"
+    host, port = api.cluster.web_addr.rsplit(":", 1)
+    tls = ssl.create_default_context(cafile=api.ca)
+    tls.check_hostname = False
+    with socket.create_connection((host, int(port)), timeout=30) as raw, \
+            tls.wrap_socket(raw) as conn:
+        conn.sendall((f"POST /v1/recordings/{sid}/data?offset=0 HTTP/1.1\r\n"
+                      f"Host: {api.cluster.web_addr}\r\n"
+                      f"Authorization: Bearer {api.admin_token}\r\n"
+                      "Content-Type: application/octet-stream\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n").encode())
+        piece = b"x" * 65536
+        for _ in range(MAX_APPEND // len(piece) + 1):  # past the limit, and no last chunk
+            conn.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        answer = ""
+        while "}" not in answer:  # the status line, headers, then the JSON error
+            received = conn.recv(65536)
+            if not received:
+                break
+            answer += received.decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 400"), answer[:200]
+    assert f"at most {MAX_APPEND} bytes" in answer
 
 
 def test_a_session_id_that_is_not_a_name_is_refused_and_listings_keep_working(

@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +91,23 @@ def test_the_data_dir_lock_names_its_holder(tmp_path: Path) -> None:
     again = DataDirLock(tmp_path)
     again.acquire()  # released: free again
     again.release()
+
+
+def test_the_holders_command_line_and_its_secrets_stay_out_of_the_message() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", "import socket, sys; s = socket.create_server(('127.0.0.1', 0));"
+         " print(s.getsockname()[1], flush=True); sys.stdin.read()",
+         "--token", "s3cret-join-token"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            port = int(holder.stdout.readline())
+            owner = listener_owner(port)
+            assert owner is not None and f"pid {holder.pid}" in owner
+            assert "s3cret" not in owner and "--token" not in owner
+        finally:
+            holder.kill()
 
 
 def test_a_taken_port_names_its_holder() -> None:

@@ -116,8 +116,13 @@ def add_routes(app: FastAPI, Caller: Any) -> None:  # noqa: N803 - a type alias
     )
     async def append_recording(session_id: SessionId, request: Request, api: Caller,
                                offset: Annotated[int, Query(ge=0, le=INT64)]) -> dict[str, Any]:
+        too_much = BadParameter(f"send at most {MAX_APPEND} bytes of a recording at a time")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_APPEND:
-            raise BadParameter(f"send at most {MAX_APPEND} bytes of a recording at a time")
-        data = await request.body()
-        return {"size": await api.append_recording(session_id, offset, data)}
+            raise too_much
+        data = bytearray()  # a chunked body declares no length: count as it arrives
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_APPEND:
+                raise too_much
+        return {"size": await api.append_recording(session_id, offset, bytes(data))}

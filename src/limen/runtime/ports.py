@@ -71,13 +71,13 @@ def _port_of(addr: str) -> int | None:
 
 
 def listener_owner(port: int) -> str | None:
-    """'python3 (pid 1234: limen start ...)' for the process listening on TCP `port`."""
+    """'python3 (pid 1234)' for the process listening on TCP `port`. Not its command line:
+    that may carry a secret (`--token ...`), and this goes into logs."""
     pid_name = _from_ss(port) or _from_proc(port)
     if pid_name is None:
         return None
     pid, name = pid_name
-    command = _cmdline(pid)
-    return f"{name} (pid {pid}{': ' + command if command else ''})"
+    return f"{name} (pid {pid})"
 
 
 def _from_ss(port: int) -> tuple[int, str] | None:
@@ -113,12 +113,3 @@ def _from_proc(port: int) -> tuple[int, str] | None:
                     name = (pid_dir / "comm").read_text().strip()
                     return int(pid_dir.name), name
     return None
-
-
-def _cmdline(pid: int, limit: int = 120) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    text = raw.replace(b"\0", b" ").decode(errors="replace").strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
