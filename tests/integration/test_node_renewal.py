@@ -7,6 +7,7 @@ A node away longer than the lifetime must join again with a new token.
 
 from __future__ import annotations
 
+import asyncio
 import selectors
 import subprocess
 from collections.abc import Iterator
@@ -94,6 +95,25 @@ def test_past_half_its_life_a_node_renews_and_its_old_token_is_refused(
             assert served.serial == read_certificate(local.identity.host_cert).serial
         finally:
             live.kill()
+
+
+def test_two_heartbeats_finding_a_renewal_due_renew_once(
+    cluster: ClusterHarness, tmp_path: Path
+) -> None:
+    """The periodic heartbeat and a tunnel's reconnection can beat at once: one renewal,
+    and the node keeps a token that works."""
+    role = joined_role(cluster, tmp_path, unique("twice"), new_token(cluster))
+    assert role.identity is not None and role.heartbeat is not None and role.renewal
+    old_token, old = role.identity.api_token, read_certificate(role.identity.host_cert)
+    cluster.clock.advance(timedelta(minutes=16))
+
+    async def both() -> None:
+        assert role.heartbeat is not None
+        await asyncio.gather(role.heartbeat.beat(), role.heartbeat.beat())
+
+    cluster.run(both())
+    assert role.renewal.renewals == 1
+    _check_renewed(cluster, role, old_token, old)
 
 
 def _check_renewed(cluster: ClusterHarness, role: NodeRole, old_token: str,

@@ -9,6 +9,7 @@ service's listeners and the tunnel agent), without ending any session.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -44,6 +45,10 @@ class CredentialRenewal:
         self.clock = clock
         self.on_renewed = on_renewed
         self.renewals = 0
+        # One renewal at a time: the periodic heartbeat and a tunnel's reconnection may both
+        # find it due, and a second request signed with the token the first revokes (or an
+        # older answer saved last) would lock the node out.
+        self._renewing = asyncio.Lock()
 
     def due(self) -> bool:
         return renewal_due(self.identity.host_cert, self.clock.now())
@@ -52,6 +57,12 @@ class CredentialRenewal:
         """Renew when due; a failure is logged and retried at the next heartbeat."""
         if not self.due():
             return False
+        async with self._renewing:
+            if not self.due():  # renewed while this one waited
+                return False
+            return await self._renew_logged()
+
+    async def _renew_logged(self) -> bool:
         try:
             await self.renew()
         except AccessDenied as exc:
