@@ -114,6 +114,10 @@ def test_an_observer_sees_the_output_and_cannot_type(
     watcher.expect_exact(f"joined {alice.name}'s session {sid} as observer, 80x24")
     owner.expect_exact(f"{bob.name} joined as observer")
     wait_until(lambda: f"{bob.name} (observer)" in _parties(bob, sid), 10, "bob in parties")
+    node = cluster.service.node
+    assert node is not None and node.heartbeat is not None
+    cluster.run(node.heartbeat.beat())  # a heartbeat re-sends the tracker as it stands
+    assert f"{bob.name} (observer)" in _parties(bob, sid)
 
     owner.sendline("echo SHARED-$((6*7))")
     owner.expect_exact("SHARED-42")

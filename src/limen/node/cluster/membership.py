@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -159,11 +160,14 @@ class Heartbeat:
     and a node whose registration is gone is refused, not registered again."""
 
     def __init__(self, link: ClusterLink, identity: NodeIdentity, addr: str,
-                 sessions: dict, renewal: Renewal | None = None) -> None:
+                 trackers: Callable[[], list[Session]],
+                 renewal: Renewal | None = None) -> None:
         self.link = link
         self.identity = identity
         self.addr = addr
-        self.sessions = sessions
+        # The live sessions' trackers as the observer keeps them (parties, state): each
+        # beat re-sends them, so a tracker the auth service lost comes back whole.
+        self.trackers = trackers
         self.renewal = renewal
         self._task: asyncio.Task[None] | None = None
 
@@ -174,19 +178,8 @@ class Heartbeat:
         if self.renewal is not None:
             await self.renewal.renew_if_due()
         await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
-        for ctx in list(self.sessions.values()):
-            if ctx.started_at is not None and not ctx.ended:
-                await self.link.upsert_session(self._tracker(ctx))
-
-    def _tracker(self, ctx) -> Session:
-        return Session.model_validate({
-            "metadata": {"name": ctx.id},
-            "spec": {"user": ctx.identity.user, "login": ctx.login,
-                     "node_id": self.identity.node_id, "node_name": self.identity.name,
-                     "interactive": ctx.interactive, "command": ctx.command or "",
-                     "started": ctx.started_at, "remote_addr": ctx.identity.remote_host,
-                     "parties": [ctx.identity.user]},
-        })
+        for tracker in self.trackers():
+            await self.link.upsert_session(tracker)
 
     async def _run(self) -> None:
         while True:

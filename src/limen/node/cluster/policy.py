@@ -161,6 +161,10 @@ class ClusterObserver:
         if self.audit is not None:
             await self.audit.on_output(session_id, data, stream)
 
+    def live_trackers(self) -> list[Session]:
+        """The trackers of the sessions running now, as last sent (for the heartbeat)."""
+        return list(self._trackers.values())
+
     async def on_session_state(self, session_id: str, state: str) -> None:
         tracker = self._trackers.get(session_id)
         if tracker is None or tracker.spec.state == state:

@@ -115,7 +115,7 @@ class NodeRole:
         )
         self.renewal = CredentialRenewal(self.link, self.identity, settings.host_key,
                                          self.data_dir, self.clock, self._use_certificate)
-        self._heartbeat = Heartbeat(self.link, self.identity, addr, self.server.sessions,
+        self._heartbeat = Heartbeat(self.link, self.identity, addr, observer.live_trackers,
                                     self.renewal)
         await self._heartbeat.beat()  # present at the real port before anyone dials
         self._heartbeat.start()
