@@ -180,6 +180,8 @@ class NodeVerifier:
         self.proven_for = proven_for
         self._proven: dict[tuple[str, str, int], datetime] = {}
         self._checks: dict[tuple[str, str, int], asyncio.Future[datetime]] = {}
+        # Bumped by forget(): a handshake that began before is not remembered after.
+        self._epochs: dict[str, int] = {}
         self.probes = 0  # how many handshakes were made (the rest came from the cache)
 
     def proven(self, route: NodeRoute) -> bool:
@@ -190,6 +192,9 @@ class NodeVerifier:
         """Drop what is known about a node (removed, locked): the next dial checks again."""
         for key in [k for k in self._proven if k[0] == node_id]:
             del self._proven[key]
+        for key in [k for k in self._checks if k[0] == node_id]:
+            del self._checks[key]  # the next dial starts its own handshake
+        self._epochs[node_id] = self._epochs.get(node_id, 0) + 1
 
     async def verify(self, route: NodeRoute, revoked: Revoked | None = None) -> None:
         """Return once ``route`` (an IP address) is proven to serve ``route.node_id``."""
@@ -201,13 +206,17 @@ class NodeVerifier:
             check = asyncio.ensure_future(self._prove(route, revoked))
             self._checks[key] = check
             check.add_done_callback(lambda done: self._check_done(key, done))
-        self._proven[key] = await asyncio.shield(check)
+        epoch = self._epochs.get(route.node_id, 0)
+        until = await asyncio.shield(check)
+        if self._epochs.get(route.node_id, 0) == epoch:
+            self._proven[key] = until
         if len(self._proven) > MAX_REMEMBERED:  # addresses nodes left long ago
             now = self.clock.now()
             self._proven = {k: until for k, until in self._proven.items() if until > now}
 
     def _check_done(self, key: tuple[str, str, int], done: asyncio.Future[datetime]) -> None:
-        self._checks.pop(key, None)
+        if self._checks.get(key) is done:  # not a newer check, after a forget()
+            del self._checks[key]
         if not done.cancelled():
             done.exception()  # retrieved: every waiter may have given up already
 

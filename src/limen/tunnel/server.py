@@ -149,8 +149,13 @@ class AgentHooks(CertAuthServer):
         return Accepted(username, plain_key=True)
 
     async def auth_completed(self) -> None:
-        assert self.cert is not None
+        assert self.cert is not None and self.conn is not None
         self.node_id = self.cert.key_id
+        # Judged when the key was offered; a removal or lock since then found no node id
+        # on this connection to close, so ask again now that revoke() will find it.
+        reason = self._server.revoked(self.cert) if self._server.revoked else None
+        if reason is not None:
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"limen: {reason}")
 
     def session_requested(self) -> bool:
         return False
