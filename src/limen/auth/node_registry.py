@@ -24,6 +24,7 @@ from limen.auth.identity import Identity
 from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
 from limen.netpolicy import check_advertised
 from limen.resources import Lock, Node, NodePresence, validate_name
+from limen.resources.token import token_hash
 from limen.services.node_names import NodeNames
 from limen.services.sessions import APISession
 
@@ -150,6 +151,9 @@ class NodeRegistry:
         except LimenError:
             with contextlib.suppress(NotFound):
                 await self.ctx.stores.nodes.delete(node_id)
+            if issued.api_token:  # nobody will hold it: it must not open anything either
+                with contextlib.suppress(NotFound):
+                    await self.ctx.stores.api_sessions.delete(token_hash(issued.api_token))
             raise
         if not request.addr.endswith(":0"):  # else present from its first heartbeat
             await self._touch(node_id, request.addr, "direct" if request.addr else "tunnel")

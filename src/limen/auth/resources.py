@@ -121,8 +121,10 @@ class ResourceService:
             )
         elif kind == "lock":
             saved = await self.auth.locks.save(actor, resource, create=not exists)
-        else:
+        elif exists:
             saved = await store.upsert(resource)
+        else:  # one allowed only to create must not replace what appeared meanwhile
+            saved = await store.create(resource)
         await self._audit_put(actor, kind, saved, created=not exists)
         return public(saved)
 
