@@ -207,6 +207,25 @@ def test_a_stolen_token_without_the_host_key_cannot_renew(
     assert thief.heartbeat(role.heartbeat.addr).status_code == 200
 
 
+def test_a_captured_renewal_request_cannot_be_sent_again(
+    cluster: ClusterHarness, tmp_path: Path
+) -> None:
+    role = joined_role(cluster, tmp_path, unique("replayed"), new_token(cluster))
+    assert role.identity is not None and role.renewal is not None
+    token = role.identity.api_token
+    request = sign_renewal(role.renewal.host_key, role.identity.node_id, token,
+                           cluster.clock.now())
+    node = _as_node(cluster, role, token)
+    first = node.call("POST", "/v1/nodes/renew", request)
+    assert first.status_code == 200, first.text
+    # The same request again, within the proof's window and with the token it names
+    # (still accepted once, for a node whose answer was lost): refused.
+    again = node.call("POST", "/v1/nodes/renew", request)
+    assert again.status_code == 403 and "used before" in error_of(again)
+    fresh = first.json()["api_token"]
+    assert _as_node(cluster, role, fresh).heartbeat(role.heartbeat.addr).status_code == 200
+
+
 def test_a_node_away_longer_than_its_credentials_must_join_again(
     cluster: ClusterHarness, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ the token renewed and certificates before this one stop working at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from limen.audit import events
 from limen.auth import node_credentials as creds
@@ -50,7 +51,11 @@ class NodeRenewal:
             await self.nodes.refuse_if_locked(node)
             creds.check_renewal(node.spec.host_key, node_id, used, stamp, signature,
                                 self.ctx.clock.now())
-            return await self._reissue(node, used, remote_addr)
+            proven_at = datetime.fromisoformat(stamp)  # well-formed: check_renewal said so
+            last = node.spec.last_renewal_proof
+            if last is not None and proven_at <= last:
+                raise AccessDenied("this renewal's proof was used before (a replay)")
+            return await self._reissue(node, used, remote_addr, proven_at)
         except AccessDenied as exc:
             await self.ctx.audit.emit(
                 events.NODE_RENEW_FAILURE, success=False, error=exc.message,
@@ -78,7 +83,8 @@ class NodeRenewal:
             raise AccessDenied("only a node renews node credentials")
         return session
 
-    async def _reissue(self, node: Node, used_token_id: str, remote_addr: str) -> Renewed:
+    async def _reissue(self, node: Node, used_token_id: str, remote_addr: str,
+                       proven_at: datetime | None = None) -> Renewed:
         key = creds.import_host_key(node.spec.host_key)
         issued = await creds.issue(self.ctx, node.name, node.spec.principals, key,
                                    with_token=not node.spec.local)
@@ -88,6 +94,11 @@ class NodeRenewal:
             current.spec.cert_serial = issued.serial
             current.spec.credentials_expire = issued.expires
             current.spec.previous_token_id = used_token_id
+            if proven_at is not None:
+                last = current.spec.last_renewal_proof
+                if last is not None and proven_at <= last:  # a racing twin got here first
+                    raise AccessDenied("this renewal's proof was used before (a replay)")
+                current.spec.last_renewal_proof = proven_at
             current.spec.token_id = creds.token_id(issued.api_token) if issued.api_token else ""
 
         try:

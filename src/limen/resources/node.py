@@ -36,6 +36,9 @@ class NodeSpec(BaseModel):
     # the last renewal: the latter is good for nothing but retrying that renewal.
     token_id: str = ""
     previous_token_id: str = ""
+    # The time in the last renewal's signed proof: a later renewal must prove a later one,
+    # so a captured request cannot be sent again.
+    last_renewal_proof: datetime | None = None
     credentials_expire: datetime | None = None
     # Registered in-process by `limen start` (the proxy's own host), not with a token.
     local: bool = False
