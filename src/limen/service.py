@@ -140,10 +140,8 @@ class Service:
         self.router = BackendRouter(auth, self.tunnels.directory, verifier, guard,
                                     known=self.node_watch)
         with binding("the proxy's SSH port", proxy.ssh_listen_addr or ""):
-            self.jump = await start_jump_host(
-                proxy, self.data_dir, auth, self.clock, self.tunnels.directory, identity,
-                self.router,
-            )
+            self.jump = await start_jump_host(proxy, self.data_dir, auth, self.clock,
+                                              self.router, identity)
         self.node_watch.subscribe(self._end_channels_to_node)
         self.ssh_addr = self._dedicated_addr(self.config.proxy.ssh_listen_addr, self.jump)
         self._publish_ssh_addr()

@@ -173,7 +173,7 @@ class JoinService:
             )
             return await self.nodes.register(
                 request, labels, local=False, remote_addr=remote_addr,
-                certify_addr=self._claimable_addr(request.addr),
+                certify_addr=self.claimable_addr(request.addr),
             )
         except LimenError as exc:
             if record is not None:
@@ -243,9 +243,6 @@ class JoinService:
         self._check_claims(JoinRequest(name=name, public_key=public_key, addr=addr))
 
     def claimable_addr(self, addr: str) -> bool:
-        return self._claimable_addr(addr)
-
-    def _claimable_addr(self, addr: str) -> bool:
         """Whether a joining node's advertised host may appear in its certificate.
 
         Loopback, wildcard and reserved names (accepted only where an operator allowed

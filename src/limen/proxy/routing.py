@@ -35,14 +35,13 @@ class BackendRouter:
     on, which this process knows first-hand.
     """
 
-    def __init__(self, auth: AuthServer, tunnels: TunnelDirectory | None = None,
-                 verifier: NodeVerifier | None = None,
-                 guard: AddressGuard | None = None,
+    def __init__(self, auth: AuthServer, tunnels: TunnelDirectory | None,
+                 verifier: NodeVerifier, guard: AddressGuard,
                  known: NodeWatch | None = None) -> None:
         self.auth = auth
         self.tunnels = tunnels
         self.verifier = verifier
-        self.guard = guard or AddressGuard()
+        self.guard = guard
         self.known = known  # the nodes in memory; the backend is asked when it has none
         self._local: dict[str, tuple[str, int]] = {}
 
@@ -109,7 +108,7 @@ class BackendRouter:
         if self._local.get(route.node_id) == (route.host, route.port):
             return await open_tcp_stream(route)
         proven = await self.guard.dialable(route)
-        if self.verifier is not None and not self.verifier.proven(proven):
+        if not self.verifier.proven(proven):
             await self.verifier.verify(proven, await self._revocation(route))
         return await open_tcp_stream(proven)
 

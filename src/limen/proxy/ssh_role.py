@@ -12,14 +12,12 @@ from limen.auth.server import AuthServer
 from limen.clock import Clock
 from limen.config import ProxyConfig, split_host_port
 from limen.netpolicy import first_address
-from limen.proxy.node_verify import AddressGuard
 from limen.proxy.openssh.front import OpenSSHGateway
 from limen.proxy.openssh.health import OpenSSHHealth
 from limen.proxy.openssh.link import AuthLink
 from limen.proxy.routing import AuditObserver, BackendRouter, RolePolicy
-from limen.proxy.ssh_jump import JumpHost, JumpSettings, NodeRouter, asyncssh_algs
+from limen.proxy.ssh_jump import JumpHost, JumpSettings, asyncssh_algs
 from limen.proxy.ssh_locks import JumpLocks
-from limen.tunnel.registry import TunnelDirectory
 
 
 def _host_key(directory: Path):
@@ -55,9 +53,10 @@ def proxy_host_identity(config: ProxyConfig, data_dir: Path,
 
 
 async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
-                          clock: Clock, tunnels: TunnelDirectory | None = None,
-                          identity: tuple[SSHKey, SSHCertificate] | None = None,
-                          router: NodeRouter | None = None) -> JumpHost:
+                          clock: Clock, router: BackendRouter,
+                          identity: tuple[SSHKey, SSHCertificate] | None = None) -> JumpHost:
+    """``router``: the proxy's, which proves a node's address before any splice (there is
+    no default that would dial what a node claims)."""
     # No dedicated port (null): the jump host is reached only through the web port.
     host, port = split_host_port(config.ssh_listen_addr) if config.ssh_listen_addr else ("", None)
     key, cert = identity or proxy_host_identity(config, data_dir, auth)
@@ -66,14 +65,13 @@ async def start_jump_host(config: ProxyConfig, data_dir: Path, auth: AuthServer,
         user_ca_keys=[auth.ctx.cas.user_ca.convert_to_public()],
         cluster_name=auth.cluster_name,
     )
-    jump = JumpHost(settings, router or BackendRouter(auth, tunnels), RolePolicy(auth),
+    jump = JumpHost(settings, router, RolePolicy(auth),
                     AuditObserver(auth), clock=clock)
     await jump.start()
     locks = JumpLocks(jump, lambda: access_feed(auth.ctx.stores))
     locks.start()
     jump.on_stop.append(locks.stop)
-    guard = getattr(router, "guard", None) or AddressGuard(auth.ctx.settings.node_networks)
-    gateway = OpenSSHGateway(AuthLink(auth), guard, clock, data_dir / "proxy" / "recordings",
+    gateway = OpenSSHGateway(AuthLink(auth), router.guard, clock, data_dir / "proxy" / "recordings",
                              asyncssh_algs())
     gateway.start()
     health = OpenSSHHealth(gateway)

@@ -18,7 +18,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 JOIN_MODES = ("observer", "peer", "moderator")
-SESSION_KINDS = ("ssh",)
 
 Mode = Literal["observer", "peer", "moderator"]
 Kind = Literal["ssh", "*"]

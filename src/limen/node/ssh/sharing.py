@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from limen.resources.session_policy import RequireSessionJoin
 
@@ -29,7 +29,6 @@ class Party:
     write: Callable[[bytes], None]  # session output, as is
     say: Say  # one line, on the party's terminal
     end: Callable[[str], None]  # the session is over: say why, close the channel
-    left: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class SharedSession:
@@ -118,7 +117,6 @@ class SharedSession:
         if party not in self.parties:
             return
         self.parties.remove(party)
-        party.left.set()
         if not self.closed:
             self._announce(f"limen: {party.user} left ({party.mode})")
             self._reconsider(party)

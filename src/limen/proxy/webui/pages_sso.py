@@ -14,20 +14,15 @@ TOTP code when the connector asks for one), CSRF-protected like the password sig
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
 from limen.errors import LimenError
 from limen.proxy.webui.context import PREFIX, WebUIState, anonymous, check_form, public, render
-from limen.proxy.webui.pages_auth import login_page, start_session
+from limen.proxy.webui.pages_auth import Code, Text, Token, login_page, start_session
 
 FLOW_COOKIE = "__Host-limen_sso"
 FLOW_SECONDS = 600  # as long as the auth service keeps the sign-in
-Text = Annotated[str, Form(max_length=1024)]
-Code = Annotated[str, Form(max_length=16)]
-Token = Annotated[str, Form(max_length=256)]
 
 
 def _end_flow(response: Response) -> Response:
