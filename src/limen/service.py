@@ -103,6 +103,8 @@ class Service:
     _diag: DiagServer | None = None
     _lock: DataDirLock | None = None
     heartbeat: InstanceHeartbeat | None = None
+    # node id -> the other proxies holding its tunnel (from the instances' heartbeats)
+    _peer_tunnels: dict[str, set[str]] = field(default_factory=dict)
     _wrote_run_file: bool = False
 
     @property
@@ -213,6 +215,14 @@ class Service:
         """Tell node agents (ping) every live proxy's tunnel server, so that each node
         keeps a tunnel to all of them."""
         assert self._web_state is not None
+        # Which other proxies hold each node's tunnel, as of their last heartbeat: looked
+        # up per node when nodes are listed, so built once here.
+        peers: dict[str, set[str]] = {}
+        for instance in live:
+            if instance.name != (self.heartbeat.id if self.heartbeat else ""):
+                for node_id in instance.spec.tunnels:
+                    peers.setdefault(node_id, set()).add(instance.spec.web_addr)
+        self._peer_tunnels = peers
         self._web_state.tunnel_peers = [
             {"id": i.name, "web_addr": i.spec.web_addr, "tunnel_addr": i.spec.tunnel_addr,
              "tunnel_host_key": i.spec.tunnel_host_key, "tunnel_tls": i.spec.tunnel_tls}
@@ -222,21 +232,21 @@ class Service:
     def _proxies_of(self, node_id: str) -> list[str]:
         """The proxies holding a node's tunnel: this one as of now, the others as of their
         last heartbeat."""
-        assert self.heartbeat is not None
         here = self.tunnels is not None and self.tunnels.directory.get(node_id) is not None
-        mine = self._describe_instance().web_addr
-        others = {i.spec.web_addr for i in self.heartbeat.live
-                  if i.name != self.heartbeat.id and node_id in i.spec.tunnels}
-        return sorted(others | ({mine} if here else set()))
+        others = self._peer_tunnels.get(node_id, set())
+        return sorted(others | ({self._my_web_addr()} if here else set()))
+
+    def _my_web_addr(self) -> str:
+        public = self.config.proxy.public_addr
+        if public and self._https is not None:
+            return local_address(split_host_port(public, 0)[0], self._https.port)
+        return self.web_addr
+
     def _describe_instance(self) -> InstanceSpec:
         state = self._web_state
-        public = self.config.proxy.public_addr
-        web = self.web_addr
-        if public and self._https is not None:
-            web = local_address(split_host_port(public, 0)[0], self._https.port)
         return InstanceSpec(
             hostname=socket.gethostname(), roles=self.config.roles(), version=limen.__version__,
-            web_addr=web, ssh_addr=state.ssh_proxy_addr if state else "",
+            web_addr=self._my_web_addr(), ssh_addr=state.ssh_proxy_addr if state else "",
             tunnel_addr=state.tunnel_addr if state else "",
             tunnel_host_key=state.tunnel_host_key if state else "",
             tunnel_tls=state.tunnel_tls if state else False,
