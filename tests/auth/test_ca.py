@@ -182,6 +182,40 @@ def test_asyncssh_imports_and_validates(user_ca: asyncssh.SSHKey) -> None:
         parsed.validate(CERT_TYPE_HOST, "alice")
 
 
+def _fields(cert: asyncssh.SSHCertificate) -> dict[str, object]:
+    return {
+        "algorithm": cert.algorithm, "wire": cert.public_data, "key": cert.key.public_data,
+        "ca": cert.signing_key.public_data, "principals": cert.principals,
+        "options": cert.options, "key_id": cert._key_id,
+        "window": (cert._valid_after, cert._valid_before),
+        "type": cert._cert_type, "serial": cert._serial,
+    }
+
+
+@pytest.mark.parametrize("algorithm", ["ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"])
+def test_a_signed_certificate_is_what_asyncssh_parses_from_its_bytes(
+        user_ca: asyncssh.SSHKey, host_ca: asyncssh.SSHKey, algorithm: str) -> None:
+    """The signer builds asyncssh's certificate object without parsing its own output;
+    parsing it (which checks the CA's signature) must give the very same answers."""
+    key = asyncssh.generate_private_key(algorithm)
+    user = _user_cert(user_ca, key, principals=["alice", "root", "alice"], serial=7,
+                      permit_port_forwarding=True, source_address=["10.0.0.0/8"],
+                      valid_after=datetime(2026, 1, 1, tzinfo=UTC),
+                      valid_before=datetime(2026, 1, 2, tzinfo=UTC))
+    host = sign_host_cert(host_ca, key, key_id="node-1", principals=["node1", "10.1.2.3"],
+                          valid_after=_now(), valid_before=_now() + timedelta(days=1),
+                          extensions={"node@limen": "1"}, serial=9)
+    for cert in (user, host):
+        parsed = asyncssh.import_certificate(cert.export_certificate())
+        assert _fields(cert) == _fields(parsed)
+        assert cert.key.public_data == key.public_data
+        with pytest.raises(asyncssh.KeyExportError):  # the certificate holds no secret
+            cert.key.export_private_key()
+    assert user.principals == ["alice", "root"]
+    assert user.options["source-address"] and user.options["permit-port-forwarding"]
+    assert "permit-pty" in user.options and host.options == {}
+
+
 # An Ed25519 CA's signature field: string(string("ssh-ed25519") + string(64 bytes)).
 _ED25519_SIG_FIELD = 4 + (4 + len("ssh-ed25519")) + (4 + 64)
 
