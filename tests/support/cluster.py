@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import traceback
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,6 +94,22 @@ class ClusterHarness:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the cluster's own event loop and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def loop_report(self, limit: int = 12) -> str:
+        """What the cluster's event loop is doing: its thread's stack and where its
+        longest-waiting tasks are (for a test's failure message when the cluster stalls)."""
+        frame = sys._current_frames().get(self._thread.ident or -1)
+        lines = ["cluster loop thread:"]
+        if frame is not None:
+            lines += [line.rstrip() for line in traceback.format_stack(frame)[-6:]]
+        tasks = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        lines.append(f"{len(tasks)} pending tasks; some of them:")
+        for task in tasks[:limit]:
+            stack = task.get_stack(limit=1)
+            where = (f"{stack[0].f_code.co_filename}:{stack[0].f_lineno} "
+                     f"{stack[0].f_code.co_name}") if stack else "?"
+            lines.append(f"  {task.get_name()}: {where}")
+        return "\n".join(lines)
 
     @property
     def data_dir(self) -> Path:

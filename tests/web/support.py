@@ -8,9 +8,11 @@ import contextlib
 import json
 import re
 import ssl
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from websockets.sync.client import ClientConnection, connect
@@ -18,6 +20,8 @@ from websockets.sync.client import ClientConnection, connect
 from limen.client.trust import insecure_context
 from tests.support.cluster import PASSWORD, ClusterHarness, LimenUser
 
+OPEN_SECONDS = 15.0  # the client's own open timeout is 10 s
+T = TypeVar("T")
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -78,11 +82,17 @@ class Browser:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         cookie = f"__Host-limen_session={self.session_cookie}"
-        return self._sockets.enter_context(connect(
+        opened = _in_thread(lambda: connect(
             f"wss://{self.cluster.web_addr}/web/ws/terminal?{query}", ssl=context,
             additional_headers={"Origin": origin or self.origin, "Cookie": cookie},
             open_timeout=10, close_timeout=5,
-        ))
+        ), OPEN_SECONDS)
+        if opened is None:
+            # websockets' client can stay blocked in a TLS read after its own timeout;
+            # the thread is left behind and the failure says what the proxy was doing.
+            raise AssertionError(f"the proxy did not answer the WebSocket handshake in "
+                                 f"{OPEN_SECONDS:g} s\n{self.cluster.loop_report()}")
+        return self._sockets.enter_context(opened)
 
 
 @dataclass
@@ -141,3 +151,24 @@ class Terminal:
     def close_info(self) -> tuple[int | None, str]:
         code = self.socket.close_code
         return code, self.socket.close_reason or ""
+
+
+def _in_thread(call: Callable[[], T], timeout: float) -> T | None:
+    """``call()`` in a daemon thread: its result (or exception), or None after ``timeout``."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return None
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
