@@ -7,6 +7,8 @@ import asyncio
 import errno
 import json
 import os
+import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,44 @@ async def test_concurrent_events_share_an_fsync(tmp_path: Path,
     await asyncio.gather(*(log.emit(_exec(f"u{i}")) for i in range(500)))
     assert [r["seq"] for r in _lines(log)] == list(range(1, 501))
     assert syncs < 50  # group commit: far fewer fsyncs than events
+    await log.close()
+
+
+async def test_a_caller_that_gives_up_still_has_its_event_written_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = _log(tmp_path)
+    await log.start()
+    syncing, release = threading.Event(), threading.Event()
+    real = os.fsync
+
+    def held(fd: int) -> None:  # the writer stays in its fsync until the test lets go
+        syncing.set()
+        assert release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", held)
+    first = asyncio.ensure_future(log.emit(_exec("first")))
+    assert await asyncio.to_thread(syncing.wait, 10)
+    gave_up = asyncio.ensure_future(log.emit(_exec("gave-up")))
+    await asyncio.sleep(0)  # queued behind the batch being synced
+    gave_up.cancel()
+    release.set()
+    await first
+    last = await log.emit(_exec("last"))
+    with pytest.raises(asyncio.CancelledError):
+        await gave_up
+    assert [r["user"] for r in _lines(log)] == ["first", "gave-up", "last"]
+    assert last["seq"] == 3
+    await log.close()
+
+
+async def test_each_event_gets_its_own_random_version_4_uuid(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    written = await asyncio.gather(*(log.emit(_exec(f"u{i}")) for i in range(600)))
+    uids = [uuid.UUID(record["uid"]) for record in written]
+    assert len(set(uids)) == 600  # more than one pool of randomness
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in uids)
+    assert [str(u) for u in uids] == [record["uid"] for record in written]
     await log.close()
 
 

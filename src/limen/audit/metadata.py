@@ -41,10 +41,18 @@ class AuditEvent(BaseModel):
         return (cls.TYPE,) if cls.FAILURE is None else (cls.TYPE, cls.FAILURE)
 
     def event_type(self) -> EventType:
-        if self._chosen is not None:
-            return self._chosen
-        failed = getattr(self, "success", None) is False or getattr(self, "allowed", None) is False
-        return self.FAILURE if failed and self.FAILURE is not None else self.TYPE
+        # Read from pydantic's store of private values: ``self._chosen`` goes through
+        # its __getattr__, a few microseconds on every event written.
+        chosen = (self.__pydantic_private__ or {}).get("_chosen")
+        if chosen is not None:
+            return chosen
+        if self.FAILURE is None:
+            return self.TYPE
+        # Named fields only: getattr on a missing one costs pydantic an exception.
+        fields = type(self).model_fields
+        failed = any(name in fields and getattr(self, name) is False
+                     for name in ("success", "allowed"))
+        return self.FAILURE if failed else self.TYPE
 
     def choose(self, event_type: EventType) -> None:
         """Write this event under one of its own codes (a caller that names the code)."""
