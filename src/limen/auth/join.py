@@ -58,6 +58,10 @@ class JoinService:
     def __init__(self, ctx: AuthContext, nodes: NodeRegistry) -> None:
         self.ctx = ctx
         self.nodes = nodes
+        # Joins served here take a token's uses one at a time: racing each other on
+        # compare-and-swap cost every joiner a write per rival, and a fleet of a few
+        # hundred nodes joining with one token timed out. Other instances still race.
+        self._consuming = asyncio.Lock()
 
     # -- tokens -------------------------------------------------------------------------
 
@@ -112,8 +116,13 @@ class JoinService:
     async def _consume(self, token: str) -> JoinToken:
         """Take one use of the token, atomically; AccessDenied when none is left.
 
-        Many nodes may join with one token at once (a fleet started together): a lost
-        compare-and-swap is retried after a short random pause, many times."""
+        Many nodes may join with one token at once (a fleet started together): the joins
+        this instance serves take turns, and a compare-and-swap lost to another instance
+        is retried after a short random pause, many times."""
+        async with self._consuming:
+            return await self._take_use(token)
+
+    async def _take_use(self, token: str) -> JoinToken:
         store = self.ctx.stores.join_tokens
         for attempt in range(CONSUME_ATTEMPTS):
             try:

@@ -133,7 +133,8 @@ async def join_remote(
         try:
             response = await http.post("/v1/join", json=body)
         except httpx.HTTPError as exc:
-            raise ConnectionProblem(f"cannot reach the proxy at {proxy}: {exc}") from None
+            raise ConnectionProblem(f"cannot reach the proxy at {proxy}: "
+                                    f"{exc or type(exc).__name__}") from None
     if not response.is_success:
         raise from_json(response.json() if response.content else None, "joining failed")
     result = response.json()
