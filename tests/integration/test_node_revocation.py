@@ -11,6 +11,7 @@ made by hand as a misbehaving node would make them.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ import asyncssh
 import pytest
 
 from limen.auth.node_credentials import sign_join
+from limen.proxy import web_nodes
 from tests.support.cluster import ClusterHarness
 from tests.support.node_api import HandNode, error_of, joined_role, new_token
 from tests.support.ssh_access import SshUser, new_user, unique, wait_until
@@ -149,6 +151,49 @@ def test_a_lock_on_the_node_refuses_it_while_it_lasts(
     result = alice.limen("ssh", tunneled.name, "echo unlocked")
     assert result.stdout == "unlocked\n", result.stderr
     assert tunnel_of(cluster, node_id) is not None
+
+
+def _open_feed(node: HandNode) -> tuple[list[str], threading.Event]:
+    """The node's access feed read in a thread: the lines so far, and set when it ends."""
+    lines: list[str] = []
+    ended = threading.Event()
+
+    def read() -> None:
+        try:
+            with node._client() as http, http.stream(
+                    "GET", "/v1/watch/access", timeout=60,
+                    headers={"authorization": f"Bearer {node.api_token}"}) as response:
+                lines.extend(response.iter_lines())
+        finally:
+            ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines, ended
+
+
+@pytest.mark.parametrize("revoke", ["rm", "lock"])
+def test_a_removed_or_locked_nodes_access_feed_ends(
+        cluster: ClusterHarness, monkeypatch: pytest.MonkeyPatch, revoke: str) -> None:
+    """The feed a node opened before it was removed or locked does not outlive that: at
+    its next quiet ping the proxy finds the node out of good standing and ends it."""
+    monkeypatch.setattr(web_nodes, "PING_SECONDS", 0.2)
+    node = HandNode(cluster, unique("feed"))
+    node.join(new_token(cluster))
+    lines, ended = _open_feed(node)
+    pings = lambda: sum('"ping"' in line for line in lines)  # noqa: E731
+    wait_until(lambda: pings() >= 3 or ended.is_set(), 20, "pings on the open feed")
+    assert pings() >= 3, lines[-3:]
+    assert not ended.is_set()  # checked at each ping, and still in good standing
+
+    if revoke == "rm":
+        done = cluster.admin("rm", f"node/{node.node_id}")
+    else:
+        done = cluster.admin("lock", "--node", node.name, "--message", "feed test",
+                             "--ttl", "1h")
+    assert done.returncode == 0, done.stderr
+    assert ended.wait(20), "the revoked node's feed is still open"
+    reopened, ended_again = _open_feed(node)
+    assert ended_again.wait(20) and not any('"ready"' in line for line in reopened)
 
 
 def test_names_are_unique_and_the_join_tokens_labels_bind(
