@@ -14,6 +14,8 @@ from fastapi import FastAPI
 
 from limen.tasks import serve_until_started
 
+KEEP_ALIVE_SECONDS = 75
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: service.py owns the process's signals."""
@@ -49,6 +51,9 @@ class HTTPSServer:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=5,
+            # Longer than a node's heartbeat interval (60 s): its next heartbeat reuses
+            # the connection instead of paying a TLS handshake (KEEP_ALIVE_SECONDS).
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             # X-Forwarded-For names the client (audit's addr.remote, the rate limit's
             # bucket) only from the configured proxies. uvicorn's default trusts it from
             # loopback, which would let anyone on the proxy's host pose as any address.

@@ -4,8 +4,11 @@ With several auth/proxy instances on one database, each proxy can reach a tunnel
 only through a tunnel the node opened to that proxy. The node's main agent keeps the
 tunnel to the proxy it joined through; this keeps one more agent per other proxy. The set
 comes from the proxies: every ``/v1/ping`` lists the proxies heartbeating in the cluster
-(``tunnel_peers``: tunnel address, host key, web address), refreshed every
-``REFRESH_SECONDS``. The node asks the proxy it joined through, or, while that one is
+(``tunnel_peers``: tunnel address, host key, web address), asked again after
+``REFRESH_SECONDS`` while the set changes (or cannot be read), then at doubling intervals
+up to ``SETTLED_SECONDS`` once it stays the same, each with jitter: every ask is a TLS
+handshake at the proxy, and with hundreds of nodes asking every 10 s those handshakes
+were most of an idle proxy's work. The node asks the proxy it joined through, or, while that one is
 away, any peer it learned of (the ping is verified by the pinned cluster CA). A peer
 listed no more (down for three heartbeats, or gone) has its agent stopped.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +30,8 @@ from limen.tunnel.discovery import TunnelTarget, fetch_ping, target_from_ping
 
 log = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 10.0
+REFRESH_SECONDS = 10.0  # while the cluster's proxies change, or cannot be asked
+SETTLED_SECONDS = 60.0  # the longest wait once the set has stayed the same
 
 MakeAgent = Callable[[TunnelTarget], TunnelAgent]
 
@@ -42,6 +47,7 @@ class PeerTunnels:
         self.agents: dict[str, TunnelAgent] = {}  # by the peer's tunnel host key
         self.targets: dict[str, TunnelTarget] = {}
         self._web_addrs: list[str] = []  # where else to ask while the main proxy is away
+        self._listing: tuple[tuple[str, str], ...] | None = None  # the last set learned
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -59,20 +65,26 @@ class PeerTunnels:
         await asyncio.gather(*(agent.stop() for agent in agents))
 
     async def _run(self) -> None:
+        wait = self.refresh_seconds
         while True:
+            before, settled = self._listing, False
             try:
                 await self.refresh()
+                settled = before is not None and self._listing == before
             except LimenError as exc:
                 log.warning("could not learn the cluster's proxies: %s", exc.message)
             except Exception:  # never let it die: the node would lose its other proxies
                 log.exception("learning the cluster's proxies failed; retrying")
-            await asyncio.sleep(self.refresh_seconds)
+            wait = min(wait * 2, SETTLED_SECONDS) if settled else self.refresh_seconds
+            await asyncio.sleep(wait * random.uniform(0.8, 1.2))  # nodes spread out
 
     async def refresh(self) -> None:
         ping = await self._ping()
         peers = ping.get("tunnel_peers")
         if not isinstance(peers, list):
             return  # a proxy of a version without peers: the main tunnel is all there is
+        self._listing = tuple(sorted((str(p.get("tunnel_host_key")), str(p.get("web_addr")))
+                                     for p in peers if isinstance(p, dict)))
         wanted = self._targets(peers, self._main_key(ping))
         if self._make_agent is None:
             return  # a node the proxies dial: only their addresses matter

@@ -102,6 +102,10 @@ class RemoteLink:
             verify=trust.verifying_context(ca_pem),
             headers={"authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(15.0, connect=5.0),
+            # Kept between heartbeats (60 s apart), and given up before the proxy's
+            # 75 s would close it under a request.
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                                keepalive_expiry=70.0),
         )
 
     def use_token(self, token: str) -> None:
