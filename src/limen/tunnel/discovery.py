@@ -79,7 +79,8 @@ async def fetch_ping(proxy: str, tls_ca_pem: str) -> dict:
             response.raise_for_status()
             ping = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise ConnectionProblem(f"cannot reach the proxy at {proxy}: {exc}") from None
+        raise ConnectionProblem(f"cannot reach the proxy at {proxy}: "
+                                f"{str(exc) or type(exc).__name__}") from None
     if not isinstance(ping, dict):
         raise ConnectionProblem(f"the proxy at {proxy} answered its ping with no object")
     return ping

@@ -134,7 +134,7 @@ async def join_remote(
             response = await http.post("/v1/join", json=body)
         except httpx.HTTPError as exc:
             raise ConnectionProblem(f"cannot reach the proxy at {proxy}: "
-                                    f"{exc or type(exc).__name__}") from None
+                                    f"{str(exc) or type(exc).__name__}") from None
     if not response.is_success:
         raise from_json(response.json() if response.content else None, "joining failed")
     result = response.json()
