@@ -5,7 +5,9 @@ mid-session leaves every event it had sent to the user in the file (a recording 
 memory is lost entirely when the process dies). Binary output, and everything a file
 transfer prints, is counted instead of stored: the recording shows how many bytes went
 by, and the transfer's audit events say which files they were. The file is fsynced
-every ``FSYNC_SECONDS`` and when the session ends, against power loss too.
+every ``FSYNC_SECONDS`` and when the session ends, against power loss too. The periodic
+fsync runs in a worker thread: on a busy disk one can take seconds, and on the event loop
+it would stall every session of the node (and, in one process, the proxy) meanwhile.
 
 Beside each ``SID.cast`` a ``SID.json`` says who, where and when, and, once the session
 ended, when and how. The uploader (recording_upload.py) ships both to the auth service.
@@ -13,10 +15,12 @@ ended, when and how. The uploader (recording_upload.py) ships both to the auth s
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +77,9 @@ class CastWriter:
         self.binary_bytes = 0
         self._binary_run = 0
         self._last_sync = self._start
+        self._sync_lock = threading.Lock()  # a background fsync against close()
+        self._syncing = False
+        self._sync_error: OSError | None = None
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
             env = {"TERM": term} if term else {}
@@ -118,22 +125,46 @@ class CastWriter:
             with contextlib.suppress(UnicodeDecodeError):
                 rest = self._decoder.decode(b"", final=True)
                 if rest:
-                    self._event("o", rest)
-            os.fsync(self._fd)
+                    self._write(asciicast.event_line(time.monotonic() - self._start, "o",
+                                                     rest))
+            with self._sync_lock:
+                os.fsync(self._fd)
         finally:
-            os.close(self._fd)
-            self._fd = -1
+            with self._sync_lock:
+                os.close(self._fd)
+                self._fd = -1
 
     def _event(self, code: str, data: str) -> None:
         self._write(asciicast.event_line(time.monotonic() - self._start, code, data))
         now = time.monotonic()
-        if now - self._last_sync >= FSYNC_SECONDS:
+        if now - self._last_sync >= FSYNC_SECONDS and not self._syncing:
             self._last_sync = now
-            os.fsync(self._fd)
+            self._sync_soon()
+
+    def _sync_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a tool, a test): nothing to stall
+            self._sync()
+            return
+        self._syncing = True
+        loop.run_in_executor(None, self._sync)
+
+    def _sync(self) -> None:
+        try:
+            with self._sync_lock:
+                if self._fd >= 0:
+                    os.fsync(self._fd)
+        except OSError as exc:
+            self._sync_error = exc  # raised by the next write, as a failed write would be
+        finally:
+            self._syncing = False
 
     def _write(self, line: str) -> None:
         if self._fd < 0:
             raise OSError("the recording is closed")
+        if self._sync_error is not None:
+            raise self._sync_error
         data = memoryview(line.encode())
         while data:
             data = data[os.write(self._fd, data):]

@@ -82,6 +82,7 @@ class NodeAudit:
         self.server: NodeServer | None = None
         self._writers: dict[str, CastWriter] = {}
         self._failed: set[str] = set()  # recorders that failed mid-session
+        self._opening: set[str] = set()  # recordings being opened
         self._enforced: set[str] = set()
         self._unrecorded: set[str] = set()  # recordings that could not be opened
         self._who: dict[str, dict[str, Any]] = {}  # a recorded session's user, login, node
@@ -122,7 +123,7 @@ class NodeAudit:
         elif name == "session.rejected" and sid:
             self._unrecorded.discard(sid)  # refused before it started: nothing to end
         if name == "session.end" and sid:
-            self._session_ended(sid, fields)
+            await self._session_ended(sid, fields)
             # The session says who joined it (limen.node.ssh.sharing); alone, its owner.
             if fields.get("user") and not fields.get("participants"):
                 fields = {**fields, "participants": [fields["user"]]}
@@ -182,8 +183,15 @@ class NodeAudit:
     async def open_recording(self, sid: str, fields: dict[str, Any]) -> str | None:
         """Open the session's recording before its process starts; returns None, or why
         it cannot be recorded (reported as session.recording.failure, durable on return)."""
-        if sid in self._writers:
+        if sid in self._writers or sid in self._opening:
             return None
+        self._opening.add(sid)  # the files are made in a worker thread: one opener only
+        try:
+            return await self._open_recording(sid, fields)
+        finally:
+            self._opening.discard(sid)
+
+    async def _open_recording(self, sid: str, fields: dict[str, Any]) -> str | None:
         kind = str(fields.get("session_kind", ""))
         command = str(fields.get("command") or fields.get("subsystem") or "")
         start_ns = time.time_ns()
@@ -198,8 +206,8 @@ class NodeAudit:
         self._who[sid] = _who(fields)
         try:
             await asyncio.to_thread(meta.save, self.recordings / f"{sid}.json")
-            self._writers[sid] = CastWriter(
-                self.recordings / f"{sid}.cast", cols, rows, start_ns,
+            self._writers[sid] = await asyncio.to_thread(
+                CastWriter, self.recordings / f"{sid}.cast", cols, rows, start_ns,
                 title=f"{meta.user} as {meta.login} on {self.node_name}", command=command,
             )
         except OSError as exc:
@@ -242,15 +250,22 @@ class NodeAudit:
         elif sid in self._failed:
             self._enforce_strict(sid)
 
-    def _session_ended(self, sid: str, fields: dict[str, Any]) -> None:
+    async def _session_ended(self, sid: str, fields: dict[str, Any]) -> None:
         failed = sid in self._failed or sid in self._unrecorded
         self._failed.discard(sid)
         self._enforced.discard(sid)
         self._unrecorded.discard(sid)
         self._who.pop(sid, None)
-        writer = self._writers.get(sid)
+        writer = self._writers.pop(sid, None)
+        # Closing syncs the file and rewrites the metadata (two fsyncs): in a worker
+        # thread, so a slow disk does not stall the node's other sessions.
+        await asyncio.to_thread(self._close_recording, sid, writer, failed, fields)
+
+    def _close_recording(self, sid: str, writer: CastWriter | None, failed: bool,
+                         fields: dict[str, Any]) -> None:
         binary = writer.binary_bytes if writer is not None else 0
-        self._close_writer(sid)
+        if writer is not None:
+            _close_quietly(sid, writer)
         path = self.recordings / f"{sid}.json"
         if not path.exists():
             return
@@ -270,10 +285,7 @@ class NodeAudit:
     def _close_writer(self, sid: str) -> None:
         writer = self._writers.pop(sid, None)
         if writer is not None:
-            try:
-                writer.close()
-            except OSError as exc:
-                log.error("closing the recording of session %s failed: %s", sid, exc)
+            _close_quietly(sid, writer)
 
     def _failed_recording(self, sid: str, exc: OSError, fields: dict[str, Any]) -> None:
         log.error("recording session %s failed: %s", sid, exc)
@@ -354,6 +366,13 @@ class NodeAudit:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _close_quietly(sid: str, writer: CastWriter) -> None:
+    try:
+        writer.close()
+    except OSError as exc:
+        log.error("closing the recording of session %s failed: %s", sid, exc)
 
 
 def _who(fields: dict[str, Any]) -> dict[str, Any]:
