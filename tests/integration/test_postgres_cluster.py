@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import ClusterHarness, default_config
-
-DSN = "postgresql://postgres@127.0.0.1:5432/test"
+from tests.support.ha import DSN, drop_schema
 
 
 @pytest.mark.postgres
@@ -33,19 +32,4 @@ def test_signup_and_login_on_postgres_survive_a_restart(tmp_path: Path) -> None:
         assert [u["metadata"]["name"] for u in listed] == ["pgalice"]
     finally:
         second.stop()
-        _drop_schema(schema)
-
-
-def _drop_schema(schema: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+        drop_schema(schema)
