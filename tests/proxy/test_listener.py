@@ -30,8 +30,8 @@ class Tagger(asyncio.Protocol):
         self.transport.write(self.tag + data)  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-async def listener(tmp_path: Path) -> AsyncIterator[tuple[MultiplexListener, str]]:
+def _server_tls(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
+    """The listener's TLS context, with a server certificate from a fresh CA (its PEM)."""
     now = datetime.now(UTC)
     ca_key, ca_cert = generate_tls_ca("mux.test", now=now)
     key, cert = issue_tls_server_cert(ca_key, ca_cert, names=["localhost"], ips=["127.0.0.1"],
@@ -42,12 +42,17 @@ async def listener(tmp_path: Path) -> AsyncIterator[tuple[MultiplexListener, str
         serialization.NoEncryption()))
     tls = server_tls_context(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"),
                              ["http/1.1", "limen-ssh", "limen-tunnel"])
+    return tls, ca_cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.fixture
+async def listener(tmp_path: Path) -> AsyncIterator[tuple[MultiplexListener, str]]:
+    tls, ca_pem = _server_tls(tmp_path)
     routes = Routes(http=lambda: Tagger(b"HTTP:"), ssh=lambda: Tagger(b"SSH:"),
                     tunnel=lambda: Tagger(b"TUNNEL:"))
     mux = MultiplexListener(bind("127.0.0.1", 0), tls, routes,
                             ListenerLimits(handshake_timeout=0.5))
     await mux.start()
-    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
     yield mux, ca_pem
     await mux.stop()
 
@@ -182,16 +187,7 @@ async def test_tls_read_buffer_is_sized_by_route(tmp_path: Path, alpn: list[str]
                                                  size: int) -> None:
     """asyncio gives every TLS connection a 256 KiB read buffer, resident: thousands of
     tunnels and HTTPS connections keep a smaller one; bulk SSH inside TLS the default."""
-    now = datetime.now(UTC)
-    ca_key, ca_cert = generate_tls_ca("mux.test", now=now)
-    key, cert = issue_tls_server_cert(ca_key, ca_cert, names=["localhost"], ips=["127.0.0.1"],
-                                      now=now)
-    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    tls = server_tls_context(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"),
-                             ["http/1.1", "limen-ssh", "limen-tunnel"])
+    tls, ca_pem = _server_tls(tmp_path)
     seen: list[Tagger] = []
 
     def tagger() -> Tagger:
@@ -202,7 +198,6 @@ async def test_tls_read_buffer_is_sized_by_route(tmp_path: Path, alpn: list[str]
                                                              tunnel=tagger))
     await mux.start()
     try:
-        ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
         payload = bytes(range(256)) * 1024  # more than any of the buffers
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", mux.port, ssl=_client_tls(ca_pem, alpn), server_hostname="localhost")
