@@ -41,7 +41,7 @@ def canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-_PLAIN = (str, int, bool, type(None))  # what JSON gives back unchanged (not float: 1e16)
+_PLAIN = (str, int, bool, type(None))  # JSON gives these back unchanged (floats: NaN)
 
 
 def normalize(record: dict[str, Any]) -> dict[str, Any]:

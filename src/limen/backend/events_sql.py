@@ -73,7 +73,7 @@ class SQLEventStore:
             stmt = self.db.dialect.insert(events).values(
                 {column.name: None for column in _COLUMNS}).on_conflict_do_nothing()
             compiled = stmt.compile(dialect=self.db.engine.dialect)
-            if [name for name in compiled.positiontup or ()] != [c.name for c in _COLUMNS]:
+            if list(compiled.positiontup or ()) != [c.name for c in _COLUMNS]:
                 raise RuntimeError("the audit INSERT does not bind the columns in order")
             self._insert = str(compiled)
         return self._insert
