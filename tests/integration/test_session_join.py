@@ -232,7 +232,9 @@ def test_on_leave_pause_holds_the_session_until_a_moderator_is_back(
     closing.append(first)
     owner.expect_exact("it starts now")
     flag = Path(f"/tmp/{gina.name}-flag")
-    owner.sendline(f"while [ ! -e {flag} ]; do sleep 0.05; done; echo HELD-$((8*8))")
+    owner.sendline(f"echo LOOP-$((3*3)); while [ ! -e {flag} ]; do sleep 0.05; done; "
+                   "echo HELD-$((8*8))")
+    owner.expect_exact("LOOP-9")  # the shell runs the loop before the pause drops input
     first.send("q")
     first.expect(pexpect.EOF)
     owner.expect_exact("paused until a moderator joins")
