@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pwd
 import resource
 import shlex
 import signal
@@ -34,6 +35,12 @@ LIMEN = [sys.executable, "-m", "limen.cli.main"]
 # How a direct node is told to listen and what to advertise, so the proxy dials it.
 DIRECT_NODE = ("--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:0")
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+# The account sessions log in as, on both paths. Not root: Debian's bash reads ~/.bashrc
+# for a command sshd (or a Limen node) runs, and root's on the reference machine runs
+# `pyenv init`, about 180 ms and 200 ms of CPU per command on either path, which would be
+# measured as if it were the servers'. This account gets /etc/skel's, which returns at
+# once when the shell is not interactive.
+LOGIN = "limenbench"
 
 
 def bench_env() -> dict[str, str]:
@@ -185,9 +192,22 @@ def start_proxy(root: Path, env: dict[str, str], log: str = "proxy.log") -> Daem
 # a user, for stock OpenSSH
 
 
-def log_in(cluster: Cluster, home: Path, login: str = "root") -> Path:
+def bench_account() -> str:
+    """LOGIN, made a local account (home from /etc/skel) if it is not one yet."""
+    try:
+        pwd.getpwnam(LOGIN)
+    except KeyError:
+        # "*": no password, yet not locked ("!"), which sshd without PAM would refuse.
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash",
+                        "--password", "*", LOGIN], check=True, capture_output=True)
+    return LOGIN
+
+
+def log_in(cluster: Cluster, home: Path, login: str = "") -> Path:
     """Sign a user up (password + TOTP) and log in with LIMEN_HOME=``home``; returns the
-    file `limen config` printed (ProxyJump to where the proxy says)."""
+    file `limen config` printed (ProxyJump to where the proxy says). The user's login is
+    ``login``, by default the bench account (made if need be)."""
+    login = login or bench_account()
     with cluster.admin() as admin:
         issued = admin.post("/v1/users", {"name": "bench", "roles": ["access"],
                                           "logins": [login]})

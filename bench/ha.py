@@ -13,8 +13,9 @@ concurrent clients; the ratio that matters is two / one against the ideal 2.0.
 - logins: POST /v1/login (password check, TOTP, certificate), each by a different user
   (a TOTP code is good once); a login issues exactly one certificate, so certificates
   per second are the same figure;
-- sessions: stock `ssh -F CONFIG root@NODE true`, each a new connection through the
-  instance's jump host to the node (the client's own cost included).
+- sessions: stock `ssh -F CONFIG LOGIN@NODE true` (LOGIN: bench/common.py's account),
+  each a new connection through the instance's jump host to the node (the client's own
+  cost included).
 
 On a machine with fewer cores than instances the two share the CPU, and so does the
 client; read the ratio with the core count it prints.
@@ -32,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-import common  # noqa: F401 - puts the repository root on sys.path
+import common  # first: it puts the repository root on sys.path
 
 from limen import totp  # noqa: E402
 from limen.auth.ca import generate_ssh_key  # noqa: E402
@@ -60,7 +61,7 @@ def make_users(a: Instance, count: int, prefix: str) -> tuple[list[tuple[str, st
         for i in range(count):
             name = f"{prefix}{i}"
             token = admin.post("/v1/users", {"name": name, "roles": ["access"],
-                                             "logins": ["root"]})["token"]
+                                             "logins": [common.bench_account()]})["token"]
             secret = anonymous.post("/v1/signup/start", {"token": token})["totp_secret"]
             step = step_now()
             anonymous.post("/v1/signup/finish", {"token": token, "password": PASSWORD,
@@ -91,7 +92,7 @@ def sessions_per_second(configs: list[Path], node: str, count: int,
                         concurrency: int) -> float:
     def one(i: int) -> None:
         subprocess.run(["ssh", "-F", str(configs[i % len(configs)]), "-o", "BatchMode=yes",
-                        f"root@{node}.ha.limen", "true"], check=True, capture_output=True,
+                        f"{common.LOGIN}@{node}.ha.limen", "true"], check=True, capture_output=True,
                        env=clean_env(), stdin=subprocess.DEVNULL, timeout=60)
 
     return _rate(one, count, concurrency)

@@ -11,11 +11,11 @@ It starts `limen start --roles auth,proxy` (listener_mode multiplex, the default
 The client is stock OpenSSH with the configs `limen config` prints; only the hop to the
 proxy differs:
 
-- (a) SSH port:  ssh -F CFG -o ProxyJump=root@SSH_ADDR root@NODE.CLUSTER  (run.json's
+- (a) SSH port:  ssh -F CFG -o ProxyJump=LOGIN@SSH_ADDR LOGIN@NODE.CLUSTER  (run.json's
   ssh_addr, the dedicated port);
-- (b) web port:  ssh -F CFG root@NODE.CLUSTER  (`limen config`: ProxyJump to the web
+- (b) web port:  ssh -F CFG LOGIN@NODE.CLUSTER  (`limen config`: ProxyJump to the web
   port, plain SSH recognised by its banner);
-- (c) web port in TLS: ssh -F CFG_TLS root@NODE.CLUSTER  (`limen config --tls-routing`:
+- (c) web port in TLS: ssh -F CFG_TLS LOGIN@NODE.CLUSTER  (`limen config --tls-routing`:
   ProxyCommand `limen proxy ssh`, SSH inside TLS with ALPN limen-ssh);
 - (d) with --openssl: the hop of (c) made by OpenSSH over `openssl s_client` instead of
   `limen proxy ssh`, so that (c) against (d) tells the TLS layer from the Python client.
@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 from common import (
+    LOGIN,
     Cluster,
     Uploads,
     Way,
@@ -76,11 +77,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def ways(cluster: Cluster, plain: Path, tls: Path, openssl: bool) -> list[Way]:
-    target = f"root@{NODE_NAME}.{CLUSTER}"
+    target = f"{LOGIN}@{NODE_NAME}.{CLUSTER}"
     ssh = ["ssh", "-o", "BatchMode=yes"]
     found = [
         # -o on the command line wins over the config's ProxyJump (first value wins).
-        Way(SSH_PORT, [*ssh, "-F", str(plain), "-o", f"ProxyJump=root@{cluster.ssh_addr}",
+        Way(SSH_PORT, [*ssh, "-F", str(plain), "-o", f"ProxyJump={LOGIN}@{cluster.ssh_addr}",
                        target]),
         Way(WEB, [*ssh, "-F", str(plain), target]),
         Way(WEB_TLS, [*ssh, "-F", str(tls), target]),
@@ -101,12 +102,12 @@ def openssl_hop(cluster: Cluster, plain: Path) -> str:
     # The outer ssh expands %h:%p to the node; the inner one reads the config's first
     # block for 127.0.0.1 (key, certificate, known hosts), not its ProxyJump.
     return shlex.join(["ssh", "-F", str(plain), "-o", "BatchMode=yes", "-o",
-                       f"ProxyCommand={tls}", "-p", port, "-W", "%h:%p", f"root@{host}"])
+                       f"ProxyCommand={tls}", "-p", port, "-W", "%h:%p", f"{LOGIN}@{host}"])
 
 
 def check_configs(cluster: Cluster, plain: Path, tls: Path) -> None:
     """(b) and (c) measure the web port only if the configs send ssh there."""
-    if f"ProxyJump root@{cluster.web_addr}\n" not in plain.read_text():
+    if f"ProxyJump {LOGIN}@{cluster.web_addr}\n" not in plain.read_text():
         raise RuntimeError(f"limen config does not jump to the web port {cluster.web_addr}:\n"
                            f"{plain.read_text()}")
     if "limen.cli.main proxy ssh" not in tls.read_text():

@@ -34,7 +34,7 @@ from pathlib import Path
 import asyncssh
 
 # common first: it puts the repository root on sys.path for tests.proxy.support.
-from common import Cluster, bench_env, log_in, memory_kb, start_cluster
+from common import LOGIN, Cluster, bench_env, log_in, memory_kb, start_cluster
 from ssh import openssh_servers
 
 from limen.client.ssh import client_algs
@@ -90,7 +90,7 @@ def credentials(config: Path) -> Credentials:
 
 
 async def one_session(target: Target, creds: Credentials, tally: Tally) -> None:
-    options = {"username": "root", "client_keys": [(creds.key, creds.cert)],
+    options = {"username": LOGIN, "client_keys": [(creds.key, creds.cert)],
                "known_hosts": creds.known_hosts, "agent_path": None, "config": [],
                "preferred_auth": "publickey", **client_algs()}
     started = time.perf_counter()

@@ -10,10 +10,12 @@ starts two stock sshds on loopback that trust the cluster's user CA and present 
 certificates from its host CA. The client is stock OpenSSH on both paths, with the
 config `limen config` writes, so only the servers differ:
 
-- Limen:   ssh -F CFG -o ProxyJump=root@PROXY_SSH root@NODE.CLUSTER  (the proxy's SSH port)
-- Limen, web port: ssh -F CFG root@NODE.CLUSTER (where `limen config` points, when that
+- Limen:   ssh -F CFG -o ProxyJump=LOGIN@PROXY_SSH LOGIN@NODE.CLUSTER  (the proxy's SSH port)
+- Limen, web port: ssh -F CFG LOGIN@NODE.CLUSTER (where `limen config` points, when that
   is the web port shared by HTTPS and SSH)
-- OpenSSH: ssh -F CFG -J root@JUMP -p PORT root@127.0.0.1
+- OpenSSH: ssh -F CFG -J LOGIN@JUMP -p PORT LOGIN@127.0.0.1
+
+LOGIN is bench/common.py's account (not root: see there why).
 
 Figures, interleaved so drift hits both alike: upload throughput (``head -c SIZE
 /dev/zero | ssh ... 'cat > /dev/null'``, median, handshakes included), median latency of
@@ -37,6 +39,7 @@ import asyncssh
 # common first: it puts the repository root on sys.path for tests.proxy.support.
 from common import (
     LIMEN,
+    LOGIN,
     Cluster,
     Way,
     bench_env,
@@ -151,14 +154,14 @@ def main() -> None:
         servers = openssh_servers(cluster, root)
         node, jump = servers
         ssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes"]
-        target = f"root@{NODE_NAME}.{CLUSTER}"
+        target = f"{LOGIN}@{NODE_NAME}.{CLUSTER}"
         ways = [
             # The proxy's dedicated SSH port, as in the issue; the jump hop reads the config.
-            Way("Limen", [*ssh, "-o", f"ProxyJump=root@{cluster.ssh_addr}", target]),
-            Way("OpenSSH", [*ssh, "-J", f"root@127.0.0.1:{jump.port}", "-p", str(node.port),
-                            "root@127.0.0.1"]),
+            Way("Limen", [*ssh, "-o", f"ProxyJump={LOGIN}@{cluster.ssh_addr}", target]),
+            Way("OpenSSH", [*ssh, "-J", f"{LOGIN}@127.0.0.1:{jump.port}", "-p", str(node.port),
+                            f"{LOGIN}@127.0.0.1"]),
         ]
-        if f"ProxyJump root@{cluster.ssh_addr}\n" not in config.read_text():
+        if f"ProxyJump {LOGIN}@{cluster.ssh_addr}\n" not in config.read_text():
             # limen config points elsewhere (the web port, shared by HTTPS and SSH).
             ways.insert(1, Way("Limen, web port", [*ssh, target]))
         for way in ways:  # warm-up: page cache, first handshakes

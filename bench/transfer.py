@@ -33,7 +33,7 @@ from pathlib import Path
 import asyncssh
 
 # common first: it puts the repository root on sys.path for tests.proxy.support.
-from common import Cluster, bench_env, cpu_seconds, log_in, start_cluster
+from common import LOGIN, Cluster, bench_env, cpu_seconds, log_in, start_cluster
 
 from tests.proxy.support import Pki, Sshd
 
@@ -116,10 +116,10 @@ def main() -> None:
         node, jump = servers
         base = ["-F", str(config), "-o", "BatchMode=yes"]
         ways = [
-            Way("Limen", [*base, "-o", f"ProxyJump=root@{cluster.ssh_addr}"],
-                f"root@{NODE_NAME}.{CLUSTER}"),
-            Way("OpenSSH", [*base, "-o", f"ProxyJump=root@127.0.0.1:{jump.port}",
-                            "-P", str(node.port)], "root@127.0.0.1"),
+            Way("Limen", [*base, "-o", f"ProxyJump={LOGIN}@{cluster.ssh_addr}"],
+                f"{LOGIN}@{NODE_NAME}.{CLUSTER}"),
+            Way("OpenSSH", [*base, "-o", f"ProxyJump={LOGIN}@127.0.0.1:{jump.port}",
+                            "-P", str(node.port)], f"{LOGIN}@127.0.0.1"),
         ]
         # sftp takes -P too; the port goes with the options on both tools.
         plans = {way.name: cases(way, local, work / f"back-{way.name}.bin",

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from common import (
+    LOGIN,
     Cluster,
     Daemon,
     Way,
@@ -79,7 +80,7 @@ def parse_args() -> argparse.Namespace:
 
 def way(config: Path, node: str) -> Way:
     return Way(node, ["ssh", "-F", str(config), "-o", "BatchMode=yes",
-                      f"root@{node}.{CLUSTER}"])
+                      f"{LOGIN}@{node}.{CLUSTER}"])
 
 
 def transfers(ways: list[Way], size_mb: int, runs: int, env: dict[str, str]) -> dict:

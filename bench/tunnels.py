@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from common import (
+    LOGIN,
     Cluster,
     Daemon,
     Way,
@@ -141,7 +142,7 @@ def main() -> None:
         ssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes"]
 
         def way(name: str) -> Way:
-            return Way(name, [*ssh, f"root@{name}.{CLUSTER}"])
+            return Way(name, [*ssh, f"{LOGIN}@{name}.{CLUSTER}"])
 
         # The baseline: one tunneled node on a proxy that holds nothing else.
         single, _ = start_agents(cluster, 1, "single-", 120)
