@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from limen.audit.log import stored
 from limen.audit.vouchers import vouch
 from limen.client.trust import insecure_context
 from tests.support.cluster import ClusterHarness
-from tests.support.ssh_access import NODE, SshUser, new_user, unique, wait_until
+from tests.support.ssh_access import NODE, SshUser, clean_env, new_user, unique, wait_until
 
 FORGED_TIME = "2001-09-09T01:46:40Z"
 
@@ -179,6 +180,43 @@ def test_an_event_with_another_nodes_session_id_is_refused(
     assert len(cluster.events_of("exec", sid=sid)) == before
     assert all(e["server_id"] == start["server_id"] for e in cluster.events()
                if e.get("sid") == sid and e["event"] != "audit.report.refused")
+
+
+def _listed(user: SshUser, sid: str) -> list[dict[str, Any]]:
+    shown = user.limen("sessions", "ls", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    return [s for s in shown.json() if s["id"] == sid]
+
+
+def test_a_node_lists_and_ends_only_its_own_sessions(
+    cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
+) -> None:
+    """The auth service lists a session from the session.start it wrote and ends it with
+    its session.end: on the node that reported it, whatever that node claims."""
+    sid = str(uuid.uuid4())
+    started = mallory.report("session.start", sid=sid, user=victim.name, login="root",
+                             server_hostname="node1", session_kind="exec", command="id")
+    assert started.status_code == 200, started.text
+    [listed] = _listed(victim, sid)
+    assert (listed["node"], listed["login"], listed["command"]) == (mallory.name, "root", "id")
+
+    proc = subprocess.Popen(victim.ssh_argv(f"root@{NODE}", "cat"), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        live = wait_until(lambda: cluster.events_of("session.start", user=victim.name,
+                                                    command="cat"), 20, "the victim's cat")
+        victims = live[-1]["sid"]
+        wait_until(lambda: _listed(victim, victims), 10, "the victim's session listed")
+        forged = mallory.report("session.end", sid=victims, user=victim.name)
+        assert forged.status_code == 403, forged.text
+        assert _listed(victim, victims), "another node's session.end ended the session"
+    finally:
+        out, err = proc.communicate(b"bye\n", timeout=30)
+    assert (proc.returncode, out) == (0, b"bye\n"), err
+    wait_until(lambda: not _listed(victim, victims), 20, "the victim's session to end")
+
+    assert mallory.report("session.end", sid=sid, exit_code=0).status_code == 200
+    assert _listed(victim, sid) == []
 
 
 def test_a_node_may_report_only_node_events_and_only_their_fields(

@@ -63,7 +63,10 @@ class NodeReports:
         self.ctx = ctx
         self.bindings = bindings
 
-    async def report(self, identity: Identity, name: str, fields: dict[str, Any]) -> None:
+    async def report(self, identity: Identity, name: str,
+                     fields: dict[str, Any]) -> dict[str, Any]:
+        """Write the node's event as the auth service knows it; returns what was written
+        (``{"uid": ..., "duplicate": True}`` for a resend already in the log)."""
         if identity.builtin != "node":
             raise AccessDenied("only nodes report events, and only with their own identity")
         try:
@@ -71,7 +74,7 @@ class NodeReports:
         except (BadParameter, AccessDenied) as exc:
             await self._refused(identity, name, exc)
             raise
-        await self.ctx.audit.record(event, uid=uid)
+        return await self.ctx.audit.record(event, uid=uid)
 
     async def _accept(self, identity: Identity, name: str,
                       fields: dict[str, Any]) -> tuple[AuditEvent, str | None]:

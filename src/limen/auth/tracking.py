@@ -1,10 +1,18 @@
-"""What nodes report: audit events (node_reports.py) and live session trackers."""
+"""What nodes report: audit events (node_reports.py) and live session trackers.
+
+A node's sessions are listed (``limen sessions ls``) from its own reports: the
+session.start the auth service wrote lists the session, its session.end takes it off.
+One request each, where a tracker of its own would cost the node a second; and what is
+listed is what the log says, the user and login as the start's certificate proved them.
+The node still sends a tracker when its parties or state change, and with its heartbeat.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from typing import Any
 
+from limen.audit import events as types
 from limen.audit.bindings import SessionBindings
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
@@ -21,7 +29,22 @@ class Tracking:
 
     async def report_event(self, identity: Identity, name: str, fields: dict[str, Any]) -> None:
         """A node's event, stamped with what the auth service knows (see node_reports)."""
-        await self.reports.report(identity, name, fields)
+        written = await self.reports.report(identity, name, fields)
+        if identity.builtin == "node" and not written.get("duplicate"):
+            await self._follow(identity.user, name, written)
+
+    async def _follow(self, node_id: str, name: str, record: dict[str, Any]) -> None:
+        """List the session its start was written for; end it with its end."""
+        sid = record.get("sid")
+        if not isinstance(sid, str) or not sid:
+            return
+        if name == types.SESSION_START.name:
+            tracker = _tracker(node_id, sid, record)
+            tracker.metadata.expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
+            await self.ctx.stores.sessions.upsert(tracker)
+        elif name == types.SESSION_END.name:
+            with contextlib.suppress(NotFound):
+                await self.ctx.stores.sessions.delete(sid)
 
     async def upsert_session(self, identity: Identity, session: Session) -> Session:
         if identity.builtin == "node":
@@ -49,3 +72,23 @@ class Tracking:
         return await self.ctx.stores.sessions.list()
 
 
+
+
+def _tracker(node_id: str, sid: str, record: dict[str, Any]) -> Session:
+    """A session's tracker from its written session.start: the user and login are the
+    facts the log holds, or the node's claims where the start was not backed."""
+    user = record.get("user") or record.get("claimed_user") or ""
+    return Session.model_validate({
+        "metadata": {"name": sid},
+        "spec": {
+            "user": user,
+            "login": record.get("login") or record.get("claimed_login") or "",
+            "node_id": node_id,
+            "node_name": record.get("server_hostname") or node_id,
+            "interactive": bool(record.get("interactive")),
+            "command": record.get("command") or record.get("subsystem") or "",
+            "started": record.get("session_start") or record["time"],
+            "remote_addr": record.get("addr.remote") or "",
+            "parties": [user],
+        },
+    })

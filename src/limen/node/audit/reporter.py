@@ -55,7 +55,6 @@ REPLAY_SECONDS = 2.0
 
 class AuditLink(RecordingLink, Protocol):
     async def report_event(self, name: str, fields: dict[str, Any]) -> None: ...
-    async def end_session(self, session_id: str) -> None: ...
 
 
 def _iso(ns: int) -> str:
@@ -332,9 +331,8 @@ class NodeAudit:
                 "session_kind", "interactive", "command", "subsystem", "session_start")}
             fields.update(sid=sid, session_stop=_iso(stop_ns or time.time_ns()),
                           interrupted=True, reason=INTERRUPTED)
+            # Its session.end also takes the session off the auth service's list.
             await self.report("session.end", {k: v for k, v in fields.items() if v is not None})
-            with contextlib.suppress(LimenError):
-                await self.link.end_session(sid)
             path.unlink(missing_ok=True)
         for path in self.recordings.glob("*.json") if self.recordings.is_dir() else []:
             await asyncio.to_thread(self._close_interrupted, path.stem)

@@ -140,12 +140,13 @@ class ClusterObserver:
                 await self.audit.on_event(name, fields)
             else:
                 await self.link.report_event(name, fields)
+            # The auth service lists a session from its session.start and takes it off
+            # at its session.end (auth/tracking.py); the node keeps its own copy, sent
+            # when the session's parties or state change and with each heartbeat.
             if name == "session.start":
-                tracker = self._trackers[str(fields["sid"])] = self._tracker(fields)
-                await self.link.upsert_session(tracker)
+                self._trackers[str(fields["sid"])] = self._tracker(fields)
             elif name == "session.end" and fields.get("sid"):
                 self._trackers.pop(str(fields["sid"]), None)
-                await self.link.end_session(str(fields["sid"]))
             elif name in ("session.join", "session.leave") and fields.get("success") is not False:
                 await self._party_changed(name, fields)
         except Exception as exc:  # noqa: BLE001 - the session must not die with the reporter
