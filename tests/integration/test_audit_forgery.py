@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from limen.audit.chain import GENESIS, AuditKey, checkpoint_message, event_hash, format_time
 from limen.audit.log import stored
 from limen.audit.vouchers import vouch
+from limen.client.api import APIClient
 from limen.client.trust import insecure_context
 from tests.support.cluster import ClusterHarness
 from tests.support.ssh_access import NODE, SshUser, clean_env, new_user, unique, wait_until
@@ -188,17 +189,27 @@ def _listed(user: SshUser, sid: str) -> list[dict[str, Any]]:
     return [s for s in shown.json() if s["id"] == sid]
 
 
+def _listed_for_admin(cluster: ClusterHarness, sid: str) -> list[dict[str, Any]]:
+    token = (cluster.data_dir / "admin.token").read_text().strip()
+    ca = (cluster.data_dir / "ca" / "tls_ca.crt").read_text()
+    with APIClient(cluster.web_addr, ca, token) as admin:
+        return [s for s in admin.get("/v1/sessions") if s["id"] == sid]
+
+
 def test_a_node_lists_and_ends_only_its_own_sessions(
     cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
 ) -> None:
     """The auth service lists a session from the session.start it wrote and ends it with
-    its session.end: on the node that reported it, whatever that node claims."""
+    its session.end: on the node that reported it, whatever that node claims, under a
+    user marked as claimed when no certificate backs the start."""
     sid = str(uuid.uuid4())
     started = mallory.report("session.start", sid=sid, user=victim.name, login="root",
                              server_hostname="node1", session_kind="exec", command="id")
     assert started.status_code == 200, started.text
-    [listed] = _listed(victim, sid)
+    [listed] = _listed_for_admin(cluster, sid)
     assert (listed["node"], listed["login"], listed["command"]) == (mallory.name, "root", "id")
+    assert listed["user"] == f"{victim.name} (claimed)"
+    assert _listed(victim, sid) == []  # not listed as the victim's own session
 
     proc = subprocess.Popen(victim.ssh_argv(f"root@{NODE}", "cat"), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
@@ -216,7 +227,7 @@ def test_a_node_lists_and_ends_only_its_own_sessions(
     wait_until(lambda: not _listed(victim, victims), 20, "the victim's session to end")
 
     assert mallory.report("session.end", sid=sid, exit_code=0).status_code == 200
-    assert _listed(victim, sid) == []
+    assert _listed_for_admin(cluster, sid) == []
 
 
 def test_a_node_may_report_only_node_events_and_only_their_fields(

@@ -53,12 +53,14 @@ class Tracking:
             # The tracker says who as the session's start proved it, not as the node says.
             binding = await self.bindings.owned(session.name, identity.user)
             if binding is not None and binding.user is not None:
-                session.spec.user = binding.user
-                session.spec.login = binding.login or session.spec.login
-                # The owner as proven; then whoever the node says joined (the node
-                # judged their certificates, and may only speak of its own sessions).
-                joined = [p for p in session.spec.parties[1:] if p != binding.user]
-                session.spec.parties = [binding.user, *joined]
+                owner, login = binding.user, binding.login or session.spec.login
+            else:  # no start backed it (or none was written yet): only the node's word
+                owner, login = claimed(session.spec.user), session.spec.login
+            session.spec.user, session.spec.login = owner, login
+            # The owner as proven; then whoever the node says joined (the node judged
+            # their certificates, and may only speak of its own sessions).
+            joined = [p for p in session.spec.parties[1:] if p != owner]
+            session.spec.parties = [owner, *joined]
         session.metadata.expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
         return await self.ctx.stores.sessions.upsert(session)
 
@@ -77,7 +79,7 @@ class Tracking:
 def _tracker(node_id: str, sid: str, record: dict[str, Any]) -> Session:
     """A session's tracker from its written session.start: the user and login are the
     facts the log holds, or the node's claims where the start was not backed."""
-    user = record.get("user") or record.get("claimed_user") or ""
+    user = record.get("user") or claimed(record.get("claimed_user") or "")
     return Session.model_validate({
         "metadata": {"name": sid},
         "spec": {
@@ -92,3 +94,9 @@ def _tracker(node_id: str, sid: str, record: dict[str, Any]) -> Session:
             "parties": [user],
         },
     })
+
+
+def claimed(user: str) -> str:
+    """A name only a node's word backs, marked as `limen audit search` marks it: never
+    the same text as the user's own name, so the session is not listed as theirs."""
+    return f"{user} (claimed)"
