@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from limen.errors import BadParameter, ConnectionProblem
+from limen.errors import BadParameter, ConnectionProblem, LimenError
 from limen.node.audit.reporter import NodeAudit
 from limen.recording.asciicast import printed_text
 from limen.recording.cast import LocalRecording
@@ -26,6 +26,7 @@ class FakeLink:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.recordings: dict[str, bytearray] = {}
         self.metas: dict[str, dict[str, Any]] = {}
+        self.calls = 0  # calls that carried events
 
     def _check(self) -> None:
         if self.down:
@@ -37,6 +38,20 @@ class FakeLink:
             raise BadParameter("unknown event 'bogus'")
         if all(f.get("uid") != fields["uid"] for _, f in self.events):
             self.events.append((name, fields))
+
+    async def report_events(self, events: list[tuple[str, dict[str, Any]]]
+                            ) -> list[LimenError | None]:
+        self._check()
+        self.calls += 1
+        answers: list[LimenError | None] = []
+        for name, fields in events:
+            try:
+                await self.report_event(name, fields)
+            except BadParameter as exc:
+                answers.append(exc)
+            else:
+                answers.append(None)
+        return answers
 
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         self._check()

@@ -53,6 +53,11 @@ class JoinedNode:
         with self._client() as http:
             return http.post("/v1/events", json={"event": event, "fields": fields})
 
+    def report_batch(self, events: list[tuple[str, dict[str, Any]]]) -> httpx.Response:
+        with self._client() as http:
+            return http.post("/v1/events/batch", json={
+                "events": [{"event": name, "fields": fields} for name, fields in events]})
+
     def put_recording(self, sid: str, meta: dict[str, Any]) -> httpx.Response:
         with self._client() as http:
             return http.put(f"/v1/recordings/{sid}", json=meta)
@@ -228,6 +233,50 @@ def test_a_node_lists_and_ends_only_its_own_sessions(
 
     assert mallory.report("session.end", sid=sid, exit_code=0).status_code == 200
     assert _listed_for_admin(cluster, sid) == []
+
+
+def test_a_batch_of_events_is_judged_event_by_event(
+    cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
+) -> None:
+    """POST /v1/events/batch takes each event as POST /v1/events would: a refused one is
+    refused (and audited) alone, and the caller's token is judged for the whole batch."""
+    done = victim.ssh(f"root@{NODE}", "true")
+    assert done.returncode == 0, done.stderr
+    others = wait_until(lambda: cluster.events_of("session.start", user=victim.name), 10,
+                        "a session on node1")[0]["sid"]
+    mine, marker = str(uuid.uuid4()), unique("batch")
+    answer = mallory.report_batch([
+        ("exec", {"sid": mine, "user": victim.name, "command": f"{marker}-1", "exit_code": 0}),
+        ("exec", {"sid": others, "user": victim.name, "command": f"{marker}-2"}),
+        ("user.login", {"user": marker, "success": True}),
+        ("exec", {"sid": mine, "command": f"{marker}-3", "server_id": "node1",
+                  "audit_index": 1}),
+        ("exec", {"sid": mine, "command": f"{marker}-4", "exit_code": 0}),
+    ])
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert results[0] == {"ok": True} and results[4] == {"ok": True}
+    assert results[1]["error"]["kind"] == "access_denied"
+    assert f"session {others} was started by another node" in results[1]["error"]["message"]
+    assert results[2]["error"]["kind"] == "access_denied"
+    assert results[3]["error"]["kind"] == "bad_parameter"
+    written = [e["command"] for e in cluster.events_of("exec", server_id=mallory.node_id)
+               if str(e.get("command", "")).startswith(marker)]
+    assert written == [f"{marker}-1", f"{marker}-4"]
+    assert not cluster.events_of("user.login", user=marker)
+    assert _refusal(cluster, mallory, "exec")  # each refusal is on record
+
+    too_many = mallory.report_batch([("exec", {"command": "x"})] * 101)
+    assert too_many.status_code == 400 and "events" in _error(too_many)
+    assert mallory.report_batch([]).status_code == 400
+    admin_token = (cluster.data_dir / "admin.token").read_text().strip()
+    with httpx.Client(verify=insecure_context(), base_url=f"https://{cluster.web_addr}",
+                      headers={"authorization": f"Bearer {admin_token}"}, timeout=30) as http:
+        as_admin = http.post("/v1/events/batch",
+                             json={"events": [{"event": "exec", "fields": {"command": marker}}]})
+    assert as_admin.status_code == 403, as_admin.text  # not a node, however mighty
+    assert "only nodes report events" in _error(as_admin)
+    assert not cluster.events_of("exec", command=marker)
 
 
 def test_a_node_may_report_only_node_events_and_only_their_fields(

@@ -52,7 +52,7 @@ from limen.auth.users import IssuedToken, SignupChallenge
 from limen.auth.web_sessions import SignedIn, WebSessions
 from limen.auth.web_sso import WebFlow, WebSSO
 from limen.clock import Clock
-from limen.errors import AccessDenied, NotFound
+from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
 from limen.rbac import AccessChecker
 from limen.rbac.joining import join_modes
 from limen.resources import Instance, JoinToken, Lock, Node, NodePresence, Session, User
@@ -382,6 +382,23 @@ class AuthFacade:
         async with self._builtin(HOSTS, "event", "create",
                                  "only nodes and proxies report events and sessions"):
             await self.auth.tracking.report_event(self.caller, name, fields)
+
+    async def report_events(self, events: list[tuple[str, dict[str, Any]]]
+                            ) -> list[LimenError | None]:
+        """Several events in one call, each taken (or refused) as ``report_event`` takes
+        it, in order; returns each one's refusal, or None where it was written. Anything
+        but a refusal of the event itself (a caller that is not a node, the storage)
+        fails the whole call."""
+        async with self._builtin(NODES, "event", "create", "only nodes report events"):
+            return [await self._report_one(name, fields) for name, fields in events]
+
+    async def _report_one(self, name: str, fields: dict[str, Any]) -> LimenError | None:
+        try:
+            async with self._audited("event", "create"):
+                await self.auth.tracking.report_event(self.caller, name, fields)
+        except (BadParameter, AccessDenied, NotFound) as exc:
+            return exc
+        return None
 
     async def upsert_session(self, session: Session) -> Session:
         async with self._builtin(HOSTS, "session", "update",

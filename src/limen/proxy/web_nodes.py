@@ -79,6 +79,15 @@ class ReportedEvent(BaseModel):
     fields: dict[str, Any] = Field(default_factory=dict)
 
 
+# Events a node sends in one call: what gathers while its previous call was answered,
+# or a batch of its spool. Bounded, so one request stays one short transaction's worth.
+MAX_REPORTED_EVENTS = 100
+
+
+class ReportedEvents(BaseModel):
+    events: list[ReportedEvent] = Field(min_length=1, max_length=MAX_REPORTED_EVENTS)
+
+
 def node_json(node: Node, presence: NodePresence, tunnel: TunnelStatus | None = None,
               proxies: list[str] | None = None) -> dict[str, Any]:
     """A node as listings show it. A tunnel node is online while its tunnel to this
@@ -242,6 +251,14 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
     async def report_event(body: ReportedEvent, api: Caller) -> dict[str, Any]:
         await api.report_event(body.event, body.fields)
         return {"ok": True}
+
+    @app.post("/v1/events/batch", responses=errors(400, *SIGNED_IN))
+    async def report_events(body: ReportedEvents, api: Caller) -> dict[str, Any]:
+        """Each event as POST /v1/events takes it, in order; ``results`` says, event by
+        event, ``{"ok": true}`` or the error that one call would have answered."""
+        refusals = await api.report_events([(e.event, e.fields) for e in body.events])
+        return {"results": [{"ok": True} if refusal is None else refusal.to_json()
+                            for refusal in refusals]}
 
     @app.put("/v1/sessions/{session_id}", responses=errors(400, *SIGNED_IN))
     async def upsert_session(session_id: str, body: Session, api: Caller) -> dict[str, Any]:

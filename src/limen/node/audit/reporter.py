@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from limen.audit.chain import format_time
 from limen.audit.files import truncate_torn_tail
-from limen.errors import BadParameter, LimenError
+from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenError
 from limen.files import write_private
+from limen.node.audit.outbox import MAX_BATCH, ReportOutbox
 from limen.node.audit.spool import EventSpool
 from limen.recording.cast import CastWriter, LocalRecording
 from limen.recording.upload import RecordingLink, RecordingUploader
@@ -55,6 +56,8 @@ REPLAY_SECONDS = 2.0
 
 class AuditLink(RecordingLink, Protocol):
     async def report_event(self, name: str, fields: dict[str, Any]) -> None: ...
+    async def report_events(self, events: list[tuple[str, dict[str, Any]]]
+                            ) -> list[LimenError | None]: ...
 
 
 def _iso(ns: int) -> str:
@@ -77,6 +80,7 @@ class NodeAudit:
         self.recordings = data_dir / "recordings"
         self.live = data_dir / "audit" / "live"
         self.spool = EventSpool(data_dir / "audit" / "events.spool")
+        self.outbox = ReportOutbox(link.report_events)
         self.uploader = RecordingUploader(link, self.recordings)
         self.server: NodeServer | None = None
         self._writers: dict[str, CastWriter] = {}
@@ -110,6 +114,7 @@ class NodeAudit:
         await cancel_and_wait(self._replayer)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        await self.outbox.close()
 
     # -- events -------------------------------------------------------------------------------
 
@@ -138,7 +143,7 @@ class NodeAudit:
                  "time": format_time(time.time_ns())}
         if len(self.spool) == 0:
             try:
-                await self.link.report_event(name, {**fields, "uid": uid})
+                await self.outbox.send(name, {**fields, "uid": uid})
                 return
             except BadParameter as exc:
                 log.error("the auth service refused a %s event: %s", name, exc.message)
@@ -160,22 +165,46 @@ class NodeAudit:
 
     async def _replay_some(self) -> bool:
         """Send the oldest spooled events; False when the auth service is still away."""
-        batch = await asyncio.to_thread(self.spool.peek, 100)
+        batch = await asyncio.to_thread(self.spool.peek, MAX_BATCH)
+        if not batch:
+            return False
+        events = [(entry["event"], {**entry["fields"], "uid": entry["uid"],
+                                    "time": entry["time"]}) for entry in batch]
+        try:
+            answers = await self.link.report_events(events)
+        except BadParameter:  # the call as a whole: one malformed event must not hold
+            answers = await self._one_by_one(events)  # back the others
+        except LimenError:
+            return False
         sent = 0
-        for entry in batch:
-            fields = {**entry["fields"], "uid": entry["uid"], "time": entry["time"]}
-            try:
-                await self.link.report_event(entry["event"], fields)
-            except BadParameter as exc:
+        for entry, answer in zip(batch, answers, strict=True):
+            # Refused, the event itself (the auth service audited why): sending it
+            # again cannot change that. Anything else: kept, in order, for the next try.
+            if isinstance(answer, BadParameter | AccessDenied):
                 log.error("the auth service refused a spooled %s event: %s",
-                          entry["event"], exc.message)
-            except LimenError:
+                          entry["event"], answer.message)
+            elif answer is not None:
                 break
             sent += 1
         if sent:
             await self.spool.drop(sent)
             log.info("delivered %d audit events kept while the auth service was away", sent)
         return sent == len(batch) and sent > 0
+
+    async def _one_by_one(self, events: list[tuple[str, dict[str, Any]]]
+                          ) -> list[LimenError | None]:
+        answers: list[LimenError | None] = []
+        for name, fields in events:
+            try:
+                await self.link.report_event(name, fields)
+            except BadParameter as exc:
+                answers.append(exc)
+                continue
+            except LimenError as exc:
+                answers.append(exc)
+                break
+            answers.append(None)
+        return answers + [ConnectionProblem("not sent")] * (len(events) - len(answers))
 
     # -- sessions and recordings ------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from limen.auth.node_credentials import sign_renewal
 from limen.auth.node_renewal import Renewed
 from limen.auth.server import AuthServer
 from limen.client import trust
-from limen.errors import ConnectionProblem, from_json
+from limen.errors import ConnectionProblem, LimenError, from_json
 from limen.resources import Session
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ class ClusterLink(Protocol):
         """New credentials; a remote link proves the host key and uses the new token."""
         ...
     async def report_event(self, name: str, fields: dict[str, Any]) -> None: ...
+    async def report_events(self, events: list[tuple[str, dict[str, Any]]]
+                            ) -> list[LimenError | None]:
+        """Several events in one call: each one's refusal, or None where it was taken."""
+        ...
     async def upsert_session(self, session: Session) -> None: ...
     async def end_session(self, session_id: str) -> None: ...
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]: ...
@@ -63,6 +67,10 @@ class LocalLink:
 
     async def report_event(self, name: str, fields: dict[str, Any]) -> None:
         await self.api.report_event(name, fields)
+
+    async def report_events(self, events: list[tuple[str, dict[str, Any]]]
+                            ) -> list[LimenError | None]:
+        return await self.api.report_events(events)
 
     async def upsert_session(self, session: Session) -> None:
         await self.api.upsert_session(session)
@@ -160,6 +168,16 @@ class RemoteLink:
 
     async def report_event(self, name: str, fields: dict[str, Any]) -> None:
         await self._call("POST", "/v1/events", {"event": name, "fields": fields})
+
+    async def report_events(self, events: list[tuple[str, dict[str, Any]]]
+                            ) -> list[LimenError | None]:
+        answer = await self._call("POST", "/v1/events/batch", {
+            "events": [{"event": name, "fields": fields} for name, fields in events]})
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or len(results) != len(events):
+            raise ConnectionProblem("the proxy's answer to a batch of events is malformed")
+        return [None if isinstance(r, dict) and r.get("ok") is True else from_json(r)
+                for r in results]
 
     async def upsert_session(self, session: Session) -> None:
         await self._call("PUT", f"/v1/sessions/{session.name}", session.to_public())
