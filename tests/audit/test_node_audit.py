@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from limen.errors import BadParameter, ConnectionProblem, LimenError
+from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenError
 from limen.node.audit.reporter import NodeAudit
 from limen.recording.asciicast import printed_text
 from limen.recording.cast import LocalRecording
@@ -36,6 +36,8 @@ class FakeLink:
         self._check()
         if name == "bogus":
             raise BadParameter("unknown event 'bogus'")
+        if fields.get("sid") == "not-mine":
+            raise AccessDenied("session not-mine was started by another node")
         if all(f.get("uid") != fields["uid"] for _, f in self.events):
             self.events.append((name, fields))
 
@@ -47,7 +49,7 @@ class FakeLink:
         for name, fields in events:
             try:
                 await self.report_event(name, fields)
-            except BadParameter as exc:
+            except (BadParameter, AccessDenied) as exc:
                 answers.append(exc)
             else:
                 answers.append(None)
@@ -102,6 +104,26 @@ async def test_events_wait_on_disk_and_arrive_in_order_once(tmp_path: Path) -> N
                      "the spool to be emptied")
     await audit.stop()
 
+
+
+async def test_a_spooled_event_the_auth_service_refuses_does_not_hold_back_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Refused is final (the auth service audited why): the spool moves past it."""
+    link = FakeLink()
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    await audit.start()
+    link.down = True
+    await audit.on_event("exec", {"user": "alice", "command": "one"})
+    await audit.on_event("exec", {"sid": "not-mine", "user": "alice", "command": "forged"})
+    await audit.on_event("exec", {"user": "alice", "command": "two"})
+    link.down = False
+    audit._wake_replay.set()  # noqa: SLF001 - not waiting for the replay's next round
+    await eventually(lambda: not (tmp_path / "audit" / "events.spool").exists(),
+                     "the spool to be emptied")
+    assert [f.get("command") for _, f in link.events] == ["one", "two"]
+    assert link.calls == 1  # the three went in one call
+    await audit.stop()
 
 async def test_a_session_is_recorded_and_shipped(tmp_path: Path) -> None:
     link = FakeLink()
