@@ -53,7 +53,13 @@ from limen.backend.base import (
     sweep_forever,
     to_micros,
 )
-from limen.backend.sql_dialects import WRITE_OPTION, Dialect, connection_problem, open_engine
+from limen.backend.sql_dialects import (
+    SINGLE_READ_OPTION,
+    WRITE_OPTION,
+    Dialect,
+    connection_problem,
+    open_engine,
+)
 from limen.backend.sql_tables import (
     ITEM_COLUMNS,
     WriteTx,
@@ -101,6 +107,8 @@ class SQLBackend:
         #: Buffer size of watchers created from now on (see limen.backend.watch).
         self.watch_capacity = watch_capacity
         self._engine = engine
+        # The same pool; its connections run one SELECT each (see SINGLE_READ_OPTION).
+        self._reader = engine.execution_options(**{SINGLE_READ_OPTION: True})
         self._poll_interval = poll_interval
         #: Seconds a change row is kept for watchers that are behind (wall clock).
         self.change_retention = change_retention
@@ -135,9 +143,10 @@ class SQLBackend:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one SELECT (every caller runs exactly one)."""
         self._check_open()
         try:
-            async with self._engine.connect() as conn:
+            async with self._reader.connect() as conn:
                 yield conn
         except (SQLAlchemyError, OSError) as exc:
             raise connection_problem(self.dialect, exc) from exc

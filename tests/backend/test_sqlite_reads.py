@@ -1,0 +1,41 @@
+"""A read on SQLite is one statement: a single SELECT is its own snapshot, so no BEGIN
+is sent for it (every statement costs aiosqlite trips to its thread), while writes still
+take the write lock up front with BEGIN IMMEDIATE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+from limen.backend import open_backend
+from limen.backend.base import Item
+from limen.backend.sql import SQLBackend
+
+
+async def test_a_read_sends_its_select_alone_and_a_write_begins_immediate(
+    tmp_path: Path,
+) -> None:
+    backend = await open_backend("sqlite", path=str(tmp_path / "reads.sqlite"))
+    assert isinstance(backend, SQLBackend)
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement.split()[0].upper() + (" IMMEDIATE" if "IMMEDIATE" in statement
+                                                   else ""))
+
+    engine = backend._engine.sync_engine  # noqa: SLF001 - watching what reaches SQLite
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        await backend.put(Item("/a/1", b"one"))
+        written, sent[:] = list(sent), []
+        assert (await backend.get("/a/1")).value == b"one"
+        got, sent[:] = list(sent), []
+        assert [i.key for i in await backend.range("/a/")] == ["/a/1"]
+        ranged = list(sent)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+        await backend.close()
+    assert written[0] == "BEGIN IMMEDIATE"
+    assert got == ["SELECT"] and ranged == ["SELECT"]
