@@ -390,12 +390,15 @@ class AuthFacade:
         but a refusal of the event itself (a caller that is not a node, the storage)
         fails the whole call."""
         async with self._builtin(NODES, "event", "create", "only nodes report events"):
-            return [await self._report_one(name, fields) for name, fields in events]
+            # Where the events happened is the node's registration: read once per call.
+            server = await self.auth.tracking.reports.server_of(self.caller)
+            return [await self._report_one(name, fields, server) for name, fields in events]
 
-    async def _report_one(self, name: str, fields: dict[str, Any]) -> LimenError | None:
+    async def _report_one(self, name: str, fields: dict[str, Any],
+                          server: dict[str, Any]) -> LimenError | None:
         try:
             async with self._audited("event", "create"):
-                await self.auth.tracking.report_event(self.caller, name, fields)
+                await self.auth.tracking.report_event(self.caller, name, fields, server)
         except (BadParameter, AccessDenied, NotFound) as exc:
             return exc
         return None

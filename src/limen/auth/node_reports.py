@@ -63,26 +63,27 @@ class NodeReports:
         self.ctx = ctx
         self.bindings = bindings
 
-    async def report(self, identity: Identity, name: str,
-                     fields: dict[str, Any]) -> dict[str, Any]:
+    async def report(self, identity: Identity, name: str, fields: dict[str, Any],
+                     server: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the node's event as the auth service knows it; returns what was written
-        (``{"uid": ..., "duplicate": True}`` for a resend already in the log)."""
+        (``{"uid": ..., "duplicate": True}`` for a resend already in the log). ``server``:
+        ``server_of(identity)`` when the caller already has it (a batch of events)."""
         if identity.builtin != "node":
             raise AccessDenied("only nodes report events, and only with their own identity")
         try:
-            event, uid = await self._accept(identity, name, fields)
+            event, uid = await self._accept(identity, name, fields, server)
         except (BadParameter, AccessDenied) as exc:
             await self._refused(identity, name, exc)
             raise
         return await self.ctx.audit.record(event, uid=uid)
 
-    async def _accept(self, identity: Identity, name: str,
-                      fields: dict[str, Any]) -> tuple[AuditEvent, str | None]:
+    async def _accept(self, identity: Identity, name: str, fields: dict[str, Any],
+                      server: dict[str, Any] | None) -> tuple[AuditEvent, str | None]:
         report = check_node_report(name, fields)
         fields, cert = report.fields, report.cert
         uid = _node_uid(identity.user, report.uid)
         node_time = _node_time(report.time)
-        server = await self._server(identity)
+        server = server or await self.server_of(identity)
         who = await self._who(name, fields, cert, server["server_id"], node_time)
         stamped = {**{k: v for k, v in fields.items() if k not in ("user", "login")},
                    **server, **who, "node_time": node_time}
@@ -91,7 +92,7 @@ class NodeReports:
             await self.bindings.bind(SessionBinding.from_record(event.fields()))
         return event, uid
 
-    async def _server(self, identity: Identity) -> dict[str, Any]:
+    async def server_of(self, identity: Identity) -> dict[str, Any]:
         """Where: the node's registration, by the identity it authenticated with."""
         try:
             node = await self.ctx.stores.nodes.get(identity.user)

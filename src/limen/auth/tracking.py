@@ -27,9 +27,11 @@ class Tracking:
         self.bindings = bindings
         self.reports = NodeReports(ctx, bindings)
 
-    async def report_event(self, identity: Identity, name: str, fields: dict[str, Any]) -> None:
-        """A node's event, stamped with what the auth service knows (see node_reports)."""
-        written = await self.reports.report(identity, name, fields)
+    async def report_event(self, identity: Identity, name: str, fields: dict[str, Any],
+                           server: dict[str, Any] | None = None) -> None:
+        """A node's event, stamped with what the auth service knows (see node_reports);
+        ``server`` as ``reports.server_of`` gave it, for a batch of one node's events."""
+        written = await self.reports.report(identity, name, fields, server)
         if identity.builtin == "node" and not written.get("duplicate"):
             await self._follow(identity.user, name, written)
 
