@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenError
+from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenError, NotFound
 from limen.node.audit.reporter import NodeAudit
 from limen.recording.asciicast import printed_text
 from limen.recording.cast import LocalRecording
@@ -27,6 +27,7 @@ class FakeLink:
         self.recordings: dict[str, bytearray] = {}
         self.metas: dict[str, dict[str, Any]] = {}
         self.calls = 0  # calls that carried events
+        self.before_batches = False  # an auth service without POST /v1/events/batch
 
     def _check(self) -> None:
         if self.down:
@@ -44,6 +45,8 @@ class FakeLink:
     async def report_events(self, events: list[tuple[str, dict[str, Any]]]
                             ) -> list[LimenError | None]:
         self._check()
+        if self.before_batches:
+            raise NotFound("Not Found")
         self.calls += 1
         answers: list[LimenError | None] = []
         for name, fields in events:
@@ -123,6 +126,23 @@ async def test_a_spooled_event_the_auth_service_refuses_does_not_hold_back_the_r
                      "the spool to be emptied")
     assert [f.get("command") for _, f in link.events] == ["one", "two"]
     assert link.calls == 1  # the three went in one call
+    await audit.stop()
+
+
+async def test_an_auth_service_without_batches_gets_the_events_one_by_one(
+    tmp_path: Path,
+) -> None:
+    link = FakeLink()
+    link.before_batches = True
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    await audit.start()
+    for command in ("one", "two"):
+        await audit.on_event("exec", {"user": "alice", "command": command})
+    audit._wake_replay.set()  # noqa: SLF001 - not waiting for the replay's next round
+    await eventually(lambda: len(link.events) == 2, "the events, one call each")
+    assert [f.get("command") for _, f in link.events] == ["one", "two"]
+    await eventually(lambda: not (tmp_path / "audit" / "events.spool").exists(),
+                     "the spool to be emptied")
     await audit.stop()
 
 async def test_a_session_is_recorded_and_shipped(tmp_path: Path) -> None:

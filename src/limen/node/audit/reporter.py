@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from limen.audit.chain import format_time
 from limen.audit.files import truncate_torn_tail
-from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenError
+from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenError, NotFound
 from limen.files import write_private
 from limen.node.audit.outbox import MAX_BATCH, ReportOutbox
 from limen.node.audit.spool import EventSpool
@@ -172,8 +172,10 @@ class NodeAudit:
                                     "time": entry["time"]}) for entry in batch]
         try:
             answers = await self.link.report_events(events)
-        except BadParameter:  # the call as a whole: one malformed event must not hold
-            answers = await self._one_by_one(events)  # back the others
+        except (BadParameter, NotFound):
+            # Refused as a whole: one malformed event must not hold back the others, and
+            # an auth service from before batches (no such route) takes them one by one.
+            answers = await self._one_by_one(events)
         except LimenError:
             return False
         sent = 0
