@@ -4,6 +4,7 @@ through a tunnel, who may register as which node, reconnecting, dead networks.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -92,6 +93,28 @@ async def test_a_node_may_offer_only_itself(kit: Kit) -> None:
         await kit.router.open_stream(await kit.router.resolve("victim2"))
     reasons = [e["reason"] for e in kit.recorder.named("auth") if e["success"] is False]
     assert any(f"may offer only itself, not {victim.node_id}" in r for r in reasons)
+
+
+async def test_stop_ends_the_agent_even_when_a_cancellation_is_lost(kit: Kit) -> None:
+    """On Python 3.11, asyncio.wait_for (and a library built on it) can swallow a
+    cancellation that arrives as the awaited call completes; the agent's loop must still
+    end when stopped, not go on dialing while stop() waits for it."""
+    node = await kit.add_node("stubborn", start=False)
+    sessions = 0
+
+    async def swallowing_session() -> float:
+        nonlocal sessions
+        sessions += 1
+        with contextlib.suppress(asyncio.CancelledError):  # as the lost-cancel race does
+            await asyncio.sleep(30)
+        raise OSError("the dial failed")
+
+    node.agent._session = swallowing_session  # type: ignore[method-assign]  # noqa: SLF001
+    node.agent.start()
+    await wait_for(lambda: sessions == 1, 5, "the first dial")
+    async with asyncio.timeout(5):
+        await node.agent.stop()
+    assert sessions == 1
 
 
 @pytest.mark.parametrize("what", ["user-cert", "other-ca", "proxy-role", "other-cluster",

@@ -107,12 +107,14 @@ class TunnelAgent:
         self.last_error = ""
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def connected(self) -> bool:
         return self._up.is_set()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def use_certificate(self, cert: asyncssh.SSHCertificate) -> None:
@@ -127,6 +129,9 @@ class TunnelAgent:
             await self._up.wait()
 
     async def stop(self) -> None:
+        # The flag as well as the cancellation: a cancellation lost inside a library
+        # call must not leave the loop dialing with stop() waiting for it forever.
+        self._stopping = True
         await cancel_and_wait(self._task)
         self._task = None
         await self._close()
@@ -134,7 +139,7 @@ class TunnelAgent:
     # the loop
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             up_at: float | None = None
             try:
                 up_at = await self._session()
@@ -153,6 +158,8 @@ class TunnelAgent:
                 self._up.clear()
                 self.connected_since = None
                 await self._close()
+            if self._stopping:
+                return
             if up_at is not None and time.monotonic() - up_at >= STABLE_SECONDS:
                 self.backoff.reset()
             await asyncio.sleep(self.backoff.next())
@@ -160,7 +167,11 @@ class TunnelAgent:
     async def _session(self) -> float:
         """One connection: dial, log in, offer the node, and wait until it ends."""
         target = await self._locate()
-        conn = await asyncio.wait_for(self._connect(target), self.connect_timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation
+        # that arrives as the connection completes, and stop() would then wait forever
+        # for a loop that goes on dialing.
+        async with asyncio.timeout(self.connect_timeout):
+            conn = await self._connect(target)
         self.conn = conn
         if target.host_key is not None:
             offered = conn.get_server_host_key()
@@ -213,7 +224,8 @@ class TunnelAgent:
         if conn is not None:
             conn.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.wait_closed(), 5)
+                async with asyncio.timeout(5):  # (not wait_for: see _session)
+                    await conn.wait_closed()
 
 
 def tunnel_algs() -> dict[str, Any]:
