@@ -97,3 +97,17 @@ async def test_a_caller_that_gives_up_does_not_stop_the_others() -> None:
     held.release.set()
     await asyncio.gather(first, patient)
     assert [f["command"] for _, f in held.calls[1]] == ["b", "c"]  # b still went
+
+
+async def test_closing_gives_up_on_a_call_that_does_not_end() -> None:
+    held = HeldCalls()  # never released: the auth service does not answer
+    outbox = ReportOutbox(held)
+    first = asyncio.create_task(outbox.send("exec", {"command": "a"}))
+    await _until(lambda: len(held.calls) == 1)
+    queued = asyncio.create_task(outbox.send("exec", {"command": "b"}))
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await outbox.close(grace=0.1)
+    for task in (first, queued):
+        with pytest.raises(ConnectionProblem, match="stopped before"):
+            await task

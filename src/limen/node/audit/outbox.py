@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from limen.errors import ConnectionProblem, LimenError
+from limen.tasks import cancel_and_wait
 
 MAX_BATCH = 100  # the API's bound (proxy/web_nodes.py MAX_REPORTED_EVENTS)
 
@@ -42,14 +43,28 @@ class ReportOutbox:
             self._sender = asyncio.create_task(self._drain(), name="limen-event-outbox")
         await answer
 
-    async def close(self) -> None:
-        if self._sender is not None:
-            await asyncio.gather(self._sender, return_exceptions=True)
+    async def close(self, grace: float = 5.0) -> None:
+        """Let the call that is out finish for ``grace`` seconds, then give up on it: its
+        callers and those still queued hear ConnectionProblem (and spool their events)."""
+        sender = self._sender
+        if sender is None:
+            return
+        await asyncio.wait({sender}, timeout=grace)
+        await cancel_and_wait(sender)
+        stopped = ConnectionProblem("the node stopped before the auth service answered")
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(stopped)
+        self._queue = []
 
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:self._limit], self._queue[self._limit:]
-            answers = await self._answers([event for event, _ in batch])
+            try:
+                answers = await self._answers([event for event, _ in batch])
+            except asyncio.CancelledError:
+                self._queue[:0] = batch  # close() answers them
+                raise
             for (_, future), answer in zip(batch, answers, strict=True):
                 if future.done():  # its caller gave up; the event went all the same
                     continue
