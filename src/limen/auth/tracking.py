@@ -41,9 +41,7 @@ class Tracking:
         if not isinstance(sid, str) or not sid:
             return
         if name == types.SESSION_START.name:
-            tracker = _tracker(node_id, sid, record)
-            tracker.metadata.expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
-            await self.ctx.stores.sessions.upsert(tracker)
+            await self._keep(_tracker(node_id, sid, record))
         elif name == types.SESSION_END.name:
             with contextlib.suppress(NotFound):
                 await self.ctx.stores.sessions.delete(sid)
@@ -63,6 +61,10 @@ class Tracking:
             # their certificates, and may only speak of its own sessions).
             joined = [p for p in session.spec.parties[1:] if p != owner]
             session.spec.parties = [owner, *joined]
+        return await self._keep(session)
+
+    async def _keep(self, session: Session) -> Session:
+        """Store a tracker, fresh for session_ttl (heartbeats renew it)."""
         session.metadata.expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
         return await self.ctx.stores.sessions.upsert(session)
 
@@ -76,26 +78,13 @@ class Tracking:
         return await self.ctx.stores.sessions.list()
 
 
-
-
 def _tracker(node_id: str, sid: str, record: dict[str, Any]) -> Session:
     """A session's tracker from its written session.start: the user and login are the
     facts the log holds, or the node's claims where the start was not backed."""
-    user = record.get("user") or claimed(record.get("claimed_user") or "")
-    return Session.model_validate({
-        "metadata": {"name": sid},
-        "spec": {
-            "user": user,
-            "login": record.get("login") or record.get("claimed_login") or "",
-            "node_id": node_id,
-            "node_name": record.get("server_hostname") or node_id,
-            "interactive": bool(record.get("interactive")),
-            "command": record.get("command") or record.get("subsystem") or "",
-            "started": record.get("session_start") or record["time"],
-            "remote_addr": record.get("addr.remote") or "",
-            "parties": [user],
-        },
-    })
+    return Session.from_start(
+        sid, record, user=record.get("user") or claimed(record.get("claimed_user") or ""),
+        login=record.get("login") or record.get("claimed_login") or "", node_id=node_id,
+        node_name=record.get("server_hostname") or node_id, started=record["time"])
 
 
 def claimed(user: str) -> str:

@@ -42,7 +42,6 @@ class ClusterLink(Protocol):
         """Several events in one call: each one's refusal, or None where it was taken."""
         ...
     async def upsert_session(self, session: Session) -> None: ...
-    async def end_session(self, session_id: str) -> None: ...
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]: ...
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int: ...
     def access_feed(self) -> AsyncIterator[dict[str, Any]]: ...
@@ -74,9 +73,6 @@ class LocalLink:
 
     async def upsert_session(self, session: Session) -> None:
         await self.api.upsert_session(session)
-
-    async def end_session(self, session_id: str) -> None:
-        await self.api.end_session(session_id)
 
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         return await self.api.update_recording(session_id, meta)
@@ -181,9 +177,6 @@ class RemoteLink:
 
     async def upsert_session(self, session: Session) -> None:
         await self._call("PUT", f"/v1/sessions/{session.name}", session.to_public())
-
-    async def end_session(self, session_id: str) -> None:
-        await self._call("DELETE", f"/v1/sessions/{session_id}")
 
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         return await self._call("PUT", f"/v1/recordings/{session_id}", meta)

@@ -190,20 +190,8 @@ class ClusterObserver:
         await self.link.upsert_session(tracker)
 
     def _tracker(self, fields: dict[str, Any]) -> Session:
-        started = fields.get("session_start")
-        return Session.model_validate(
-            {
-                "metadata": {"name": str(fields["sid"])},
-                "spec": {
-                    "user": str(fields.get("user", "")),
-                    "login": str(fields.get("login", "")),
-                    "node_id": self.node_id,
-                    "node_name": self.node_name,
-                    "interactive": bool(fields.get("interactive")),
-                    "command": str(fields.get("command") or fields.get("subsystem") or ""),
-                    "started": started or datetime.now().astimezone().isoformat(),
-                    "remote_addr": str(fields.get("addr.remote", "")),
-                    "parties": [str(fields.get("user", ""))],
-                },
-            }
-        )
+        user = str(fields.get("user", ""))
+        return Session.from_start(
+            str(fields["sid"]), fields, user=user, login=str(fields.get("login", "")),
+            node_id=self.node_id, node_name=self.node_name,
+            started=datetime.now().astimezone())
