@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from limen.audit.chain import GENESIS, AuditKey, checkpoint_message, event_hash, format_time
 from limen.audit.log import stored
 from limen.audit.vouchers import vouch
-from limen.client.api import APIClient
 from limen.client.trust import insecure_context
 from tests.support.cluster import ClusterHarness
 from tests.support.ssh_access import NODE, SshUser, clean_env, new_user, unique, wait_until
@@ -194,11 +193,14 @@ def _listed(user: SshUser, sid: str) -> list[dict[str, Any]]:
     return [s for s in shown.json() if s["id"] == sid]
 
 
+def _as_admin(cluster: ClusterHarness) -> httpx.Client:
+    return httpx.Client(verify=insecure_context(), base_url=f"https://{cluster.web_addr}",
+                        headers={"authorization": f"Bearer {cluster.admin_token}"}, timeout=30)
+
+
 def _listed_for_admin(cluster: ClusterHarness, sid: str) -> list[dict[str, Any]]:
-    token = (cluster.data_dir / "admin.token").read_text().strip()
-    ca = (cluster.data_dir / "ca" / "tls_ca.crt").read_text()
-    with APIClient(cluster.web_addr, ca, token) as admin:
-        return [s for s in admin.get("/v1/sessions") if s["id"] == sid]
+    with _as_admin(cluster) as admin:
+        return [s for s in admin.get("/v1/sessions").json() if s["id"] == sid]
 
 
 def test_a_node_lists_and_ends_only_its_own_sessions(
@@ -269,9 +271,7 @@ def test_a_batch_of_events_is_judged_event_by_event(
     too_many = mallory.report_batch([("exec", {"command": "x"})] * 101)
     assert too_many.status_code == 400 and "events" in _error(too_many)
     assert mallory.report_batch([]).status_code == 400
-    admin_token = (cluster.data_dir / "admin.token").read_text().strip()
-    with httpx.Client(verify=insecure_context(), base_url=f"https://{cluster.web_addr}",
-                      headers={"authorization": f"Bearer {admin_token}"}, timeout=30) as http:
+    with _as_admin(cluster) as http:
         as_admin = http.post("/v1/events/batch",
                              json={"events": [{"event": "exec", "fields": {"command": marker}}]})
     assert as_admin.status_code == 403, as_admin.text  # not a node, however mighty
@@ -412,9 +412,7 @@ def own_cluster(tmp_path: Path) -> Iterator[ClusterHarness]:
 
 
 def _api_verify(cluster: ClusterHarness) -> dict[str, Any]:
-    token = (cluster.data_dir / "admin.token").read_text().strip()
-    with httpx.Client(verify=insecure_context(), base_url=f"https://{cluster.web_addr}",
-                      headers={"authorization": f"Bearer {token}"}) as http:
+    with _as_admin(cluster) as http:
         return dict(http.get("/v1/audit/verify").json())
 
 

@@ -116,6 +116,11 @@ class ClusterHarness:
         return Path(self.config.data_dir)
 
     @property
+    def admin_token(self) -> str:
+        """The bootstrap admin's API token, as `limen start` wrote it (mode 0600)."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
     def web_addr(self) -> str:
         return self.service.web_addr
 
