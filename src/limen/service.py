@@ -22,6 +22,7 @@ from limen.auth.ca import CAStore, issue_tls_server_cert
 from limen.auth.ca_shared import load_or_create_shared
 from limen.auth.context import AuthContext, AuthSettings, Stores
 from limen.auth.instances import InstanceHeartbeat, instance_id
+from limen.auth.node_watch import NodeWatch
 from limen.auth.server import AuthServer
 from limen.backend import open_backend
 from limen.backend.base import Backend, Item
@@ -46,7 +47,6 @@ from limen.proxy.listener import (
     server_tls_context,
 )
 from limen.proxy.node_verify import AddressGuard, NodeVerifier
-from limen.proxy.node_watch import NodeWatch
 from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.routing import BackendRouter
 from limen.proxy.ssh_jump import JumpHost
@@ -123,12 +123,18 @@ class Service:
             await self.stop()
             raise
 
+    async def _watch_nodes(self, auth: AuthServer) -> None:
+        """Registrations and node locks in memory, for the proxy's routing and revocations
+        and for the nodes' open streams (limen.auth.node_watch)."""
+        self.node_watch = NodeWatch(auth.ctx.stores, self.clock)
+        await self.node_watch.start()
+        auth.nodes.view = self.node_watch
+
     async def _start_proxy(self, auth: AuthServer) -> None:
         """Tunnel server and jump host, both told at once when a node is removed or locked."""
         proxy = self.config.proxy
         identity = proxy_host_identity(proxy, self.data_dir, auth)
-        self.node_watch = NodeWatch(auth.ctx.stores, self.clock)
-        await self.node_watch.start()
+        assert self.node_watch is not None  # started with the auth service
         with binding("the proxy's tunnel port", proxy.tunnel_listen_addr or ""):
             self.tunnels = await start_tunnel_server(
                 proxy, auth, self.clock, identity, self.node_watch.revoked
@@ -179,6 +185,7 @@ class Service:
         if "auth" in self.config.roles():
             self.auth = await self._start_auth(self.backend, cluster)
         if self.auth is not None:
+            await self._watch_nodes(self.auth)
             with binding("the HTTPS API", self._web_listen_text()):
                 self._prepare_web()
         if self.auth is not None and "proxy" in self.config.roles():
@@ -484,6 +491,8 @@ class Service:
             await self.tunnels.stop()
             self.tunnels = None
         if self.node_watch is not None:
+            if self.auth is not None:
+                self.auth.nodes.view = None  # stale from now on: ask the storage
             await self.node_watch.stop()
             self.node_watch = None
         if self._mux is not None:

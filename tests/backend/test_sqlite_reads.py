@@ -7,11 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
+import pytest
 from sqlalchemy import event
 
 from limen.backend import open_backend
 from limen.backend.base import Item
 from limen.backend.sql import SQLBackend
+from limen.errors import AlreadyExists
 
 
 async def test_a_read_sends_its_select_alone_and_a_write_begins_immediate(
@@ -39,3 +42,29 @@ async def test_a_read_sends_its_select_alone_and_a_write_begins_immediate(
         await backend.close()
     assert written[0] == "BEGIN IMMEDIATE"
     assert got == ["SELECT"] and ranged == ["SELECT"]
+
+
+async def test_a_read_costs_no_rollback_and_a_failed_write_still_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await open_backend("sqlite", path=str(tmp_path / "rollbacks.sqlite"))
+    rollbacks: list[bool] = []
+    roll_back = aiosqlite.Connection.rollback
+
+    async def counted(self: aiosqlite.Connection) -> None:
+        rollbacks.append(self.in_transaction)
+        await roll_back(self)
+
+    monkeypatch.setattr(aiosqlite.Connection, "rollback", counted)
+    try:
+        await backend.put(Item("/a/1", b"one"))
+        assert (await backend.get("/a/1")).value == b"one"
+        assert [i.key for i in await backend.range("/a/")] == ["/a/1"]
+        assert rollbacks == []  # reads and a committed write: nothing to roll back
+        with pytest.raises(AlreadyExists):  # fails inside BEGIN IMMEDIATE
+            await backend.create(Item("/a/1", b"again"))
+        assert rollbacks == [True]
+        await backend.put(Item("/a/2", b"two"))  # the write lock was given back
+        assert [i.value for i in await backend.range("/a/")] == [b"one", b"two"]
+    finally:
+        await backend.close()

@@ -11,11 +11,10 @@ while the registration names it as the current one and no lock targets the node,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from limen import __version__
 from limen.audit import events
@@ -30,10 +29,9 @@ from limen.resources.token import token_hash
 from limen.services.node_names import NodeNames
 from limen.services.sessions import APISession
 
-# How old the view of registrations and node locks behind the nodes' open streams may
-# be: with the streams' own check every PING_SECONDS, a removed or locked node's stream
-# ends within about 12 s.
-STANDING_SECONDS = 2.0
+if TYPE_CHECKING:
+    from limen.auth.node_watch import NodeWatch
+
 GONE = (
     "node {node} is not registered in this cluster (it was removed, or was away longer "
     "than its credentials' lifetime): join it again with a new token from limen tokens add"
@@ -76,8 +74,9 @@ class NodeRegistry:
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
         self.names = NodeNames(ctx.stores.backend, self._is_registered)
-        self._standing_lock = asyncio.Lock()
-        self._standing: tuple[float, dict[str, tuple[str, str]], list[Lock]] | None = None
+        #: The watch-fed view of registrations and node locks (limen.auth.node_watch),
+        #: set once it has its first snapshot.
+        self.view: NodeWatch | None = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -250,31 +249,20 @@ class NodeRegistry:
             raise AccessDenied(lock.refusal())
 
     async def in_good_standing(self, node_id: str) -> bool:
-        """Registered and not locked, for the streams nodes keep open (each asks every
-        few seconds). Answered from one view of the registrations and node locks shared
-        by all streams and at most STANDING_SECONDS old: asking the storage for each
-        stream was most of an idle proxy's work with hundreds of nodes. Only a good
-        answer is taken from the view: a node it does not show in good standing (one
-        that joined since, or whose lock was lifted) is looked up in the storage. A
-        node's own requests (``admit``) are checked against the storage every time."""
-        names, locks = await self._standing_view()
-        node_names = names.get(node_id)
-        if node_names is not None and not any(locks_node(lock, node_names) for lock in locks):
+        """Registered and not locked, for the streams nodes keep open (each asks at every
+        ping). A good answer comes from the watch-fed view when there is one: asking
+        the storage for each stream, or re-reading every registration every few
+        seconds, was most of an idle proxy's work with hundreds of nodes. The view may
+        lag the storage by its watch's delay, so a refusal from it (a node that joined
+        since, or whose lock was lifted) is checked in the storage. A node's own requests
+        (``admit``) are checked against the storage every time."""
+        if self.view is not None and self.view.refusal(node_id) is None:
             return True
         try:
             await self.refuse_if_locked(await self.registered(node_id))
         except AccessDenied:
             return False
         return True
-
-    async def _standing_view(self) -> tuple[dict[str, tuple[str, str]], list[Lock]]:
-        async with self._standing_lock:  # one refresh at a time; the others reuse it
-            if self._standing is None or time.monotonic() - self._standing[0] >= \
-                    STANDING_SECONDS:
-                names = {node.name: (node.name, node.spec.hostname)
-                         for node in await self.ctx.stores.nodes.list()}
-                self._standing = (time.monotonic(), names, await self._node_locks())
-            return self._standing[1], self._standing[2]
 
     async def admit(self, session: APISession, remote_addr: str = "") -> None:
         """Refuse a node's API token unless it is the current token of a registered,

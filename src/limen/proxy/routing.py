@@ -9,11 +9,11 @@ from typing import Any
 
 from limen.audit import schema
 from limen.auth.node_registry import GONE
+from limen.auth.node_watch import NodeWatch
 from limen.auth.server import AuthServer
 from limen.config import split_host_port
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound
 from limen.proxy.node_verify import AddressGuard, NodeVerifier
-from limen.proxy.node_watch import NodeWatch
 from limen.proxy.ssh_jump import JumpIdentity, NodeRoute, open_tcp_stream
 from limen.resources import Node
 from limen.sshauth import CertFacts

@@ -8,6 +8,7 @@ agent then accepts only that key, not just any host certificate of the cluster's
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass
 
@@ -70,11 +71,19 @@ async def discover(proxy: str, tls_ca_pem: str) -> TunnelTarget:
     return target_from_ping(await fetch_ping(proxy, tls_ca_pem), proxy, tls_ca_pem)
 
 
-async def fetch_ping(proxy: str, tls_ca_pem: str) -> dict:
-    """The proxy's /v1/ping, over TLS verified by the cluster CA."""
+def ping_client(tls_ca_pem: str, keepalive_expiry: float = 5.0) -> httpx.AsyncClient:
+    """An HTTPS client for proxies' pings, verifying them by the cluster CA."""
+    return httpx.AsyncClient(verify=trust.verifying_context(tls_ca_pem), timeout=PING_TIMEOUT,
+                             limits=httpx.Limits(keepalive_expiry=keepalive_expiry))
+
+
+async def fetch_ping(proxy: str, tls_ca_pem: str, http: httpx.AsyncClient | None = None) -> dict:
+    """The proxy's /v1/ping, over TLS verified by the cluster CA; through ``http`` (made
+    with ping_client) when the caller keeps a client, else over a connection of its own."""
     try:
-        async with httpx.AsyncClient(verify=trust.verifying_context(tls_ca_pem),
-                                     timeout=PING_TIMEOUT) as http:
+        async with contextlib.AsyncExitStack() as stack:
+            if http is None:
+                http = await stack.enter_async_context(ping_client(tls_ca_pem))
             response = await http.get(f"https://{proxy}/v1/ping")
             response.raise_for_status()
             ping = response.json()

@@ -6,11 +6,12 @@ tunnel to the proxy it joined through; this keeps one more agent per other proxy
 comes from the proxies: every ``/v1/ping`` lists the proxies heartbeating in the cluster
 (``tunnel_peers``: tunnel address, host key, web address), asked again after
 ``REFRESH_SECONDS`` while the set changes (or cannot be read), then at doubling intervals
-up to ``SETTLED_SECONDS`` once it stays the same, each with jitter: every ask is a TLS
-handshake at the proxy, and with hundreds of nodes asking every 10 s those handshakes
-were most of an idle proxy's work. The node asks the proxy it joined through, or, while that one is
-away, any peer it learned of (the ping is verified by the pinned cluster CA). A peer
-listed no more (down for three heartbeats, or gone) has its agent stopped.
+up to ``SETTLED_SECONDS`` once it stays the same, each with jitter. With hundreds of
+nodes asking, the proxy's TLS handshakes were most of its idle work (every 10 s at first,
+then every minute), so the asks share one kept-alive connection (``PING_KEEPALIVE``,
+longer than the longest wait between asks). The node asks the proxy it joined through,
+or, while that one is away, any peer it learned of (the ping is verified by the pinned
+cluster CA). A peer listed no more (down for three heartbeats, or gone) has its agent stopped.
 
 Each peer's agent pins that peer's own host key, as the main agent pins its proxy's.
 """
@@ -23,15 +24,20 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from limen.errors import BadParameter, LimenError
 from limen.tasks import cancel_and_wait
 from limen.tunnel.agent import ProxyLocator, TunnelAgent
-from limen.tunnel.discovery import TunnelTarget, fetch_ping, target_from_ping
+from limen.tunnel.discovery import TunnelTarget, fetch_ping, ping_client, target_from_ping
 
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 10.0  # while the cluster's proxies change, or cannot be asked
-SETTLED_SECONDS = 60.0  # the longest wait once the set has stayed the same
+SETTLED_SECONDS = 55.0  # the longest wait once the set has stayed the same (jitter: +20%)
+# The pings' connection is kept this long between asks: past the longest wait (66 s),
+# and short of the proxy's 75 s (limen.proxy.https), so that it never closes under a ping.
+PING_KEEPALIVE = 70.0
 
 MakeAgent = Callable[[TunnelTarget], TunnelAgent]
 
@@ -49,6 +55,7 @@ class PeerTunnels:
         self._web_addrs: list[str] = []  # where else to ask while the main proxy is away
         self._listing: tuple[tuple[str, str], ...] | None = None  # the last set learned
         self._task: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
 
     @property
     def web_addrs(self) -> list[str]:
@@ -61,6 +68,9 @@ class PeerTunnels:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         agents, self.agents = list(self.agents.values()), {}
         await asyncio.gather(*(agent.stop() for agent in agents))
 
@@ -126,9 +136,11 @@ class PeerTunnels:
 
     async def _ping(self) -> dict[str, Any]:
         error: LimenError | None = None
+        if self._http is None:
+            self._http = ping_client(self.tls_ca_pem, PING_KEEPALIVE)
         for addr in dict.fromkeys([self.proxy, *self._web_addrs]):
             try:
-                return await fetch_ping(addr, self.tls_ca_pem)
+                return await fetch_ping(addr, self.tls_ca_pem, self._http)
             except LimenError as exc:
                 error = error or exc
         assert error is not None

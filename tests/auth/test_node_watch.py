@@ -1,4 +1,4 @@
-"""The proxy's in-memory view of the nodes answers the jump host's routing by id and by
+"""The in-memory view of the nodes answers the jump host's routing by id and by
 name, and follows joins, renames and removals as the backend's watch reports them."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from limen.auth.context import Stores
+from limen.auth.node_watch import NodeWatch
 from limen.backend import open_backend
 from limen.clock import FakeClock
-from limen.proxy.node_watch import NodeWatch
 from limen.resources import Node
 
 
@@ -64,3 +64,17 @@ async def test_two_nodes_with_one_name_are_both_found(watched) -> None:
     await stores.nodes.create(_node("id-3", "web-1"))
     await _until(lambda: len(watch.matching("web-1")) == 2, "the second node")
     assert sorted(n.name for n in watch.matching("web-1")) == ["id-1", "id-3"]
+
+
+async def test_the_nodes_of_a_kind_follow_the_backend(watched) -> None:
+    """The OpenSSH health check's rounds read the agentless nodes from here."""
+    stores, watch = watched
+    assert watch.of_kind("openssh") == []
+    agentless = Node(metadata={"name": "id-9"},
+                     spec={"hostname": "old-1", "kind": "openssh", "addr": "127.0.0.1:22"})
+    await stores.nodes.create(agentless)
+    await _until(lambda: watch.of_kind("openssh"), "the agentless node")
+    assert [n.name for n in watch.of_kind("openssh")] == ["id-9"]
+    assert [n.name for n in watch.of_kind("")] == ["id-1"]  # the nodes with an agent
+    await stores.nodes.delete("id-9")
+    await _until(lambda: not watch.of_kind("openssh"), "its removal")

@@ -1,10 +1,12 @@
-"""Which nodes this proxy may deal with: registrations and locks, as the backend's watch says.
+"""Which nodes may be dealt with: registrations and locks, as the backend's watch says.
 
 The tunnel server judges an agent's host certificate synchronously, and a removed or
-locked node must lose its tunnel the moment that happens, not at the next poll. So the
-proxy keeps the registrations and the locks on nodes in memory, fed by a watch on
-``/nodes/`` and ``/locks/``, and tells its subscribers (the tunnel server, the address
-verifier) when a node is removed, lapses or is locked.
+locked node must lose its tunnel the moment that happens, not at the next poll. So each
+instance with the auth service keeps the registrations and the locks on nodes in memory,
+fed by a watch on ``/nodes/`` and ``/locks/``, and tells its subscribers (the tunnel
+server, the address verifier) when a node is removed, lapses or is locked. The node
+registry answers the nodes' open streams from it too (``NodeRegistry.in_good_standing``):
+re-reading every registration for them was most of an idle proxy's work.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class NodeWatch:
         if node is not None:
             return [node]
         return [self._nodes[i] for i in self._by_name.get(target, ()) if i in self._nodes]
+
+    def of_kind(self, kind: str) -> list[Node]:
+        """The registered nodes of one kind ("openssh": agentless), from memory."""
+        return [node for node in self._nodes.values() if node.spec.kind == kind]
 
     def subscribe(self, callback: OnRevoked) -> None:
         self._subscribers.append(callback)

@@ -1,0 +1,101 @@
+"""The nodes' open streams ask at every ping whether their node is still registered and
+unlocked. The registry answers a good standing from the watch-fed view (no storage read:
+with thousands of nodes those reads were most of an idle proxy's work), and checks any
+refusal of the view in the storage, since the view may lag it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from limen.audit.log import AuditLog
+from limen.auth.ca import CAStore
+from limen.auth.context import AuthContext, AuthSettings, Stores
+from limen.auth.node_registry import NodeRegistry
+from limen.auth.node_watch import NodeWatch
+from limen.backend import open_backend
+from limen.clock import FakeClock
+from limen.resources import Lock, Node
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[NodeRegistry]:
+    clock = FakeClock()
+    backend = await open_backend("memory", sweep_interval=None)
+    cas = CAStore.load_or_create(tmp_path / "ca", "standing.test", clock.now())
+    audit = AuditLog(tmp_path / "log" / "events", "standing.test", clock)
+    ctx = AuthContext(AuthSettings(cluster_name="standing.test"), Stores(backend), cas,
+                      clock, audit)
+    await ctx.stores.nodes.create(Node(metadata={"name": "id-1"}, spec={"hostname": "web-1"}))
+    yield NodeRegistry(ctx)
+    await audit.close()
+    await backend.close()
+
+
+async def _until(check, what: str) -> None:  # noqa: ANN001 - tiny helper
+    async with asyncio.timeout(10):
+        while not await check():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_good_standing_comes_from_the_view_without_the_storage(
+    registry: NodeRegistry,
+) -> None:
+    stores = registry.ctx.stores
+    watch = NodeWatch(stores, registry.ctx.clock)
+    await watch.start()
+    registry.view = watch
+    try:
+        await stores.backend.close()  # from here on, any storage read fails
+        assert await registry.in_good_standing("id-1")
+    finally:
+        await watch.stop()
+
+
+async def test_the_views_refusals_are_checked_in_the_storage(registry: NodeRegistry) -> None:
+    stores = registry.ctx.stores
+    watch = NodeWatch(stores, registry.ctx.clock)
+    await watch.start()
+    registry.view = watch
+    try:
+        await watch.stop()  # the view stops following: it lags the storage from now on
+        await stores.nodes.create(Node(metadata={"name": "id-2"}, spec={"hostname": "web-2"}))
+        assert await registry.in_good_standing("id-2")  # joined after the view's snapshot
+        await stores.locks.create(Lock(metadata={"name": "l-1"},
+                                       spec={"target": {"node": "web-1"}}))
+        assert await registry.in_good_standing("id-1")  # the lagging view still says good
+        await stores.nodes.delete("id-2")
+        assert not await registry.in_good_standing("id-2")  # gone: the storage says so
+    finally:
+        await watch.stop()
+
+
+async def test_a_following_view_ends_a_locked_nodes_standing(registry: NodeRegistry) -> None:
+    stores = registry.ctx.stores
+    watch = NodeWatch(stores, registry.ctx.clock)
+    await watch.start()
+    registry.view = watch
+    try:
+        assert await registry.in_good_standing("id-1")
+        await stores.locks.create(Lock(metadata={"name": "l-1"},
+                                       spec={"target": {"node": "web-1"}}))
+
+        async def out() -> bool:
+            return not await registry.in_good_standing("id-1")
+
+        await _until(out, "the lock")
+        assert not await registry.in_good_standing("id-1")
+        assert await registry.in_good_standing("missing") is False
+    finally:
+        await watch.stop()
+
+
+async def test_without_a_view_the_storage_answers(registry: NodeRegistry) -> None:
+    assert await registry.in_good_standing("id-1")
+    assert not await registry.in_good_standing("missing")
+    await registry.ctx.stores.locks.create(Lock(metadata={"name": "l-1"},
+                                                spec={"target": {"node": "id-1"}}))
+    assert not await registry.in_good_standing("id-1")
