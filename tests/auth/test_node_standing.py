@@ -35,6 +35,15 @@ async def registry(tmp_path: Path) -> AsyncIterator[NodeRegistry]:
     await backend.close()
 
 
+@pytest.fixture
+async def viewed(registry: NodeRegistry) -> AsyncIterator[NodeRegistry]:
+    """The registry with a watch-fed view that follows the storage (until stopped)."""
+    registry.view = NodeWatch(registry.ctx.stores, registry.ctx.clock)
+    await registry.view.start()
+    yield registry
+    await registry.view.stop()
+
+
 async def _until(check, what: str) -> None:  # noqa: ANN001 - tiny helper
     async with asyncio.timeout(10):
         while not await check():
@@ -42,55 +51,36 @@ async def _until(check, what: str) -> None:  # noqa: ANN001 - tiny helper
 
 
 async def test_a_good_standing_comes_from_the_view_without_the_storage(
-    registry: NodeRegistry,
+    viewed: NodeRegistry,
 ) -> None:
-    stores = registry.ctx.stores
-    watch = NodeWatch(stores, registry.ctx.clock)
-    await watch.start()
-    registry.view = watch
-    try:
-        await stores.backend.close()  # from here on, any storage read fails
-        assert await registry.in_good_standing("id-1")
-    finally:
-        await watch.stop()
+    await viewed.ctx.stores.backend.close()  # from here on, any storage read fails
+    assert await viewed.in_good_standing("id-1")
 
 
-async def test_the_views_refusals_are_checked_in_the_storage(registry: NodeRegistry) -> None:
-    stores = registry.ctx.stores
-    watch = NodeWatch(stores, registry.ctx.clock)
-    await watch.start()
-    registry.view = watch
-    try:
-        await watch.stop()  # the view stops following: it lags the storage from now on
-        await stores.nodes.create(Node(metadata={"name": "id-2"}, spec={"hostname": "web-2"}))
-        assert await registry.in_good_standing("id-2")  # joined after the view's snapshot
-        await stores.locks.create(Lock(metadata={"name": "l-1"},
-                                       spec={"target": {"node": "web-1"}}))
-        assert await registry.in_good_standing("id-1")  # the lagging view still says good
-        await stores.nodes.delete("id-2")
-        assert not await registry.in_good_standing("id-2")  # gone: the storage says so
-    finally:
-        await watch.stop()
+async def test_the_views_refusals_are_checked_in_the_storage(viewed: NodeRegistry) -> None:
+    stores = viewed.ctx.stores
+    assert viewed.view is not None
+    await viewed.view.stop()  # the view stops following: it lags the storage from now on
+    await stores.nodes.create(Node(metadata={"name": "id-2"}, spec={"hostname": "web-2"}))
+    assert await viewed.in_good_standing("id-2")  # joined after the view's snapshot
+    await stores.locks.create(Lock(metadata={"name": "l-1"},
+                                   spec={"target": {"node": "web-1"}}))
+    assert await viewed.in_good_standing("id-1")  # the lagging view still says good
+    await stores.nodes.delete("id-2")
+    assert not await viewed.in_good_standing("id-2")  # gone: the storage says so
 
 
-async def test_a_following_view_ends_a_locked_nodes_standing(registry: NodeRegistry) -> None:
-    stores = registry.ctx.stores
-    watch = NodeWatch(stores, registry.ctx.clock)
-    await watch.start()
-    registry.view = watch
-    try:
-        assert await registry.in_good_standing("id-1")
-        await stores.locks.create(Lock(metadata={"name": "l-1"},
-                                       spec={"target": {"node": "web-1"}}))
+async def test_a_following_view_ends_a_locked_nodes_standing(viewed: NodeRegistry) -> None:
+    assert await viewed.in_good_standing("id-1")
+    await viewed.ctx.stores.locks.create(Lock(metadata={"name": "l-1"},
+                                              spec={"target": {"node": "web-1"}}))
 
-        async def out() -> bool:
-            return not await registry.in_good_standing("id-1")
+    async def out() -> bool:
+        return not await viewed.in_good_standing("id-1")
 
-        await _until(out, "the lock")
-        assert not await registry.in_good_standing("id-1")
-        assert await registry.in_good_standing("missing") is False
-    finally:
-        await watch.stop()
+    await _until(out, "the lock")
+    assert not await viewed.in_good_standing("id-1")
+    assert await viewed.in_good_standing("missing") is False
 
 
 async def test_without_a_view_the_storage_answers(registry: NodeRegistry) -> None:
