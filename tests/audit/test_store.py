@@ -65,6 +65,19 @@ async def test_events_insert_search_and_chain(audit_store: AuditStore) -> None:
     assert await _all(audit_store) == [4, 5]
 
 
+async def test_stored_text_and_numbers_come_back_exactly(audit_store: AuditStore) -> None:
+    """What a line holds is the audit record: quotes, backslashes, escapes, other scripts
+    and the largest times must come back byte for byte, in batches of any size."""
+    odd = 'r\u00e9sum\u00e9 "quoted" back\\slash \\u0041 tab\t \u65e5\u672c \U0001f510 \x7f'
+    rows = [dataclasses.replace(_event(seq, user=f"{odd}{seq}", sid=None),
+                                time_ns=2**62 + seq,
+                                data=json.dumps({"user": f"{odd}{seq}"}, ensure_ascii=False))
+            for seq in range(1, 2503)]  # more than one batch of the SQL stores
+    await audit_store.events.insert(rows)
+    back = await audit_store.events.chain("log1", 0, 3000)
+    assert back == rows
+
+
 async def test_recordings_append_by_offset_and_search_text(audit_store: AuditStore) -> None:
     recs = audit_store.recordings
     sid = "0b5e6a4e-2f1c-4a53-9d0e-6c1f4b2a9e11"

@@ -36,9 +36,13 @@ KEY_FILE = "audit_key.pem"
 PUBLIC_KEY_FILE = "audit_key.pub"
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(record: dict[str, Any]) -> bytes:
     """The bytes that are hashed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(record).encode()
 
 
 _PLAIN = (str, int, bool, type(None))  # JSON gives these back unchanged (floats: NaN)
@@ -54,7 +58,7 @@ def normalize(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "hash"}
+    body = {k: v for k, v in record.items() if k != "hash"} if "hash" in record else record
     return hashlib.sha256(canonical(body)).hexdigest()
 
 

@@ -472,8 +472,8 @@ class AuditLog:
 _CHECKPOINT: dict[str, Any] = {"event": "__checkpoint__"}
 
 
-def _dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_dumps = _LINE.encode
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -47,6 +47,7 @@ def _relax_sync(engine: AsyncEngine) -> None:
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA cache_size = -65536")
         finally:
             cursor.close()
 
