@@ -93,9 +93,11 @@ def start_agents(cluster: Cluster, count: int, prefix: str, timeout: float,
                  rate: int = 0) -> tuple[Daemon, float]:
     started = time.monotonic()
     agents = Daemon([sys.executable, "-m", "tests.support.agents", "--proxy", cluster.web_addr,
-                     "--token", cluster.token(count), "--count", str(count),
+                     # A join that times out is tried again (up to 4 more times):
+                     # the token has a use for each retry of a fifth of the fleet.
+                     "--token", cluster.token(count + count // 5 + 1), "--count", str(count),
                      "--base", str(cluster.root / prefix), "--prefix", prefix,
-                     "--rate", str(rate)],
+                     "--rate", str(rate), "--attempts", "5"],
                     cluster.root / f"{prefix}agents.log", cluster.env)
     cluster.daemons.append(agents)
     wait_for(lambda: agents.alive() and sum(

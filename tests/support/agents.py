@@ -13,12 +13,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import random
 import signal
 from pathlib import Path
 
 from limen.clock import RealClock
 from limen.config import JoinOptions, NodeConfig
+from limen.errors import LimenError
 from limen.node.cluster.role import NodeRole
+
+log = logging.getLogger("agents")
+
+
+async def start_with_retries(role: NodeRole, attempts: int) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            await role.start()
+            return
+        except (LimenError, OSError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("%s: start failed (%s); trying again", role.config.name, exc)
+            await role.stop()
+            await asyncio.sleep(random.uniform(1, 2 ** min(attempt, 5)))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -37,7 +54,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         started = []
         for i, role in enumerate(roles):
-            started.append(asyncio.ensure_future(role.start()))
+            started.append(asyncio.ensure_future(start_with_retries(role, args.attempts)))
             if args.rate and (i + 1) % args.rate == 0:  # pace the joins: --rate a second
                 await asyncio.sleep(1)
         await asyncio.gather(*started)
@@ -57,6 +74,8 @@ if __name__ == "__main__":
     parser.add_argument("--labels", default="")
     parser.add_argument("--rate", type=int, default=0,
                         help="nodes started per second (0: all at once)")
+    parser.add_argument("--attempts", type=int, default=1,
+                        help="starts tried per node before giving up (default 1)")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("asyncssh").setLevel(logging.ERROR)
     asyncio.run(main(parser.parse_args()))

@@ -212,7 +212,11 @@ class AuditLog:
     async def _ensure_started(self) -> None:
         if self._closed:
             raise ConnectionProblem("the audit log is closed")
-        if self._started is None:
+        started = self._started
+        if started is not None and started.done() and not started.cancelled() \
+                and started.exception() is None:
+            return  # the usual case: no shield (a future and a callback) per event
+        if started is None:
             self._started = asyncio.ensure_future(self._start())
         await asyncio.shield(self._started)
 
