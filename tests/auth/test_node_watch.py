@@ -78,3 +78,18 @@ async def test_the_nodes_of_a_kind_follow_the_backend(watched) -> None:
     assert [n.name for n in watch.of_kind("")] == ["id-1"]  # the nodes with an agent
     await stores.nodes.delete("id-9")
     await _until(lambda: not watch.of_kind("openssh"), "its removal")
+
+
+async def test_a_streams_end_is_called_once_at_its_nodes_removal_and_not_once_forgotten(
+        watched) -> None:
+    stores, watch = watched
+    await stores.nodes.create(_node("id-4", "web-4"))
+    await _until(lambda: watch.matching("id-4"), "the join")
+    ended: list[str] = []
+    watch.on_revoked("id-1", lambda: ended.append("id-1 stream"))
+    forget = watch.on_revoked("id-4", lambda: ended.append("id-4 stream, closed already"))
+    forget()
+    await stores.nodes.delete("id-4")
+    await stores.nodes.delete("id-1")
+    await _until(lambda: not watch.matching("id-1"), "the removals")
+    assert ended == ["id-1 stream"]

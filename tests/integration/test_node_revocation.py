@@ -196,6 +196,31 @@ def test_a_removed_or_locked_nodes_access_feed_ends(
     assert ended_again.wait(20) and not any('"ready"' in line for line in reopened)
 
 
+@pytest.mark.parametrize("revoke", ["rm", "lock"])
+def test_a_revoked_nodes_feed_ends_at_once_not_at_its_next_ping(
+        cluster: ClusterHarness, monkeypatch: pytest.MonkeyPatch, revoke: str) -> None:
+    """The revocation is pushed to the open feed: with no ping due for an hour, the feed
+    of a node removed or locked ends all the same, while another node's feed stays."""
+    monkeypatch.setattr(web_nodes, "PING_SECONDS", 3600)
+    node, bystander = HandNode(cluster, unique("push")), HandNode(cluster, unique("stay"))
+    node.join(new_token(cluster))
+    bystander.join(new_token(cluster))
+    lines, ended = _open_feed(node)
+    other_lines, other_ended = _open_feed(bystander)
+    for seen in (lines, other_lines):
+        wait_until(lambda seen=seen: any('"ready"' in line for line in seen), 20,
+                   "the feed's snapshot")
+
+    if revoke == "rm":
+        done = cluster.admin("rm", f"node/{node.node_id}")
+    else:
+        done = cluster.admin("lock", "--node", node.name, "--message", "push test",
+                             "--ttl", "1h")
+    assert done.returncode == 0, done.stderr
+    assert ended.wait(20), "the revoked node's feed waited for a ping"
+    assert not other_ended.is_set()
+
+
 def test_names_are_unique_and_the_join_tokens_labels_bind(
     cluster: ClusterHarness, alice: SshUser
 ) -> None:

@@ -28,7 +28,7 @@ allow them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -423,6 +423,13 @@ class AuthFacade:
         """For a stream opened earlier: a node removed or locked meanwhile is cut off."""
         return self.caller.builtin != "node" or await self.auth.nodes.in_good_standing(
             self.caller.user)
+
+    def on_revoked(self, end: Callable[[], None]) -> Callable[[], None]:
+        """For a stream a node keeps open: ``end`` is called when the node is removed or
+        locked. Returns what forgets it (call it when the stream ends)."""
+        if self.caller.builtin != "node":
+            return lambda: None
+        return self.auth.nodes.on_revoked(self.caller.user, end)
 
     # -- recordings ----------------------------------------------------------------------
 

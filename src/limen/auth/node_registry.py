@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -263,6 +264,13 @@ class NodeRegistry:
         except AccessDenied:
             return False
         return True
+
+    def on_revoked(self, node_id: str, end: Callable[[], None]) -> Callable[[], None]:
+        """``end`` is called when the view sees the node removed or locked; without a view
+        nothing calls it (the streams' pings still check). Returns what forgets it."""
+        if self.view is None:
+            return lambda: None
+        return self.view.on_revoked(node_id, end)
 
     async def admit(self, session: APISession, remote_addr: str = "") -> None:
         """Refuse a node's API token unless it is the current token of a registered,

@@ -41,6 +41,7 @@ class NodeWatch:
         self._by_name: dict[str, set[str]] = {}  # hostname -> node ids
         self._locks: dict[str, Lock] = {}
         self._subscribers: list[OnRevoked] = []
+        self._streams: dict[str, set[Callable[[], None]]] = {}  # node id -> its streams' ends
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -60,6 +61,20 @@ class NodeWatch:
 
     def subscribe(self, callback: OnRevoked) -> None:
         self._subscribers.append(callback)
+
+    def on_revoked(self, node_id: str, end: Callable[[], None]) -> Callable[[], None]:
+        """Call ``end`` once if the node is removed or locked (a stream the node keeps
+        open ends then, not at its next ping); returns what forgets it again."""
+        self._streams.setdefault(node_id, set()).add(end)
+
+        def forget() -> None:
+            ends = self._streams.get(node_id)
+            if ends is not None:
+                ends.discard(end)
+                if not ends:
+                    del self._streams[node_id]
+
+        return forget
 
     async def start(self, timeout: float = 30) -> None:
         """Watch, and return once the first snapshot is in memory."""
@@ -168,6 +183,8 @@ class NodeWatch:
             self._revoke(node.name, lock.refusal())
 
     def _revoke(self, node_id: str, reason: str) -> None:
+        for end in self._streams.pop(node_id, ()):
+            end()
         for callback in self._subscribers:
             try:
                 callback(node_id, reason)

@@ -138,15 +138,22 @@ def session_json(session: Session) -> dict[str, Any]:
     }
 
 
-PING_SECONDS = 10.0
+# A quiet stream's ping: the node's reader gives up after 30 s without a line. A node
+# removed or locked has its streams ended at once (``on_revoked``); the ping's check
+# of its standing is the backstop.
+PING_SECONDS = 20.0
+
+OnRevoked = Callable[[Callable[[], None]], Callable[[], None]]
 
 
 async def _ndjson(feed: AsyncIterator[dict[str, Any]],
                   still_allowed: Callable[[], Awaitable[bool]] | None = None,
-                  ) -> AsyncIterator[bytes]:
-    """Feed messages as lines, with a ping whenever the feed is quiet; the stream ends
-    at a ping when ``still_allowed`` says the caller lost its right to it."""
+                  on_revoked: OnRevoked | None = None) -> AsyncIterator[bytes]:
+    """Feed messages as lines, with a ping whenever the feed is quiet. The stream ends
+    when ``on_revoked`` calls back, or at a ping when ``still_allowed`` says the caller
+    lost its right to it."""
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1024)
+    revoked = False
 
     async def pump() -> None:
         try:
@@ -155,9 +162,15 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]],
         finally:
             await queue.put(None)
 
+    def end() -> None:
+        nonlocal revoked
+        revoked = True
+        task.cancel()  # its last message, None, wakes the loop below
+
     task = asyncio.create_task(pump())
+    forget = on_revoked(end) if on_revoked is not None else None
     try:
-        while True:
+        while not revoked:
             try:
                 async with asyncio.timeout(PING_SECONDS):
                     message = await queue.get()
@@ -165,10 +178,12 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]],
                 message = {"op": "ping"}
                 if still_allowed is not None and not await still_allowed():
                     return
-            if message is None:
+            if message is None or revoked:
                 return
             yield (json.dumps(message, default=str) + "\n").encode()
     finally:
+        if forget is not None:
+            forget()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
@@ -283,8 +298,8 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
     )
     async def watch_access(api: Caller) -> StreamingResponse:
         """Roles, users and locks, then every change, as NDJSON (nodes keep a cache)."""
-        return StreamingResponse(_ndjson(await api.watch_access(), api.still_in_good_standing),
-                                 media_type="application/x-ndjson")
+        feed = _ndjson(await api.watch_access(), api.still_in_good_standing, api.on_revoked)
+        return StreamingResponse(feed, media_type="application/x-ndjson")
 
     @app.get("/v1/sessions", responses=errors(*SIGNED_IN))
     async def list_sessions(api: Caller) -> list[dict[str, Any]]:
