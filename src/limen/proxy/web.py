@@ -185,7 +185,9 @@ def create_app(state: WebState) -> FastAPI:
 
     _user_routes(app, Caller)
     web_nodes.add_routes(app, Caller, Anonymous, lambda: state.tunnels,
-                         lambda node_id: state.proxies_of(node_id))
+                         lambda node_id: state.proxies_of(node_id),
+                         lambda: {"tunnel_host_key": state.tunnel_host_key,
+                                  "tunnel_peers": state.tunnel_peers})
     web_resources.add_routes(app, Caller)
     web_cluster.add_routes(app, Caller)
     web_audit.add_routes(app, Caller)

@@ -191,7 +191,8 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]],
 
 def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type aliases
                tunnels: Callable[[], TunnelDirectory | None] = lambda: None,
-               proxies_of: Callable[[str], list[str]] = lambda _node_id: []) -> None:
+               proxies_of: Callable[[str], list[str]] = lambda _node_id: [],
+               cluster_proxies: Callable[[], dict[str, Any]] = dict) -> None:
     def tunnel_of(node: Node) -> TunnelStatus | None:
         directory = tunnels()
         return directory.status(node.name) if directory is not None else None
@@ -227,8 +228,10 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
 
     @app.post("/v1/nodes/heartbeat", responses=errors(400, 404, *SIGNED_IN))
     async def heartbeat(body: Heartbeat, api: Caller) -> dict[str, Any]:
+        """Presence; the answer also lists the cluster's proxies (as ``/v1/ping`` does),
+        so that a node learns of them without asking again."""
         node, presence = await api.heartbeat(body.addr, body.connection)
-        return node_json(node, presence)
+        return {**node_json(node, presence), **cluster_proxies()}
 
     @app.post("/v1/nodes/renew", responses=errors(400, *ANONYMOUS))
     async def renew(body: Renewal, request: Request, api: Anonymous) -> dict[str, Any]:

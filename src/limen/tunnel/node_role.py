@@ -50,9 +50,11 @@ def start_peer_tunnels(main: TunnelAgent | None, server: NodeServer,
     """One more agent for each other proxy of the cluster (limen.tunnel.peers); with no
     main agent (a node the proxies dial) only the proxies' addresses are learned, for the
     node's API calls to fail over to."""
+    # A heartbeat's answer lists the proxies: good until one more beat is overdue.
+    heard = identity.heartbeat_seconds * 1.5
     if main is None:
         locator = ProxyLocator(identity.proxy, identity.tls_ca)
-        return _started(PeerTunnels(locator, None))
+        return _started(PeerTunnels(locator, None, heard_seconds=heard))
     assert isinstance(main.locator, ProxyLocator)
     tunnel_main = main
 
@@ -66,7 +68,7 @@ def start_peer_tunnels(main: TunnelAgent | None, server: NodeServer,
         # The main agent's identity as of now: it carries the latest renewed certificate.
         return TunnelAgent(tunnel_main.identity, locate, serve)
 
-    return _started(PeerTunnels(main.locator, make_agent))
+    return _started(PeerTunnels(main.locator, make_agent, heard_seconds=heard))
 
 
 def _started(peers: PeerTunnels) -> PeerTunnels:

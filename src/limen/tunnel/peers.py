@@ -13,14 +13,21 @@ longer than the longest wait between asks). The node asks the proxy it joined th
 or, while that one is away, any peer it learned of (the ping is verified by the pinned
 cluster CA). A peer listed no more (down for three heartbeats, or gone) has its agent stopped.
 
+The node's heartbeat answers list the proxies too (``hear``): while one arrived within
+about a heartbeat's interval (``heard_seconds``), its listing is used and no ask is
+sent, which halves the requests an idle fleet makes of its proxies. The asks take over
+when heartbeats fail or come from a proxy that does not list its peers.
+
 Each peer's agent pins that peer's own host key, as the main agent pins its proxy's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +51,8 @@ MakeAgent = Callable[[TunnelTarget], TunnelAgent]
 
 class PeerTunnels:
     def __init__(self, main: ProxyLocator, make_agent: MakeAgent | None,
-                 refresh_seconds: float = REFRESH_SECONDS) -> None:
+                 refresh_seconds: float = REFRESH_SECONDS, heard_seconds: float = 0.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.main = main  # the main agent's: its last answer names the main proxy's key
         self.proxy = main.proxy
         self.tls_ca_pem = main.tls_ca_pem
@@ -56,6 +64,10 @@ class PeerTunnels:
         self._listing: tuple[tuple[str, str], ...] | None = None  # the last set learned
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self.heard_seconds = heard_seconds  # 0: heartbeats' answers are not used
+        self._monotonic = monotonic
+        self._heard: tuple[float, dict[str, Any]] | None = None  # (when, the answer)
+        self._wake = asyncio.Event()  # a heard answer lists proxies other than the last
 
     @property
     def web_addrs(self) -> list[str]:
@@ -79,22 +91,44 @@ class PeerTunnels:
         while True:
             before, settled = self._listing, False
             try:
-                await self.refresh()
+                await self.update()
                 settled = before is not None and self._listing == before
             except LimenError as exc:
                 log.warning("could not learn the cluster's proxies: %s", exc.message)
             except Exception:  # never let it die: the node would lose its other proxies
                 log.exception("learning the cluster's proxies failed; retrying")
             wait = min(wait * 2, SETTLED_SECONDS) if settled else self.refresh_seconds
-            await asyncio.sleep(wait * random.uniform(0.8, 1.2))  # nodes spread out
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait * random.uniform(0.8, 1.2)):  # spread out
+                    await self._wake.wait()
+            self._wake.clear()
+
+    def hear(self, answer: dict[str, Any]) -> None:
+        """A heartbeat's answer: its listing of the proxies stands in for an ask, and a
+        change in it is followed at once."""
+        peers = answer.get("tunnel_peers")
+        if not isinstance(peers, list):
+            return
+        self._heard = (self._monotonic(), answer)
+        if _listing(peers) != self._listing:
+            self._wake.set()
+
+    async def update(self) -> None:
+        """Follow the cluster's proxies: from a recent heartbeat's answer, else by asking."""
+        heard = self._heard
+        if heard is not None and self._monotonic() - heard[0] <= self.heard_seconds:
+            await self._follow(heard[1])
+        else:
+            await self.refresh()
 
     async def refresh(self) -> None:
-        ping = await self._ping()
+        await self._follow(await self._ping())
+
+    async def _follow(self, ping: dict[str, Any]) -> None:
         peers = ping.get("tunnel_peers")
         if not isinstance(peers, list):
             return  # a proxy of a version without peers: the main tunnel is all there is
-        self._listing = tuple(sorted((str(p.get("tunnel_host_key")), str(p.get("web_addr")))
-                                     for p in peers if isinstance(p, dict)))
+        self._listing = _listing(peers)
         wanted = self._targets(peers, self._main_key(ping))
         if self._make_agent is None:
             return  # a node the proxies dial: only their addresses matter
@@ -145,6 +179,12 @@ class PeerTunnels:
                 error = error or exc
         assert error is not None
         raise error
+
+
+def _listing(peers: list[Any]) -> tuple[tuple[str, str], ...]:
+    """What identifies a set of proxies: their tunnel host keys and web addresses."""
+    return tuple(sorted((str(p.get("tunnel_host_key")), str(p.get("web_addr")))
+                        for p in peers if isinstance(p, dict)))
 
 
 def _key_id(key_line: str) -> str:

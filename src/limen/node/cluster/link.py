@@ -32,7 +32,9 @@ FEED_READ_TIMEOUT = 30.0
 
 
 class ClusterLink(Protocol):
-    async def heartbeat(self, addr: str | None, connection: str) -> None: ...
+    async def heartbeat(self, addr: str | None, connection: str) -> dict[str, Any]:
+        """Presence; the answer (a remote link's) lists the cluster's proxies too."""
+        ...
     async def renew(self, host_key: asyncssh.SSHKey, node_id: str, now: datetime) -> Renewed:
         """New credentials; a remote link proves the host key and uses the new token."""
         ...
@@ -58,8 +60,9 @@ class LocalLink:
     def __init__(self, auth: AuthServer, node_id: str) -> None:
         self.api = AuthFacade(auth, Identity(user=node_id, builtin="node"))
 
-    async def heartbeat(self, addr: str | None, connection: str) -> None:
+    async def heartbeat(self, addr: str | None, connection: str) -> dict[str, Any]:
         await self.api.heartbeat(addr, connection)
+        return {}  # in the auth service's process: no other proxy to learn of
 
     async def renew(self, host_key: asyncssh.SSHKey, node_id: str, now: datetime) -> Renewed:
         return await self.api.renew_local_node()
@@ -152,8 +155,10 @@ class RemoteLink:
             raise from_json(payload, f"the proxy answered HTTP {response.status_code}")
         return payload
 
-    async def heartbeat(self, addr: str | None, connection: str) -> None:
-        await self._call("POST", "/v1/nodes/heartbeat", {"addr": addr, "connection": connection})
+    async def heartbeat(self, addr: str | None, connection: str) -> dict[str, Any]:
+        answer = await self._call("POST", "/v1/nodes/heartbeat",
+                                  {"addr": addr, "connection": connection})
+        return answer if isinstance(answer, dict) else {}
 
     async def renew(self, host_key: asyncssh.SSHKey, node_id: str, now: datetime) -> Renewed:
         proof = sign_renewal(host_key, node_id, self._token, now)

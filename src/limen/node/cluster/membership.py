@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncssh
 import httpx
@@ -170,6 +170,8 @@ class Heartbeat:
         # beat re-sends them, so a tracker the auth service lost comes back whole.
         self.trackers = trackers
         self.renewal = renewal
+        # Told each answer: it lists the cluster's proxies (limen.tunnel.peers hears it).
+        self.on_answer: Callable[[dict[str, Any]], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -178,7 +180,9 @@ class Heartbeat:
     async def beat(self) -> None:
         if self.renewal is not None:
             await self.renewal.renew_if_due()
-        await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
+        answer = await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
+        if self.on_answer is not None:
+            self.on_answer(answer)
         for tracker in self.trackers():
             await self.link.upsert_session(tracker)
 

@@ -126,6 +126,7 @@ class NodeRole:
         if isinstance(self.link, RemoteLink):  # learn the other proxies, to fail over to
             peers = start_peer_tunnels(self.agent, self.server, self.identity)
             self.peer_tunnels = peers
+            self._heartbeat.on_answer = peers.hear  # its answers list the proxies too
             self.link.fallbacks = lambda: peers.web_addrs
         if tunneled:
             log.info("node %s (%s) serving SSH through a reverse tunnel to %s",
