@@ -10,9 +10,9 @@ the simplest durable writer: one ``write`` + ``fsync`` per JSON line.
 Search: the store (SQLite, and PostgreSQL with --postgres) filled with --events events
 (30 days, 500 users, 200 nodes, 50 000 sessions, 12 event types), then the median and
 99th percentile time of ``limen audit search``'s queries (50 newest, by type, user,
-node, session, the last hour, and the 20th page of a user's events), against the
-baseline of scanning the same events as JSON lines (what grep-style tools do with the
-day files).
+node, session, the last hour, and the 20th page of a user's events, asked with the
+cursor of the 19th), against the baseline of scanning the same events as JSON lines
+(what grep-style tools do with the day files).
 
 Verify: ``verify_files`` over the --writes events written above.
 """
@@ -119,7 +119,7 @@ QUERIES = {
     "--node node7": {"node": "node7"},
     "--session SID": {"session": None},  # filled in with a real session id
     "--since 1h": {"since_ns": None},
-    "--user, 20th page": {"user": "user42", "pages": 20},
+    "--user, its 20th page": {"user": "user42", "pages": 20},
 }
 
 
@@ -127,16 +127,18 @@ RUNS = 100  # per query: enough for a 99th percentile
 
 
 async def time_query(store, spec: dict, runs: int = RUNS) -> tuple[float, float]:  # noqa: ANN001
-    """Median and 99th percentile of a query's time (of all its pages, for a paged one)."""
+    """Median and 99th percentile of one query's time. A paged query is timed at its last
+    page, asked with the cursor the pages before it gave (as a person paging there
+    asks for it): keyset paging makes a deep page cost what the first one does."""
     spec = dict(spec)
     pages = spec.pop("pages", 1)
+    cursor = None
+    for _ in range(pages - 1):
+        cursor = (await store.events.search(EventQuery(limit=50, cursor=cursor, **spec))).cursor
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        cursor = None
-        for _ in range(pages):
-            page = await store.events.search(EventQuery(limit=50, cursor=cursor, **spec))
-            cursor = page.cursor
+        await store.events.search(EventQuery(limit=50, cursor=cursor, **spec))
         samples.append(time.perf_counter() - start)
     return _median(samples), statistics.quantiles(samples, n=100)[98]
 
