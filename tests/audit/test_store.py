@@ -6,9 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
-from limen.audit.store import AuditStore, EventQuery, RecordingMeta, RegisteredKey, StoredEvent
-from limen.errors import NotFound
+import pytest
+
+from limen.audit.store import (
+    AuditStore,
+    EventQuery,
+    RecordingMeta,
+    RegisteredKey,
+    StoredEvent,
+    open_audit_store,
+)
+from limen.errors import ConnectionProblem, NotFound
 from limen.recording.asciicast import printed_text
 
 NODE_ID = "8f14e45f-ceea-4e7a-a2d8-1b2b3c4d5e6f"
@@ -113,3 +123,22 @@ async def test_recordings_append_by_offset_and_search_text(audit_store: AuditSto
     else:
         raise AssertionError("the recording should be gone")
     assert [c async for c in recs.read(sid)] == []
+
+
+async def test_sqlite_searches_see_the_writes_and_end_with_the_store(tmp_path: Path) -> None:
+    """SQLite's searches run on connections of their own (audit_sqlite_reads): they see
+    each committed insert, send nothing but reads, and are closed with the store."""
+    store = await open_audit_store("sqlite", tmp_path)
+    try:
+        await store.events.insert([_event(1)])
+        assert await _all(store) == [1]
+        await store.events.insert([_event(2, user="bob")])
+        assert await _all(store) == [2, 1] and await _all(store, user="bob") == [2]
+        reader = store.events._reader  # type: ignore[attr-defined]
+        with pytest.raises(ConnectionProblem, match="cannot be read"):
+            await reader.rows("DELETE FROM audit_events", ())
+        assert await store.events.count() == 2
+    finally:
+        await store.close()
+    with pytest.raises(ConnectionProblem, match="closed"):
+        await store.events.search(EventQuery(limit=2))

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, tuple_
+from sqlalchemy import and_, bindparam, delete, func, select, tuple_
 
 from limen.audit.store import EventPage, EventQuery, RegisteredKey, StoredEvent
 from limen.backend.audit_db import Database
+from limen.backend.audit_sqlite_reads import SQLiteReader
 from limen.backend.audit_tables import events, logs, vouchers
 
 _COLUMNS = (
@@ -43,10 +44,58 @@ def looks_like_id(value: str) -> bool:
     return len(parts) == 5 and all(p and all(c in "0123456789abcdef" for c in p) for p in parts)
 
 
+def _search(query: EventQuery) -> tuple[Any, dict[str, Any]]:
+    """A search's statement, its values bound by name: the statement depends only on the
+    query's shape (which filters, how many types), so its SQL can be compiled once."""
+    clauses: list[Any] = []
+    values: dict[str, Any] = {}
+
+    def bound(name: str, value: Any) -> Any:
+        values[name] = value
+        return bindparam(name)
+
+    if query.since_ns is not None:
+        clauses.append(events.c.time_ns >= bound("since_ns", query.since_ns))
+    if query.until_ns is not None:
+        clauses.append(events.c.time_ns <= bound("until_ns", query.until_ns))
+    if query.types:
+        clauses.append(events.c.event.in_(
+            [bound(f"type_{i}", kind) for i, kind in enumerate(query.types)]))
+    if query.user:
+        clauses.append(events.c.user == bound("user", query.user))
+    if query.node:
+        column = events.c.server_id if looks_like_id(query.node) else events.c.node
+        clauses.append(column == bound("node", query.node))
+    if query.session:
+        clauses.append(events.c.sid == bound("session", query.session))
+    if query.cursor is not None:
+        clauses.append(tuple_(events.c.time_ns, events.c.id) < tuple_(
+            bound("cursor_time", query.cursor[0]), bound("cursor_id", query.cursor[1])))
+    stmt = select(*_COLUMNS, events.c.id)
+    stmt = (stmt.where(and_(*clauses)) if clauses else stmt).order_by(
+        events.c.time_ns.desc(), events.c.id.desc()
+    ).limit(bound("limit", query.limit + 1))
+    return stmt, values
+
+
+def _shape(query: EventQuery) -> tuple[Any, ...]:
+    return (query.since_ns is not None, query.until_ns is not None, len(query.types),
+            bool(query.user), bool(query.node) and looks_like_id(query.node),
+            bool(query.node), bool(query.session), query.cursor is not None)
+
+
 class SQLEventStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert: str | None = None
+        # SQLite's searches skip aiosqlite (limen.backend.audit_sqlite_reads).
+        path = getattr(db.dialect, "path", None) if db.dialect.name == "sqlite" else None
+        self._reader = SQLiteReader(path) if path else None
+        self._searches: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
 
     async def register_log(self, log_id: str, public_key: str,
                            voucher: str | None = None) -> None:
@@ -115,32 +164,28 @@ class SQLEventStore:
         return row is not None
 
     async def search(self, query: EventQuery) -> EventPage:
-        stmt = select(*_COLUMNS, events.c.id)
-        clauses: list[Any] = []
-        if query.since_ns is not None:
-            clauses.append(events.c.time_ns >= query.since_ns)
-        if query.until_ns is not None:
-            clauses.append(events.c.time_ns <= query.until_ns)
-        if query.types:
-            clauses.append(events.c.event.in_(list(query.types)))
-        if query.user:
-            clauses.append(events.c.user == query.user)
-        if query.node:
-            column = events.c.server_id if looks_like_id(query.node) else events.c.node
-            clauses.append(column == query.node)
-        if query.session:
-            clauses.append(events.c.sid == query.session)
-        if query.cursor is not None:
-            clauses.append(tuple_(events.c.time_ns, events.c.id) < tuple_(*query.cursor))
-        stmt = (stmt.where(and_(*clauses)) if clauses else stmt).order_by(
-            events.c.time_ns.desc(), events.c.id.desc()
-        ).limit(query.limit + 1)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(stmt)).all()
+        stmt, values = _search(query)
+        if self._reader is not None:
+            sql, order = self._compiled(stmt, _shape(query))
+            params = tuple(values.get(name, default) for name, default in order)
+            rows: list[Any] = await self._reader.rows(sql, params)
+        else:
+            async with self.db.read() as conn:
+                rows = list((await conn.execute(stmt, values)).all())
         more = len(rows) > query.limit
         rows = rows[:query.limit]
-        cursor = (rows[-1].time_ns, rows[-1].id) if more and rows else None
+        cursor = (rows[-1][3], rows[-1][12]) if more and rows else None  # time_ns, id
         return EventPage([_row(r) for r in rows], cursor)
+
+    def _compiled(self, stmt: Any, shape: tuple[Any, ...]) -> tuple[str, list[tuple[str, Any]]]:
+        """The SQL of a shape of search, compiled once, with its parameters' names in
+        order (and the values compiled in, for those the query does not give)."""
+        found = self._searches.get(shape)
+        if found is None:
+            compiled = stmt.compile(dialect=self.db.engine.dialect)
+            order = [(name, compiled.params.get(name)) for name in compiled.positiontup or ()]
+            found = self._searches[shape] = (str(compiled), order)
+        return found
 
     async def chain(self, log_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
         stmt = (select(*_COLUMNS).where(events.c.log_id == log_id, events.c.seq > after_seq)
