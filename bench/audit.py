@@ -1,7 +1,7 @@
 """Benchmark: the audit log's write throughput (fsync before acknowledging) and search over
 a million events, each with its ratio to a baseline measured in the same run.
 
-    .venv/bin/python bench/audit.py [--events 1000000] [--writes 5000] [--postgres DSN]
+    .venv/bin/python bench/audit.py [--events N] [--writes N] [--postgres DSN [--no-sqlite]]
 
 Writes: ``AuditLog.emit`` (hash chain, JSON line, fsync, then the SQLite store) with one
 caller at a time and with 64 concurrent callers (group commit), against the baseline of
@@ -191,6 +191,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--writes", type=int, default=5000)
     parser.add_argument("--postgres", help="also PostgreSQL, e.g. postgresql://postgres@127.0.0.1/test")
+    parser.add_argument("--no-sqlite", action="store_true", help="search PostgreSQL only")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="limen-bench-") as tmp:
@@ -225,7 +226,8 @@ async def main() -> None:
             "--user user42": scan_baseline(lines, lambda r: r["user"] == "user42"),
             "--session SID": scan_baseline(lines, lambda r: r["sid"] == sample.sid),
         }
-        kinds = [("sqlite", None)] + ([("postgres", args.postgres)] if args.postgres else [])
+        kinds = [] if args.no_sqlite else [("sqlite", None)]
+        kinds += [("postgres", args.postgres)] if args.postgres else []
         for kind, dsn in kinds:
             where = base / kind
             where.mkdir()

@@ -8,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from limen.audit.store import (
@@ -20,6 +21,7 @@ from limen.audit.store import (
 )
 from limen.errors import ConnectionProblem, NotFound
 from limen.recording.asciicast import printed_text
+from tests.backend.conftest import PG_DSN
 
 NODE_ID = "8f14e45f-ceea-4e7a-a2d8-1b2b3c4d5e6f"
 
@@ -142,3 +144,21 @@ async def test_sqlite_searches_see_the_writes_and_end_with_the_store(tmp_path: P
         await store.close()
     with pytest.raises(ConnectionProblem, match="closed"):
         await store.events.search(EventQuery(limit=2))
+
+
+@pytest.mark.postgres
+async def test_a_postgres_search_outlives_its_connection(audit_store_pg: AuditStore) -> None:
+    """The searches' own pool (audit_reads): a connection the server dropped is replaced
+    and the search answered, as the store's other reads survive a database restart."""
+    store = audit_store_pg
+    await store.events.insert([_event(1), _event(2)])
+    assert await _all(store) == [2, 1]
+    reader = store.events._reader  # type: ignore[attr-defined]
+    for _ in range(3):  # every connection the pool holds
+        [(pid,)] = await reader.rows("SELECT pg_backend_pid()", ())
+        killer = await asyncpg.connect(PG_DSN)
+        try:
+            await killer.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await killer.close()
+        assert await _all(store) == [2, 1]

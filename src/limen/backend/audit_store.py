@@ -34,7 +34,7 @@ class SQLAuditStore:
         self.recordings = SQLRecordingStore(db)
 
     async def close(self) -> None:
-        self.events.close()
+        await self.events.close()
         await self.db.close()
 
 

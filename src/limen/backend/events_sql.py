@@ -10,8 +10,9 @@ from sqlalchemy import and_, bindparam, delete, func, select, tuple_
 
 from limen.audit.store import EventPage, EventQuery, RegisteredKey, StoredEvent
 from limen.backend.audit_db import Database
-from limen.backend.audit_sqlite_reads import SQLiteReader
+from limen.backend.audit_reads import PostgresReader, SQLiteReader
 from limen.backend.audit_tables import events, logs, vouchers
+from limen.backend.sql_dialects import PostgresDialect, SQLiteDialect
 
 _COLUMNS = (
     events.c.log_id, events.c.seq, events.c.uid, events.c.time_ns, events.c.event,
@@ -84,18 +85,24 @@ def _shape(query: EventQuery) -> tuple[Any, ...]:
             bool(query.node), bool(query.session), query.cursor is not None)
 
 
+def _reader_for(dialect: Any) -> SQLiteReader | PostgresReader:
+    if isinstance(dialect, SQLiteDialect):
+        return SQLiteReader(dialect.path)
+    assert isinstance(dialect, PostgresDialect)
+    dsn = dialect.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return PostgresReader(dsn, dialect.schema, dialect.describe())
+
+
 class SQLEventStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert: str | None = None
-        # SQLite's searches skip aiosqlite (limen.backend.audit_sqlite_reads).
-        path = getattr(db.dialect, "path", None) if db.dialect.name == "sqlite" else None
-        self._reader = SQLiteReader(path) if path else None
+        # Searches go straight through the driver (limen.backend.audit_reads).
+        self._reader = _reader_for(db.dialect)
         self._searches: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
 
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
+    async def close(self) -> None:
+        await self._reader.close()
 
     async def register_log(self, log_id: str, public_key: str,
                            voucher: str | None = None) -> None:
@@ -165,13 +172,8 @@ class SQLEventStore:
 
     async def search(self, query: EventQuery) -> EventPage:
         stmt, values = _search(query)
-        if self._reader is not None:
-            sql, order = self._compiled(stmt, _shape(query))
-            params = tuple(values.get(name, default) for name, default in order)
-            rows: list[Any] = await self._reader.rows(sql, params)
-        else:
-            async with self.db.read() as conn:
-                rows = list((await conn.execute(stmt, values)).all())
+        sql, order = self._compiled(stmt, _shape(query))
+        rows = await self._reader.rows(sql, tuple(values.get(n, d) for n, d in order))
         more = len(rows) > query.limit
         rows = rows[:query.limit]
         cursor = (rows[-1][3], rows[-1][12]) if more and rows else None  # time_ns, id
