@@ -171,6 +171,16 @@ def _open_feed(node: HandNode) -> tuple[list[str], threading.Event]:
     return lines, ended
 
 
+def _revoke(cluster: ClusterHarness, node: HandNode, how: str) -> None:
+    """Remove the node ("rm") or lock it ("lock"), as an admin does."""
+    if how == "rm":
+        done = cluster.admin("rm", f"node/{node.node_id}")
+    else:
+        done = cluster.admin("lock", "--node", node.name, "--message", "feed test",
+                             "--ttl", "1h")
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("revoke", ["rm", "lock"])
 def test_a_removed_or_locked_nodes_access_feed_ends(
         cluster: ClusterHarness, monkeypatch: pytest.MonkeyPatch, revoke: str) -> None:
@@ -185,12 +195,7 @@ def test_a_removed_or_locked_nodes_access_feed_ends(
     assert pings() >= 3, lines[-3:]
     assert not ended.is_set()  # checked at each ping, and still in good standing
 
-    if revoke == "rm":
-        done = cluster.admin("rm", f"node/{node.node_id}")
-    else:
-        done = cluster.admin("lock", "--node", node.name, "--message", "feed test",
-                             "--ttl", "1h")
-    assert done.returncode == 0, done.stderr
+    _revoke(cluster, node, revoke)
     assert ended.wait(20), "the revoked node's feed is still open"
     reopened, ended_again = _open_feed(node)
     assert ended_again.wait(20) and not any('"ready"' in line for line in reopened)
@@ -211,12 +216,7 @@ def test_a_revoked_nodes_feed_ends_at_once_not_at_its_next_ping(
         wait_until(lambda seen=seen: any('"ready"' in line for line in seen), 20,
                    "the feed's snapshot")
 
-    if revoke == "rm":
-        done = cluster.admin("rm", f"node/{node.node_id}")
-    else:
-        done = cluster.admin("lock", "--node", node.name, "--message", "push test",
-                             "--ttl", "1h")
-    assert done.returncode == 0, done.stderr
+    _revoke(cluster, node, revoke)
     assert ended.wait(20), "the revoked node's feed waited for a ping"
     assert not other_ended.is_set()
 
