@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from limen.backend.sql_dialects import CONNECT_TIMEOUT
+from limen.backend.sql_dialects import CONNECT_TIMEOUT, PostgresDialect
 from limen.errors import ConnectionProblem
 
 # What a connection lost under a query raises: the query is worth one more try.
@@ -78,10 +78,8 @@ class SQLiteReader:
 
 
 class PostgresReader:
-    def __init__(self, dsn: str, schema: str | None, where: str) -> None:
-        self.dsn = dsn  # postgresql://... as asyncpg takes it
-        self.schema = schema
-        self.where = where  # for messages: never the DSN, which may hold a password
+    def __init__(self, dialect: PostgresDialect) -> None:
+        self.dialect = dialect  # its describe() names the store: never the DSN
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.closed = False
@@ -106,20 +104,19 @@ class PostgresReader:
     def _problem(self, exc: BaseException) -> ConnectionProblem:
         if self.closed:
             return ConnectionProblem("the audit store is closed")
-        return ConnectionProblem(f"The audit store ({self.where}) cannot be read: "
+        return ConnectionProblem(f"The audit store ({self.dialect.describe()}) cannot be read: "
                                  f"{type(exc).__name__}")
 
     async def _ready(self) -> asyncpg.Pool:
         if self.closed:
             raise ConnectionProblem("the audit store is closed")
+        if self._pool is not None:
+            return self._pool
         async with self._opening:
             if self._pool is None:
-                settings = {"application_name": "limen"}
-                if self.schema:
-                    settings["search_path"] = self.schema
                 self._pool = await asyncpg.create_pool(
-                    self.dsn, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT,
-                    server_settings=settings)
+                    self.dialect.driver_dsn(), min_size=1, max_size=4,
+                    timeout=CONNECT_TIMEOUT, server_settings=self.dialect.server_settings())
         return self._pool
 
     async def close(self) -> None:

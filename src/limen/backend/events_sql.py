@@ -45,11 +45,13 @@ def looks_like_id(value: str) -> bool:
     return len(parts) == 5 and all(p and all(c in "0123456789abcdef" for c in p) for p in parts)
 
 
-def _search(query: EventQuery) -> tuple[Any, dict[str, Any]]:
-    """A search's statement, its values bound by name: the statement depends only on the
-    query's shape (which filters, how many types), so its SQL can be compiled once."""
+def _search(query: EventQuery) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
+    """A search's statement, its values bound by name, and its shape: the names bound
+    (which filters, how many types) and the node's column. The statement depends on
+    the shape alone, so its SQL is compiled once per shape."""
     clauses: list[Any] = []
     values: dict[str, Any] = {}
+    column = events.c.node
 
     def bound(name: str, value: Any) -> Any:
         values[name] = value
@@ -76,21 +78,14 @@ def _search(query: EventQuery) -> tuple[Any, dict[str, Any]]:
     stmt = (stmt.where(and_(*clauses)) if clauses else stmt).order_by(
         events.c.time_ns.desc(), events.c.id.desc()
     ).limit(bound("limit", query.limit + 1))
-    return stmt, values
-
-
-def _shape(query: EventQuery) -> tuple[Any, ...]:
-    return (query.since_ns is not None, query.until_ns is not None, len(query.types),
-            bool(query.user), bool(query.node) and looks_like_id(query.node),
-            bool(query.node), bool(query.session), query.cursor is not None)
+    return stmt, values, (*values, column.name)
 
 
 def _reader_for(dialect: Any) -> SQLiteReader | PostgresReader:
     if isinstance(dialect, SQLiteDialect):
         return SQLiteReader(dialect.path)
     assert isinstance(dialect, PostgresDialect)
-    dsn = dialect.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return PostgresReader(dsn, dialect.schema, dialect.describe())
+    return PostgresReader(dialect)
 
 
 class SQLEventStore:
@@ -99,7 +94,7 @@ class SQLEventStore:
         self._insert: str | None = None
         # Searches go straight through the driver (limen.backend.audit_reads).
         self._reader = _reader_for(db.dialect)
-        self._searches: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
+        self._searches: dict[tuple[str, ...], tuple[str, list[tuple[str, Any]]]] = {}
 
     async def close(self) -> None:
         await self._reader.close()
@@ -171,17 +166,18 @@ class SQLEventStore:
         return row is not None
 
     async def search(self, query: EventQuery) -> EventPage:
-        stmt, values = _search(query)
-        sql, order = self._compiled(stmt, _shape(query))
+        stmt, values, shape = _search(query)
+        sql, order = self._compiled(stmt, shape)
         rows = await self._reader.rows(sql, tuple(values.get(n, d) for n, d in order))
         more = len(rows) > query.limit
         rows = rows[:query.limit]
         cursor = (rows[-1][3], rows[-1][12]) if more and rows else None  # time_ns, id
         return EventPage([_row(r) for r in rows], cursor)
 
-    def _compiled(self, stmt: Any, shape: tuple[Any, ...]) -> tuple[str, list[tuple[str, Any]]]:
+    def _compiled(self, stmt: Any, shape: tuple[str, ...]) -> tuple[str, list[tuple[str, Any]]]:
         """The SQL of a shape of search, compiled once, with its parameters' names in
-        order (and the values compiled in, for those the query does not give)."""
+        the order the driver takes them, and the values compiled in for those the query
+        does not give (SQLite's LIMIT comes with an OFFSET of 0)."""
         found = self._searches.get(shape)
         if found is None:
             compiled = stmt.compile(dialect=self.db.engine.dialect)

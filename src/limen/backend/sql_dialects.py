@@ -221,11 +221,20 @@ class PostgresDialect:
             where += f" (schema {self.schema})"
         return f"PostgreSQL database at {where}"
 
-    def make_engine(self) -> AsyncEngine:
-        server_settings = {"application_name": "limen"}
+    def server_settings(self) -> dict[str, str]:
+        """What every connection sets: its name and, with a schema, that schema alone."""
+        settings = {"application_name": "limen"}
         if self.schema:
             # Every connection works inside the schema, so the SQL stays schema-free.
-            server_settings["search_path"] = self.schema
+            settings["search_path"] = self.schema
+        return settings
+
+    def driver_dsn(self) -> str:
+        """The DSN as asyncpg itself takes it (postgresql://...)."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def make_engine(self) -> AsyncEngine:
+        server_settings = self.server_settings()
         return create_async_engine(
             self.url,
             pool_pre_ping=True,  # survive a database restart without failing a request
