@@ -162,3 +162,14 @@ async def test_a_postgres_search_outlives_its_connection(audit_store_pg: AuditSt
         finally:
             await killer.close()
         assert await _all(store) == [2, 1]
+
+
+async def test_search_filters_are_values_not_sql(audit_store: AuditStore) -> None:
+    """What a searcher types is bound as a value on every engine (the compiled searches
+    are reused): a quote or an SQL fragment matches nothing and changes nothing."""
+    await audit_store.events.insert([_event(1), _event(2, user="bob")])
+    for sly in ("alice' OR '1'='1", "x'; DELETE FROM audit_events; --", "%", "*"):
+        assert await _all(audit_store, user=sly) == []
+        assert await _all(audit_store, session=sly, types=(sly, "exec")) == []
+    assert await _all(audit_store, user="alice") == [1]
+    assert await audit_store.events.count() == 2
