@@ -281,6 +281,7 @@ def test_the_audit_page_pages_through_events_and_admin_pages_need_their_rules(
     for n in range(60):  # more than a page of this person's events
         cluster.run(audit.emit(schema.AccessRefused(user=auditor.name, resource="paging",
                                                     verb="list", error=f"event {n}")))
+    cluster.run(audit.flush())  # searches read the store, which indexes just after the files
     first = browser.page(f"/web/audit?since=24h&user={auditor.name}")
     assert first.status_code == 200
     older = re.search(r'rel="next" href="\?([^"]+)"', first.text)
