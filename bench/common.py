@@ -51,12 +51,13 @@ def bench_env() -> dict[str, str]:
     return env
 
 
-def wait_for(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201 - tiny helper
+def wait_for(predicate, timeout: float, what: str,  # noqa: ANN001, ANN201 - tiny helper
+             interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
     return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -12,7 +13,7 @@ from limen.auth.context import Stores
 from limen.auth.node_watch import NodeWatch
 from limen.backend import open_backend
 from limen.clock import FakeClock
-from limen.resources import Node
+from limen.resources import Lock, Node, NodePresence
 
 
 def _node(node_id: str, hostname: str) -> Node:
@@ -93,3 +94,33 @@ async def test_a_streams_end_is_called_once_at_its_nodes_removal_and_not_once_fo
     await stores.nodes.delete("id-1")
     await _until(lambda: not watch.matching("id-1"), "the removals")
     assert ended == ["id-1 stream"]
+
+
+def _presence(node_id: str, expires: datetime) -> NodePresence:
+    return NodePresence(metadata={"name": node_id, "expires": expires},
+                        spec={"connection": "tunnel"})
+
+
+async def test_the_present_nodes_follow_heartbeats_locks_expiry_and_removal(watched) -> None:
+    """Listings come from here: a node is listed while registered, heartbeating (its
+    presence not expired) and not locked, as reading the backend would say."""
+    stores, watch = watched
+    clock = watch.clock
+    listed = lambda: [node.name for node, _ in watch.present()]  # noqa: E731
+    assert listed() == []  # registered, never heartbeated
+    await stores.node_presence.upsert(_presence("id-1", clock.now() + timedelta(minutes=1)))
+    await stores.node_presence.upsert(_presence("id-gone", clock.now() + timedelta(minutes=1)))
+    await _until(lambda: listed() == ["id-1"], "the heartbeat")  # and no unregistered id
+
+    await stores.locks.create(Lock(metadata={"name": "l-1"},
+                                   spec={"target": {"node": "web-1"}}))
+    await _until(lambda: listed() == [], "the lock")
+    await stores.locks.delete("l-1")
+    await _until(lambda: listed() == ["id-1"], "the lock's removal")
+
+    clock.advance(61)  # the heartbeats stopped: the presence lapses, even unswept
+    assert listed() == []
+    await stores.node_presence.upsert(_presence("id-1", clock.now() + timedelta(minutes=1)))
+    await _until(lambda: listed() == ["id-1"], "the next heartbeat")
+    await stores.nodes.delete("id-1")
+    await _until(lambda: listed() == [], "the removal")

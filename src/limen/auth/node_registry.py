@@ -99,7 +99,10 @@ class NodeRegistry:
         raise NotFound(f"no node is registered as {name_or_id!r}")
 
     async def present(self) -> list[tuple[Node, NodePresence]]:
-        """Registered nodes that are heartbeating and not locked."""
+        """Registered nodes that are heartbeating and not locked (from the watch-fed view
+        when there is one)."""
+        if self.view is not None:
+            return self.view.present()
         presence = {p.name: p for p in await self.ctx.stores.node_presence.list()}
         locks = await self._node_locks()
         return [

@@ -1,4 +1,5 @@
-"""Which nodes may be dealt with: registrations and locks, as the backend's watch says.
+"""Which nodes may be dealt with: registrations, presence and locks, as the backend's
+watch says.
 
 The tunnel server judges an agent's host certificate synchronously, and a removed or
 locked node must lose its tunnel the moment that happens, not at the next poll. So each
@@ -6,7 +7,10 @@ instance with the auth service keeps the registrations and the locks on nodes in
 fed by a watch on ``/nodes/`` and ``/locks/``, and tells its subscribers (the tunnel
 server, the address verifier) when a node is removed, lapses or is locked. The node
 registry answers the nodes' open streams from it too (``NodeRegistry.in_good_standing``):
-re-reading every registration for them was most of an idle proxy's work.
+re-reading every registration for them was most of an idle proxy's work. Node listings
+come from it as well (``present``): reading and parsing every registration and presence
+record for each listing cost the proxy most of a core while a fleet of hundreds joined
+and something watched the listing.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ from limen.auth.node_registry import GONE, locks_node
 from limen.backend.base import Event, OpType
 from limen.clock import Clock
 from limen.errors import LimenError
-from limen.resources import Lock, Node
+from limen.resources import Lock, Node, NodePresence
 from limen.sshauth import CertFacts
 from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-PREFIXES = ("/nodes/", "/locks/")
+PREFIXES = ("/nodes/", "/node_presence/", "/locks/")
 RESYNC_DELAY = 1.0
 
 # Called with (node id, why) when a node may no longer be reached.
@@ -39,6 +43,7 @@ class NodeWatch:
         self.clock = clock
         self._nodes: dict[str, Node] = {}
         self._by_name: dict[str, set[str]] = {}  # hostname -> node ids
+        self._presence: dict[str, NodePresence] = {}  # node id -> its last heartbeat
         self._locks: dict[str, Lock] = {}
         self._subscribers: list[OnRevoked] = []
         self._streams: dict[str, set[Callable[[], None]]] = {}  # node id -> its streams' ends
@@ -58,6 +63,20 @@ class NodeWatch:
     def of_kind(self, kind: str) -> list[Node]:
         """The registered nodes of one kind ("openssh": agentless), from memory."""
         return [node for node in self._nodes.values() if node.spec.kind == kind]
+
+    def present(self) -> list[tuple[Node, NodePresence]]:
+        """Registered nodes whose presence has not expired and that no lock targets, from
+        memory; lags the backend by its watch's delay, as a listing may."""
+        now = self.clock.now()
+        found = []
+        for node_id, node in self._nodes.items():
+            presence = self._presence.get(node_id)
+            if presence is None or (presence.metadata.expires is not None
+                                    and presence.metadata.expires <= now):
+                continue
+            if self._lock_on(node) is None:
+                found.append((node, presence))
+        return found
 
     def subscribe(self, callback: OnRevoked) -> None:
         self._subscribers.append(callback)
@@ -123,6 +142,7 @@ class NodeWatch:
             try:
                 async with self.stores.backend.watch(list(PREFIXES)) as watcher:
                     self._load(await self.stores.nodes.list(), await self.stores.locks.list())
+                    self._presence = {p.name: p for p in await self.stores.node_presence.list()}
                     self._ready.set()
                     async for event in watcher:
                         self._apply(event)
@@ -152,6 +172,8 @@ class NodeWatch:
             self._apply_node(key[len("/nodes/"):], event)
         elif key.startswith("/locks/"):
             self._apply_lock(key[len("/locks/"):], event)
+        elif key.startswith("/node_presence/"):
+            self._apply_presence(key[len("/node_presence/"):], event)
 
     def _apply_node(self, node_id: str, event: Event) -> None:
         old = self._nodes.get(node_id)
@@ -161,7 +183,7 @@ class NodeWatch:
             if self._nodes.pop(node_id, None) is not None:
                 self._revoke(node_id, GONE.format(node=node_id))
             return
-        node = Node.from_bytes(event.item.value)
+        node = Node.from_bytes(event.item.value, event.item.revision)
         self._nodes[node_id] = node
         self._by_name.setdefault(node.spec.hostname, set()).add(node_id)
         self._revoke_if_locked(node)
@@ -176,6 +198,12 @@ class NodeWatch:
         self._locks[name] = lock
         for node in list(self._nodes.values()):
             self._revoke_if_locked(node)
+
+    def _apply_presence(self, node_id: str, event: Event) -> None:
+        if event.type == OpType.DELETE:
+            self._presence.pop(node_id, None)
+        else:
+            self._presence[node_id] = NodePresence.from_bytes(event.item.value, event.item.revision)
 
     def _revoke_if_locked(self, node: Node) -> None:
         lock = self._lock_on(node)
