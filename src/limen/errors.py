@@ -67,6 +67,18 @@ class LimitExceeded(LimenError):
     http_status = 429
 
 
+class Busy(LimenError):
+    """The server is at capacity for this kind of request: try again after
+    ``retry_after`` seconds (the HTTP API sends it as Retry-After)."""
+
+    kind = "busy"
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 _BY_KIND: dict[str, type[LimenError]] = {
     cls.kind: cls
     for cls in (
@@ -77,6 +89,7 @@ _BY_KIND: dict[str, type[LimenError]] = {
         BadParameter,
         ConnectionProblem,
         LimitExceeded,
+        Busy,
     )
 }
 

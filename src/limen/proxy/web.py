@@ -24,6 +24,7 @@ from limen.auth.server import AuthServer
 from limen.durations import parse_duration
 from limen.errors import AccessDenied
 from limen.proxy import web_audit, web_cluster, web_errors, web_nodes, web_resources, web_sso
+from limen.proxy.join_gate import JoinGate
 from limen.proxy.ratelimit import RateLimiter
 from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.web_errors import ANONYMOUS, SIGNED_IN, errors
@@ -50,6 +51,8 @@ class WebState:
     tunnel_peers: list[dict[str, Any]] = field(default_factory=list)
     # The proxies (their web addresses) that hold a node's tunnel, this one included.
     proxies_of: Callable[[str], list[str]] = lambda _node_id: []
+    # How many node joins run at once; the others are told when to come back.
+    joins: JoinGate = field(default_factory=JoinGate)
 
 
 class SignupStart(BaseModel):
@@ -187,7 +190,7 @@ def create_app(state: WebState) -> FastAPI:
     web_nodes.add_routes(app, Caller, Anonymous, lambda: state.tunnels,
                          lambda node_id: state.proxies_of(node_id),
                          lambda: {"tunnel_host_key": state.tunnel_host_key,
-                                  "tunnel_peers": state.tunnel_peers})
+                                  "tunnel_peers": state.tunnel_peers}, state.joins)
     web_resources.add_routes(app, Caller)
     web_cluster.add_routes(app, Caller)
     web_audit.add_routes(app, Caller)

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from limen.errors import LimenError
+from limen.errors import Busy, LimenError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ _MEANING = {
     429: "Too many unauthenticated requests from this address (kind limit_exceeded).",
     502: "A peer the request needs (an identity provider) could not be reached or answered "
          "nonsense (kind connection_problem).",
+    503: "The proxy is at capacity for this request; try again after the Retry-After "
+         "header's seconds (kind busy).",
 }
 
 # What every route that needs a login can answer: no or a bad login, or (without a login)
@@ -71,7 +73,8 @@ def _first_problem(errors_: list[Any], skip: tuple[str, ...] = ()) -> tuple[str,
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LimenError)
     async def limen_error(_request: Request, exc: LimenError) -> JSONResponse:
-        return JSONResponse(exc.to_json(), status_code=exc.http_status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return JSONResponse(exc.to_json(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

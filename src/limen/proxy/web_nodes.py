@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from limen.auth.join import JoinRequest
 from limen.durations import parse_duration
 from limen.errors import AccessDenied, BadParameter
+from limen.proxy.join_gate import JoinGate
 from limen.proxy.web_errors import ANONYMOUS, SIGNED_IN, errors
 from limen.resources import Node, NodePresence, Session, validate_name
 from limen.tunnel.registry import TunnelDirectory, TunnelStatus
@@ -192,7 +193,10 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]],
 def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type aliases
                tunnels: Callable[[], TunnelDirectory | None] = lambda: None,
                proxies_of: Callable[[str], list[str]] = lambda _node_id: [],
-               cluster_proxies: Callable[[], dict[str, Any]] = dict) -> None:
+               cluster_proxies: Callable[[], dict[str, Any]] = dict,
+               join_gate: JoinGate | None = None) -> None:
+    gate = join_gate or JoinGate()
+
     def tunnel_of(node: Node) -> TunnelStatus | None:
         directory = tunnels()
         return directory.status(node.name) if directory is not None else None
@@ -220,11 +224,14 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
     async def delete_token(token: str, api: Caller) -> dict[str, Any]:
         return {"deleted": await api.delete_join_token(token)}
 
-    @app.post("/v1/join", responses=errors(*ANONYMOUS))
+    @app.post("/v1/join", responses=errors(*ANONYMOUS, 503))
     async def join(body: JoinBody, api: Anonymous) -> dict[str, Any]:
+        """A node joins with a token; while the proxy works on as many joins as it takes
+        at once, others are answered 503 with Retry-After (limen.proxy.join_gate)."""
         req = JoinRequest(name=body.name, public_key=body.public_key, addr=body.addr,
                           labels=body.labels, proof=body.proof)
-        return (await api.join(body.token, req)).__dict__
+        async with gate.turn():
+            return (await api.join(body.token, req)).__dict__
 
     @app.post("/v1/nodes/heartbeat", responses=errors(400, 404, *SIGNED_IN))
     async def heartbeat(body: Heartbeat, api: Caller) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -24,6 +25,7 @@ from limen.auth.node_credentials import sign_join, token_id
 from limen.client import trust
 from limen.client.api import fetch_ca
 from limen.client.profile import write_private
+from limen.clock import Clock
 from limen.config import split_host_port
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, from_json
 from limen.netpolicy import first_address
@@ -104,6 +106,12 @@ def advertise_address(listen_host: str, port: int, explicit: str | None = None) 
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# How long a joining node keeps coming back while the proxy says it is busy admitting
+# others (503 with Retry-After, limen.proxy.join_gate): a fleet coming up at once is
+# admitted in turn rather than failing.
+JOIN_PATIENCE = 600.0
+
+
 async def join_remote(
     data_dir: Path,
     proxy: str,
@@ -113,7 +121,8 @@ async def join_remote(
     addr: str,
     ca_pin: str | None,
     insecure: bool,
-    now: datetime,
+    clock: Clock,
+    patience: float = JOIN_PATIENCE,
 ) -> NodeIdentity:
     """First start of a remote node: verify the cluster, present the token, keep the result."""
     ca_pem = (await asyncio.to_thread(fetch_ca, proxy))["tls_ca"]
@@ -126,15 +135,22 @@ async def join_remote(
         )
     key = host_key_for(data_dir)
     body = {"token": token, "name": name, "labels": labels, "addr": addr,
-            "public_key": key.export_public_key("openssh").decode(),
-            "proof": sign_join(key, name, token, now)}
+            "public_key": key.export_public_key("openssh").decode()}
+    deadline = asyncio.get_running_loop().time() + patience
     async with httpx.AsyncClient(base_url=f"https://{proxy}",
                                  verify=trust.verifying_context(ca_pem), timeout=15) as http:
-        try:
-            response = await http.post("/v1/join", json=body)
-        except httpx.HTTPError as exc:
-            raise ConnectionProblem(f"cannot reach the proxy at {proxy}: "
-                                    f"{str(exc) or type(exc).__name__}") from None
+        while True:
+            body["proof"] = sign_join(key, name, token, clock.now())  # fresh each try
+            try:
+                response = await http.post("/v1/join", json=body)
+            except httpx.HTTPError as exc:
+                raise ConnectionProblem(f"cannot reach the proxy at {proxy}: "
+                                        f"{str(exc) or type(exc).__name__}") from None
+            wait = _busy_for(response)
+            if wait is None or asyncio.get_running_loop().time() + wait > deadline:
+                break
+            log.warning("the proxy is admitting other nodes; joining again in %.0f s", wait)
+            await asyncio.sleep(wait)
     if not response.is_success:
         raise from_json(response.json() if response.content else None, "joining failed")
     result = response.json()
@@ -147,6 +163,18 @@ async def join_remote(
     )
     save_identity(data_dir, identity)
     return identity
+
+
+def _busy_for(response: httpx.Response) -> float | None:
+    """Seconds to wait when the proxy answered busy (503 + Retry-After), with jitter so
+    that nodes told the same number do not all come back in the same instant."""
+    if response.status_code != 503:
+        return None
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return min(max(seconds, 1.0), 60.0) * random.uniform(1.0, 1.5)
 
 
 class Renewal(Protocol):

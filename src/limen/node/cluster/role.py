@@ -184,7 +184,7 @@ class NodeRole:
             addr,
             self.config.ca_pin,
             self.join.insecure,
-            self.clock.now(),
+            self.clock,
         )
 
     def _joins_again(self, existing: NodeIdentity) -> bool:
