@@ -157,6 +157,9 @@ def main() -> None:
 
         proxy_before = rss_kb(cluster.proxy.pid)
         agents, joined = start_agents(cluster, args.nodes, PREFIX, args.timeout, args.rate)
+        log = agents.log.read_text()
+        turned_away = log.count("admitting other nodes")  # 503 + Retry-After, then back
+        failed = log.count("start failed")  # a join or the tunnel failed (a timeout)
         time.sleep(5)  # let the joins' garbage go and the feeds settle
         proxy_kb = (rss_kb(cluster.proxy.pid) - proxy_before) / args.nodes
         node_kb = rss_kb(agents.pid) / args.nodes
@@ -170,6 +173,8 @@ def main() -> None:
         after_ms = sessions(nodes, args.sessions, env) if len(back) == args.nodes else None
         report(args, joined, proxy_kb, node_kb, idle_share, alone_ms, busy_ms, after_ms, back,
                answered)
+        print(f"while joining:            {turned_away} joins told to come back later (503, "
+              f"Retry-After); {failed} node starts failed and were tried again")
     finally:
         cluster.stop()
 
