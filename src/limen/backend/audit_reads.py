@@ -6,10 +6,9 @@ search's time:
 
 - SQLite: through the aiosqlite adapter a search cost several trips to aiosqlite's
   thread (connect, cursor, execute, fetch, close): a 50-event search took about 1 ms, ten
-  times SQLite's own work, with a long tail when the machine was busy. Here a worker
-  thread runs it on a connection of its own (0.25 ms). Connections are per thread (the
-  sqlite3 module's objects belong to the thread that made them) and query only; in WAL
-  mode a reader never blocks the writer.
+  times SQLite's own work, with a long tail when the machine was busy. A worker thread
+  runs it on a connection of its own (0.25 ms): limen.backend.sqlite_reads, which the
+  cluster backend's reads use too.
 - PostgreSQL: each checkout pinged the server, and each query ran inside a BEGIN and
   a ROLLBACK: four round trips. Here a small asyncpg pool of its own runs the prepared
   statement alone (one round trip), and a connection that broke (the server restarted)
@@ -19,8 +18,6 @@ search's time:
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
 from typing import Any
 
 import asyncpg
@@ -31,50 +28,6 @@ from limen.errors import ConnectionProblem
 # What a connection lost under a query raises: the query is worth one more try.
 _BROKEN = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
            asyncpg.InternalClientError, OSError)
-
-
-class SQLiteReader:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self.closed = False
-
-    async def rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        if self.closed:
-            raise ConnectionProblem("the audit store is closed")
-        try:
-            return await asyncio.to_thread(self._run, sql, params)
-        except sqlite3.Error as exc:
-            raise ConnectionProblem(f"The audit store ({self.path}) cannot be read: {exc}") \
-                from exc
-
-    def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return self._connection().execute(sql, params).fetchall()
-
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            # check_same_thread off only so that close() may close it from the loop's
-            # thread; it is used by the thread that made it.
-            conn = sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA query_only = ON")
-            with self._lock:
-                if self.closed:
-                    conn.close()
-                    raise sqlite3.OperationalError("closed")
-                self._opened.append(conn)
-            self._local.conn = conn
-        return conn
-
-    async def close(self) -> None:
-        with self._lock:
-            self.closed = True
-            opened, self._opened = self._opened, []
-        for conn in opened:
-            conn.close()
 
 
 class PostgresReader:

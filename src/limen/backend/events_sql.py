@@ -10,9 +10,10 @@ from sqlalchemy import and_, bindparam, delete, func, select, tuple_
 
 from limen.audit.store import EventPage, EventQuery, RegisteredKey, StoredEvent
 from limen.backend.audit_db import Database
-from limen.backend.audit_reads import PostgresReader, SQLiteReader
+from limen.backend.audit_reads import PostgresReader
 from limen.backend.audit_tables import events, logs, vouchers
 from limen.backend.sql_dialects import PostgresDialect, SQLiteDialect
+from limen.backend.sqlite_reads import SQLiteReader, compile_once
 
 _COLUMNS = (
     events.c.log_id, events.c.seq, events.c.uid, events.c.time_ns, events.c.event,
@@ -180,9 +181,7 @@ class SQLEventStore:
         does not give (SQLite's LIMIT comes with an OFFSET of 0)."""
         found = self._searches.get(shape)
         if found is None:
-            compiled = stmt.compile(dialect=self.db.engine.dialect)
-            order = [(name, compiled.params.get(name)) for name in compiled.positiontup or ()]
-            found = self._searches[shape] = (str(compiled), order)
+            found = self._searches[shape] = compile_once(stmt, self.db.engine.dialect)
         return found
 
     async def chain(self, log_id: str, after_seq: int, limit: int) -> list[StoredEvent]:

@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import bindparam, delete, func, or_, select
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -50,6 +50,7 @@ from limen.backend.base import (
     check_prefix,
     from_micros,
     is_expired,
+    prefix_end,
     sweep_forever,
     to_micros,
 )
@@ -57,6 +58,7 @@ from limen.backend.sql_dialects import (
     SINGLE_READ_OPTION,
     WRITE_OPTION,
     Dialect,
+    SQLiteDialect,
     connection_problem,
     open_engine,
 )
@@ -66,10 +68,10 @@ from limen.backend.sql_tables import (
     changes,
     items,
     metadata,
-    prefix_clauses,
     row_item,
     wall_micros,
 )
+from limen.backend.sqlite_reads import SQLiteReader, compile_once
 from limen.backend.watch import DEFAULT_WATCH_CAPACITY, Watcher
 from limen.clock import Clock, RealClock
 from limen.errors import (
@@ -87,6 +89,28 @@ DEFAULT_POLL_INTERVAL = 0.1
 DEFAULT_CHANGE_RETENTION = 300.0
 _PRUNE_EVERY = 30.0  # seconds between prunes of kv_changes
 _POLL_BATCH = 500  # change rows read per query
+
+# The reads every request makes, as statements with named parameters (compiled once).
+_GET = select(*ITEM_COLUMNS).where(items.c.key == bindparam("key"))
+_POLL = (
+    select(changes.c.id, changes.c.op, changes.c.key, changes.c.value, changes.c.expires,
+           changes.c.revision)
+    .where(changes.c.id > bindparam("cursor"))
+    .order_by(changes.c.id)
+    .limit(_POLL_BATCH)
+)
+
+
+def _range_select(start: bool, end: bool, limit: bool) -> Any:
+    """Live items in ``start <= key < end`` (an index range scan, unlike LIKE)."""
+    stmt = select(*ITEM_COLUMNS)
+    if start:
+        stmt = stmt.where(items.c.key >= bindparam("start"))
+    if end:
+        stmt = stmt.where(items.c.key < bindparam("end"))
+    stmt = stmt.where(or_(items.c.expires.is_(None), items.c.expires > bindparam("now")))
+    stmt = stmt.order_by(items.c.key)
+    return stmt.limit(bindparam("limit")) if limit else stmt
 
 
 class SQLBackend:
@@ -109,6 +133,11 @@ class SQLBackend:
         self._engine = engine
         # The same pool; its connections run one SELECT each (see SINGLE_READ_OPTION).
         self._reader = engine.execution_options(**{SINGLE_READ_OPTION: True})
+        # On SQLite the frequent reads (get, range, the change poll) skip the pool: one
+        # trip to a reader thread each (limen.backend.sqlite_reads), SQL compiled once.
+        self._direct = (SQLiteReader(dialect.path, "the storage backend")
+                        if isinstance(dialect, SQLiteDialect) else None)
+        self._compiled: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
         self._poll_interval = poll_interval
         #: Seconds a change row is kept for watchers that are behind (wall clock).
         self.change_retention = change_retention
@@ -167,12 +196,23 @@ class SQLBackend:
 
     # -- Backend ------------------------------------------------------------------------
 
+    async def _select(self, stmt: Any, values: dict[str, Any],
+                      shape: tuple[Any, ...]) -> list[Any]:
+        """The rows of one SELECT whose SQL depends on ``shape`` alone."""
+        if self._direct is None:
+            async with self._read() as conn:
+                return list((await conn.execute(stmt, values)).all())
+        self._check_open()
+        found = self._compiled.get(shape)
+        if found is None:
+            found = self._compiled[shape] = compile_once(stmt, self._engine.dialect)
+        sql, order = found
+        return await self._direct.rows(sql, tuple(values.get(n, d) for n, d in order))
+
     async def get(self, key: str) -> Item:
         key = check_key(key)
-        async with self._read() as conn:
-            stmt = select(*ITEM_COLUMNS).where(items.c.key == key)
-            row = (await conn.execute(stmt)).first()
-        item = None if row is None else row_item(row)
+        rows = await self._select(_GET, {"key": key}, ("get",))
+        item = row_item(rows[0]) if rows else None
         if item is None or is_expired(item.expires, self.clock.now()):
             raise NotFound(f"Key {key!r} is not found.")
         return item
@@ -215,17 +255,10 @@ class SQLBackend:
 
     async def range(self, prefix: str, limit: int | None = None) -> list[Item]:
         prefix, limit = check_prefix(prefix), check_limit(limit)
-        now = to_micros(self.clock.now())
-        stmt = (
-            select(*ITEM_COLUMNS)
-            .where(*prefix_clauses(prefix))
-            .where(or_(items.c.expires.is_(None), items.c.expires > now))
-            .order_by(items.c.key)
-        )
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        async with self._read() as conn:
-            rows = (await conn.execute(stmt)).all()
+        values: dict[str, Any] = {"now": to_micros(self.clock.now()), "start": prefix,
+                                  "end": prefix_end(prefix), "limit": limit}
+        shape = ("range", bool(prefix), values["end"] is not None, limit is not None)
+        rows = await self._select(_range_select(*shape[1:]), values, shape)
         return [item for item in map(row_item, rows) if item.key.startswith(prefix)]
 
     async def delete_range(self, prefix: str) -> int:
@@ -282,6 +315,8 @@ class SQLBackend:
         # Wait for writes in flight, then release every pooled connection.
         async with self._write_lock:
             await self._engine.dispose()
+        if self._direct is not None:
+            await self._direct.close()
 
     # -- watching -----------------------------------------------------------------------
 
@@ -349,21 +384,7 @@ class SQLBackend:
         async with self._poll_lock:
             if not self._watchers:
                 return False
-            stmt = (
-                select(
-                    changes.c.id,
-                    changes.c.op,
-                    changes.c.key,
-                    changes.c.value,
-                    changes.c.expires,
-                    changes.c.revision,
-                )
-                .where(changes.c.id > self._cursor)
-                .order_by(changes.c.id)
-                .limit(_POLL_BATCH)
-            )
-            async with self._read() as conn:
-                rows = (await conn.execute(stmt)).all()
+            rows = await self._select(_POLL, {"cursor": self._cursor}, ("poll",))
             for change_id, op, key, value, expires, revision in rows:
                 item = Item(key, bytes(value), from_micros(expires), revision)
                 event = Event(OpType(op), item)
