@@ -186,6 +186,23 @@ async def test_range_respects_prefix_boundaries(backend: Backend) -> None:
     assert [(i.key, i.value) for i in items] == [("/b", b"/b"), ("/b/1", b"/b/1")]
 
 
+async def test_keys_with_quotes_and_sql_are_values_not_sql(backend: Backend) -> None:
+    """Keys reach every engine as bound values: quotes, SQL and LIKE wildcards in them
+    neither break a read nor widen it."""
+    odd = ["/q/it's", '/q/"x"', "/q/a'; DROP TABLE kv_items; --", "/q/%", "/q/_",
+           "/q/\\", "/q/é"]
+    for i, key in enumerate(odd):
+        await backend.put(Item(key, str(i).encode()))
+    for i, key in enumerate(odd):
+        assert (await backend.get(key)).value == str(i).encode()
+    assert sorted(item.key for item in await backend.range("/q/")) == sorted(odd)
+    assert [item.key for item in await backend.range("/q/%")] == ["/q/%"]
+    assert [item.key for item in await backend.range("/q/_")] == ["/q/_"]
+    with pytest.raises(NotFound):
+        await backend.get("/q/' OR '1'='1")
+    assert len(await backend.range("/q/", limit=2)) == 2
+
+
 async def test_delete_range_respects_prefix_boundaries(backend: Backend) -> None:
     for key in KEYS:
         await backend.put(Item(key, b"x"))
