@@ -46,6 +46,9 @@ def looks_like_id(value: str) -> bool:
     return len(parts) == 5 and all(p and all(c in "0123456789abcdef" for c in p) for p in parts)
 
 
+_HAS_UID = select(events.c.id).where(events.c.uid == bindparam("uid")).limit(1)
+
+
 def _search(query: EventQuery) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
     """A search's statement, its values bound by name, and its shape: the names bound
     (which filters, how many types) and the node's column. The statement depends on
@@ -162,9 +165,10 @@ class SQLEventStore:
         return None if row is None else _row(row)
 
     async def has_uid(self, uid: str) -> bool:
-        async with self.db.read() as conn:
-            row = (await conn.execute(select(events.c.id).where(events.c.uid == uid))).first()
-        return row is not None
+        """Asked for every event a node reports (its replay check): one trip, as a search."""
+        sql, order = self._compiled(_HAS_UID, ("has_uid",))
+        rows = await self._reader.rows(sql, tuple({"uid": uid}.get(n, d) for n, d in order))
+        return bool(rows)
 
     async def search(self, query: EventQuery) -> EventPage:
         stmt, values, shape = _search(query)
@@ -176,9 +180,9 @@ class SQLEventStore:
         return EventPage([_row(r) for r in rows], cursor)
 
     def _compiled(self, stmt: Any, shape: tuple[str, ...]) -> tuple[str, list[tuple[str, Any]]]:
-        """The SQL of a shape of search, compiled once, with its parameters' names in
-        the order the driver takes them, and the values compiled in for those the query
-        does not give (SQLite's LIMIT comes with an OFFSET of 0)."""
+        """The SQL of a shape of search (or of the uid check), compiled once, with its
+        parameters' names in the order the driver takes them, and the values compiled in
+        for those the query does not give (SQLite's LIMIT comes with an OFFSET of 0)."""
         found = self._searches.get(shape)
         if found is None:
             found = self._searches[shape] = compile_once(stmt, self.db.engine.dialect)
