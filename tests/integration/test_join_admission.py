@@ -17,6 +17,8 @@ from tests.support.node_api import HandNode, new_token
 from tests.support.ssh_access import unique, wait_until
 from tests.support.tunnel import DIRECT, NodeProcess
 
+_holding: set[asyncio.Task[None]] = set()  # the holders, kept until they end
+
 
 async def _hold_every_slot(gate: JoinGate) -> asyncio.Event:
     """Take every join slot, as that many joins in progress would; set the returned
@@ -30,12 +32,11 @@ async def _hold_every_slot(gate: JoinGate) -> asyncio.Event:
             held.set()
             await release.wait()
 
-    _holding.add(asyncio.get_running_loop().create_task(hold()))
+    task = asyncio.get_running_loop().create_task(hold())
+    _holding.add(task)
+    task.add_done_callback(_holding.discard)
     await held.wait()
     return release
-
-
-_holding: set[asyncio.Task[None]] = set()
 
 
 async def _set(event: asyncio.Event) -> None:

@@ -13,7 +13,7 @@ from limen.backend.audit_db import Database
 from limen.backend.audit_reads import PostgresReader
 from limen.backend.audit_tables import events, logs, vouchers
 from limen.backend.sql_dialects import PostgresDialect, SQLiteDialect
-from limen.backend.sqlite_reads import SQLiteReader, compile_once
+from limen.backend.sqlite_reads import CompiledSQL, SQLiteReader, compile_once
 
 _COLUMNS = (
     events.c.log_id, events.c.seq, events.c.uid, events.c.time_ns, events.c.event,
@@ -98,7 +98,7 @@ class SQLEventStore:
         self._insert: str | None = None
         # Searches go straight through the driver (limen.backend.audit_reads).
         self._reader = _reader_for(db.dialect)
-        self._searches: dict[tuple[str, ...], tuple[str, list[tuple[str, Any]]]] = {}
+        self._searches: dict[tuple[str, ...], CompiledSQL] = {}
 
     async def close(self) -> None:
         await self._reader.close()
@@ -166,23 +166,20 @@ class SQLEventStore:
 
     async def has_uid(self, uid: str) -> bool:
         """Asked for every event a node reports (its replay check): one trip, as a search."""
-        sql, order = self._compiled(_HAS_UID, ("has_uid",))
-        rows = await self._reader.rows(sql, tuple({"uid": uid}.get(n, d) for n, d in order))
-        return bool(rows)
+        found = self._compiled(_HAS_UID, ("has_uid",))
+        return bool(await self._reader.rows(found.sql, found.params({"uid": uid})))
 
     async def search(self, query: EventQuery) -> EventPage:
         stmt, values, shape = _search(query)
-        sql, order = self._compiled(stmt, shape)
-        rows = await self._reader.rows(sql, tuple(values.get(n, d) for n, d in order))
+        found = self._compiled(stmt, shape)
+        rows = await self._reader.rows(found.sql, found.params(values))
         more = len(rows) > query.limit
         rows = rows[:query.limit]
         cursor = (rows[-1][3], rows[-1][12]) if more and rows else None  # time_ns, id
         return EventPage([_row(r) for r in rows], cursor)
 
-    def _compiled(self, stmt: Any, shape: tuple[str, ...]) -> tuple[str, list[tuple[str, Any]]]:
-        """The SQL of a shape of search (or of the uid check), compiled once, with its
-        parameters' names in the order the driver takes them, and the values compiled in
-        for those the query does not give (SQLite's LIMIT comes with an OFFSET of 0)."""
+    def _compiled(self, stmt: Any, shape: tuple[str, ...]) -> CompiledSQL:
+        """The SQL of a shape of search (or of the uid check), compiled once."""
         found = self._searches.get(shape)
         if found is None:
             found = self._searches[shape] = compile_once(stmt, self.db.engine.dialect)

@@ -71,7 +71,7 @@ from limen.backend.sql_tables import (
     row_item,
     wall_micros,
 )
-from limen.backend.sqlite_reads import SQLiteReader, compile_once
+from limen.backend.sqlite_reads import CompiledSQL, SQLiteReader, compile_once
 from limen.backend.watch import DEFAULT_WATCH_CAPACITY, Watcher
 from limen.clock import Clock, RealClock
 from limen.errors import (
@@ -137,7 +137,7 @@ class SQLBackend:
         # trip to a reader thread each (limen.backend.sqlite_reads), SQL compiled once.
         self._direct = (SQLiteReader(dialect.path, "the storage backend")
                         if isinstance(dialect, SQLiteDialect) else None)
-        self._compiled: dict[tuple[Any, ...], tuple[str, list[tuple[str, Any]]]] = {}
+        self._compiled: dict[tuple[Any, ...], CompiledSQL] = {}
         self._poll_interval = poll_interval
         #: Seconds a change row is kept for watchers that are behind (wall clock).
         self.change_retention = change_retention
@@ -206,8 +206,7 @@ class SQLBackend:
         found = self._compiled.get(shape)
         if found is None:
             found = self._compiled[shape] = compile_once(stmt, self._engine.dialect)
-        sql, order = found
-        return await self._direct.rows(sql, tuple(values.get(n, d) for n, d in order))
+        return await self._direct.rows(found.sql, found.params(values))
 
     async def get(self, key: str) -> Item:
         key = check_key(key)

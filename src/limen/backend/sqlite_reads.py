@@ -19,7 +19,7 @@ import asyncio
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from limen.backend.sql_dialects import CONNECT_TIMEOUT
 from limen.errors import ConnectionProblem
@@ -27,19 +27,29 @@ from limen.errors import ConnectionProblem
 THREADS = 4
 
 
-def compile_once(stmt: Any, dialect: Any) -> tuple[str, list[tuple[str, Any]]]:
-    """A statement's SQL for ``dialect``, with its parameters' names in the order the
+class CompiledSQL(NamedTuple):
+    """A statement's SQL for one dialect, with its parameters' names in the order the
     driver takes them and the values compiled in for those a caller does not give
     (SQLite's LIMIT comes with an OFFSET of 0)."""
+
+    sql: str
+    order: list[tuple[str, Any]]
+
+    def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(values.get(name, default) for name, default in self.order)
+
+
+def compile_once(stmt: Any, dialect: Any) -> CompiledSQL:
     compiled = stmt.compile(dialect=dialect)
-    return str(compiled), [(name, compiled.params.get(name))
-                           for name in compiled.positiontup or ()]
+    return CompiledSQL(str(compiled), [(name, compiled.params.get(name))
+                                       for name in compiled.positiontup or ()])
 
 
 class SQLiteReader:
     def __init__(self, path: str, name: str = "the audit store") -> None:
         self.path = path
-        self.name = name  # what errors call it: "the audit store", "the storage backend"
+        # What errors call it, as a sentence starts: "The audit store", "The storage backend".
+        self.name = name[:1].upper() + name[1:]
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -48,16 +58,15 @@ class SQLiteReader:
 
     async def rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         if self.closed:
-            raise ConnectionProblem(f"{self.name[:1].upper()}{self.name[1:]} is closed.")
+            raise ConnectionProblem(f"{self.name} is closed.")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._threads, self._run, sql, params)
         except sqlite3.Error as exc:
-            raise ConnectionProblem(f"{self.name[:1].upper()}{self.name[1:]} ({self.path}) "
-                                    f"cannot be read: {exc}") from exc
-        except RuntimeError as exc:  # the executor was shut down under the query
-            raise ConnectionProblem(f"{self.name[:1].upper()}{self.name[1:]} is closed.") \
+            raise ConnectionProblem(f"{self.name} ({self.path}) cannot be read: {exc}") \
                 from exc
+        except RuntimeError as exc:  # the executor was shut down under the query
+            raise ConnectionProblem(f"{self.name} is closed.") from exc
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return self._connection().execute(sql, params).fetchall()
