@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -172,8 +173,11 @@ def _busy_for(response: httpx.Response) -> float | None:
         return None
     try:
         seconds = float(response.headers.get("retry-after", ""))
-    except ValueError:
+    except ValueError:  # absent, or an HTTP date: the proxy's error is shown instead
         return None
+    if not math.isfinite(seconds):
+        return None
+    # Bounded here too: whatever a proxy says, a node neither spins nor waits for hours.
     return min(max(seconds, 1.0), 60.0) * random.uniform(1.0, 1.5)
 
 
