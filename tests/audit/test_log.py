@@ -18,7 +18,7 @@ from limen.audit.chain import GENESIS, AuditKey, checkpoint_message, event_hash,
 from limen.audit.log import AuditLog
 from limen.audit.verify import verify_files
 from limen.backend.audit_memory import MemoryEventStore
-from limen.errors import ConnectionProblem
+from limen.errors import BadParameter, ConnectionProblem
 
 SID = "0b6c1f3e-5d2a-4e8b-9c7d-1a2b3c4d5e6f"
 
@@ -222,3 +222,23 @@ def test_the_audit_key_persists_and_names_the_chain(tmp_path: Path) -> None:
     assert first.log_id == second.log_id and len(first.log_id) == 16
     assert (tmp_path / "audit_key.pub").read_text().strip() == first.public_b64
 
+
+
+async def test_an_event_that_cannot_be_written_as_utf8_fails_alone(tmp_path: Path) -> None:
+    """A lone surrogate (JSON's \\ud800 escape makes one) used to stop the writer for
+    good: every later emit waited for ever."""
+    log = _log(tmp_path)
+    before = await log.emit(_exec("alice", "ls"))
+    bad = asyncio.ensure_future(log.emit(_exec("mallory", "cat \ud800")))
+    after = asyncio.ensure_future(log.emit(_exec("bob", "id")))  # in the same batch
+    async with asyncio.timeout(5):
+        with pytest.raises(BadParameter, match="cannot be written as UTF-8"):
+            await bad
+        written = await after
+    assert written["seq"] == before["seq"] + 1  # no gap where the refused one was
+    assert (await log.emit(_exec("carol", "pwd")))["seq"] == written["seq"] + 1
+    await log.close()
+    report, _ = verify_files(log.directory, _keys(log))
+    assert report.ok
+    assert [line.get("user") for line in _lines(log) if line["event"] == "exec"] == [
+        "alice", "bob", "carol"]

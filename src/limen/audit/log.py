@@ -51,7 +51,7 @@ from limen.audit.metadata import AuditEvent
 from limen.audit.store import EventStore, StoredEvent
 from limen.clock import Clock, RealClock
 from limen.diag import metrics
-from limen.errors import ConnectionProblem, LimenError
+from limen.errors import BadParameter, ConnectionProblem, LimenError
 from limen.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -273,13 +273,16 @@ class AuditLog:
         self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]]
     ) -> None:
         try:
-            written = await asyncio.to_thread(self._write, [record for record, _ in batch])
+            written, refused = await asyncio.to_thread(
+                self._write, [record for record, _ in batch])
         except OSError as exc:
             log.error("cannot write the audit log in %s: %s", self.directory, exc)
-            failure = ConnectionProblem(f"the audit log could not be written: {exc.strerror}")
-            for _, future in batch:
-                if future is not None and not future.done():
-                    future.set_exception(failure)
+            self._fail(batch, f"the audit log could not be written: {exc.strerror}")
+            return
+        except Exception as exc:  # the writer outlives a batch it could not write
+            log.error("the audit log could not write a batch of %d events (%s)",
+                      len(batch), type(exc).__name__)
+            self._fail(batch, "the audit log could not write this event")
             return
         for record, _ in written:
             if record["event"] == types.AUDIT_CHECKPOINT.name:
@@ -291,6 +294,8 @@ class AuditLog:
         metrics.audit_written(len(written), queued=len(self._queue))
         # Durable now: acknowledge, then index (the store catches up from the files if
         # the copy fails, so callers need not wait for it).
+        if refused:
+            batch = self._answer_refused(batch, refused)
         for (_, future), (record, _) in zip(batch, written, strict=True):
             if future is not None and not future.done():
                 future.set_result(record)
@@ -299,18 +304,53 @@ class AuditLog:
             self._store_idle.clear()
             self._store_wake.set()
 
-    def _write(self, records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
-        """Chain, serialise, append and fsync (in a thread). State moves only on success."""
+    @staticmethod
+    def _fail(batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]],
+              message: str) -> None:
+        failure = ConnectionProblem(message)
+        for _, future in batch:
+            if future is not None and not future.done():
+                future.set_exception(failure)
+
+    @staticmethod
+    def _answer_refused(
+        batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]],
+        refused: set[int],
+    ) -> list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]]:
+        """Fail the callers of the records that could not be written; the rest of the
+        batch, in order."""
+        for at in refused:
+            future = batch[at][1]
+            if future is not None and not future.done():
+                future.set_exception(BadParameter(
+                    "the audit event holds text that cannot be written as UTF-8"))
+        return [entry for at, entry in enumerate(batch) if at not in refused]
+
+    def _write(
+        self, records: list[dict[str, Any]]
+    ) -> tuple[list[tuple[dict[str, Any], str]], set[int]]:
+        """Chain, serialise, append and fsync (in a thread). State moves only on success.
+        Returns the written records and lines, and the places in ``records`` of those
+        refused: a record that cannot be serialised (a lone surrogate, which JSON's
+        \\uD800 escape can make) fails alone instead of stopping the writer."""
         seq, prev = self._seq, self._last_hash
         day = max(self._day, self._today())
         out: list[tuple[dict[str, Any], str]] = []
-        for base in records:
+        refused: set[int] = set()
+        for at, base in enumerate(records):
             if base is _CHECKPOINT:  # signs the chain as it stands just before it
                 base = self.build(self._checkpoint_event(seq, prev))
+            record = normalize({**base, "log_id": self.log_id, "seq": seq + 1,
+                                "prev_hash": prev})
+            try:
+                record["hash"] = event_hash(record)
+                line = _dumps(record)  # encodes when the canonical form did
+            except (UnicodeError, ValueError, TypeError):
+                refused.add(at)
+                continue
             seq += 1
-            record = normalize({**base, "log_id": self.log_id, "seq": seq, "prev_hash": prev})
-            record["hash"] = prev = event_hash(record)
-            out.append((record, _dumps(record)))
+            prev = record["hash"]
+            out.append((record, line))
         data = "".join(line + "\n" for _, line in out).encode()
         fd = self._file(day)
         size = os.fstat(fd).st_size
@@ -323,7 +363,7 @@ class AuditLog:
                 os.ftruncate(fd, size)
             raise
         self._seq, self._last_hash, self._day = seq, prev, day
-        return out
+        return out, refused
 
     def _today(self) -> str:
         return format_time(now_ns(self.clock))[:10]
