@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from limen.audit.chain import format_time
 from limen.audit.store import (
     AuditStore,
     EventQuery,
@@ -18,6 +19,7 @@ from limen.audit.store import (
     RegisteredKey,
     StoredEvent,
     open_audit_store,
+    stored_event,
 )
 from limen.errors import ConnectionProblem, NotFound
 from limen.recording.asciicast import printed_text
@@ -88,6 +90,31 @@ async def test_stored_text_and_numbers_come_back_exactly(audit_store: AuditStore
     await audit_store.events.insert(rows)
     back = await audit_store.events.chain("log1", 0, 3000)
     assert back == rows
+
+
+async def test_written_lines_are_stored_as_the_rows_the_records_make(
+    audit_store: AuditStore,
+) -> None:
+    """``insert_written`` (what the log copies after each write) stores what ``insert`` of
+    ``stored_event`` would: SQLite takes the columns and the line from the lines in SQL,
+    so each must come back exactly, the line byte for byte."""
+    odd = 'r\u00e9sum\u00e9 "quoted" back\\slash \\u0041 tab\t \u65e5 \U0001f510 \x7f \u2028 \x01'
+    written = []
+    for seq in range(1, 1203):  # more than one batch of the SQL stores
+        record = {"event": "exec", "code": "T3002I", "uid": f"uid-{seq}",
+                  "time": format_time(1_796_290_200_123_456_789 + seq * 1_000_000_007),
+                  "cluster_name": "test.limen", "user": f"{odd}{seq}" if seq % 3 else "",
+                  "server_hostname": "web1" if seq % 2 else None, "server_id": NODE_ID,
+                  "sid": f"s{seq}", "command": odd, "exit_code": -seq, "big": 2**62 + seq,
+                  "log_id": "log1", "seq": seq, "prev_hash": f"{seq - 1:064x}"}
+        record = {k: v for k, v in record.items() if v is not None}
+        record["hash"] = f"{seq:064x}"
+        written.append((record, json.dumps(record, ensure_ascii=False, separators=(",", ":"))))
+    await audit_store.events.insert_written(written)
+    await audit_store.events.insert_written(written[:5])  # a retry adds nothing
+    back = await audit_store.events.chain("log1", 0, 3000)
+    assert back == [stored_event(record, line) for record, line in written]
+    assert back[2].user is None and back[1].node is None  # empty and missing: no value
 
 
 async def test_recordings_append_by_offset_and_search_text(audit_store: AuditStore) -> None:

@@ -44,11 +44,10 @@ from limen.audit.chain import (
     event_hash,
     format_time,
     normalize,
-    parse_time,
 )
 from limen.audit.events import EventType
 from limen.audit.metadata import AuditEvent
-from limen.audit.store import EventStore, StoredEvent
+from limen.audit.store import EventStore, StoredEvent, stored_event
 from limen.clock import Clock, RealClock
 from limen.diag import metrics
 from limen.errors import BadParameter, ConnectionProblem, LimenError
@@ -90,21 +89,6 @@ def now_ns(clock: Clock) -> int:
         return time.time_ns()
     delta = clock.now() - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-
-
-def stored(record: dict[str, Any], line: str) -> StoredEvent:
-    """The store's row for a written record."""
-    return StoredEvent(
-        log_id=record["log_id"], seq=record["seq"], uid=str(record["uid"]),
-        time_ns=parse_time(record["time"]), event=str(record["event"]),
-        code=str(record["code"]), user=_text(record.get("user")),
-        node=_text(record.get("server_hostname")), server_id=_text(record.get("server_id")),
-        sid=_text(record.get("sid")), hash=record["hash"], data=line,
-    )
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
 
 
 class AuditLog:
@@ -446,7 +430,7 @@ class AuditLog:
             await self._sync_store()
             return  # the catch-up read these lines from the files
         try:
-            await self.store.insert([stored(record, line) for record, line in written])
+            await self.store.insert_written(written)
         except LimenError as exc:
             log.warning("audit store unavailable, events stay in the files for now: %s", exc)
             self._store_behind = True
@@ -484,7 +468,7 @@ class AuditLog:
             mine = [line for line in files.read_lines(path)
                     if line.record is not None and line.record.get("log_id") == self.log_id
                     and isinstance(line.record.get("seq"), int)]
-            rows[:0] = [stored(ln.record, ln.text) for ln in mine if ln.record["seq"] > seq]
+            rows[:0] = [stored_event(ln.record, ln.text) for ln in mine if ln.record["seq"] > seq]
             if mine and mine[0].record["seq"] <= seq + 1:
                 break
         return rows

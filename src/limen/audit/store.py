@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from limen.audit.chain import parse_time
+
 
 @dataclass(frozen=True)
 class StoredEvent:
@@ -32,6 +34,21 @@ class StoredEvent:
     sid: str | None
     hash: str
     data: str  # the JSON line as written to the file (without the newline)
+
+
+def stored_event(record: dict[str, Any], line: str) -> StoredEvent:
+    """The store's row for a record the log wrote as ``line``."""
+    return StoredEvent(
+        log_id=record["log_id"], seq=record["seq"], uid=str(record["uid"]),
+        time_ns=parse_time(record["time"]), event=str(record["event"]),
+        code=str(record["code"]), user=_text(record.get("user")),
+        node=_text(record.get("server_hostname")), server_id=_text(record.get("server_id")),
+        sid=_text(record.get("sid")), hash=record["hash"], data=line,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,11 @@ class EventStore(Protocol):
     async def log_keys(self) -> dict[str, RegisteredKey]: ...
     async def insert(self, rows: list[StoredEvent]) -> None:
         """Add rows; rows already there (same log and seq, or same uid) are skipped."""
+        ...
+    async def insert_written(self, written: list[tuple[dict[str, Any], str]]) -> None:
+        """Add what the log has just written: each record with its line, its time as
+        chain.format_time writes it. The same rows as ``insert`` of ``stored_event``
+        of each; a store may take the columns from the lines instead."""
         ...
     async def last(self, log_id: str) -> StoredEvent | None: ...
     async def has_uid(self, uid: str) -> bool: ...

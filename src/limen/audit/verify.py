@@ -35,7 +35,7 @@ from limen.audit.chain import (
     parse_time,
     signature_ok,
 )
-from limen.audit.store import EventStore
+from limen.audit.store import EventStore, stored_event
 
 _CHAIN_FIELDS = ("log_id", "seq", "prev_hash", "hash")
 _PAGE = 5000
@@ -372,10 +372,9 @@ def _row_columns(row: Any, record: dict[str, Any] | None, where: str,
     """The searched columns must say what the stored line says, and match the files."""
     if record is None:
         return Problem("changed", where, "the stored line is not JSON", row.seq, row.uid)
-    from limen.audit.log import stored
 
     try:
-        expected = stored(record, row.data)
+        expected = stored_event(record, row.data)
     except (KeyError, ValueError, TypeError):
         return Problem("changed", where, "the stored line lacks the chain fields", row.seq,
                        row.uid)

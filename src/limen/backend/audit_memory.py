@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from limen.audit.store import EventPage, EventQuery, RecordingMeta, RegisteredKey, StoredEvent
+from limen.audit.store import (
+    EventPage,
+    EventQuery,
+    RecordingMeta,
+    RegisteredKey,
+    StoredEvent,
+    stored_event,
+)
 from limen.backend.events_sql import looks_like_id
 from limen.backend.recordings_sql import TAIL
 from limen.errors import NotFound
@@ -38,6 +46,9 @@ class MemoryEventStore:
             self._uids.add(row.uid)
             self._rows.append((self._next_id, row))
             self._next_id += 1
+
+    async def insert_written(self, written: list[tuple[dict[str, Any], str]]) -> None:
+        await self.insert([stored_event(record, line) for record, line in written])
 
     async def last(self, log_id: str) -> StoredEvent | None:
         mine = [r for _, r in self._rows if r.log_id == log_id]
