@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from limen.audit.chain import GENESIS, AuditKey, checkpoint_message, event_hash, format_time
-from limen.audit.log import stored
+from limen.audit.store import stored_event
 from limen.audit.vouchers import vouch
 from limen.client.trust import insecure_context
 from tests.support.cluster import ClusterHarness
@@ -388,7 +388,7 @@ def _add_log(cluster: ClusterHarness, key: AuditKey, voucher: str | None) -> Non
 
     async def write() -> None:
         await events.register_log(key.log_id, key.public_b64, voucher)
-        await events.insert([stored(r, json.dumps(r)) for r in records])
+        await events.insert([stored_event(r, json.dumps(r)) for r in records])
 
     cluster.run(write())
 
