@@ -242,3 +242,25 @@ async def test_an_event_that_cannot_be_written_as_utf8_fails_alone(tmp_path: Pat
     assert report.ok
     assert [line.get("user") for line in _lines(log) if line["event"] == "exec"] == [
         "alice", "bob", "carol"]
+
+
+async def test_the_writer_outlives_a_batch_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that is not the disk's (here the checkpoint's signing) fails that batch's
+    callers and nothing after it: before, it ended the writer task."""
+    log = _log(tmp_path)
+    await log.emit(_exec("alice"))
+
+    def broken(key: AuditKey, message: bytes) -> str:
+        raise RuntimeError("signing failed")
+
+    monkeypatch.setattr(AuditKey, "sign", broken)
+    async with asyncio.timeout(5):
+        with pytest.raises(ConnectionProblem, match="could not write"):
+            await log.checkpoint()
+    monkeypatch.undo()
+    async with asyncio.timeout(5):
+        assert (await log.emit(_exec("bob")))["seq"] == 2
+    await log.close()
+    assert [r["user"] for r in _lines(log) if r["event"] == "exec"] == ["alice", "bob"]

@@ -63,6 +63,10 @@ STORE_GATHER = 0.02
 _RECENT_UIDS = 10_000  # uids remembered to drop a node's resent events without a lookup
 
 
+# Records with their callers' futures (None for a checkpoint nobody waits for).
+_Batch = list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]]
+
+
 class _UidSource:
     """Random (version 4) UUIDs, 256 to a read of the OS's random source: one getrandom
     call per uid took a sixth of an event's write on this kind of machine."""
@@ -123,7 +127,7 @@ class AuditLog:
         self._day = ""
         self._fd: int | None = None
         self._fd_day = ""
-        self._queue: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._queue: _Batch = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
@@ -253,9 +257,7 @@ class AuditLog:
             if closing:
                 return
 
-    async def _commit(
-        self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]]
-    ) -> None:
+    async def _commit(self, batch: _Batch) -> None:
         try:
             written, refused = await asyncio.to_thread(
                 self._write, [record for record, _ in batch])
@@ -289,18 +291,14 @@ class AuditLog:
             self._store_wake.set()
 
     @staticmethod
-    def _fail(batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]],
-              message: str) -> None:
+    def _fail(batch: _Batch, message: str) -> None:
         failure = ConnectionProblem(message)
         for _, future in batch:
             if future is not None and not future.done():
                 future.set_exception(failure)
 
     @staticmethod
-    def _answer_refused(
-        batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]],
-        refused: set[int],
-    ) -> list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]] | None]]:
+    def _answer_refused(batch: _Batch, refused: set[int]) -> _Batch:
         """Fail the callers of the records that could not be written; the rest of the
         batch, in order."""
         for at in refused:
