@@ -15,6 +15,7 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from limen import __version__
@@ -64,6 +65,21 @@ class JoinResult:
     labels: dict[str, str] = field(default_factory=dict)  # as registered: the token's win
 
 
+# A heartbeat that changes nothing rewrites the node's presence only once the stored
+# record is this old. Each write is a storage transaction and a watch event on every
+# instance: at one write per heartbeat, that was most of what an idle proxy did for each
+# node. A record lasts node_ttl + PRESENCE_REFRESH from its write, so a node that stops
+# beating drops out of listings node_ttl to node_ttl + PRESENCE_REFRESH after its last
+# heartbeat (10 to 15 minutes by default), and never earlier than node_ttl.
+PRESENCE_REFRESH = timedelta(minutes=5)
+
+
+def _still_fresh(presence: NodePresence, now: datetime) -> bool:
+    written = presence.spec.last_heartbeat
+    return (written is not None and now - written < PRESENCE_REFRESH
+            and presence.spec.version == __version__ and not presence.spec.state)
+
+
 def locks_node(lock: Lock, names: tuple[str, ...]) -> bool:
     """A lock on the node itself (not on a user's access to it)."""
     target = lock.spec.target
@@ -78,6 +94,9 @@ class NodeRegistry:
         #: The watch-fed view of registrations and node locks (limen.auth.node_watch),
         #: set once it has its first snapshot.
         self.view: NodeWatch | None = None
+        # node id -> its last heartbeat here, which the stored presence may trail by up
+        # to PRESENCE_REFRESH (see _touch); listings show the later of the two.
+        self._heard: dict[str, datetime] = {}
 
     # -- reading ------------------------------------------------------------------------
 
@@ -102,15 +121,23 @@ class NodeRegistry:
         """Registered nodes that are heartbeating and not locked (from the watch-fed view
         when there is one)."""
         if self.view is not None:
-            return self.view.present()
+            return [(node, self._as_heard(presence)) for node, presence in self.view.present()]
         presence = {p.name: p for p in await self.ctx.stores.node_presence.list()}
         locks = await self._node_locks()
         return [
-            (node, presence[node.name])
+            (node, self._as_heard(presence[node.name]))
             for node in await self.ctx.stores.nodes.list()
             if node.name in presence and not any(
                 locks_node(lock, (node.name, node.spec.hostname)) for lock in locks)
         ]
+
+    def _as_heard(self, presence: NodePresence) -> NodePresence:
+        heard = self._heard.get(presence.name)
+        stored = presence.spec.last_heartbeat
+        if heard is None or (stored is not None and stored >= heard):
+            return presence
+        spec = presence.spec.model_copy(update={"last_heartbeat": heard})
+        return presence.model_copy(update={"spec": spec})
 
     async def presence_of(self, node_id: str) -> NodePresence | None:
         try:
@@ -226,16 +253,28 @@ class NodeRegistry:
 
     async def _touch(self, node_id: str, addr: str | None, mode: str) -> NodePresence:
         now = self.ctx.clock.now()
-        old = await self.presence_of(node_id)
+        self._heard[node_id] = now
+        old = await self._last_presence(node_id)
         new_addr = addr if addr is not None else (old.spec.addr if old else "")
         moved = old is None or old.spec.addr != new_addr or old.spec.connection != mode
+        if not moved and old is not None and _still_fresh(old, now):
+            return self._as_heard(old)
         presence = NodePresence.model_validate({
-            "metadata": {"name": node_id, "expires": now + self.ctx.settings.node_ttl},
+            "metadata": {"name": node_id,
+                         "expires": now + self.ctx.settings.node_ttl + PRESENCE_REFRESH},
             "spec": {"addr": new_addr, "connection": mode, "version": __version__,
                      "since": now if moved or old.spec.since is None else old.spec.since,
                      "last_heartbeat": now},
         })
         return await self.ctx.stores.node_presence.upsert(presence)
+
+    async def _last_presence(self, node_id: str) -> NodePresence | None:
+        """The node's presence as the watch-fed view has it (no read per heartbeat), or
+        from the storage. The view may trail the storage by its watch's delay: at worst
+        a heartbeat writes a record that was still fresh, or the next one writes it."""
+        if self.view is not None:
+            return self.view.presence_of(node_id)
+        return await self.presence_of(node_id)
 
     # -- who may act as a node ----------------------------------------------------------
 
@@ -299,6 +338,7 @@ class NodeRegistry:
         """`limen rm node/X`: the registration, its presence and its name go at once."""
         node = await self.find(name_or_id)
         await self.ctx.stores.nodes.delete(node.name)
+        self._heard.pop(node.name, None)
         with contextlib.suppress(NotFound):
             await self.ctx.stores.node_presence.delete(node.name)
         await self.names.release(node.spec.hostname, node.name)

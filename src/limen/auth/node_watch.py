@@ -78,6 +78,10 @@ class NodeWatch:
                 found.append((node, presence))
         return found
 
+    def presence_of(self, node_id: str) -> NodePresence | None:
+        """The node's presence record as last written, expired or not."""
+        return self._presence.get(node_id)
+
     def subscribe(self, callback: OnRevoked) -> None:
         self._subscribers.append(callback)
 
