@@ -13,7 +13,7 @@ import pytest
 
 from limen.auth.identity import Identity
 from limen.auth.node_registry import PRESENCE_REFRESH, NodeRegistry
-from limen.errors import AccessDenied
+from limen.errors import AccessDenied, ConnectionProblem
 from limen.resources import Lock, NodePresence
 
 NODE = Identity(user="id-1", builtin="node")
@@ -113,3 +113,25 @@ async def test_a_removed_or_locked_node_cannot_keep_its_presence(viewed: NodeReg
     await stores.nodes.delete("id-1")
     with pytest.raises(AccessDenied, match="not registered"):
         await viewed.heartbeat(NODE, None, "tunnel")
+
+
+async def test_a_heartbeat_admitted_with_its_token_reads_nothing_again(
+    viewed: NodeRegistry,
+) -> None:
+    """Through the API, admit() has just checked the node's registration, token and locks
+    for this request; the heartbeat uses that instead of reading them again. Only the
+    registration of the calling node itself stands in: any other is checked afresh."""
+    stores = viewed.ctx.stores
+    node = await stores.nodes.get("id-1")
+    await viewed.heartbeat(NODE, None, "tunnel")
+    await _viewed_revision(viewed, await _revision(viewed))
+    other = Identity(user="id-2", builtin="node", admitted_node=node)
+    with pytest.raises(AccessDenied, match="not registered"):
+        await viewed.heartbeat(other, None, "tunnel")  # id-1's registration is not id-2's
+
+    await stores.backend.close()  # from here on, any storage read or write fails
+    admitted = Identity(user="id-1", builtin="node", admitted_node=node)
+    _, answered = await viewed.heartbeat(admitted, None, "tunnel")
+    assert answered.spec.connection == "tunnel"
+    with pytest.raises(ConnectionProblem):
+        await viewed.heartbeat(NODE, None, "tunnel")  # not admitted: it must read

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from limen.resources import Node
 
 
 @dataclass(frozen=True)
@@ -15,6 +19,10 @@ class Identity:
     builtin: str = ""
     expires: datetime | None = None
     remote_addr: str = ""
+    # A node's API token: its registration as admitted for this request (registered,
+    # this token current, no lock on it), so that the request itself need not read the
+    # registration and the locks again. Made per request; None for everyone else.
+    admitted_node: Node | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_admin(self) -> bool:

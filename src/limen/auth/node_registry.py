@@ -236,8 +236,10 @@ class NodeRegistry:
         """A registered node says it is alive, and where; nothing else can change here."""
         if identity.builtin != "node":
             raise AccessDenied("only a node's own identity may send its heartbeat")
-        node = await self.registered(identity.user)
-        await self.refuse_if_locked(node)
+        node = identity.admitted_node
+        if node is None or node.name != identity.user:  # not through an API token
+            node = await self.registered(identity.user)
+            await self.refuse_if_locked(node)
         if addr and not node.spec.local:
             try:
                 check_advertised(addr, self.ctx.settings.node_networks)
@@ -314,9 +316,9 @@ class NodeRegistry:
             return lambda: None
         return self.view.on_revoked(node_id, end)
 
-    async def admit(self, session: APISession, remote_addr: str = "") -> None:
+    async def admit(self, session: APISession, remote_addr: str = "") -> Node:
         """Refuse a node's API token unless it is the current token of a registered,
-        unlocked node; every refusal is an audit event."""
+        unlocked node; every refusal is an audit event. Returns the registration."""
         node_id = session.spec.user
         try:
             node = await self.registered(node_id)
@@ -331,6 +333,7 @@ class NodeRegistry:
                 server_id=node_id, reason=exc.message, addr_remote=remote_addr,
             )
             raise
+        return node
 
     # -- removal ------------------------------------------------------------------------
 

@@ -96,11 +96,13 @@ class AuthServer:
             raise AccessDenied(
                 "your session is not valid or has expired; run limen login again"
             ) from None
+        admitted = None
         if session.spec.builtin == "node":  # only a registered, unlocked node's current token
-            await self.nodes.admit(session, remote_addr)
+            admitted = await self.nodes.admit(session, remote_addr)
         if session.spec.builtin:
             return Identity(
-                user=session.spec.user, builtin=session.spec.builtin, remote_addr=remote_addr
+                user=session.spec.user, builtin=session.spec.builtin, remote_addr=remote_addr,
+                admitted_node=admitted,
             )
         try:
             user = await self.ctx.stores.users.get(session.spec.user)
