@@ -14,6 +14,7 @@ from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenErr
 from limen.node.audit.reporter import NodeAudit
 from limen.recording.asciicast import printed_text
 from limen.recording.cast import LocalRecording
+from limen.recording.upload import WHOLE_MAX
 
 SID = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
@@ -27,6 +28,7 @@ class FakeLink:
         self.recordings: dict[str, bytearray] = {}
         self.metas: dict[str, dict[str, Any]] = {}
         self.calls = 0  # calls that carried events
+        self.recording_calls: list[str] = []  # "update", "whole", "append", in order
         self.before_batches = False  # an auth service without POST /v1/events/batch
 
     def _check(self) -> None:
@@ -61,6 +63,10 @@ class FakeLink:
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         self._check()
         data = self.recordings.setdefault(session_id, bytearray())
+        whole = meta.get("data")
+        self.recording_calls.append("update" if whole is None else "whole")
+        if whole is not None and not data:  # as the auth service: bytes, then the end
+            data += whole.encode()
         final = meta.get("end_ns") is not None and meta.get("size") == len(data)
         if final:
             self.metas[session_id] = meta
@@ -69,6 +75,7 @@ class FakeLink:
 
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
         self._check()
+        self.recording_calls.append("append")
         stored = self.recordings[session_id]
         if offset == len(stored):
             stored += data
@@ -166,6 +173,54 @@ async def test_a_session_is_recorded_and_shipped(tmp_path: Path) -> None:
     assert not cast.exists()  # shipped, confirmed, removed
     end = [f for name, f in link.events if name == "session.end"][0]
     assert end["participants"] == ["alice"]
+    await audit.stop()
+
+
+async def test_a_short_session_ships_in_one_request(tmp_path: Path) -> None:
+    """Ended before the uploader first looked: metadata, bytes and end in one request."""
+    link = FakeLink()
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    await audit.start()
+    await audit.on_event("session.start", _start_fields())
+    await audit.on_output(SID, b"done\r\n", "stdout")
+    await audit.on_event("session.end", {"sid": SID, "user": "alice", "exit_code": 0})
+    cast = tmp_path / "recordings" / f"{SID}.cast"
+    sent = cast.read_bytes()
+    await eventually(lambda: not cast.exists(), "the recording to ship")
+    assert link.recording_calls == ["whole"]
+    assert bytes(link.recordings[SID]) == sent
+    assert link.metas[SID]["size"] == len(sent) and link.metas[SID]["end_ns"]
+    await audit.stop()
+
+
+async def test_a_long_or_torn_recording_ships_the_usual_way(tmp_path: Path) -> None:
+    """Past WHOLE_MAX, or ending in half a line (a crash), a recording goes in whole
+    lines by offset, its end last, as it always did."""
+    link = FakeLink()
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    await audit.start()
+    await audit.uploader.stop()  # this test drives the uploads itself
+    await audit.on_event("session.start", _start_fields())
+    await audit.on_output(SID, b"x" * (WHOLE_MAX + 10) + b"\r\n", "stdout")
+    await audit.on_event("session.end", {"sid": SID, "user": "alice", "exit_code": 0})
+    cast = tmp_path / "recordings" / f"{SID}.cast"
+    sent = cast.read_bytes()
+    assert await audit.uploader.upload(SID)
+    assert link.recording_calls == ["update", "append", "update"]
+    assert bytes(link.recordings[SID]) == sent
+
+    other = "0d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    await audit.on_event("session.start", _start_fields(sid=other))
+    await audit.on_output(other, b"short\r\n", "stdout")
+    await audit.on_event("session.end", {"sid": other, "user": "alice", "exit_code": 0})
+    torn = tmp_path / "recordings" / f"{other}.cast"
+    whole_lines = torn.read_bytes()
+    with torn.open("a") as fh:
+        fh.write('[1.5, "o", "half a li')
+    link.recording_calls.clear()
+    assert await audit.uploader.upload(other)
+    assert link.recording_calls == ["update", "append", "update"]
+    assert bytes(link.recordings[other]) == whole_lines  # the half line is never sent
     await audit.stop()
 
 

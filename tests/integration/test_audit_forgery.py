@@ -339,6 +339,46 @@ def test_a_nodes_time_claim_does_not_move_an_event_out_of_verify_since(
     assert recent.json()["files_checked"] > 0 and recent.json()["store_checked"] > 0
 
 
+def _cast(cluster: ClusterHarness, sid: str) -> bytes:
+    with _as_admin(cluster) as admin:
+        answer = admin.get(f"/v1/recordings/{sid}/cast")
+    assert answer.status_code == 200, answer.text
+    return answer.content
+
+
+def test_a_recording_in_one_request_is_judged_as_its_three_requests_would_be(
+    cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
+) -> None:
+    """A short session's recording may come in one request (metadata, the cast as
+    ``data``, the end). It meets the same checks: only the node's own sessions, at most
+    MAX_APPEND bytes, and a repeat adds nothing."""
+    own = str(uuid.uuid4())
+    text = '{"version": 2, "width": 80, "height": 24}\n[0.1, "o", "mine\\r\\n"]\n'
+    whole = {"end_ns": 2, "size": len(text.encode()), "data": text, "start_ns": 1}
+    sent = mallory.put_recording(own, whole)
+    assert sent.status_code == 200, sent.text
+    assert sent.json() == {"size": len(text.encode()), "complete": True, "ended": True}
+    assert _cast(cluster, own) == text.encode()
+    again = mallory.put_recording(own, {**whole, "data": text + text})  # a lost answer's repeat
+    assert again.status_code == 200 and again.json()["size"] == len(text.encode())
+    assert _cast(cluster, own) == text.encode()
+
+    done = victim.ssh(f"root@{NODE}", "echo the-victims-output")
+    assert done.returncode == 0, done.stderr
+    sid = wait_until(lambda: cluster.events_of("exec", user=victim.name,
+                                               command="echo the-victims-output"), 10,
+                     "the victim's command")[0]["sid"]
+    wait_until(lambda: cluster.events_of("session.upload", sid=sid), 10, "its recording")
+    original = _cast(cluster, sid)
+    forged = mallory.put_recording(sid, {"data": text, "end_ns": 2, "size": len(text)})
+    assert forged.status_code == 403, forged.text
+    assert f"session {sid}" in _error(forged)
+    assert _cast(cluster, sid) == original
+
+    too_big = mallory.put_recording(str(uuid.uuid4()), {"data": "x" * (4 * 1024 * 1024 + 1)})
+    assert too_big.status_code == 400, too_big.text
+
+
 def test_verify_passes_after_the_attacks_and_no_forged_row_exists(
     cluster: ClusterHarness, mallory: JoinedNode
 ) -> None:

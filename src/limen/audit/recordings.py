@@ -3,7 +3,9 @@ export and search them.
 
 A node first sends a recording's metadata (``update``), then its bytes as they are
 written (``append``, idempotent by offset), and once the session ended and every byte
-arrived, the final metadata with the total size. Only then is the recording marked
+arrived, the final metadata with the total size. A session that ended before its node
+first sent anything (most commands) comes in one request: the final metadata with the
+cast's text as ``data``. Only then is the recording marked
 ended (complete, or interrupted when its node stopped mid-session) and a
 ``session.upload`` event written. A node may only write recordings of its own sessions
 (the ones it reported the start of, see bindings.py); who the recording shows and the
@@ -75,6 +77,8 @@ class RecordingService:
     # -- nodes -----------------------------------------------------------------------------
 
     async def update(self, identity: Identity, sid: str, meta: dict[str, Any]) -> dict[str, Any]:
+        if meta.get("data") is not None:
+            return await self._whole(identity, sid, meta)
         sid = session_id(sid)
         try:
             existing = await self._owned(identity, sid)
@@ -126,6 +130,23 @@ class RecordingService:
         if existing.end_ns is not None:
             return existing.size
         return await self.store.append(sid, offset, data, asciicast.printed_text)
+
+    async def _whole(self, identity: Identity, sid: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """A recording in one request (a short session, ended before its node's first
+        upload): its metadata, its bytes from offset 0 (``data``, the cast's text), and the
+        final metadata, each checked as the three requests it replaces would be. A repeat
+        (the answer was lost) appends nothing twice."""
+        data = str(meta["data"]).encode()
+        if len(data) > MAX_APPEND:
+            raise BadParameter(f"send at most {MAX_APPEND} bytes of a recording at a time")
+        final = {key: value for key, value in meta.items() if key != "data"}
+        opening = {key: value for key, value in final.items()
+                   if key not in ("end_ns", "size", "interrupted")}
+        state = await self.update(identity, sid, opening)
+        if state["ended"]:
+            return state
+        await self.append(identity, sid, 0, data)
+        return await self.update(identity, sid, final)
 
     async def _binding(self, identity: Identity, sid: str) -> SessionBinding | None:
         """The session's start, when a node sends its recording (AccessDenied when another

@@ -39,6 +39,8 @@ class RecordingUpdate(BaseModel):
     size: int | None = Field(default=None, ge=0, le=INT64)
     interrupted: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
+    # The whole cast as text, for a recording sent in one request once it ended.
+    data: str | None = Field(default=None, max_length=MAX_APPEND)
 
 
 def add_routes(app: FastAPI, Caller: Any) -> None:  # noqa: N803 - a type alias

@@ -2,7 +2,8 @@
 
 For each ``SID.cast`` in DATA_DIR/recordings it sends the complete lines the auth
 service does not have yet (it answers with its size, so a restart of either side just
-resumes), then, once the session ended and every byte arrived, the final metadata. Only
+resumes), then, once the session ended and every byte arrived, the final metadata. A
+short session that ended before its first upload goes in one request (WHOLE_MAX). Only
 when the auth service confirms the recording complete are the node's files removed.
 Failures are retried with a growing pause (at most ``MAX_BACKOFF``), and logged; nothing
 is dropped while the files exist.
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD = 1024 * 1024  # bytes per request (whole lines; one line may be longer)
 UPLOAD_DELAY = 0.2  # seconds to gather output before sending, while a session runs
 MAX_BACKOFF = 10.0
+# A session that ended before its first upload (most commands) goes in one request up to
+# this size: three requests (metadata, bytes, final metadata) were most of what the
+# auth service did for the recording of a short session.
+WHOLE_MAX = 256 * 1024
 
 
 class RecordingLink(Protocol):
@@ -100,6 +105,12 @@ class RecordingUploader:
         except (OSError, ValueError) as exc:
             log.error("recording metadata %s is unreadable: %s", meta_path, exc)
             return False
+        if session_id not in self._sent and meta.ended:
+            whole = await asyncio.to_thread(_whole_text, cast_path)
+            if whole is not None:
+                data = {**_public(meta, len(whole.encode())), "data": whole}
+                answer = await self.link.recording_update(session_id, data)
+                return self._settled(session_id, answer, cast_path, meta_path)
         if session_id not in self._sent:
             answer = await self.link.recording_update(session_id, _public(meta, None))
             self._sent[session_id] = int(answer["size"])
@@ -116,10 +127,15 @@ class RecordingUploader:
         if not meta.ended or offset < size:
             return False
         answer = await self.link.recording_update(session_id, _public(meta, size))
+        return self._settled(session_id, answer, cast_path, meta_path)
+
+    def _settled(self, session_id: str, answer: dict[str, Any], *paths: Path) -> bool:
+        """After the final metadata: the node's files go once the recording ended
+        upstream; otherwise the next pass resumes from the size the answer names."""
         if not answer.get("complete") and not answer.get("ended"):
             self._sent[session_id] = int(answer["size"])
             return False
-        for path in (cast_path, meta_path):
+        for path in paths:
             path.unlink(missing_ok=True)
         self._sent.pop(session_id, None)
         return True
@@ -130,6 +146,22 @@ def _public(meta: LocalRecording, size: int | None) -> dict[str, Any]:
     if size is not None:
         data["size"] = size
     return data
+
+
+def _whole_text(path: Path) -> str | None:
+    """The whole cast of an ended session as text when it is small enough for one request
+    (WHOLE_MAX) and ends with a whole line; None sends it the usual way."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(WHOLE_MAX + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > WHOLE_MAX or (data and not data.endswith(b"\n")):
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def _complete_size(path: Path) -> int:
