@@ -14,7 +14,7 @@ from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenErr
 from limen.node.audit.reporter import NodeAudit
 from limen.recording.asciicast import printed_text
 from limen.recording.cast import LocalRecording
-from limen.recording.upload import WHOLE_MAX
+from limen.recording.upload import FIRST_UPLOAD_AFTER, WHOLE_MAX
 
 SID = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
@@ -190,6 +190,28 @@ async def test_a_short_session_ships_in_one_request(tmp_path: Path) -> None:
     assert link.recording_calls == ["whole"]
     assert bytes(link.recordings[SID]) == sent
     assert link.metas[SID]["size"] == len(sent) and link.metas[SID]["end_ns"]
+    await audit.stop()
+
+
+async def test_a_running_session_ships_once_it_is_a_second_old(tmp_path: Path) -> None:
+    """Until then it may still end and go in one request; after, it streams as it runs."""
+    link = FakeLink()
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    await audit.start()
+    await audit.uploader.stop()  # this test drives the uploads itself
+    now = [100.0]
+    audit.uploader.monotonic = lambda: now[0]
+    await audit.on_event("session.start", _start_fields())
+    await audit.on_output(SID, b"still running\r\n", "stdout")
+    await audit.uploader.upload_all()
+    assert link.recording_calls == []  # first seen just now
+    now[0] += FIRST_UPLOAD_AFTER - 0.01
+    await audit.uploader.upload_all()
+    assert link.recording_calls == []
+    now[0] += 0.02
+    await audit.uploader.upload_all()
+    assert link.recording_calls == ["update", "append"]  # while it runs
+    assert b"still running" in bytes(link.recordings[SID])
     await audit.stop()
 
 

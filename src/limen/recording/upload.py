@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +34,11 @@ MAX_BACKOFF = 10.0
 # this size: three requests (metadata, bytes, final metadata) were most of what the
 # auth service did for the recording of a short session.
 WHOLE_MAX = 256 * 1024
+# A running session's recording starts to ship once the uploader has known it this long
+# (seconds): a command that ends sooner then goes in that one request, where shipping
+# as soon as it started made three of most short sessions under load. Its files are on
+# the node's disk meanwhile, as every recording's are until the auth service has it.
+FIRST_UPLOAD_AFTER = 1.0
 
 
 class RecordingLink(Protocol):
@@ -44,6 +51,8 @@ class RecordingUploader:
         self.link = link
         self.directory = directory
         self._sent: dict[str, int] = {}  # what the auth service has, by session
+        self._seen: dict[str, float] = {}  # when each session was first pending
+        self.monotonic: Callable[[], float] = time.monotonic  # tests move it by hand
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
@@ -93,7 +102,10 @@ class RecordingUploader:
                 await asyncio.sleep(UPLOAD_DELAY)  # let a burst of output gather
 
     async def upload_all(self) -> None:
-        for session_id in self.pending():
+        pending = self.pending()
+        now = self.monotonic()
+        self._seen = {sid: self._seen.get(sid, now) for sid in pending}
+        for session_id in pending:
             await self.upload(session_id)
 
     async def upload(self, session_id: str) -> bool:
@@ -112,6 +124,9 @@ class RecordingUploader:
                 answer = await self.link.recording_update(session_id, data)
                 return self._settled(session_id, answer, cast_path, meta_path)
         if session_id not in self._sent:
+            if self.monotonic() - self._seen.get(session_id, float("-inf")) \
+                    < FIRST_UPLOAD_AFTER:
+                return False  # it may well end first, and go in one request
             answer = await self.link.recording_update(session_id, _public(meta, None))
             self._sent[session_id] = int(answer["size"])
         offset = self._sent[session_id]
