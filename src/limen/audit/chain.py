@@ -62,6 +62,18 @@ def event_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(body)).hexdigest()
 
 
+def seal(record: dict[str, Any]) -> str:
+    """Set the record's ``hash`` and return its line: the canonical JSON that is hashed,
+    with ``hash`` added as its last key. One encoding serves both (encoding the record a
+    second time for its line was a sixth of what writing an event cost the log).
+    Raises UnicodeEncodeError for text that is not UTF-8 (a lone surrogate)."""
+    record.pop("hash", None)
+    text = _CANONICAL.encode(record)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    record["hash"] = digest
+    return f'{text[:-1]},"hash":"{digest}"}}'
+
+
 def format_time(ns: int) -> str:
     """RFC 3339 in UTC with nanoseconds: 2024-05-01T12:00:00.123456789Z."""
     seconds, frac = divmod(ns, 1_000_000_000)

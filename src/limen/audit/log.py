@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -41,9 +40,9 @@ from limen.audit.chain import (
     GENESIS,
     AuditKey,
     checkpoint_message,
-    event_hash,
     format_time,
     normalize,
+    seal,
 )
 from limen.audit.events import EventType
 from limen.audit.metadata import AuditEvent
@@ -325,8 +324,7 @@ class AuditLog:
             record = normalize({**base, "log_id": self.log_id, "seq": seq + 1,
                                 "prev_hash": prev})
             try:
-                record["hash"] = event_hash(record)
-                line = _dumps(record)  # encodes when the canonical form did
+                line = seal(record)
             except (UnicodeError, ValueError, TypeError):
                 refused.add(at)
                 continue
@@ -497,9 +495,6 @@ class AuditLog:
 # by the writer, after the events queued before it).
 _CHECKPOINT: dict[str, Any] = {"event": "__checkpoint__"}
 
-
-_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_dumps = _LINE.encode
 
 
 def _write_all(fd: int, data: bytes) -> None:
