@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import sys
 from typing import Any
 
@@ -25,6 +26,7 @@ WINDOW = 8 * 1024 * 1024  # the channel's receive window, as the jump host's
 # What the proxy may send in one packet (asyncssh's default is 32 KiB): the per-packet
 # work in Python is the same whatever the size, so fewer, larger packets cost less.
 MAX_PACKET = 128 * 1024
+PIPE_SIZE = 1024 * 1024  # Linux's default ceiling for an unprivileged process
 
 
 class _StdoutProtocol(asyncio.Protocol):
@@ -166,6 +168,8 @@ async def splice_stdio(conn: asyncssh.SSHClientConnection, host: str, port: int)
     """Open a direct-tcpip channel to host:port and splice stdin/stdout to it until
     both directions end; raises what opening the channel raises."""
     splice = StdioSplice()
+    for stream in (sys.stdin, sys.stdout):
+        widen_pipe(stream.fileno())
     await splice.attach_stdout(sys.stdout.buffer)
     chan, _ = await conn.create_connection(lambda: splice, host, port, window=WINDOW,
                                          max_pktsize=MAX_PACKET)
@@ -174,3 +178,13 @@ async def splice_stdio(conn: asyncssh.SSHClientConnection, host: str, port: int)
         await splice.done
     finally:
         chan.close()
+
+
+def widen_pipe(fd: int) -> None:
+    """Let a pipe hold PIPE_SIZE (Linux; anything else is left as it is). ssh's pipes to
+    its ProxyCommand hold 64 KiB, so each read and write here moved at most that much;
+    with 1 MiB, `limen proxy ssh` used about 15% less CPU per GB uploaded
+    (bench/one_port.py: 5.2 to 5.4 s/GB against 6.1 to 6.4)."""
+    with contextlib.suppress(OSError, AttributeError):
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
