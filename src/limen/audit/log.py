@@ -496,7 +496,6 @@ class AuditLog:
 _CHECKPOINT: dict[str, Any] = {"event": "__checkpoint__"}
 
 
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

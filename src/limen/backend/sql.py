@@ -103,7 +103,7 @@ _POLL = (
 
 
 # Built once per shape: building the statement on every call was a tenth of the CPU of
-# an API request that lists a few items (a node's heartbeat reads the locks twice).
+# an API request that lists a few items (each node request reads the locks).
 @functools.cache
 def _range_select(start: bool, end: bool, limit: bool) -> Any:
     """Live items in ``start <= key < end`` (an index range scan, unlike LIKE)."""
