@@ -120,6 +120,25 @@ def test_runs_as_the_login_user(node: Node, test_user) -> None:
     assert os.stat(Path(test_user.pw_dir) / "mine").st_uid == test_user.pw_uid
 
 
+def test_a_session_cannot_take_root_back(node: Node, test_user) -> None:
+    """The switch sets the saved ids too and leaves no capability: a user's process that
+    asks for uid 0 (or gid 0) again is refused, on a pty as without one."""
+    client = node.client(login=test_user.pw_name)
+    probe = ("grep -E '^(Uid|Gid|CapPrm|CapEff|CapAmb):' /proc/self/status; "
+             "python3 -c 'import os; os.setuid(0)' 2>/dev/null && echo ROOT-AGAIN; "
+             "python3 -c 'import os; os.setgid(0)' 2>/dev/null && echo GROUP-ROOT-AGAIN; "
+             "echo end")
+    for extra in ((), ("-tt",)):
+        result = client.ssh(probe, options=extra)
+        assert result.returncode == 0, result.stderr
+        fields = dict(line.split(":", 1) for line in
+                      result.stdout.decode().replace("\r", "").splitlines() if ":" in line)
+        assert fields["Uid"].split() == [str(test_user.pw_uid)] * 4  # real, effective, saved, fs
+        assert fields["Gid"].split() == [str(test_user.pw_gid)] * 4
+        assert {int(fields[cap], 16) for cap in ("CapPrm", "CapEff", "CapAmb")} == {0}
+        assert b"AGAIN" not in result.stdout and b"end" in result.stdout
+
+
 def test_unknown_local_user_is_a_clear_error(node: Node) -> None:
     result = node.client(node.creds(principals=("nobody-here",)), login="nobody-here").ssh("true")
     assert result.returncode == 1

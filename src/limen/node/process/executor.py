@@ -3,8 +3,11 @@
 The child is set up entirely in C and by small standard tools, never by Python code
 running between fork and exec (unsafe with threads):
 
-- ``subprocess`` switches supplementary groups, gid and uid (when the node is root),
-  and for non-pty sessions starts a new session (setsid);
+- ``setpriv`` switches supplementary groups, gid and uid (when the node is root; it
+  sets the saved ids too, and the kernel clears root's capabilities with the uid).
+  Done by a tool rather than by ``subprocess``'s user/group arguments: uvloop's
+  subprocess has no such arguments, and without them CPython forks with vfork;
+- ``subprocess`` starts a new session (setsid) for non-pty sessions;
 - for a pty, ``setsid --ctty`` makes the pty the controlling terminal, so the kernel
   delivers Ctrl-C and SIGWINCH to the foreground process group;
 - ``env --default-signal -C HOME`` resets every signal disposition to default (a node
@@ -93,10 +96,10 @@ def _tool(name: str) -> str:
 def launcher(spec: ProcessSpec) -> list[str]:
     if "=" in spec.argv[0]:  # env would take it for an assignment
         raise BadParameter(f"cannot run a program whose path contains '=': {spec.argv[0]}")
-    env_tool = [_tool("env"), "--default-signal", "-C", spec.cwd, "--", *spec.argv]
-    if spec.term_size is None:
-        return env_tool
-    return [_tool("setsid"), "--ctty", *env_tool]
+    chain = [_tool("env"), "--default-signal", "-C", spec.cwd, "--", *spec.argv]
+    if spec.term_size is not None:
+        chain = [_tool("setsid"), "--ctty", *chain]
+    return [*_privileges(spec.user), *chain]
 
 
 def set_winsize(fd: int, size: TermSize) -> None:
@@ -111,10 +114,13 @@ def _tty_group() -> int:
         return -1
 
 
-def _privileges(user: LocalUser) -> dict[str, object]:
+def _privileges(user: LocalUser) -> list[str]:
+    """The ``setpriv`` prefix that becomes ``user``: groups first, then gid, then uid."""
     if os.geteuid() != 0:
-        return {}  # users.lookup_user only lets the node's own account through
-    return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+        return []  # users.lookup_user only lets the node's own account through
+    groups = (["--groups", ",".join(map(str, user.groups))] if user.groups
+              else ["--clear-groups"])
+    return [_tool("setpriv"), f"--regid={user.gid}", f"--reuid={user.uid}", *groups, "--"]
 
 
 class Child:
@@ -203,7 +209,7 @@ async def _spawn_pipes(spec: ProcessSpec) -> Child:
     try:
         proc = await asyncio.create_subprocess_exec(
             *launcher(spec), stdin=in_r, stdout=out_w, stderr=err_w, env=spec.env,
-            start_new_session=True, **_privileges(spec.user),
+            start_new_session=True,
         )
     except BaseException:
         for fd in (in_w, out_r, err_r):
@@ -226,7 +232,7 @@ async def _spawn_pty(spec: ProcessSpec) -> Child:
             os.fchmod(slave, 0o620)
         proc = await asyncio.create_subprocess_exec(
             *launcher(spec), stdin=slave, stdout=slave, stderr=slave,
-            env={**spec.env, "SSH_TTY": tty_name}, **_privileges(spec.user),
+            env={**spec.env, "SSH_TTY": tty_name},
         )
     except BaseException:
         os.close(master)
