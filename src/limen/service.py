@@ -53,6 +53,7 @@ from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.ssh_role import proxy_host_identity, start_jump_host
 from limen.proxy.web import WebState, create_app
 from limen.resources import Instance, InstanceSpec
+from limen.runtime import eventloop
 from limen.runtime.banner import banner
 from limen.runtime.lock import DataDirLock
 from limen.runtime.ports import binding
@@ -537,6 +538,7 @@ async def run_until_signalled(service: Service, ready_message: bool = True,
         service.config = reload(service.config, load_config)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    log.info("event loop: %s", eventloop.running())
     await service.start()
     if ready_message:
         print(next_steps(service), flush=True)

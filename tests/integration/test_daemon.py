@@ -17,8 +17,9 @@ from limen.config import Config, load_config
 from tests.support.cluster import ClusterHarness, default_config
 
 
-def _limen(*args: str, home: Path, **kwargs) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LIMEN_HOME": str(home)}
+def _limen(*args: str, home: Path, extra_env: dict[str, str] | None = None,
+           **kwargs) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIMEN_HOME": str(home), **(extra_env or {})}
     return subprocess.run([sys.executable, "-m", "limen.cli.main", *args], capture_output=True,
                           text=True, env=env, timeout=60, **kwargs)
 
@@ -76,26 +77,28 @@ def test_start_runs_until_sigterm_and_restart_keeps_everything(tmp_path: Path) -
         "ssh:\n  enabled: false\n"
     )
     env = {**os.environ, "LIMEN_HOME": str(tmp_path / "home")}
+    env.pop("LIMEN_EVENT_LOOP", None)
 
-    def start() -> subprocess.Popen[str]:
+    def start(**extra_env: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, "-m", "limen.cli.main", "start", "--config",
                                  str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
+                                text=True, env={**env, **extra_env})
         _wait_for(data / "run.json", proc)
         return proc
 
-    def stop(proc: subprocess.Popen[str]) -> str:
+    def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
         proc.send_signal(signal.SIGTERM)
-        out, _err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0
-        return out
+        return out, err
 
     first = start()
     added = _limen("users", "add", "alice", "--logins", "alice", "--format", "json",
                    "--config", str(config), home=tmp_path / "home")
     assert added.returncode == 0, added.stderr
-    out = stop(first)
+    out, err = stop(first)
     assert "limen users add" in out  # it told the operator what to do next
+    assert "event loop: uvloop" in err
     assert not (data / "run.json").exists()
 
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
@@ -105,7 +108,7 @@ def test_start_runs_until_sigterm_and_restart_keeps_everything(tmp_path: Path) -
     assert stat.S_IMODE(os.stat(data / "backend.sqlite").st_mode) == 0o600
     user_ca = (data / "ca" / "user_ca").read_bytes()
 
-    second = start()
+    second = start(LIMEN_EVENT_LOOP="asyncio")  # the way out of uvloop serves as well
     try:
         listed = _limen("users", "ls", "--format", "json", "--data-dir", str(data),
                         home=tmp_path / "home")
@@ -119,8 +122,18 @@ def test_start_runs_until_sigterm_and_restart_keeps_everything(tmp_path: Path) -
                         input="correct horse battery\n")
         assert signup.returncode == 0, signup.stderr
     finally:
-        stop(second)
+        _out, err = stop(second)
+    assert "event loop: asyncio" in err
     assert (data / "ca" / "user_ca").read_bytes() == user_ca
+
+
+def test_an_unknown_event_loop_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    result = _limen("start", "--data-dir", str(tmp_path / "d"), home=tmp_path,
+                    extra_env={"LIMEN_EVENT_LOOP": "tornado"})
+    assert result.returncode != 0
+    assert "LIMEN_EVENT_LOOP='tornado' is not one of uvloop, asyncio" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()
 
 
 def test_restart_keeps_users_and_cas_in_process(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import uvloop
 from cryptography.hazmat.primitives import serialization
 
 from limen.auth.ca import generate_tls_ca, issue_tls_server_cert
@@ -210,3 +211,28 @@ async def test_tls_read_buffer_is_sized_by_route(tmp_path: Path, alpn: list[str]
         assert (server_tls.max_size, len(server_tls._ssl_buffer)) == (size, size)
     finally:
         await mux.stop()
+
+
+def test_on_uvloop_routes_hold_and_every_end_is_counted(tmp_path: Path) -> None:
+    """`limen start` runs on uvloop, whose transports are C types (no method of theirs can
+    be replaced): routing, and the count of an upgraded connection, must hold there too."""
+
+    async def scenario() -> None:
+        tls, ca_pem = _server_tls(tmp_path)
+        routes = Routes(http=lambda: Upgrader(b"HTTP:"), ssh=lambda: Tagger(b"SSH:"),
+                        tunnel=lambda: Tagger(b"TUNNEL:"))
+        mux = MultiplexListener(bind("127.0.0.1", 0), tls, routes)
+        await mux.start()
+        try:
+            assert await _ask(mux.port, b"SSH-2.0-x\r\n") == b"SSH:SSH-2.0-x\r\n"
+            for alpn, tag in ((["limen-ssh"], b"SSH:"), (["limen-tunnel"], b"TUNNEL:"),
+                              (["http/1.1"], b"UPGRADED:")):
+                assert await _ask(mux.port, b"x", _client_tls(ca_pem, alpn)) == tag + b"x"
+            async with asyncio.timeout(5):
+                while mux._open:  # every connection ended, the upgraded one too
+                    await asyncio.sleep(0.01)
+        finally:
+            await mux.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

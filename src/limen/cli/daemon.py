@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 from limen.client.proxy_addr import FORMS, normalize_proxy
 from limen.config import ROLES, SAMPLE_CONFIG, Config, load_config, split_host_port
 from limen.errors import BadParameter
-from limen.runtime import logs
+from limen.runtime import eventloop, logs
 from limen.runtime.logs import FORMATS, LEVELS
 
 
@@ -91,10 +90,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     from limen.config import JoinOptions
     from limen.service import Service, run_until_signalled
 
+    loop_factory = eventloop.loop_factory()  # a bad LIMEN_EVENT_LOOP: refused before anything
     config = build_config(args)
     logs.configure(config.log_level, config.log_format)
     service = Service(config, join_options=JoinOptions(insecure=args.insecure))
-    asyncio.run(run_until_signalled(service, load_config=lambda: build_config(args)))
+    eventloop.run(run_until_signalled(service, load_config=lambda: build_config(args)),
+                  loop_factory)
     return 0
 
 

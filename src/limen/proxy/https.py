@@ -49,6 +49,9 @@ class HTTPSServer:
             log_config=None,
             access_log=False,
             lifespan="off",
+            # llhttp, in C: the parser of Node.js. h11, uvicorn's other choice, is pure
+            # Python, and an idle proxy's work is mostly nodes' small requests.
+            http="httptools",
             server_header=False,
             timeout_graceful_shutdown=5,
             # Longer than a node's heartbeat interval (60 s): its next heartbeat reuses

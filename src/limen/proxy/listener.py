@@ -21,6 +21,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from limen.tasks import cancel_and_wait
 
@@ -73,8 +74,10 @@ class _ALPNSwitch(asyncio.Protocol):
         _on_close(protocol, self.on_close)
         _shrink_tls_buffer(transport, TLS_READ_SIZE.get(alpn or "", TLS_READ_SIZE_HTTP))
         transport.set_protocol(protocol)
-        _follow_upgrades(transport, self.on_close)
-        protocol.connection_made(transport)
+        # Only HTTP hands its connection on (to a WebSocket); SSH keeps the bare transport.
+        seen = transport if factory is not self.routes.http else _UpgradeWatch(transport,
+                                                                               self.on_close)
+        protocol.connection_made(seen)
 
     def connection_lost(self, exc: Exception | None) -> None:  # closed before switching
         self.on_close()
@@ -85,7 +88,9 @@ def _shrink_tls_buffer(transport: asyncio.BaseTransport, size: int) -> None:
 
     asyncio offers no parameter for it (SSLProtocol.max_size, a class attribute, and
     the buffer made in its constructor), so this reaches into the transport; on a
-    Python whose internals differ it leaves the default, which is only bigger."""
+    Python whose internals differ it leaves the default, which is only bigger. uvloop's
+    TLS needs none of this: its 256 KiB buffer is allocated without being filled, so
+    only the pages a connection's reads reach become resident."""
     tls = getattr(transport, "_ssl_protocol", None)
     if tls is None or not isinstance(getattr(tls, "_ssl_buffer", None), bytearray):
         return
@@ -227,16 +232,24 @@ def _on_close(protocol: asyncio.BaseProtocol, callback: Callable[[], None]) -> N
     protocol.connection_lost = connection_lost  # type: ignore[method-assign]
 
 
-def _follow_upgrades(transport: asyncio.BaseTransport, callback: Callable[[], None]) -> None:
-    """A connection upgraded to another protocol (HTTP to WebSocket) hands its transport
-    to that protocol, whose end must be counted too (``callback`` runs once in all)."""
-    original = transport.set_protocol
+class _UpgradeWatch:
+    """The transport as an HTTP protocol sees it. A connection upgraded to another
+    protocol (HTTP to WebSocket) hands the transport to that protocol, whose end must be
+    counted too (``callback`` runs once in all).
 
-    def set_protocol(protocol: asyncio.BaseProtocol) -> None:
-        _on_close(protocol, callback)
-        original(protocol)
+    A stand-in rather than a patched ``set_protocol``: uvloop's transports are C types
+    whose methods cannot be replaced. Everything else goes to the real transport."""
 
-    transport.set_protocol = set_protocol  # type: ignore[method-assign]
+    def __init__(self, transport: asyncio.BaseTransport, callback: Callable[[], None]) -> None:
+        self._transport = transport
+        self._callback = callback
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        _on_close(protocol, self._callback)
+        self._transport.set_protocol(protocol)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def server_tls_context(certfile: str, keyfile: str, alpn: list[str]) -> ssl.SSLContext:
