@@ -1,10 +1,11 @@
 """The event loop of Limen's long-running processes: uvloop, unless told otherwise.
 
 uvloop runs asyncio's loop on libuv, with its sockets, timers and TLS in C. It is a
-dependency on purpose: measured on the 2-core reference machine in one hour against the
-standard library's loop, an idle proxy holding 300 tunneled nodes used 4.2 to 4.4% of a
-core instead of 5.0 to 5.1% and 220 kB per tunnel instead of 360 kB, and the proxy and
-the node used 10 to 18% less CPU per GB uploaded (bench/tunnels.py, bench/one_port.py).
+dependency on purpose: measured on the 2-core reference machine in one afternoon against
+the standard library's loop, an idle proxy holding 300 tunneled nodes used 4.2 to 4.4% of
+a core instead of 5.0 to 5.1%, 220 to 255 kB per tunnel instead of 330 to 360 kB, and the
+proxy and the node used 13 to 19% less CPU per GB uploaded (bench/tunnels.py,
+bench/one_port.py; the README's Benchmarks section has the runs).
 
 ``LIMEN_EVENT_LOOP=asyncio`` runs the standard library's loop instead: a way out if a
 problem is ever traced to uvloop. Any other value is refused, so a typo is not silently
