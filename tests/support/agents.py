@@ -21,6 +21,7 @@ from limen.clock import RealClock
 from limen.config import JoinOptions, NodeConfig
 from limen.errors import LimenError
 from limen.node.cluster.role import NodeRole
+from limen.runtime import eventloop
 
 log = logging.getLogger("agents")
 
@@ -78,4 +79,5 @@ if __name__ == "__main__":
                         help="starts tried per node before giving up (default 1)")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("asyncssh").setLevel(logging.ERROR)
-    asyncio.run(main(parser.parse_args()))
+    # The loop `limen start` runs a node on (uvloop unless LIMEN_EVENT_LOOP says otherwise).
+    eventloop.run(main(parser.parse_args()))

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from limen.client.trust import verifying_context
+from limen.client.trust import shared_verifying_context
 
 ALPN_SSH = "limen-ssh"
 ALPN_TUNNEL = "limen-tunnel"
@@ -19,8 +19,7 @@ ALPN_TUNNEL = "limen-tunnel"
 
 class TLSTunnel:
     def __init__(self, ca_pem: str, alpn: str = ALPN_SSH) -> None:
-        self.ctx = verifying_context(ca_pem)
-        self.ctx.set_alpn_protocols([alpn])
+        self.ctx = shared_verifying_context(ca_pem, (alpn,))
 
     async def create_connection(
         self, session_factory: Callable[[], Any], host: str, port: int

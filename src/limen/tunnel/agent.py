@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncssh
+import httpx
 
 from limen.client.ssh import host_ca_known_hosts
 from limen.client.tls_tunnel import ALPN_TUNNEL, TLSTunnel
@@ -34,7 +35,7 @@ from limen.errors import AccessDenied, LimenError
 from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 from limen.tasks import cancel_and_wait
 from limen.tunnel.backoff import Backoff
-from limen.tunnel.discovery import TunnelTarget, discover
+from limen.tunnel.discovery import TunnelTarget, fetch_ping, ping_client, target_from_ping
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,24 @@ class ProxyLocator:
         self.proxy = proxy
         self.tls_ca_pem = tls_ca_pem
         self.last: TunnelTarget | None = None
+        # Kept between tries: a client of its own each time cost more CPU than the ping.
+        self._http: httpx.AsyncClient | None = None
 
     async def __call__(self) -> TunnelTarget:
+        if self._http is None:
+            self._http = ping_client(self.tls_ca_pem)
         try:
-            self.last = await discover(self.proxy, self.tls_ca_pem)
+            ping = await fetch_ping(self.proxy, self.tls_ca_pem, self._http)
+            self.last = target_from_ping(ping, self.proxy, self.tls_ca_pem)
         except LimenError:
             if self.last is None:
                 raise
         return self.last
+
+    async def aclose(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
 
 
 class TunnelAgent:
@@ -135,6 +146,8 @@ class TunnelAgent:
         await cancel_and_wait(self._task)
         self._task = None
         await self._close()
+        if isinstance(self.locator, ProxyLocator):
+            await self.locator.aclose()
 
     # the loop
 

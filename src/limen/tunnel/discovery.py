@@ -66,14 +66,12 @@ def target_from_ping(ping: dict, proxy: str, tls_ca_pem: str | None = None) -> T
     return TunnelTarget(choose_host(host, proxy_host), port, key, tls_ca)
 
 
-async def discover(proxy: str, tls_ca_pem: str) -> TunnelTarget:
-    """Ask the proxy's HTTPS API where its tunnel server listens."""
-    return target_from_ping(await fetch_ping(proxy, tls_ca_pem), proxy, tls_ca_pem)
-
-
 def ping_client(tls_ca_pem: str, keepalive_expiry: float = 5.0) -> httpx.AsyncClient:
     """An HTTPS client for proxies' pings, verifying them by the cluster CA."""
-    return httpx.AsyncClient(verify=trust.verifying_context(tls_ca_pem), timeout=PING_TIMEOUT,
+    # The shared context names the ALPN that httpcore sets on it anyway (it sets ALPN on
+    # the context it is given), so sharing it among clients changes nothing.
+    ctx = trust.shared_verifying_context(tls_ca_pem, ("http/1.1",))
+    return httpx.AsyncClient(verify=ctx, timeout=PING_TIMEOUT,
                              limits=httpx.Limits(keepalive_expiry=keepalive_expiry))
 
 
