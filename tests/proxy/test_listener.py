@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,7 +16,13 @@ from cryptography.hazmat.primitives import serialization
 
 from limen.auth.ca import generate_tls_ca, issue_tls_server_cert
 from limen.proxy.https import bind
-from limen.proxy.listener import ListenerLimits, MultiplexListener, Routes, server_tls_context
+from limen.proxy.listener import (
+    ListenerLimits,
+    MultiplexListener,
+    Routes,
+    _peek,
+    server_tls_context,
+)
 
 
 class Tagger(asyncio.Protocol):
@@ -236,3 +243,36 @@ def test_on_uvloop_routes_hold_and_every_end_is_counted(tmp_path: Path) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop],
+                         ids=["asyncio", "uvloop"])
+def test_a_handshake_timeout_as_the_first_bytes_arrive_logs_no_error(loop_factory) -> None:
+    """A herd of reconnecting nodes makes this common: the handshake timeout fires in the
+    same loop turn as the client's first bytes. The wait is over; the bytes must not then
+    wake it a second time (an InvalidStateError in the proxy's log, once per connection)."""
+
+    async def peek_past_a_timeout(sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0):  # fires in the next turn, as the bytes are read
+                await _peek(loop, sock)
+
+    async def scenario() -> list[dict]:
+        errors: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        pairs = [socket.socketpair() for _ in range(20)]
+        try:
+            for server, client in pairs:
+                server.setblocking(False)
+                client.send(b"\x16\x03\x01\x00")  # a ClientHello's first bytes, already there
+            await asyncio.gather(*(peek_past_a_timeout(server) for server, _ in pairs))
+            await asyncio.sleep(0.05)  # a few more turns: a stray wake-up would run in them
+        finally:
+            for server, client in pairs:
+                server.close()
+                client.close()
+        return errors
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(scenario()) == []

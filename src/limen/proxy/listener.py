@@ -205,7 +205,16 @@ async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
     """The first bytes the client sent, left in the socket for whoever reads next."""
     while True:
         ready = loop.create_future()
-        loop.add_reader(conn.fileno(), ready.set_result, None)
+
+        def wake(ready: asyncio.Future[None] = ready) -> None:
+            # The reader can fire once more after the wait ended: when the handshake
+            # timeout cancelled it in the same loop turn as the bytes came, or before the
+            # waiting task resumed to remove the reader. Setting a done future again would
+            # log an InvalidStateError (hundreds, under a herd of reconnecting nodes).
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(conn.fileno(), wake)
         try:
             await ready
         finally:
