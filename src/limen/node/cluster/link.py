@@ -96,7 +96,9 @@ class LocalLink:
 class RemoteLink:
     """The node runs elsewhere and reaches the auth service through the proxy."""
 
-    def __init__(self, proxy: str, ca_pem: str, token: str) -> None:
+    def __init__(self, proxy: str, ca_pem: str, token: str, *, timeout: float = 15.0,
+                 connect_timeout: float = 5.0,
+                 feed_read_timeout: float = FEED_READ_TIMEOUT) -> None:
         self.proxy = proxy
         self.joined_proxy = proxy
         # Other proxies of the cluster (their web addresses, limen.tunnel.peers): when the
@@ -104,11 +106,12 @@ class RemoteLink:
         # failure to connect moves on, so no request is ever sent twice.
         self.fallbacks: Callable[[], list[str]] = lambda: []
         self._token = token
+        self._feed_timeout = httpx.Timeout(feed_read_timeout, connect=connect_timeout)
         self._http = httpx.AsyncClient(
             base_url=f"https://{proxy}",
             verify=trust.verifying_context(ca_pem),
             headers={"authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(15.0, connect=5.0),
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
             # Kept between heartbeats (60 s apart), and given up before the proxy's
             # 75 s would close it under a request.
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
@@ -143,7 +146,7 @@ class RemoteLink:
             except httpx.HTTPError as exc:
                 failure = exc
                 break
-        raise ConnectionProblem(f"cannot reach the proxy at {self.proxy}: {failure}")
+        raise ConnectionProblem(f"cannot reach the proxy at {self.proxy}: {_why(failure)}")
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
         response = await self._request(method, path, json=body)
@@ -198,16 +201,17 @@ class RemoteLink:
 
     async def access_feed(self) -> AsyncIterator[dict[str, Any]]:
         """The auth service's feed as newline-delimited JSON; pings keep it honest."""
-        timeout = httpx.Timeout(FEED_READ_TIMEOUT, connect=5.0)
         try:
             async with self._http.stream("GET", "/v1/watch/access",
-                                         timeout=timeout) as response:
+                                         timeout=self._feed_timeout) as response:
                 async for message in self._feed_lines(response):
                     yield message
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self._move_on()  # the cache reconnects, to the next proxy
-            raise ConnectionProblem(f"cannot reach the proxy for the access feed: {exc}") \
-                from None
+            raise ConnectionProblem("cannot reach the proxy for the access feed: "
+                                    f"{_why(exc)}") from None
+        except httpx.HTTPError as exc:  # connected, then silent or cut off
+            raise ConnectionProblem(f"the access feed broke: {_why(exc)}") from None
         raise ConnectionProblem("the access feed ended")
 
     async def _feed_lines(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -222,6 +226,15 @@ class RemoteLink:
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    """What went wrong, in words: httpx's timeouts carry an empty message."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "it did not take the connection in time (TLS handshake or TCP connect)"
+    if isinstance(exc, httpx.TimeoutException):
+        return "it did not answer in time"
+    return str(exc) or type(exc).__name__
 
 
 def _json_or_none(response: httpx.Response) -> Any:
