@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from limen.errors import ConnectionProblem, NotFound
 from limen.rbac import AccessChecker
 from limen.resources import Lock, Role, User
 from limen.tasks import cancel_and_wait
+from limen.tunnel.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,15 @@ class AccessCache:
         feed: Callable[[], AsyncIterator[dict[str, Any]]],
         on_lock: Callable[[Lock], Awaitable[None]],
         wait_ready: float = 5.0,
+        backoff: Backoff | None = None,
     ) -> None:
         self._feed = feed
         self._on_lock = on_lock
         self._wait_ready = wait_ready
+        # Between tries of a broken feed; back to its first step once a feed synced, so
+        # that a feed cut by a proxy restart comes back in a second, not in the 5 to 10 s
+        # that earlier breaks had grown the pause to (sessions wait for the cache).
+        self.backoff = backoff or Backoff(first=0.5, cap=10.0)
         self._items: dict[str, dict[str, Any]] = {"role": {}, "user": {}, "lock": {}}
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -45,7 +50,6 @@ class AccessCache:
         await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
-        delay = 0.5
         while True:
             try:
                 await self._consume()
@@ -54,8 +58,7 @@ class AccessCache:
             except Exception as exc:  # noqa: BLE001 - any break means: re-sync
                 log.warning("access feed broke (%s); reconnecting", exc)
             self.ready.clear()
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 10.0)
+            await asyncio.sleep(self.backoff.next())
 
     async def _consume(self) -> None:
         fresh: dict[str, dict[str, Any]] = {"role": {}, "user": {}, "lock": {}}
@@ -65,6 +68,7 @@ class AccessCache:
             if op == "ready":
                 self._items, synced = fresh, True
                 self.ready.set()
+                self.backoff.reset()
                 for lock in list(self._items["lock"].values()):
                     await self._on_lock(lock)
                 continue
