@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
@@ -114,26 +115,37 @@ def sessions(way_of: list[Way], count: int, env: dict[str, str]) -> float:
                                     for _ in range(count))
 
 
-def restart(cluster: Cluster, count: int, env: dict[str, str]) -> tuple[list[float], float]:
-    """Stop and start the proxy; returns when each node was back (seconds after the
-    new proxy was started), as seen by polling its node listing, and when that listing
-    first answered (nodes back before it are all counted at that instant)."""
+@dataclass
+class Reconnection:
+    back: list[float]  # when each node was back, seconds after the new proxy started
+    answered: float  # when the listing first showed a node (those before count then)
+    proxy_cpu: float  # seconds of CPU the new proxy used until all were back (start-up too)
+    proxy_cpu_answered: float  # of which until the listing first showed a node
+    agents_cpu: float  # and the agents' process in the same time
+
+
+def restart(cluster: Cluster, agents: Daemon, count: int, env: dict[str, str]) -> Reconnection:
+    """Stop and start the proxy; see when each node is back, by polling the node listing."""
     cluster.proxy.stop()
     started = time.monotonic()
+    agents_before = cpu_seconds(agents.pid)
     cluster.proxy = start_proxy(cluster.root, env, "proxy-restarted.log")
     back: list[float] = []
     answered = 0.0
+    proxy_cpu = proxy_cpu_answered = 0.0
     while len(back) < count:
         if time.monotonic() - started > 10 * RECONNECT_GOAL:
             break
         cluster.proxy.alive()
         online = online_count(cluster)
         now = time.monotonic() - started
+        proxy_cpu = cpu_seconds(cluster.proxy.pid)
         if online and not answered:
-            answered = now
+            answered, proxy_cpu_answered = now, proxy_cpu
         back.extend([now] * (online - len(back)))
         time.sleep(0.5)  # each look lists every node: not so often it slows the return
-    return back, answered
+    return Reconnection(back, answered, proxy_cpu, proxy_cpu_answered,
+                        cpu_seconds(agents.pid) - agents_before)
 
 
 def main() -> None:
@@ -169,10 +181,9 @@ def main() -> None:
         nodes = [way(f"{PREFIX}{i:02d}") for i in range(args.nodes)]
         busy_ms = sessions(nodes, args.sessions, env)
 
-        back, answered = restart(cluster, args.nodes, env)
-        after_ms = sessions(nodes, args.sessions, env) if len(back) == args.nodes else None
-        report(args, joined, proxy_kb, node_kb, idle_share, alone_ms, busy_ms, after_ms, back,
-               answered)
+        again = restart(cluster, agents, args.nodes, env)
+        after_ms = sessions(nodes, args.sessions, env) if len(again.back) == args.nodes else None
+        report(args, joined, proxy_kb, node_kb, idle_share, alone_ms, busy_ms, after_ms, again)
         print(f"while joining:            {turned_away} joins told to come back later (503, "
               f"Retry-After); {failed} node starts failed and were tried again")
     finally:
@@ -181,7 +192,7 @@ def main() -> None:
 
 def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: float,
            idle_share: float, alone_ms: float, busy_ms: float, after_ms: float | None,
-           back: list[float], answered: float) -> None:
+           again: Reconnection) -> None:
     n = args.nodes
     print(f"{n} tunneled nodes in one process, SSH inside TLS to the proxy's web port")
     print(f"joined and online:        {joined:.1f} s ({n / joined:.1f} nodes/s, a host "
@@ -192,6 +203,7 @@ def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: fl
           f"(goal < 5%: {'met' if idle_share < 0.05 else 'not met'})")
     print(f"ssh true, random node:    {busy_ms:.0f} ms median with all {n} connected; "
           f"{alone_ms:.0f} ms to a node alone on the proxy; ratio {busy_ms / alone_ms:.2f}")
+    back, answered = again.back, again.answered
     if len(back) < n:
         print(f"after a proxy restart:    only {len(back)} of {n} back within "
               f"{10 * RECONNECT_GOAL:.0f} s")
@@ -202,6 +214,15 @@ def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: fl
           f"<= {RECONNECT_GOAL:g} s: {'met' if back[-1] <= RECONNECT_GOAL else 'not met'}); "
           f"at most {herd} nodes came back in one second (the restarted proxy's API "
           f"answered after {answered:.1f} s: nodes back before then count at that second)")
+    # Real nodes reconnect on their own machines; here one process plays them all, on the
+    # same two cores as the proxy. Its share says whether it, not the proxy, set the pace.
+    early = sum(1 for t in back if t <= answered)  # back when the listing first answered
+    later_ms = 1000 * (again.proxy_cpu - again.proxy_cpu_answered) / max(1, n - early)
+    print(f"CPU until all were back:  proxy {again.proxy_cpu:.1f} s, "
+          f"{again.proxy_cpu_answered:.1f} s of it until its listing first answered "
+          f"({early} nodes back by then), "
+          f"{later_ms:.0f} ms per node after that; agents' process {again.agents_cpu:.1f} s "
+          f"({again.agents_cpu / back[-1]:.0%} of a core over those {back[-1]:.0f} s)")
     if after_ms is not None:
         print(f"ssh true, random node, after the restart: {after_ms:.0f} ms median")
 
