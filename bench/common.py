@@ -154,7 +154,7 @@ class Cluster:
 
 def start_cluster(root: Path, env: dict[str, str], name: str,
                   listener_mode: str = "multiplex", host: str = "127.0.0.1",
-                  web_port: int = 0) -> Cluster:
+                  web_port: int = 0, max_handshakes: int = 128) -> Cluster:
     """Auth and proxy in one process, every port picked by the kernel on ``host`` (the
     web port too unless given: a restarted proxy must be where agents dial), the rate
     limit out of the way (benchmarks connect far faster than people)."""
@@ -170,7 +170,8 @@ def start_cluster(root: Path, env: dict[str, str], name: str,
         "        rate_limit: {average_per_minute: 100000, burst: 100000},\n"
         # Every simulated node (bench/tunnels.py) comes from 127.0.0.1, with a tunnel
         # and an HTTPS connection each: the per-address bounds would stop them.
-        "        listener: {max_connections_per_ip: 100000, max_handshakes_per_ip: 100000},\n"
+        "        listener: {max_connections_per_ip: 100000, max_handshakes_per_ip: 100000,\n"
+        f"                   max_handshakes: {max_handshakes}}},\n"
         # Direct nodes here advertise 127.0.0.1; an operator allows loopback the same way.
         "        node_networks: ['127.0.0.0/8']}\n"
     )

@@ -71,6 +71,8 @@ def parse_args() -> argparse.Namespace:
     # handshake); started faster, joins queue until the nodes' 15 s timeout.
     parser.add_argument("--rate", type=int, default=5,
                         help="nodes started per second, as a fleet joins (default 5)")
+    parser.add_argument("--max-handshakes", type=int, default=128,
+                        help="the proxy's bound on handshakes in progress (its default: 128)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="how long all nodes may take to join (default 1800 s)")
     return parser.parse_args()
@@ -152,7 +154,8 @@ def main() -> None:
     args = parse_args()
     root = Path(tempfile.mkdtemp(prefix="limen-bench-tunnels-"))
     env = bench_env()
-    cluster = start_cluster(root, env, CLUSTER, web_port=free_port())
+    cluster = start_cluster(root, env, CLUSTER, web_port=free_port(),
+                            max_handshakes=args.max_handshakes)
     try:
         config = log_in(cluster, root / "home")
         ssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes"]
@@ -194,7 +197,8 @@ def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: fl
            idle_share: float, alone_ms: float, busy_ms: float, after_ms: float | None,
            again: Reconnection) -> None:
     n = args.nodes
-    print(f"{n} tunneled nodes in one process, SSH inside TLS to the proxy's web port")
+    print(f"{n} tunneled nodes in one process, SSH inside TLS to the proxy's web port "
+          f"(at most {args.max_handshakes} handshakes in progress)")
     print(f"joined and online:        {joined:.1f} s ({n / joined:.1f} nodes/s, a host "
           "certificate each)")
     print(f"memory per tunnel:        proxy {proxy_kb:.0f} kB; agents' process "

@@ -107,6 +107,10 @@ class ListenerConfig(_Section):
     handshake_timeout: str = "5s"  # a client that has not finished TLS or sent SSH by then
     max_connections_per_ip: int = Field(default=1000, ge=1)
     max_handshakes_per_ip: int = Field(default=256, ge=1)
+    # From all addresses at once: beyond this, a new connection is closed at once (cheap
+    # for both sides; the client tries again) rather than taken into a handshake that a
+    # saturated proxy would not finish before the timeout, wasting the work of both.
+    max_handshakes: int = Field(default=128, ge=1)
 
     _timeout = field_validator("handshake_timeout")(_check_duration)
 
@@ -285,6 +289,7 @@ proxy:
     handshake_timeout: 5s
     max_connections_per_ip: 1000
     max_handshakes_per_ip: 256
+    max_handshakes: 128           # TLS handshakes in progress from all addresses
   trusted_proxies: []             # load balancers whose X-Forwarded-For names the client,
                                   # e.g. [10.0.0.0/8]; from anyone else the header is ignored
 

@@ -389,6 +389,7 @@ class Service:
                 handshake_timeout=parse_duration(limits.handshake_timeout).total_seconds(),
                 max_connections_per_ip=limits.max_connections_per_ip,
                 max_handshakes_per_ip=limits.max_handshakes_per_ip,
+                max_handshakes=limits.max_handshakes,
             ),
         )
         await self._mux.start()

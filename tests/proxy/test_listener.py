@@ -166,6 +166,31 @@ async def test_the_connection_limit_per_address_bites(tmp_path: Path, listener) 
         await w.wait_closed()
 
 
+async def test_the_bound_on_handshakes_from_all_addresses_turns_newcomers_away(
+        listener, caplog: pytest.LogCaptureFixture) -> None:
+    """A herd (every node of a restarted proxy at once) is taken a bounded number at a
+    time: the rest are closed at once, to try again, while the first ones finish."""
+    mux, ca_pem = listener
+    mux.limits.max_handshakes = 2
+    silent = [await asyncio.open_connection("127.0.0.1", mux.port) for _ in range(2)]
+    async with asyncio.timeout(5):
+        while mux.handshakes < 2:  # both taken, waiting for their first bytes
+            await asyncio.sleep(0.01)
+    newcomer, writer = await asyncio.open_connection("127.0.0.1", mux.port)
+    async with asyncio.timeout(5):
+        assert await newcomer.read(100) == b""  # closed at once, not held
+    writer.close()
+    assert mux.turned_away == 1
+    assert "2 handshakes in progress (the limit): closed 1 new connections" in caplog.text
+    # The silent ones time out (0.5 s here); their places are free again.
+    async with asyncio.timeout(5):
+        while mux.handshakes:
+            await asyncio.sleep(0.01)
+    assert await _ask(mux.port, b"x", _client_tls(ca_pem, ["limen-ssh"])) == b"SSH:x"
+    for _reader, w in silent:
+        w.close()
+
+
 class Upgrader(Tagger):
     """Hands the connection to another protocol on its first bytes, as HTTP does when a
     request upgrades to a WebSocket."""

@@ -49,6 +49,10 @@ class ListenerLimits:
     handshake_timeout: float = 5.0
     max_connections_per_ip: int = 1000
     max_handshakes_per_ip: int = 256
+    max_handshakes: int = 128  # from all addresses together
+
+# A herd turned away is logged once a while, with how many, not once a connection.
+TURNED_AWAY_LOG_SECONDS = 10.0
 
 
 @dataclass
@@ -110,6 +114,9 @@ class MultiplexListener:
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
     _open: Counter[str] = field(default_factory=Counter)
     _handshaking: Counter[str] = field(default_factory=Counter)
+    handshakes: int = 0  # in progress, from all addresses
+    turned_away: int = 0  # connections closed at once because handshakes were at the bound
+    _turned_away_logged: tuple[float, int] = (float("-inf"), 0)  # (when, the count then)
 
     @property
     def port(self) -> int:
@@ -145,9 +152,23 @@ class MultiplexListener:
                             self._handshaking[peer])
                 conn.close()
                 continue
+            if self.handshakes >= self.limits.max_handshakes:
+                conn.close()
+                self._turn_away(loop.time())
+                continue
+            self.handshakes += 1  # here, not in the task: the next accept must see it
             task = asyncio.create_task(self._route(conn, peer))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+
+    def _turn_away(self, now: float) -> None:
+        self.turned_away += 1
+        since, count = self._turned_away_logged
+        if now - since >= TURNED_AWAY_LOG_SECONDS:
+            log.warning("%d handshakes in progress (the limit): closed %d new connections "
+                        "at once since the last such line; they will try again",
+                        self.handshakes, self.turned_away - count)
+            self._turned_away_logged = (now, self.turned_away)
 
     async def _route(self, conn: socket.socket, peer: str) -> None:
         self._handshaking[peer] += 1
@@ -168,6 +189,7 @@ class MultiplexListener:
             on_close()
         finally:
             self._decrement(self._handshaking, peer)
+            self.handshakes -= 1
 
     @staticmethod
     def _decrement(counter: Counter[str], peer: str) -> None:
