@@ -107,9 +107,10 @@ class ListenerConfig(_Section):
     handshake_timeout: str = "5s"  # a client that has not finished TLS or sent SSH by then
     max_connections_per_ip: int = Field(default=1000, ge=1)
     max_handshakes_per_ip: int = Field(default=256, ge=1)
-    # From all addresses at once: beyond this, a new connection is closed at once (cheap
-    # for both sides; the client tries again) rather than taken into a handshake that a
-    # saturated proxy would not finish before the timeout, wasting the work of both.
+    # From all addresses at once: beyond this, a new connection from an address with a
+    # handshake in progress is closed at once (cheap for both sides; the client tries
+    # again) rather than taken into a handshake that a saturated proxy would not finish
+    # before the timeout, wasting the work of both (proxy/listener.py, _over_bound).
     max_handshakes: int = Field(default=128, ge=1)
 
     _timeout = field_validator("handshake_timeout")(_check_duration)

@@ -74,9 +74,10 @@ def _client_tls(ca_pem: str, alpn: list[str] | None) -> ssl.SSLContext:
 
 
 async def _ask(port: int, payload: bytes, tls: ssl.SSLContext | None = None,
-               sni: str | None = None) -> bytes:
+               sni: str | None = None, source: str | None = None) -> bytes:
     reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=tls, server_hostname=sni if tls else None)
+        "127.0.0.1", port, ssl=tls, server_hostname=sni if tls else None,
+        local_addr=(source, 0) if source else None)
     try:
         writer.write(payload)
         await writer.drain()
@@ -189,6 +190,35 @@ async def test_the_bound_on_handshakes_from_all_addresses_turns_newcomers_away(
     assert await _ask(mux.port, b"x", _client_tls(ca_pem, ["limen-ssh"])) == b"SSH:x"
     for _reader, w in silent:
         w.close()
+
+
+async def test_one_address_holding_the_bound_does_not_lock_others_out(listener) -> None:
+    """The attack on that bound: fill it with silent connections from one address (or a
+    few) so that nobody else gets in. Another address's first handshake is still taken,
+    up to four times the bound; only past that is it turned away too."""
+    mux, ca_pem = listener
+    mux.limits.max_handshakes = 2
+    held = [await asyncio.open_connection("127.0.0.1", mux.port) for _ in range(2)]
+    try:
+        async with asyncio.timeout(5):
+            while mux.handshakes < 2:
+                await asyncio.sleep(0.01)
+        tls = _client_tls(ca_pem, ["limen-ssh"])
+        assert await _ask(mux.port, b"x", tls, source="127.0.0.2") == b"SSH:x"
+        # Six more addresses, one silent connection each: four times the bound in all.
+        for last in range(3, 9):
+            held.append(await asyncio.open_connection("127.0.0.1", mux.port,
+                                                      local_addr=(f"127.0.0.{last}", 0)))
+        async with asyncio.timeout(5):
+            while mux.handshakes < 8:
+                await asyncio.sleep(0.01)
+        held.append(await asyncio.open_connection("127.0.0.1", mux.port,
+                                                  local_addr=("127.0.0.9", 0)))
+        async with asyncio.timeout(5):
+            assert await held[-1][0].read(100) == b""  # past four times the bound
+    finally:
+        for _reader, writer in held:
+            writer.close()
 
 
 class Upgrader(Tagger):

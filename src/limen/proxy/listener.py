@@ -53,6 +53,9 @@ class ListenerLimits:
 
 # A herd turned away is logged once a while, with how many, not once a connection.
 TURNED_AWAY_LOG_SECONDS = 10.0
+# Beyond max_handshakes, addresses with nothing in progress are still taken, up to this
+# many times the bound (see MultiplexListener._over_bound).
+FIRST_HANDSHAKES = 4
 
 
 @dataclass
@@ -152,14 +155,27 @@ class MultiplexListener:
                             self._handshaking[peer])
                 conn.close()
                 continue
-            if self.handshakes >= self.limits.max_handshakes:
+            if self._over_bound(peer):
                 conn.close()
                 self._turn_away(loop.time())
                 continue
-            self.handshakes += 1  # here, not in the task: the next accept must see it
+            # Counted here, not in the task: the next accept must see them.
+            self.handshakes += 1
+            self._handshaking[peer] += 1
+            self._open[peer] += 1
             task = asyncio.create_task(self._route(conn, peer))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+
+    def _over_bound(self, peer: str) -> bool:
+        """Whether to close a new connection at once, the handshakes in progress being
+        at the bound. An address's first handshake is still taken (up to four times the
+        bound): else whoever holds the bound with silent connections, from one address
+        or a few, would lock everyone else out for as long as they held it."""
+        bound = self.limits.max_handshakes
+        if self.handshakes < bound:
+            return False
+        return self._handshaking[peer] > 0 or self.handshakes >= FIRST_HANDSHAKES * bound
 
     def _turn_away(self, now: float) -> None:
         self.turned_away += 1
@@ -171,8 +187,6 @@ class MultiplexListener:
             self._turned_away_logged = (now, self.turned_away)
 
     async def _route(self, conn: socket.socket, peer: str) -> None:
-        self._handshaking[peer] += 1
-        self._open[peer] += 1
         closed = False
 
         def on_close() -> None:
