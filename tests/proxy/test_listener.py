@@ -173,6 +173,7 @@ async def test_the_bound_on_handshakes_from_all_addresses_turns_newcomers_away(
     time: the rest are closed at once, to try again, while the first ones finish."""
     mux, ca_pem = listener
     mux.limits.max_handshakes = 2
+    mux.limits.handshake_timeout = 60  # the silent ones stay until they leave
     silent = [await asyncio.open_connection("127.0.0.1", mux.port) for _ in range(2)]
     async with asyncio.timeout(5):
         while mux.handshakes < 2:  # both taken, waiting for their first bytes
@@ -183,13 +184,12 @@ async def test_the_bound_on_handshakes_from_all_addresses_turns_newcomers_away(
     writer.close()
     assert mux.turned_away == 1
     assert "2 handshakes in progress (the limit): closed 1 new connections" in caplog.text
-    # The silent ones time out (0.5 s here); their places are free again.
+    for _reader, w in silent:  # they leave: their places are free again
+        w.close()
     async with asyncio.timeout(5):
         while mux.handshakes:
             await asyncio.sleep(0.01)
     assert await _ask(mux.port, b"x", _client_tls(ca_pem, ["limen-ssh"])) == b"SSH:x"
-    for _reader, w in silent:
-        w.close()
 
 
 async def test_one_address_holding_the_bound_does_not_lock_others_out(listener) -> None:
@@ -198,6 +198,7 @@ async def test_one_address_holding_the_bound_does_not_lock_others_out(listener) 
     up to four times the bound; only past that is it turned away too."""
     mux, ca_pem = listener
     mux.limits.max_handshakes = 2
+    mux.limits.handshake_timeout = 60  # held for the whole test
     held = [await asyncio.open_connection("127.0.0.1", mux.port) for _ in range(2)]
     try:
         async with asyncio.timeout(5):
