@@ -80,7 +80,7 @@ async def test_a_silent_proxy_is_named_as_such_for_calls_and_the_feed(silent_pro
 
 
 async def test_a_proxy_that_stops_answering_is_named_as_such(mute_proxy: str) -> None:
-    link = RemoteLink(mute_proxy, CA_PEM, "a-token", timeout=0.3, connect_timeout=2,
+    link = RemoteLink(mute_proxy, CA_PEM, "a-token", timeout=0.3, connect_timeout=10,
                       feed_read_timeout=0.3)
     try:
         with pytest.raises(ConnectionProblem) as beat:
