@@ -62,8 +62,8 @@ async def mute_proxy(tmp_path) -> AsyncIterator[str]:  # noqa: ANN001
         yield addr
 
 
-async def test_a_silent_proxy_is_named_as_such_for_calls_and_the_feed(silent_proxy: str) -> None:
-    link = RemoteLink(silent_proxy, CA_PEM, "a-token", timeout=0.3, connect_timeout=0.3)
+async def _failures(link: RemoteLink) -> tuple[str, str]:
+    """What a heartbeat and the access feed each say when they fail; closes the link."""
     try:
         with pytest.raises(ConnectionProblem) as beat:
             await link.heartbeat(None, "tunnel")
@@ -73,24 +73,21 @@ async def test_a_silent_proxy_is_named_as_such_for_calls_and_the_feed(silent_pro
                     pass
     finally:
         await link.close()
-    assert beat.value.message == (f"cannot reach the proxy at {silent_proxy}: it did not "
-                                  "take the connection in time (TLS handshake or TCP connect)")
-    assert feed.value.message == ("cannot reach the proxy for the access feed: it did not "
-                                  "take the connection in time (TLS handshake or TCP connect)")
+    return beat.value.message, feed.value.message
+
+
+async def test_a_silent_proxy_is_named_as_such_for_calls_and_the_feed(silent_proxy: str) -> None:
+    beat, feed = await _failures(
+        RemoteLink(silent_proxy, CA_PEM, "a-token", timeout=0.3, connect_timeout=0.3))
+    assert beat == (f"cannot reach the proxy at {silent_proxy}: it did not "
+                    "take the connection in time (TLS handshake or TCP connect)")
+    assert feed == ("cannot reach the proxy for the access feed: it did not "
+                    "take the connection in time (TLS handshake or TCP connect)")
 
 
 async def test_a_proxy_that_stops_answering_is_named_as_such(mute_proxy: str) -> None:
-    link = RemoteLink(mute_proxy, CA_PEM, "a-token", timeout=0.3, connect_timeout=10,
-                      feed_read_timeout=0.3)
-    try:
-        with pytest.raises(ConnectionProblem) as beat:
-            await link.heartbeat(None, "tunnel")
-        with pytest.raises(ConnectionProblem) as feed:
-            async with contextlib.aclosing(link.access_feed()) as messages:
-                async for _ in messages:
-                    pass
-    finally:
-        await link.close()
-    assert beat.value.message == (f"cannot reach the proxy at {mute_proxy}: "
-                                  "it did not answer in time")
-    assert feed.value.message == "the access feed broke: it did not answer in time"
+    beat, feed = await _failures(
+        RemoteLink(mute_proxy, CA_PEM, "a-token", timeout=0.3, connect_timeout=10,
+                   feed_read_timeout=0.3))
+    assert beat == f"cannot reach the proxy at {mute_proxy}: it did not answer in time"
+    assert feed == "the access feed broke: it did not answer in time"
