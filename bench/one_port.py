@@ -4,7 +4,7 @@ proxy's dedicated SSH port, same run.
 Run by hand from the repository root, as root (the node runs shells):
 
     .venv/bin/python bench/one_port.py [--size-mb 500] [--uploads 3] [--runs 30]
-                                       [--node direct|tunnel] [--openssl]
+                                       [--node direct|tunnel] [--openssl] [--proxy-ssh]
 
 It starts `limen start --roles auth,proxy` (listener_mode multiplex, the default) and a
 `limen start --roles node` joined with a token, all on 127.0.0.1, and logs a user in.
@@ -16,9 +16,12 @@ proxy differs:
 - (b) web port:  ssh -F CFG LOGIN@NODE.CLUSTER  (`limen config`: ProxyJump to the web
   port, plain SSH recognised by its banner);
 - (c) web port in TLS: ssh -F CFG_TLS LOGIN@NODE.CLUSTER  (`limen config --tls-routing`:
-  ProxyCommand `limen proxy ssh`, SSH inside TLS with ALPN limen-ssh);
-- (d) with --openssl: the hop of (c) made by OpenSSH over `openssl s_client` instead of
-  `limen proxy ssh`, so that (c) against (d) tells the TLS layer from the Python client.
+  OpenSSH's own jump, to an alias whose ProxyCommand `limen proxy tls` carries it inside
+  TLS with ALPN limen-ssh);
+- (d) with --openssl: the TLS of (c) made by `openssl s_client` instead of
+  `limen proxy tls`, so that (c) against (d) tells our relay from OpenSSL's own;
+- (e) with --proxy-ssh: the hop as configs before `limen proxy tls` made it,
+  `limen proxy ssh` (the jump in asyncssh inside TLS) as the ProxyCommand.
 
 Figures, the paths interleaved so drift in the machine's load hits them alike: median
 upload throughput (``head -c SIZE /dev/zero | ssh ... 'cat > /dev/null'``, handshakes
@@ -56,8 +59,9 @@ from common import (
 CLUSTER = "bench.limen"
 NODE_NAME = "bench-node"
 GOAL = 0.90  # (c)/(a) throughput: TLS wrapping costs under 10%
-SSH_PORT, WEB, WEB_TLS, WEB_OPENSSL = ("(a) SSH port", "(b) web port, SSH",
-                                       "(c) web port, TLS", "(d) web port, openssl")
+SSH_PORT, WEB, WEB_TLS, WEB_OPENSSL, WEB_PROXY_SSH = (
+    "(a) SSH port", "(b) web port, SSH", "(c) web port, TLS", "(d) web port, openssl",
+    "(e) limen proxy ssh")
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,13 +74,15 @@ def parse_args() -> argparse.Namespace:
                              "on the way is the client's; tunnel: the node dials the proxy")
     parser.add_argument("--openssl", action="store_true",
                         help="also (d): the TLS hop by openssl s_client and OpenSSH")
+    parser.add_argument("--proxy-ssh", action="store_true",
+                        help="also (e): the hop of earlier configs, `limen proxy ssh`")
     return parser.parse_args()
 
 
 # the three (or four) ways to the node
 
 
-def ways(cluster: Cluster, plain: Path, tls: Path, openssl: bool) -> list[Way]:
+def ways(cluster: Cluster, plain: Path, tls: Path, args: argparse.Namespace) -> list[Way]:
     target = f"{LOGIN}@{NODE_NAME}.{CLUSTER}"
     ssh = ["ssh", "-o", "BatchMode=yes"]
     found = [
@@ -86,10 +92,20 @@ def ways(cluster: Cluster, plain: Path, tls: Path, openssl: bool) -> list[Way]:
         Way(WEB, [*ssh, "-F", str(plain), target]),
         Way(WEB_TLS, [*ssh, "-F", str(tls), target]),
     ]
-    if openssl:
+    if args.openssl:
         found.append(Way(WEB_OPENSSL, [*ssh, "-F", str(plain), "-o",
                                        f"ProxyCommand={openssl_hop(cluster, plain)}", target]))
+    if args.proxy_ssh:  # a ProxyCommand on the command line wins over the config's jump
+        found.append(Way(WEB_PROXY_SSH, [*ssh, "-F", str(plain), "-o",
+                                         f"ProxyCommand={proxy_ssh_hop(tls)}", target]))
     return found
+
+
+def proxy_ssh_hop(tls: Path) -> str:
+    """`limen proxy ssh %r@%h:%p`, as configs before `limen proxy tls` ran it."""
+    line = next(line for line in tls.read_text().splitlines() if "ProxyCommand" in line)
+    return line.split("ProxyCommand", 1)[1].strip().replace("proxy tls %h:%p",
+                                                             "proxy ssh %r@%h:%p")
 
 
 def openssl_hop(cluster: Cluster, plain: Path) -> str:
@@ -110,7 +126,7 @@ def check_configs(cluster: Cluster, plain: Path, tls: Path) -> None:
     if f"ProxyJump {LOGIN}@{cluster.web_addr}\n" not in plain.read_text():
         raise RuntimeError(f"limen config does not jump to the web port {cluster.web_addr}:\n"
                            f"{plain.read_text()}")
-    if "limen.cli.main proxy ssh" not in tls.read_text():
+    if "limen.cli.main proxy tls %h:%p" not in tls.read_text():
         raise RuntimeError(f"limen config --tls-routing has no ProxyCommand:\n{tls.read_text()}")
 
 
@@ -156,7 +172,7 @@ def main() -> None:
         plain = log_in(cluster, home)
         tls = openssh_config(env, home, tls_routing=True)
         check_configs(cluster, plain, tls)
-        paths = ways(cluster, plain, tls, args.openssl)
+        paths = ways(cluster, plain, tls, args)
         for way in paths:  # warm-up: page cache, first handshakes, Python's bytecode
             timed(way.shell("true"), env)
         daemons = [cluster.proxy.pid, *(d.pid for d in cluster.daemons)]

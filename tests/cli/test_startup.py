@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -67,3 +68,19 @@ def test_importing_the_ssh_client_does_not_search_for_liboqs() -> None:
     assert [argv for argv in spawned if any("oqs" in arg for arg in argv)] == []
     assert len(spawned) <= 1, spawned  # the ldconfig for libnettle
     assert mlkem  # ML-KEM still offered (from cryptography, not liboqs)
+
+
+def test_proxy_tls_imports_no_ssh_or_x509_library() -> None:
+    """ssh waits for its ProxyCommand before the first byte: `limen proxy tls` needs the
+    ssl module, not asyncssh or cryptography (here it stops at the missing login)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "limen.cli.main", "proxy", "tls",
+         "127.0.0.1:9"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "LIMEN_HOME": "/nonexistent/limen-home"},
+    )
+    assert done.returncode == 1 and "no login through the proxy" in done.stderr, done.stderr
+    modules = [line.split("|")[-1].strip() for line in done.stderr.splitlines()
+               if line.startswith("import time:") and "|" in line]
+    assert "limen.client.tls_relay" in modules  # the command did load its relay
+    heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
+    assert heavy == [], f"`limen proxy tls` imports {heavy}"

@@ -1,7 +1,8 @@
 """One port for everything: a cluster whose proxy opens only its web port.
 
-Login, `limen ssh`, stock OpenSSH with ProxyJump (plain SSH on the web port) and with
-`limen proxy ssh` as ProxyCommand (SSH inside TLS), and a node behind NAT whose agent
+Login, `limen ssh`, stock OpenSSH with ProxyJump (plain SSH on the web port), with the
+jump inside TLS (`limen proxy tls`) and through `limen proxy ssh` as earlier configs
+had it, and a node behind NAT whose agent
 tunnels in through the same port. Silent and garbage clients are dropped while the
 listener keeps serving everyone else.
 """
@@ -78,16 +79,21 @@ def test_stock_ssh_with_proxyjump_speaks_plain_ssh_to_the_web_port(one_port: One
     assert chosen == [b"aes256-gcm@openssh.com"] * 2, stock.stderr
 
 
-def test_stock_ssh_through_limen_proxy_ssh_inside_tls(one_port: OnePort) -> None:
+def test_stock_ssh_through_limen_proxy_tls_inside_tls(one_port: OnePort) -> None:
+    """`limen config --tls-routing`: OpenSSH makes both hops itself, the one to the proxy
+    inside TLS made by `limen proxy tls`."""
     user = one_port.user
     printed = user.limen("config", "--tls-routing")
     assert printed.returncode == 0, printed.stderr
-    assert "ProxyCommand" in printed.stdout and "proxy ssh %r@%h:%p" in printed.stdout
+    assert f"ProxyJump root@_proxy.{CLUSTER}" in printed.stdout
+    assert "proxy tls %h:%p" in printed.stdout
     config = user.home / "ssh_config_tls"
     config.write_text(printed.stdout)
-    stock = user.ssh(f"root@{one_port.node.name}.{CLUSTER}", "echo", "inside-tls",
+    stock = user.ssh("-v", f"root@{one_port.node.name}.{CLUSTER}", "echo", "inside-tls",
                      config=config)
     assert stock.stdout == b"inside-tls\n", stock.stderr
+    web_host, web_port = one_port.cluster.web_addr.rsplit(":", 1)
+    assert f"proxy tls {web_host}:{web_port}".encode() in stock.stderr  # ssh -v: the jump's
     scp_source = user.home / "payload.txt"
     scp_source.write_text("over tls\n")
     copied = user.tool("scp", str(scp_source),
@@ -95,10 +101,22 @@ def test_stock_ssh_through_limen_proxy_ssh_inside_tls(one_port: OnePort) -> None
     assert copied.returncode == 0, copied.stderr
 
 
-def test_bulk_data_both_ways_through_limen_proxy_ssh_arrives_whole(one_port: OnePort) -> None:
-    """`limen proxy ssh` splices stdin/stdout at the protocol level: megabytes each way,
-    more than every buffer on the path holds, arrive whole and in order (flow control
-    pauses a side instead of dropping or reordering)."""
+def test_configs_from_before_still_work_through_limen_proxy_ssh(one_port: OnePort) -> None:
+    """Earlier `limen config --tls-routing` printed `limen proxy ssh` as the ProxyCommand
+    (the jump made in asyncssh): such configs keep working."""
+    user = one_port.user
+    command = next(line for line in user.limen("config", "--tls-routing").stdout.splitlines()
+                   if "ProxyCommand" in line).split("ProxyCommand", 1)[1].strip()
+    earlier = command.replace("proxy tls %h:%p", "proxy ssh %r@%h:%p")
+    stock = user.ssh("-o", f"ProxyCommand={earlier}", f"root@{one_port.node.name}.{CLUSTER}",
+                     "echo", "proxy-ssh")
+    assert stock.stdout == b"proxy-ssh\n", stock.stderr
+
+
+def test_bulk_data_both_ways_through_limen_proxy_tls_arrives_whole(one_port: OnePort) -> None:
+    """`limen proxy tls` relays stdin/stdout through TLS: megabytes each way, more than
+    every buffer on the path holds, arrive whole and in order (a side whose output is
+    full stops reading instead of dropping or reordering)."""
     user = one_port.user
     printed = user.limen("config", "--tls-routing")
     config = user.home / "ssh_config_tls_bulk"

@@ -1,28 +1,31 @@
-"""`limen proxy ssh %r@%h:%p`: an OpenSSH ProxyCommand through the proxy's web port.
+"""`limen proxy tls|ssh`: OpenSSH ProxyCommands through the proxy's web port, for
+clusters behind a load balancer that passes only TLS.
 
-For clusters behind a load balancer that passes only TLS: the SSH jump hop runs
-inside TLS (ALPN limen-ssh) to the single web address, a channel is opened to the
-node, and that channel is piped to stdin/stdout for the ssh that started us.
+- `limen proxy tls %h:%p` (what `limen config --tls-routing` uses): TLS to the web port
+  with ALPN limen-ssh, and stdin/stdout relayed through it; ssh makes the jump hop
+  itself (ProxyJump), so both SSH layers are OpenSSH's.
+- `limen proxy ssh %r@%h:%p` (earlier configs): the jump hop made here, in asyncssh,
+  inside that TLS, and a channel to the node spliced to stdin/stdout.
+
+Each command imports its own libraries when it runs: ssh waits for the ProxyCommand
+before its first byte, and `proxy tls` needs none of asyncssh.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import asyncssh
-
-from limen.client.access import load_credentials
-from limen.client.ssh import client_algs, host_ca_known_hosts, translate_error
-from limen.client.stdio_pipe import splice_stdio
-from limen.client.tls_tunnel import TLSTunnel
-from limen.config import split_host_port
 from limen.errors import BadParameter, NotFound
-from limen.runtime import eventloop
+from limen.hostport import split_host_port
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     proxy = sub.add_parser("proxy", help="helpers for OpenSSH (ProxyCommand)")
     cmds = proxy.add_subparsers(dest="proxy_cmd", required=True, metavar="COMMAND")
+    tls = cmds.add_parser("tls", help="ProxyCommand of the hop to the proxy: limen proxy "
+                                      "tls %%h:%%p (SSH inside TLS to the web port)")
+    tls.add_argument("address", metavar="HOST:PORT", help="the proxy's web address")
+    tls.set_defaults(func=cmd_proxy_tls)
     ssh = cmds.add_parser("ssh", help="ProxyCommand: limen proxy ssh %%r@%%h:%%p")
     ssh.add_argument("target", metavar="[LOGIN@]NODE[:PORT]")
     ssh.set_defaults(func=cmd_proxy_ssh)
@@ -39,12 +42,48 @@ def parse_target(text: str) -> tuple[str | None, str, int]:
         raise BadParameter(f"{text!r} has a port that is not a number") from None
 
 
+# limen proxy tls
+
+
+def cmd_proxy_tls(args: argparse.Namespace) -> int:
+    from limen.client import profile as profiles
+    from limen.client.pipes import widen_pipe
+    from limen.client.tls_relay import ALPN_SSH, open_tls, relay_stdio
+    from limen.client.trust import shared_verifying_context
+
+    host, port = split_host_port(args.address)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    ca = profiles.load(address).trusted_ca()  # the login made through this very address
+    if ca is None:
+        raise NotFound(f"no login through the proxy at {address} is stored; run "
+                       f"limen login --proxy {address}, then limen config --tls-routing")
+    where = f"the proxy at {address}"
+    tls = open_tls(host, port, shared_verifying_context(ca, (ALPN_SSH,)), where)
+    with tls:
+        for fd in (0, 1):
+            widen_pipe(fd)
+        relay_stdio(tls, where)
+    return 0
+
+
+# limen proxy ssh
+
+
 def cmd_proxy_ssh(args: argparse.Namespace) -> int:
+    from limen.runtime import eventloop
+
     login, host, port = parse_target(args.target)
     return eventloop.run(_proxy(login, host, port))  # its TLS in C: less CPU per GB
 
 
 async def _proxy(login: str | None, host: str, port: int) -> int:
+    import asyncssh
+
+    from limen.client.access import load_credentials
+    from limen.client.ssh import client_algs, host_ca_known_hosts, translate_error
+    from limen.client.stdio_pipe import splice_stdio
+    from limen.client.tls_tunnel import TLSTunnel
+
     creds = load_credentials()
     ca = creds.profile.trusted_ca()
     if ca is None:

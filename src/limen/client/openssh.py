@@ -8,6 +8,10 @@ Two blocks, as Teleport's `tsh config` does:
 - every cluster host except the proxy: ProxyJump through the proxy's SSH port (no
   extra process per connection, unlike ProxyCommand).
 
+With ``--tls-routing`` the jump goes to an alias of the proxy's web address whose
+ProxyCommand is `limen proxy tls`: ssh still makes both SSH hops itself, and only the
+TLS around the first one is ours.
+
 Paths are absolute and quoted, never ``~``: the block works from ``ssh -F FILE`` and
 from an ``Include`` alike, and ProxyJump hands ``-F FILE`` on to the jump hop.
 """
@@ -33,20 +37,27 @@ def proxy_command() -> str:
     """This very limen as an OpenSSH ProxyCommand, with this profile home pinned."""
     return (
         f"env LIMEN_HOME={_quote(profiles.limen_home())} {_quote(sys.executable)} "
-        "-m limen.cli.main proxy ssh %r@%h:%p"
+        "-m limen.cli.main proxy tls %h:%p"
     )
+
+
+def tls_alias(cluster: str) -> str:
+    """The jump host's name under TLS routing. It cannot be a node's: node names start
+    with a letter or a digit (resources.base.validate_name)."""
+    return f"_proxy.{cluster}"
 
 
 def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool = False) -> str:
     """The config text for ``profile``; ``jump_login`` is the user name at the proxy.
 
     With ``tls_routing`` the hop to the proxy runs inside TLS on its web port (for load
-    balancers that pass only TLS), through `limen proxy ssh` as ProxyCommand.
+    balancers that pass only TLS): ProxyJump to an alias whose ProxyCommand is
+    `limen proxy tls`.
     """
     host, port = split_host_port(profile.ssh_proxy)
     cluster = profile.cluster
     known_hosts = profiles.Profile.known_hosts_path()
-    return (
+    head = (
         f"# Limen cluster {cluster} through the proxy {profile.proxy} "
         f"(user {profile.user}); from: limen config\n"
         f"# Use: ssh LOGIN@NODE.{cluster}   (scp, sftp and rsync -e ssh alike)\n"
@@ -61,12 +72,20 @@ def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool =
         # AES-GCM first: the cheapest AEAD cipher for the Python proxy and nodes.
         f"    Ciphers {CIPHERS_OPENSSH}\n"
         f"\n"
-        f"Host *.{cluster} !{host}\n"
-        + (
-            f"    ProxyCommand {proxy_command()}\n"
-            if tls_routing
-            else f"    ProxyJump {jump_login}@{host}:{port}\n"
-        )
+    )
+    if not tls_routing:
+        return head + f"Host *.{cluster} !{host}\n    ProxyJump {jump_login}@{host}:{port}\n"
+    alias = tls_alias(cluster)
+    web_host, web_port = split_host_port(profile.proxy)
+    return head + (
+        f"Host *.{cluster} !{host} !{alias}\n"
+        f"    ProxyJump {jump_login}@{alias}\n"
+        f"\n"
+        # HostName: the proxy's host certificate names its address, not the alias.
+        f"Host {alias}\n"
+        f"    HostName {web_host}\n"
+        f"    Port {web_port}\n"
+        f"    ProxyCommand {proxy_command()}\n"
     )
 
 

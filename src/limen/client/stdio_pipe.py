@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import sys
 from typing import Any
 
 import asyncssh
 
+from limen.client.pipes import widen_pipe
+
 WINDOW = 8 * 1024 * 1024  # the channel's receive window, as the jump host's
 # What the proxy may send in one packet (asyncssh's default is 32 KiB): the per-packet
 # work in Python is the same whatever the size, so fewer, larger packets cost less.
 MAX_PACKET = 128 * 1024
-PIPE_SIZE = 1024 * 1024  # Linux's default ceiling for an unprivileged process
 
 
 class _StdoutProtocol(asyncio.Protocol):
@@ -179,12 +179,3 @@ async def splice_stdio(conn: asyncssh.SSHClientConnection, host: str, port: int)
     finally:
         chan.close()
 
-
-def widen_pipe(fd: int) -> None:
-    """Let a pipe hold PIPE_SIZE (Linux; anything else is left as it is). ssh's pipes to
-    its ProxyCommand hold 64 KiB, so each read and write here moved at most that much;
-    with 1 MiB, `limen proxy ssh` used about 15% less CPU per GB uploaded
-    (bench/one_port.py: 5.2 to 5.4 s/GB against 6.1 to 6.4)."""
-    with contextlib.suppress(OSError, AttributeError):
-        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)

@@ -10,13 +10,15 @@ import functools
 import hashlib
 import ssl
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from limen.errors import AccessDenied, BadParameter
 
 
 def pin_of(ca_pem: str) -> str:
+    # Imported here: `limen proxy tls` needs this module's contexts and not cryptography,
+    # whose import ssh would wait for before its first byte.
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     cert = x509.load_pem_x509_certificate(ca_pem.encode())
     spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(spki).hexdigest()

@@ -1,5 +1,6 @@
-"""`limen proxy ssh` widens the pipes ssh gives it, so that each read and write moves
-more than 64 KiB; on anything that is not a pipe it changes nothing and never fails."""
+"""`limen proxy ssh` and `limen proxy tls` widen the pipes ssh gives them, so that each
+read and write moves more than 64 KiB; on anything that is not a pipe it changes nothing
+and never fails."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from limen.client.stdio_pipe import PIPE_SIZE, widen_pipe
+from limen.client.pipes import PIPE_SIZE, widen_pipe
 
 
 def test_a_pipe_is_widened_to_pipe_size() -> None:

@@ -1,0 +1,244 @@
+"""`limen proxy tls HOST:PORT`, the real command, against TLS servers of the test's own:
+bytes both ways arrive whole, and a server that cannot prove it is the cluster's proxy
+(another CA, no ALPN limen-ssh, no TLS at all) gets a refusal in words and not one byte.
+
+The whole path through a real proxy, with stock ssh on top, is in
+tests/integration/test_one_port.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from limen.client.profile import proxy_dirname
+from tests.sso import pki as test_pki
+from tests.sso.pki import ServerFiles
+
+pytestmark = pytest.mark.timeout(60)
+
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "FakeProxy"], Awaitable[None]]
+
+
+async def nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  proxy: FakeProxy) -> None:
+    return None
+
+
+class FakeProxy:
+    """A server on 127.0.0.1 that runs ``serve`` on each connection and keeps what
+    ``serve`` recorded. Its TLS is asyncio's, as the real proxy's is (uvloop's port of
+    it): like the proxy, it reads a TCP half-close as the end of the stream."""
+
+    def __init__(self, files: ServerFiles | None, alpn: tuple[str, ...] = ("limen-ssh",),
+                 serve: Serve = nothing) -> None:
+        self.serve = serve
+        self.received = bytearray()
+        ctx = None
+        if files is not None:  # None: plain TCP, no TLS
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(files.cert, files.key)
+            if alpn:
+                ctx.set_alpn_protocols(list(alpn))
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=ctx))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            await self.serve(reader, writer, self)
+            writer.close()
+            await writer.wait_closed()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+               proxy: FakeProxy) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 proxy: FakeProxy) -> None:
+    while data := await asyncio.wait_for(reader.read(65536), timeout=10):
+        proxy.received += data
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> tuple[test_pki.TestCA, test_pki.TestCA]:
+    """The cluster's CA, and another one."""
+    return (test_pki.TestCA(tmp_path / "pki", "cluster"),
+            test_pki.TestCA(tmp_path / "pki", "stranger"))
+
+
+@pytest.fixture
+def proxies() -> Iterator[list[FakeProxy]]:
+    started: list[FakeProxy] = []
+    yield started
+    for proxy in started:
+        proxy.close()
+
+
+def start(proxies: list[FakeProxy], **kwargs: Any) -> FakeProxy:
+    proxy = FakeProxy(**kwargs)
+    proxies.append(proxy)
+    return proxy
+
+
+def logged_in_home(tmp_path: Path, address: str, ca: test_pki.TestCA) -> Path:
+    """A LIMEN_HOME that trusts ``ca`` for ``address``, as limen login leaves it."""
+    home = tmp_path / "home"
+    keys = home / "keys" / proxy_dirname(address)
+    keys.mkdir(parents=True)
+    (keys / "tls-ca.pem").write_bytes(ca.path.read_bytes())
+    return home
+
+
+def relay(home: Path, address: str, **kwargs: object) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LIMEN_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "limen.cli.main", "proxy", "tls", address],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def refused(home: Path, address: str) -> str:
+    """Runs the relay with bytes on its stdin; returns its error, having checked the
+    exit status and that no traceback showed."""
+    with relay(home, address) as done:
+        _, err = done.communicate(b"SSH-2.0-OpenSSH_9.2 secret-bytes\r\n", timeout=30)
+    text = err.decode()
+    assert done.returncode == 1, text
+    assert "Traceback" not in text, text
+    assert text.startswith("ERROR: "), text
+    return text
+
+
+def test_bytes_both_ways_arrive_whole_and_in_order(tmp_path: Path, pki, proxies) -> None:
+    cluster_ca, _ = pki
+    proxy = start(proxies, files=cluster_ca.server("proxy"), serve=echo)
+    home = logged_in_home(tmp_path, proxy.address, cluster_ca)
+    payload = random.Random(5).randbytes(16 * 1024 * 1024)
+    with relay(home, proxy.address) as process:
+        assert process.stdin is not None and process.stdout is not None
+        stdin = process.stdin
+
+        def feed() -> None:  # while the test reads: the echo fills every buffer otherwise
+            stdin.write(payload)
+            stdin.close()
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        echoed = hashlib.sha256()
+        got = 0
+        while got < len(payload) and (chunk := process.stdout.read1(1 << 20)):
+            echoed.update(chunk)
+            got += len(chunk)
+        writer.join(timeout=30)
+        assert got == len(payload)
+        assert echoed.hexdigest() == hashlib.sha256(payload).hexdigest()
+        # stdin ended: the proxy hears of it, closes, and so the relay ends
+        assert process.wait(timeout=30) == 0, process.stderr.read()
+
+
+def test_what_the_proxy_sends_before_it_closes_is_delivered(tmp_path: Path, pki,
+                                                            proxies) -> None:
+    cluster_ca, _ = pki
+    banner = b"SSH-2.0-limen\r\n" + b"x" * 3_000_000
+
+    async def say_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            proxy: FakeProxy) -> None:
+        writer.write(banner)
+        await writer.drain()
+
+    proxy = start(proxies, files=cluster_ca.server("proxy"), serve=say_and_close)
+    home = logged_in_home(tmp_path, proxy.address, cluster_ca)
+    with relay(home, proxy.address) as process:
+        assert process.stdout is not None
+        out = process.stdout.read()  # to the end: the proxy closed, stdin is still open
+        assert out == banner
+        assert process.wait(timeout=30) == 0, process.stderr.read()
+
+
+def test_a_certificate_from_another_ca_is_refused_before_any_byte(tmp_path: Path, pki,
+                                                                  proxies) -> None:
+    cluster_ca, stranger = pki
+    proxy = start(proxies, files=stranger.server("impostor"), serve=record)
+    error = refused(logged_in_home(tmp_path, proxy.address, cluster_ca), proxy.address)
+    assert f"the proxy at {proxy.address} could not be verified" in error
+    assert "not signed by the cluster's CA" in error
+    assert bytes(proxy.received) == b""
+
+
+def test_a_server_that_does_not_agree_to_carry_ssh_is_refused(tmp_path: Path, pki,
+                                                              proxies) -> None:
+    """A web server of the cluster's own CA that speaks only HTTP: its answer to SSH
+    bytes would be nonsense, so none are sent."""
+    cluster_ca, _ = pki
+    for alpn in (("http/1.1",), ()):
+        proxy = start(proxies, files=cluster_ca.server("web"), alpn=alpn, serve=record)
+        error = refused(logged_in_home(tmp_path / proxy.address, proxy.address, cluster_ca),
+                        proxy.address)
+        assert "does not carry SSH inside TLS" in error, error
+        assert "ALPN limen-ssh" in error
+        assert bytes(proxy.received) == b""
+
+
+def test_a_server_without_tls_is_refused(tmp_path: Path, pki, proxies) -> None:
+    """Say, the proxy's dedicated SSH port given where its web port belongs."""
+    cluster_ca, _ = pki
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     proxy: FakeProxy) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        await record(reader, writer, proxy)
+
+    proxy = start(proxies, files=None, serve=banner)
+    error = refused(logged_in_home(tmp_path, proxy.address, cluster_ca), proxy.address)
+    assert f"the TLS handshake with the proxy at {proxy.address} failed" in error
+    assert b"secret-bytes" not in bytes(proxy.received)
+
+
+def test_an_address_with_no_login_and_one_that_refuses(tmp_path: Path, pki,
+                                                       proxies) -> None:
+    cluster_ca, _ = pki
+    proxy = start(proxies, files=cluster_ca.server("proxy"), serve=record)
+    error = refused(tmp_path / "empty-home", proxy.address)
+    assert f"no login through the proxy at {proxy.address} is stored" in error
+    assert bytes(proxy.received) == b""
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+    error = refused(logged_in_home(tmp_path, address, cluster_ca), address)
+    assert "refused the connection" in error
