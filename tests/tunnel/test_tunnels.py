@@ -65,6 +65,31 @@ async def test_bulk_data_and_half_close_through_the_tunnel(kit: Kit) -> None:
         await conn.wait_closed()
 
 
+async def test_the_nodes_output_crosses_the_tunnel_in_gathered_packets(kit: Kit) -> None:
+    """The node's SSH connection writes packets of 32 KiB at most (the client's limit),
+    each in parts. The node gathers what is written in one turn of its loop, so a
+    download crosses the tunnel in a fraction of the packets: each costs both ends the
+    same work whatever its size."""
+    node = await kit.add_node("gather")
+    await node.agent.wait_connected(10)
+    tunnel = kit.tunnels.directory.get(node.node_id)
+    assert tunnel is not None
+    conn = await kit.connect("gather")
+    try:
+        size = 16 * 1024 * 1024
+        before = tunnel.conn._recv_seq  # asyncssh's count of packets received
+        down = await conn.run(f"head -c {size} /dev/zero", encoding=None, check=True)
+        packets = tunnel.conn._recv_seq - before
+    finally:
+        conn.close()
+        await conn.wait_closed()
+    assert down.stdout == bytes(size)
+    # Without gathering: 2,068, as asyncssh writes each of its packets in parts. With
+    # it: one per read of the command's output (64 KiB, node.ssh.channel.CHUNK), 262.
+    one_per_client_packet = size // (32 * 1024)
+    assert packets < one_per_client_packet * 0.6, f"{packets} tunnel packets for {size} bytes"
+
+
 async def test_a_node_certificate_cannot_log_in_as_another_node(kit: Kit) -> None:
     victim = await kit.add_node("victim", start=False)
     # The agent of node A presents A's certificate but logs in as B's id.

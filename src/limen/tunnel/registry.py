@@ -29,9 +29,10 @@ NODE_PORT = 3022
 OPEN_TIMEOUT = 5.0  # like a direct dial: never keep a user waiting on a dead tunnel
 CHANNEL_WINDOW = 8 * 1024 * 1024  # bulk copies: the jump host's channels use the same
 # What the agent may put in one packet towards the proxy. The channel carries SSH
-# packets of the user's own connection, up to 32 KiB of payload plus framing: with
-# the usual 32 KiB limit each of them would cross the tunnel as two packets.
-CHANNEL_MAX_PACKET = 64 * 1024
+# packets of the user's own connection, up to 32 KiB of payload plus framing, and the
+# agent gathers those written in one turn of its loop into one write (up to 256 KiB,
+# node.ssh.tunnel_channels): each packet costs both ends the same work whatever its size.
+CHANNEL_MAX_PACKET = 256 * 1024
 
 
 @dataclass(frozen=True)

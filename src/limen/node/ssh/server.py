@@ -23,6 +23,7 @@ from limen.node.ssh.identity import UserIdentity
 from limen.node.ssh.policy import CertPolicy, NodeObserver, NodePolicy, NullObserver
 from limen.node.ssh.session import SessionContext
 from limen.node.ssh.settings import NodeSettings
+from limen.node.ssh.tunnel_channels import WideChannels
 from limen.sshalgs import hardened_options
 from limen.sshauth import TrustedKeys
 from limen.timers import LoopTimers, Timers
@@ -107,7 +108,7 @@ class NodeServer:
                         port: int) -> asyncssh.SSHAcceptor:
         """Serve inside an SSH connection: each channel the peer opens to host:port
         (a reverse tunnel's tcpip-forward) becomes a node connection."""
-        acceptor = await asyncssh.listen(host, port, tunnel=_WideChannels(tunnel),
+        acceptor = await asyncssh.listen(host, port, tunnel=WideChannels(tunnel),
                                          **self.listen_options())
         self._tunnel_acceptors = [(t, a) for t, a in self._tunnel_acceptors if not t.is_closed()]
         self._tunnel_acceptors.append((tunnel, acceptor))
@@ -245,27 +246,6 @@ class NodeServer:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("node background task failed", exc_info=task.exception())
-
-
-# The channels a reverse tunnel's proxy opens to this node: their window, and the largest
-# packet the proxy may send (asyncssh's default: 32 KiB). The proxy forwards a user's SSH
-# stream in chunks of up to a few hundred KiB; each packet costs both ends the same Python
-# work whatever its size, so fewer, larger ones cost less.
-TUNNEL_CHANNEL_WINDOW = 8 * 1024 * 1024
-TUNNEL_CHANNEL_MAX_PACKET = 128 * 1024
-
-
-class _WideChannels:
-    """A reverse tunnel as asyncssh.listen()'s ``tunnel``: the same listener that
-    ``SSHClientConnection.listen_ssh`` makes, with a larger window and packet size."""
-
-    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
-        self._conn = conn
-
-    async def create_server(self, session_factory: Any, host: str, port: int) -> Any:
-        return await self._conn.create_server(
-            session_factory, host, port, window=TUNNEL_CHANNEL_WINDOW,
-            max_pktsize=TUNNEL_CHANNEL_MAX_PACKET)
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
