@@ -242,3 +242,33 @@ def test_an_address_with_no_login_and_one_that_refuses(tmp_path: Path, pki,
         address = f"127.0.0.1:{closed.getsockname()[1]}"
     error = refused(logged_in_home(tmp_path, address, cluster_ca), address)
     assert "refused the connection" in error
+
+
+def test_an_alert_answering_the_half_close_still_ends_quietly(tmp_path: Path, pki) -> None:
+    """OpenSSL answers a TCP half-close under TLS with a decode_error alert (asyncio's
+    and uvloop's TLS, the proxy's, read it as the end of the stream). Everything sent
+    before still arrives, and the relay ends without an error."""
+    cluster_ca, _ = pki
+    files = cluster_ca.server("openssl")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(files.cert, files.key)
+    ctx.set_alpn_protocols(["limen-ssh"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            while data := tls.recv(65536):  # to the half-close
+                tls.sendall(data)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        with relay(logged_in_home(tmp_path, address, cluster_ca), address) as process:
+            out, err = process.communicate(b"echo me\n" * 1000, timeout=30)
+        assert out == b"echo me\n" * 1000
+        assert (process.returncode, err) == (0, b"")
+    finally:
+        listener.close()
+        server.join(timeout=10)

@@ -208,7 +208,10 @@ class Relay:
                 self.recv_waits = _OUT
                 break
             except (ssl.SSLError, OSError) as exc:
-                self.broken = _reason(exc)
+                if self.stdin_open:
+                    self.broken = _reason(exc)
+                else:  # after our half-close: some TLS stacks answer it with an alert
+                    self.tls_open = False
                 break
             if not got:
                 self.tls_open = False  # the proxy closed the connection
