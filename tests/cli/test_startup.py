@@ -84,3 +84,4 @@ def test_proxy_tls_imports_no_ssh_or_x509_library() -> None:
     assert "limen.client.tls_relay" in modules  # the command did load its relay
     heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
     assert heavy == [], f"`limen proxy tls` imports {heavy}"
+    assert "ctypes" not in modules  # the liboqs shortcut waits for an import of asyncssh

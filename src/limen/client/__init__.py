@@ -3,4 +3,4 @@
 from limen.client import liboqs_probe
 
 # Before any client module imports asyncssh: see liboqs_probe.
-liboqs_probe.install()
+liboqs_probe.install_before_asyncssh()
