@@ -22,7 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from limen.client.openssh import tls_alias
 from limen.config import Config
+from limen.errors import BadParameter
+from limen.resources.base import validate_name
 from tests.support.cluster import ClusterHarness, default_config
 from tests.support.ssh_access import CLUSTER, SshUser, new_user
 from tests.support.tunnel import NodeProcess, nat_cluster
@@ -87,6 +90,9 @@ def test_stock_ssh_through_limen_proxy_tls_inside_tls(one_port: OnePort) -> None
     assert printed.returncode == 0, printed.stderr
     assert f"ProxyJump root@_proxy.{CLUSTER}" in printed.stdout
     assert "proxy tls %h:%p" in printed.stdout
+    # No node can take the alias's name, so `ssh _proxy.CLUSTER` is always the proxy.
+    with pytest.raises(BadParameter):
+        validate_name(tls_alias(CLUSTER).removesuffix(f".{CLUSTER}"), "node name")
     config = user.home / "ssh_config_tls"
     config.write_text(printed.stdout)
     stock = user.ssh("-v", f"root@{one_port.node.name}.{CLUSTER}", "echo", "inside-tls",
