@@ -104,7 +104,7 @@ def ways(cluster: Cluster, plain: Path, tls: Path, args: argparse.Namespace) -> 
 def proxy_ssh_hop(tls: Path) -> str:
     """`limen proxy ssh %r@%h:%p`, as configs before `limen proxy tls` ran it."""
     line = next(line for line in tls.read_text().splitlines() if "ProxyCommand" in line)
-    return line.split("ProxyCommand", 1)[1].strip().replace("proxy tls %h:%p",
+    return line.split("ProxyCommand", 1)[1].strip().replace('proxy tls "[%h]:%p"',
                                                              "proxy ssh %r@%h:%p")
 
 
@@ -126,7 +126,7 @@ def check_configs(cluster: Cluster, plain: Path, tls: Path) -> None:
     if f"ProxyJump {LOGIN}@{cluster.web_addr}\n" not in plain.read_text():
         raise RuntimeError(f"limen config does not jump to the web port {cluster.web_addr}:\n"
                            f"{plain.read_text()}")
-    if "limen.cli.main proxy tls %h:%p" not in tls.read_text():
+    if 'limen.cli.main proxy tls "[%h]:%p"' not in tls.read_text():
         raise RuntimeError(f"limen config --tls-routing has no ProxyCommand:\n{tls.read_text()}")
 
 

@@ -151,7 +151,8 @@ def test_bytes_both_ways_arrive_whole_and_in_order(tmp_path: Path, pki, proxies)
     proxy = start(proxies, files=cluster_ca.server("proxy"), serve=echo)
     home = logged_in_home(tmp_path, proxy.address, cluster_ca)
     payload = random.Random(5).randbytes(16 * 1024 * 1024)
-    with relay(home, proxy.address) as process:
+    # As ssh passes it: "[%h]:%p" (an IPv6 address has colons of its own)
+    with relay(home, f"[127.0.0.1]:{proxy.port}") as process:
         assert process.stdin is not None and process.stdout is not None
         stdin = process.stdin
 

@@ -89,7 +89,7 @@ def test_stock_ssh_through_limen_proxy_tls_inside_tls(one_port: OnePort) -> None
     printed = user.limen("config", "--tls-routing")
     assert printed.returncode == 0, printed.stderr
     assert f"ProxyJump root@_proxy.{CLUSTER}" in printed.stdout
-    assert "proxy tls %h:%p" in printed.stdout
+    assert 'proxy tls "[%h]:%p"' in printed.stdout
     # No node can take the alias's name, so `ssh _proxy.CLUSTER` is always the proxy.
     with pytest.raises(BadParameter):
         validate_name(tls_alias(CLUSTER).removesuffix(f".{CLUSTER}"), "node name")
@@ -99,7 +99,7 @@ def test_stock_ssh_through_limen_proxy_tls_inside_tls(one_port: OnePort) -> None
                      config=config)
     assert stock.stdout == b"inside-tls\n", stock.stderr
     web_host, web_port = one_port.cluster.web_addr.rsplit(":", 1)
-    assert f"proxy tls {web_host}:{web_port}".encode() in stock.stderr  # ssh -v: the jump's
+    assert f'proxy tls "[{web_host}]:{web_port}"'.encode() in stock.stderr  # ssh -v: the jump's
     scp_source = user.home / "payload.txt"
     scp_source.write_text("over tls\n")
     copied = user.tool("scp", str(scp_source),
@@ -113,7 +113,7 @@ def test_configs_from_before_still_work_through_limen_proxy_ssh(one_port: OnePor
     user = one_port.user
     command = next(line for line in user.limen("config", "--tls-routing").stdout.splitlines()
                    if "ProxyCommand" in line).split("ProxyCommand", 1)[1].strip()
-    earlier = command.replace("proxy tls %h:%p", "proxy ssh %r@%h:%p")
+    earlier = command.replace('proxy tls "[%h]:%p"', "proxy ssh %r@%h:%p")
     stock = user.ssh("-o", f"ProxyCommand={earlier}", f"root@{one_port.node.name}.{CLUSTER}",
                      "echo", "proxy-ssh")
     assert stock.stdout == b"proxy-ssh\n", stock.stderr

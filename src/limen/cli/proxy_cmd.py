@@ -1,7 +1,7 @@
 """`limen proxy tls|ssh`: OpenSSH ProxyCommands through the proxy's web port, for
 clusters behind a load balancer that passes only TLS.
 
-- `limen proxy tls %h:%p` (what `limen config --tls-routing` uses): TLS to the web port
+- `limen proxy tls "[%h]:%p"` (what `limen config --tls-routing` uses): TLS to the web port
   with ALPN limen-ssh, and stdin/stdout relayed through it; ssh makes the jump hop
   itself (ProxyJump), so both SSH layers are OpenSSH's.
 - `limen proxy ssh %r@%h:%p` (earlier configs): the jump hop made here, in asyncssh,
@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     proxy = sub.add_parser("proxy", help="helpers for OpenSSH (ProxyCommand)")
     cmds = proxy.add_subparsers(dest="proxy_cmd", required=True, metavar="COMMAND")
     tls = cmds.add_parser("tls", help="ProxyCommand of the hop to the proxy: limen proxy "
-                                      "tls %%h:%%p (SSH inside TLS to the web port)")
-    tls.add_argument("address", metavar="HOST:PORT", help="the proxy's web address")
+                                      "tls \"[%%h]:%%p\" (SSH inside TLS to the web port)")
+    tls.add_argument("address", metavar="HOST:PORT",
+                     help="the proxy's web address (HOST:PORT or [HOST]:PORT)")
     tls.set_defaults(func=cmd_proxy_tls)
     ssh = cmds.add_parser("ssh", help="ProxyCommand: limen proxy ssh %%r@%%h:%%p")
     ssh.add_argument("target", metavar="[LOGIN@]NODE[:PORT]")

@@ -37,7 +37,8 @@ def proxy_command() -> str:
     """This very limen as an OpenSSH ProxyCommand, with this profile home pinned."""
     return (
         f"env LIMEN_HOME={_quote(profiles.limen_home())} {_quote(sys.executable)} "
-        "-m limen.cli.main proxy tls %h:%p"
+        # Brackets: an IPv6 address has colons of its own. Quotes: [...] is a shell glob.
+        '-m limen.cli.main proxy tls "[%h]:%p"'
     )
 
 
