@@ -59,13 +59,22 @@ CLUSTER = "bench.limen"
 DIRECT, TUNNELED, IDLE = "bench-direct", "bench-tunnel", "bench-idle"
 
 
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError("needs at least 2 (memory per node is measured "
+                                         "against a process holding one)")
+    return value
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=200, help="transfer size (default 200)")
     parser.add_argument("--transfers", type=int, default=3, help="runs per direction (3)")
     parser.add_argument("--runs", type=int, default=30, help="latency samples (default 30)")
-    parser.add_argument("--idle-nodes", type=int, default=50,
-                        help="extra tunneled nodes for the memory figure (default 50)")
+    parser.add_argument("--idle-nodes", type=_at_least_two, default=50,
+                        help="extra tunneled nodes for the memory figure (default 50, "
+                             "at least 2: the figure is a difference against one)")
     parser.add_argument("--idle-seconds", type=float, default=150,
                         help="how long to watch an idle tunnel's traffic (default 150)")
     parser.add_argument("--listener-mode", choices=("multiplex", "separate"),
