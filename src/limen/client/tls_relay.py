@@ -26,7 +26,7 @@ import ssl
 
 from limen.errors import ConnectionProblem
 
-ALPN_SSH = "limen-ssh"  # as client/tls_tunnel.py: the proxy's listener routes it to SSH
+ALPN_SSH = "limen-ssh"  # the proxy's listener routes it to SSH (also client/tls_tunnel.py)
 CHUNK = 256 * 1024  # one read of stdin; what TLS reads gather before one write to stdout
 _IN, _OUT = select.POLLIN, select.POLLOUT
 
@@ -63,6 +63,11 @@ def open_tls(host: str, port: int, ctx: ssl.SSLContext, where: str,
     tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # keystrokes go at once
     tls.setblocking(False)
     return tls
+
+
+def _waits_for(exc: ssl.SSLError) -> int:
+    """What the TLS socket must become before the operation that raised can go on."""
+    return _IN if isinstance(exc, ssl.SSLWantReadError) else _OUT
 
 
 def _reason(exc: BaseException) -> str:
@@ -158,11 +163,8 @@ class Relay:
             # Whole or not at all: Python's TLS sockets do not write partially, and a
             # send that must wait is retried later with the very same bytes.
             sent = self.tls.send(self.up)
-        except ssl.SSLWantWriteError:
-            self.send_waits = _OUT
-            return
-        except ssl.SSLWantReadError:
-            self.send_waits = _IN
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+            self.send_waits = _waits_for(exc)
             return
         except (ssl.SSLError, OSError) as exc:
             self.broken = _reason(exc)
@@ -179,8 +181,6 @@ class Relay:
         The half-close is TCP's, under the TLS: Python's TLS socket has no way to send
         close_notify and go on reading (its shutdown() and unwrap() end the TLS, and a
         second SSL_shutdown may discard data still arriving)."""
-        if self.up:
-            return
         with contextlib.suppress(OSError):
             socket.socket.shutdown(self.tls, socket.SHUT_WR)
 
@@ -201,11 +201,8 @@ class Relay:
         while filled < len(view):
             try:
                 got = self.tls.recv_into(view[filled:])
-            except ssl.SSLWantReadError:
-                self.recv_waits = _IN
-                break
-            except ssl.SSLWantWriteError:
-                self.recv_waits = _OUT
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                self.recv_waits = _waits_for(exc)
                 break
             except (ssl.SSLError, OSError) as exc:
                 if self.stdin_open:

@@ -11,9 +11,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from limen.client.tls_relay import ALPN_SSH
 from limen.client.trust import shared_verifying_context
 
-ALPN_SSH = "limen-ssh"
 ALPN_TUNNEL = "limen-tunnel"
 
 
