@@ -20,16 +20,19 @@ LOGIN is bench/common.py's account (not root: see there why).
 Figures, interleaved so drift hits both alike: upload throughput (``head -c SIZE
 /dev/zero | ssh ... 'cat > /dev/null'``, median, handshakes included), median latency of
 sequential ``ssh ... true``, and server memory per --idle idle sessions (RSS and PSS
-summed over the server's processes, the sessions' own commands left out). Also the
-median latency of ``limen ssh NODE true`` (Python start-up included), for reference.
+summed over the server's processes, the sessions' own commands left out).
+
+Then issue 17's goal 1, interleaved: ``limen ssh LOGIN@NODE true`` (which hands over to
+OpenSSH's ssh), the same with LIMEN_SSH_CLIENT=native (the asyncssh client), against a
+stock ``ssh -F CFG LOGIN@NODE.CLUSTER true`` with the config `limen config` prints, the
+same proxy and node. ``--cli-only`` measures that alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +69,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=50, help="latency samples (default 50)")
     parser.add_argument("--idle", type=int, default=100, help="idle sessions (default 100)")
     parser.add_argument("--cipher", help="one cipher on every hop, e.g. aes128-gcm@openssh.com")
+    parser.add_argument("--cli-runs", type=int, default=20,
+                        help="samples of limen ssh against stock ssh (default 20)")
+    parser.add_argument("--cli-only", action="store_true",
+                        help="only limen ssh against stock ssh (no uploads, latency, memory)")
     return parser.parse_args()
+
+
+def cli_ways(config: Path) -> list[Way]:
+    """Goal 1's three commands; stock ssh with `limen config`'s file is the baseline.
+    `limen` is the installed command people run (not ``python -m``, which adds runpy)."""
+    target = f"{LOGIN}@{NODE_NAME}"
+    script = Path(sys.executable).with_name("limen")
+    limen = [str(script)] if script.exists() else LIMEN
+    return [
+        Way("stock ssh", ["ssh", "-F", str(config), "-o", "BatchMode=yes",
+                          f"{target}.{CLUSTER}"]),
+        Way("limen ssh", [*limen, "ssh", target]),
+        Way("limen ssh (asyncssh)", ["env", "LIMEN_SSH_CLIENT=native", *limen, "ssh", target]),
+    ]
+
+
+def report_cli(runs: int, medians: dict[str, float]) -> None:
+    base = medians["stock ssh"]
+    print(f"`ssh ... true` x{runs}, interleaved (median ms, ratio to stock ssh with the "
+          "config `limen config` prints, same proxy and node):")
+    for name, ms in medians.items():
+        print(f"  {name:<24}{ms:>8.1f} ms{ms / base:>8.2f}x")
 
 
 # OpenSSH: a jump sshd and a node sshd, trusting the cluster's CAs
@@ -116,8 +145,8 @@ def _await_ready(clients: list[subprocess.Popen[bytes]]) -> None:
 # report
 
 
-def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, limen_cli: float,
-           cores: dict, per_gb: dict) -> None:
+def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, cores: dict,
+           per_gb: dict) -> None:
     oss = "OpenSSH"
     print(f"upload {args.size_mb} MB x{args.uploads} (median); latency x{args.runs} (median); "
           f"memory per {args.idle} idle sessions; cipher {args.cipher or 'default'}")
@@ -130,8 +159,6 @@ def report(args: argparse.Namespace, mb_s: dict, lat: dict, mem: dict, limen_cli
                   if name in mem else "")
         print(f"{'ratio ' + name:<24}{mb_s[name] / mb_s[oss]:>13.2f}"
               f"{lat[name] / lat[oss]:>12.2f}{memory}   (/ OpenSSH)")
-    print(f"limen ssh {NODE_NAME} true (Python client, start-up included): "
-          f"{limen_cli:.1f} ms median")
     print("Limen upload CPU (SSH port), share of one core: "
           + ", ".join(f"{name} {share:.0%}" for name, share in cores.items())
           + "; CPU seconds per GB: "
@@ -164,25 +191,29 @@ def main() -> None:
         if f"ProxyJump {LOGIN}@{cluster.ssh_addr}\n" not in config.read_text():
             # limen config points elsewhere (the web port, shared by HTTPS and SSH).
             ways.insert(1, Way("Limen, web port", [*ssh, target]))
-        for way in ways:  # warm-up: page cache, first handshakes
-            timed(way.shell("true"), env)
-        assert node.proc is not None
-        watch = {"proxy": lambda: cpu_seconds(cluster.proxy.pid),
-                 "node": lambda: cpu_seconds(limen_node.pid)}
-        uploads = throughput(ways, args.size_mb, args.uploads, env, watch)
-        lat = latency(ways, args.runs, env)
-        mem = {"Limen": idle_memory(ways[0], limen_node.pid, args.idle, env),
-               "OpenSSH": idle_memory(ways[-1], node.proc.pid, args.idle, env)}
         cli_env = home_env(env, root / "home")
-        limen_cli = 1000 * statistics.median(
-            timed(shlex.join([*LIMEN, "ssh", NODE_NAME, "true"]), cli_env) for _ in range(10)
-        )
-        report(args, uploads.mb_s, lat, mem, limen_cli, uploads.shares["Limen"],
-               uploads.cpu_s_per_gb["Limen"])
+        for way in ways + cli_ways(config):  # warm-up: page cache, first handshakes
+            timed(way.shell("true"), cli_env)
+        if not args.cli_only:
+            measure_servers(args, cluster, limen_node.pid, node, ways, env)
+        report_cli(args.cli_runs, latency(cli_ways(config), args.cli_runs, cli_env))
     finally:
         for server in servers:
             server.stop()
         cluster.stop()
+
+
+def measure_servers(args: argparse.Namespace, cluster: Cluster, node_pid: int, node: Sshd,
+                    ways: list[Way], env: dict[str, str]) -> None:
+    assert node.proc is not None
+    watch = {"proxy": lambda: cpu_seconds(cluster.proxy.pid),
+             "node": lambda: cpu_seconds(node_pid)}
+    uploads = throughput(ways, args.size_mb, args.uploads, env, watch)
+    lat = latency(ways, args.runs, env)
+    mem = {"Limen": idle_memory(ways[0], node_pid, args.idle, env),
+           "OpenSSH": idle_memory(ways[-1], node.proc.pid, args.idle, env)}
+    report(args, uploads.mb_s, lat, mem, uploads.shares["Limen"],
+           uploads.cpu_s_per_gb["Limen"])
 
 
 if __name__ == "__main__":

@@ -11,15 +11,25 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import asyncssh
 import pytest
 
+from limen.auth.ca import sign_user_cert
 from limen.cli import main
 from limen.client import liboqs_probe
+from limen.client.profile import Profile
 
 HEAVY = ("asyncssh", "httpx", "pydantic", "rich", "yaml", "cryptography", "sqlalchemy",
          "fastapi", "uvicorn", "prometheus_client")
 BUDGET = 200  # modules, the standard library's included (about 120 today)
+CA = asyncssh.generate_private_key("ssh-ed25519")
+
+
+def _public_line(key: asyncssh.SSHKey) -> str:
+    return key.export_public_key("openssh").decode().strip()
 
 
 def _imported(*argv: str) -> list[str]:
@@ -85,3 +95,38 @@ def test_proxy_tls_imports_no_ssh_or_x509_library() -> None:
     heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
     assert heavy == [], f"`limen proxy tls` imports {heavy}"
     assert "ctypes" not in modules  # the liboqs shortcut waits for an import of asyncssh
+
+
+def test_ssh_to_one_node_hands_over_to_openssh_before_any_heavy_import(tmp_path: Path) -> None:
+    """`limen ssh NODE` checks the login's certificate by hand and becomes OpenSSH's ssh
+    (client/openssh_exec.py): asyncssh's import alone would take longer than ssh's whole
+    run. A stand-in ssh on PATH reports that it was reached."""
+    home = tmp_path / "home"
+    profile = Profile(proxy="proxy.example:3080", cluster="c.example", user="alice",
+                      logins=["root"], ssh_proxy="proxy.example:3023",
+                      host_ca="@cert-authority * " + _public_line(CA))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    now = datetime.now(UTC)
+    cert = sign_user_cert(CA, key.convert_to_public(), key_id="alice", principals=["root"],
+                          valid_after=now - timedelta(minutes=1),
+                          valid_before=now + timedelta(hours=1))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text("#!/bin/sh\necho \"stand-in ssh $*\"\n")
+    (bin_dir / "ssh").chmod(0o755)
+    env = {**os.environ, "LIMEN_HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIMEN_HOME", str(home))
+        profile.save()
+        profile.cert_path.write_bytes(cert.export_certificate("openssh"))
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "limen.cli.main", "ssh", "root@web1", "true"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert done.returncode == 0 and "stand-in ssh -F" in done.stdout, done.stderr
+    assert "-l root -o HostName=web1 -- web1.c.example true" in done.stdout
+    modules = [line.split("|")[-1].strip() for line in done.stderr.splitlines()
+               if line.startswith("import time:") and "|" in line]
+    heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
+    assert heavy == [], f"`limen ssh NODE` imports {heavy} before it hands over"
+    assert len(modules) <= BUDGET, f"{len(modules)} modules imported, budget {BUDGET}"

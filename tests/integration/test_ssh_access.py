@@ -24,6 +24,8 @@ from tests.support.ssh_access import (
     wait_until,
 )
 
+NATIVE = {"LIMEN_SSH_CLIENT": "native"}  # limen ssh's asyncssh client, not OpenSSH's ssh
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _local_account() -> None:
@@ -45,9 +47,11 @@ def test_limen_ssh_passes_exit_status_and_output_through(cluster: ClusterHarness
 
 def test_a_signal_exits_255_like_openssh_and_is_named(cluster: ClusterHarness) -> None:
     alice = new_user(cluster, "sig")
-    killed = alice.limen("ssh", "node1", "kill -TERM $$")
-    assert killed.returncode == 255
-    assert "killed by signal TERM" in killed.stderr
+    killed = alice.limen("ssh", "node1", "kill -TERM $$")  # handed to OpenSSH's ssh
+    assert (killed.returncode, killed.stderr) == (255, "")
+    native = alice.limen("ssh", "node1", "kill -TERM $$", env=NATIVE)
+    assert native.returncode == 255
+    assert "killed by signal TERM" in native.stderr
 
     stock = alice.ssh(f"root@{NODE}", "kill -TERM $$")
     assert stock.returncode == 255  # what OpenSSH's own client does
@@ -191,9 +195,12 @@ def test_plain_ssh_dash_j_verifies_both_hops_through_the_host_ca(
     profile = Path(alice.status["cert_path"]).parent / "profile.json"
     data = json.loads(profile.read_text())
     profile.write_text(json.dumps({**data, "host_ca": f"@cert-authority * {other}"}))
-    unverified = alice.limen("ssh", "node1", "true")
+    unverified = alice.limen("ssh", "node1", "true")  # through OpenSSH's ssh
     assert unverified.returncode == 255
-    assert "could not be verified" in unverified.stderr, unverified.stderr
+    assert "Host key verification failed" in unverified.stderr, unverified.stderr
+    native = alice.limen("ssh", "node1", "true", env=NATIVE)
+    assert native.returncode == 255
+    assert "could not be verified" in native.stderr, native.stderr
 
 
 def test_config_write_includes_itself_once(cluster: ClusterHarness, tmp_path: Path) -> None:

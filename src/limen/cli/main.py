@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from limen import __version__
@@ -49,10 +48,8 @@ def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    if not getattr(args, "logging_later", False):
+        configure_logging(args.debug)
     try:
         return int(args.func(args) or 0)
     except LimenError as exc:
@@ -61,6 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def configure_logging(debug: bool) -> None:
+    """Log to stderr. Imported here, not at the top: `limen ssh` may become OpenSSH's ssh
+    without ever logging (the command sets logging_later), and logging costs ~7 ms."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 if __name__ == "__main__":

@@ -1,30 +1,38 @@
 """`limen ssh`, `limen scp` and `limen config`: reaching nodes through the proxy.
 
+`limen ssh NODE` becomes OpenSSH's ssh when it is installed (client/openssh_exec.py),
+after the checks it can explain itself; LIMEN_SSH_CLIENT=native, label selectors and
+`limen scp` use the asyncssh client.
+
 Exit codes of `limen ssh` follow OpenSSH's ssh: the remote command's exit status;
-255 when it was killed by a signal (the signal is named on stderr) or when limen
-itself fails (no login, unknown node, refused certificate...), so a script can tell a
-remote `exit 1` from a failure to get there. With a label selector the exit code is 0
+255 when it was killed by a signal (the asyncssh client names it on stderr) or when
+limen itself fails (no login, unknown node, refused certificate...), so a script can
+tell a remote `exit 1` from a failure to get there. With a label selector the exit code is 0
 when the command succeeded on every node, else 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from typing import TYPE_CHECKING
 
-from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
+from limen.errors import BadParameter, LimenError, NotFound
 
+# typing.TYPE_CHECKING without importing typing, ~4 ms of every `limen ssh` (type
+# checkers treat any TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # asyncssh takes a while to import: only the commands that dial load it
+    from typing import NoReturn
+
     from limen.client.access import Credentials
+    from limen.client.login_checks import Target
     from limen.client.ssh import RemoteExit
 
 SSH_FAILURE = 255
 EXIT_CODES = """exit status, as OpenSSH's ssh:
-  the remote command's exit status; 255 when it was killed by a signal (named on
-  stderr) or when limen could not run it (not logged in, unknown node, refused).
+  the remote command's exit status; 255 when it was killed by a signal or when
+  limen could not run it (not logged in, unknown node, refused).
   With a label selector (KEY=VALUE[,KEY=VALUE] instead of NODE): 0 when the
   command succeeded on every matching node, else 1."""
 
@@ -44,13 +52,15 @@ def _add_ssh_options(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     ssh = sub.add_parser("ssh", help="run a shell or command on a node (or on nodes by label)",
+                         description="Runs OpenSSH's ssh with the cluster's config when it "
+                         "is installed (LIMEN_SSH_CLIENT=native: the built-in client).",
                          epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_ssh_options(ssh)
     ssh.add_argument("target", metavar="[LOGIN@]NODE",
                      help="node name, NAME.CLUSTER, id, or a label selector such as env=dev")
     ssh.add_argument("command", nargs=argparse.REMAINDER,
                      help="command to run (options may also follow NODE, as with ssh)")
-    ssh.set_defaults(func=cmd_ssh)
+    ssh.set_defaults(func=cmd_ssh, logging_later=True)  # see _ssh
 
     scp = sub.add_parser("scp", help="copy files to or from nodes ([LOGIN@]NODE:PATH)")
     scp.add_argument("-r", dest="recursive", action="store_true", help="copy directories")
@@ -64,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="write it to $LIMEN_HOME/ssh_config and include it from "
                              "~/.ssh/config")
     config.add_argument("--tls-routing", action="store_true",
-                        help="reach the proxy through TLS on its web port (limen proxy ssh "
+                        help="reach the proxy through TLS on its web port (limen proxy tls "
                              "as ProxyCommand), for load balancers that pass only TLS")
     config.set_defaults(func=cmd_config)
 
@@ -102,16 +112,53 @@ def options_after_target(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _ssh(args: argparse.Namespace) -> int:
-    from limen.client.access import Target, load_credentials
-    from limen.client.fanout import is_selector
+    from limen.cli.main import configure_logging
+    from limen.client.login_checks import Target, is_selector
+    from limen.client.openssh_exec import openssh_binary
 
     args = options_after_target(args)
-    creds = load_credentials()
-    command = " ".join(args.command) or None
+    if not is_selector(args.target) and (binary := openssh_binary()) is not None:
+        _ssh_with_openssh(binary, args, Target.parse(args.target))
+    configure_logging(args.debug)  # only the asyncssh client logs
     if is_selector(args.target):
-        return _ssh_selector(creds, args, command)
-    target = Target.parse(args.target)
+        from limen.client.access import load_credentials
+
+        return _ssh_selector(load_credentials(), args, " ".join(args.command) or None)
+    return _ssh_native(args, Target.parse(args.target))
+
+
+def _ssh_with_openssh(binary: str, args: argparse.Namespace, target: Target) -> NoReturn:
+    """Check what can be explained early, then become OpenSSH's ssh (openssh_exec.py)."""
+    from limen.client import login_checks as checks
+    from limen.client import openssh_exec
+    from limen.client import profile as profiles
+
+    profile = profiles.current()
+    if not profile.ssh_proxy:
+        raise NotFound(f"your profile does not know the proxy's SSH address; "
+                       f"{checks.RELOGIN} --proxy {profile.proxy}")
+    cert = checks.read_cert(profile.cert_path, profile.proxy)
+    login = checks.choose_login(list(cert.principals), args.login or target.login)
+    if args.forwards:
+        checks.check_port_forwarding(cert.permits)
+    checks.agent_socket(cert.permits, args.agent)
+    host, host_name = openssh_exec.destination(target.node, profile.cluster)
+    openssh_exec.hand_over(openssh_exec.ssh_argv(
+        binary, openssh_exec.config_file(profile, login), host=host, host_name=host_name,
+        login=login, tty=args.tty, no_tty=args.no_tty, forwards=args.forwards,
+        agent=args.agent, no_command=args.no_command, command=args.command,
+        verbose=args.debug,
+    ))
+
+
+def _ssh_native(args: argparse.Namespace, target: Target) -> int:
+    from limen.client.access import load_credentials
+
+    creds = load_credentials()
     login = creds.choose_login(args.login or target.login)
+    command = " ".join(args.command) or None
+    import asyncio  # here: the hand-over to OpenSSH never needs it
+
     return asyncio.run(_ssh_node(creds, args, target.node, login, command))
 
 
@@ -119,14 +166,14 @@ async def _ssh_node(creds: Credentials, args: argparse.Namespace, node: str, log
                     command: str | None) -> int:
     from limen.client.access import dial, session_errors
     from limen.client.forward import Forwarder, LocalForward
+    from limen.client.login_checks import agent_socket, check_port_forwarding
     from limen.client.session import exit_code, run_session, wants_pty
     from limen.client.ssh import close_connection
 
     forwards = [LocalForward.parse(spec) for spec in args.forwards]
-    if forwards and not creds.permits("permit-port-forwarding"):
-        raise AccessDenied("port forwarding (-L) is not allowed: your certificate does not "
-                           "permit it (your roles do not allow port forwarding)")
-    conn = await dial(creds, node, login, agent_path=_agent_path(creds, args.agent))
+    if forwards:
+        check_port_forwarding(creds.permits)
+    conn = await dial(creds, node, login, agent_path=agent_socket(creds.permits, args.agent))
     forwarder = Forwarder(conn)
     try:
         await forwarder.start(forwards)
@@ -141,19 +188,6 @@ async def _ssh_node(creds: Credentials, args: argparse.Namespace, node: str, log
         await close_connection(conn)
 
 
-def _agent_path(creds: Credentials, wanted: bool) -> str | None:
-    if not wanted:
-        return None
-    path = os.environ.get("SSH_AUTH_SOCK")
-    if not path:
-        raise BadParameter("-A forwards your ssh-agent, but none is running (SSH_AUTH_SOCK "
-                           "is not set)")
-    if not creds.permits("permit-agent-forwarding"):
-        raise AccessDenied("agent forwarding (-A) is not allowed: your certificate does not "
-                           "permit it (your roles do not allow it)")
-    return path
-
-
 def _ssh_selector(creds: Credentials, args: argparse.Namespace, command: str | None) -> int:
     from limen.client.fanout import matches, parse_selector, run_on_nodes
 
@@ -166,6 +200,8 @@ def _ssh_selector(creds: Credentials, args: argparse.Namespace, command: str | N
         nodes = [n for n in api.get("/v1/nodes") if matches(n, selector)]
     if not nodes:
         raise NotFound(f"no node you may reach has the labels {selector_text} (see limen ls)")
+    import asyncio
+
     results = asyncio.run(run_on_nodes(creds, nodes, login, command, _status_only))
     failed = [r for r in results if r.code != 0]
     for result in failed:
@@ -190,6 +226,8 @@ def cmd_scp(args: argparse.Namespace) -> int:
     job = plan(args.paths[:-1], args.paths[-1])
     creds = load_credentials()
     login = creds.choose_login(job.target.login)
+    import asyncio
+
     asyncio.run(copy(creds, job, login, args.recursive, args.preserve))
     return 0
 

@@ -9,8 +9,6 @@ SSH address. The proxy and the node still decide; this only explains early.
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,6 +17,13 @@ import asyncssh
 from asyncssh.public_key import CERT_TYPE_USER  # not re-exported by asyncssh
 
 from limen.client import profile as profiles
+from limen.client.login_checks import (  # noqa: F401 - Target, default_login re-exported
+    RELOGIN,
+    Target,
+    choose_login,
+    default_login,
+    validity_message,
+)
 from limen.client.ssh import (
     client_algs,
     connect_via_proxy,
@@ -30,24 +35,6 @@ from limen.hostport import split_host_port
 
 if TYPE_CHECKING:
     from limen.client.api import APIClient
-
-RELOGIN = "run limen login"
-
-
-@dataclass(frozen=True)
-class Target:
-    """``[LOGIN@]NODE``: the login is None when the person gave none."""
-
-    node: str
-    login: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        login, sep, node = text.rpartition("@")
-        if not node or (sep and not login):
-            raise BadParameter(f"{text!r} is not [LOGIN@]NODE")
-        return cls(node=node, login=login or None)
-
 
 @dataclass
 class Credentials:
@@ -75,17 +62,7 @@ class Credentials:
         return split_host_port(self.profile.ssh_proxy)
 
     def choose_login(self, wanted: str | None) -> str:
-        """The login to use: the one asked for, else the local user name when the
-        certificate allows it (as ssh does), else the certificate's first login."""
-        allowed = self.principals
-        wanted = wanted or default_login(allowed)
-        if wanted not in allowed:
-            raise AccessDenied(
-                f"your certificate does not allow login '{wanted}' "
-                f"(it allows: {', '.join(allowed) or 'none'}); ask an admin to add it to "
-                f"your logins, then {RELOGIN}"
-            )
-        return wanted
+        return choose_login(self.principals, wanted)
 
     def api(self) -> APIClient:
         from limen.client.api import APIClient  # HTTP only for the commands that need it
@@ -107,14 +84,8 @@ def load_credentials(profile: profiles.Profile | None = None) -> Credentials:
     try:
         cert.validate(CERT_TYPE_USER, None)
     except ValueError as exc:
-        raise AccessDenied(_validity_message(str(exc), profile)) from None
+        raise AccessDenied(validity_message(str(exc), profile.proxy)) from None
     return Credentials(profile, key, cert, _host_ca(profile))
-
-
-def _validity_message(reason: str, profile: profiles.Profile) -> str:
-    if "expired" in reason:
-        return f"your certificate has expired; {RELOGIN} --proxy {profile.proxy}"
-    return f"your certificate is not valid yet (is this machine's clock right?); {RELOGIN}"
 
 
 def _host_ca(profile: profiles.Profile) -> asyncssh.SSHKey:
@@ -132,19 +103,6 @@ def _host_ca(profile: profiles.Profile) -> asyncssh.SSHKey:
         return asyncssh.import_public_key(f"{parts[2]} {parts[3]}")
     except (IndexError, asyncssh.KeyImportError) as exc:
         raise BadParameter(f"the stored host CA line is damaged ({exc}); {RELOGIN}") from None
-
-
-def default_login(allowed: list[str]) -> str:
-    """The local user name when it is allowed (ssh's default), else the first login."""
-    local = _local_user()
-    return local if local in allowed or not allowed else allowed[0]
-
-
-def _local_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "")
 
 
 async def dial(

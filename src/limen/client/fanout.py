@@ -29,11 +29,6 @@ def parse_selector(text: str) -> dict[str, str]:
     return labels
 
 
-def is_selector(target: str) -> bool:
-    """``[LOGIN@]k=v``: a node name never holds '=', so this is a selector."""
-    return "=" in target.rpartition("@")[2]
-
-
 def matches(node: dict[str, Any], selector: dict[str, str]) -> bool:
     labels = node.get("labels") or {}
     return all(labels.get(key) == value for key, value in selector.items())

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from limen.client import profile as profiles
-from limen.config import split_host_port
+from limen.hostport import split_host_port
 from limen.sshalgs import CIPHERS_OPENSSH
 
 INCLUDE_MARKER = "# Added by limen config --write"
@@ -48,16 +48,17 @@ def tls_alias(cluster: str) -> str:
     return f"_proxy.{cluster}"
 
 
-def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool = False) -> str:
+def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool = False,
+                 known_hosts: Path | None = None) -> str:
     """The config text for ``profile``; ``jump_login`` is the user name at the proxy.
 
     With ``tls_routing`` the hop to the proxy runs inside TLS on its web port (for load
     balancers that pass only TLS): ProxyJump to an alias whose ProxyCommand is
-    `limen proxy tls`.
+    `limen proxy tls`. ``known_hosts`` replaces the file of every cluster's host CA.
     """
     host, port = split_host_port(profile.ssh_proxy)
     cluster = profile.cluster
-    known_hosts = profiles.Profile.known_hosts_path()
+    known_hosts = known_hosts or profiles.Profile.known_hosts_path()
     head = (
         f"# Limen cluster {cluster} through the proxy {profile.proxy} "
         f"(user {profile.user}); from: limen config\n"

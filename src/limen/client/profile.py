@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from limen.errors import AccessDenied, BadParameter, NotFound
@@ -30,17 +29,46 @@ def proxy_dirname(proxy: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", proxy)
 
 
-@dataclass
 class Profile:
-    proxy: str
-    cluster: str = ""
-    user: str = ""
-    roles: list[str] = field(default_factory=list)
-    logins: list[str] = field(default_factory=list)
-    valid_until: str = ""
-    ssh_proxy: str = ""  # the jump host's host:port (limen ssh, ProxyJump)
-    host_ca: str = ""  # this cluster's "@cert-authority * KEY" line, to verify its hosts
-    auth: str = ""  # the connector of the last login (limen login --auth); "" for local
+    """One login, as keys/PROXY/profile.json keeps it.
+
+    A plain class, not a dataclass: `limen ssh` and `limen proxy tls` read a profile on
+    every run before anything else, and the dataclasses module imports inspect (about
+    9 ms of their start-up here).
+    """
+
+    def __init__(
+        self,
+        proxy: str,
+        cluster: str = "",
+        user: str = "",
+        roles: list[str] | None = None,
+        logins: list[str] | None = None,
+        valid_until: str = "",
+        ssh_proxy: str = "",  # the jump host's host:port (limen ssh, ProxyJump)
+        host_ca: str = "",  # this cluster's "@cert-authority * KEY" line, to verify its hosts
+        auth: str = "",  # the connector of the last login (limen login --auth); "" for local
+    ) -> None:
+        self.proxy = proxy
+        self.cluster = cluster
+        self.user = user
+        self.roles = list(roles or [])
+        self.logins = list(logins or [])
+        self.valid_until = valid_until
+        self.ssh_proxy = ssh_proxy
+        self.host_ca = host_ca
+        self.auth = auth
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(vars(self))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Profile) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass would be
+
+    def __repr__(self) -> str:
+        return f"Profile({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
     @property
     def dir(self) -> Path:
@@ -82,7 +110,7 @@ class Profile:
         return self.token_path.read_text().strip()
 
     def save(self) -> None:
-        write_private(self.dir / "profile.json", json.dumps(asdict(self), indent=2) + "\n", 0o644)
+        write_private(self.dir / "profile.json", json.dumps(self.as_dict(), indent=2) + "\n", 0o644)
         write_private(limen_home() / "current-profile", self.proxy + "\n", 0o644)
 
     def remove_credentials(self) -> None:
