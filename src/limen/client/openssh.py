@@ -76,7 +76,7 @@ def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool =
         f"\n"
     )
     if not tls_routing:
-        return head + f"Host *.{cluster} !{host}\n    ProxyJump {jump_login}@{host}:{port}\n"
+        return head + f"Host *.{cluster} !{host}\n    ProxyJump {jump_login}@{_jump(host, port)}\n"
     alias = tls_alias(cluster)
     web_host, web_port = split_host_port(profile.proxy)
     return head + (
@@ -89,6 +89,11 @@ def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool =
         f"    Port {web_port}\n"
         f"    ProxyCommand {proxy_command()}\n"
     )
+
+
+def _jump(host: str, port: int) -> str:
+    """ProxyJump's HOST:PORT; an IPv6 address in brackets, its colons being its own."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def config_path() -> Path:
