@@ -95,6 +95,7 @@ def test_proxy_tls_imports_no_ssh_or_x509_library() -> None:
     heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
     assert heavy == [], f"`limen proxy tls` imports {heavy}"
     assert "ctypes" not in modules  # the liboqs shortcut waits for an import of asyncssh
+    assert "logging" not in modules  # ssh waits for this command on every connection
 
 
 def test_ssh_to_one_node_hands_over_to_openssh_before_any_heavy_import(tmp_path: Path) -> None:
@@ -129,4 +130,6 @@ def test_ssh_to_one_node_hands_over_to_openssh_before_any_heavy_import(tmp_path:
                if line.startswith("import time:") and "|" in line]
     heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
     assert heavy == [], f"`limen ssh NODE` imports {heavy} before it hands over"
+    # What no hand-over needs: the event loop, logging, typing, dataclasses (inspect).
+    assert {"asyncio", "logging", "typing", "dataclasses"} & set(modules) == set()
     assert len(modules) <= BUDGET, f"{len(modules)} modules imported, budget {BUDGET}"

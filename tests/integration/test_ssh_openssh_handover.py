@@ -181,3 +181,21 @@ def test_the_asyncssh_client_runs_when_asked_or_without_openssh(
     killed = alice.limen("ssh", "root@node1", "kill -TERM $$", env=env)
     assert "killed by signal TERM" in killed.stderr  # said by the asyncssh client only
     assert stand_in.calls() == []
+
+
+@pytest.mark.parametrize("node", [
+    # No "=": a word with one is a label selector, which never reaches ssh.
+    "-oProxyCommand touch {marker}." + CLUSTER,  # an option where the node goes
+    "-oProxyCommand touch {marker}",  # the same, given to ssh as -o HostName=...
+    "x ProxyCommand touch {marker}",  # a second setting inside -o HostName=...
+    "x\nProxyCommand touch {marker}",
+])
+def test_a_node_name_cannot_smuggle_options_into_ssh(
+    cluster: ClusterHarness, stand_in: StandIn, tmp_path: Path, node: str
+) -> None:
+    alice = new_user(cluster, "hoinject")
+    marker = tmp_path / "ran"
+    ran = alice.limen("ssh", "--", node.format(marker=marker), "true", env=stand_in.env)
+    assert ran.returncode == 255, ran.stderr
+    assert list(tmp_path.glob("ran*")) == []  # ".CLUSTER" may have been appended
+    assert "Traceback" not in ran.stderr
