@@ -10,6 +10,7 @@ made by hand as a misbehaving node would make them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import asyncssh
 import pytest
 
 from limen.auth.node_credentials import sign_join
+from limen.node.cluster import link
 from limen.proxy import web_nodes
 from tests.support.cluster import ClusterHarness
 from tests.support.node_api import HandNode, error_of, joined_role, new_token
@@ -153,7 +155,7 @@ def test_a_lock_on_the_node_refuses_it_while_it_lasts(
     assert tunnel_of(cluster, node_id) is not None
 
 
-def _open_feed(node: HandNode) -> tuple[list[str], threading.Event]:
+def _open_feed(node: HandNode, **params: Any) -> tuple[list[str], threading.Event]:
     """The node's access feed read in a thread: the lines so far, and set when it ends."""
     lines: list[str] = []
     ended = threading.Event()
@@ -161,7 +163,7 @@ def _open_feed(node: HandNode) -> tuple[list[str], threading.Event]:
     def read() -> None:
         try:
             with node._client() as http, http.stream(
-                    "GET", "/v1/watch/access", timeout=60,
+                    "GET", "/v1/watch/access", timeout=60, params=params,
                     headers={"authorization": f"Bearer {node.api_token}"}) as response:
                 lines.extend(response.iter_lines())
         finally:
@@ -219,6 +221,50 @@ def test_a_revoked_nodes_feed_ends_at_once_not_at_its_next_ping(
     _revoke(cluster, node, revoke)
     assert ended.wait(20), "the revoked node's feed waited for a ping"
     assert not other_ended.is_set()
+
+
+def test_a_node_chooses_how_often_its_quiet_feed_is_pinged_within_bounds(
+        cluster: ClusterHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pings wake the proxy once per node: nodes ask for one a minute (link.py), and the
+    proxy keeps the interval a caller may ask for between 5 s and 5 minutes."""
+    monkeypatch.setattr(web_nodes, "PING_SECONDS", 3600)  # the default would never ping
+    node = HandNode(cluster, unique("ping"))
+    node.join(new_token(cluster))
+    lines, ended = _open_feed(node, ping=web_nodes.PING_MIN_SECONDS)
+    wait_until(lambda: any('"ping"' in line for line in lines), 30, "a ping as asked")
+    assert not ended.is_set()
+    for wrong in ("1", "301", "soon"):
+        refused = node.call("GET", f"/v1/watch/access?ping={wrong}")
+        assert refused.status_code == 400, refused.text
+        assert "query.ping" in error_of(refused)
+    assert link.FEED_READ_TIMEOUT > link.FEED_PING_SECONDS >= web_nodes.PING_MIN_SECONDS
+
+
+def test_the_nodes_link_asks_for_its_pings_and_its_feed_outlives_the_proxys_default(
+        cluster: ClusterHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the proxy's default at an hour, only the interval the node's link asks for
+    keeps its feed within the read timeout."""
+    monkeypatch.setattr(web_nodes, "PING_SECONDS", 3600)
+    monkeypatch.setattr(link, "FEED_PING_SECONDS", web_nodes.PING_MIN_SECONDS)
+    node = HandNode(cluster, unique("asks"))
+    node.join(new_token(cluster))
+    ca = (cluster.data_dir / "ca" / "tls_ca.crt").read_text()
+
+    async def listen() -> list[dict[str, Any]]:
+        remote = link.RemoteLink(cluster.web_addr, ca, node.api_token,
+                                 feed_read_timeout=web_nodes.PING_MIN_SECONDS + 1.5)
+        got: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(2 * web_nodes.PING_MIN_SECONDS - 1):
+                async for message in remote.access_feed():
+                    got.append(message)
+        except TimeoutError:
+            return got  # still open: pings came at the interval asked for
+        finally:
+            await remote.close()
+        raise AssertionError(f"the feed ended early after {len(got)} messages")
+
+    assert any(m.get("op") == "ready" for m in asyncio.run(listen()))
 
 
 def test_names_are_unique_and_the_join_tokens_labels_bind(

@@ -5,9 +5,9 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -139,17 +139,20 @@ def session_json(session: Session) -> dict[str, Any]:
     }
 
 
-# A quiet stream's ping: the node's reader gives up after 30 s without a line. A node
-# removed or locked has its streams ended at once (``on_revoked``); the ping's check
-# of its standing is the backstop.
+# A quiet stream's ping, unless the node asks for another interval (``?ping=``): nodes
+# from before that parameter give up after 30 s without a line. A node removed or locked
+# has its streams ended at once (``on_revoked``); the ping's check of its standing is the
+# backstop. The bounds keep a caller from making the proxy ping it many times a second.
 PING_SECONDS = 20.0
+PING_MIN_SECONDS, PING_MAX_SECONDS = 5, 300
 
 OnRevoked = Callable[[Callable[[], None]], Callable[[], None]]
 
 
 async def _ndjson(feed: AsyncIterator[dict[str, Any]],
                   still_allowed: Callable[[], Awaitable[bool]] | None = None,
-                  on_revoked: OnRevoked | None = None) -> AsyncIterator[bytes]:
+                  on_revoked: OnRevoked | None = None,
+                  ping_seconds: float | None = None) -> AsyncIterator[bytes]:
     """Feed messages as lines, with a ping whenever the feed is quiet. The stream ends
     when ``on_revoked`` calls back, or at a ping when ``still_allowed`` says the caller
     lost its right to it."""
@@ -170,10 +173,11 @@ async def _ndjson(feed: AsyncIterator[dict[str, Any]],
 
     task = asyncio.create_task(pump())
     forget = on_revoked(end) if on_revoked is not None else None
+    quiet = PING_SECONDS if ping_seconds is None else ping_seconds
     try:
         while not revoked:
             try:
-                async with asyncio.timeout(PING_SECONDS):
+                async with asyncio.timeout(quiet):
                     message = await queue.get()
             except TimeoutError:
                 message = {"op": "ping"}
@@ -303,12 +307,19 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
         responses={
             200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                   "description": "One JSON message a line, without end."},
-            **errors(*SIGNED_IN),
+            **errors(400, *SIGNED_IN),
         },
     )
-    async def watch_access(api: Caller) -> StreamingResponse:
+    async def watch_access(
+        api: Caller,
+        ping: Annotated[int | None, Query(
+            ge=PING_MIN_SECONDS, le=PING_MAX_SECONDS,
+            description="seconds between pings while nothing changes (default 20)",
+        )] = None,
+    ) -> StreamingResponse:
         """Roles, users and locks, then every change, as NDJSON (nodes keep a cache)."""
-        feed = _ndjson(await api.watch_access(), api.still_in_good_standing, api.on_revoked)
+        feed = _ndjson(await api.watch_access(), api.still_in_good_standing, api.on_revoked,
+                       ping_seconds=ping)
         return StreamingResponse(feed, media_type="application/x-ndjson")
 
     @app.get("/v1/sessions", responses=errors(*SIGNED_IN))

@@ -39,7 +39,11 @@ from limen.tunnel.discovery import TunnelTarget, fetch_ping, ping_client, target
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_INTERVAL = 30.0
+# A keepalive a minute each way at most (the proxy's is 60 s too; whichever side hears
+# nothing first asks): well under the idle timeouts of NAT gateways (AWS 350 s, Azure
+# 240 s), and a proxy gone silent is given up after four minutes. Every keepalive wakes
+# the proxy once per tunnel, so with thousands of tunnels their interval is idle CPU.
+KEEPALIVE_INTERVAL = 60.0
 KEEPALIVE_COUNT_MAX = 3
 CONNECT_TIMEOUT = 10.0
 # A tunnel that stayed up this long starts the backoff afresh when it ends. One that

@@ -28,7 +28,12 @@ from limen.resources import Session
 log = logging.getLogger(__name__)
 
 # The server pings every few seconds; this much silence means the stream is dead.
-FEED_READ_TIMEOUT = 30.0
+# The access feed is quiet most of the time: the proxy pings it every FEED_PING_SECONDS
+# (it pings every 20 s a node that does not ask), and a feed silent for longer than
+# FEED_READ_TIMEOUT is taken for broken and opened again. Each ping costs the proxy a
+# wake-up per node; a removal or lock ends the feed at once, not at a ping.
+FEED_PING_SECONDS = 60
+FEED_READ_TIMEOUT = 90.0
 
 
 class ClusterLink(Protocol):
@@ -203,6 +208,7 @@ class RemoteLink:
         """The auth service's feed as newline-delimited JSON; pings keep it honest."""
         try:
             async with self._http.stream("GET", "/v1/watch/access",
+                                         params={"ping": FEED_PING_SECONDS},
                                          timeout=self._feed_timeout) as response:
                 async for message in self._feed_lines(response):
                     yield message
