@@ -37,13 +37,23 @@ def _imported(*argv: str) -> list[str]:
         [sys.executable, "-X", "importtime", "-m", "limen.cli.main", *argv],
         capture_output=True, text=True, timeout=60, check=True,
     )
-    return [line.split("|")[-1].strip() for line in done.stderr.splitlines()
-            if line.startswith("import time:") and "|" in line][1:]
+    return _modules_in(done.stderr)
+
+
+def _modules_in(importtime_output: str) -> list[str]:
+    """The modules `python -X importtime` reported, in the order they were imported."""
+    return [line.split("|")[-1].strip() for line in importtime_output.splitlines()
+            if line.startswith("import time:") and "|" in line
+            and "imported package" not in line]
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return sorted({m.split(".")[0] for m in modules} & set(HEAVY))
 
 
 def test_ssh_help_imports_no_heavy_library_and_stays_within_budget() -> None:
     modules = _imported("ssh", "--help")
-    heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
+    heavy = _heavy(modules)
     assert heavy == [], f"`limen ssh --help` imports {heavy}"
     assert len(modules) <= BUDGET, f"{len(modules)} modules imported, budget {BUDGET}"
 
@@ -89,10 +99,9 @@ def test_proxy_tls_imports_no_ssh_or_x509_library() -> None:
         env={**os.environ, "LIMEN_HOME": "/nonexistent/limen-home"},
     )
     assert done.returncode == 1 and "no login through the proxy" in done.stderr, done.stderr
-    modules = [line.split("|")[-1].strip() for line in done.stderr.splitlines()
-               if line.startswith("import time:") and "|" in line]
+    modules = _modules_in(done.stderr)
     assert "limen.client.tls_relay" in modules  # the command did load its relay
-    heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
+    heavy = _heavy(modules)
     assert heavy == [], f"`limen proxy tls` imports {heavy}"
     assert "ctypes" not in modules  # the liboqs shortcut waits for an import of asyncssh
     assert "logging" not in modules  # ssh waits for this command on every connection
@@ -126,9 +135,8 @@ def test_ssh_to_one_node_hands_over_to_openssh_before_any_heavy_import(tmp_path:
     )
     assert done.returncode == 0 and "stand-in ssh -F" in done.stdout, done.stderr
     assert "-l root -o HostName=web1 -- web1.c.example true" in done.stdout
-    modules = [line.split("|")[-1].strip() for line in done.stderr.splitlines()
-               if line.startswith("import time:") and "|" in line]
-    heavy = sorted({m.split(".")[0] for m in modules} & set(HEAVY))
+    modules = _modules_in(done.stderr)
+    heavy = _heavy(modules)
     assert heavy == [], f"`limen ssh NODE` imports {heavy} before it hands over"
     # What no hand-over needs: the event loop, logging, typing, dataclasses (inspect).
     assert {"asyncio", "logging", "typing", "dataclasses"} & set(modules) == set()

@@ -117,14 +117,16 @@ def _ssh(args: argparse.Namespace) -> int:
     from limen.client.openssh_exec import openssh_binary
 
     args = options_after_target(args)
-    if not is_selector(args.target) and (binary := openssh_binary()) is not None:
-        _ssh_with_openssh(binary, args, Target.parse(args.target))
-    configure_logging(args.debug)  # only the asyncssh client logs
     if is_selector(args.target):
         from limen.client.access import load_credentials
 
+        configure_logging(args.debug)
         return _ssh_selector(load_credentials(), args, " ".join(args.command) or None)
-    return _ssh_native(args, Target.parse(args.target))
+    target = Target.parse(args.target)
+    if (binary := openssh_binary()) is not None:
+        _ssh_with_openssh(binary, args, target)  # does not return
+    configure_logging(args.debug)  # only the asyncssh client logs
+    return _ssh_native(args, target)
 
 
 def _ssh_with_openssh(binary: str, args: argparse.Namespace, target: Target) -> NoReturn:
@@ -134,9 +136,7 @@ def _ssh_with_openssh(binary: str, args: argparse.Namespace, target: Target) -> 
     from limen.client import profile as profiles
 
     profile = profiles.current()
-    if not profile.ssh_proxy:
-        raise NotFound(f"your profile does not know the proxy's SSH address; "
-                       f"{checks.RELOGIN} --proxy {profile.proxy}")
+    profile.require_ssh_proxy()
     cert = checks.read_cert(profile.cert_path, profile.proxy)
     login = checks.choose_login(list(cert.principals), args.login or target.login)
     if args.forwards:
@@ -237,13 +237,11 @@ def cmd_scp(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from limen.client import profile as profiles
-    from limen.client.access import default_login
+    from limen.client.login_checks import default_login
     from limen.client.openssh import config_block, write_config
 
     profile = profiles.current()
-    if not profile.ssh_proxy:
-        raise NotFound(f"your profile does not know the proxy's SSH address; run limen login "
-                       f"--proxy {profile.proxy}")
+    profile.require_ssh_proxy()
     text = config_block(profile, default_login(profile.logins), tls_routing=args.tls_routing)
     if not args.write:
         print(text, end="")

@@ -17,13 +17,7 @@ import asyncssh
 from asyncssh.public_key import CERT_TYPE_USER  # not re-exported by asyncssh
 
 from limen.client import profile as profiles
-from limen.client.login_checks import (  # noqa: F401 - Target, default_login re-exported
-    RELOGIN,
-    Target,
-    choose_login,
-    default_login,
-    validity_message,
-)
+from limen.client.login_checks import RELOGIN, choose_login, validity_message
 from limen.client.ssh import (
     client_algs,
     connect_via_proxy,
@@ -54,12 +48,7 @@ class Credentials:
 
     @property
     def proxy_addr(self) -> tuple[str, int]:
-        if not self.profile.ssh_proxy:
-            raise NotFound(
-                f"your profile does not know the proxy's SSH address; {RELOGIN} "
-                f"--proxy {self.profile.proxy}"
-            )
-        return split_host_port(self.profile.ssh_proxy)
+        return split_host_port(self.profile.require_ssh_proxy())
 
     def choose_login(self, wanted: str | None) -> str:
         return choose_login(self.principals, wanted)

@@ -15,7 +15,8 @@ from typing import TypeVar
 
 import asyncssh
 
-from limen.client.access import Credentials, Target, dial
+from limen.client.access import Credentials, dial
+from limen.client.login_checks import Target
 from limen.client.ssh import close_connection
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenError, NotFound
 

@@ -68,13 +68,16 @@ class _Reader:
     def uint64(self) -> int:
         return int(struct.unpack(">Q", self.take(8))[0])
 
+    def at_end(self) -> bool:
+        return self._at == len(self._blob)
 
-def _names(packed: bytes) -> list[bytes]:
-    """A string of strings (principals), or of name/data pairs' names (extensions)."""
-    reader, names = _Reader(packed), []
-    while reader._at < len(packed):
-        names.append(reader.string())
-    return names
+
+def _strings(packed: bytes) -> list[bytes]:
+    """The strings packed in one string: principals, or extensions' name/data pairs."""
+    reader, strings = _Reader(packed), []
+    while not reader.at_end():
+        strings.append(reader.string())
+    return strings
 
 
 def parse_cert(text: str) -> CertFields:
@@ -91,10 +94,10 @@ def parse_cert(text: str) -> CertFields:
         reader.string()
     reader.take(8 + 4)  # serial, type
     reader.string()  # key id
-    principals = tuple(p.decode() for p in _names(reader.string()))
+    principals = tuple(p.decode() for p in _strings(reader.string()))
     valid_after, valid_before = reader.uint64(), reader.uint64()
     reader.string()  # critical options
-    extensions = frozenset(n.decode() for n in _names(reader.string())[::2])
+    extensions = frozenset(n.decode() for n in _strings(reader.string())[::2])  # names
     return CertFields(principals, valid_after, valid_before, extensions)
 
 

@@ -62,13 +62,16 @@ class Profile:
     def as_dict(self) -> dict[str, object]:
         return dict(vars(self))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Profile) and vars(self) == vars(other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass would be
-
     def __repr__(self) -> str:
         return f"Profile({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+    def require_ssh_proxy(self) -> str:
+        """The jump host's address; NotFound, with the way out, for a profile stored
+        before the proxy reported it."""
+        if not self.ssh_proxy:
+            raise NotFound(f"your profile does not know the proxy's SSH address; run limen "
+                           f"login --proxy {self.proxy}")
+        return self.ssh_proxy
 
     @property
     def dir(self) -> Path:
