@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -28,16 +27,12 @@ import pytest
 
 from limen import totp
 from tests.support.cluster import PASSWORD, CLIResult
+from tests.support.ports import free_ports
 from tests.support.ssh_access import clean_env, wait_until
 
 CLUSTER = "crash.limen"
 PROMPT = "CRASH-PROMPT> "
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Daemon:
@@ -83,14 +78,14 @@ class ProcessCluster:
         self.base = base
         self.auth_dir = base / "auth"
         self.node_dir = base / "node"
-        self.web_addr = f"127.0.0.1:{_free_port()}"
-        self.node_port = _free_port()
+        web_port, self.node_port, ssh_port, tunnel_port = free_ports(4)
+        self.web_addr = f"127.0.0.1:{web_port}"
         config = base / "limen.yaml"
         config.write_text(
             f"cluster_name: {CLUSTER}\ndata_dir: {self.auth_dir}\n"
             f"proxy:\n  web_listen_addr: {self.web_addr}\n"
-            f"  ssh_listen_addr: 127.0.0.1:{_free_port()}\n"
-            f"  tunnel_listen_addr: 127.0.0.1:{_free_port()}\n"
+            f"  ssh_listen_addr: 127.0.0.1:{ssh_port}\n"
+            f"  tunnel_listen_addr: 127.0.0.1:{tunnel_port}\n"
             "  rate_limit: {average_per_minute: 100000, burst: 100000}\n"
             "  node_networks: [127.0.0.0/8]\n"
             "audit:\n  checkpoint_interval: 2s\n"
@@ -202,8 +197,8 @@ class ProcessCluster:
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[ProcessCluster]:
     cluster = ProcessCluster(tmp_path)
-    cluster.auth.start()
     try:
+        cluster.auth.start()
         cluster.start_node()
         yield cluster
     finally:

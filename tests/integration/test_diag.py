@@ -4,7 +4,6 @@ answer, and a joined node whose auth service went away is not ready, saying why.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cluster import ClusterHarness, default_config
+from tests.support.ports import free_port
 from tests.support.ssh_access import new_user, wait_until
 from tests.support.tunnel import NodeProcess
 
@@ -81,16 +81,11 @@ def test_health_and_readiness(diag_cluster: ClusterHarness) -> None:
                                                       "auth": "ok"}}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_a_node_whose_auth_service_is_gone_is_not_ready(
     fresh_cluster: ClusterHarness, tmp_path: Path
 ) -> None:
-    diag = f"127.0.0.1:{_free_port()}"
+    diag = f"127.0.0.1:{free_port()}"
     node = NodeProcess(fresh_cluster, tmp_path, "diag-node", extra=("--diag-addr", diag))
     node.start()
     try:

@@ -22,6 +22,7 @@ import pexpect
 import pytest
 
 from tests.support.cluster import ClusterHarness, LimenUser
+from tests.support.ports import free_port
 from tests.support.ssh import ssh_config
 
 FORWARDING_ROLE = (
@@ -70,17 +71,12 @@ def echo_server() -> Iterator[int]:
     server.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 class Forward:
     """`ssh -N -L` through the proxy, and one TCP connection held open through it."""
 
     def __init__(self, config: Path, echo_port: int) -> None:
-        self.local = _free_port()
+        self.local = free_port()
         self.proc = subprocess.Popen(
             ["ssh", "-F", str(config), "-N", "-L",
              f"127.0.0.1:{self.local}:127.0.0.1:{echo_port}", "root@node1"],

@@ -27,6 +27,7 @@ from limen.config import Config
 from limen.errors import BadParameter
 from limen.resources.base import validate_name
 from tests.support.cluster import ClusterHarness, default_config
+from tests.support.ports import free_port
 from tests.support.ssh_access import CLUSTER, SshUser, new_user
 from tests.support.tunnel import NodeProcess, nat_cluster
 
@@ -40,9 +41,7 @@ class OnePort:
 
 def _config(data_dir: Path, host: str) -> Config:
     config = default_config(data_dir)
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        config.proxy.web_listen_addr = f"{host}:{sock.getsockname()[1]}"
+    config.proxy.web_listen_addr = f"{host}:{free_port(host)}"
     config.proxy.ssh_listen_addr = None  # no dedicated SSH port
     config.proxy.tunnel_listen_addr = None  # no dedicated tunnel port
     config.proxy.listener.handshake_timeout = "1s"

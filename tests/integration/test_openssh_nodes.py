@@ -27,8 +27,9 @@ from limen.auth.facade import AuthFacade
 from limen.auth.identity import Identity
 from limen.errors import AccessDenied
 from limen.sshauth import read_certificate
-from tests.proxy.support import SSHD, free_port, wait_until
+from tests.proxy.support import SSHD, wait_until
 from tests.support.cluster import ClusterHarness
+from tests.support.ports import free_port
 from tests.support.recordings import complete_recording, printed_text, recordings_of
 from tests.support.ssh_access import (
     CLUSTER,

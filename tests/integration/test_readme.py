@@ -33,6 +33,7 @@ import pytest
 from limen import totp
 from limen.config import load_config
 from tests.support.cluster import PASSWORD
+from tests.support.ports import free_port, free_ports
 from tests.support.ssh_access import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,11 +62,6 @@ def readme_commands(text: str) -> list[str]:
     return commands
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _totp_now(secret: str, back_steps: int = 0) -> str:
     when = datetime.fromtimestamp(datetime.now(UTC).timestamp() - back_steps * 30, UTC)
@@ -86,7 +82,7 @@ class Walk:
         self.data = base / "data"
         self.config = base / "limen.yaml"
         # Fixed ports, as a real cluster has: a restart comes back where clients know it.
-        web, ssh, tunnel, node = (_free_port() for _ in range(4))
+        web, ssh, tunnel, node = free_ports(4)
         self.config.write_text(
             f"cluster_name: readme.limen\ndata_dir: {self.data}\n"
             f"proxy:\n  web_listen_addr: 127.0.0.1:{web}\n"
@@ -237,7 +233,7 @@ def interactive_shell(walk: Walk, command: str) -> None:
 
 
 def local_forward(walk: Walk, command: str) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     proc = walk.start(command.replace("8080", port), "forward.log")
     wait_until(lambda: _listening(int(port)) or proc.poll() is not None, 30,
                "limen ssh -L to listen")
@@ -246,7 +242,7 @@ def local_forward(walk: Walk, command: str) -> None:
 
 
 def remote_forward(walk: Walk, command: str) -> None:
-    port = _free_port()
+    port = free_port()
     proc = walk.start(command.replace("9000:", f"{port}:"), "rforward.log")
     # The node (this same machine) listens on its loopback for the user's forward.
     wait_until(lambda: _listening(port) or proc.poll() is not None, 30, "ssh -R to listen")
@@ -321,7 +317,7 @@ def get_locks(walk: Walk, command: str) -> None:
 def restart_with_diag(walk: Walk, command: str) -> None:
     assert walk.cluster is not None
     walk.stop(walk.cluster)  # the reader restarts the cluster with the new flags
-    walk.values["127.0.0.1:3000"] = f"127.0.0.1:{_free_port()}"
+    walk.values["127.0.0.1:3000"] = f"127.0.0.1:{free_port()}"
     proc = walk.start(f"{command} --config {walk.config}", "cluster2.log")
     walk.wait_cluster(proc, "cluster2.log")
     records = [json.loads(line) for line in walk.log("cluster2.log").splitlines()

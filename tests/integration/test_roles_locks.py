@@ -15,6 +15,7 @@ import pytest
 
 from limen.client.trust import verifying_context
 from tests.support.cluster import ClusterHarness, LimenUser
+from tests.support.ports import free_port
 from tests.support.ssh import ssh, ssh_config
 
 
@@ -210,11 +211,6 @@ def _forward_echo(config: Path, local: int, remote: int, host: str = "127.0.0.1"
         proc.wait(10)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_port_forwarding_outside_the_allow_list_is_refused(
     cluster: ClusterHarness, tmp_path: Path, echo_servers: tuple[int, int]
@@ -223,8 +219,8 @@ def test_port_forwarding_outside_the_allow_list_is_refused(
     user, config = _user_with_role(cluster, tmp_path, "forwarder", (
         "  allow:\n    logins: [root]\n    node_labels: {'*': '*'}\n"
         f"  options:\n    port_forwarding: ['127.0.0.1:{allowed}']\n"))
-    assert _forward_echo(config, _free_port(), allowed) == "ping"
-    assert _forward_echo(config, _free_port(), other) == ""
+    assert _forward_echo(config, free_port(), allowed) == "ping"
+    assert _forward_echo(config, free_port(), other) == ""
     refusals = cluster.events_of("port", user="forwarder")
     assert any(e.get("allowed") is False for e in refusals)
 
@@ -238,9 +234,9 @@ def test_forward_allow_lists_judge_the_address_not_the_text(
         "  allow:\n    logins: [root]\n    node_labels: {'*': '*'}\n"
         f"  options:\n    port_forwarding: ['127.0.0.*:{allowed}']\n"))
     # localhost resolves to an allowed address: admitted, although the text differs.
-    assert _forward_echo(config, _free_port(), allowed, host="localhost") == "ping"
+    assert _forward_echo(config, free_port(), allowed, host="localhost") == "ping"
     # 127.0.0.1.invalid matches the glob's text but is no allowed address.
-    assert _forward_echo(config, _free_port(), allowed, host="127.0.0.1.invalid") == ""
+    assert _forward_echo(config, free_port(), allowed, host="127.0.0.1.invalid") == ""
     lookalike = cluster.events_of("port", user="lookalike", addr=f"127.0.0.1.invalid:{allowed}")
     assert lookalike and all(e["allowed"] is False for e in lookalike)
 

@@ -22,6 +22,7 @@ import pytest
 
 from limen.resources import Role
 from tests.support.cluster import ClusterHarness
+from tests.support.ports import free_port
 from tests.support.ssh_access import (
     LOCAL_LOGIN,
     NODE,
@@ -127,11 +128,6 @@ def echo_port() -> Iterator[int]:
         thread.join(5)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def _exchange(port: int, payload: bytes) -> bytes:
     """Connect to the forwarded port, send, and read what comes back until EOF or 2 s."""
@@ -205,11 +201,11 @@ def test_port_forwarding_is_refused_when_the_role_does_not_permit_it(
     bob = new_user(cluster, "nofwd", roles=_no_forwarding_role(cluster), logins="root")
     assert bob.limen("ssh", "node1", "true").returncode == 0  # a shell is still fine
 
-    refused = bob.limen("ssh", "-L", f"{_free_port()}:127.0.0.1:{echo_port}", "node1", "true")
+    refused = bob.limen("ssh", "-L", f"{free_port()}:127.0.0.1:{echo_port}", "node1", "true")
     assert refused.returncode == 255
     assert "port forwarding (-L) is not allowed" in refused.stderr
 
-    lport = _free_port()
+    lport = free_port()
     argv = bob.ssh_argv("-N", "-L", f"{lport}:127.0.0.1:{echo_port}", f"root@{NODE}")
     with _running(argv, clean_env(), lport) as run:
         assert _exchange(lport, b"ping") == b""  # the node refused the channel
@@ -218,13 +214,13 @@ def test_port_forwarding_is_refused_when_the_role_does_not_permit_it(
 
 def test_port_forwarding_works_when_permitted(cluster: ClusterHarness, echo_port: int) -> None:
     alice = new_user(cluster, "fwd")  # the access role permits port forwarding
-    lport = _free_port()
+    lport = free_port()
     env = clean_env(LIMEN_HOME=str(alice.home))
     with _running(_limen_forward(lport, echo_port), env, lport):
         assert _exchange(lport, b"hello through limen") == b"hello through limen"
         assert _exchange(lport, b"x" * 300_000) == b"x" * 300_000
 
-    lport = _free_port()
+    lport = free_port()
     argv = alice.ssh_argv("-N", "-L", f"{lport}:127.0.0.1:{echo_port}", f"root@{NODE}")
     with _running(argv, clean_env(), lport):
         assert _exchange(lport, b"hello through ssh") == b"hello through ssh"

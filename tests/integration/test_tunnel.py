@@ -23,6 +23,7 @@ import pytest
 
 from limen.client.trust import verifying_context
 from tests.support.cluster import ClusterHarness
+from tests.support.ports import free_port
 from tests.support.ssh_access import (
     CLUSTER,
     SshUser,
@@ -131,9 +132,7 @@ def test_port_forwarding_through_the_tunnel(
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        local_port = probe.getsockname()[1]
+    local_port = free_port()
     errors = tmp_path / "ssh-L.err"
     with errors.open("wb") as err:
         forward = subprocess.Popen(

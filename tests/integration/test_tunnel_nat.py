@@ -24,6 +24,7 @@ from limen.auth.join import JoinRequest
 from limen.config import Config
 from tests.support.cluster import ClusterHarness, default_config
 from tests.support.netns import NatNamespace
+from tests.support.ports import free_ports
 from tests.support.ssh_access import CLUSTER, SshUser, new_user, unique, wait_until
 from tests.support.tunnel import NodeProcess, nat_cluster, restart_proxy, tunnel_of
 
@@ -37,11 +38,6 @@ class NatSetup:
     user: SshUser
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
 
 def _config(data_dir: Path, host: str) -> Config:
     """The proxy listens only on the host's end of the veth, on fixed ports: after a
@@ -50,9 +46,10 @@ def _config(data_dir: Path, host: str) -> Config:
     node tunneling through the multiplexed web port)."""
     config = default_config(data_dir)
     config.proxy.listener_mode = "separate"
-    config.proxy.web_listen_addr = f"{host}:{_free_port(host)}"
-    config.proxy.ssh_listen_addr = f"{host}:{_free_port(host)}"
-    config.proxy.tunnel_listen_addr = f"{host}:{_free_port(host)}"
+    web, ssh, tunnel = free_ports(3, host)
+    config.proxy.web_listen_addr = f"{host}:{web}"
+    config.proxy.ssh_listen_addr = f"{host}:{ssh}"
+    config.proxy.tunnel_listen_addr = f"{host}:{tunnel}"
     return config
 
 

@@ -7,7 +7,6 @@ import os
 import pwd
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -62,28 +61,20 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_100mb_upload_through_stdin(node: Node, big_file: tuple[Path, str], tmp_path: Path) -> None:
     source, digest = big_file
     target = tmp_path / "uploaded.bin"
-    started = time.monotonic()
     with source.open("rb") as stdin:
         result = node.client().ssh(f"cat > {target} && sha256sum {target}", stdin=stdin)
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[0].decode() == digest
-    print(f"100 MB upload through stdin: {elapsed:.2f} s ({BIG / elapsed / 1e6:.0f} MB/s)")
-    assert elapsed < 10
 
 
 def test_100mb_download_through_stdout(node: Node, big_file: tuple[Path, str],
                                        tmp_path: Path) -> None:
     source, digest = big_file
     target = tmp_path / "downloaded.bin"
-    started = time.monotonic()
     with target.open("wb") as stdout:
         result = node.client().ssh(f"cat {source}", stdout=stdout)
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
-    print(f"100 MB download through stdout: {elapsed:.2f} s ({BIG / elapsed / 1e6:.0f} MB/s)")
-    assert elapsed < 10
 
 
 def test_environment_allow_list(node_factory) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from limen.node import CertPolicy, SessionPermit
 from tests.node.conftest import Node, SshClient
+from tests.support.ports import free_port
 
 BANNER = b"HELLO FROM TARGET\n"
 
@@ -40,11 +41,6 @@ def echo_port() -> Iterator[int]:
         server.shutdown()
         server.server_close()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Tunnel:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ import asyncssh
 
 from limen.proxy.ssh_jump import NodeRoute, StaticRouter
 from tests.support.event_shapes import proxy_problem
+from tests.support.ports import free_port
 from tests.support.processes import stop_process
 
 CLUSTER = "test.limen"
@@ -24,11 +24,6 @@ SSHD = "/usr/sbin/sshd"
 SSH = "/usr/bin/ssh"
 DAY = 24 * 3600
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def new_key() -> asyncssh.SSHKey:

@@ -17,7 +17,8 @@ import pytest
 from limen.client.ssh import close_connection, connect_via_proxy, run_command
 from limen.errors import AccessDenied, ConnectionProblem, NotFound
 from tests.proxy.conftest import Jump, MakeJump
-from tests.proxy.support import CLUSTER, Pki, UserFiles, free_port
+from tests.proxy.support import CLUSTER, Pki, UserFiles
+from tests.support.ports import free_port
 
 
 def dial(jump_port: int, user: UserFiles, pki: Pki, node: str = "node1", login: str = "root",

@@ -187,7 +187,6 @@ async def test_100_mb_both_ways_intact(
     jump: Jump, alice: UserFiles, tmp_path: Path
 ) -> None:
     path, digest = _payload(tmp_path / "100mb", 100 * 1024 * 1024)
-    started = time.monotonic()
     up = await run_ssh(alice, jump.port, "root@node1", f"cat > {path}.up && sha256sum < {path}.up",
                        stdin=path.read_bytes())
     assert up.code == 0, up.err
@@ -195,7 +194,6 @@ async def test_100_mb_both_ways_intact(
     down = await run_ssh(alice, jump.port, "root@node1", f"cat {path}")
     assert down.code == 0, down.err
     assert hashlib.sha256(down.out).hexdigest() == digest
-    assert time.monotonic() - started < 15
 
 
 async def test_20_concurrent_sessions(jump: Jump, alice: UserFiles) -> None:

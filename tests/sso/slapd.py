@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.sso.pki import ServerFiles
+from tests.support.ports import free_ports
 from tests.support.processes import stop_process
 
 BASE = "dc=example,dc=com"
@@ -28,11 +29,6 @@ GROUPS = {"ops": ["alice", "dave", "erin", "frank"], "staff": ["alice"], "market
           "sre": ["dave"]}
 SLAPD = "/usr/sbin/slapd"
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ldif() -> str:
@@ -83,7 +79,7 @@ class Slapd:
         data.write_text(_ldif())
         subprocess.run(["/usr/sbin/slapadd", "-f", str(conf), "-l", str(data)], check=True,
                        capture_output=True)
-        self.ldaps_port, self.ldap_port = _free_port(), _free_port()
+        self.ldaps_port, self.ldap_port = free_ports(2)
         urls = f"ldaps://127.0.0.1:{self.ldaps_port}/ ldap://127.0.0.1:{self.ldap_port}/"
         with (self.workdir / "slapd.log").open("ab") as log:
             self._proc = subprocess.Popen([SLAPD, "-f", str(conf), "-h", urls, "-d", "0"],

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -23,6 +22,7 @@ import asyncpg
 from limen.client.api import APIClient
 from limen.clock import FakeClock
 from tests.support.cluster import CLIResult, ClusterHarness, default_config
+from tests.support.ports import free_port
 from tests.support.processes import stop_process
 from tests.support.ssh_access import wait_until
 
@@ -45,12 +45,6 @@ def drop_schema(schema: str) -> None:
 
     asyncio.run(drop())
 
-
-def free_port() -> int:
-    """A port free right now: an instance keeps its address across restarts, as in life."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config_text(data: Path, schema: str, port: int = 0, cluster: str = "ha.limen") -> str:

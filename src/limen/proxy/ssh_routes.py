@@ -109,9 +109,10 @@ async def open_tcp_stream(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Dial a node directly over TCP: the default ``NodeRouter.open_stream``."""
     try:
-        return await asyncio.wait_for(
-            asyncio.open_connection(route.host, route.port, limit=STREAM_LIMIT), timeout
-        )
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for cancelled just as the
+        # connection is made drops the stream without closing it.
+        async with asyncio.timeout(timeout):
+            return await asyncio.open_connection(route.host, route.port, limit=STREAM_LIMIT)
     except (TimeoutError, OSError) as exc:
         raise dial_failure(route, exc, timeout) from None
 

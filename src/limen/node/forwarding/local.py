@@ -43,7 +43,8 @@ async def connect_target(address: str, port: int, shown: str | None = None,
     """Connect to the forward's (already judged) address, as an open failure the client
     will show; ``shown`` is the name the client asked for."""
     try:
-        return await asyncio.wait_for(asyncio.open_connection(address, port), CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):  # (not wait_for: see ssh_routes)
+            return await asyncio.open_connection(address, port)
     except (OSError, TimeoutError) as exc:
         reason = getattr(exc, "strerror", None) or "timed out"
         raise asyncssh.ChannelOpenError(

@@ -113,19 +113,24 @@ async def connect_node(jump: JumpHost, identity: JumpIdentity, target: str,
             route.node_id, 0, tunnel=StreamTunnel(reader, writer), username=identity.login,
             **_client_options(key, cert, host_ca),
         )
-    except asyncssh.PermissionDenied as exc:
+    except BaseException as exc:  # a cancelled login too: the stream goes with it
         writer.close()
-        raise AccessDenied(f"node '{route.name}' refused the login: {exc.reason}") from None
-    except asyncssh.HostKeyNotVerifiable as exc:
-        writer.close()
-        raise ConnectionProblem(
-            f"node '{route.name}' could not be verified through the cluster's host CA "
-            f"({exc.reason})") from None
-    except (OSError, asyncssh.Error, TimeoutError) as exc:
-        writer.close()
-        reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
-        raise ConnectionProblem(f"node '{route.name}' could not be reached: {reason}") from None
-    except LimenError:
-        writer.close()
-        raise
+        problem = _login_problem(route, exc)
+        if problem is None:
+            raise
+        raise problem from None
     return route, conn
+
+
+def _login_problem(route: NodeRoute, exc: BaseException) -> LimenError | None:
+    """What to tell the user whose login at the node failed (None: raise ``exc``)."""
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AccessDenied(f"node '{route.name}' refused the login: {exc.reason}")
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return ConnectionProblem(
+            f"node '{route.name}' could not be verified through the cluster's host CA "
+            f"({exc.reason})")
+    if isinstance(exc, (OSError, asyncssh.Error, TimeoutError)):
+        reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
+        return ConnectionProblem(f"node '{route.name}' could not be reached: {reason}")
+    return None
