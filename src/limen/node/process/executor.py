@@ -5,8 +5,8 @@ running between fork and exec (unsafe with threads):
 
 - ``setpriv`` switches supplementary groups, gid and uid (when the node is root; it
   sets the saved ids too, and the kernel clears root's capabilities with the uid).
-  Done by a tool rather than by ``subprocess``'s user/group arguments: uvloop's
-  subprocess has no such arguments, and without them CPython forks with vfork;
+  Done by a tool rather than by ``subprocess``'s user/group arguments: without them
+  CPython forks with vfork (``child_exit`` says why that matters);
 - ``subprocess`` starts a new session (setsid) for non-pty sessions;
 - for a pty, ``setsid --ctty`` makes the pty the controlling terminal, so the kernel
   delivers Ctrl-C and SIGWINCH to the foreground process group;
@@ -26,10 +26,12 @@ import os
 import shutil
 import signal
 import struct
+import subprocess
 import termios
 from dataclasses import dataclass
 
 from limen.errors import BadParameter
+from limen.node.process import child_exit
 from limen.node.process.fdstream import FdStream
 from limen.node.process.users import LocalUser
 
@@ -128,7 +130,7 @@ class Child:
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: subprocess.Popen[bytes],
         stdin: FdStream,
         stdout: FdStream,
         stderr: FdStream | None,
@@ -148,7 +150,7 @@ class Child:
         return self.tty_name is not None
 
     async def _wait(self) -> None:
-        returncode = await self._proc.wait()
+        returncode = await child_exit.exit_code(self._proc)
         self.exited.set_result(ExitStatus.from_returncode(returncode))
 
     async def wait(self) -> ExitStatus:
@@ -207,10 +209,8 @@ async def _spawn_pipes(spec: ProcessSpec) -> Child:
     out_r, out_w = _big_pipe()
     err_r, err_w = os.pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *launcher(spec), stdin=in_r, stdout=out_w, stderr=err_w, env=spec.env,
-            start_new_session=True,
-        )
+        proc = child_exit.start(launcher(spec), stdin=in_r, stdout=out_w, stderr=err_w,
+                                env=spec.env, start_new_session=True)
     except BaseException:
         for fd in (in_w, out_r, err_r):
             os.close(fd)
@@ -230,10 +230,8 @@ async def _spawn_pty(spec: ProcessSpec) -> Child:
         if os.geteuid() == 0:  # as sshd: the user owns their terminal, group tty, mode 0620
             os.fchown(slave, spec.user.uid, _tty_group())
             os.fchmod(slave, 0o620)
-        proc = await asyncio.create_subprocess_exec(
-            *launcher(spec), stdin=slave, stdout=slave, stderr=slave,
-            env={**spec.env, "SSH_TTY": tty_name},
-        )
+        proc = child_exit.start(launcher(spec), stdin=slave, stdout=slave, stderr=slave,
+                                env={**spec.env, "SSH_TTY": tty_name})
     except BaseException:
         os.close(master)
         raise
