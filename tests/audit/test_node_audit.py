@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from limen.errors import AccessDenied, BadParameter, ConnectionProblem, LimenError, NotFound
 from limen.node.audit.reporter import NodeAudit
@@ -30,6 +33,8 @@ class FakeLink:
         self.calls = 0  # calls that carried events
         self.recording_calls: list[str] = []  # "update", "whole", "append", in order
         self.before_batches = False  # an auth service without POST /v1/events/batch
+        self.batches: list[list[str]] = []  # the session ids of each batch of recordings
+        self.refused_recordings: set[str] = set()
 
     def _check(self) -> None:
         if self.down:
@@ -62,6 +67,8 @@ class FakeLink:
 
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         self._check()
+        if session_id in self.refused_recordings:
+            raise AccessDenied(f"session {session_id} was started by another node")
         data = self.recordings.setdefault(session_id, bytearray())
         whole = meta.get("data")
         self.recording_calls.append("update" if whole is None else "whole")
@@ -72,6 +79,19 @@ class FakeLink:
             self.metas[session_id] = meta
         return {"size": len(data), "complete": final and not meta.get("interrupted"),
                 "ended": final}
+
+    async def recordings_whole(self, recordings: list[tuple[str, dict[str, Any]]]
+                               ) -> list[dict[str, Any] | LimenError]:
+        """As POST /v1/recordings/batch: each as recording_update takes it."""
+        self._check()
+        self.batches.append([session_id for session_id, _ in recordings])
+        answers: list[dict[str, Any] | LimenError] = []
+        for session_id, meta in recordings:
+            try:
+                answers.append(await self.recording_update(session_id, meta))
+            except AccessDenied as exc:
+                answers.append(exc)
+        return answers
 
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
         self._check()
@@ -190,6 +210,33 @@ async def test_a_short_session_ships_in_one_request(tmp_path: Path) -> None:
     assert link.recording_calls == ["whole"]
     assert bytes(link.recordings[SID]) == sent
     assert link.metas[SID]["size"] == len(sent) and link.metas[SID]["end_ns"]
+    await audit.stop()
+
+
+async def _short_session(audit: NodeAudit, sid: str) -> None:
+    await audit.on_event("session.start", _start_fields(sid=sid))
+    await audit.on_output(sid, f"{sid}\r\n".encode(), "stdout")
+    await audit.on_event("session.end", {"sid": sid, "user": "alice", "exit_code": 0})
+
+
+async def test_short_sessions_ship_together_and_a_refused_one_stays(tmp_path: Path) -> None:
+    """Recordings that ended before the uploader looked go in one batch; the one the
+    auth service refuses keeps its files, and the next try says why."""
+    link = FakeLink()
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    sids = [str(uuid.UUID(int=n)) for n in range(1, 5)]
+    link.refused_recordings.add(sids[2])
+    for sid in sids:
+        await _short_session(audit, sid)
+    with pytest.raises(AccessDenied, match=f"session {sids[2]}"):
+        await audit.uploader.upload_all()
+    assert link.batches == [sids]  # one request for all four
+    casts = tmp_path / "recordings"
+    assert sorted(p.name for p in casts.iterdir()) == [f"{sids[2]}.cast", f"{sids[2]}.json"]
+    for sid in (sids[0], sids[1], sids[3]):
+        assert bytes(link.recordings[sid]).endswith(f'{sid}\\r\\n"]\n'.encode())
+        assert link.metas[sid]["end_ns"]
+    assert sids[2] not in link.recordings
     await audit.stop()
 
 

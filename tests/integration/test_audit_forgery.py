@@ -61,6 +61,10 @@ class JoinedNode:
         with self._client() as http:
             return http.put(f"/v1/recordings/{sid}", json=meta)
 
+    def post_recordings(self, recordings: list[dict[str, Any]]) -> httpx.Response:
+        with self._client() as http:
+            return http.post("/v1/recordings/batch", json={"recordings": recordings})
+
 
 def join_node(cluster: ClusterHarness, name: str) -> JoinedNode:
     token = cluster.admin("tokens", "add", "--type", "node", "--format", "json").json()["token"]
@@ -377,6 +381,51 @@ def test_a_recording_in_one_request_is_judged_as_its_three_requests_would_be(
 
     too_big = mallory.put_recording(str(uuid.uuid4()), {"data": "x" * (4 * 1024 * 1024 + 1)})
     assert too_big.status_code == 400, too_big.text
+
+
+def _whole(sid: str, text: str) -> dict[str, Any]:
+    cast = '{"version": 2, "width": 80, "height": 24}\n' + f'[0.1, "o", "{text}"]\n'
+    return {"session_id": sid, "start_ns": 1, "end_ns": 2, "size": len(cast.encode()),
+            "data": cast}
+
+
+def test_a_batch_of_recordings_is_judged_recording_by_recording(
+    cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
+) -> None:
+    """POST /v1/recordings/batch (a node's short sessions, together) takes each recording
+    as PUT /v1/recordings/{id} would: another node's session is refused (and audited)
+    alone, and the batch as a whole is bounded."""
+    done = victim.ssh(f"root@{NODE}", "echo the-victims-words")
+    assert done.returncode == 0, done.stderr
+    others = wait_until(lambda: cluster.events_of("exec", user=victim.name,
+                                                  command="echo the-victims-words"), 10,
+                        "the victim's command")[0]["sid"]
+    wait_until(lambda: cluster.events_of("session.upload", sid=others), 10, "its recording")
+    original = _cast(cluster, others)
+    mine, marker = str(uuid.uuid4()), unique("cast")
+    answer = mallory.post_recordings([
+        _whole(mine, marker), _whole(others, f"{marker}-forged"), _whole("not-a-sid", marker),
+    ])
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert results[0] == {"size": len(_whole(mine, marker)["data"]), "complete": True,
+                          "ended": True}
+    assert marker.encode() in _cast(cluster, mine)
+    assert results[1]["error"]["kind"] == "access_denied"
+    assert f"session {others}" in results[1]["error"]["message"]
+    assert _cast(cluster, others) == original
+    assert others in _refusal(cluster, mallory, "recording")["error"]
+    assert results[2]["error"]["kind"] == "bad_parameter"
+
+    half = "x" * (2 * 1024 * 1024)
+    too_much = mallory.post_recordings([_whole(str(uuid.uuid4()), half) for _ in range(3)])
+    assert too_much.status_code == 400 and "bytes of recordings" in _error(too_much)
+    assert mallory.post_recordings([]).status_code == 400
+    with httpx.Client(verify=insecure_context(), base_url=f"https://{cluster.web_addr}",
+                      timeout=30) as stranger:
+        anonymous = stranger.post("/v1/recordings/batch",
+                                  json={"recordings": [_whole(str(uuid.uuid4()), marker)]})
+    assert anonymous.status_code == 403 and "needs a login" in _error(anonymous)
 
 
 def test_verify_passes_after_the_attacks_and_no_forged_row_exists(

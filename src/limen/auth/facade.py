@@ -437,6 +437,22 @@ class AuthFacade:
         async with self._builtin(RECORDERS, "recording", "update", "only nodes send recordings"):
             return await self.auth.recordings.update(self.caller, session_id, meta)
 
+    async def update_recordings(self, recordings: list[tuple[str, dict[str, Any]]]
+                                ) -> list[dict[str, Any] | LimenError]:
+        """Several recordings, each taken (or refused) as ``update_recording`` takes it,
+        in order: each one's answer or refusal. Anything but a refusal of the recording
+        itself (a caller that may not send any, the storage) fails the whole call."""
+        async with self._builtin(RECORDERS, "recording", "update", "only nodes send recordings"):
+            return [await self._update_one(session_id, meta) for session_id, meta in recordings]
+
+    async def _update_one(self, session_id: str,
+                          meta: dict[str, Any]) -> dict[str, Any] | LimenError:
+        try:
+            async with self._audited("recording", "update"):
+                return await self.auth.recordings.update(self.caller, session_id, meta)
+        except (BadParameter, AccessDenied, NotFound) as exc:
+            return exc
+
     async def append_recording(self, session_id: str, offset: int, data: bytes) -> int:
         async with self._builtin(RECORDERS, "recording", "update", "only nodes send recordings"):
             return await self.auth.recordings.append(self.caller, session_id, offset, data)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from limen.audit.log import now_ns
 from limen.audit.recordings import MAX_APPEND, meta_json
@@ -41,6 +41,28 @@ class RecordingUpdate(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
     # The whole cast as text, for a recording sent in one request once it ended.
     data: str | None = Field(default=None, max_length=MAX_APPEND)
+
+
+# Ended recordings a node may send whole in one request (POST /v1/recordings/batch).
+MAX_WHOLE_RECORDINGS = 64
+
+
+class WholeRecording(RecordingUpdate):
+    """An ended session's recording, metadata and cast together."""
+
+    session_id: str = Field(max_length=64, json_schema_extra={"format": "uuid"})
+    data: str = Field(max_length=MAX_APPEND)
+
+
+class WholeRecordings(BaseModel):
+    recordings: list[WholeRecording] = Field(min_length=1, max_length=MAX_WHOLE_RECORDINGS)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "WholeRecordings":
+        # One request holds what one append may: the casts together, not each.
+        if sum(len(r.data) for r in self.recordings) > MAX_APPEND:
+            raise ValueError(f"send at most {MAX_APPEND} bytes of recordings at a time")
+        return self
 
 
 def add_routes(app: FastAPI, Caller: Any) -> None:  # noqa: N803 - a type alias
@@ -108,6 +130,15 @@ def add_routes(app: FastAPI, Caller: Any) -> None:  # noqa: N803 - a type alias
     async def update_recording(session_id: SessionId, body: RecordingUpdate,
                                api: Caller) -> dict[str, Any]:
         return await api.update_recording(session_id, body.model_dump())
+
+    @app.post("/v1/recordings/batch", responses=errors(400, *SIGNED_IN))
+    async def update_recordings(body: WholeRecordings, api: Caller) -> dict[str, Any]:
+        """Ended recordings, each whole, as PUT /v1/recordings/{session_id} takes it;
+        ``results`` says, recording by recording, what that call would have answered
+        (its answer, or its error)."""
+        answers = await api.update_recordings(
+            [(r.session_id, r.model_dump(exclude={"session_id"})) for r in body.recordings])
+        return {"results": [a if isinstance(a, dict) else a.to_json() for a in answers]}
 
     @app.post(
         "/v1/recordings/{session_id}/data",

@@ -3,7 +3,8 @@
 For each ``SID.cast`` in DATA_DIR/recordings it sends the complete lines the auth
 service does not have yet (it answers with its size, so a restart of either side just
 resumes), then, once the session ended and every byte arrived, the final metadata. A
-short session that ended before its first upload goes in one request (WHOLE_MAX). Only
+short session that ended before its first upload goes whole (WHOLE_MAX), together with
+the others that did in one request (WHOLE_BATCH, WHOLE_BATCH_BYTES). Only
 when the auth service confirms the recording complete are the node's files removed.
 Failures are retried with a growing pause (at most ``MAX_BACKOFF``), and logged; nothing
 is dropped while the files exist.
@@ -34,6 +35,11 @@ MAX_BACKOFF = 10.0
 # this size: three requests (metadata, bytes, final metadata) were most of what the
 # auth service did for the recording of a short session.
 WHOLE_MAX = 256 * 1024
+# Such recordings go together, up to this many and this many characters of cast a
+# request (what the API takes: MAX_WHOLE_RECORDINGS and MAX_APPEND). Under many short
+# sessions, a request each was most of the node's HTTP work (py-spy, bench/sessions.py).
+WHOLE_BATCH = 64
+WHOLE_BATCH_BYTES = 4 * 1024 * 1024
 # A running session's recording starts to ship once the uploader has known it this long
 # (seconds): a command that ends sooner then goes in that one request, where shipping
 # as soon as it started made three of most short sessions under load. Its files are on
@@ -43,6 +49,8 @@ FIRST_UPLOAD_AFTER = 1.0
 
 class RecordingLink(Protocol):
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]: ...
+    async def recordings_whole(self, recordings: list[tuple[str, dict[str, Any]]]
+                               ) -> list[dict[str, Any] | LimenError]: ...
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int: ...
 
 
@@ -105,8 +113,32 @@ class RecordingUploader:
         pending = self.pending()
         now = self.monotonic()
         self._seen = {sid: self._seen.get(sid, now) for sid in pending}
-        for session_id in pending:
-            await self.upload(session_id)
+        await self._upload_whole([sid for sid in pending if sid not in self._sent])
+        for session_id in pending:  # the rest, and any the auth service refused whole
+            if (self.directory / f"{session_id}.json").exists():
+                await self.upload(session_id)  # a refusal raises there, as it always did
+
+    async def _upload_whole(self, candidates: list[str]) -> None:
+        """Send the ended recordings never sent before, each whole, together. Those the
+        auth service refuses stay on disk for upload(), which raises the refusal."""
+        batch: list[_Whole] = []
+        for session_id in candidates:
+            whole = await asyncio.to_thread(_Whole.read, self.directory, session_id)
+            if whole is None:
+                continue
+            if len(batch) == WHOLE_BATCH or \
+                    sum(w.chars for w in batch) + whole.chars > WHOLE_BATCH_BYTES:
+                await self._send_whole(batch)
+                batch = []
+            batch.append(whole)
+        if batch:
+            await self._send_whole(batch)
+
+    async def _send_whole(self, batch: list[_Whole]) -> None:
+        answers = await self.link.recordings_whole([(w.session_id, w.body) for w in batch])
+        for whole, answer in zip(batch, answers, strict=True):
+            if not isinstance(answer, LimenError):
+                self._settled(whole.session_id, answer, whole.cast_path, whole.meta_path)
 
     async def upload(self, session_id: str) -> bool:
         """Send what is new; returns True once the recording is complete upstream."""
@@ -154,6 +186,33 @@ class RecordingUploader:
             path.unlink(missing_ok=True)
         self._sent.pop(session_id, None)
         return True
+
+
+class _Whole:
+    """An ended recording small enough to send whole, read from the node's disk."""
+
+    def __init__(self, session_id: str, body: dict[str, Any], meta_path: Path,
+                 cast_path: Path) -> None:
+        self.session_id = session_id
+        self.body = body  # the metadata, its size, and the cast as "data"
+        self.chars = len(body["data"])
+        self.meta_path = meta_path
+        self.cast_path = cast_path
+
+    @classmethod
+    def read(cls, directory: Path, session_id: str) -> _Whole | None:
+        """None unless the session ended and its cast fits in one request."""
+        meta_path = directory / f"{session_id}.json"
+        cast_path = directory / f"{session_id}.cast"
+        try:
+            meta = LocalRecording.load(meta_path)
+        except (OSError, ValueError):
+            return None  # upload() says so in the log
+        text = _whole_text(cast_path) if meta.ended else None
+        if text is None:
+            return None
+        body = {**_public(meta, len(text.encode())), "data": text}
+        return cls(session_id, body, meta_path, cast_path)
 
 
 def _public(meta: LocalRecording, size: int | None) -> dict[str, Any]:

@@ -50,6 +50,8 @@ class ClusterLink(Protocol):
         ...
     async def upsert_session(self, session: Session) -> None: ...
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]: ...
+    async def recordings_whole(self, recordings: list[tuple[str, dict[str, Any]]]
+                               ) -> list[dict[str, Any] | LimenError]: ...
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int: ...
     def access_feed(self) -> AsyncIterator[dict[str, Any]]: ...
     async def close(self) -> None: ...
@@ -84,6 +86,10 @@ class LocalLink:
 
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         return await self.api.update_recording(session_id, meta)
+
+    async def recordings_whole(self, recordings: list[tuple[str, dict[str, Any]]]
+                               ) -> list[dict[str, Any] | LimenError]:
+        return await self.api.update_recordings(recordings)
 
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
         return await self.api.append_recording(session_id, offset, data)
@@ -193,6 +199,15 @@ class RemoteLink:
 
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         return await self._call("PUT", f"/v1/recordings/{session_id}", meta)
+
+    async def recordings_whole(self, recordings: list[tuple[str, dict[str, Any]]]
+                               ) -> list[dict[str, Any] | LimenError]:
+        answer = await self._call("POST", "/v1/recordings/batch", {"recordings": [
+            {**meta, "session_id": session_id} for session_id, meta in recordings]})
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or len(results) != len(recordings):
+            raise ConnectionProblem("the proxy's answer to a batch of recordings is malformed")
+        return [from_json(r) if not isinstance(r, dict) or "error" in r else r for r in results]
 
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
         response = await self._request(

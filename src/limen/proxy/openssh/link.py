@@ -20,7 +20,7 @@ from limen.auth.facade import AuthFacade
 from limen.auth.identity import Identity
 from limen.auth.node_credentials import sign_host_certificate
 from limen.auth.server import AuthServer
-from limen.errors import BadParameter, NotFound
+from limen.errors import BadParameter, LimenError, NotFound
 from limen.resources import Node, Session
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,10 @@ class AuthLink:
 
     async def recording_update(self, session_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         return await self.facade.update_recording(session_id, meta)
+
+    async def recordings_whole(self, recordings: list[tuple[str, dict[str, Any]]]
+                               ) -> list[dict[str, Any] | LimenError]:
+        return await self.facade.update_recordings(recordings)
 
     async def recording_append(self, session_id: str, offset: int, data: bytes) -> int:
         return await self.facade.append_recording(session_id, offset, data)
