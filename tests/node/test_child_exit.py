@@ -24,18 +24,25 @@ def run(loop_name: str, coro: Coroutine[Any, Any, Any]) -> Any:
         return runner.run(coro)
 
 
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+def open_pidfds() -> list[str]:
+    """This process's open pidfds (other fds may come and go with other tests' threads)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]":
+                found.append(fd)
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return found
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_exit_codes_and_signals_are_heard_and_the_children_reaped(loop_name: str) -> None:
     async def scenario() -> list[tuple[int, int | None]]:
-        before = open_fds()
         procs = [child_exit.start(["sh", "-c", f"sleep 0.{n % 3}; exit {n}"]) for n in range(8)]
         procs.append(child_exit.start(["sh", "-c", "kill -TERM $$"]))
         codes = await asyncio.gather(*(child_exit.exit_code(p) for p in procs))
-        assert open_fds() <= before  # every pidfd closed
+        assert open_pidfds() == []  # every pidfd closed
         for proc in procs:  # and every child reaped: no zombies left
             with pytest.raises(ChildProcessError):
                 os.waitpid(proc.pid, os.WNOHANG)
