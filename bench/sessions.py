@@ -16,7 +16,8 @@ alternate for --rounds rounds so that drift in the machine's load hits them alik
 Printed per path: sessions/s (completed sessions over the wall time of its rounds), the
 set-up latency (start of the jump connection to the exit status) at p50 and p99, and
 where that time goes (median of each step: jump login, node login through the jump
-host, the command), and the CPU the servers used per session; then the ratios
+host, the command), the CPU the servers used per session (and each of the two), and
+the CPU the load generator used per session (it shares the cores); then the ratios
 Limen / OpenSSH. The goal of issue 17: sessions/s >= 2x OpenSSH's ``ssh -J``.
 """
 
@@ -59,7 +60,7 @@ class Target:
     name: str
     jump: tuple[str, int]
     node: tuple[str, int]
-    server_pids: list[int]  # whose CPU counts as the servers'
+    server_pids: list[int]  # whose CPU counts as the servers': the jump host's, the node's
 
 
 @dataclass
@@ -67,7 +68,8 @@ class Tally:
     sessions: int = 0
     failures: int = 0
     wall: float = 0.0
-    cpu: float = 0.0
+    cpu: list[float] = field(default_factory=lambda: [0.0, 0.0])  # jump host, node
+    client_cpu: float = 0.0  # this process: the load generator
     setups: list[float] = field(default_factory=list)
     steps: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STEPS})
 
@@ -122,11 +124,14 @@ async def load(target: Target, creds: Credentials, workers: int, seconds: float,
                 if tally.failures <= 3:
                     print(f"  {target.name}: a session failed: {exc!r}")
 
-    cpu_before = sum(tree_cpu(pid) for pid in target.server_pids)
+    cpu_before = [tree_cpu(pid) for pid in target.server_pids]
+    client_before = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(workers)))
     tally.wall += time.perf_counter() - started
-    tally.cpu += sum(tree_cpu(pid) for pid in target.server_pids) - cpu_before
+    tally.client_cpu += time.process_time() - client_before
+    for side, (pid, before) in enumerate(zip(target.server_pids, cpu_before, strict=True)):
+        tally.cpu[side] += tree_cpu(pid) - before
 
 
 def tree_cpu(pid: int) -> float:
@@ -145,11 +150,14 @@ def report(args: argparse.Namespace, tallies: dict[str, Tally]) -> None:
     print(f"{args.concurrency} concurrent asyncssh clients, {args.seconds:g} s x{args.rounds} "
           "per path (interleaved); a session = jump login + node login + `true`")
     print(f"{'path':<10}{'sessions/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}"
-          + "".join(f"{s + ' ms':>15}" for s in STEPS) + f"{'server CPU ms/session':>24}")
+          + "".join(f"{s + ' ms':>15}" for s in STEPS) + f"{'server CPU ms/session':>24}"
+          + f"{'(jump':>7}{'node)':>7}{'client CPU':>12}")
     for name, tally in tallies.items():
         rate = tally.sessions / tally.wall
         steps = "".join(f"{1000 * statistics.median(tally.steps[s]):>15.1f}" for s in STEPS)
-        cpu = f"{1000 * tally.cpu / max(tally.sessions, 1):>24.1f}"
+        per = 1000 / max(tally.sessions, 1)
+        cpu = (f"{per * sum(tally.cpu):>24.1f}" + "".join(f"{per * c:>7.1f}" for c in tally.cpu)
+               + f"{per * tally.client_cpu:>12.1f}")
         print(f"{name:<10}{rate:>11.1f}{1000 * statistics.median(tally.setups):>9.1f}"
               f"{1000 * p99(tally.setups):>9.1f}{tally.failures:>8}{steps}{cpu}")
     limen, openssh = tallies["Limen"], tallies["OpenSSH"]
@@ -158,7 +166,8 @@ def report(args: argparse.Namespace, tallies: dict[str, Tally]) -> None:
           f"{'met' if ratio >= 2 else 'not met'}); p99 ratio "
           f"{p99(limen.setups) / p99(openssh.setups):.2f}")
     print("server CPU: the auth+proxy and node processes / the two sshds, with the "
-          "children each reaped (sshd's per-connection processes, the commands)")
+          "children each reaped (sshd's per-connection processes, the commands); client "
+          "CPU: this process, the asyncssh load generator, on the same cores")
 
 
 async def run(args: argparse.Namespace, cluster: Cluster, node_pid: int, root: Path) -> None:
