@@ -34,6 +34,7 @@ class FakeLink:
         self.recording_calls: list[str] = []  # "update", "whole", "append", in order
         self.before_batches = False  # an auth service without POST /v1/events/batch
         self.batches: list[list[str]] = []  # the session ids of each batch of recordings
+        self.before_recording_batches = False  # a proxy without POST /v1/recordings/batch
         self.refused_recordings: set[str] = set()
 
     def _check(self) -> None:
@@ -84,6 +85,8 @@ class FakeLink:
                                ) -> list[dict[str, Any] | LimenError]:
         """As POST /v1/recordings/batch: each as recording_update takes it."""
         self._check()
+        if self.before_recording_batches:  # as the proxy answers a method it has no route for
+            raise BadParameter("this path does not take that method")
         self.batches.append([session_id for session_id, _ in recordings])
         answers: list[dict[str, Any] | LimenError] = []
         for session_id, meta in recordings:
@@ -237,6 +240,20 @@ async def test_short_sessions_ship_together_and_a_refused_one_stays(tmp_path: Pa
         assert bytes(link.recordings[sid]).endswith(f'{sid}\\r\\n"]\n'.encode())
         assert link.metas[sid]["end_ns"]
     assert sids[2] not in link.recordings
+    await audit.stop()
+
+
+async def test_a_proxy_without_the_batch_gets_each_recording_whole(tmp_path: Path) -> None:
+    """A node newer than its proxy: each short session still ships, in a request each."""
+    link = FakeLink()
+    link.before_recording_batches = True
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    sids = [str(uuid.UUID(int=n)) for n in range(1, 4)]
+    for sid in sids:
+        await _short_session(audit, sid)
+    await audit.uploader.upload_all()
+    assert link.batches == [] and link.recording_calls == ["whole"] * 3
+    assert sorted(link.metas) == sids and not list((tmp_path / "recordings").iterdir())
     await audit.stop()
 
 

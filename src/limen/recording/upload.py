@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from limen.audit.files import complete_lines_end
-from limen.errors import BadParameter, LimenError
+from limen.errors import BadParameter, LimenError, NotFound
 from limen.recording.cast import LocalRecording
 from limen.tasks import cancel_and_wait
 
@@ -135,7 +135,12 @@ class RecordingUploader:
             await self._send_whole(batch)
 
     async def _send_whole(self, batch: list[_Whole]) -> None:
-        answers = await self.link.recordings_whole([(w.session_id, w.body) for w in batch])
+        try:
+            answers = await self.link.recordings_whole([(w.session_id, w.body) for w in batch])
+        except (BadParameter, NotFound):
+            # A proxy from before the batch (no such route: 404 or 405) or a batch refused
+            # as a whole: upload() sends each in a request of its own.
+            return
         for whole, answer in zip(batch, answers, strict=True):
             if not isinstance(answer, LimenError):
                 self._settled(whole.session_id, answer, whole.cast_path, whole.meta_path)
