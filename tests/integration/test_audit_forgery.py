@@ -350,6 +350,18 @@ def _cast(cluster: ClusterHarness, sid: str) -> bytes:
     return answer.content
 
 
+def _victims_recording(cluster: ClusterHarness, victim: SshUser, command: str
+                       ) -> tuple[str, bytes]:
+    """The victim runs ``command`` on node1: its session id, and its recording once the
+    auth service has it whole."""
+    done = victim.ssh(f"root@{NODE}", command)
+    assert done.returncode == 0, done.stderr
+    sid = wait_until(lambda: cluster.events_of("exec", user=victim.name, command=command), 10,
+                     "the victim's command")[0]["sid"]
+    wait_until(lambda: cluster.events_of("session.upload", sid=sid), 10, "its recording")
+    return sid, _cast(cluster, sid)
+
+
 def test_a_recording_in_one_request_is_judged_as_its_three_requests_would_be(
     cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
 ) -> None:
@@ -367,13 +379,7 @@ def test_a_recording_in_one_request_is_judged_as_its_three_requests_would_be(
     assert again.status_code == 200 and again.json()["size"] == len(text.encode())
     assert _cast(cluster, own) == text.encode()
 
-    done = victim.ssh(f"root@{NODE}", "echo the-victims-output")
-    assert done.returncode == 0, done.stderr
-    sid = wait_until(lambda: cluster.events_of("exec", user=victim.name,
-                                               command="echo the-victims-output"), 10,
-                     "the victim's command")[0]["sid"]
-    wait_until(lambda: cluster.events_of("session.upload", sid=sid), 10, "its recording")
-    original = _cast(cluster, sid)
+    sid, original = _victims_recording(cluster, victim, "echo the-victims-output")
     forged = mallory.put_recording(sid, {"data": text, "end_ns": 2, "size": len(text)})
     assert forged.status_code == 403, forged.text
     assert f"session {sid}" in _error(forged)
@@ -395,13 +401,7 @@ def test_a_batch_of_recordings_is_judged_recording_by_recording(
     """POST /v1/recordings/batch (a node's short sessions, together) takes each recording
     as PUT /v1/recordings/{id} would: another node's session is refused (and audited)
     alone, and the batch as a whole is bounded."""
-    done = victim.ssh(f"root@{NODE}", "echo the-victims-words")
-    assert done.returncode == 0, done.stderr
-    others = wait_until(lambda: cluster.events_of("exec", user=victim.name,
-                                                  command="echo the-victims-words"), 10,
-                        "the victim's command")[0]["sid"]
-    wait_until(lambda: cluster.events_of("session.upload", sid=others), 10, "its recording")
-    original = _cast(cluster, others)
+    others, original = _victims_recording(cluster, victim, "echo the-victims-words")
     mine, marker = str(uuid.uuid4()), unique("cast")
     answer = mallory.post_recordings([
         _whole(mine, marker), _whole(others, f"{marker}-forged"), _whole("not-a-sid", marker),

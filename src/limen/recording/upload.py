@@ -154,11 +154,10 @@ class RecordingUploader:
         except (OSError, ValueError) as exc:
             log.error("recording metadata %s is unreadable: %s", meta_path, exc)
             return False
-        if session_id not in self._sent and meta.ended:
-            whole = await asyncio.to_thread(_whole_text, cast_path)
+        if session_id not in self._sent:
+            whole = await asyncio.to_thread(_Whole.of, session_id, meta, meta_path, cast_path)
             if whole is not None:
-                data = {**_public(meta, len(whole.encode())), "data": whole}
-                answer = await self.link.recording_update(session_id, data)
+                answer = await self.link.recording_update(session_id, whole.body)
                 return self._settled(session_id, answer, cast_path, meta_path)
         if session_id not in self._sent:
             if self.monotonic() - self._seen.get(session_id, float("-inf")) \
@@ -206,13 +205,19 @@ class _Whole:
 
     @classmethod
     def read(cls, directory: Path, session_id: str) -> _Whole | None:
-        """None unless the session ended and its cast fits in one request."""
+        """From the node's disk: None unless the session ended and its cast fits in one
+        request."""
         meta_path = directory / f"{session_id}.json"
-        cast_path = directory / f"{session_id}.cast"
         try:
             meta = LocalRecording.load(meta_path)
         except (OSError, ValueError):
             return None  # upload() says so in the log
+        return cls.of(session_id, meta, meta_path, directory / f"{session_id}.cast")
+
+    @classmethod
+    def of(cls, session_id: str, meta: LocalRecording, meta_path: Path,
+           cast_path: Path) -> _Whole | None:
+        """With its metadata already read: None unless it ended and its cast fits."""
         text = _whole_text(cast_path) if meta.ended else None
         if text is None:
             return None
