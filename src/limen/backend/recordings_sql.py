@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 
 from limen.audit.store import RecordingMeta
 from limen.backend.audit_db import Database
@@ -20,6 +20,30 @@ from limen.errors import NotFound
 
 TAIL = 256  # characters of text carried into the next chunk (longest search that spans)
 _READ_BATCH = 64  # chunks per query when streaming a recording
+
+_META_FIELDS = ("user", "login", "node", "node_id", "kind", "command", "start_ns", "end_ns",
+                "complete", "interrupted", "extra")
+
+# The writes are fixed statements given their values as parameters: a statement built
+# around its values makes SQLAlchemy derive a new cache key from every value, at each
+# write (see limen.backend.sql_tables.upsert_item).
+_NEW_RECORDING = recordings.insert()
+_NEW_CHUNK = chunks.insert()
+_GROWN = (update(recordings).where(recordings.c.session_id == bindparam("sid"))
+          .values(size=bindparam("new_size"), tail=bindparam("new_tail")))
+_META_UPSERTS: dict[str, Any] = {}  # dialect name -> the statement
+
+
+def _meta_upsert(dialect: Any) -> Any:
+    name = type(dialect).__name__
+    found = _META_UPSERTS.get(name)
+    if found is None:
+        stmt = dialect.insert(recordings)
+        found = _META_UPSERTS[name] = stmt.on_conflict_do_update(
+            index_elements=[recordings.c.session_id],
+            set_={field: stmt.excluded[field] for field in _META_FIELDS})
+    return found
+
 
 _META_COLUMNS = (
     recordings.c.session_id, recordings.c.user, recordings.c.login, recordings.c.node,
@@ -54,12 +78,9 @@ class SQLRecordingStore:
             "end_ns": meta.end_ns, "complete": meta.complete, "interrupted": meta.interrupted,
             "extra": json.dumps(meta.extra, sort_keys=True),
         }
-        stmt = self.db.dialect.insert(recordings).values(
-            session_id=meta.session_id, size=0, tail="", **values
-        )
-        stmt = stmt.on_conflict_do_update(index_elements=[recordings.c.session_id], set_=values)
         async with self.db.write() as conn:
-            await conn.execute(stmt)
+            await conn.execute(_meta_upsert(self.db.dialect),
+                               {"session_id": meta.session_id, "size": 0, "tail": "", **values})
         return await self.get(meta.session_id)
 
     async def append(self, session_id: str, offset: int, data: bytes,
@@ -70,8 +91,8 @@ class SQLRecordingStore:
                 .where(recordings.c.session_id == session_id).with_for_update()
             )).first()
             if row is None:
-                await conn.execute(recordings.insert().values(session_id=session_id, size=0,
-                                                              tail=""))
+                await conn.execute(_NEW_RECORDING,
+                                   {"session_id": session_id, "size": 0, "tail": ""})
                 size, tail = 0, ""
             else:
                 size, tail = int(row.size), row.tail
@@ -79,13 +100,10 @@ class SQLRecordingStore:
                 return size  # a gap (resend from size) or bytes we already have
             data = data[size - offset:]
             text = tail + extract(data).lower()
-            await conn.execute(chunks.insert().values(
-                session_id=session_id, offset=size, data=data, text=text
-            ))
-            await conn.execute(
-                update(recordings).where(recordings.c.session_id == session_id)
-                .values(size=size + len(data), tail=text[-TAIL:])
-            )
+            await conn.execute(_NEW_CHUNK, {"session_id": session_id, "offset": size,
+                                            "data": data, "text": text})
+            await conn.execute(_GROWN, {"sid": session_id, "new_size": size + len(data),
+                                        "new_tail": text[-TAIL:]})
             return size + len(data)
 
     async def get(self, session_id: str) -> RecordingMeta:

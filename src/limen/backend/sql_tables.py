@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     insert,
     select,
@@ -75,6 +76,23 @@ changes = Table(
 )
 
 ITEM_COLUMNS = (items.c.key, items.c.value, items.c.expires, items.c.revision)
+_CURRENT = select(*ITEM_COLUMNS).where(items.c.key == bindparam("key"))
+_LOG_CHANGE = insert(changes)
+_UPSERTS: dict[str, Any] = {}  # dialect name -> the upsert of one item
+
+
+def upsert_item(dialect: Dialect) -> Any:
+    """INSERT ... ON CONFLICT (key) DO UPDATE for one item, its values as parameters."""
+    name = type(dialect).__name__
+    found = _UPSERTS.get(name)
+    if found is None:
+        stmt = dialect.insert(items)
+        found = _UPSERTS[name] = stmt.on_conflict_do_update(
+            index_elements=[items.c.key],
+            set_={"value": stmt.excluded.value, "expires": stmt.excluded.expires,
+                  "revision": stmt.excluded.revision},
+        )
+    return found
 
 
 def row_item(row: Any) -> Item:
@@ -91,7 +109,7 @@ class WriteTx:
         self.now = now
 
     async def current(self, key: str) -> Item | None:
-        row = (await self.conn.execute(select(*ITEM_COLUMNS).where(items.c.key == key))).first()
+        row = (await self.conn.execute(_CURRENT, {"key": key})).first()
         if row is None:
             return None
         item = row_item(row)
@@ -105,18 +123,12 @@ class WriteTx:
             "expires": to_micros(stored.expires),
             "revision": stored.revision,
         }
-        stmt = self.dialect.insert(items).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[items.c.key],
-            set_={
-                "value": stmt.excluded.value,
-                "expires": stmt.excluded.expires,
-                "revision": stmt.excluded.revision,
-            },
-        )
-        await self.conn.execute(stmt)
-        change = insert(changes).values(op=OpType.PUT.value, created=wall_micros(), **values)
-        await self.conn.execute(change)
+        # Fixed statements and the values as parameters: a statement built around its
+        # values made SQLAlchemy derive a new cache key from every value on each write,
+        # most of a write's CPU (about 1 ms of it here).
+        await self.conn.execute(upsert_item(self.dialect), values)
+        await self.conn.execute(_LOG_CHANGE, {"op": OpType.PUT.value,
+                                              "created": wall_micros(), **values})
         return stored
 
     async def remove(self, keys: Sequence[str]) -> None:
