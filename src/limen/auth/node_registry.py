@@ -299,8 +299,8 @@ class NodeRegistry:
         the storage for each stream, or re-reading every registration every few
         seconds, was most of an idle proxy's work with hundreds of nodes. The view may
         lag the storage by its watch's delay, so a refusal from it (a node that joined
-        since, or whose lock was lifted) is checked in the storage. A node's own requests
-        (``admit``) are checked against the storage every time."""
+        since, or whose lock was lifted) is checked in the storage, as for a node's own
+        requests (``admit``)."""
         if self.view is not None and self.view.refusal(node_id) is None:
             return True
         try:
@@ -320,6 +320,9 @@ class NodeRegistry:
         """Refuse a node's API token unless it is the current token of a registered,
         unlocked node; every refusal is an audit event. Returns the registration."""
         node_id = session.spec.user
+        known = self._admitted_by_view(node_id, session)
+        if known is not None:
+            return known
         try:
             node = await self.registered(node_id)
             if creds.session_token_id(session.name) != node.spec.token_id:
@@ -333,6 +336,20 @@ class NodeRegistry:
                 server_id=node_id, reason=exc.message, addr_remote=remote_addr,
             )
             raise
+        return node
+
+    def _admitted_by_view(self, node_id: str, session: APISession) -> Node | None:
+        """The registration, when the watch-fed view has the token current and the node
+        unlocked. Every request of every node read its registration and all locks from
+        the storage: most of what a heartbeat cost the proxy. The view may lag the
+        storage by its watch's delay, as the SSH side's revocations do (a lock or removal
+        written here is delivered at once; one written by another instance within its
+        poll); anything short of a clear yes is decided by the storage, and audited."""
+        if self.view is None or self.view.refusal(node_id) is not None:
+            return None
+        node = self.view.node(node_id)
+        if node is None or creds.session_token_id(session.name) != node.spec.token_id:
+            return None
         return node
 
     # -- removal ------------------------------------------------------------------------

@@ -78,6 +78,10 @@ class NodeWatch:
                 found.append((node, presence))
         return found
 
+    def node(self, node_id: str) -> Node | None:
+        """The node's registration as last seen, or None."""
+        return self._nodes.get(node_id)
+
     def presence_of(self, node_id: str) -> NodePresence | None:
         """The node's presence record as last written, expired or not."""
         return self._presence.get(node_id)
