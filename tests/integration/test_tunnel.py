@@ -8,7 +8,10 @@ connect into, is test_tunnel_nat.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -239,6 +242,62 @@ def test_presence_lost_while_the_tunnel_was_down_returns_at_reconnect(
     wait_until(lambda: tunnel_of(cluster, node.name), 10, "the tunnel to come back")
     result = alice.limen("ssh", name, "echo present-again")
     assert result.stdout == "present-again\n", result.stderr
+
+
+def _connections(port: str, side: str) -> list[tuple[int, str]]:
+    """(owning pid, ss's timer field) of each established TCP connection whose ``side``
+    (``sport`` or ``dport``) is ``port``."""
+    out = subprocess.run(["ss", "-tnoHp", "state", "established", f"( {side} = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        pid = re.search(r"pid=(\d+)", line)
+        timer = re.search(r"timer:\(([^)]*)\)", line)
+        if pid:
+            found.append((int(pid.group(1)), timer.group(1) if timer else ""))
+    return found
+
+
+def _probe_seconds(timer: str) -> float | None:
+    """Seconds until the next TCP keepalive probe, from a timer like keepalive,59sec,0."""
+    parts = timer.split(",")
+    if len(parts) < 2 or parts[0] != "keepalive":
+        return None
+    when = re.fullmatch(r"(?:(\d+)min)?(?:(\d+)sec)?(?:(\d+)ms)?", parts[1])
+    if when is None:
+        return None
+    minutes, seconds, millis = (int(g or 0) for g in when.groups())
+    return 60 * minutes + seconds + millis / 1000
+
+
+def test_the_tunnel_and_the_access_feed_send_tcp_keepalives_a_minute_apart(
+    tunneled: tuple[ClusterHarness, str],
+) -> None:
+    """SSH keepalives and feed pings are 5 minutes apart (each wakes the proxy); what
+    holds a quiet tunnel open through NAT gateways (AWS 350 s, Azure 240 s) is the
+    kernel's TCP keepalive on the node's sockets, probing after a minute of silence
+    (asyncssh's own SO_KEEPALIVE waits the system's two hours)."""
+    cluster, name = tunneled
+    port = cluster.web_addr.rsplit(":", 1)[1]
+    here = os.getpid()
+
+    def node_side() -> list[str]:
+        timers = []
+        for pid, timer in _connections(port, "dport"):
+            with contextlib.suppress(OSError):
+                if pid != here and name in Path(f"/proc/{pid}/cmdline").read_text():
+                    timers.append(timer)
+        return timers
+
+    # The tunnel and the access feed at least (a heartbeat's connection may be there too).
+    timers = wait_until(lambda: (t := node_side()) and len(t) >= 2 and t, 10,
+                        "the node's connections to its proxy")
+    probes = [_probe_seconds(t) for t in timers]
+    assert all(p is not None and p <= 60 for p in probes), timers
+    # The proxy's end of the tunnel probes too: a node that vanished without a word is
+    # noticed in minutes, not at an SSH keepalive 5 minutes apart (times three).
+    proxy_side = [_probe_seconds(t) for pid, t in _connections(port, "sport") if pid == here]
+    assert any(p is not None and p <= 60 for p in proxy_side), proxy_side
 
 
 async def _close(tunnel) -> None:  # noqa: ANN001 - a registry.Tunnel

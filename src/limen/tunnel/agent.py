@@ -6,7 +6,8 @@ asks for a ``tcpip-forward`` of (node id, NODE_PORT); every channel the proxy op
 back becomes an SSH connection to the node's own SSH service (``serve``, normally
 ``NodeServer.listen_on``). One tunnel carries any number of sessions.
 
-The link stays honest with SSH keepalives (30 s; three unanswered and the agent gives
+The link stays honest with the kernel's TCP keepalives (a minute of silence; see
+limen.tcpkeepalive) and SSH keepalives (5 minutes; three unanswered and the agent gives
 up on the connection), and the agent reconnects forever with jittered exponential
 backoff capped at 10 s, so after a proxy restart it is back within seconds of the
 proxy. ``on_connected`` runs after each (re)connection: the node uses it to send a
@@ -34,16 +35,20 @@ from limen.clock import Clock, RealClock
 from limen.errors import AccessDenied, LimenError
 from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 from limen.tasks import cancel_and_wait
+from limen.tcpkeepalive import keep_alive
 from limen.tunnel.backoff import Backoff
 from limen.tunnel.discovery import TunnelTarget, fetch_ping, ping_client, target_from_ping
 
 log = logging.getLogger(__name__)
 
-# A keepalive a minute each way at most (the proxy's is 60 s too; whichever side hears
-# nothing first asks): well under the idle timeouts of NAT gateways (AWS 350 s, Azure
-# 240 s), and a proxy gone silent is given up after four minutes. Every keepalive wakes
-# the proxy once per tunnel, so with thousands of tunnels their interval is idle CPU.
-KEEPALIVE_INTERVAL = 60.0
+# An SSH keepalive every 5 minutes at most each way (the proxy's interval too; whichever
+# side hears nothing first asks), as Teleport's tunnels do: every keepalive wakes the
+# proxy once per tunnel, so with thousands of tunnels their interval is idle CPU. What
+# keeps NAT gateways (AWS 350 s, Azure 240 s) from forgetting a quiet tunnel, and notices
+# a proxy that vanished within about two minutes, is the kernel's TCP keepalive on the
+# tunnel's socket (limen.tcpkeepalive); the SSH keepalive catches a proxy process that
+# holds the connection but no longer answers, after three unanswered (15 minutes).
+KEEPALIVE_INTERVAL = 300.0
 KEEPALIVE_COUNT_MAX = 3
 CONNECT_TIMEOUT = 10.0
 # A tunnel that stayed up this long starts the backoff afresh when it ends. One that
@@ -190,6 +195,7 @@ class TunnelAgent:
         async with asyncio.timeout(self.connect_timeout):
             conn = await self._connect(target)
         self.conn = conn
+        keep_alive(conn.get_extra_info("socket"))
         if target.host_key is not None:
             offered = conn.get_server_host_key()
             if offered is None or offered.public_data != target.host_key.public_data:

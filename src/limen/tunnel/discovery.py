@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncssh
 import httpx
 
+from limen import tcpkeepalive
 from limen.client import trust
 from limen.config import split_host_port
 from limen.errors import BadParameter, ConnectionProblem
@@ -71,8 +72,11 @@ def ping_client(tls_ca_pem: str, keepalive_expiry: float = 5.0) -> httpx.AsyncCl
     # The shared context names the ALPN that httpcore sets on it anyway (it sets ALPN on
     # the context it is given), so sharing it among clients changes nothing.
     ctx = trust.shared_verifying_context(tls_ca_pem, ("http/1.1",))
-    return httpx.AsyncClient(verify=ctx, timeout=PING_TIMEOUT,
-                             limits=httpx.Limits(keepalive_expiry=keepalive_expiry))
+    # Kept alive between a node's asks, as its other connections to the proxy are.
+    transport = httpx.AsyncHTTPTransport(
+        verify=ctx, limits=httpx.Limits(keepalive_expiry=keepalive_expiry),
+        socket_options=tcpkeepalive.socket_options())
+    return httpx.AsyncClient(timeout=PING_TIMEOUT, transport=transport)
 
 
 async def fetch_ping(proxy: str, tls_ca_pem: str, http: httpx.AsyncClient | None = None) -> dict:

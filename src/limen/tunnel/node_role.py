@@ -46,12 +46,13 @@ def start_agent(identity: NodeIdentity, host_key: asyncssh.SSHKey, server: NodeS
 
 
 def start_peer_tunnels(main: TunnelAgent | None, server: NodeServer,
-                       identity: NodeIdentity) -> PeerTunnels:
+                       identity: NodeIdentity, beat_seconds: float) -> PeerTunnels:
     """One more agent for each other proxy of the cluster (limen.tunnel.peers); with no
     main agent (a node the proxies dial) only the proxies' addresses are learned, for the
-    node's API calls to fail over to."""
+    node's API calls to fail over to. ``beat_seconds``: the most between the node's
+    heartbeats (limen.node.cluster.membership.Heartbeat.quiet_seconds)."""
     # A heartbeat's answer lists the proxies: good until one more beat is overdue.
-    heard = identity.heartbeat_seconds * 1.5
+    heard = beat_seconds * 1.5
     if main is None:
         locator = ProxyLocator(identity.proxy, identity.tls_ca)
         return _started(PeerTunnels(locator, None, heard_seconds=heard))

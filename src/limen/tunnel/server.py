@@ -40,6 +40,7 @@ from limen.proxy.ssh_jump import asyncssh_algs
 from limen.sshauth import Accepted, CertAuthServer, CertFacts, TrustedKeys, judge_host
 from limen.sshauth.judge import Revoked
 from limen.sshauth.server import connection_factory
+from limen.tcpkeepalive import keep_alive
 from limen.tunnel.registry import NODE_PORT, Tunnel, TunnelDirectory
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ class TunnelSettings:
     host_ca_keys: Sequence[asyncssh.SSHKey]  # agents' certificates must come from these
     cluster_name: str
     login_timeout: float = 15.0
-    # The agent pings every 30 s and this side answers; the proxy pings only when it
-    # has heard nothing for a minute, and drops a tunnel after three unanswered pings.
-    keepalive_interval: float = 60.0
+    # The proxy asks only when it has heard nothing for 5 minutes (the agent's interval
+    # too, limen.tunnel.agent), and drops a tunnel after three unanswered asks; the
+    # kernel's TCP keepalives (limen.tcpkeepalive) notice a vanished node sooner.
+    keepalive_interval: float = 300.0
     keepalive_count_max: int = 3
 
 
@@ -183,6 +185,7 @@ class AgentHooks(CertAuthServer):
                 "addr.remote": self.peer(), "reason": reason,
             })
             return False
+        keep_alive(conn.get_extra_info("socket"))
         tunnel = Tunnel(node_id, conn, self._server.clock.now(), self.peer())
         self.tunnels.append(tunnel)
         self._server.directory.add(tunnel)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import asyncssh
 import httpx
 
+from limen import tcpkeepalive
 from limen.auth.facade import AuthFacade
 from limen.auth.identity import Identity
 from limen.auth.node_credentials import sign_renewal
@@ -27,13 +28,14 @@ from limen.resources import Session
 
 log = logging.getLogger(__name__)
 
-# The server pings every few seconds; this much silence means the stream is dead.
 # The access feed is quiet most of the time: the proxy pings it every FEED_PING_SECONDS
 # (it pings every 20 s a node that does not ask), and a feed silent for longer than
 # FEED_READ_TIMEOUT is taken for broken and opened again. Each ping costs the proxy a
-# wake-up per node; a removal or lock ends the feed at once, not at a ping.
-FEED_PING_SECONDS = 60
-FEED_READ_TIMEOUT = 90.0
+# wake-up per node; a removal or lock ends the feed at once, not at a ping. Between
+# pings the kernel's TCP keepalives (limen.tcpkeepalive) hold the connection open
+# through NAT and notice a vanished proxy within about two minutes.
+FEED_PING_SECONDS = 300
+FEED_READ_TIMEOUT = 330.0
 
 
 class ClusterLink(Protocol):
@@ -120,13 +122,16 @@ class RemoteLink:
         self._feed_timeout = httpx.Timeout(feed_read_timeout, connect=connect_timeout)
         self._http = httpx.AsyncClient(
             base_url=f"https://{proxy}",
-            verify=trust.verifying_context(ca_pem),
             headers={"authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            # Kept between heartbeats (60 s apart), and given up before the proxy's
-            # 75 s would close it under a request.
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
-                                keepalive_expiry=70.0),
+            transport=httpx.AsyncHTTPTransport(
+                verify=trust.verifying_context(ca_pem),
+                # Kept between heartbeats (60 s apart while the node has sessions), and
+                # given up before the proxy's 75 s would close it under a request.
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                                    keepalive_expiry=70.0),
+                socket_options=tcpkeepalive.socket_options(),  # the feed's, above all
+            ),
         )
 
     def use_token(self, token: str) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -185,12 +186,23 @@ class Renewal(Protocol):
     async def renew_if_due(self) -> bool: ...
 
 
+# An idle tunneled node beats this seldom: the proxy sees its tunnel come and go (a
+# listing says "tunnel (offline)" at once), and a presence record is rewritten only
+# every 5 minutes anyway. A heartbeat was most of what an idle tunnel cost its proxy.
+QUIET_TUNNEL_SECONDS = 300.0
+
+
 class Heartbeat:
     """Tell the cluster the node is alive (and where), renew its credentials when they
     are due, and refresh its live sessions' trackers.
 
     A heartbeat is presence only: the node's name and labels were fixed when it joined,
-    and a node whose registration is gone is refused, not registered again."""
+    and a node whose registration is gone is refused, not registered again.
+
+    It ticks every ``heartbeat_seconds`` (60 s by default). A direct node beats at every
+    tick; a tunneled one at every tick while it has sessions (their trackers last two
+    minutes unless renewed), otherwise every QUIET_TUNNEL_SECONDS, and at once whenever
+    its tunnel (re)connects."""
 
     def __init__(self, link: ClusterLink, identity: NodeIdentity, addr: str,
                  trackers: Callable[[], list[Session]],
@@ -205,11 +217,22 @@ class Heartbeat:
         # Told each answer: it lists the cluster's proxies (limen.tunnel.peers hears it).
         self.on_answer: Callable[[dict[str, Any]], None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._last = -math.inf  # monotonic time of the last beat tried
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
+    def due(self, since_last: float) -> bool:
+        """Whether a tick ``since_last`` seconds after the last beat sends one."""
+        return bool(self.addr) or bool(self.trackers()) or since_last >= self.quiet_seconds()
+
+    def quiet_seconds(self) -> float:
+        """How long an idle node goes between beats (its answers' lifetime, too)."""
+        every = self.identity.heartbeat_seconds
+        return every if self.addr else max(every, QUIET_TUNNEL_SECONDS)
+
     async def beat(self) -> None:
+        self._last = time.monotonic()
         if self.renewal is not None:
             await self.renewal.renew_if_due()
         answer = await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
@@ -221,6 +244,8 @@ class Heartbeat:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.identity.heartbeat_seconds)
+            if not self.due(time.monotonic() - self._last):
+                continue
             try:
                 await self.beat()
             except AccessDenied as exc:  # removed, locked, or credentials lapsed: say so

@@ -124,7 +124,8 @@ class NodeRole:
                 self.identity, settings.host_key, self.server, on_connected=self._heartbeat.beat
             )
         if isinstance(self.link, RemoteLink):  # learn the other proxies, to fail over to
-            peers = start_peer_tunnels(self.agent, self.server, self.identity)
+            peers = start_peer_tunnels(self.agent, self.server, self.identity,
+                                       self._heartbeat.quiet_seconds())
             self.peer_tunnels = peers
             self._heartbeat.on_answer = peers.hear  # its answers list the proxies too
             self.link.fallbacks = lambda: peers.web_addrs
