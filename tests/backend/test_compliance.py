@@ -383,6 +383,25 @@ async def test_two_watchers_are_independent(backend: Backend) -> None:
         assert summary(await take(wy, 1)) == [("delete", "/y/1", b"")]
 
 
+async def test_watchers_of_the_same_prefixes_each_get_every_change(backend: Backend) -> None:
+    """Watchers of the same prefixes (every node's access feed) are matched as a group:
+    each still gets every change, only those after it started, and one that closes
+    leaves the others their stream."""
+    async with backend.watch(["/a/", "/b/"]) as first:
+        await backend.put(Item("/a/1", b"1"))
+        async with backend.watch(["/a/", "/b/"]) as second, backend.watch(["/b/"]) as other:
+            await backend.put(Item("/b/1", b"1"))
+            await backend.put(Item("/c/1", b"1"))
+            first.close()
+            await backend.put(Item("/a/2", b"2"))
+            assert summary(await take(second, 2)) == [("put", "/b/1", b"1"),
+                                                      ("put", "/a/2", b"2")]
+            assert summary(await take(other, 1)) == [("put", "/b/1", b"1")]
+            await quiet(second)
+            await quiet(other)
+    assert first.closed and await first.next() is None
+
+
 async def test_watchers_end_when_backend_closes(store: Store) -> None:
     backend = await store.open()
     async with backend.watch(["/"]) as w:

@@ -25,7 +25,7 @@ from limen.backend.base import (
     new_revision,
     sweep_forever,
 )
-from limen.backend.watch import DEFAULT_WATCH_CAPACITY, Watcher
+from limen.backend.watch import DEFAULT_WATCH_CAPACITY, Watcher, WatcherGroups
 from limen.clock import Clock, RealClock
 from limen.errors import AlreadyExists, BadParameter, CompareFailed, ConnectionProblem, NotFound
 
@@ -44,7 +44,7 @@ class MemoryBackend:
         self.watch_capacity = watch_capacity
         self._items: dict[str, Item] = {}
         self._keys: list[str] = []  # sorted, for range queries
-        self._watchers: set[Watcher] = set()
+        self._watchers = WatcherGroups()
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -81,8 +81,7 @@ class MemoryBackend:
         self._publish(Event(OpType.DELETE, Item(key, b"")))
 
     def _publish(self, event: Event) -> None:
-        for watcher in list(self._watchers):
-            watcher.deliver(event)
+        self._watchers.deliver(event)
 
     def _keys_under(self, prefix: str) -> list[str]:
         start = bisect.bisect_left(self._keys, prefix)
@@ -186,5 +185,5 @@ class MemoryBackend:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        for watcher in list(self._watchers):
+        for watcher in self._watchers.all():
             watcher.close()

@@ -73,7 +73,7 @@ from limen.backend.sql_tables import (
     wall_micros,
 )
 from limen.backend.sqlite_reads import CompiledSQL, SQLiteReader, compile_once
-from limen.backend.watch import DEFAULT_WATCH_CAPACITY, Watcher
+from limen.backend.watch import DEFAULT_WATCH_CAPACITY, Watcher, WatcherGroups
 from limen.clock import Clock, RealClock
 from limen.errors import (
     AlreadyExists,
@@ -147,7 +147,7 @@ class SQLBackend:
         self.change_retention = change_retention
         self._write_lock = asyncio.Lock()  # local writers queue here, not on the database
         self._poll_lock = asyncio.Lock()  # attaching a watcher vs. a poll in progress
-        self._watchers: dict[Watcher, int] = {}  # watcher -> last change id before it
+        self._watchers = WatcherGroups()  # each with the last change id before it
         self._cursor = 0  # last change id handed to watchers
         self._wake = asyncio.Event()
         self._have_watchers = asyncio.Event()
@@ -313,7 +313,7 @@ class SQLBackend:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for watcher in list(self._watchers):
+        for watcher in self._watchers.all():
             watcher.close()
         # Wait for writes in flight, then release every pooled connection.
         async with self._write_lock:
@@ -332,13 +332,13 @@ class SQLBackend:
             # change committed from now on gets a larger id.
             if not self._watchers:
                 self._cursor = newest
-            self._watchers[watcher] = newest
+            self._watchers.add(watcher, newest)
         self._have_watchers.set()
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll_forever(), name="limen-sql-watch")
 
     def _detach(self, watcher: Watcher) -> None:
-        self._watchers.pop(watcher, None)
+        self._watchers.discard(watcher)
 
     async def _poll_forever(self) -> None:
         failing_since: float | None = None
@@ -379,7 +379,7 @@ class SQLBackend:
             return
         log.warning("Watching the backend failed for %.0f s, closing its watchers: %s",
                     down_for, message)
-        for watcher in list(self._watchers):
+        for watcher in self._watchers.all():
             watcher.close(ConnectionProblem(f"{message} Watch again to resume."))
 
     async def _poll_once(self) -> bool:
@@ -390,9 +390,6 @@ class SQLBackend:
             rows = await self._select(_POLL, {"cursor": self._cursor}, ("poll",))
             for change_id, op, key, value, expires, revision in rows:
                 item = Item(key, bytes(value), from_micros(expires), revision)
-                event = Event(OpType(op), item)
-                for watcher, since in list(self._watchers.items()):
-                    if change_id > since:
-                        watcher.deliver(event)
+                self._watchers.deliver(Event(OpType(op), item), change_id)
                 self._cursor = change_id
             return len(rows) == _POLL_BATCH
