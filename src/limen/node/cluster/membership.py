@@ -217,7 +217,7 @@ class Heartbeat:
         # Told each answer: it lists the cluster's proxies (limen.tunnel.peers hears it).
         self.on_answer: Callable[[dict[str, Any]], None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._last = -math.inf  # monotonic time of the last beat tried
+        self._last = -math.inf  # monotonic time of the last beat answered
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -232,10 +232,10 @@ class Heartbeat:
         return every if self.addr else max(every, QUIET_TUNNEL_SECONDS)
 
     async def beat(self) -> None:
-        self._last = time.monotonic()
         if self.renewal is not None:
             await self.renewal.renew_if_due()
         answer = await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
+        self._last = time.monotonic()  # a failed beat is tried again at the next tick
         if self.on_answer is not None:
             self.on_answer(answer)
         for tracker in self.trackers():
