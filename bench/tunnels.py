@@ -4,6 +4,7 @@ Run by hand from the repository root, as root (the nodes run shells):
 
     .venv/bin/python bench/tunnels.py [--nodes 50] [--idle-seconds 20]
     .venv/bin/python bench/tunnels.py --nodes 3000      # the full figure (long)
+    .venv/bin/python bench/tunnels.py --nodes 3000 --skip-restart   # no restart
 
 It starts `limen start --roles auth,proxy` on a fixed web port (agents dial it; a
 restarted proxy must be found there again), then --nodes simulated nodes in one process
@@ -75,6 +76,8 @@ def parse_args() -> argparse.Namespace:
                         help="the proxy's bound on handshakes in progress (its default: 128)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="how long all nodes may take to join (default 1800 s)")
+    parser.add_argument("--skip-restart", action="store_true",
+                        help="stop after the idle CPU and the sessions (no proxy restart)")
     return parser.parse_args()
 
 
@@ -184,8 +187,9 @@ def main() -> None:
         nodes = [way(f"{PREFIX}{i:02d}") for i in range(args.nodes)]
         busy_ms = sessions(nodes, args.sessions, env)
 
-        again = restart(cluster, agents, args.nodes, env)
-        after_ms = sessions(nodes, args.sessions, env) if len(again.back) == args.nodes else None
+        again = None if args.skip_restart else restart(cluster, agents, args.nodes, env)
+        after_ms = (sessions(nodes, args.sessions, env)
+                    if again is not None and len(again.back) == args.nodes else None)
         report(args, joined, proxy_kb, node_kb, idle_share, alone_ms, busy_ms, after_ms, again)
         print(f"while joining:            {turned_away} joins told to come back later (503, "
               f"Retry-After); {failed} node starts failed and were tried again")
@@ -195,7 +199,7 @@ def main() -> None:
 
 def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: float,
            idle_share: float, alone_ms: float, busy_ms: float, after_ms: float | None,
-           again: Reconnection) -> None:
+           again: Reconnection | None) -> None:
     n = args.nodes
     print(f"{n} tunneled nodes in one process, SSH inside TLS to the proxy's web port "
           f"(at most {args.max_handshakes} handshakes in progress)")
@@ -207,6 +211,8 @@ def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: fl
           f"(goal < 5%: {'met' if idle_share < 0.05 else 'not met'})")
     print(f"ssh true, random node:    {busy_ms:.0f} ms median with all {n} connected; "
           f"{alone_ms:.0f} ms to a node alone on the proxy; ratio {busy_ms / alone_ms:.2f}")
+    if again is None:
+        return
     back, answered = again.back, again.answered
     if len(back) < n:
         print(f"after a proxy restart:    only {len(back)} of {n} back within "
