@@ -5,9 +5,7 @@ and heartbeats were most of what an idle tunnel cost the proxy."""
 
 from __future__ import annotations
 
-from limen.node.cluster.link import CONNECTION_KEEPALIVE
 from limen.node.cluster.membership import QUIET_TUNNEL_SECONDS, Heartbeat, NodeIdentity
-from limen.proxy.https import KEEP_ALIVE_SECONDS
 from limen.resources import Session
 
 
@@ -44,9 +42,3 @@ def test_a_tunneled_node_with_sessions_beats_at_every_tick() -> None:
     assert not beat.due(60.0)
     sessions.append(_tracker())  # a session started: its tracker needs renewing
     assert beat.due(60.0)
-
-
-def test_a_quiet_heartbeat_finds_its_connection_still_open() -> None:
-    """The node keeps its connection longer than its quietest heartbeat interval, and
-    gives it up before the proxy would close it under a request."""
-    assert QUIET_TUNNEL_SECONDS < CONNECTION_KEEPALIVE < KEEP_ALIVE_SECONDS

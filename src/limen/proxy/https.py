@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from limen.tasks import serve_until_started
 
-KEEP_ALIVE_SECONDS = 330
+KEEP_ALIVE_SECONDS = 75
 
 
 class _Server(uvicorn.Server):
@@ -54,10 +54,8 @@ class HTTPSServer:
             http="httptools",
             server_header=False,
             timeout_graceful_shutdown=5,
-            # Longer than an idle tunneled node's heartbeat interval (5 minutes): its next
-            # heartbeat reuses the connection instead of paying a TLS handshake, which
-            # with thousands of nodes was a good part of an idle proxy's work. An idle
-            # kept-alive connection holds a few kB (KEEP_ALIVE_SECONDS).
+            # Longer than a node's heartbeat interval (60 s): its next heartbeat reuses
+            # the connection instead of paying a TLS handshake (KEEP_ALIVE_SECONDS).
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             # X-Forwarded-For names the client (audit's addr.remote, the rate limit's
             # bucket) only from the configured proxies. uvicorn's default trusts it from

@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 # through NAT and notice a vanished proxy within about two minutes.
 FEED_PING_SECONDS = 300
 FEED_READ_TIMEOUT = 330.0
-# The link's connections are kept between heartbeats (up to 5 minutes apart, then a TLS
-# handshake each), and given up before the proxy's 330 s (limen.proxy.https
-# KEEP_ALIVE_SECONDS) would close one under a request.
-CONNECTION_KEEPALIVE = 320.0
 
 
 class ClusterLink(Protocol):
@@ -130,8 +126,10 @@ class RemoteLink:
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             transport=httpx.AsyncHTTPTransport(
                 verify=trust.verifying_context(ca_pem),
+                # Kept between heartbeats (60 s apart while the node has sessions), and
+                # given up before the proxy's 75 s would close it under a request.
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
-                                    keepalive_expiry=CONNECTION_KEEPALIVE),
+                                    keepalive_expiry=70.0),
                 socket_options=tcpkeepalive.socket_options(),  # the feed's, above all
             ),
         )
