@@ -87,11 +87,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def online_count(cluster: Cluster) -> int:
-    """Tunneled nodes online now; 0 while the proxy does not answer."""
+def online_count(cluster: Cluster, prefix: str = PREFIX) -> int:
+    """Tunneled nodes online now; 0 while the proxy does not answer (restarting, or its
+    bound on handshakes in progress turning the bench's own connection away)."""
     try:
-        return sum(n["name"].startswith(PREFIX) and n["online"] for n in cluster.nodes())
-    except Exception:  # noqa: BLE001 - the proxy is restarting
+        return sum(n["name"].startswith(prefix) and n["online"] for n in cluster.nodes())
+    except Exception:  # noqa: BLE001 - asked again at the next look
         return 0
 
 
@@ -108,9 +109,8 @@ def start_agents(cluster: Cluster, count: int, prefix: str, timeout: float,
     cluster.daemons.append(agents)
     # Once a second: each look lists every node, work the proxy would otherwise spend
     # on the joins being measured.
-    wait_for(lambda: agents.alive() and sum(
-        n["name"].startswith(prefix) and n["online"] for n in cluster.nodes()) >= count,
-        timeout, f"{count} tunneled nodes online", interval=1.0)
+    wait_for(lambda: agents.alive() and online_count(cluster, prefix) >= count,
+             timeout, f"{count} tunneled nodes online", interval=1.0)
     return agents, time.monotonic() - started
 
 
