@@ -289,15 +289,35 @@ def test_the_tunnel_and_the_access_feed_send_tcp_keepalives_a_minute_apart(
                     timers.append(timer)
         return timers
 
-    # The tunnel and the access feed at least (a heartbeat's connection may be there too).
-    timers = wait_until(lambda: (t := node_side()) and len(t) >= 2 and t, 10,
-                        "the node's connections to its proxy")
-    probes = [_probe_seconds(t) for t in timers]
-    assert all(p is not None and p <= 60 for p in probes), timers
+    def probing(timers: list[str]) -> bool:
+        probes = [_probe_seconds(t) for t in timers]
+        return all(p is not None and p <= 60 for p in probes)
+
+    # ss shows one timer a socket: while bytes are in flight, the retransmission timer
+    # ("on,...") stands where the keepalive timer is shown, so a look that finds one is
+    # taken again. A socket with no keepalive timer never passes.
+    seen: list[list[str]] = []
+
+    def node_probes() -> bool:
+        seen.append(node_side())
+        # The tunnel and the access feed at least (a heartbeat's connection may be too).
+        return len(seen[-1]) >= 2 and probing(seen[-1])
+
+    try:
+        wait_until(node_probes, 10, "every connection of the node to probe within 60 s")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen[-1]}") from None
+
     # The proxy's end of the tunnel probes too: a node that vanished without a word is
     # noticed in minutes, not at an SSH keepalive 5 minutes apart (times three).
-    proxy_side = [_probe_seconds(t) for pid, t in _connections(port, "sport") if pid == here]
-    assert any(p is not None and p <= 60 for p in proxy_side), proxy_side
+    def proxy_probes() -> bool:
+        seen.append([t for pid, t in _connections(port, "sport") if pid == here])
+        return any(probing([t]) for t in seen[-1])
+
+    try:
+        wait_until(proxy_probes, 10, "the proxy's end of the tunnel to probe within 60 s")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen[-1]}") from None
 
 
 async def _close(tunnel) -> None:  # noqa: ANN001 - a registry.Tunnel
