@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, delete, func, or_, select, update
 from limen.audit.store import RecordingMeta
 from limen.backend.audit_db import Database
 from limen.backend.audit_tables import chunks, recordings
+from limen.backend.sql_dialects import upsert
 from limen.errors import NotFound
 
 TAIL = 256  # characters of text carried into the next chunk (longest search that spans)
@@ -26,23 +27,11 @@ _META_FIELDS = ("user", "login", "node", "node_id", "kind", "command", "start_ns
 
 # The writes are fixed statements given their values as parameters: a statement built
 # around its values makes SQLAlchemy derive a new cache key from every value, at each
-# write (see limen.backend.sql_tables.upsert_item).
+# write (see limen.backend.sql_dialects.upsert).
 _NEW_RECORDING = recordings.insert()
 _NEW_CHUNK = chunks.insert()
 _GROWN = (update(recordings).where(recordings.c.session_id == bindparam("sid"))
           .values(size=bindparam("new_size"), tail=bindparam("new_tail")))
-_META_UPSERTS: dict[str, Any] = {}  # dialect name -> the statement
-
-
-def _meta_upsert(dialect: Any) -> Any:
-    name = type(dialect).__name__
-    found = _META_UPSERTS.get(name)
-    if found is None:
-        stmt = dialect.insert(recordings)
-        found = _META_UPSERTS[name] = stmt.on_conflict_do_update(
-            index_elements=[recordings.c.session_id],
-            set_={field: stmt.excluded[field] for field in _META_FIELDS})
-    return found
 
 
 _META_COLUMNS = (
@@ -79,7 +68,8 @@ class SQLRecordingStore:
             "extra": json.dumps(meta.extra, sort_keys=True),
         }
         async with self.db.write() as conn:
-            await conn.execute(_meta_upsert(self.db.dialect),
+            await conn.execute(upsert(self.db.dialect, recordings, recordings.c.session_id,
+                                      _META_FIELDS),
                                {"session_id": meta.session_id, "size": 0, "tail": "", **values})
         return await self.get(meta.session_id)
 

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import MetaData, event, text
@@ -139,6 +139,22 @@ class SQLiteDialect:
 
     def insert(self, table: Any) -> Any:
         return sqlite.insert(table)
+
+
+_UPSERTS: dict[tuple[str, str], Any] = {}  # (dialect, table) -> the statement
+
+
+def upsert(dialect: Dialect, table: Any, key: Any, fields: Sequence[str]) -> Any:
+    """INSERT ... ON CONFLICT (key) DO UPDATE SET fields, executed with the values as
+    parameters and built once per dialect and table: a statement built around its values
+    makes SQLAlchemy derive a new cache key from every value, at each write (about 0.5 ms
+    of a write's 2 ms of CPU)."""
+    found = _UPSERTS.get((type(dialect).__name__, table.name))
+    if found is None:
+        stmt = dialect.insert(table)
+        found = _UPSERTS[(type(dialect).__name__, table.name)] = stmt.on_conflict_do_update(
+            index_elements=[key], set_={field: stmt.excluded[field] for field in fields})
+    return found
 
 
 def _skip_idle_rollbacks(dialect: Any) -> None:
