@@ -95,6 +95,37 @@ def test_a_node_is_handed_to_openssh_with_the_clusters_config(
     assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
 
 
+def _imported(importtime: str) -> set[str]:
+    return {line.split("|")[-1].strip() for line in importtime.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_the_next_hand_over_comes_from_the_memo_until_the_certificate_changes(
+    cluster: ClusterHarness, stand_in: StandIn, tmp_path: Path
+) -> None:
+    """The memo of the first hand-over lets the second skip argparse, the profile and the
+    certificate (client/openssh_fast.py); a new certificate sends the third through the
+    full checks again, which refuse it in words."""
+    alice = new_user(cluster, "homemo", logins="root")
+    profiled = {**stand_in.env, "PYTHONPROFILEIMPORTTIME": "1"}
+    first = alice.limen("ssh", "root@node1", "echo one", env=profiled)
+    second = alice.limen("ssh", "root@node1", "echo two", env=profiled)
+    assert (first.stdout, second.stdout) == ("one\n", "two\n"), first.stderr + second.stderr
+    assert "argparse" in _imported(first.stderr)
+    assert "argparse" not in _imported(second.stderr)  # the memo's way
+    calls = stand_in.calls()
+    assert calls[0][:-1] == calls[1][:-1]  # the same ssh arguments, but for the command
+
+    past = datetime.now(UTC) - timedelta(hours=2)
+    old = sign_by_hand(tmp_path / "old", cluster.service.auth.ctx.cas.user_ca, alice.name,
+                       ["root"], valid_after=past - timedelta(hours=1), valid_before=past)
+    Path(alice.status["cert_path"]).write_bytes(old.cert.read_bytes())
+    expired = alice.limen("ssh", "root@node1", "true", env=stand_in.env)
+    assert expired.returncode == 255
+    assert "certificate has expired; run limen login" in expired.stderr
+    assert len(stand_in.calls()) == 2
+
+
 def test_refusals_limen_explains_come_before_any_ssh_runs(
     cluster: ClusterHarness, stand_in: StandIn, tmp_path: Path
 ) -> None:

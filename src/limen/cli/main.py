@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 
 from limen import __version__
-from limen.errors import LimenError
+
+TYPE_CHECKING = False  # not typing's: see main() on what `limen ssh` must not import
+if TYPE_CHECKING:
+    import argparse
 
 # Which module defines each command, so that `limen ssh ...` imports the ssh commands
 # only: start-up time is what people feel on every `limen ssh`, and most of it would be
@@ -29,6 +30,9 @@ COMMANDS = {
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser, with only the command's own module loaded when argv names one."""
+    import argparse
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="limen", description="Limen: identity-aware access to SSH infrastructure."
     )
@@ -47,6 +51,14 @@ def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["ssh"]:
+        # Before argparse and the rest: from the memo of the last hand-over to OpenSSH,
+        # `limen ssh NODE` becomes ssh after a millisecond of Python (openssh_fast.py).
+        from limen.client.openssh_fast import hand_over_if_remembered
+
+        hand_over_if_remembered(sys.argv[2:], __version__)
+    from limen.errors import LimenError
+
     args = build_parser(argv).parse_args(argv)
     if not getattr(args, "logging_later", False):
         configure_logging(args.debug)

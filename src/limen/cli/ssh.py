@@ -114,7 +114,7 @@ def options_after_target(args: argparse.Namespace) -> argparse.Namespace:
 def _ssh(args: argparse.Namespace) -> int:
     from limen.cli.main import configure_logging
     from limen.client.login_checks import Target, is_selector
-    from limen.client.openssh_exec import openssh_binary
+    from limen.client.openssh_fast import openssh_binary
 
     args = options_after_target(args)
     if is_selector(args.target):
@@ -132,7 +132,7 @@ def _ssh(args: argparse.Namespace) -> int:
 def _ssh_with_openssh(binary: str, args: argparse.Namespace, target: Target) -> NoReturn:
     """Check what can be explained early, then become OpenSSH's ssh (openssh_exec.py)."""
     from limen.client import login_checks as checks
-    from limen.client import openssh_exec
+    from limen.client import openssh_exec, openssh_fast
     from limen.client import profile as profiles
 
     profile = profiles.current()
@@ -142,13 +142,15 @@ def _ssh_with_openssh(binary: str, args: argparse.Namespace, target: Target) -> 
     if args.forwards:
         checks.check_port_forwarding(cert.permits)
     checks.agent_socket(cert.permits, args.agent)
-    host, host_name = openssh_exec.destination(target.node, profile.cluster)
-    openssh_exec.hand_over(openssh_exec.ssh_argv(
-        binary, openssh_exec.config_file(profile, login), host=host, host_name=host_name,
-        login=login, tty=args.tty, no_tty=args.no_tty, forwards=args.forwards,
-        agent=args.agent, no_command=args.no_command, command=args.command,
-        verbose=args.debug,
-    ))
+    host, host_name = openssh_fast.destination(target.node, profile.cluster)
+    config = openssh_exec.config_file(profile, login)
+    argv = openssh_fast.ssh_argv(
+        binary, str(config), host=host, host_name=host_name, login=login, tty=args.tty,
+        no_tty=args.no_tty, forwards=args.forwards, agent=args.agent,
+        no_command=args.no_command, command=args.command, verbose=args.debug,
+    )
+    openssh_exec.remember(profile, cert, login, config)
+    openssh_fast.hand_over(argv)
 
 
 def _ssh_native(args: argparse.Namespace, target: Target) -> int:

@@ -16,10 +16,10 @@ commands that never import it, such as `limen proxy tls`, do not pay for it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
 
 TYPE_CHECKING = False  # not typing's: importing typing costs `limen ssh` ~4 ms
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (collections.abc too: ~1.5 ms of `limen ssh`)
+    from collections.abc import Callable, Sequence
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 

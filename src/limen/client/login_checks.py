@@ -141,12 +141,9 @@ def default_login(allowed: list[str]) -> str:
 
 
 def _local_user() -> str:
-    import getpass  # here: a login given on the command line never needs it
+    from limen.client.openssh_fast import local_user  # getpass's answer, without getpass
 
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "")
+    return local_user()
 
 
 def check_port_forwarding(permits: Callable[[str], bool]) -> None:

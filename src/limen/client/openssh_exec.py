@@ -8,6 +8,9 @@ both hosts through the cluster's host CA, exactly as it does for people who use 
 config directly. LIMEN_SSH_CLIENT=native keeps the asyncssh client; so does a machine
 without ssh. Label selectors, scp and session joining always use asyncssh.
 
+Each hand-over leaves a memo of these checks, which lets the next `limen ssh` skip them
+while nothing they read has changed (client/openssh_fast.py).
+
 What changes for the person: messages from the proxy or the node come in ssh's words
 ("channel 0: open failed: administratively prohibited: <our sentence>"), and a remote
 command killed by a signal exits 255 without the signal being named (what ssh does).
@@ -15,26 +18,17 @@ command killed by a signal exits 255 without the signal being named (what ssh do
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
+import contextlib
 from pathlib import Path
 
+from limen import __version__
+from limen.client import openssh_fast
 from limen.client import profile as profiles
 from limen.client.openssh import config_block
 
 TYPE_CHECKING = False  # not typing's: importing typing costs `limen ssh` ~4 ms
 if TYPE_CHECKING:
-    from typing import NoReturn
-
-CLIENT_ENV = "LIMEN_SSH_CLIENT"  # "native": always the asyncssh client
-
-
-def openssh_binary() -> str | None:
-    """The ssh to hand over to, or None for the asyncssh client."""
-    if os.environ.get(CLIENT_ENV, "").strip().lower() == "native":
-        return None
-    return shutil.which("ssh")  # argparse has imported shutil already
+    from limen.client.login_checks import CertFields
 
 
 def config_file(profile: profiles.Profile, jump_login: str) -> Path:
@@ -59,33 +53,18 @@ def _write_if_changed(path: Path, text: str) -> None:
     profiles.write_private(path, text, 0o600)
 
 
-def destination(node: str, cluster: str) -> tuple[str, str]:
-    """(the name ssh's config matches, the name the proxy and the host certificate know).
-
-    The config applies to ``*.CLUSTER``; a node's certificate names its id, its name and
-    NAME.CLUSTER, so a bare name or id is given as HostName with CLUSTER appended for
-    the match.
-    """
-    suffix = f".{cluster}"
-    if node.lower().endswith(suffix.lower()):
-        return node, node
-    return node + suffix, node
-
-
-def ssh_argv(binary: str, config: Path, *, host: str, host_name: str, login: str,
-             tty: int, no_tty: bool, forwards: list[str], agent: bool, no_command: bool,
-             command: list[str], verbose: bool = False) -> list[str]:
-    argv = [binary, "-F", str(config), "-l", login] + ["-v"] * verbose
-    if host_name != host:
-        argv += ["-o", f"HostName={host_name}"]
-    argv += ["-t"] * tty + ["-T"] * no_tty + ["-A"] * agent + ["-N"] * no_command
-    for spec in forwards:
-        argv += ["-L", spec]
-    return [*argv, "--", host, *command]
-
-
-def hand_over(argv: list[str]) -> NoReturn:
-    """Become ssh: its exit status, signals and terminal handling are then ssh's own."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(argv[0], argv)
+def remember(profile: profiles.Profile, cert: CertFields, login: str, config: Path) -> None:
+    """Leave the memo the next `limen ssh` reads instead of redoing these checks
+    (client/openssh_fast.py). A memo that cannot be written only costs that speed."""
+    own_known_hosts = profile.dir / "openssh_known_hosts"
+    files = [profile.dir / "profile.json", profile.cert_path, config]
+    files += [own_known_hosts] if profile.host_ca else []
+    text = openssh_fast.memo_text(
+        version=__version__, home=str(profiles.limen_home()), proxy=profile.proxy,
+        cluster=profile.cluster, login=login, config=str(config),
+        valid=(cert.valid_after, cert.valid_before), principals=cert.principals,
+        extensions=sorted(cert.extensions), files=[str(path) for path in files],
+    )
+    if text is not None:
+        with contextlib.suppress(OSError):
+            _write_if_changed(profile.dir / openssh_fast.MEMO_NAME, text)

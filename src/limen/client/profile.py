@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+from limen.client.openssh_fast import MEMO_NAME
 from limen.errors import AccessDenied, BadParameter, NotFound
 from limen.files import write_private  # noqa: F401 - re-exported for callers
 
@@ -123,6 +124,7 @@ class Profile:
             self.cert_path,
             self.token_path,
             self.dir / "profile.json",
+            self.dir / MEMO_NAME,
         ):
             path.unlink(missing_ok=True)
         current = limen_home() / "current-profile"
