@@ -182,6 +182,8 @@ def main() -> None:
         proxy_kb = (rss_kb(cluster.proxy.pid) - proxy_before) / args.nodes
         node_kb = rss_kb(agents.pid) / args.nodes
         cpu_before = cpu_seconds(cluster.proxy.pid)
+        print(f"(all {args.nodes} joined; measuring the idle proxy, pid {cluster.proxy.pid}, "
+              f"for {args.idle_seconds:g} s)", flush=True)  # a cue for a profiler
         time.sleep(args.idle_seconds)
         idle_share = (cpu_seconds(cluster.proxy.pid) - cpu_before) / args.idle_seconds
         nodes = [way(f"{PREFIX}{i:02d}") for i in range(args.nodes)]
