@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from asyncssh import SSHKey
 from cryptography.hazmat.primitives import serialization
@@ -138,7 +139,8 @@ class Service:
         assert self.node_watch is not None  # started with the auth service
         with binding("the proxy's tunnel port", proxy.tunnel_listen_addr or ""):
             self.tunnels = await start_tunnel_server(
-                proxy, auth, self.clock, identity, self.node_watch.revoked
+                proxy, auth, self.clock, identity, self.node_watch.revoked,
+                proxies=self._cluster_proxies,
             )
         metrics.count_tunnels(self.tunnels.directory.__len__)
         self.node_watch.subscribe(self.tunnels.revoke)
@@ -236,6 +238,12 @@ class Service:
              "tunnel_host_key": i.spec.tunnel_host_key, "tunnel_tls": i.spec.tunnel_tls}
             for i in live if "proxy" in i.spec.roles and i.spec.tunnel_addr
         ]
+
+    def _cluster_proxies(self) -> dict[str, Any]:
+        """The cluster's proxies, as /v1/ping and every heartbeat's answer list them."""
+        state = self._web_state
+        return {"tunnel_host_key": state.tunnel_host_key if state else "",
+                "tunnel_peers": state.tunnel_peers if state else []}
 
     def _proxies_of(self, node_id: str) -> list[str]:
         """The proxies holding a node's tunnel: this one as of now, the others as of their

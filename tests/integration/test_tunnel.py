@@ -25,6 +25,7 @@ import pexpect
 import pytest
 
 from limen.client.trust import verifying_context
+from limen.diag.metrics import REGISTRY
 from tests.support.cluster import ClusterHarness
 from tests.support.ports import free_port
 from tests.support.ssh_access import (
@@ -235,13 +236,23 @@ def test_presence_lost_while_the_tunnel_was_down_returns_at_reconnect(
     cluster.run(stores.node_presence.delete(node.name))
     assert name not in {n["name"] for n in alice.limen("ls", "--format", "json").json()}
     # ...and the network comes back: the agent reconnects and the node is present again
-    # at once, not a heartbeat interval (60 s) later.
+    # at once, not a heartbeat interval (60 s) later, by a beat inside the tunnel: no
+    # HTTPS heartbeat reaches the proxy (the in-process node1 beats without HTTP).
+    beats_before = _heartbeats()
     cluster.run(_close(tunnel))
     wait_until(lambda: cluster.run(cluster.service.auth.nodes.presence_of(node.name)), 10,
                "the node's presence to return")
     wait_until(lambda: tunnel_of(cluster, node.name), 10, "the tunnel to come back")
+    beats = _heartbeats()
+    assert beats["tunnel"] > beats_before["tunnel"] and beats["https"] == beats_before["https"]
     result = alice.limen("ssh", name, "echo present-again")
     assert result.stdout == "present-again\n", result.stderr
+
+
+def _heartbeats() -> dict[str, float]:
+    """Heartbeats this process's proxy answered, by way (limen_node_heartbeats)."""
+    return {via: REGISTRY.get_sample_value("limen_node_heartbeats_total", {"via": via}) or 0.0
+            for via in ("tunnel", "https")}
 
 
 def _connections(port: str, side: str) -> list[tuple[int, str]]:

@@ -113,6 +113,13 @@ class Kit:
         self.jump: JumpHost | None = None
         self.nodes: list[Node] = []
         self._jumps: list[asyncssh.SSHClientConnection] = []
+        # Heartbeats inside tunnels: (node id, agent address) as the server answered them,
+        # the nodes whose certificates it should now refuse, and whether it takes beats.
+        self.beats: list[tuple[str, str]] = []
+        self.revoked: dict[str, str] = {}
+        self.takes_heartbeats = True
+        self.beat_delay = 0.0  # seconds the server takes over each answer
+        self.beat_extra: dict[str, Any] = {}  # more in each answer
 
     # the proxy
 
@@ -120,7 +127,9 @@ class Kit:
         settings = TunnelSettings("127.0.0.1", port or self.tunnel_port, self.proxy_key,
                                   [self.proxy_cert], [self.host_ca.convert_to_public()],
                                   CLUSTER)
-        self.tunnels = TunnelServer(settings, self.recorder)
+        self.tunnels = TunnelServer(
+            settings, self.recorder, revoked=lambda cert: self.revoked.get(cert.key_id),
+            heartbeat=self._beat if self.takes_heartbeats else None)
         await self.tunnels.start()
         self.tunnel_port = self.tunnels.port
         if self.router is None:
@@ -131,6 +140,11 @@ class Kit:
                                 [self.user_ca.convert_to_public()], CLUSTER)
             self.jump = JumpHost(jump, self.router)
             await self.jump.start()
+
+    async def _beat(self, node_id: str, peer: str) -> dict[str, Any]:
+        self.beats.append((node_id, peer))
+        await asyncio.sleep(self.beat_delay)
+        return {"name": node_id, "tunnel_peers": [], **self.beat_extra}
 
     async def stop_proxy(self) -> None:
         if self.tunnels is not None:

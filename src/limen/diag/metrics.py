@@ -40,6 +40,9 @@ SESSION_SETUP = Histogram(
 JUMP_CONNECTIONS = Counter("limen_proxy_ssh_connections",
                            "Connections through the SSH jump host to nodes, by result",
                            ["result"], registry=REGISTRY)
+NODE_HEARTBEATS = Counter("limen_node_heartbeats",
+                          "Node heartbeats answered, by way (tunnel: inside the node's "
+                          "reverse tunnel; https: the web API)", ["via"], registry=REGISTRY)
 TUNNELS = Gauge("limen_tunnels_connected", "Node reverse tunnels connected to this proxy",
                 registry=REGISTRY)
 AUDIT_EVENTS = Counter("limen_audit_events_written", "Audit events written and fsynced",
@@ -72,6 +75,10 @@ def session_ended(node: str) -> None:
 
 def jump_connection(allowed: bool) -> None:
     JUMP_CONNECTIONS.labels(result="allowed" if allowed else "refused").inc()
+
+
+def node_heartbeat(via: str) -> None:
+    NODE_HEARTBEATS.labels(via=via).inc()
 
 
 def count_tunnels(count: Callable[[], int]) -> None:

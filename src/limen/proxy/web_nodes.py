@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from limen.auth.join import JoinRequest
+from limen.diag import metrics
 from limen.durations import parse_duration
 from limen.errors import AccessDenied, BadParameter
 from limen.proxy.join_gate import JoinGate
@@ -242,6 +243,7 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
         """Presence; the answer also lists the cluster's proxies (as ``/v1/ping`` does),
         so that a node learns of them without asking again."""
         node, presence = await api.heartbeat(body.addr, body.connection)
+        metrics.node_heartbeat("https")
         return {**node_json(node, presence), **cluster_proxies()}
 
     @app.post("/v1/nodes/renew", responses=errors(400, *ANONYMOUS))

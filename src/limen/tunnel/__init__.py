@@ -6,5 +6,7 @@
   streams for the jump host's copy loop.
 - ``agent``: the node side; dials, keeps the tunnel alive, reconnects with ``backoff``;
   finds the tunnel server through the proxy's ping (``discovery``).
+- ``heartbeat``: a node's heartbeat inside its tunnel (a session channel for one
+  subsystem), both sides.
 - ``proxy_role`` / ``node_role``: the glue for `limen start`.
 """

@@ -7,12 +7,12 @@ back becomes an SSH connection to the node's own SSH service (``serve``, normall
 ``NodeServer.listen_on``). One tunnel carries any number of sessions.
 
 The link stays honest with the kernel's TCP keepalives (a minute of silence; see
-limen.tcpkeepalive) and SSH keepalives (5 minutes; three unanswered and the agent gives
-up on the connection), and the agent reconnects forever with jittered exponential
-backoff capped at 10 s, so after a proxy restart it is back within seconds of the
-proxy. ``on_connected`` runs after each (re)connection: the node uses it to send a
-heartbeat at once, so a registration that expired during a long outage comes back
-without waiting for the next heartbeat tick.
+limen.tcpkeepalive) and SSH keepalives (10 minutes; three unanswered and the agent gives
+up on the connection), and the node's heartbeats cross it (``heartbeat``). The agent
+reconnects forever with jittered exponential backoff capped at 10 s, so after a proxy
+restart it is back within seconds of the proxy. ``on_connected`` runs after each
+(re)connection: the node uses it to send a heartbeat at once, so a registration that
+expired during a long outage comes back without waiting for the next heartbeat tick.
 """
 
 from __future__ import annotations
@@ -38,17 +38,19 @@ from limen.tasks import cancel_and_wait
 from limen.tcpkeepalive import keep_alive
 from limen.tunnel.backoff import Backoff
 from limen.tunnel.discovery import TunnelTarget, fetch_ping, ping_client, target_from_ping
+from limen.tunnel.heartbeat import beat_through
 
 log = logging.getLogger(__name__)
 
-# An SSH keepalive every 5 minutes at most each way (the proxy's interval too; whichever
-# side hears nothing first asks), as Teleport's tunnels do: every keepalive wakes the
-# proxy once per tunnel, so with thousands of tunnels their interval is idle CPU. What
-# keeps NAT gateways (AWS 350 s, Azure 240 s) from forgetting a quiet tunnel, and notices
-# a proxy that vanished within about two minutes, is the kernel's TCP keepalive on the
-# tunnel's socket (limen.tcpkeepalive); the SSH keepalive catches a proxy process that
-# holds the connection but no longer answers, after three unanswered (15 minutes).
-KEEPALIVE_INTERVAL = 300.0
+# An SSH keepalive only after 10 minutes without a word from the proxy (its interval
+# too): every keepalive wakes the proxy once per tunnel, so with thousands of tunnels
+# their interval is idle CPU, and an idle node's heartbeat already crosses the tunnel
+# every 5 minutes (heartbeat()), which resets both sides' timers. What keeps NAT gateways
+# (AWS 350 s, Azure 240 s) from forgetting a quiet tunnel, and notices a proxy that
+# vanished within about two minutes, is the kernel's TCP keepalive on the tunnel's
+# socket (limen.tcpkeepalive); the SSH keepalive catches a proxy process that holds the
+# connection but no longer answers, after three unanswered (30 minutes).
+KEEPALIVE_INTERVAL = 600.0
 KEEPALIVE_COUNT_MAX = 3
 CONNECT_TIMEOUT = 10.0
 # A tunnel that stayed up this long starts the backoff afresh when it ends. One that
@@ -143,6 +145,14 @@ class TunnelAgent:
         The tunnel that is up stays up: the proxy checked the certificate when the agent
         logged in, and the node's SSH service inside serves the renewed one already."""
         self.identity = replace(self.identity, host_cert=cert)
+
+    async def heartbeat(self) -> dict[str, Any] | None:
+        """The node's heartbeat through the tunnel (limen.tunnel.heartbeat): the proxy's
+        answer; None when the tunnel is down (the node then beats over HTTPS)."""
+        conn = self.conn
+        if conn is None or not self.connected:
+            return None
+        return await beat_through(conn)
 
     async def wait_connected(self, timeout: float) -> None:
         async with asyncio.timeout(timeout):

@@ -14,13 +14,16 @@ How host-certificate logins and ``tcpip-forward`` fit asyncssh:
    registered, not locked, with its current certificate) and has asyncssh check the
    login signature with the certified key. ``TunnelServer.revoke`` closes a node's
    tunnel the moment the node is removed or locked.
-2. Because asyncssh never saw a user certificate on this connection, its
+2. A session channel is refused unless it asks for the ``heartbeat@limen`` subsystem
+   (limen.tunnel.heartbeat): the node's heartbeat, answered for the node the connection
+   logged in as, after its certificate is judged again.
+3. Because asyncssh never saw a user certificate on this connection, its
    ``check_certificate_permission('port-forwarding')`` answers "allowed" (no
    certificate, no restriction) and the agent's ``tcpip-forward`` reaches our
    ``server_requested`` hook. That hook is the real gate: an agent may forward only
    (its own node id, NODE_PORT), and asyncssh opens no socket for it, because the
    hook returns a listener object of ours instead of True. Everything else an SSH
-   client could ask for is refused: sessions, direct-tcpip, unix sockets.
+   client could ask for is refused: shells, commands, direct-tcpip, unix sockets.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from limen.sshauth import Accepted, CertAuthServer, CertFacts, TrustedKeys, judg
 from limen.sshauth.judge import Revoked
 from limen.sshauth.server import connection_factory
 from limen.tcpkeepalive import keep_alive
+from limen.tunnel.heartbeat import BeatHandler, HeartbeatSession
 from limen.tunnel.registry import NODE_PORT, Tunnel, TunnelDirectory
 
 log = logging.getLogger(__name__)
@@ -61,10 +65,12 @@ class TunnelSettings:
     host_ca_keys: Sequence[asyncssh.SSHKey]  # agents' certificates must come from these
     cluster_name: str
     login_timeout: float = 15.0
-    # The proxy asks only when it has heard nothing for 5 minutes (the agent's interval
-    # too, limen.tunnel.agent), and drops a tunnel after three unanswered asks; the
-    # kernel's TCP keepalives (limen.tcpkeepalive) notice a vanished node sooner.
-    keepalive_interval: float = 300.0
+    # The proxy asks only when it has heard nothing for 10 minutes (the agent's interval
+    # too, limen.tunnel.agent): an idle node's heartbeat comes through the tunnel every
+    # 5, so keepalives are sent only when beats stop. It drops a tunnel after three
+    # unanswered asks; the kernel's TCP keepalives (limen.tcpkeepalive) notice a
+    # vanished node far sooner.
+    keepalive_interval: float = 600.0
     keepalive_count_max: int = 3
 
 
@@ -103,6 +109,7 @@ class AgentHooks(CertAuthServer):
         self._username = ""
         self.node_id: str | None = None  # set once the login signature checked out
         self.tunnels: list[Tunnel] = []
+        self._beating = False  # a heartbeat is being answered on this connection
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         super().connection_made(conn)
@@ -159,8 +166,24 @@ class AgentHooks(CertAuthServer):
         if reason is not None:
             self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"limen: {reason}")
 
-    def session_requested(self) -> bool:
-        return False
+    def session_requested(self) -> Any:
+        """A heartbeat (limen.tunnel.heartbeat), one at a time; no shell or command."""
+        if self._server.heartbeat is None or self.node_id is None or self._beating:
+            return False
+        self._beating = True
+        return HeartbeatSession(self.node_id, self.peer(), self._heartbeat, self._beat_done)
+
+    async def _heartbeat(self, node_id: str, peer: str) -> dict[str, Any]:
+        handler = self._server.heartbeat
+        assert handler is not None and self.cert is not None
+        # Judged at login; a removal or lock since closes the tunnel, but ask again.
+        reason = self._server.revoked(self.cert) if self._server.revoked else None
+        if reason is not None:
+            raise AccessDenied(reason)
+        return await handler(node_id, peer)
+
+    def _beat_done(self) -> None:
+        self._beating = False
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> bool:
@@ -202,10 +225,12 @@ class TunnelServer:
 
     def __init__(self, settings: TunnelSettings, observer: TunnelObserver | None = None, *,
                  clock: Clock | None = None, directory: TunnelDirectory | None = None,
-                 revoked: Revoked | None = None) -> None:
+                 revoked: Revoked | None = None, heartbeat: BeatHandler | None = None
+                 ) -> None:
         self.settings = settings
         self.observer = observer
         self.revoked = revoked  # why a node's certificate may no longer log in, or None
+        self.heartbeat = heartbeat  # answers nodes' heartbeats in their tunnels, or None
         self.clock = clock or RealClock()
         self.directory = directory or TunnelDirectory(self.clock)
         self.host_cas = TrustedKeys(settings.host_ca_keys)

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -216,6 +216,9 @@ class Heartbeat:
         self.renewal = renewal
         # Told each answer: it lists the cluster's proxies (limen.tunnel.peers hears it).
         self.on_answer: Callable[[dict[str, Any]], None] | None = None
+        # A tunneled node's way to beat inside its tunnel (TunnelAgent.heartbeat): None
+        # when the tunnel is down, and then the beat goes over HTTPS.
+        self.through_tunnel: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._last = -math.inf  # monotonic time of the last beat answered
 
@@ -234,12 +237,26 @@ class Heartbeat:
     async def beat(self) -> None:
         if self.renewal is not None:
             await self.renewal.renew_if_due()
-        answer = await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
+        answer = await self._tunnel_beat()
+        if answer is None:
+            answer = await self.link.heartbeat(self.addr, "direct" if self.addr else "tunnel")
         self._last = time.monotonic()  # a failed beat is tried again at the next tick
         if self.on_answer is not None:
             self.on_answer(answer)
         for tracker in self.trackers():
             await self.link.upsert_session(tracker)
+
+    async def _tunnel_beat(self) -> dict[str, Any] | None:
+        """The beat inside the tunnel: no TLS handshake or HTTP request for the proxy. A
+        refusal stands; a proxy that cannot take it there (an older one) gets it over
+        HTTPS."""
+        if self.through_tunnel is None or self.addr:
+            return None
+        try:
+            return await self.through_tunnel()
+        except ConnectionProblem as exc:
+            log.info("heartbeat through the tunnel failed, over HTTPS instead: %s", exc)
+            return None
 
     async def _run(self) -> None:
         while True:

@@ -123,6 +123,7 @@ class NodeRole:
             self.agent = start_agent(
                 self.identity, settings.host_key, self.server, on_connected=self._heartbeat.beat
             )
+            self._heartbeat.through_tunnel = self.agent.heartbeat  # no HTTPS while it is up
         if isinstance(self.link, RemoteLink):  # learn the other proxies, to fail over to
             peers = start_peer_tunnels(self.agent, self.server, self.identity,
                                        self._heartbeat.quiet_seconds())

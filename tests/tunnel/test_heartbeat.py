@@ -1,0 +1,131 @@
+"""A tunneled node's heartbeat inside its tunnel (limen.tunnel.heartbeat): answered for
+the node the connection logged in as, refused in the proxy's words, and nothing else an
+SSH client could ask of a session gets through."""
+
+from __future__ import annotations
+
+import asyncssh
+import pytest
+
+from limen.errors import AccessDenied, ConnectionProblem
+from limen.node.cluster.membership import Heartbeat, NodeIdentity
+from tests.tunnel.kit import Kit
+
+
+@pytest.fixture
+async def kit():
+    kit = Kit()
+    await kit.start_proxy()
+    yield kit
+    await kit.close()
+
+
+async def test_a_beat_is_answered_for_the_node_the_tunnel_logged_in_as(kit: Kit) -> None:
+    node = await kit.add_node("beating")
+    await node.agent.wait_connected(10)
+    answer = await node.agent.heartbeat()
+    assert answer == {"name": node.node_id, "tunnel_peers": []}
+    [(node_id, peer)] = kit.beats
+    assert node_id == node.node_id  # from its certificate: the request names no node
+    assert peer.startswith("127.0.0.1:")
+    assert await node.agent.heartbeat() == answer  # again, on the same connection
+    assert len(kit.beats) == 2 and len(kit.tunnels.connections) == 1
+
+
+async def test_a_slow_and_long_answer_arrives_whole(kit: Kit) -> None:
+    """The agent sends its end of the channel at once; the answer, written later (a
+    presence write first) and in many packets, still arrives whole."""
+    node = await kit.add_node("slow")
+    await node.agent.wait_connected(10)
+    kit.beat_delay, kit.beat_extra = 0.3, {"pad": "x" * 300_000}
+    answer = await node.agent.heartbeat()
+    assert answer is not None and answer["pad"] == "x" * 300_000
+
+
+async def test_a_node_refused_since_it_logged_in_gets_the_refusal(kit: Kit) -> None:
+    node = await kit.add_node("locked")
+    await node.agent.wait_connected(10)
+    kit.revoked[node.node_id] = "node is locked: compromised"
+    with pytest.raises(AccessDenied, match="node is locked: compromised"):
+        await node.agent.heartbeat()
+    assert kit.beats == []
+
+
+async def test_the_tunnel_runs_no_shell_command_or_other_subsystem(kit: Kit) -> None:
+    node = await kit.add_node("nothing-else")
+    await node.agent.wait_connected(10)
+    conn = node.agent.conn
+    assert conn is not None
+    for ask in ({"command": "id"}, {"subsystem": "sftp"}, {}):  # {}: a shell
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await conn.create_process(**ask)
+    with pytest.raises((asyncssh.ChannelOpenError, asyncssh.Error)):
+        await conn.start_sftp_client()
+    assert kit.beats == []
+    assert await node.agent.heartbeat() is not None  # the connection still beats
+
+
+async def test_without_a_tunnel_or_a_proxy_that_takes_beats_the_node_uses_https() -> None:
+    kit = Kit()
+    kit.takes_heartbeats = False  # as a proxy of an earlier version
+    await kit.start_proxy()
+    try:
+        node = await kit.add_node("older-proxy")
+        await node.agent.wait_connected(10)
+        with pytest.raises(ConnectionProblem, match="no heartbeat in the tunnel"):
+            await node.agent.heartbeat()
+        await node.agent.stop()
+        assert await node.agent.heartbeat() is None  # no tunnel: HTTPS
+    finally:
+        await kit.close()
+
+
+class _Link:
+    """Stands in for the HTTPS link (a node's own ClusterLink needs a cluster): counts
+    the beats that went over HTTPS."""
+
+    def __init__(self) -> None:
+        self.beats = 0
+
+    async def heartbeat(self, addr: str | None, connection: str) -> dict[str, str]:
+        self.beats += 1
+        return {"via": "https"}
+
+
+@pytest.mark.parametrize(("tunnel", "via"), [
+    ({"via": "tunnel"}, "tunnel"),
+    (None, "https"),  # the tunnel is down
+    (ConnectionProblem("no heartbeat in the tunnel"), "https"),  # an older proxy
+])
+async def test_a_tunneled_node_beats_in_its_tunnel_when_it_can(
+        tunnel: object, via: str) -> None:
+    link = _Link()
+    identity = NodeIdentity(node_id="id-1", name="web-1", cluster="c.test", host_cert="",
+                            host_ca="", user_ca="")
+    beat = Heartbeat(link, identity, "", lambda: [])  # type: ignore[arg-type]
+    heard: list[dict[str, str]] = []
+    beat.on_answer = heard.append
+
+    async def through_tunnel() -> object:
+        if isinstance(tunnel, Exception):
+            raise tunnel
+        return tunnel
+
+    beat.through_tunnel = through_tunnel  # type: ignore[assignment]
+    await beat.beat()
+    assert heard == [{"via": via}] and link.beats == (via == "https")
+
+
+async def test_a_refusal_in_the_tunnel_is_not_retried_over_https() -> None:
+    link = _Link()
+    identity = NodeIdentity(node_id="id-1", name="web-1", cluster="c.test", host_cert="",
+                            host_ca="", user_ca="")
+    beat = Heartbeat(link, identity, "", lambda: [])  # type: ignore[arg-type]
+
+    async def refused() -> dict[str, str]:
+        raise AccessDenied("node is locked")
+
+    beat.through_tunnel = refused
+    with pytest.raises(AccessDenied):
+        await beat.beat()
+    assert link.beats == 0
