@@ -49,6 +49,9 @@ async def test_a_node_refused_since_it_logged_in_gets_the_refusal(kit: Kit) -> N
     with pytest.raises(AccessDenied, match="node is locked: compromised"):
         await node.agent.heartbeat()
     assert kit.beats == []
+    refusals = [e for e in kit.recorder.named("auth") if e["success"] is False]
+    assert [(e["server_id"], e["reason"]) for e in refusals] == [
+        (node.node_id, "heartbeat refused: node is locked: compromised")]
 
 
 async def test_the_tunnel_runs_no_shell_command_or_other_subsystem(kit: Kit) -> None:

@@ -179,6 +179,11 @@ class AgentHooks(CertAuthServer):
         # Judged at login; a removal or lock since closes the tunnel, but ask again.
         reason = self._server.revoked(self.cert) if self._server.revoked else None
         if reason is not None:
+            self._server.emit("auth", {
+                "success": False, "method": "host-cert", "kind": "tunnel", "user": node_id,
+                "server_id": node_id, "addr.remote": peer,
+                "reason": f"heartbeat refused: {reason}",
+            })
             raise AccessDenied(reason)
         return await handler(node_id, peer)
 
