@@ -9,6 +9,7 @@ import pytest
 
 from limen.errors import AccessDenied, ConnectionProblem
 from limen.node.cluster.membership import Heartbeat, NodeIdentity
+from limen.tunnel.heartbeat import beat_through
 from tests.tunnel.kit import Kit
 
 
@@ -40,6 +41,16 @@ async def test_a_slow_and_long_answer_arrives_whole(kit: Kit) -> None:
     kit.beat_delay, kit.beat_extra = 0.3, {"pad": "x" * 300_000}
     answer = await node.agent.heartbeat()
     assert answer is not None and answer["pad"] == "x" * 300_000
+
+
+async def test_a_proxy_that_does_not_answer_in_time_is_a_connection_problem(kit: Kit) -> None:
+    """(The node then beats over HTTPS: see the Heartbeat tests below.)"""
+    node = await kit.add_node("hung")
+    await node.agent.wait_connected(10)
+    kit.beat_delay = 5.0
+    assert node.agent.conn is not None
+    with pytest.raises(ConnectionProblem, match="heartbeat in the tunnel failed"):
+        await beat_through(node.agent.conn, timeout=0.2)
 
 
 async def test_a_node_refused_since_it_logged_in_gets_the_refusal(kit: Kit) -> None:

@@ -86,17 +86,21 @@ class HeartbeatSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 async def beat_through(conn: asyncssh.SSHClientConnection,
                        timeout: float = ANSWER_TIMEOUT) -> dict[str, Any]:
     """The agent's side: one beat on the tunnel's connection; the proxy's answer, or its
-    refusal raised as the LimenError it was."""
-    async with asyncio.timeout(timeout):
-        try:
+    refusal raised as the LimenError it was. ConnectionProblem when the tunnel could not
+    carry it (the node then beats over HTTPS)."""
+    try:
+        async with asyncio.timeout(timeout):
             process = await conn.create_process(subsystem=SUBSYSTEM, encoding=None,
                                                 stdin=asyncssh.DEVNULL)
-        except asyncssh.ChannelOpenError as exc:
-            raise ConnectionProblem(f"the proxy took no heartbeat in the tunnel ({exc.reason})"
-                                    ) from None
-        async with process:
-            raw = await _read_to_end(process.stdout)
-            await process.wait_closed()
+            async with process:
+                raw = await _read_to_end(process.stdout)
+                await process.wait_closed()
+    except asyncssh.ChannelOpenError as exc:
+        raise ConnectionProblem(f"the proxy took no heartbeat in the tunnel ({exc.reason})"
+                                ) from None
+    except (TimeoutError, OSError, asyncssh.Error) as exc:
+        raise ConnectionProblem(f"the heartbeat in the tunnel failed ({exc or 'no answer'})"
+                                ) from None
     try:
         answer = json.loads(raw) if len(raw) <= MAX_ANSWER else None
     except ValueError:
