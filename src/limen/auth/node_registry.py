@@ -345,12 +345,17 @@ class NodeRegistry:
         storage by its watch's delay, as the SSH side's revocations do (a lock or removal
         written here is delivered at once; one written by another instance within its
         poll); anything short of a clear yes is decided by the storage, and audited."""
-        if self.view is None or self.view.refusal(node_id) is not None:
-            return None
-        node = self.view.node(node_id)
+        node = self.viewed_unlocked(node_id)
         if node is None or creds.session_token_id(session.name) != node.spec.token_id:
             return None
         return node
+
+    def viewed_unlocked(self, node_id: str) -> Node | None:
+        """The registration as the watch-fed view has it, when the view has no lock on
+        the node; None without a view, for an unknown node, or a locked one."""
+        if self.view is None or self.view.refusal(node_id) is not None:
+            return None
+        return self.view.node(node_id)
 
     # -- removal ------------------------------------------------------------------------
 

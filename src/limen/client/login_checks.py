@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from limen.client.openssh_fast import default_login
 from limen.errors import AccessDenied, BadParameter
 
 RELOGIN = "run limen login"
@@ -132,18 +133,6 @@ def choose_login(allowed: list[str], wanted: str | None) -> str:
             f"your logins, then {RELOGIN}"
         )
     return wanted
-
-
-def default_login(allowed: list[str]) -> str:
-    """The local user name when it is allowed (ssh's default), else the first login."""
-    local = _local_user()
-    return local if local in allowed or not allowed else allowed[0]
-
-
-def _local_user() -> str:
-    from limen.client.openssh_fast import local_user  # getpass's answer, without getpass
-
-    return local_user()
 
 
 def check_port_forwarding(permits: Callable[[str], bool]) -> None:

@@ -63,7 +63,7 @@ def remember(profile: profiles.Profile, cert: CertFields, login: str, config: Pa
         version=__version__, home=str(profiles.limen_home()), proxy=profile.proxy,
         cluster=profile.cluster, login=login, config=str(config),
         valid=(cert.valid_after, cert.valid_before), principals=cert.principals,
-        extensions=sorted(cert.extensions), files=[str(path) for path in files],
+        extensions=list(cert.extensions), files=[str(path) for path in files],
     )
     if text is not None:
         with contextlib.suppress(OSError):

@@ -126,6 +126,12 @@ def local_user(environ: Mapping[str, str] | None = None) -> str:
         return ""
 
 
+def default_login(allowed: Sequence[str], environ: Mapping[str, str] | None = None) -> str:
+    """The local user name when it is allowed (ssh's default), else the first login."""
+    local = local_user(environ)
+    return local if local in allowed or not allowed else allowed[0]
+
+
 # The memo, written by the full path
 
 
@@ -253,6 +259,7 @@ def home_dir(environ: Mapping[str, str]) -> str | None:
 
 
 def proxy_dirname(proxy: str) -> str:
+    """The directory of a proxy's keys under $LIMEN_HOME/keys (client/profile.py)."""
     return "".join(c if c in _PLAIN else "_" for c in proxy)
 
 
@@ -308,20 +315,13 @@ def _passes(memo: _Memo, request: _Request, target_login: str, environ: Mapping[
     if not valid_after <= now < valid_before:
         return False
     allowed = memo.principals
-    login = request.login or target_login or _default_login(allowed, environ)
+    login = request.login or target_login or default_login(allowed, environ)
     if login != memo.fields["login"] or login not in allowed:
         return False
     if request.forwards and "permit-port-forwarding" not in memo.extensions:
         return False
     return not request.agent or (bool(environ.get("SSH_AUTH_SOCK"))
                                  and "permit-agent-forwarding" in memo.extensions)
-
-
-def _default_login(allowed: list[str], environ: Mapping[str, str]) -> str | None:
-    """login_checks.default_login's choice: the local user name when allowed, else the
-    first login."""
-    local = local_user(environ)
-    return local if local in allowed else (allowed[0] if allowed else None)
 
 
 def hand_over_if_remembered(words: Sequence[str], version: str) -> None:

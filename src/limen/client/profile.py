@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
-from limen.client.openssh_fast import MEMO_NAME
+from limen.client.openssh_fast import MEMO_NAME, proxy_dirname
 from limen.errors import AccessDenied, BadParameter, NotFound
 from limen.files import write_private  # noqa: F401 - re-exported for callers
 
 
 def limen_home() -> Path:
     return Path(os.environ.get("LIMEN_HOME") or Path.home() / ".limen").absolute()
-
-
-def proxy_dirname(proxy: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", proxy)
 
 
 class Profile:

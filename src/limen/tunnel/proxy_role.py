@@ -49,10 +49,8 @@ def answer_heartbeats(auth: AuthServer, proxies: Callable[[], dict[str, Any]]) -
     unlocked, as for a node's API token (NodeRegistry.admit), else from the storage."""
 
     async def beat(node_id: str, peer: str) -> dict[str, Any]:
-        view = auth.nodes.view
-        known = (view.node(node_id) if view is not None and view.refusal(node_id) is None
-                 else None)
-        caller = Identity(user=node_id, builtin="node", remote_addr=peer, admitted_node=known)
+        caller = Identity(user=node_id, builtin="node", remote_addr=peer,
+                          admitted_node=auth.nodes.viewed_unlocked(node_id))
         node, presence = await AuthFacade(auth, caller).heartbeat(None, "tunnel")
         metrics.node_heartbeat("tunnel")
         return {**node_json(node, presence), **proxies()}

@@ -250,7 +250,7 @@ class Heartbeat:
         """The beat inside the tunnel: no TLS handshake or HTTP request for the proxy. A
         refusal stands; a proxy that cannot take it there (an older one) gets it over
         HTTPS."""
-        if self.through_tunnel is None or self.addr:
+        if self.through_tunnel is None:
             return None
         try:
             return await self.through_tunnel()
