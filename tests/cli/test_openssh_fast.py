@@ -25,6 +25,7 @@ from limen import __version__
 from limen.auth.ca import sign_user_cert
 from limen.client import openssh_fast
 from limen.client.profile import Profile
+from tests.support.importtime import imported_modules
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,17 +81,12 @@ class Home:
         self.memo.unlink(missing_ok=True)
         done = self.run(*words, **env)
         assert done.returncode == 0, done.stderr
-        assert "argparse" in _modules(done.stderr)
+        assert "argparse" in imported_modules(done.stderr)
         return json.loads(done.stdout)
 
     def plan(self, *words: str, now: float | None = None, **env: str) -> list[str] | None:
         return openssh_fast.planned_argv(words, {**self.env, **env},
                                          time.time() if now is None else now, __version__)
-
-
-def _modules(importtime: str) -> set[str]:
-    return {line.split("|")[-1].strip() for line in importtime.splitlines()
-            if line.startswith("import time:") and "|" in line}
 
 
 @pytest.fixture
@@ -116,7 +112,7 @@ def test_the_memo_gives_ssh_what_the_full_path_gives(home: Home, words: list[str
     assert home.plan(*words) == expected
     again = home.run(*words)
     assert json.loads(again.stdout) == expected
-    imported = _modules(again.stderr)
+    imported = set(imported_modules(again.stderr))
     assert not imported & {"argparse", "pathlib", "json", "re", "limen.client.profile"}
 
 

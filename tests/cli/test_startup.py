@@ -21,6 +21,7 @@ from limen.auth.ca import sign_user_cert
 from limen.cli import main
 from limen.client import liboqs_probe
 from limen.client.profile import Profile
+from tests.support.importtime import imported_modules
 
 HEAVY = ("asyncssh", "httpx", "pydantic", "rich", "yaml", "cryptography", "sqlalchemy",
          "fastapi", "uvicorn", "prometheus_client")
@@ -37,14 +38,7 @@ def _imported(*argv: str) -> list[str]:
         [sys.executable, "-X", "importtime", "-m", "limen.cli.main", *argv],
         capture_output=True, text=True, timeout=60, check=True,
     )
-    return _modules_in(done.stderr)
-
-
-def _modules_in(importtime_output: str) -> list[str]:
-    """The modules `python -X importtime` reported, in the order they were imported."""
-    return [line.split("|")[-1].strip() for line in importtime_output.splitlines()
-            if line.startswith("import time:") and "|" in line
-            and "imported package" not in line]
+    return imported_modules(done.stderr)
 
 
 def _heavy(modules: list[str]) -> list[str]:
@@ -99,7 +93,7 @@ def test_proxy_tls_imports_no_ssh_or_x509_library() -> None:
         env={**os.environ, "LIMEN_HOME": "/nonexistent/limen-home"},
     )
     assert done.returncode == 1 and "no login through the proxy" in done.stderr, done.stderr
-    modules = _modules_in(done.stderr)
+    modules = imported_modules(done.stderr)
     assert "limen.client.tls_relay" in modules  # the command did load its relay
     heavy = _heavy(modules)
     assert heavy == [], f"`limen proxy tls` imports {heavy}"
@@ -135,7 +129,7 @@ def test_ssh_to_one_node_hands_over_to_openssh_before_any_heavy_import(tmp_path:
     )
     assert done.returncode == 0 and "stand-in ssh -F" in done.stdout, done.stderr
     assert "-l root -o HostName=web1 -- web1.c.example true" in done.stdout
-    modules = _modules_in(done.stderr)
+    modules = imported_modules(done.stderr)
     heavy = _heavy(modules)
     assert heavy == [], f"`limen ssh NODE` imports {heavy} before it hands over"
     # What no hand-over needs: the event loop, logging, typing, dataclasses (inspect).

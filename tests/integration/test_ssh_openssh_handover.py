@@ -26,6 +26,7 @@ import asyncssh
 import pytest
 
 from tests.support.cluster import ClusterHarness
+from tests.support.importtime import imported_modules
 from tests.support.ssh_access import (
     CLUSTER,
     SshUser,
@@ -95,9 +96,13 @@ def test_a_node_is_handed_to_openssh_with_the_clusters_config(
     assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
 
 
-def _imported(importtime: str) -> set[str]:
-    return {line.split("|")[-1].strip() for line in importtime.splitlines()
-            if line.startswith("import time:") and "|" in line}
+def _expire_certificate(cluster: ClusterHarness, user: SshUser, tmp_path: Path) -> None:
+    """Put a certificate that expired two hours ago, signed by the cluster, in place of
+    the user's."""
+    past = datetime.now(UTC) - timedelta(hours=2)
+    old = sign_by_hand(tmp_path / "old", cluster.service.auth.ctx.cas.user_ca, user.name,
+                       ["root"], valid_after=past - timedelta(hours=1), valid_before=past)
+    Path(user.status["cert_path"]).write_bytes(old.cert.read_bytes())
 
 
 def test_the_next_hand_over_comes_from_the_memo_until_the_certificate_changes(
@@ -111,15 +116,12 @@ def test_the_next_hand_over_comes_from_the_memo_until_the_certificate_changes(
     first = alice.limen("ssh", "root@node1", "echo one", env=profiled)
     second = alice.limen("ssh", "root@node1", "echo two", env=profiled)
     assert (first.stdout, second.stdout) == ("one\n", "two\n"), first.stderr + second.stderr
-    assert "argparse" in _imported(first.stderr)
-    assert "argparse" not in _imported(second.stderr)  # the memo's way
+    assert "argparse" in imported_modules(first.stderr)
+    assert "argparse" not in imported_modules(second.stderr)  # the memo's way
     calls = stand_in.calls()
     assert calls[0][:-1] == calls[1][:-1]  # the same ssh arguments, but for the command
 
-    past = datetime.now(UTC) - timedelta(hours=2)
-    old = sign_by_hand(tmp_path / "old", cluster.service.auth.ctx.cas.user_ca, alice.name,
-                       ["root"], valid_after=past - timedelta(hours=1), valid_before=past)
-    Path(alice.status["cert_path"]).write_bytes(old.cert.read_bytes())
+    _expire_certificate(cluster, alice, tmp_path)
     expired = alice.limen("ssh", "root@node1", "true", env=stand_in.env)
     assert expired.returncode == 255
     assert "certificate has expired; run limen login" in expired.stderr
@@ -137,10 +139,7 @@ def test_refusals_limen_explains_come_before_any_ssh_runs(
                         env={**stand_in.env, "SSH_AUTH_SOCK": ""})
     assert agent.returncode == 255 and "none is running" in agent.stderr
 
-    past = datetime.now(UTC) - timedelta(hours=2)
-    old = sign_by_hand(tmp_path / "old", cluster.service.auth.ctx.cas.user_ca, alice.name,
-                       ["root"], valid_after=past - timedelta(hours=1), valid_before=past)
-    Path(alice.status["cert_path"]).write_bytes(old.cert.read_bytes())
+    _expire_certificate(cluster, alice, tmp_path)
     expired = alice.limen("ssh", "node1", "true", env=stand_in.env)
     assert expired.returncode == 255
     assert "certificate has expired; run limen login" in expired.stderr

@@ -10,26 +10,13 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from limen.audit.log import AuditLog
-from limen.auth.ca import CAStore
-from limen.auth.context import AuthContext, AuthSettings, Stores
 from limen.auth.server import AuthServer
-from limen.backend import open_backend
-from limen.clock import FakeClock
 from limen.errors import AccessDenied, ConnectionProblem
 from limen.node.cluster.link import LocalLink
 from limen.node.cluster.membership import Heartbeat, NodeIdentity
-from limen.resources import Node
 from limen.tunnel.heartbeat import beat_through
+from tests.support.memory_auth import memory_auth_context
 from tests.tunnel.kit import Kit
-
-
-@pytest.fixture
-async def kit():
-    kit = Kit()
-    await kit.start_proxy()
-    yield kit
-    await kit.close()
 
 
 async def test_a_beat_is_answered_for_the_node_the_tunnel_logged_in_as(kit: Kit) -> None:
@@ -107,18 +94,10 @@ async def test_without_a_tunnel_or_a_proxy_that_takes_beats_the_node_uses_https(
 
 @pytest.fixture
 async def auth(tmp_path: Path) -> AsyncIterator[AuthServer]:
-    """An auth service over a memory backend with node id-1 registered: what a node's
-    HTTPS heartbeat reaches (through LocalLink, the facade the web API calls)."""
-    clock = FakeClock()
-    backend = await open_backend("memory", sweep_interval=None)
-    cas = CAStore.load_or_create(tmp_path / "ca", "beat.test", clock.now())
-    audit = AuditLog(tmp_path / "log" / "events", "beat.test", clock)
-    ctx = AuthContext(AuthSettings(cluster_name="beat.test"), Stores(backend), cas,
-                      clock, audit)
-    await ctx.stores.nodes.create(Node(metadata={"name": "id-1"}, spec={"hostname": "web-1"}))
-    yield AuthServer(ctx)
-    await audit.close()
-    await backend.close()
+    """An auth service with node id-1 registered: what a node's HTTPS heartbeat reaches
+    (through LocalLink, the facade the web API calls)."""
+    async with memory_auth_context(tmp_path, "beat.test") as ctx:
+        yield AuthServer(ctx)
 
 
 def _heartbeat(auth: AuthServer) -> Heartbeat:

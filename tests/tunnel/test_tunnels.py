@@ -19,14 +19,6 @@ from limen.tunnel.registry import NODE_PORT
 from tests.tunnel.kit import CLUSTER, Kit, Relay, host_cert, new_key, run, wait_for
 
 
-@pytest.fixture
-async def kit():
-    kit = Kit()
-    await kit.start_proxy()
-    yield kit
-    await kit.close()
-
-
 async def test_many_sessions_share_one_tunnel(kit: Kit) -> None:
     node = await kit.add_node("busy")
     await node.agent.wait_connected(10)
