@@ -61,6 +61,33 @@ async def test_put_get_and_revisions(backend: Backend) -> None:
     assert await backend.get("/users/alice") == second
 
 
+async def test_put_many_stores_all_in_order_with_their_events(store: Store,
+                                                             backend: Backend) -> None:
+    old = await backend.put(Item("/p/b", b"old"))
+    when = store.clock.now() + timedelta(minutes=10)
+    async with backend.watch(["/p/"]) as w:
+        stored = await backend.put_many([
+            Item("/p/c", b"3", expires=when), Item("/p/a", b"1"), Item("/p/b", b"2"),
+        ])
+        events = await take(w, 3)
+        await quiet(w)
+    assert [(i.key, i.value) for i in stored] == [("/p/c", b"3"), ("/p/a", b"1"),
+                                                  ("/p/b", b"2")]
+    assert len({i.revision for i in stored} | {old.revision}) == 4
+    assert [await backend.get(i.key) for i in stored] == stored
+    assert stored[0].expires == when
+    assert [e.item for e in events] == stored  # in the given order, revisions included
+    assert await backend.put_many([]) == []
+
+
+async def test_put_many_is_all_or_nothing(backend: Backend) -> None:
+    with pytest.raises(BadParameter):
+        await backend.put_many([Item("/q/a", b"1"), Item("/q/b\x00", b"2")])
+    with pytest.raises(BadParameter):  # one key twice: which write won would be a guess
+        await backend.put_many([Item("/q/a", b"1"), Item("/q/a", b"2")])
+    assert await backend.range("/q/") == []
+
+
 async def test_create_update_delete(backend: Backend) -> None:
     created = await backend.create(Item("/roles/admin", b"a"))
     with pytest.raises(AlreadyExists):

@@ -68,6 +68,11 @@ class Backend(Protocol):
         """Create or replace ``item``."""
         ...
 
+    async def put_many(self, items: Sequence[Item]) -> list[Item]:
+        """Create or replace every item in one transaction: all are stored or none, and
+        watchers see them in the given order. The keys must differ (BadParameter)."""
+        ...
+
     async def create(self, item: Item) -> Item:
         """Store ``item`` only if no live item has its key; else AlreadyExists."""
         ...
@@ -141,6 +146,15 @@ def check_limit(limit: object) -> int | None:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise BadParameter("A range limit must be a positive integer or None.")
     return limit
+
+
+def check_items(items: Sequence[object]) -> list[Item]:
+    """Validate the items of one ``put_many``: each as ``check_item``, keys all different
+    (two writes of one key in one transaction would leave which one won to the engine)."""
+    checked = [check_item(item) for item in items]
+    if len({item.key for item in checked}) != len(checked):
+        raise BadParameter("put_many needs each key at most once.")
+    return checked
 
 
 def check_item(item: object) -> Item:

@@ -18,6 +18,7 @@ from limen.backend.base import (
     Item,
     OpType,
     check_item,
+    check_items,
     check_key,
     check_limit,
     check_prefix,
@@ -111,6 +112,10 @@ class MemoryBackend:
     async def put(self, item: Item) -> Item:
         self._check_open()
         return self._store(check_item(item))
+
+    async def put_many(self, items: Sequence[Item]) -> list[Item]:
+        self._check_open()
+        return [self._store(item) for item in check_items(items)]
 
     async def create(self, item: Item) -> Item:
         self._check_open()

@@ -46,6 +46,7 @@ from limen.backend.base import (
     Item,
     OpType,
     check_item,
+    check_items,
     check_key,
     check_limit,
     check_prefix,
@@ -224,6 +225,13 @@ class SQLBackend:
         item = check_item(item)
         async with self._write() as tx:
             return await tx.store(item)
+
+    async def put_many(self, items: Sequence[Item]) -> list[Item]:
+        checked = check_items(items)
+        if not checked:
+            return []
+        async with self._write() as tx:
+            return await tx.store_many(checked)
 
     async def create(self, item: Item) -> Item:
         item = check_item(item)

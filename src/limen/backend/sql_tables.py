@@ -100,18 +100,24 @@ class WriteTx:
         return None if is_expired(item.expires, self.now) else item
 
     async def store(self, item: Item) -> Item:
-        stored = replace(item, revision=new_revision())
-        values = {
-            "key": stored.key,
-            "value": stored.value,
-            "expires": to_micros(stored.expires),
-            "revision": stored.revision,
-        }
+        return (await self.store_many([item]))[0]
+
+    async def store_many(self, new: Sequence[Item]) -> list[Item]:
+        """Each item and its change row, in two statements whatever their number: a
+        statement's trip through the driver costs more than its rows (ten presence
+        records took a tenth of the CPU of ten single writes)."""
+        stored = [replace(item, revision=new_revision()) for item in new]
+        values = [
+            {"key": item.key, "value": item.value, "expires": to_micros(item.expires),
+             "revision": item.revision}
+            for item in stored
+        ]
+        created = wall_micros()
         # Fixed statements and the values as parameters (see sql_dialects.upsert).
         await self.conn.execute(upsert(self.dialect, items, items.c.key, _ITEM_FIELDS),
                                 values)
-        await self.conn.execute(_LOG_CHANGE, {"op": OpType.PUT.value,
-                                              "created": wall_micros(), **values})
+        await self.conn.execute(_LOG_CHANGE, [
+            {"op": OpType.PUT.value, "created": created, **row} for row in values])
         return stored
 
     async def remove(self, keys: Sequence[str]) -> None:

@@ -34,6 +34,9 @@ class TimedBackend:
     async def put(self, item: Item) -> Item:
         return await self._timed("put", lambda: self.inner.put(item))
 
+    async def put_many(self, items: Sequence[Item]) -> list[Item]:
+        return await self._timed("put_many", lambda: self.inner.put_many(items))
+
     async def create(self, item: Item) -> Item:
         return await self._timed("create", lambda: self.inner.create(item))
 

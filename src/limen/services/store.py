@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from limen.backend.base import Backend, Item
@@ -56,6 +56,11 @@ class ResourceStore(Generic[R]):
 
     async def upsert(self, resource: R) -> R:
         return self._load(await self.backend.put(self._item(resource)))
+
+    async def upsert_many(self, resources: Sequence[R]) -> list[R]:
+        """Several resources in one storage transaction (names must differ)."""
+        stored = await self.backend.put_many([self._item(r) for r in resources])
+        return [self._load(item) for item in stored]
 
     async def delete(self, name: str) -> None:
         try:
