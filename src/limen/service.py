@@ -516,6 +516,8 @@ class Service:
         if self._wrote_run_file:  # only ours: never a running instance's
             (self.data_dir / RUN_FILE).unlink(missing_ok=True)
             self._wrote_run_file = False
+        if self.auth is not None:  # presence refreshes still gathering: written now
+            await self.auth.nodes.presence_writes.flush()
         if self.audit is not None:  # last: everything above may still write events
             await self.audit.close()
             self.audit = None

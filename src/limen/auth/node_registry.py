@@ -24,6 +24,7 @@ from limen.auth import node_credentials as creds
 from limen.auth.ca import authorized_keys_line, known_hosts_line
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
+from limen.auth.presence_writes import PresenceWriter
 from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
 from limen.netpolicy import check_advertised
 from limen.resources import Lock, Node, NodePresence, validate_name
@@ -97,6 +98,7 @@ class NodeRegistry:
         # node id -> its last heartbeat here, which the stored presence may trail by up
         # to PRESENCE_REFRESH (see _touch); listings show the later of the two.
         self._heard: dict[str, datetime] = {}
+        self.presence_writes = PresenceWriter(ctx.stores.node_presence.upsert_many)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -268,7 +270,8 @@ class NodeRegistry:
                      "since": now if moved or old.spec.since is None else old.spec.since,
                      "last_heartbeat": now},
         })
-        return await self.ctx.stores.node_presence.upsert(presence)
+        # A refresh may wait a moment to be written with others; news goes at once.
+        return await self.presence_writes.write(presence, at_once=moved)
 
     async def _last_presence(self, node_id: str) -> NodePresence | None:
         """The node's presence as the watch-fed view has it (no read per heartbeat), or
