@@ -115,31 +115,3 @@ def test_the_heartbeat_answer_lists_the_cluster_s_proxies(cluster: ClusterHarnes
     assert answer.json()["tunnel_peers"] == ping["tunnel_peers"]
     assert answer.json()["tunnel_host_key"] == ping["tunnel_host_key"]
     assert answer.json()["id"] == node.node_id  # and the node, as before
-
-
-def test_the_locator_gives_a_served_answer_once_more_without_asking(
-    cluster: ClusterHarness,
-) -> None:
-    port = int(cluster.web_addr.rsplit(":", 1)[1])
-    ca = (cluster.data_dir / "ca" / "tls_ca.crt").read_text()
-    before = _my_connections(port)
-
-    async def locate_three_times() -> list[tuple[bool, int]]:
-        locator = ProxyLocator(cluster.web_addr, ca)
-        seen = []
-        try:
-            for served in (False, True, False):
-                if served:
-                    locator.served()  # the tunnel it led to came up
-                target = await locator()
-                assert target == locator.last and target.host_key is not None
-                seen.append((locator.reused, len(_my_connections(port) - before)))
-                await locator.aclose()  # so that an ask shows as a new connection
-        finally:
-            await locator.aclose()
-        return seen
-
-    asked, remembered, asked_again = asyncio.run(locate_three_times())
-    assert asked == (False, 1)
-    assert remembered == (True, 0)  # no connection: the proxy was not asked
-    assert asked_again == (False, 1)  # once only

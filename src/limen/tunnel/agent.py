@@ -32,7 +32,7 @@ import httpx
 from limen.client.ssh import host_ca_known_hosts
 from limen.client.tls_tunnel import ALPN_TUNNEL, TLSTunnel
 from limen.clock import Clock, RealClock
-from limen.errors import AccessDenied, ConnectionProblem, LimenError
+from limen.errors import AccessDenied, LimenError
 from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 from limen.tasks import cancel_and_wait
 from limen.tcpkeepalive import keep_alive
@@ -79,25 +79,10 @@ class ProxyLocator:
         self.proxy = proxy
         self.tls_ca_pem = tls_ca_pem
         self.last: TunnelTarget | None = None
-        #: The answer given is the last one again, not asked for (see ``served``).
-        self.reused = False
-        self._reuse = False
         # Kept between tries: a client of its own each time cost more CPU than the ping.
         self._http: httpx.AsyncClient | None = None
 
-    def served(self) -> None:
-        """The last answer led to a tunnel that came up: the next call gives it again
-        without asking, once. After a proxy restart every node reconnects at the same
-        moment, and an ask is a TLS handshake and a request per node on the proxy they
-        all wait for; what it would say (the tunnel's address, the proxy's host key)
-        rarely changes. A try with it that fails asks again the time after."""
-        self._reuse = True
-
     async def __call__(self) -> TunnelTarget:
-        self.reused, reuse, self._reuse = False, self._reuse, False
-        if reuse and self.last is not None:
-            self.reused = True
-            return self.last
         if self._http is None:
             self._http = ping_client(self.tls_ca_pem)
         try:
@@ -106,7 +91,6 @@ class ProxyLocator:
         except LimenError:
             if self.last is None:
                 raise
-            self.reused = True
         return self.last
 
     async def aclose(self) -> None:
@@ -225,10 +209,6 @@ class TunnelAgent:
         if target.host_key is not None:
             offered = conn.get_server_host_key()
             if offered is None or offered.public_data != target.host_key.public_data:
-                if self._reused_answer():  # the proxy may have a new key: ask it
-                    raise ConnectionProblem(
-                        f"the tunnel server at {target} has a host key other than the "
-                        "one the proxy published last time; asking the proxy again")
                 raise AccessDenied(
                     f"the tunnel server at {target} is not the proxy the cluster names "
                     "(its host key differs from the one /v1/ping published)"
@@ -244,8 +224,6 @@ class TunnelAgent:
         self.connected_since = self.clock.now()
         self.last_error = ""
         self._up.set()
-        if isinstance(self._locate, ProxyLocator):
-            self._locate.served()
         log.info("tunnel to %s is up", target)
         if self._on_connected is not None:
             try:
@@ -254,9 +232,6 @@ class TunnelAgent:
                 log.warning("after connecting the tunnel: %s", exc)
         await conn.wait_closed()
         return up_at
-
-    def _reused_answer(self) -> bool:
-        return isinstance(self._locate, ProxyLocator) and self._locate.reused
 
     async def _connect(self, target: TunnelTarget) -> asyncssh.SSHClientConnection:
         ident = self.identity
