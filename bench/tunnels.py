@@ -10,12 +10,13 @@ It starts `limen start --roles auth,proxy` on a fixed web port (agents dial it; 
 restarted proxy must be found there again), then --nodes simulated nodes in one process
 (tests/support/agents.py): each a whole node role with its own identity (joined with
 a token, its own host certificate, heartbeats, the access feed, its SSH service) and its
-reverse tunnel into the web port, SSH inside TLS. It logs a user in and prints:
+reverse tunnel into the web port, SSH inside TLS (--agent-processes N splits them over N
+processes). It logs a user in and prints:
 
 - joined: the time until all nodes are online (each joins, is issued a host
   certificate, and opens its tunnel), the nodes started --rate a second;
 - memory per tunnel: the proxy's RSS growth over all tunnels, divided by their number,
-  and the agents' process per node (the whole node role);
+  and the agents' processes per node (the whole node role);
 - idle CPU of the proxy while every tunnel is up and nothing happens (share of one
   core over --idle-seconds; the goal: under 5%);
 - a session to a random node while all are connected (stock ssh with the config
@@ -76,6 +77,8 @@ def parse_args() -> argparse.Namespace:
                         help="the proxy's bound on handshakes in progress (its default: 128)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="how long all nodes may take to join (default 1800 s)")
+    parser.add_argument("--agent-processes", type=int, default=1,
+                        help="processes the simulated nodes are split over (default 1)")
     parser.add_argument("--skip-restart", action="store_true",
                         help="stop after the idle CPU and the sessions (no proxy restart)")
     return parser.parse_args()
@@ -96,22 +99,59 @@ def online_count(cluster: Cluster, prefix: str = PREFIX) -> int:
         return 0
 
 
+@dataclass
+class Fleet:
+    """The simulated nodes, split over one or more processes."""
+
+    daemons: list[Daemon]
+    names: list[str]
+
+    @property
+    def pids(self) -> list[int]:
+        return [daemon.pid for daemon in self.daemons]
+
+    def alive(self) -> bool:
+        return all(daemon.alive() for daemon in self.daemons)
+
+    def log(self) -> str:
+        return "".join(daemon.log.read_text() for daemon in self.daemons)
+
+    def cpu_seconds(self) -> float:
+        return sum(map(cpu_seconds, self.pids))
+
+    def rss_kb(self) -> int:
+        return sum(map(rss_kb, self.pids))
+
+    def stop(self, cluster: Cluster) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+            cluster.daemons.remove(daemon)
+
+
 def start_agents(cluster: Cluster, count: int, prefix: str, timeout: float,
-                 rate: int = 0) -> tuple[Daemon, float]:
+                 rate: int = 0, processes: int = 1) -> tuple[Fleet, float]:
     started = time.monotonic()
-    agents = Daemon([sys.executable, "-m", "tests.support.agents", "--proxy", cluster.web_addr,
-                     # A join that times out is tried again (up to 4 more times):
-                     # the token has a use for each retry of a fifth of the fleet.
-                     "--token", cluster.token(count + count // 5 + 1), "--count", str(count),
-                     "--base", str(cluster.root / prefix), "--prefix", prefix,
-                     "--rate", str(rate), "--attempts", "5"],
-                    cluster.root / f"{prefix}agents.log", cluster.env)
-    cluster.daemons.append(agents)
+    # A join that times out is tried again (up to 4 more times): the token has a use for
+    # each retry of a fifth of the fleet.
+    token = cluster.token(count + count // 5 + 1)
+    fleet = Fleet([], [])
+    for k in range(processes):
+        part = count // processes + (k < count % processes)
+        names = prefix if processes == 1 else f"{prefix}{k}-"
+        daemon = Daemon([sys.executable, "-m", "tests.support.agents",
+                         "--proxy", cluster.web_addr, "--token", token, "--count", str(part),
+                         "--base", str(cluster.root / names), "--prefix", names,
+                         "--rate", str(max(1, rate // processes) if rate else 0),
+                         "--attempts", "5"],
+                        cluster.root / f"{names}agents.log", cluster.env)
+        cluster.daemons.append(daemon)
+        fleet.daemons.append(daemon)
+        fleet.names += [f"{names}{i:02d}" for i in range(part)]
     # Once a second: each look lists every node, work the proxy would otherwise spend
     # on the joins being measured.
-    wait_for(lambda: agents.alive() and online_count(cluster, prefix) >= count,
+    wait_for(lambda: fleet.alive() and online_count(cluster, prefix) >= count,
              timeout, f"{count} tunneled nodes online", interval=1.0)
-    return agents, time.monotonic() - started
+    return fleet, time.monotonic() - started
 
 
 def sessions(way_of: list[Way], count: int, env: dict[str, str]) -> float:
@@ -126,14 +166,14 @@ class Reconnection:
     answered: float  # when the listing first showed a node (those before count then)
     proxy_cpu: float  # seconds of CPU the new proxy used until all were back (start-up too)
     proxy_cpu_answered: float  # of which until the listing first showed a node
-    agents_cpu: float  # and the agents' process in the same time
+    agents_cpu: float  # and the agents' processes in the same time
 
 
-def restart(cluster: Cluster, agents: Daemon, count: int, env: dict[str, str]) -> Reconnection:
+def restart(cluster: Cluster, agents: Fleet, count: int, env: dict[str, str]) -> Reconnection:
     """Stop and start the proxy; see when each node is back, by polling the node listing."""
     cluster.proxy.stop()
     started = time.monotonic()
-    agents_before = cpu_seconds(agents.pid)
+    agents_before = agents.cpu_seconds()
     cluster.proxy = start_proxy(cluster.root, env, "proxy-restarted.log")
     back: list[float] = []
     answered = 0.0
@@ -150,7 +190,7 @@ def restart(cluster: Cluster, agents: Daemon, count: int, env: dict[str, str]) -
         back.extend([now] * (online - len(back)))
         time.sleep(0.5)  # each look lists every node: not so often it slows the return
     return Reconnection(back, answered, proxy_cpu, proxy_cpu_answered,
-                        cpu_seconds(agents.pid) - agents_before)
+                        agents.cpu_seconds() - agents_before)
 
 
 def main() -> None:
@@ -170,23 +210,23 @@ def main() -> None:
         single, _ = start_agents(cluster, 1, "single-", 120)
         timed(way("single-00").shell("true"), env)  # warm-up
         alone_ms = sessions([way("single-00")], args.sessions, env)
-        single.stop()
-        cluster.daemons.remove(single)
+        single.stop(cluster)
 
         proxy_before = rss_kb(cluster.proxy.pid)
-        agents, joined = start_agents(cluster, args.nodes, PREFIX, args.timeout, args.rate)
-        log = agents.log.read_text()
+        agents, joined = start_agents(cluster, args.nodes, PREFIX, args.timeout, args.rate,
+                                      args.agent_processes)
+        log = agents.log()
         turned_away = log.count("admitting other nodes")  # 503 + Retry-After, then back
         failed = log.count("start failed")  # a join or the tunnel failed (a timeout)
         time.sleep(5)  # let the joins' garbage go and the feeds settle
         proxy_kb = (rss_kb(cluster.proxy.pid) - proxy_before) / args.nodes
-        node_kb = rss_kb(agents.pid) / args.nodes
+        node_kb = agents.rss_kb() / args.nodes
         cpu_before = cpu_seconds(cluster.proxy.pid)
         print(f"(all {args.nodes} joined; measuring the idle proxy, pid {cluster.proxy.pid}, "
               f"for {args.idle_seconds:g} s)", flush=True)  # a cue for a profiler
         time.sleep(args.idle_seconds)
         idle_share = (cpu_seconds(cluster.proxy.pid) - cpu_before) / args.idle_seconds
-        nodes = [way(f"{PREFIX}{i:02d}") for i in range(args.nodes)]
+        nodes = [way(name) for name in agents.names]
         busy_ms = sessions(nodes, args.sessions, env)
 
         again = None if args.skip_restart else restart(cluster, agents, args.nodes, env)
@@ -203,11 +243,13 @@ def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: fl
            idle_share: float, alone_ms: float, busy_ms: float, after_ms: float | None,
            again: Reconnection | None) -> None:
     n = args.nodes
-    print(f"{n} tunneled nodes in one process, SSH inside TLS to the proxy's web port "
+    where = ("one process" if args.agent_processes == 1
+             else f"{args.agent_processes} processes")
+    print(f"{n} tunneled nodes in {where}, SSH inside TLS to the proxy's web port "
           f"(at most {args.max_handshakes} handshakes in progress)")
     print(f"joined and online:        {joined:.1f} s ({n / joined:.1f} nodes/s, a host "
           "certificate each)")
-    print(f"memory per tunnel:        proxy {proxy_kb:.0f} kB; agents' process "
+    print(f"memory per tunnel:        proxy {proxy_kb:.0f} kB; agents "
           f"{node_kb:.0f} kB per node (the whole node role)")
     print(f"proxy idle CPU:           {idle_share:.1%} of a core over {args.idle_seconds:g} s "
           f"(goal < 5%: {'met' if idle_share < 0.05 else 'not met'})")
@@ -233,7 +275,7 @@ def report(args: argparse.Namespace, joined: float, proxy_kb: float, node_kb: fl
     print(f"CPU until all were back:  proxy {again.proxy_cpu:.1f} s, "
           f"{again.proxy_cpu_answered:.1f} s of it until its listing first answered "
           f"({early} nodes back by then), "
-          f"{later_ms:.0f} ms per node after that; agents' process {again.agents_cpu:.1f} s "
+          f"{later_ms:.0f} ms per node after that; agents {again.agents_cpu:.1f} s "
           f"({again.agents_cpu / back[-1]:.0%} of a core over those {back[-1]:.0f} s)")
     if after_ms is not None:
         print(f"ssh true, random node, after the restart: {after_ms:.0f} ms median")
