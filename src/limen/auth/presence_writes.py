@@ -3,7 +3,7 @@
 With thousands of nodes, the refresh of their presence records (one per node every few
 minutes, node_registry.PRESENCE_REFRESH) is most of what an idle auth service writes:
 3,000 tunneled nodes make ten a second. One write a transaction cost about 1.3 ms of CPU;
-ten in one transaction (two statements whatever their number) cost about a tenth of that
+ten in one transaction (two statements whatever their number) cost about an eighth of that
 each, and wake the watchers' poller once instead of ten times.
 
 So a refresh lingers up to LINGER seconds for others to join it. A record that says
