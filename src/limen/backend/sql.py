@@ -94,6 +94,7 @@ _POLL_BATCH = 500  # change rows read per query
 
 # The reads every request makes, as statements with named parameters (compiled once).
 _GET = select(*ITEM_COLUMNS).where(items.c.key == bindparam("key"))
+_NEWEST = select(func.max(changes.c.id))
 _POLL = (
     select(changes.c.id, changes.c.op, changes.c.key, changes.c.value, changes.c.expires,
            changes.c.revision)
@@ -333,8 +334,9 @@ class SQLBackend:
 
     async def _attach(self, watcher: Watcher) -> None:
         async with self._poll_lock:
-            async with self._read() as conn:
-                newest = (await conn.execute(select(func.max(changes.c.id)))).scalar() or 0
+            # Through _select: on SQLite one trip to the reader thread, not aiosqlite's
+            # several (every node's access feed attaches a watcher when it connects).
+            newest = (await self._select(_NEWEST, {}, ("newest",)))[0][0] or 0
             # Holding the poll lock, no poll is half-way: every change up to `newest` is
             # either already delivered or will be skipped for this watcher, and every
             # change committed from now on gets a larger id.
