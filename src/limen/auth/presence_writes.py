@@ -45,6 +45,11 @@ class PresenceWriter:
         self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def waiting(self) -> int:
+        """Records gathered for the next batch."""
+        return len(self._waiting)
+
     async def write(self, presence: NodePresence, *, at_once: bool) -> NodePresence:
         """Store ``presence`` with the next batch; ``at_once`` sends that batch now."""
         done: asyncio.Future[NodePresence] = asyncio.get_running_loop().create_future()
@@ -80,27 +85,31 @@ class PresenceWriter:
         if self._task is task:
             self._task = None
             left, self._waiting = self._waiting, {}
-            _settle(left, error=ConnectionProblem("The auth service is stopping."))
+            _settle(left, _stopping())
 
     async def _write_batch(self, batch: Waiting) -> None:
         try:
             stored = await self._write_many([presence for presence, _ in batch.values()])
         except asyncio.CancelledError:
-            _settle(batch, error=ConnectionProblem("The auth service is stopping."))
+            _settle(batch, _stopping())
             raise
         except Exception as exc:  # noqa: BLE001 - each caller gets the storage's error
-            _settle(batch, error=exc)
+            _settle(batch, exc)
         else:
-            _settle(batch, stored=stored)
+            _settle(batch, stored)
 
 
-def _settle(batch: Waiting, *, stored: list[NodePresence] | None = None,
-            error: Exception | None = None) -> None:
+def _stopping() -> ConnectionProblem:
+    return ConnectionProblem("The auth service is stopping.")
+
+
+def _settle(batch: Waiting, outcome: list[NodePresence] | Exception) -> None:
+    """Each caller gets its own stored record, or the batch's error."""
     for index, (_, waiters) in enumerate(batch.values()):
         for done in waiters:
             if done.done():  # its caller gave up waiting
                 continue
-            if stored is not None:
-                done.set_result(stored[index])
+            if isinstance(outcome, Exception):
+                done.set_exception(outcome)
             else:
-                done.set_exception(error or ConnectionProblem("The presence write failed."))
+                done.set_result(outcome[index])
