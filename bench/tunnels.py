@@ -136,12 +136,12 @@ def start_agents(cluster: Cluster, count: int, prefix: str, timeout: float,
     token = cluster.token(count + count // 5 + 1)
     fleet = Fleet([], [])
     for k in range(processes):
-        part = count // processes + (k < count % processes)
+        part = _share(count, processes, k)
         names = prefix if processes == 1 else f"{prefix}{k}-"
         daemon = Daemon([sys.executable, "-m", "tests.support.agents",
                          "--proxy", cluster.web_addr, "--token", token, "--count", str(part),
                          "--base", str(cluster.root / names), "--prefix", names,
-                         "--rate", str(max(1, rate // processes) if rate else 0),
+                         "--rate", str(max(1, _share(rate, processes, k)) if rate else 0),
                          "--attempts", "5"],
                         cluster.root / f"{names}agents.log", cluster.env)
         cluster.daemons.append(daemon)
@@ -152,6 +152,11 @@ def start_agents(cluster: Cluster, count: int, prefix: str, timeout: float,
     wait_for(lambda: fleet.alive() and online_count(cluster, prefix) >= count,
              timeout, f"{count} tunneled nodes online", interval=1.0)
     return fleet, time.monotonic() - started
+
+
+def _share(total: int, parts: int, k: int) -> int:
+    """Part ``k`` of ``total`` split as evenly as can be over ``parts``."""
+    return total // parts + (k < total % parts)
 
 
 def sessions(way_of: list[Way], count: int, env: dict[str, str]) -> float:
