@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -120,6 +120,15 @@ class Kit:
         self.takes_heartbeats = True
         self.beat_delay = 0.0  # seconds the server takes over each answer
         self.beat_extra: dict[str, Any] = {}  # more in each answer
+        # Access feeds inside tunnels: (node id, agent address) of each one opened, the
+        # lines each sends after its first, {"op": "ready"}, and whether the server
+        # takes feeds. With ``feed_flood`` a feed sends 64 KiB lines without end,
+        # counted in ``flooded``.
+        self.feeds: list[tuple[str, str]] = []
+        self.feed_lines: asyncio.Queue[bytes] = asyncio.Queue()
+        self.takes_feeds = True
+        self.feed_flood = False
+        self.flooded = 0
 
     # the proxy
 
@@ -129,7 +138,8 @@ class Kit:
                                   CLUSTER)
         self.tunnels = TunnelServer(
             settings, self.recorder, revoked=lambda cert: self.revoked.get(cert.key_id),
-            heartbeat=self._beat if self.takes_heartbeats else None)
+            heartbeat=self._beat if self.takes_heartbeats else None,
+            feed=self._feed if self.takes_feeds else None)
         await self.tunnels.start()
         self.tunnel_port = self.tunnels.port
         if self.router is None:
@@ -145,6 +155,18 @@ class Kit:
         self.beats.append((node_id, peer))
         await asyncio.sleep(self.beat_delay)
         return {"name": node_id, "tunnel_peers": [], **self.beat_extra}
+
+    async def _feed(self, node_id: str, peer: str) -> AsyncIterator[bytes]:
+        self.feeds.append((node_id, peer))
+        return self._feed_stream()
+
+    async def _feed_stream(self) -> AsyncIterator[bytes]:
+        yield b'{"op": "ready"}\n'
+        while self.feed_flood:
+            self.flooded += 1
+            yield b'{"op": "put", "pad": "' + b"x" * 65536 + b'"}\n'
+        while True:
+            yield await self.feed_lines.get()
 
     async def stop_proxy(self) -> None:
         if self.tunnels is not None:

@@ -23,11 +23,14 @@ log = logging.getLogger(__name__)
 
 _MODELS = {"role": Role, "user": User, "lock": Lock}
 
+# Opens the feed: its messages until it breaks (limen.auth.feed says what they are).
+Feed = Callable[[], AsyncIterator[dict[str, Any]]]
+
 
 class AccessCache:
     def __init__(
         self,
-        feed: Callable[[], AsyncIterator[dict[str, Any]]],
+        feed: Feed,
         on_lock: Callable[[Lock], Awaitable[None]],
         wait_ready: float = 5.0,
         backoff: Backoff | None = None,

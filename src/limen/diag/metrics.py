@@ -43,6 +43,9 @@ JUMP_CONNECTIONS = Counter("limen_proxy_ssh_connections",
 NODE_HEARTBEATS = Counter("limen_node_heartbeats",
                           "Node heartbeats answered, by way (tunnel: inside the node's "
                           "reverse tunnel; https: the web API)", ["via"], registry=REGISTRY)
+ACCESS_FEEDS = Counter("limen_access_feeds",
+                       "Access feeds opened for nodes, by way (tunnel: inside the node's "
+                       "reverse tunnel; https: the web API)", ["via"], registry=REGISTRY)
 TUNNELS = Gauge("limen_tunnels_connected", "Node reverse tunnels connected to this proxy",
                 registry=REGISTRY)
 AUDIT_EVENTS = Counter("limen_audit_events_written", "Audit events written and fsynced",
@@ -79,6 +82,10 @@ def jump_connection(allowed: bool) -> None:
 
 def node_heartbeat(via: str) -> None:
     NODE_HEARTBEATS.labels(via=via).inc()
+
+
+def access_feed(via: str) -> None:
+    ACCESS_FEEDS.labels(via=via).inc()
 
 
 def count_tunnels(count: Callable[[], int]) -> None:

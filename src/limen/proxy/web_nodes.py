@@ -150,7 +150,7 @@ PING_MIN_SECONDS, PING_MAX_SECONDS = 5, 300
 OnRevoked = Callable[[Callable[[], None]], Callable[[], None]]
 
 
-async def _ndjson(feed: AsyncIterator[dict[str, Any]],
+async def ndjson_lines(feed: AsyncIterator[dict[str, Any]],
                   still_allowed: Callable[[], Awaitable[bool]] | None = None,
                   on_revoked: OnRevoked | None = None,
                   ping_seconds: float | None = None) -> AsyncIterator[bytes]:
@@ -320,8 +320,9 @@ def add_routes(app: FastAPI, Caller: Any, Anonymous: Any,  # noqa: N803 - type a
         )] = None,
     ) -> StreamingResponse:
         """Roles, users and locks, then every change, as NDJSON (nodes keep a cache)."""
-        feed = _ndjson(await api.watch_access(), api.still_in_good_standing, api.on_revoked,
-                       ping_seconds=ping)
+        feed = ndjson_lines(await api.watch_access(), api.still_in_good_standing,
+                            api.on_revoked, ping_seconds=ping)
+        metrics.access_feed("https")
         return StreamingResponse(feed, media_type="application/x-ndjson")
 
     @app.get("/v1/sessions", responses=errors(*SIGNED_IN))

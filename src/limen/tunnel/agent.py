@@ -154,6 +154,10 @@ class TunnelAgent:
             return None
         return await beat_through(conn)
 
+    async def wait_up(self) -> None:
+        """Until the tunnel is up (at once when it is)."""
+        await self._up.wait()
+
     async def wait_connected(self, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             await self._up.wait()

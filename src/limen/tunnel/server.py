@@ -14,9 +14,11 @@ How host-certificate logins and ``tcpip-forward`` fit asyncssh:
    registered, not locked, with its current certificate) and has asyncssh check the
    login signature with the certified key. ``TunnelServer.revoke`` closes a node's
    tunnel the moment the node is removed or locked.
-2. A session channel is refused unless it asks for the ``heartbeat@limen`` subsystem
-   (limen.tunnel.heartbeat): the node's heartbeat, answered for the node the connection
-   logged in as, after its certificate is judged again.
+2. A session channel is refused unless it asks for one of the tunnel's subsystems
+   (limen.tunnel.subsystems): ``heartbeat@limen``, the node's heartbeat
+   (limen.tunnel.heartbeat), or ``access-feed@limen``, its access feed
+   (limen.tunnel.feed); each served for the node the connection logged in as, after its
+   certificate is judged again.
 3. Because asyncssh never saw a user certificate on this connection, its
    ``check_certificate_permission('port-forwarding')`` answers "allowed" (no
    certificate, no restriction) and the agent's ``tcpip-forward`` reaches our
@@ -31,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,8 +46,12 @@ from limen.sshauth import Accepted, CertAuthServer, CertFacts, TrustedKeys, judg
 from limen.sshauth.judge import Revoked
 from limen.sshauth.server import connection_factory
 from limen.tcpkeepalive import keep_alive
+from limen.tunnel.feed import SUBSYSTEM as FEED_SUBSYSTEM
+from limen.tunnel.feed import FeedHandler, FeedSession
+from limen.tunnel.heartbeat import SUBSYSTEM as HEARTBEAT_SUBSYSTEM
 from limen.tunnel.heartbeat import BeatHandler, HeartbeatSession
 from limen.tunnel.registry import NODE_PORT, Tunnel, TunnelDirectory
+from limen.tunnel.subsystems import Session, SubsystemChannel
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +116,7 @@ class AgentHooks(CertAuthServer):
         self.node_id: str | None = None  # set once the login signature checked out
         self.tunnels: list[Tunnel] = []
         self._beating = False  # a heartbeat is being answered on this connection
+        self._feed: FeedSession | None = None  # the node's access feed on this connection
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         super().connection_made(conn)
@@ -167,25 +174,57 @@ class AgentHooks(CertAuthServer):
             self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"limen: {reason}")
 
     def session_requested(self) -> Any:
-        """A heartbeat (limen.tunnel.heartbeat), one at a time; no shell or command."""
-        if self._server.heartbeat is None or self.node_id is None or self._beating:
+        """One of the tunnel's subsystems (limen.tunnel.subsystems); no shell or command."""
+        server = self._server
+        if self.node_id is None or (server.heartbeat is None and server.feed is None):
             return False
-        self._beating = True
-        return HeartbeatSession(self.node_id, self.peer(), self._heartbeat, self._beat_done)
+        return SubsystemChannel(self._subsystem)
+
+    def _subsystem(self, name: str) -> Session | None:
+        """The session that serves ``name``: a heartbeat one at a time; the access feed,
+        one a connection (a new one replaces the one before)."""
+        assert self.node_id is not None
+        if name == HEARTBEAT_SUBSYSTEM and self._server.heartbeat is not None:
+            if self._beating:
+                return None
+            self._beating = True
+            return HeartbeatSession(self.node_id, self.peer(), self._heartbeat,
+                                    self._beat_done)
+        if name == FEED_SUBSYSTEM and self._server.feed is not None:
+            if self._feed is not None:
+                self._feed.close()
+            self._feed = FeedSession(self.node_id, self.peer(), self._open_feed,
+                                     self._feed_done)
+            return self._feed
+        return None
 
     async def _heartbeat(self, node_id: str, peer: str) -> dict[str, Any]:
         handler = self._server.heartbeat
-        assert handler is not None and self.cert is not None
-        # Judged at login; a removal or lock since closes the tunnel, but ask again.
+        assert handler is not None
+        self._judge_again(node_id, peer, "heartbeat")
+        return await handler(node_id, peer)
+
+    async def _open_feed(self, node_id: str, peer: str) -> AsyncIterator[bytes]:
+        handler = self._server.feed
+        assert handler is not None
+        self._judge_again(node_id, peer, "access feed")
+        return await handler(node_id, peer)
+
+    def _judge_again(self, node_id: str, peer: str, what: str) -> None:
+        """Judged at login; a removal or lock since closes the tunnel, but ask again."""
+        assert self.cert is not None
         reason = self._server.revoked(self.cert) if self._server.revoked else None
         if reason is not None:
             self._server.emit("auth", {
                 "success": False, "method": "host-cert", "kind": "tunnel", "user": node_id,
                 "server_id": node_id, "addr.remote": peer,
-                "reason": f"heartbeat refused: {reason}",
+                "reason": f"{what} refused: {reason}",
             })
             raise AccessDenied(reason)
-        return await handler(node_id, peer)
+
+    def _feed_done(self, session: FeedSession) -> None:
+        if self._feed is session:
+            self._feed = None
 
     def _beat_done(self) -> None:
         self._beating = False
@@ -230,12 +269,13 @@ class TunnelServer:
 
     def __init__(self, settings: TunnelSettings, observer: TunnelObserver | None = None, *,
                  clock: Clock | None = None, directory: TunnelDirectory | None = None,
-                 revoked: Revoked | None = None, heartbeat: BeatHandler | None = None
-                 ) -> None:
+                 revoked: Revoked | None = None, heartbeat: BeatHandler | None = None,
+                 feed: FeedHandler | None = None) -> None:
         self.settings = settings
         self.observer = observer
         self.revoked = revoked  # why a node's certificate may no longer log in, or None
         self.heartbeat = heartbeat  # answers nodes' heartbeats in their tunnels, or None
+        self.feed = feed  # opens nodes' access feeds in their tunnels, or None
         self.clock = clock or RealClock()
         self.directory = directory or TunnelDirectory(self.clock)
         self.host_cas = TrustedKeys(settings.host_ca_keys)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncssh
 
-from limen.auth.access_cache import AccessCache
+from limen.auth.access_cache import AccessCache, Feed
 from limen.auth.node_credentials import token_id
 from limen.auth.node_registry import JoinRequest
 from limen.auth.server import AuthServer
@@ -34,6 +34,7 @@ from limen.node.ssh.settings import NodeSettings
 from limen.resources import Lock
 from limen.timers import LoopTimers
 from limen.tunnel.agent import TunnelAgent
+from limen.tunnel.feed import TunnelFeed
 from limen.tunnel.node_role import start_agent, start_peer_tunnels
 from limen.tunnel.peers import PeerTunnels
 
@@ -93,8 +94,7 @@ class NodeRole:
         )
         # What the cluster registered: for a joined node the token's labels win.
         labels = self.identity.labels or self.config.labels
-        self.cache = AccessCache(self.link.access_feed, self._on_lock)
-        self.cache.start()
+        self.cache = AccessCache(self._access_feed(tunneled), self._on_lock)
         policy = ClusterPolicy(
             self.cache, self.identity.node_id, self.identity.name, labels, self.clock
         )
@@ -124,6 +124,8 @@ class NodeRole:
                 self.identity, settings.host_key, self.server, on_connected=self._heartbeat.beat
             )
             self._heartbeat.through_tunnel = self.agent.heartbeat  # no HTTPS while it is up
+        # Started once the tunnel agent exists: a tunnel-only node's feed waits for it.
+        self.cache.start()
         if isinstance(self.link, RemoteLink):  # learn the other proxies, to fail over to
             peers = start_peer_tunnels(self.agent, self.server, self.identity,
                                        self._heartbeat.quiet_seconds())
@@ -136,6 +138,18 @@ class NodeRole:
         else:
             log.info("node %s (%s) serving SSH on %s", self.identity.name,
                      self.identity.node_id, addr)
+
+    def _access_feed(self, tunneled: bool) -> Feed:
+        """Where the access cache's feed comes from: a node that takes sessions only
+        through its tunnels reads it inside one of them (limen.tunnel.feed)."""
+        assert self.link is not None
+        if not tunneled or "listen_addr" in self.config.model_fields_set:
+            return self.link.access_feed
+        return TunnelFeed(self._tunnel_agents, self.link.access_feed)
+
+    def _tunnel_agents(self) -> list[TunnelAgent]:
+        peers = list(self.peer_tunnels.agents.values()) if self.peer_tunnels else []
+        return [self.agent, *peers] if self.agent is not None else peers
 
     @property
     def heartbeat(self) -> Heartbeat | None:
