@@ -6,7 +6,8 @@
   streams for the jump host's copy loop.
 - ``agent``: the node side; dials, keeps the tunnel alive, reconnects with ``backoff``;
   finds the tunnel server through the proxy's ping (``discovery``).
-- ``heartbeat``: a node's heartbeat inside its tunnel (a session channel for one
-  subsystem), both sides.
+- ``heartbeat`` and ``feed``: a node's heartbeat and access feed inside its tunnel
+  (each a session channel for a subsystem of ours), both sides; ``subsystems``: how the
+  proxy picks which one a channel serves.
 - ``proxy_role`` / ``node_role``: the glue for `limen start`.
 """
