@@ -23,7 +23,7 @@ from limen.errors import ConnectionProblem, NotFound
 from limen.node import CertPolicy, NodeServer, NodeSettings
 from limen.proxy.ssh_jump import JumpHost, JumpSettings, NodeRoute, open_tcp_stream
 from limen.sshalgs import HOST_KEY_ALGS, hardened_options
-from limen.tunnel.agent import AgentIdentity, TunnelAgent
+from limen.tunnel.agent import AgentIdentity, Locate, TunnelAgent
 from limen.tunnel.backoff import Backoff
 from limen.tunnel.discovery import TunnelTarget
 from limen.tunnel.registry import NODE_PORT
@@ -181,6 +181,7 @@ class Kit:
                        offer_as: str | None = None, start: bool = True,
                        backoff: Backoff | None = None,
                        target: Callable[[], TunnelTarget] | None = None,
+                       locate: Locate | None = None,
                        **agent_options: Any) -> Node:
         node_id = str(uuid.uuid4())
         key = new_key()
@@ -192,7 +193,7 @@ class Kit:
         server = NodeServer(settings, CertPolicy())
         offered = offer_as or node_id
 
-        async def locate() -> TunnelTarget:
+        async def locate_target() -> TunnelTarget:
             return (target or self.target)()
 
         async def serve(conn: asyncssh.SSHClientConnection) -> Any:
@@ -200,7 +201,7 @@ class Kit:
 
         identity = AgentIdentity(cert_for or node_id, key, cert,
                                  self.host_ca.convert_to_public(), CLUSTER)
-        agent = TunnelAgent(identity, locate, serve,
+        agent = TunnelAgent(identity, locate or locate_target, serve,
                             backoff=backoff or Backoff(first=0.05, cap=0.5), **agent_options)
         node = Node(name, node_id, server, agent, key, cert)
         assert self.router is not None

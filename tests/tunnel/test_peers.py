@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from limen.errors import LimenError
-from limen.tunnel.agent import ProxyLocator
+from limen.tunnel.agent import REUSE_TRIES, ProxyLocator
 from limen.tunnel.peers import PeerTunnels
 from tests.support.cluster import ClusterHarness
 from tests.support.node_api import HandNode, new_token
@@ -115,3 +115,31 @@ def test_the_heartbeat_answer_lists_the_cluster_s_proxies(cluster: ClusterHarnes
     assert answer.json()["tunnel_peers"] == ping["tunnel_peers"]
     assert answer.json()["tunnel_host_key"] == ping["tunnel_host_key"]
     assert answer.json()["id"] == node.node_id  # and the node, as before
+
+
+def test_the_locator_gives_a_served_answer_again_without_asking_for_some_tries(
+    cluster: ClusterHarness,
+) -> None:
+    port = int(cluster.web_addr.rsplit(":", 1)[1])
+    ca = (cluster.data_dir / "ca" / "tls_ca.crt").read_text()
+    before = _my_connections(port)
+
+    async def locate(times: int) -> list[tuple[bool, int]]:
+        locator = ProxyLocator(cluster.web_addr, ca)
+        seen = []
+        try:
+            for call in range(times):
+                if call == 1:
+                    locator.served()  # the tunnel it led to came up
+                target = await locator()
+                assert target == locator.last and target.host_key is not None
+                seen.append((locator.reused, len(_my_connections(port) - before)))
+                await locator.aclose()  # so that an ask shows as a new connection
+        finally:
+            await locator.aclose()
+        return seen
+
+    asked, *remembered, asked_again = asyncio.run(locate(REUSE_TRIES + 2))
+    assert asked == (False, 1)
+    assert remembered == [(True, 0)] * REUSE_TRIES  # no connection: the proxy was not asked
+    assert asked_again == (False, 1)

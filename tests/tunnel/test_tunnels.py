@@ -8,11 +8,14 @@ import contextlib
 import hashlib
 import os
 import time
+from datetime import UTC, datetime
 
 import asyncssh
 import pytest
 
+from limen.auth.ca import new_ca_files
 from limen.errors import ConnectionProblem
+from limen.tunnel.agent import ProxyLocator
 from limen.tunnel.backoff import Backoff
 from limen.tunnel.discovery import TunnelTarget
 from limen.tunnel.registry import NODE_PORT
@@ -296,3 +299,31 @@ async def test_the_node_takes_large_packets_from_the_proxy(kit: Kit) -> None:
         assert (chan._send_pktsize, chan._send_window) == (128 * 1024, 8 * 1024 * 1024)
     finally:
         writer.close()
+
+
+async def test_a_reconnection_dials_the_last_answer_and_asks_again_when_it_is_wrong(
+    kit: Kit,
+) -> None:
+    """After a tunnel was up, the agent reconnects to where the proxy last said, without
+    asking (a proxy restart would otherwise take a TLS handshake and a request from every
+    node at once). If the tunnel server there now has another host key, that is no
+    refusal to shout about: the proxy may have a new key, so it is asked again."""
+    ca_pem = new_ca_files(CLUSTER, datetime.now(UTC))["tls_ca.crt"].decode()
+    locator = ProxyLocator("127.0.0.1:9", ca_pem)  # its web API does not answer
+    locator.last = TunnelTarget("127.0.0.1", kit.tunnel_port,
+                                new_key().convert_to_public())  # another proxy's key
+    locator.served()
+    node = await kit.add_node("remembering", locate=locator)
+    await wait_for(lambda: "asking the proxy again" in node.agent.last_error, 10,
+                   "the agent to distrust its memory")
+    assert not node.agent.connected and "differs" not in node.agent.last_error
+
+    locator.last = kit.target()  # where the proxy is, with its key: dialed unasked
+    await node.agent.wait_connected(15)
+    assert locator.reused
+    await kit.stop_proxy()  # and after a restart, the same
+    await wait_for(lambda: not node.agent.connected, 10, "the agent to notice")
+    await kit.start_proxy()
+    await node.agent.wait_connected(15)
+    assert node.agent.connects == 2
+    await node.agent.stop()

@@ -32,7 +32,7 @@ import httpx
 from limen.client.ssh import host_ca_known_hosts
 from limen.client.tls_tunnel import ALPN_TUNNEL, TLSTunnel
 from limen.clock import Clock, RealClock
-from limen.errors import AccessDenied, LimenError
+from limen.errors import AccessDenied, ConnectionProblem, LimenError
 from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 from limen.tasks import cancel_and_wait
 from limen.tcpkeepalive import keep_alive
@@ -71,6 +71,12 @@ class AgentIdentity:
     cluster: str
 
 
+# Tries that dial a served answer again before the proxy is asked anew (``served``):
+# with the agent's backoff (0.5 s, doubling to 10 s, jittered) 23 to 45 s, longer than a
+# proxy takes to restart.
+REUSE_TRIES = 8
+
+
 class ProxyLocator:
     """Asks the proxy where its tunnel server is, and remembers the last good answer
     for when the web API is down too (the usual case during a proxy restart)."""
@@ -79,10 +85,30 @@ class ProxyLocator:
         self.proxy = proxy
         self.tls_ca_pem = tls_ca_pem
         self.last: TunnelTarget | None = None
+        #: The answer given is the last one again, not asked for (see ``served``).
+        self.reused = False
+        self._reuse_left = 0
         # Kept between tries: a client of its own each time cost more CPU than the ping.
         self._http: httpx.AsyncClient | None = None
 
+    def served(self) -> None:
+        """The last answer led to a tunnel that came up: the next REUSE_TRIES calls give
+        it again without asking. After a proxy restart every node reconnects at the same
+        moment, and an ask is a TLS handshake and a request per node, on the proxy they
+        all wait for and in each node; what it would say (the tunnel's address, the
+        proxy's host key) rarely changes. ``doubt`` ends that at once."""
+        self._reuse_left = REUSE_TRIES
+
+    def doubt(self) -> None:
+        """The last answer looks wrong (another host key there): ask at the next call."""
+        self._reuse_left = 0
+
     async def __call__(self) -> TunnelTarget:
+        self.reused = False
+        if self._reuse_left > 0 and self.last is not None:
+            self._reuse_left -= 1
+            self.reused = True
+            return self.last
         if self._http is None:
             self._http = ping_client(self.tls_ca_pem)
         try:
@@ -91,6 +117,7 @@ class ProxyLocator:
         except LimenError:
             if self.last is None:
                 raise
+            self.reused = True
         return self.last
 
     async def aclose(self) -> None:
@@ -213,6 +240,11 @@ class TunnelAgent:
         if target.host_key is not None:
             offered = conn.get_server_host_key()
             if offered is None or offered.public_data != target.host_key.public_data:
+                if isinstance(self._locate, ProxyLocator) and self._locate.reused:
+                    self._locate.doubt()  # the proxy may have a new key: ask it
+                    raise ConnectionProblem(
+                        f"the tunnel server at {target} has a host key other than the "
+                        "one the proxy published last time; asking the proxy again")
                 raise AccessDenied(
                     f"the tunnel server at {target} is not the proxy the cluster names "
                     "(its host key differs from the one /v1/ping published)"
@@ -228,6 +260,8 @@ class TunnelAgent:
         self.connected_since = self.clock.now()
         self.last_error = ""
         self._up.set()
+        if isinstance(self._locate, ProxyLocator):
+            self._locate.served()
         log.info("tunnel to %s is up", target)
         if self._on_connected is not None:
             try:
