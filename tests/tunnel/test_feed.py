@@ -157,3 +157,16 @@ async def test_a_proxy_that_takes_no_feed_in_its_tunnels_gets_the_https_feed() -
         assert await node.agent.heartbeat() is not None  # its heartbeats still go inside
     finally:
         await kit.close()
+
+
+async def test_a_tunnel_that_closes_is_no_reason_to_turn_to_https(kit: Kit) -> None:
+    """Only a proxy that refuses the subsystem sends the feed to HTTPS: a tunnel that
+    went down is waited for again (the HTTPS feed would stay open for good)."""
+    node = await _connected(kit, "closing")
+    conn = node.agent.conn
+    assert conn is not None
+    conn.close()
+    await conn.wait_closed()
+    with pytest.raises(ConnectionProblem) as failed:
+        await anext(feed_through(conn))
+    assert not isinstance(failed.value, FeedUnavailable)

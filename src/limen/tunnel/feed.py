@@ -125,6 +125,8 @@ async def feed_through(conn: asyncssh.SSHClientConnection, *,
             process = await conn.create_process(subsystem=SUBSYSTEM, encoding=None,
                                                 stdin=asyncssh.DEVNULL)
     except asyncssh.ChannelOpenError as exc:
+        if conn.is_closed():  # the tunnel went down: wait for one, not HTTPS for good
+            raise ConnectionProblem("the tunnel closed as the access feed opened") from None
         raise FeedUnavailable(f"the proxy takes no access feed in the tunnel ({exc.reason})"
                               ) from None
     except (TimeoutError, OSError, asyncssh.Error) as exc:
