@@ -104,8 +104,7 @@ class NodeRole:
         observer = ClusterObserver(self.link, self.identity.node_id, self.identity.name, self.audit)
         self.server = NodeServer(settings, policy, observer, timers=LoopTimers(self.clock))
         self.audit.attach(self.server)
-        # Behind NAT nobody can dial in: open a port only when one was asked for.
-        self.listening = not tunneled or "listen_addr" in self.config.model_fields_set
+        self.listening = self._opens_port(tunneled)
         if self.listening:
             await self.server.start()
         addr = (
@@ -143,9 +142,14 @@ class NodeRole:
         """Where the access cache's feed comes from: a node that takes sessions only
         through its tunnels reads it inside one of them (limen.tunnel.feed)."""
         assert self.link is not None
-        if not tunneled or "listen_addr" in self.config.model_fields_set:
+        if self._opens_port(tunneled):
             return self.link.access_feed
         return TunnelFeed(self._tunnel_agents, self.link.access_feed)
+
+    def _opens_port(self, tunneled: bool) -> bool:
+        """Behind NAT nobody can dial in: a tunneled node opens a port only when one was
+        asked for (``ssh.listen_addr``)."""
+        return not tunneled or "listen_addr" in self.config.model_fields_set
 
     def _tunnel_agents(self) -> list[TunnelAgent]:
         peers = list(self.peer_tunnels.agents.values()) if self.peer_tunnels else []
