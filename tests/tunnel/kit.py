@@ -120,6 +120,7 @@ class Kit:
         self.takes_heartbeats = True
         self.beat_delay = 0.0  # seconds the server takes over each answer
         self.beat_extra: dict[str, Any] = {}  # more in each answer
+        self.beat_failure: Exception | None = None  # what the server's handler raises
         # Access feeds inside tunnels: (node id, agent address) of each one opened, the
         # lines each sends after its first, {"op": "ready"}, and whether the server
         # takes feeds. With ``feed_flood`` a feed sends 64 KiB lines without end,
@@ -154,6 +155,8 @@ class Kit:
     async def _beat(self, node_id: str, peer: str) -> dict[str, Any]:
         self.beats.append((node_id, peer))
         await asyncio.sleep(self.beat_delay)
+        if self.beat_failure is not None:
+            raise self.beat_failure
         return {"name": node_id, "tunnel_peers": [], **self.beat_extra}
 
     async def _feed(self, node_id: str, peer: str) -> AsyncIterator[bytes]:

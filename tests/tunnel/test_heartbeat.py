@@ -63,17 +63,33 @@ async def test_a_node_refused_since_it_logged_in_gets_the_refusal(kit: Kit) -> N
         (node.node_id, "heartbeat refused: node is locked: compromised")]
 
 
+async def test_a_failure_of_the_proxys_own_is_a_sentence_and_the_tunnel_stands(
+        kit: Kit, caplog: pytest.LogCaptureFixture) -> None:
+    node = await kit.add_node("failing")
+    await node.agent.wait_connected(10)
+    kit.beat_failure = RuntimeError("secret-detail")
+    with pytest.raises(ConnectionProblem) as failed:
+        await node.agent.heartbeat()
+    assert failed.value.message == "the proxy could not take the heartbeat"
+    assert "heartbeat of node" in caplog.text  # the proxy's log keeps the traceback
+    kit.beat_failure = None
+    assert await node.agent.heartbeat() is not None  # on the same tunnel
+    assert kit.tunnels is not None and len(kit.tunnels.connections) == 1
+
+
 async def test_the_tunnel_runs_no_shell_command_or_other_subsystem(kit: Kit) -> None:
     node = await kit.add_node("nothing-else")
     await node.agent.wait_connected(10)
     conn = node.agent.conn
     assert conn is not None
-    for ask in ({"command": "id"}, {"subsystem": "sftp"}, {}):  # {}: a shell
+    look_alikes = ({"subsystem": "HEARTBEAT@limen"}, {"subsystem": "access-feed@limen "},
+                   {"command": "heartbeat@limen"}, {"command": "access-feed@limen"})
+    for ask in ({"command": "id"}, {"subsystem": "sftp"}, {}, *look_alikes):  # {}: a shell
         with pytest.raises(asyncssh.ChannelOpenError):
             await conn.create_process(**ask)
     with pytest.raises((asyncssh.ChannelOpenError, asyncssh.Error)):
         await conn.start_sftp_client()
-    assert kit.beats == []
+    assert kit.beats == [] and kit.feeds == []
     assert await node.agent.heartbeat() is not None  # the connection still beats
 
 

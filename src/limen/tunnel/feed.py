@@ -22,11 +22,13 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import asyncssh
 
-from limen.errors import ConnectionProblem, LimenError, from_json
+from limen.errors import ConnectionProblem, from_json
+from limen.tunnel.agent import TunnelAgent
+from limen.tunnel.subsystems import NodeSubsystem
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +44,18 @@ MAX_LINE = 4 * 1024 * 1024  # one role, user or lock a line: far more than any t
 FeedHandler = Callable[[str, str], Awaitable[AsyncIterator[bytes]]]
 
 
-class FeedSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
+class FeedSession(NodeSubsystem):
     """The proxy's side: streams one node's feed into the channel, at the node's pace."""
 
+    subsystem = SUBSYSTEM
+    what = "the access feed"
+
     def __init__(self, node_id: str, peer: str, handler: FeedHandler,
-                 done: Callable[[FeedSession], None]) -> None:
-        self._node_id = node_id
-        self._peer = peer
+                 done: Callable[[NodeSubsystem], None]) -> None:
+        super().__init__(node_id, peer, done)
         self._handler = handler
-        self._done = done
-        self._chan: asyncssh.SSHServerChannel[str] | None = None
-        self._task: asyncio.Task[None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
-
-    def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:
-        self._chan = chan
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return subsystem == SUBSYSTEM
-
-    def eof_received(self) -> bool:
-        return True  # the agent sends nothing; the feed goes on
 
     def pause_writing(self) -> None:  # the node's window is full: wait for it
         self._writable.clear()
@@ -71,30 +63,14 @@ class FeedSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     def resume_writing(self) -> None:
         self._writable.set()
 
-    def session_started(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._stream())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._done(self)
-
     def close(self) -> None:
         """Replaced by a newer feed on the same connection."""
         if self._chan is not None:
             self._chan.close()
 
-    async def _stream(self) -> None:
-        chan = self._chan
-        assert chan is not None
-        try:
-            lines = await self._handler(self._node_id, self._peer)
-        except LimenError as exc:
-            self._refuse(chan, exc)
-            return
-        except Exception:  # never into asyncssh: that would end the whole tunnel
-            log.exception("access feed of node %s through its tunnel failed", self._node_id)
-            self._refuse(chan, ConnectionProblem("the proxy could not open the access feed"))
+    async def serve(self, chan: asyncssh.SSHServerChannel[str]) -> None:
+        lines = await self.ask(chan, self._handler(self.node_id, self.peer))
+        if lines is None:
             return
         try:
             async with contextlib.aclosing(lines):  # type: ignore[type-var]
@@ -104,12 +80,6 @@ class FeedSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             chan.exit(0)  # revoked, or the watch broke: the node syncs afresh
         except Exception:  # noqa: BLE001 - the node went away; it opens another
             chan.close()
-
-    @staticmethod
-    def _refuse(chan: asyncssh.SSHServerChannel[str], exc: LimenError) -> None:
-        with contextlib.suppress(Exception):
-            chan.write(json.dumps(exc.to_json()) + "\n")
-            chan.exit(1)
 
 
 class FeedUnavailable(ConnectionProblem):
@@ -176,16 +146,6 @@ async def _lines(stream: asyncssh.SSHReader[bytes], read_timeout: float
             raise ConnectionProblem("the access feed in the tunnel sent an overlong line")
 
 
-class Tunnels(Protocol):
-    """The node's tunnel agents (limen.tunnel.agent.TunnelAgent)."""
-
-    @property
-    def connected(self) -> bool: ...
-    @property
-    def conn(self) -> asyncssh.SSHClientConnection | None: ...
-    async def wait_up(self) -> None: ...
-
-
 # How often a node waiting for a tunnel looks again at which agents it has (an agent
 # for another proxy of the cluster may have started meanwhile).
 RECHECK_SECONDS = 5.0
@@ -200,7 +160,7 @@ class TunnelFeed:
     otherwise dial the proxy's web port for its feed while the tunnels come back. A
     proxy that takes no feed in its tunnels gets the node's HTTPS feed instead."""
 
-    def __init__(self, agents: Callable[[], Sequence[Tunnels]],
+    def __init__(self, agents: Callable[[], Sequence[TunnelAgent]],
                  over_https: Callable[[], AsyncIterator[dict[str, Any]]]) -> None:
         self._agents = agents
         self._over_https = over_https
@@ -224,7 +184,7 @@ class TunnelFeed:
             await _any_up(agents, RECHECK_SECONDS)
 
 
-async def _any_up(agents: Sequence[Tunnels], timeout: float) -> None:
+async def _any_up(agents: Sequence[TunnelAgent], timeout: float) -> None:
     """Until one of ``agents`` is up, or ``timeout`` passed."""
     waits = [asyncio.ensure_future(agent.wait_up()) for agent in agents]
     try:

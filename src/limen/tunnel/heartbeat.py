@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
 
-from limen.errors import ConnectionProblem, LimenError, from_json
-
-log = logging.getLogger(__name__)
+from limen.errors import ConnectionProblem, from_json
+from limen.tunnel.subsystems import NodeSubsystem
 
 SUBSYSTEM = "heartbeat@limen"
 MAX_ANSWER = 1024 * 1024  # a listing of the cluster's proxies; far more than it takes
@@ -35,50 +33,24 @@ ANSWER_TIMEOUT = 30.0
 BeatHandler = Callable[[str, str], Awaitable[dict[str, Any]]]
 
 
-class HeartbeatSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
-    """The proxy's side of one beat: answers the heartbeat subsystem and nothing else
-    (asyncssh refuses shells and commands for a session that does not accept them)."""
+class HeartbeatSession(NodeSubsystem):
+    """The proxy's side of one beat: the handler's answer, one JSON line."""
+
+    subsystem = SUBSYSTEM
+    what = "the heartbeat"
 
     def __init__(self, node_id: str, peer: str, handler: BeatHandler,
-                 done: Callable[[], None]) -> None:
-        self._node_id = node_id
-        self._peer = peer
+                 done: Callable[[NodeSubsystem], None]) -> None:
+        super().__init__(node_id, peer, done)
         self._handler = handler
-        self._done = done
-        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
-        self._chan = chan
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return subsystem == SUBSYSTEM
-
-    def eof_received(self) -> bool:
-        return True  # the agent sends nothing; keep the channel open for the answer
-
-    def session_started(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._answer())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._done()
-
-    async def _answer(self) -> None:
-        chan = self._chan
-        assert chan is not None
+    async def serve(self, chan: asyncssh.SSHServerChannel[str]) -> None:
+        body = await self.ask(chan, self._handler(self.node_id, self.peer))
+        if body is None:
+            return
         try:
-            body: dict[str, Any] = await self._handler(self._node_id, self._peer)
-            status = 0
-        except LimenError as exc:
-            body, status = exc.to_json(), 1
-        except Exception:  # never into asyncssh: that would end the whole tunnel
-            log.exception("heartbeat of node %s through its tunnel failed", self._node_id)
-            body, status = ConnectionProblem("the proxy could not take the heartbeat").to_json(), 1
-        try:  # ASCII JSON: the session's channel takes text
             chan.write(json.dumps(body) + "\n")
-            chan.exit(status)
+            chan.exit(0)
         except Exception:  # noqa: BLE001 - the agent went away; it beats again later
             chan.close()
 

@@ -51,7 +51,7 @@ from limen.tunnel.feed import FeedHandler, FeedSession
 from limen.tunnel.heartbeat import SUBSYSTEM as HEARTBEAT_SUBSYSTEM
 from limen.tunnel.heartbeat import BeatHandler, HeartbeatSession
 from limen.tunnel.registry import NODE_PORT, Tunnel, TunnelDirectory
-from limen.tunnel.subsystems import Session, SubsystemChannel
+from limen.tunnel.subsystems import NodeSubsystem, Session, SubsystemChannel
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +222,11 @@ class AgentHooks(CertAuthServer):
             })
             raise AccessDenied(reason)
 
-    def _feed_done(self, session: FeedSession) -> None:
+    def _feed_done(self, session: NodeSubsystem) -> None:
         if self._feed is session:
             self._feed = None
 
-    def _beat_done(self) -> None:
+    def _beat_done(self, _session: NodeSubsystem) -> None:
         self._beating = False
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
