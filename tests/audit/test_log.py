@@ -216,6 +216,40 @@ async def test_a_resent_event_is_written_once(tmp_path: Path) -> None:
     await restarted.close()
 
 
+async def test_a_batch_is_written_in_order_with_one_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """record_many: a node's batch waits for one fsync, not one per event; each event is
+    answered, a refused one alone, and a uid already written (or twice in the batch) is
+    written once."""
+    store = MemoryEventStore()
+    log = _log(tmp_path, store=store)
+    resent = "6f1d2b4e-8c2a-4c1e-9a55-0d2e3f4a5b6c"
+    await log.record(_exec("earlier"), uid=resent)
+    syncs = 0
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    twice = "7a2e3c5f-9d3b-4d2f-8b66-1e3f4a5b6c7d"
+    answers = await log.record_many([
+        (_exec("a"), None), (_exec("b"), resent), (_exec("c", "cat \ud800"), None),
+        (_exec("d"), twice), (_exec("e"), twice), (_exec("f"), None),
+    ])
+    assert syncs == 1
+    assert answers[1] == {"uid": resent, "duplicate": True}
+    assert answers[4] == {"uid": twice, "duplicate": True}
+    assert isinstance(answers[2], BadParameter)
+    written = [answers[0], answers[3], answers[5]]
+    assert [r["user"] for r in written] == ["a", "d", "f"]
+    assert [r["seq"] for r in written] == [2, 3, 4]
+    assert [r["user"] for r in _lines(log)] == ["earlier", "a", "d", "f"]
+    await log.close()
+
+
 def test_the_audit_key_persists_and_names_the_chain(tmp_path: Path) -> None:
     first = AuditKey.load_or_create(tmp_path)
     second = AuditKey.load_or_create(tmp_path)

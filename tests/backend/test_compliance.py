@@ -88,6 +88,30 @@ async def test_put_many_is_all_or_nothing(backend: Backend) -> None:
     assert await backend.range("/q/") == []
 
 
+async def test_delete_many_removes_the_live_ones_in_order(store: Store,
+                                                          backend: Backend) -> None:
+    soon = store.clock.now() + timedelta(seconds=1)
+    for key in ("/d/a", "/d/b", "/d/c"):
+        await backend.put(Item(key, b"x"))
+    await backend.put(Item("/d/old", b"x", expires=soon))
+    store.clock.advance(2)
+    async with backend.watch(["/d/"]) as w:
+        removed = await backend.delete_many(["/d/c", "/d/missing", "/d/old", "/d/a", "/d/c"])
+        events = await take(w, 2)
+        await quiet(w)
+    assert removed == 2  # a missing key, an expired one and a repeat are passed over
+    assert summary(events) == [("delete", "/d/c", b""), ("delete", "/d/a", b"")]
+    assert [i.key for i in await backend.range("/d/")] == ["/d/b"]
+    assert await backend.delete_many([]) == 0
+
+
+async def test_delete_many_checks_every_key_before_removing_any(backend: Backend) -> None:
+    await backend.put(Item("/d/a", b"x"))
+    with pytest.raises(BadParameter):
+        await backend.delete_many(["/d/a", "/d/b\x00"])
+    assert (await backend.get("/d/a")).value == b"x"
+
+
 async def test_create_update_delete(backend: Backend) -> None:
     created = await backend.create(Item("/roles/admin", b"a"))
     with pytest.raises(AlreadyExists):

@@ -108,11 +108,14 @@ class AuthFacade:
         try:
             yield
         except AccessDenied as exc:
-            await self.auth.ctx.audit.emit(schema.AccessRefused(
-                user=self.caller.user, resource=kind, verb=verb, error=exc.message,
-                addr_remote=self.caller.remote_addr or None,
-            ))
+            await self._access_refused(kind, verb, exc)
             raise
+
+    async def _access_refused(self, kind: str, verb: str, exc: AccessDenied) -> None:
+        await self.auth.ctx.audit.emit(schema.AccessRefused(
+            user=self.caller.user, resource=kind, verb=verb, error=exc.message,
+            addr_remote=self.caller.remote_addr or None,
+        ))
 
     async def checker(self) -> AccessChecker:
         """The caller's current roles (loaded now, so a role edit applies at once)."""
@@ -392,16 +395,11 @@ class AuthFacade:
         async with self._builtin(NODES, "event", "create", "only nodes report events"):
             # Where the events happened is the node's registration: read once per call.
             server = await self.auth.tracking.reports.server_of(self.caller)
-            return [await self._report_one(name, fields, server) for name, fields in events]
-
-    async def _report_one(self, name: str, fields: dict[str, Any],
-                          server: dict[str, Any]) -> LimenError | None:
-        try:
-            async with self._audited("event", "create"):
-                await self.auth.tracking.report_event(self.caller, name, fields, server)
-        except (BadParameter, AccessDenied, NotFound) as exc:
-            return exc
-        return None
+            answers = await self.auth.tracking.report_events(self.caller, events, server)
+        for answer in answers:  # audited as the refusal of a single event is
+            if isinstance(answer, AccessDenied):
+                await self._access_refused("event", "create", answer)
+        return answers
 
     async def upsert_session(self, session: Session) -> Session:
         async with self._builtin(HOSTS, "session", "update",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -63,27 +64,37 @@ class NodeReports:
         self.ctx = ctx
         self.bindings = bindings
 
-    async def report(self, identity: Identity, name: str, fields: dict[str, Any],
-                     server: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write the node's event as the auth service knows it; returns what was written
-        (``{"uid": ..., "duplicate": True}`` for a resend already in the log). ``server``:
-        ``server_of(identity)`` when the caller already has it (a batch of events)."""
+    async def report_many(self, identity: Identity, events: Sequence[tuple[str, dict[str, Any]]],
+                          server: dict[str, Any] | None = None
+                          ) -> list[dict[str, Any] | LimenError]:
+        """Several of one node's events (``server``: ``server_of(identity)`` when the
+        caller has it already): each checked and stamped in order, then all written in
+        one group commit. Returns what was written for each, or that event's refusal; a
+        failure of the log fails the call (raised)."""
         if identity.builtin != "node":
             raise AccessDenied("only nodes report events, and only with their own identity")
-        try:
-            event, uid = await self._accept(identity, name, fields, server)
-        except (BadParameter, AccessDenied) as exc:
-            await self._refused(identity, name, exc)
-            raise
-        return await self.ctx.audit.record(event, uid=uid)
+        server = server or await self.server_of(identity)
+        answers: list[dict[str, Any] | LimenError | None] = []
+        accepted: list[tuple[AuditEvent, str | None]] = []
+        for name, fields in events:
+            try:
+                accepted.append(await self._accept(identity, name, fields, server))
+            except (BadParameter, AccessDenied) as exc:
+                await self._refused(identity, name, exc)
+                answers.append(exc)
+            except NotFound as exc:
+                answers.append(exc)
+            else:
+                answers.append(None)  # its place, for what the log answers
+        written = iter(await self.ctx.audit.record_many(accepted))
+        return [next(written) if answer is None else answer for answer in answers]
 
     async def _accept(self, identity: Identity, name: str, fields: dict[str, Any],
-                      server: dict[str, Any] | None) -> tuple[AuditEvent, str | None]:
+                      server: dict[str, Any]) -> tuple[AuditEvent, str | None]:
         report = check_node_report(name, fields)
         fields, cert = report.fields, report.cert
         uid = _node_uid(identity.user, report.uid)
         node_time = _node_time(report.time)
-        server = server or await self.server_of(identity)
         who = await self._who(name, fields, cert, server["server_id"], node_time)
         stamped = {**{k: v for k, v in fields.items() if k not in ("user", "login")},
                    **server, **who, "node_time": node_time}

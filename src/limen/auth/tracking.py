@@ -10,6 +10,7 @@ The node still sends a tracker when its parties or state change, and with its he
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 from limen.audit import events as types
@@ -17,7 +18,7 @@ from limen.audit.bindings import SessionBindings
 from limen.auth.context import AuthContext
 from limen.auth.identity import Identity
 from limen.auth.node_reports import NodeReports
-from limen.errors import AccessDenied, NotFound
+from limen.errors import AccessDenied, LimenError, NotFound
 from limen.resources import Session
 
 
@@ -27,24 +28,40 @@ class Tracking:
         self.bindings = bindings
         self.reports = NodeReports(ctx, bindings)
 
-    async def report_event(self, identity: Identity, name: str, fields: dict[str, Any],
-                           server: dict[str, Any] | None = None) -> None:
-        """A node's event, stamped with what the auth service knows (see node_reports);
-        ``server`` as ``reports.server_of`` gave it, for a batch of one node's events."""
-        written = await self.reports.report(identity, name, fields, server)
-        if identity.builtin == "node" and not written.get("duplicate"):
-            await self._follow(identity.user, name, written)
+    async def report_event(self, identity: Identity, name: str, fields: dict[str, Any]) -> None:
+        """A node's event, stamped with what the auth service knows (see node_reports)."""
+        (answer,) = await self.report_events(identity, [(name, fields)])
+        if answer is not None:
+            raise answer
 
-    async def _follow(self, node_id: str, name: str, record: dict[str, Any]) -> None:
-        """List the session its start was written for; end it with its end."""
-        sid = record.get("sid")
-        if not isinstance(sid, str) or not sid:
-            return
-        if name == types.SESSION_START.name:
-            await self._keep(_tracker(node_id, sid, record))
-        elif name == types.SESSION_END.name:
-            with contextlib.suppress(NotFound):
-                await self.ctx.stores.sessions.delete(sid)
+    async def report_events(self, identity: Identity, events: Sequence[tuple[str, dict[str, Any]]],
+                            server: dict[str, Any] | None = None) -> list[LimenError | None]:
+        """Several of one node's events, written together; each one's refusal, or None
+        where it was written. ``server`` as ``reports.server_of`` gave it."""
+        answers = await self.reports.report_many(identity, events, server)
+        if identity.builtin == "node":
+            await self._follow(identity.user, [
+                (name, answer) for (name, _), answer in zip(events, answers, strict=True)
+                if not isinstance(answer, LimenError) and not answer.get("duplicate")])
+        return [answer if isinstance(answer, LimenError) else None for answer in answers]
+
+    async def _follow(self, node_id: str, written: list[tuple[str, dict[str, Any]]]) -> None:
+        """List the sessions whose starts were written; end those whose ends were: one
+        storage transaction for each (a busy node's batch holds many of either)."""
+        started: list[Session] = []
+        ended: list[str] = []
+        for name, record in written:
+            sid = record.get("sid")
+            if not isinstance(sid, str) or not sid:
+                continue
+            if name == types.SESSION_START.name:
+                started.append(_tracker(node_id, sid, record))
+            elif name == types.SESSION_END.name:
+                ended.append(sid)
+        if started:
+            await self._keep_many(started)
+        if ended:
+            await self.ctx.stores.sessions.delete_many(ended)
 
     async def upsert_session(self, identity: Identity, session: Session) -> Session:
         if identity.builtin == "node":
@@ -65,8 +82,15 @@ class Tracking:
 
     async def _keep(self, session: Session) -> Session:
         """Store a tracker, fresh for session_ttl (heartbeats renew it)."""
-        session.metadata.expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
-        return await self.ctx.stores.sessions.upsert(session)
+        return (await self._keep_many([session]))[0]
+
+    async def _keep_many(self, sessions: list[Session]) -> list[Session]:
+        expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
+        for session in sessions:
+            session.metadata.expires = expires
+        # One tracker per session: a start sent twice in one batch was written once.
+        unique = list({session.name: session for session in sessions}.values())
+        return await self.ctx.stores.sessions.upsert_many(unique)
 
     async def end_session(self, identity: Identity, session_id: str) -> None:
         if identity.builtin == "node":

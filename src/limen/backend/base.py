@@ -93,6 +93,11 @@ class Backend(Protocol):
         """Remove a live item; NotFound if there is none."""
         ...
 
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """Remove the live items among ``keys`` in one transaction; a key with no live
+        item is passed over. Returns how many were removed."""
+        ...
+
     async def range(self, prefix: str, limit: int | None = None) -> list[Item]:
         """Live items whose key starts with ``prefix``, sorted by key, at most ``limit``."""
         ...

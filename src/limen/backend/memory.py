@@ -147,6 +147,13 @@ class MemoryBackend:
             raise NotFound(f"Key {key!r} is not found.")
         self._remove(key)
 
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        self._check_open()
+        live = [key for key in dict.fromkeys(map(check_key, keys)) if self._live(key)]
+        for key in live:
+            self._remove(key)
+        return len(live)
+
     async def range(self, prefix: str, limit: int | None = None) -> list[Item]:
         self._check_open()
         prefix, limit = check_prefix(prefix), check_limit(limit)

@@ -265,6 +265,15 @@ class SQLBackend:
                 raise NotFound(f"Key {key!r} is not found.")
             await tx.remove([key])
 
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        wanted = list(dict.fromkeys(map(check_key, keys)))
+        if not wanted:
+            return 0
+        async with self._write() as tx:
+            live = await tx.live_among(wanted)
+            await tx.remove(live)
+            return len(live)
+
     async def range(self, prefix: str, limit: int | None = None) -> list[Item]:
         prefix, limit = check_prefix(prefix), check_limit(limit)
         values: dict[str, Any] = {"now": to_micros(self.clock.now()), "start": prefix,

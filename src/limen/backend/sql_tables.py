@@ -139,6 +139,16 @@ class WriteTx:
             ]
             await self.conn.execute(insert(changes), rows)
 
+    async def live_among(self, keys: Sequence[str]) -> list[str]:
+        """Those of ``keys`` that hold a live item, in the order given."""
+        found: dict[str, int | None] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = list(keys[start : start + _CHUNK])
+            stmt = select(items.c.key, items.c.expires).where(items.c.key.in_(chunk))
+            found.update((await self.conn.execute(stmt)).all())
+        return [key for key in keys
+                if key in found and not is_expired(from_micros(found[key]), self.now)]
+
     async def keys_under(self, prefix: str) -> list[tuple[str, int | None]]:
         stmt = select(items.c.key, items.c.expires).where(*prefix_clauses(prefix))
         rows = (await self.conn.execute(stmt.order_by(items.c.key))).all()

@@ -50,6 +50,9 @@ class TimedBackend:
     async def delete(self, key: str) -> None:
         return await self._timed("delete", lambda: self.inner.delete(key))
 
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        return await self._timed("delete_many", lambda: self.inner.delete_many(keys))
+
     async def range(self, prefix: str, limit: int | None = None) -> list[Item]:
         return await self._timed("range", lambda: self.inner.range(prefix, limit))
 

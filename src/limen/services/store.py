@@ -68,6 +68,11 @@ class ResourceStore(Generic[R]):
         except NotFound:
             raise NotFound(f"{self.model.KIND} {name!r} does not exist") from None
 
+    async def delete_many(self, names: Sequence[str]) -> int:
+        """Remove those of ``names`` that exist, in one storage transaction; returns how
+        many were removed."""
+        return await self.backend.delete_many([self.key(name) for name in names])
+
     async def modify(self, name: str, change: Callable[[R], Awaitable[None] | None]) -> R:
         """Read, change, compare-and-swap; retried when another writer got there first."""
         for _ in range(20):
