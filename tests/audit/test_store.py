@@ -154,6 +154,31 @@ async def test_recordings_append_by_offset_and_search_text(audit_store: AuditSto
     assert [c async for c in recs.read(sid)] == []
 
 
+async def test_recordings_sent_whole_are_stored_once(audit_store: AuditStore) -> None:
+    """put_whole: new recordings, metadata and bytes in one go; one the store has, or a
+    repeat within the call, is left as the first made it."""
+    recs = audit_store.recordings
+    held, new, empty = (f"0b5e6a4e-2f1c-4a53-9d0e-6c1f4b2a9e{n}" for n in (21, 22, 23))
+    await recs.upsert_meta(RecordingMeta(held, user="alice", start_ns=1))
+    cast = b'{"version": 2}\n[0.1, "o", "whole words"]\n'
+    ended = RecordingMeta(new, user="bob", node="web1", start_ns=5, end_ns=9, complete=True)
+    stored = await recs.put_whole([
+        (RecordingMeta(held, user="mallory", start_ns=2, end_ns=3), b"forged"),
+        (ended, cast),
+        (RecordingMeta(new, user="again", start_ns=6), b"twice"),
+        (RecordingMeta(empty, start_ns=7, end_ns=8, complete=True), b""),
+    ], printed_text)
+    assert stored == [False, True, False, True]
+    assert [c async for c in recs.read(new)] == [cast]
+    meta = await recs.get(new)
+    assert (meta.user, meta.size, meta.end_ns, meta.complete) == ("bob", len(cast), 9, True)
+    assert [m.session_id for m in await recs.search_text("WHOLE WORDS", 10)] == [new]
+    assert (await recs.get(held)).user == "alice" and (await recs.get(held)).size == 0
+    assert [c async for c in recs.read(held)] == []
+    assert (await recs.get(empty)).size == 0 and [c async for c in recs.read(empty)] == []
+    assert await recs.put_whole([], printed_text) == []
+
+
 async def test_sqlite_searches_see_the_writes_and_end_with_the_store(tmp_path: Path) -> None:
     """SQLite's searches run on connections of their own (audit_sqlite_reads): they see
     each committed insert, send nothing but reads, and are closed with the store."""

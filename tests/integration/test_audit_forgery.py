@@ -405,12 +405,16 @@ def test_a_batch_of_recordings_is_judged_recording_by_recording(
     mine, marker = str(uuid.uuid4()), unique("cast")
     answer = mallory.post_recordings([
         _whole(mine, marker), _whole(others, f"{marker}-forged"), _whole("not-a-sid", marker),
+        _whole(mine, f"{marker}-again!"),  # a repeat in the same batch adds nothing
     ])
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
     assert results[0] == {"size": len(_whole(mine, marker)["data"]), "complete": True,
                           "ended": True}
-    assert marker.encode() in _cast(cluster, mine)
+    assert results[3] == results[0]
+    assert _cast(cluster, mine) == _whole(mine, marker)["data"].encode()
+    uploads = wait_until(lambda: cluster.events_of("session.upload", sid=mine), 10, "its upload")
+    assert len(uploads) == 1 and uploads[0]["server_id"] == mallory.node_id
     assert results[1]["error"]["kind"] == "access_denied"
     assert f"session {others}" in results[1]["error"]["message"]
     assert _cast(cluster, others) == original

@@ -17,8 +17,9 @@ service checks only what needs its data: that a node extends its own recordings.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from limen.audit import schema
@@ -27,7 +28,7 @@ from limen.audit.chain import format_time
 from limen.audit.log import AuditLog
 from limen.audit.store import RecordingMeta, RecordingStore
 from limen.auth.identity import Identity
-from limen.errors import AccessDenied, BadParameter, NotFound
+from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
 from limen.recording import asciicast
 
 MAX_APPEND = 4 * 1024 * 1024
@@ -80,43 +81,69 @@ class RecordingService:
         if meta.get("data") is not None:
             return await self._whole(identity, sid, meta)
         sid = session_id(sid)
+        existing, binding = await self._checked(identity, sid)
+        if existing is not None and existing.end_ns is not None:
+            return self._state(existing)
+        size = existing.size if existing is not None else 0
+        saved = await self.store.upsert_meta(_record(identity, sid, meta, binding, size))
+        if saved.end_ns is not None:
+            await self.audit.emit(_uploaded(identity, binding, saved))
+        return self._state(saved)
+
+    async def update_many(self, identity: Identity, items: Sequence[tuple[str, dict[str, Any]]]
+                          ) -> list[dict[str, Any] | LimenError]:
+        """Several recordings, each taken as ``update`` takes it: its answer, or its
+        refusal. New recordings sent whole (a busy node's short sessions) are stored in
+        one transaction and their session.upload events written in one group commit;
+        the rest one by one."""
+        answers: list[dict[str, Any] | LimenError | None] = []
+        whole: list[tuple[RecordingMeta, bytes, SessionBinding | None]] = []
+        for sid, meta in items:
+            try:
+                found = await self._new_whole(identity, sid, meta)
+                answers.append(None if found else await self.update(identity, sid, meta))
+            except (BadParameter, AccessDenied, NotFound) as exc:
+                answers.append(exc)
+                continue
+            if found:
+                whole.append(found)
+        stored = await self.store.put_whole([(record, data) for record, data, _ in whole],
+                                            asciicast.printed_text)
+        await self.audit.record_many([
+            (_uploaded(identity, binding, dataclasses.replace(record, size=len(data))), None)
+            for (record, data, binding), fresh in zip(whole, stored, strict=True) if fresh])
+        states = iter([
+            {"size": len(data), "complete": record.complete, "ended": True} if fresh
+            else self._state(await self.store.get(record.session_id))  # stored meanwhile
+            for (record, data, _), fresh in zip(whole, stored, strict=True)])
+        return [next(states) if answer is None else answer for answer in answers]
+
+    async def _new_whole(self, identity: Identity, sid: str, meta: dict[str, Any]
+                         ) -> tuple[RecordingMeta, bytes, SessionBinding | None] | None:
+        """A recording this store does not have yet, sent whole and ended with all its
+        bytes: what to store. None for any other (``update`` takes those)."""
+        if meta.get("data") is None:
+            return None
+        data = _whole_data(meta)
+        sid = session_id(sid)
+        existing, binding = await self._checked(identity, sid)
+        if existing is not None or _int(meta.get("size")) != len(data):
+            return None
+        record = _record(identity, sid, meta, binding, len(data))
+        return (record, data, binding) if record.end_ns is not None else None
+
+    async def _checked(self, identity: Identity, sid: str
+                       ) -> tuple[RecordingMeta | None, SessionBinding | None]:
+        """The recording so far and the session's binding; a node's attempt at another
+        node's recording is refused (AccessDenied) and audited."""
         try:
-            existing = await self._owned(identity, sid)
-            binding = await self._binding(identity, sid)
+            return await self._owned(identity, sid), await self._binding(identity, sid)
         except AccessDenied as exc:
             await self.audit.emit(schema.ReportRefused(
                 server_id=identity.user, reporter=identity.builtin or "user",
                 reported="recording", error=exc.message,
             ))
             raise
-        if existing is not None and existing.end_ns is not None:
-            return self._state(existing)
-        node_id = identity.user if identity.builtin == "node" else str(meta.get("node_id", ""))
-        record = RecordingMeta(
-            session_id=sid, user=str(meta.get("user", "")), login=str(meta.get("login", "")),
-            node=str(meta.get("node", "")), node_id=node_id, kind=str(meta.get("kind", "")),
-            command=str(meta.get("command", "")), start_ns=_int(meta.get("start_ns"), 0) or 0,
-            extra=dict(meta.get("extra") or {}),
-        )
-        if binding is not None:
-            record.node = binding.server_hostname or record.node
-            if binding.user is not None:
-                record.user, record.login = binding.user, binding.login or ""
-        size = existing.size if existing is not None else 0
-        end_ns = _int(meta.get("end_ns"))
-        final_size = _int(meta.get("size"))
-        if end_ns is not None and final_size == size:
-            record.end_ns = end_ns
-            record.interrupted = bool(meta.get("interrupted"))
-            record.complete = not record.interrupted
-        saved = await self.store.upsert_meta(record)
-        if saved.end_ns is not None:
-            await self.audit.emit(schema.SessionUpload(
-                sid=sid, server_id=saved.node_id or None, server_hostname=saved.node or None,
-                size=saved.size, complete=saved.complete, interrupted=saved.interrupted,
-                recording=f"limen play {sid}", **_who(identity, binding, saved),
-            ))
-        return self._state(saved)
 
     async def append(self, identity: Identity, sid: str, offset: int, data: bytes) -> int:
         sid = session_id(sid)
@@ -136,9 +163,7 @@ class RecordingService:
         upload): its metadata, its bytes from offset 0 (``data``, the cast's text), and the
         final metadata, each checked as the three requests it replaces would be. A repeat
         (the answer was lost) appends nothing twice."""
-        data = str(meta["data"]).encode()
-        if len(data) > MAX_APPEND:
-            raise BadParameter(f"send at most {MAX_APPEND} bytes of a recording at a time")
+        data = _whole_data(meta)
         final = {key: value for key, value in meta.items() if key != "data"}
         opening = {key: value for key, value in final.items()
                    if key not in ("end_ns", "size", "interrupted")}
@@ -190,6 +215,47 @@ class RecordingService:
             user=identity.user, sid=meta.session_id, addr_remote=identity.remote_addr or None,
         ))
         return meta, self.store.read(meta.session_id)
+
+
+def _whole_data(meta: dict[str, Any]) -> bytes:
+    data = str(meta["data"]).encode()
+    if len(data) > MAX_APPEND:
+        raise BadParameter(f"send at most {MAX_APPEND} bytes of a recording at a time")
+    return data
+
+
+def _record(identity: Identity, sid: str, meta: dict[str, Any],
+            binding: SessionBinding | None, size: int) -> RecordingMeta:
+    """The metadata to store: the node's, with who and where as the session's start
+    established them; ended once the final metadata says so and every byte (``size``
+    stored) arrived."""
+    node_id = identity.user if identity.builtin == "node" else str(meta.get("node_id", ""))
+    record = RecordingMeta(
+        session_id=sid, user=str(meta.get("user", "")), login=str(meta.get("login", "")),
+        node=str(meta.get("node", "")), node_id=node_id, kind=str(meta.get("kind", "")),
+        command=str(meta.get("command", "")), start_ns=_int(meta.get("start_ns"), 0) or 0,
+        extra=dict(meta.get("extra") or {}),
+    )
+    if binding is not None:
+        record.node = binding.server_hostname or record.node
+        if binding.user is not None:
+            record.user, record.login = binding.user, binding.login or ""
+    end_ns = _int(meta.get("end_ns"))
+    if end_ns is not None and _int(meta.get("size")) == size:
+        record.end_ns = end_ns
+        record.interrupted = bool(meta.get("interrupted"))
+        record.complete = not record.interrupted
+    return record
+
+
+def _uploaded(identity: Identity, binding: SessionBinding | None,
+              saved: RecordingMeta) -> schema.SessionUpload:
+    return schema.SessionUpload(
+        sid=saved.session_id, server_id=saved.node_id or None,
+        server_hostname=saved.node or None, size=saved.size, complete=saved.complete,
+        interrupted=saved.interrupted, recording=f"limen play {saved.session_id}",
+        **_who(identity, binding, saved),
+    )
 
 
 def _who(identity: Identity, binding: SessionBinding | None,

@@ -10,7 +10,7 @@ limen.backend (events_sql.py, recordings_sql.py); this module is the contract.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -135,6 +135,12 @@ class RecordingStore(Protocol):
         returned size tells the sender where to resume. ``extract`` turns the stored
         bytes into the printed text that ``search_text`` looks in.
         """
+        ...
+    async def put_whole(self, whole: Sequence[tuple[RecordingMeta, bytes]],
+                        extract: Callable[[bytes], str]) -> list[bool]:
+        """Store recordings sent whole (metadata and every byte), in one transaction; one
+        the store already has (or that came earlier in ``whole``) is left as it was.
+        Returns, for each, whether it was stored."""
         ...
     async def get(self, session_id: str) -> RecordingMeta: ...
     async def list(self, limit: int, since_ns: int | None = None) -> list[RecordingMeta]: ...

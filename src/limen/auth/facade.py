@@ -52,7 +52,7 @@ from limen.auth.users import IssuedToken, SignupChallenge
 from limen.auth.web_sessions import SignedIn, WebSessions
 from limen.auth.web_sso import WebFlow, WebSSO
 from limen.clock import Clock
-from limen.errors import AccessDenied, BadParameter, LimenError, NotFound
+from limen.errors import AccessDenied, LimenError, NotFound
 from limen.rbac import AccessChecker
 from limen.rbac.joining import join_modes
 from limen.resources import Instance, JoinToken, Lock, Node, NodePresence, Session, User
@@ -441,15 +441,11 @@ class AuthFacade:
         in order: each one's answer or refusal. Anything but a refusal of the recording
         itself (a caller that may not send any, the storage) fails the whole call."""
         async with self._builtin(RECORDERS, "recording", "update", "only nodes send recordings"):
-            return [await self._update_one(session_id, meta) for session_id, meta in recordings]
-
-    async def _update_one(self, session_id: str,
-                          meta: dict[str, Any]) -> dict[str, Any] | LimenError:
-        try:
-            async with self._audited("recording", "update"):
-                return await self.auth.recordings.update(self.caller, session_id, meta)
-        except (BadParameter, AccessDenied, NotFound) as exc:
-            return exc
+            answers = await self.auth.recordings.update_many(self.caller, recordings)
+        for answer in answers:  # audited as the refusal of a single recording is
+            if isinstance(answer, AccessDenied):
+                await self._access_refused("recording", "update", answer)
+        return answers
 
     async def append_recording(self, session_id: str, offset: int, data: bytes) -> int:
         async with self._builtin(RECORDERS, "recording", "update", "only nodes send recordings"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from limen.audit.store import (
@@ -125,6 +125,16 @@ class MemoryRecordingStore:
         self._tails[session_id] = text[-TAIL:]
         meta.size = size + len(data)
         return meta.size
+
+    async def put_whole(self, whole: Sequence[tuple[RecordingMeta, bytes]],
+                        extract: Callable[[bytes], str]) -> list[bool]:
+        stored: list[bool] = []
+        for meta, data in whole:
+            stored.append(meta.session_id not in self._meta)
+            if stored[-1]:
+                await self.upsert_meta(meta)
+                await self.append(meta.session_id, 0, data, extract)
+        return stored
 
     async def get(self, session_id: str) -> RecordingMeta:
         try:

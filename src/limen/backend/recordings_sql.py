@@ -8,7 +8,7 @@ every auth instance sharing the database sees the same bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, or_, select, update
@@ -51,6 +51,16 @@ def _meta(row: Any) -> RecordingMeta:
     )
 
 
+def _meta_values(meta: RecordingMeta) -> dict[str, Any]:
+    """The columns a recording's metadata sets (its size and tail are the bytes')."""
+    return {
+        "user": meta.user, "login": meta.login, "node": meta.node, "node_id": meta.node_id,
+        "kind": meta.kind, "command": meta.command, "start_ns": meta.start_ns,
+        "end_ns": meta.end_ns, "complete": meta.complete, "interrupted": meta.interrupted,
+        "extra": json.dumps(meta.extra, sort_keys=True),
+    }
+
+
 def like_pattern(needle: str) -> str:
     escaped = needle.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -61,16 +71,11 @@ class SQLRecordingStore:
         self.db = db
 
     async def upsert_meta(self, meta: RecordingMeta) -> RecordingMeta:
-        values = {
-            "user": meta.user, "login": meta.login, "node": meta.node, "node_id": meta.node_id,
-            "kind": meta.kind, "command": meta.command, "start_ns": meta.start_ns,
-            "end_ns": meta.end_ns, "complete": meta.complete, "interrupted": meta.interrupted,
-            "extra": json.dumps(meta.extra, sort_keys=True),
-        }
         async with self.db.write() as conn:
             await conn.execute(upsert(self.db.dialect, recordings, recordings.c.session_id,
                                       _META_FIELDS),
-                               {"session_id": meta.session_id, "size": 0, "tail": "", **values})
+                               {"session_id": meta.session_id, "size": 0, "tail": "",
+                                **_meta_values(meta)})
         return await self.get(meta.session_id)
 
     async def append(self, session_id: str, offset: int, data: bytes,
@@ -95,6 +100,30 @@ class SQLRecordingStore:
             await conn.execute(_GROWN, {"sid": session_id, "new_size": size + len(data),
                                         "new_tail": text[-TAIL:]})
             return size + len(data)
+
+    async def put_whole(self, whole: Sequence[tuple[RecordingMeta, bytes]],
+                        extract: Callable[[bytes], str]) -> list[bool]:
+        if not whole:
+            return []
+        sids = [meta.session_id for meta, _ in whole]
+        async with self.db.write() as conn:
+            held = set((await conn.execute(select(recordings.c.session_id)
+                                           .where(recordings.c.session_id.in_(sids)))).scalars())
+            stored: list[bool] = []
+            for sid in sids:  # a repeat in ``whole`` is left as the first made it
+                stored.append(sid not in held)
+                held.add(sid)
+            new = [item for item, fresh in zip(whole, stored, strict=True) if fresh]
+            texts = [extract(data).lower() for _, data in new]
+            if new:
+                await conn.execute(_NEW_RECORDING, [
+                    {**_meta_values(meta), "session_id": meta.session_id, "size": len(data),
+                     "tail": text[-TAIL:]} for (meta, data), text in zip(new, texts, strict=True)])
+            chunked = [{"session_id": meta.session_id, "offset": 0, "data": data, "text": text}
+                       for (meta, data), text in zip(new, texts, strict=True) if data]
+            if chunked:
+                await conn.execute(_NEW_CHUNK, chunked)
+        return stored
 
     async def get(self, session_id: str) -> RecordingMeta:
         async with self.db.read() as conn:
