@@ -54,7 +54,8 @@ async def test_events_insert_search_and_chain(audit_store: AuditStore) -> None:
     await events.insert(rows[:2])  # a retry adds nothing
     await events.insert([dataclasses.replace(_event(9), uid="uid-log1-1")])
     assert await events.count() == 5  # the same uid is not stored twice
-    assert await events.has_uid("uid-log1-3") and not await events.has_uid("nope")
+    assert await events.known_uids(["nope", "uid-log1-3"]) == {"uid-log1-3"}
+    assert await events.known_uids([]) == set()
     assert (await events.last("log1")).seq == 5
 
     assert await _all(audit_store) == [4, 3, 5, 2, 1]  # newest first, ties by arrival

@@ -186,11 +186,10 @@ class AuditLog:
         refusal of that event alone (BadParameter); a failure of the log itself fails
         them all (raised)."""
         await self._ensure_started()
-        seen = [uid is not None and await self._seen(uid) for _, uid in events]
-        taken: set[str] = set()  # a uid sent twice in one batch is written once
+        taken = await self._seen([uid for _, uid in events if uid is not None])
         answers: list[dict[str, Any] | asyncio.Future[dict[str, Any]]] = []
-        for (event, uid), duplicate in zip(events, seen, strict=True):
-            if duplicate or (uid is not None and uid in taken):
+        for event, uid in events:
+            if uid is not None and uid in taken:  # in the log, or earlier in this batch
                 answers.append({"uid": uid, "duplicate": True})
                 continue
             if uid is not None:
@@ -214,15 +213,16 @@ class AuditLog:
         self._queue.append((record, future))
         return future
 
-    async def _seen(self, uid: str) -> bool:
-        if uid in self._recent:
-            return True
-        if self.store is None:
-            return False
+    async def _seen(self, uids: list[str]) -> set[str]:
+        """Those of ``uids`` already in the log."""
+        seen = {uid for uid in uids if uid in self._recent}
+        rest = [uid for uid in uids if uid not in seen]
+        if self.store is None or not rest:
+            return seen
         try:
-            return await self.store.has_uid(uid)
+            return seen | await self.store.known_uids(rest)
         except ConnectionProblem:
-            return False  # a duplicate is better than a loss
+            return seen  # a duplicate is better than a loss
 
     # -- the writer ----------------------------------------------------------------------
 

@@ -54,8 +54,8 @@ class MemoryEventStore:
         mine = [r for _, r in self._rows if r.log_id == log_id]
         return max(mine, key=lambda r: r.seq) if mine else None
 
-    async def has_uid(self, uid: str) -> bool:
-        return uid in self._uids
+    async def known_uids(self, uids: Sequence[str]) -> set[str]:
+        return {uid for uid in uids if uid in self._uids}
 
     async def search(self, query: EventQuery) -> EventPage:
         def keep(row_id: int, r: StoredEvent) -> bool:

@@ -4,6 +4,7 @@ reads in chain order for verification."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, select, tuple_
@@ -72,7 +73,12 @@ def looks_like_id(value: str) -> bool:
     return len(parts) == 5 and all(p and all(c in "0123456789abcdef" for c in p) for p in parts)
 
 
-_HAS_UID = select(events.c.id).where(events.c.uid == bindparam("uid")).limit(1)
+_KNOWN_CHUNK = 100  # uids per query of known_uids (a node's batch is at most 100 events)
+
+
+def _known_uids(count: int) -> Any:
+    return select(events.c.uid).where(events.c.uid.in_(
+        [bindparam(f"uid{at}") for at in range(count)]))
 
 
 def _search(query: EventQuery) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
@@ -203,10 +209,18 @@ class SQLEventStore:
             row = (await conn.execute(stmt)).first()
         return None if row is None else _row(row)
 
-    async def has_uid(self, uid: str) -> bool:
-        """Asked for every event a node reports (its replay check): one trip, as a search."""
-        found = self._compiled(_HAS_UID, ("has_uid",))
-        return bool(await self._reader.rows(found.sql, found.params({"uid": uid})))
+    async def known_uids(self, uids: Sequence[str]) -> set[str]:
+        """Asked for every batch of events a node reports (its replay check): one trip
+        per hundred, as a search."""
+        known: set[str] = set()
+        for start in range(0, len(uids), _KNOWN_CHUNK):
+            chunk = uids[start:start + _KNOWN_CHUNK]
+            shape = ("known_uids", str(len(chunk)))
+            found = self._searches.get(shape) or self._compiled(_known_uids(len(chunk)), shape)
+            rows = await self._reader.rows(found.sql, found.params(
+                {f"uid{at}": uid for at, uid in enumerate(chunk)}))
+            known.update(row[0] for row in rows)
+        return known
 
     async def search(self, query: EventQuery) -> EventPage:
         stmt, values, shape = _search(query)
