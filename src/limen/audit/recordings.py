@@ -78,8 +78,20 @@ class RecordingService:
     # -- nodes -----------------------------------------------------------------------------
 
     async def update(self, identity: Identity, sid: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """A recording's metadata, or the whole recording (``data``); its state after."""
+        (answer,) = await self.update_many(identity, [(sid, meta)])
+        if isinstance(answer, LimenError):
+            raise answer
+        return answer
+
+    async def _update_one(self, identity: Identity, sid: str, meta: dict[str, Any]
+                          ) -> dict[str, Any]:
         if meta.get("data") is not None:
             return await self._whole(identity, sid, meta)
+        return await self._update_meta(identity, sid, meta)
+
+    async def _update_meta(self, identity: Identity, sid: str, meta: dict[str, Any]
+                           ) -> dict[str, Any]:
         sid = session_id(sid)
         existing, binding = await self._checked(identity, sid)
         if existing is not None and existing.end_ns is not None:
@@ -92,21 +104,23 @@ class RecordingService:
 
     async def update_many(self, identity: Identity, items: Sequence[tuple[str, dict[str, Any]]]
                           ) -> list[dict[str, Any] | LimenError]:
-        """Several recordings, each taken as ``update`` takes it: its answer, or its
-        refusal. New recordings sent whole (a busy node's short sessions) are stored in
-        one transaction and their session.upload events written in one group commit;
-        the rest one by one."""
+        """Several recordings (metadata, or whole with ``data``): each one's state, or
+        its refusal. New recordings sent whole (short sessions) are stored in one
+        transaction and their session.upload events written in one group commit; the
+        rest one by one, as their three requests would be."""
         answers: list[dict[str, Any] | LimenError | None] = []
         whole: list[tuple[RecordingMeta, bytes, SessionBinding | None]] = []
         for sid, meta in items:
             try:
                 found = await self._new_whole(identity, sid, meta)
-                answers.append(None if found else await self.update(identity, sid, meta))
+                answers.append(None if found else await self._update_one(identity, sid, meta))
             except (BadParameter, AccessDenied, NotFound) as exc:
                 answers.append(exc)
                 continue
             if found:
                 whole.append(found)
+        if not whole:
+            return [answer for answer in answers if answer is not None]
         stored = await self.store.put_whole([(record, data) for record, data, _ in whole],
                                             asciicast.printed_text)
         await self.audit.record_many([
@@ -167,11 +181,11 @@ class RecordingService:
         final = {key: value for key, value in meta.items() if key != "data"}
         opening = {key: value for key, value in final.items()
                    if key not in ("end_ns", "size", "interrupted")}
-        state = await self.update(identity, sid, opening)
+        state = await self._update_meta(identity, sid, opening)
         if state["ended"]:
             return state
         await self.append(identity, sid, 0, data)
-        return await self.update(identity, sid, final)
+        return await self._update_meta(identity, sid, final)
 
     async def _binding(self, identity: Identity, sid: str) -> SessionBinding | None:
         """The session's start, when a node sends its recording (AccessDenied when another
