@@ -65,6 +65,8 @@ async def test_events_insert_search_and_chain(audit_store: AuditStore) -> None:
     assert await _all(audit_store, node="db1") == [3]
     assert await _all(audit_store, node=NODE_ID) == [4, 3, 5, 2, 1]
     assert await _all(audit_store, session="s2") == [4]
+    assert await _all(audit_store, sessions=("s2", "s9")) == [4]
+    assert await _all(audit_store, sessions=("s1", "s2"), types=("exec",)) == [4, 3, 5, 1]
     assert await _all(audit_store, user="nobody") == []
 
     assert [e.seq for e in await events.chain("log1", 2, 2)] == [3, 4]

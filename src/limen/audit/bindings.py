@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,33 @@ class SessionBindings:
         self.store = store
         self._recent: OrderedDict[str, SessionBinding] = OrderedDict()
 
-    async def lookup(self, sid: str) -> SessionBinding | None:
+    async def absent(self, sids: Iterable[str]) -> frozenset[str]:
+        """Of ``sids``, those no node has started, found with one search for a node's
+        whole batch (the bindings it finds are remembered); pass it to ``owned`` and
+        ``bind`` so that they do not search again. Empty when the search could not tell."""
+        wanted = tuple(sid for sid in dict.fromkeys(sids) if sid not in self._recent)
+        if not wanted:
+            return frozenset()
+        page = await self.store.search(EventQuery(
+            types=(types.SESSION_START.name,), sessions=wanted, limit=2 * len(wanted)))
+        if page.cursor is not None:  # more starts than it asked for: it cannot tell
+            return frozenset()
+        started: dict[str, SessionBinding] = {}
+        for event in page.events:  # newest first, as lookup takes them
+            binding = SessionBinding.from_record(json.loads(event.data))
+            started.setdefault(binding.sid, binding)
+        for binding in started.values():
+            self._remember(binding)
+        return frozenset(wanted) - started.keys()
+
+    async def lookup(self, sid: str, absent: frozenset[str] = frozenset()
+                     ) -> SessionBinding | None:
         """The session's binding, or None when no node has started it."""
         found = self._recent.get(sid)
         if found is not None:
             return found
+        if sid in absent:
+            return None
         page = await self.store.search(EventQuery(types=(types.SESSION_START.name,),
                                                   session=sid, limit=1))
         if not page.events:
@@ -66,21 +89,23 @@ class SessionBindings:
         self._remember(found)
         return found
 
-    async def bind(self, binding: SessionBinding) -> None:
+    async def bind(self, binding: SessionBinding, absent: frozenset[str] = frozenset()
+                   ) -> None:
         """Bind a starting session to its node: AccessDenied when another node has it.
 
         Reserved in memory before the event is written, so two starts racing in this
         process cannot both win."""
-        existing = await self.lookup(binding.sid)
+        existing = await self.lookup(binding.sid, absent)
         existing = self._recent.get(binding.sid, existing)  # a start that raced the lookup
         if existing is not None and existing.server_id != binding.server_id:
             raise other_node(binding.sid)
         self._remember(binding)
 
-    async def owned(self, sid: str, server_id: str) -> SessionBinding | None:
+    async def owned(self, sid: str, server_id: str, absent: frozenset[str] = frozenset()
+                    ) -> SessionBinding | None:
         """The binding of a session this node started; AccessDenied if another node did;
         None when no node has started it (yet)."""
-        binding = await self.lookup(sid)
+        binding = await self.lookup(sid, absent)
         if binding is not None and binding.server_id != server_id:
             raise other_node(sid)
         return binding

@@ -68,6 +68,7 @@ class EventQuery:
     user: str | None = None
     node: str | None = None  # a node's name or id
     session: str | None = None
+    sessions: tuple[str, ...] = ()  # any of these sessions
     limit: int = 100
     cursor: tuple[int, int] | None = None  # (time_ns, row id) of the last event seen
 

@@ -76,9 +76,12 @@ class NodeReports:
         server = server or await self.server_of(identity)
         answers: list[dict[str, Any] | LimenError | None] = []
         accepted: list[tuple[AuditEvent, str | None]] = []
+        # The batch's sessions that no node started: one search, not one per event.
+        absent = await self.bindings.absent(
+            sid for _, fields in events if isinstance(sid := fields.get("sid"), str) and sid)
         for name, fields in events:
             try:
-                accepted.append(await self._accept(identity, name, fields, server))
+                accepted.append(await self._accept(identity, name, fields, server, absent))
             except (BadParameter, AccessDenied) as exc:
                 await self._refused(identity, name, exc)
                 answers.append(exc)
@@ -90,17 +93,18 @@ class NodeReports:
         return [next(written) if answer is None else answer for answer in answers]
 
     async def _accept(self, identity: Identity, name: str, fields: dict[str, Any],
-                      server: dict[str, Any]) -> tuple[AuditEvent, str | None]:
+                      server: dict[str, Any], absent: frozenset[str]
+                      ) -> tuple[AuditEvent, str | None]:
         report = check_node_report(name, fields)
         fields, cert = report.fields, report.cert
         uid = _node_uid(identity.user, report.uid)
         node_time = _node_time(report.time)
-        who = await self._who(name, fields, cert, server["server_id"], node_time)
+        who = await self._who(name, fields, cert, server["server_id"], node_time, absent)
         stamped = {**{k: v for k, v in fields.items() if k not in ("user", "login")},
                    **server, **who, "node_time": node_time}
         event = schema.from_fields(name, stamped)
         if name == types.SESSION_START.name:
-            await self.bindings.bind(SessionBinding.from_record(event.fields()))
+            await self.bindings.bind(SessionBinding.from_record(event.fields()), absent)
         return event, uid
 
     async def server_of(self, identity: Identity) -> dict[str, Any]:
@@ -118,11 +122,11 @@ class NodeReports:
                 "server_addr": addr}
 
     async def _who(self, name: str, fields: dict[str, Any], cert: Any, server_id: str,
-                   node_time: str | None) -> dict[str, Any]:
+                   node_time: str | None, absent: frozenset[str]) -> dict[str, Any]:
         """Who: user and login as facts when backed, as claims otherwise."""
         claimed = _text(fields.get("user")), _text(fields.get("login"))
         sid = fields.get("sid")
-        binding = (await self.bindings.owned(sid, server_id)
+        binding = (await self.bindings.owned(sid, server_id, absent)
                    if isinstance(sid, str) and sid else None)
         if binding is not None and name not in _OWN_PARTY and name != types.SESSION_START.name:
             return _from_binding(binding, claimed)

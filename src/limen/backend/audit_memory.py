@@ -69,6 +69,7 @@ class MemoryEventStore:
                 and (query.user is None or r.user == query.user)
                 and node_ok
                 and (query.session is None or r.sid == query.session)
+                and (not query.sessions or r.sid in query.sessions)
                 and (query.cursor is None or (r.time_ns, row_id) < query.cursor)
             )
 

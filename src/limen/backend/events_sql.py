@@ -107,6 +107,9 @@ def _search(query: EventQuery) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
         clauses.append(column == bound("node", query.node))
     if query.session:
         clauses.append(events.c.sid == bound("session", query.session))
+    if query.sessions:
+        clauses.append(events.c.sid.in_(
+            [bound(f"session_{i}", sid) for i, sid in enumerate(query.sessions)]))
     if query.cursor is not None:
         clauses.append(tuple_(events.c.time_ns, events.c.id) < tuple_(
             bound("cursor_time", query.cursor[0]), bound("cursor_id", query.cursor[1])))
