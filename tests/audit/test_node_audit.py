@@ -36,6 +36,7 @@ class FakeLink:
         self.batches: list[list[str]] = []  # the session ids of each batch of recordings
         self.before_recording_batches = False  # a proxy without POST /v1/recordings/batch
         self.refused_recordings: set[str] = set()
+        self.during_batch: Any = None  # awaited inside the next batch of recordings
 
     def _check(self) -> None:
         if self.down:
@@ -88,6 +89,9 @@ class FakeLink:
         if self.before_recording_batches:  # as the proxy answers a method it has no route for
             raise BadParameter("this path does not take that method")
         self.batches.append([session_id for session_id, _ in recordings])
+        if self.during_batch is not None:
+            await self.during_batch()
+            self.during_batch = None
         answers: list[dict[str, Any] | LimenError] = []
         for session_id, meta in recordings:
             try:
@@ -240,6 +244,27 @@ async def test_short_sessions_ship_together_and_a_refused_one_stays(tmp_path: Pa
         assert bytes(link.recordings[sid]).endswith(f'{sid}\\r\\n"]\n'.encode())
         assert link.metas[sid]["end_ns"]
     assert sids[2] not in link.recordings
+    await audit.stop()
+
+
+async def test_a_session_that_ends_during_a_batch_goes_in_the_next(tmp_path: Path) -> None:
+    """Running when the batch was read, ended by the time the uploader reaches it: it
+    waits for the next batch instead of costing a request of its own."""
+    link = FakeLink()
+    audit = NodeAudit(link, tmp_path, "n1", "web1")
+    ended, late = str(uuid.UUID(int=1)), str(uuid.UUID(int=2))
+    await _short_session(audit, ended)
+    await audit.on_event("session.start", _start_fields(sid=late))
+
+    async def end_late() -> None:
+        await audit.on_event("session.end", {"sid": late, "user": "alice", "exit_code": 0})
+
+    link.during_batch = end_late
+    await audit.uploader.upload_all()
+    assert link.batches == [[ended]] and link.recording_calls == ["whole"]
+    await audit.uploader.upload_all()
+    assert link.batches == [[ended], [late]] and link.recording_calls == ["whole"] * 2
+    assert sorted(link.metas) == [ended, late]
     await audit.stop()
 
 

@@ -113,18 +113,24 @@ class RecordingUploader:
         pending = self.pending()
         now = self.monotonic()
         self._seen = {sid: self._seen.get(sid, now) for sid in pending}
-        await self._upload_whole([sid for sid in pending if sid not in self._sent])
+        running = await self._upload_whole([sid for sid in pending if sid not in self._sent])
         for session_id in pending:  # the rest, and any the auth service refused whole
             if (self.directory / f"{session_id}.json").exists():
-                await self.upload(session_id)  # a refusal raises there, as it always did
+                # A refusal raises there, as it always did. One that was running when the
+                # batch was read, and has ended since, waits for the next batch (the
+                # session's end wakes the uploader): alone it would cost a request.
+                await self.upload(session_id, alone=session_id not in running)
 
-    async def _upload_whole(self, candidates: list[str]) -> None:
-        """Send the ended recordings never sent before, each whole, together. Those the
-        auth service refuses stay on disk for upload(), which raises the refusal."""
+    async def _upload_whole(self, candidates: list[str]) -> set[str]:
+        """Send the ended recordings never sent before, each whole, together; returns
+        the candidates that were not to go whole (running, or too long). Those the auth
+        service refuses stay on disk for upload(), which raises the refusal."""
         batch: list[_Whole] = []
+        others: set[str] = set()
         for session_id in candidates:
             whole = await asyncio.to_thread(_Whole.read, self.directory, session_id)
             if whole is None:
+                others.add(session_id)
                 continue
             if len(batch) == WHOLE_BATCH or \
                     sum(w.chars for w in batch) + whole.chars > WHOLE_BATCH_BYTES:
@@ -133,6 +139,7 @@ class RecordingUploader:
             batch.append(whole)
         if batch:
             await self._send_whole(batch)
+        return others
 
     async def _send_whole(self, batch: list[_Whole]) -> None:
         try:
@@ -145,8 +152,9 @@ class RecordingUploader:
             if not isinstance(answer, LimenError):
                 self._settled(whole.session_id, answer, whole.cast_path, whole.meta_path)
 
-    async def upload(self, session_id: str) -> bool:
-        """Send what is new; returns True once the recording is complete upstream."""
+    async def upload(self, session_id: str, alone: bool = True) -> bool:
+        """Send what is new; returns True once the recording is complete upstream.
+        ``alone`` False: a recording that could now go whole is left for a batch."""
         meta_path = self.directory / f"{session_id}.json"
         cast_path = self.directory / f"{session_id}.cast"
         try:
@@ -157,6 +165,8 @@ class RecordingUploader:
         if session_id not in self._sent:
             whole = await asyncio.to_thread(_Whole.of, session_id, meta, meta_path, cast_path)
             if whole is not None:
+                if not alone:
+                    return False
                 answer = await self.link.recording_update(session_id, whole.body)
                 return self._settled(session_id, answer, cast_path, meta_path)
         if session_id not in self._sent:
