@@ -232,29 +232,32 @@ def test_on_leave_pause_holds_the_session_until_a_moderator_is_back(
     closing.append(first)
     owner.expect_exact("it starts now")
     flag = Path(f"/tmp/{gina.name}-flag")
-    owner.sendline(f"echo LOOP-$((3*3)); while [ ! -e {flag} ]; do sleep 0.05; done; "
-                   "echo HELD-$((8*8))")
-    owner.expect_exact("LOOP-9")  # the shell runs the loop before the pause drops input
-    first.send("q")
-    first.expect(pexpect.EOF)
-    owner.expect_exact("paused until a moderator joins")
-    wait_until(lambda: [s for s in _sessions(frank) if s["id"] == sid
-                        and s["state"] == "paused"], 10, "the session listed as paused")
-    owner.send("echo TYPED-$((5*5))\r")  # dropped: nothing reaches a paused session
-    flag.touch()  # the shell's loop now prints, into the pause: held until it resumes
-    with pytest.raises(pexpect.TIMEOUT):
-        owner.expect_exact("HELD-64", timeout=1)
-    second = _join(frank, sid, "moderator")
-    closing.append(second)
-    owner.expect_exact("the session resumes")
-    owner.expect_exact("HELD-64")
-    owner.sendline("echo AFTER-$((6*6))")
-    owner.expect_exact("AFTER-36")
-    second.expect_exact("AFTER-36")
-    assert "TYPED-25" not in owner.before
-    owner.sendline("exit")
-    owner.expect(pexpect.EOF)
-    flag.unlink()
+    flag.unlink(missing_ok=True)
+    try:
+        owner.sendline(f"echo LOOP-$((3*3)); while [ ! -e {flag} ]; do sleep 0.05; done; "
+                       "echo HELD-$((8*8))")
+        owner.expect_exact("LOOP-9")  # the shell runs the loop before the pause drops input
+        first.send("q")
+        first.expect(pexpect.EOF)
+        owner.expect_exact("paused until a moderator joins")
+        wait_until(lambda: [s for s in _sessions(frank) if s["id"] == sid
+                            and s["state"] == "paused"], 10, "the session listed as paused")
+        owner.send("echo TYPED-$((5*5))\r")  # dropped: nothing reaches a paused session
+        flag.touch()  # the shell's loop now prints, into the pause: held until it resumes
+        with pytest.raises(pexpect.TIMEOUT):
+            owner.expect_exact("HELD-64", timeout=1)
+        second = _join(frank, sid, "moderator")
+        closing.append(second)
+        owner.expect_exact("the session resumes")
+        owner.expect_exact("HELD-64")
+        owner.sendline("echo AFTER-$((6*6))")
+        owner.expect_exact("AFTER-36")
+        second.expect_exact("AFTER-36")
+        assert "TYPED-25" not in owner.before
+        owner.sendline("exit")
+        owner.expect(pexpect.EOF)
+    finally:  # a failed run must not leave the flag for the next
+        flag.unlink(missing_ok=True)
 
 
 def _sessions(user: SshUser) -> list[dict]:
