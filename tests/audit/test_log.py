@@ -36,6 +36,19 @@ def _lines(log: AuditLog) -> list[dict]:
             for line in path.read_text().splitlines()]
 
 
+def _count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The file descriptors os.fsync is called with from now on, in order."""
+    synced: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return synced
+
+
 def _keys(log: AuditLog) -> dict[str, str]:
     return {log.log_id: log.key.public_b64}
 
@@ -59,18 +72,10 @@ async def test_concurrent_events_share_an_fsync(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     log = _log(tmp_path)
     await log.start()
-    syncs = 0
-    real = os.fsync
-
-    def counting(fd: int) -> None:
-        nonlocal syncs
-        syncs += 1
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", counting)
+    syncs = _count_fsyncs(monkeypatch)
     await asyncio.gather(*(log.emit(_exec(f"u{i}")) for i in range(500)))
     assert [r["seq"] for r in _lines(log)] == list(range(1, 501))
-    assert syncs < 50  # group commit: far fewer fsyncs than events
+    assert len(syncs) < 50  # group commit: far fewer fsyncs than events
     await log.close()
 
 
@@ -225,21 +230,13 @@ async def test_a_batch_is_written_in_order_with_one_fsync(
     log = _log(tmp_path, store=store)
     resent = "6f1d2b4e-8c2a-4c1e-9a55-0d2e3f4a5b6c"
     await log.record(_exec("earlier"), uid=resent)
-    syncs = 0
-    real = os.fsync
-
-    def counting(fd: int) -> None:
-        nonlocal syncs
-        syncs += 1
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", counting)
+    syncs = _count_fsyncs(monkeypatch)
     twice = "7a2e3c5f-9d3b-4d2f-8b66-1e3f4a5b6c7d"
     answers = await log.record_many([
         (_exec("a"), None), (_exec("b"), resent), (_exec("c", "cat \ud800"), None),
         (_exec("d"), twice), (_exec("e"), twice), (_exec("f"), None),
     ])
-    assert syncs == 1
+    assert len(syncs) == 1
     assert answers[1] == {"uid": resent, "duplicate": True}
     assert answers[4] == {"uid": twice, "duplicate": True}
     assert isinstance(answers[2], BadParameter)

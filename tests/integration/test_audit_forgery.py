@@ -241,6 +241,26 @@ def test_a_node_lists_and_ends_only_its_own_sessions(
     assert _listed_for_admin(cluster, sid) == []
 
 
+def test_a_batch_that_starts_one_session_twice_lists_it_once(
+    cluster: ClusterHarness, mallory: JoinedNode
+) -> None:
+    """A node's batch lists its sessions in one transaction: two starts of one session
+    (a node may send them) do not fail the batch, and a session started and ended in the
+    same batch is not left listed."""
+    twice, brief = str(uuid.uuid4()), str(uuid.uuid4())
+    start = {"login": "root", "session_kind": "exec", "command": "id"}
+    answer = mallory.report_batch([
+        ("session.start", {"sid": twice, **start}), ("session.start", {"sid": twice, **start}),
+        ("session.start", {"sid": brief, **start}), ("session.end", {"sid": brief}),
+    ])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"] == [{"ok": True}] * 4
+    assert len(_listed_for_admin(cluster, twice)) == 1
+    assert _listed_for_admin(cluster, brief) == []
+    assert mallory.report("session.end", sid=twice).status_code == 200
+    assert _listed_for_admin(cluster, twice) == []
+
+
 def test_a_batch_of_events_is_judged_event_by_event(
     cluster: ClusterHarness, mallory: JoinedNode, victim: SshUser
 ) -> None:

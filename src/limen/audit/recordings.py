@@ -135,7 +135,7 @@ class RecordingService:
     async def _new_whole(self, identity: Identity, sid: str, meta: dict[str, Any]
                          ) -> tuple[RecordingMeta, bytes, SessionBinding | None] | None:
         """A recording this store does not have yet, sent whole and ended with all its
-        bytes: what to store. None for any other (``update`` takes those)."""
+        bytes: what to store. None for any other (``_update_one`` takes those)."""
         if meta.get("data") is None:
             return None
         data = _whole_data(meta)

@@ -393,9 +393,7 @@ class AuthFacade:
         but a refusal of the event itself (a caller that is not a node, the storage)
         fails the whole call."""
         async with self._builtin(NODES, "event", "create", "only nodes report events"):
-            # Where the events happened is the node's registration: read once per call.
-            server = await self.auth.tracking.reports.server_of(self.caller)
-            answers = await self.auth.tracking.report_events(self.caller, events, server)
+            answers = await self.auth.tracking.report_events(self.caller, events)
         for answer in answers:  # audited as the refusal of a single event is
             if isinstance(answer, AccessDenied):
                 await self._access_refused("event", "create", answer)

@@ -64,16 +64,15 @@ class NodeReports:
         self.ctx = ctx
         self.bindings = bindings
 
-    async def report_many(self, identity: Identity, events: Sequence[tuple[str, dict[str, Any]]],
-                          server: dict[str, Any] | None = None
+    async def report_many(self, identity: Identity, events: Sequence[tuple[str, dict[str, Any]]]
                           ) -> list[dict[str, Any] | LimenError]:
-        """Several of one node's events (``server``: ``server_of(identity)`` when the
-        caller has it already): each checked and stamped in order, then all written in
-        one group commit. Returns what was written for each, or that event's refusal; a
-        failure of the log fails the call (raised)."""
+        """Several of one node's events: each checked and stamped in order, then all
+        written in one group commit. Returns what was written for each, or that event's
+        refusal; a failure of the log fails the call (raised)."""
         if identity.builtin != "node":
             raise AccessDenied("only nodes report events, and only with their own identity")
-        server = server or await self.server_of(identity)
+        # Where the events happened is the node's registration: read once per batch.
+        server = await self._server_of(identity)
         answers: list[dict[str, Any] | LimenError | None] = []
         accepted: list[tuple[AuditEvent, str | None]] = []
         # The batch's sessions that no node started: one search, not one per event.
@@ -107,7 +106,7 @@ class NodeReports:
             await self.bindings.bind(SessionBinding.from_record(event.fields()), absent)
         return event, uid
 
-    async def server_of(self, identity: Identity) -> dict[str, Any]:
+    async def _server_of(self, identity: Identity) -> dict[str, Any]:
         """Where: the node's registration, by the identity it authenticated with."""
         try:
             node = await self.ctx.stores.nodes.get(identity.user)

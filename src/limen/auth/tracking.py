@@ -34,11 +34,11 @@ class Tracking:
         if answer is not None:
             raise answer
 
-    async def report_events(self, identity: Identity, events: Sequence[tuple[str, dict[str, Any]]],
-                            server: dict[str, Any] | None = None) -> list[LimenError | None]:
+    async def report_events(self, identity: Identity, events: Sequence[tuple[str, dict[str, Any]]]
+                            ) -> list[LimenError | None]:
         """Several of one node's events, written together; each one's refusal, or None
-        where it was written. ``server`` as ``reports.server_of`` gave it."""
-        answers = await self.reports.report_many(identity, events, server)
+        where it was written."""
+        answers = await self.reports.report_many(identity, events)
         if identity.builtin == "node":
             await self._follow(identity.user, [
                 (name, answer) for (name, _), answer in zip(events, answers, strict=True)
@@ -88,7 +88,8 @@ class Tracking:
         expires = self.ctx.clock.now() + self.ctx.settings.session_ttl
         for session in sessions:
             session.metadata.expires = expires
-        # One tracker per session: a start sent twice in one batch was written once.
+        # One tracker per session: a batch may hold two starts of one session (with two
+        # uids), and one transaction cannot store a key twice.
         unique = list({session.name: session for session in sessions}.values())
         return await self.ctx.stores.sessions.upsert_many(unique)
 

@@ -113,13 +113,13 @@ class RecordingUploader:
         pending = self.pending()
         now = self.monotonic()
         self._seen = {sid: self._seen.get(sid, now) for sid in pending}
-        running = await self._upload_whole([sid for sid in pending if sid not in self._sent])
+        not_whole = await self._upload_whole([sid for sid in pending if sid not in self._sent])
         for session_id in pending:  # the rest, and any the auth service refused whole
             if (self.directory / f"{session_id}.json").exists():
                 # A refusal raises there, as it always did. One that was running when the
                 # batch was read, and has ended since, waits for the next batch (the
                 # session's end wakes the uploader): alone it would cost a request.
-                await self.upload(session_id, alone=session_id not in running)
+                await self.upload(session_id, alone=session_id not in not_whole)
 
     async def _upload_whole(self, candidates: list[str]) -> set[str]:
         """Send the ended recordings never sent before, each whole, together; returns
