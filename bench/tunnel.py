@@ -12,7 +12,9 @@ config `limen config` writes, on the same path up to the proxy, so only the last
 differs. Interleaved so drift hits both alike:
 
 - upload and download throughput (``head -c SIZE /dev/zero | ssh ... 'cat >/dev/null'``
-  and the reverse), median, handshakes included;
+  and the reverse), median, handshakes included, and the CPU seconds per GB the proxy
+  and that node's process spent meanwhile (what a tunnel costs, even when the machine's
+  other load changes the rates);
 - median latency of sequential ``ssh ... true``;
 - what an idle tunnel costs: the proxy's memory per tunnel and the node process's per
   node (--idle-nodes more tunneled nodes in one process, RSS growth divided by their
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
@@ -44,6 +47,7 @@ from common import (
     Daemon,
     Way,
     bench_env,
+    cpu_seconds,
     latency,
     log_in,
     rss_kb,
@@ -92,15 +96,30 @@ def way(config: Path, node: str) -> Way:
                       f"{LOGIN}@{node}.{CLUSTER}"])
 
 
-def transfers(ways: list[Way], size_mb: int, runs: int, env: dict[str, str]) -> dict:
+@dataclass
+class Transfers:
+    mb_s: dict[tuple[str, str], float]  # (node, "up"/"down"): median
+    cpu_s_per_gb: dict[tuple[str, str, str], float]  # (node, direction, "proxy"/"node")
+
+
+def transfers(ways: list[Way], size_mb: int, runs: int, env: dict[str, str],
+              proxy_pid: int, node_pids: dict[str, int]) -> Transfers:
     rates: dict[tuple[str, str], list[float]] = {}
+    used: dict[tuple[str, str, str], float] = {}
     for _ in range(runs):
         for path in ways:
             down = f"{path.shell(f'head -c {size_mb}M /dev/zero')} > /dev/null"
-            rates.setdefault((path.name, "up"), []).append(
-                size_mb / timed(upload_command(path, size_mb), env))
-            rates.setdefault((path.name, "down"), []).append(size_mb / timed(down, env))
-    return {key: statistics.median(values) for key, values in rates.items()}
+            clocks = {"proxy": proxy_pid, "node": node_pids[path.name]}
+            for direction, command in (("up", upload_command(path, size_mb)), ("down", down)):
+                before = {name: cpu_seconds(pid) for name, pid in clocks.items()}
+                rates.setdefault((path.name, direction), []).append(
+                    size_mb / timed(command, env))
+                for name, pid in clocks.items():
+                    key = (path.name, direction, name)
+                    used[key] = used.get(key, 0.0) + cpu_seconds(pid) - before[name]
+    gigabytes = runs * size_mb / 1024
+    return Transfers({key: statistics.median(values) for key, values in rates.items()},
+                     {key: seconds / gigabytes for key, seconds in used.items()})
 
 
 def idle_memory(cluster: Cluster, count: int) -> tuple[float, float]:
@@ -179,8 +198,9 @@ def idle_traffic(ns: NatNamespace, tunnel_port: int | None,
 # report
 
 
-def report(args: argparse.Namespace, rates: dict, lat: dict, memory: tuple[float, float],
-           traffic: dict) -> None:
+def report(args: argparse.Namespace, moved: Transfers, lat: dict,
+           memory: tuple[float, float], traffic: dict) -> None:
+    rates, cpu = moved.mb_s, moved.cpu_s_per_gb
     how = ("SSH in TLS to the web port" if args.listener_mode == "multiplex"
            else "plain SSH to the tunnel port")
     print(f"{args.size_mb} MB x{args.transfers} each way (median MB/s, handshakes included); "
@@ -192,6 +212,11 @@ def report(args: argparse.Namespace, rates: dict, lat: dict, memory: tuple[float
     print(f"{'ratio':<10}{rates[TUNNELED, 'up'] / rates[DIRECT, 'up']:>13.2f}"
           f"{rates[TUNNELED, 'down'] / rates[DIRECT, 'down']:>15.2f}"
           f"{lat[TUNNELED] / lat[DIRECT]:>12.2f}   (tunnel / direct)")
+    print("CPU seconds per GB moved (the proxy's process, the node's):")
+    for label, node in (("direct", DIRECT), ("tunnel", TUNNELED)):
+        print(f"  {label:<8}" + "; ".join(
+            f"{direction} proxy {cpu[node, direction, 'proxy']:.2f}, "
+            f"node {cpu[node, direction, 'node']:.2f}" for direction in ("up", "down")))
     proxy_kb, node_kb = memory
     print(f"idle tunnel memory ({args.idle_nodes} tunneled nodes): proxy {proxy_kb:.0f} kB "
           f"per tunnel; node process {node_kb:.0f} kB per node (the whole node role)")
@@ -210,8 +235,8 @@ def main() -> None:
     ns = NatNamespace.create()
     cluster = start_cluster(root, env, CLUSTER, args.listener_mode, ns.host_addr)
     try:
-        cluster.start_node(DIRECT, direct=True)
-        cluster.start_node(TUNNELED)
+        direct = cluster.start_node(DIRECT, direct=True)
+        tunneled = cluster.start_node(TUNNELED)
         cluster.start_node(IDLE, launcher=lambda argv: ns.exec_argv(*argv))
         config = log_in(cluster, root / "home")
         ways = [way(config, DIRECT), way(config, TUNNELED)]
@@ -221,10 +246,11 @@ def main() -> None:
         web_port = int(cluster.web_addr.rsplit(":", 1)[1])
         own_port = cluster.tunnel_port if cluster.tunnel_port != web_port else None
         traffic = idle_traffic(ns, own_port, args.idle_seconds)
-        rates = transfers(ways, args.size_mb, args.transfers, env)
+        moved = transfers(ways, args.size_mb, args.transfers, env, cluster.proxy.pid,
+                          {DIRECT: direct.pid, TUNNELED: tunneled.pid})
         lat = latency(ways, args.runs, env)
         memory = idle_memory(cluster, args.idle_nodes)
-        report(args, rates, lat, memory, traffic)
+        report(args, moved, lat, memory, traffic)
     finally:
         try:
             cluster.stop()
