@@ -188,6 +188,10 @@ class NodeConfig(_Section):
     labels: dict[str, str] = Field(default_factory=dict)
     env_allowlist: list[str] = Field(default_factory=list)
     advertise_addr: str | None = None  # where the proxy dials this node
+    # A tunneled node dials the proxy back one plain connection per session (the user's
+    # SSH stream, end to end encrypted, not wrapped again); false: sessions cross the
+    # tunnel itself.
+    tunnel_data_connections: bool = True
     # Joining a cluster that runs elsewhere (limen start --roles node --token ...):
     proxy_addr: str | None = None
     join_token: str | None = None
@@ -308,6 +312,9 @@ ssh:
   #                                 # through proxy_addr without one dials out instead
   #                                 # (a reverse tunnel) and then opens no port unless
   #                                 # listen_addr is set explicitly
+  tunnel_data_connections: true   # a tunneled node dials the proxy back one plain TCP
+  #                               # connection per session (the user's SSH stream,
+  #                               # encrypted end to end); false: all in the tunnel
   # To join a cluster whose auth and proxy run elsewhere:
   # proxy_addr: proxy.example.com:3080
   # join_token: <from limen tokens add --type node>

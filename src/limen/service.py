@@ -388,6 +388,7 @@ class Service:
             http=self._https.protocol_factory(),
             ssh=self.jump.protocol_factory() if self.jump else None,
             tunnel=self.tunnels.protocol_factory() if self.tunnels else None,
+            data=self.tunnels.gate.admit if self.tunnels else None,
         )
         tls = server_tls_context(*(str(p) for p in self._tls_files),
                                  [ALPN_HTTP, ALPN_SSH, ALPN_TUNNEL])

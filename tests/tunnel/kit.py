@@ -185,7 +185,10 @@ class Kit:
                        backoff: Backoff | None = None,
                        target: Callable[[], TunnelTarget] | None = None,
                        locate: Locate | None = None,
+                       data: bool = False,
                        **agent_options: Any) -> Node:
+        """A node and its agent; with ``data`` the agent offers data connections
+        (limen.tunnel.data_link), else every session crosses the tunnel itself."""
         node_id = str(uuid.uuid4())
         key = new_key()
         cert = host_cert(self.host_ca, key, cert_for or node_id,
@@ -205,6 +208,7 @@ class Kit:
         identity = AgentIdentity(cert_for or node_id, key, cert,
                                  self.host_ca.convert_to_public(), CLUSTER)
         agent = TunnelAgent(identity, locate or locate_target, serve,
+                            serve_socket=server.serve_socket if data else None,
                             backoff=backoff or Backoff(first=0.05, cap=0.5), **agent_options)
         node = Node(name, node_id, server, agent, key, cert)
         assert self.router is not None

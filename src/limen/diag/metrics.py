@@ -48,6 +48,10 @@ ACCESS_FEEDS = Counter("limen_access_feeds",
                        "reverse tunnel; https: the web API)", ["via"], registry=REGISTRY)
 TUNNELS = Gauge("limen_tunnels_connected", "Node reverse tunnels connected to this proxy",
                 registry=REGISTRY)
+TUNNEL_STREAMS = Counter("limen_tunnel_streams",
+                         "Connections to tunneled nodes, by path (data: a connection the "
+                         "node dialed back; channel: inside its tunnel)", ["path"],
+                         registry=REGISTRY)
 AUDIT_EVENTS = Counter("limen_audit_events_written", "Audit events written and fsynced",
                        registry=REGISTRY)
 AUDIT_QUEUE = Gauge("limen_audit_queue_depth", "Audit events waiting for the writer",
@@ -91,6 +95,10 @@ def access_feed(via: str) -> None:
 def count_tunnels(count: Callable[[], int]) -> None:
     """The tunnel gauge reads the proxy's tunnel directory when scraped."""
     TUNNELS.set_function(count)
+
+
+def tunnel_stream(path: str) -> None:
+    TUNNEL_STREAMS.labels(path).inc()
 
 
 def audit_written(events: int, queued: int) -> None:

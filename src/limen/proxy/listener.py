@@ -4,6 +4,8 @@ Each accepted connection's first bytes are peeked (read with MSG_PEEK, so nothin
 consumed), then the socket is handed to asyncio with the right protocol:
 
 - ``SSH-2.0-...``                     -> the SSH jump host, as plain SSH;
+- ``LIMEN-DATA ...``                  -> a tunneled node's data connection (plain TCP,
+  limen.tunnel.data_link), which the tunnel server's gate admits or closes;
 - a TLS ClientHello (first byte 0x16) -> TLS, then by the negotiated ALPN:
   ``limen-ssh`` -> jump host, ``limen-tunnel`` -> tunnel server, anything else -> HTTPS.
 
@@ -19,11 +21,12 @@ import logging
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from limen.tasks import cancel_and_wait
+from limen.tunnel.data_link import looks_like_data
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ TLS_HANDSHAKE = 0x16
 PEEK_BYTES = 8
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+DataRoute = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+DATA_READ_LIMIT = 1024 * 1024  # as a direct node's stream (proxy.ssh_routes.STREAM_LIMIT)
 
 # How much ciphertext asyncio's TLS layer reads at once, by ALPN. Its default, 256 KiB,
 # is allocated (and zero-filled, so resident) for every TLS connection: with thousands
@@ -63,6 +68,7 @@ class Routes:
     http: ProtocolFactory
     ssh: ProtocolFactory | None = None
     tunnel: ProtocolFactory | None = None
+    data: DataRoute | None = None  # tunneled nodes' data connections (tunnel.data_gate)
 
 
 class _ALPNSwitch(asyncio.Protocol):
@@ -226,6 +232,8 @@ class MultiplexListener:
                 return protocol
 
             await loop.connect_accepted_socket(ssh_protocol, conn)
+        elif looks_like_data(first) and self.routes.data is not None:
+            await self._data(loop, conn, self.routes.data, on_close)
         elif first[:1] == bytes([TLS_HANDSHAKE]):
             await loop.connect_accepted_socket(
                 lambda: _ALPNSwitch(self.routes, on_close), conn, ssl=self.tls,
@@ -235,6 +243,22 @@ class MultiplexListener:
             log.warning("closing connection from %s: not TLS and not SSH (%r)", peer, first[:8])
             conn.close()
             on_close()
+
+    @staticmethod
+    async def _data(loop: asyncio.AbstractEventLoop, conn: socket.socket, route: DataRoute,
+                    on_close: Callable[[], None]) -> None:
+        """A data connection: its first line is read (and judged) within the handshake's
+        bounds, as a TLS or SSH handshake is."""
+        reader = asyncio.StreamReader(limit=DATA_READ_LIMIT)
+
+        def data_protocol() -> asyncio.BaseProtocol:
+            protocol = asyncio.StreamReaderProtocol(reader)
+            _on_close(protocol, on_close)
+            return protocol
+
+        transport, protocol = await loop.connect_accepted_socket(data_protocol, conn)
+        assert isinstance(protocol, asyncio.StreamReaderProtocol)
+        await route(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:

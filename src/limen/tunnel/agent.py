@@ -37,6 +37,8 @@ from limen.sshalgs import HOST_KEY_ALGS, hardened_options
 from limen.tasks import cancel_and_wait
 from limen.tcpkeepalive import keep_alive
 from limen.tunnel.backoff import Backoff
+from limen.tunnel.data_dialer import DataDialer, ServeSocket
+from limen.tunnel.data_link import DATA_PORT
 from limen.tunnel.discovery import TunnelTarget, fetch_ping, ping_client, target_from_ping
 from limen.tunnel.heartbeat import beat_through
 
@@ -134,6 +136,7 @@ class TunnelAgent:
         serve: Serve,
         *,
         on_connected: Callable[[], Awaitable[None]] | None = None,
+        serve_socket: ServeSocket | None = None,
         backoff: Backoff | None = None,
         clock: Clock | None = None,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
@@ -145,6 +148,10 @@ class TunnelAgent:
         self._locate = locate
         self._serve = serve
         self._on_connected = on_connected
+        # Given: the agent offers data connections (limen.tunnel.data_link) and serves
+        # the node's SSH on each with this.
+        self._serve_socket = serve_socket
+        self.dialer: DataDialer | None = None
         self.backoff = backoff or Backoff()
         self.clock = clock or RealClock()
         self.keepalive_interval = keepalive_interval
@@ -157,6 +164,11 @@ class TunnelAgent:
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    @property
+    def serves_data(self) -> ServeSocket | None:
+        """How the agent serves data connections, or None when it offers none."""
+        return self._serve_socket
 
     @property
     def connected(self) -> bool:
@@ -255,6 +267,8 @@ class TunnelAgent:
             raise AccessDenied(
                 f"the proxy would not take this node's tunnel ({exc}); see its audit log"
             ) from None
+        if self._serve_socket is not None:
+            await self._offer_data(conn, target, self._serve_socket)
         up_at = time.monotonic()
         self.connects += 1
         self.connected_since = self.clock.now()
@@ -270,6 +284,18 @@ class TunnelAgent:
                 log.warning("after connecting the tunnel: %s", exc)
         await conn.wait_closed()
         return up_at
+
+    async def _offer_data(self, conn: asyncssh.SSHClientConnection, target: TunnelTarget,
+                          serve_socket: ServeSocket) -> None:
+        """Offer data connections; a proxy that takes none gets sessions in the tunnel."""
+        dialer = DataDialer(target, serve_socket)
+        try:
+            await conn.start_server(dialer.handler, self.identity.node_id, DATA_PORT)
+        except asyncssh.ChannelListenError:
+            log.info("the proxy at %s takes no data connections: sessions cross the "
+                     "tunnel itself", target)
+            return
+        self.dialer = dialer
 
     async def _connect(self, target: TunnelTarget) -> asyncssh.SSHClientConnection:
         ident = self.identity

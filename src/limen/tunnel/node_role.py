@@ -25,8 +25,11 @@ def host_ca_key(known_hosts_line: str) -> asyncssh.SSHKey:
 
 
 def start_agent(identity: NodeIdentity, host_key: asyncssh.SSHKey, server: NodeServer,
-                on_connected: Callable[[], Awaitable[None]] | None = None) -> TunnelAgent:
-    """Dial the proxy the node joined through and serve the node inside the tunnel."""
+                on_connected: Callable[[], Awaitable[None]] | None = None,
+                data_connections: bool = True) -> TunnelAgent:
+    """Dial the proxy the node joined through and serve the node inside the tunnel;
+    with ``data_connections``, sessions come on connections the node dials back
+    (limen.tunnel.data_link) where the proxy asks for them."""
     if not identity.proxy:
         raise BadParameter("a tunneled node needs the proxy it joined through (--proxy)")
 
@@ -40,6 +43,7 @@ def start_agent(identity: NodeIdentity, host_key: asyncssh.SSHKey, server: NodeS
         locator,
         serve,
         on_connected=on_connected,
+        serve_socket=server.serve_socket if data_connections else None,
     )
     agent.start()
     return agent
@@ -67,7 +71,8 @@ def start_peer_tunnels(main: TunnelAgent | None, server: NodeServer,
             return target
 
         # The main agent's identity as of now: it carries the latest renewed certificate.
-        return TunnelAgent(tunnel_main.identity, locate, serve)
+        return TunnelAgent(tunnel_main.identity, locate, serve,
+                           serve_socket=tunnel_main.serves_data)
 
     return _started(PeerTunnels(main.locator, make_agent, heard_seconds=heard))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,9 @@ from datetime import datetime
 import asyncssh
 
 from limen.clock import Clock
+from limen.diag import metrics
 from limen.errors import ConnectionProblem
+from limen.tunnel.data_gate import DataGate, DialBackFailed
 from limen.tunnel.stream import stream_session, writer_for
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,10 @@ CHANNEL_WINDOW = 8 * 1024 * 1024  # bulk copies: the jump host's channels use th
 # agent gathers those written in one turn of its loop into one write (up to 256 KiB,
 # node.ssh.tunnel_channels): each packet costs both ends the same work whatever its size.
 CHANNEL_MAX_PACKET = 256 * 1024
+# After a failed dial-back (limen.tunnel.data_gate), how long a tunnel's sessions go
+# through channels without asking again: a node whose data connections cannot get
+# through makes one user wait, once.
+DATA_PAUSE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,34 @@ class Tunnel:
     since: datetime
     peer: str = ""
     channels_opened: int = 0
+    # Set when the agent offered data connections (limen.tunnel.data_link).
+    gate: DataGate | None = None
+    data_connections: int = 0
+    data_paused_until: float = 0.0  # time.monotonic()
 
     async def open_stream(
         self, name: str, timeout: float = OPEN_TIMEOUT
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A byte stream to the node's SSH service, through the agent."""
+        """A byte stream to the node's SSH service: a data connection the node dials
+        back when it offers them (the fast path), else a channel through the agent."""
+        if self.gate is not None and time.monotonic() >= self.data_paused_until:
+            try:
+                stream = await self.gate.dial_back(self.conn, self.node_id, self.peer_host,
+                                                   self._local_host())
+            except DialBackFailed as exc:
+                self.data_paused_until = time.monotonic() + DATA_PAUSE_SECONDS
+                log.warning("node %s gave no data connection (%s); its sessions go "
+                            "through its tunnel for %d minutes", self.node_id, exc.reason,
+                            DATA_PAUSE_SECONDS // 60)
+            else:
+                self.data_connections += 1
+                metrics.tunnel_stream("data")
+                return stream
+        return await self._open_channel(name, timeout)
+
+    async def _open_channel(
+        self, name: str, timeout: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         session, reader, protocol = stream_session(
             {"peername": (self.peer_host, 0), "limen_tunnel": self.node_id}
         )
@@ -81,6 +111,7 @@ class Tunnel:
                 f"node '{name}' is offline: its tunnel closed ({exc})"
             ) from None
         self.channels_opened += 1
+        metrics.tunnel_stream("channel")
         return reader, writer_for(session, reader, protocol)
 
     @property

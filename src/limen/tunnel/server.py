@@ -26,6 +26,10 @@ How host-certificate logins and ``tcpip-forward`` fit asyncssh:
    (its own node id, NODE_PORT), and asyncssh opens no socket for it, because the
    hook returns a listener object of ours instead of True. Everything else an SSH
    client could ask for is refused: shells, commands, direct-tcpip, unix sockets.
+4. An agent that also forwards (its node id, DATA_PORT), after its node, offers data
+   connections: sessions then ask it to dial back one plain connection each
+   (limen.tunnel.data_link). Those land on the same port, told apart by their first
+   byte (data_gate.FirstBytes), or on the web port, and ``gate`` admits them.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from limen.sshauth import Accepted, CertAuthServer, CertFacts, TrustedKeys, judg
 from limen.sshauth.judge import Revoked
 from limen.sshauth.server import connection_factory
 from limen.tcpkeepalive import keep_alive
+from limen.tunnel.data_gate import DataGate, FirstBytes
+from limen.tunnel.data_link import DATA_PORT
 from limen.tunnel.feed import SUBSYSTEM as FEED_SUBSYSTEM
 from limen.tunnel.feed import FeedHandler, FeedSession
 from limen.tunnel.heartbeat import SUBSYSTEM as HEARTBEAT_SUBSYSTEM
@@ -102,6 +108,19 @@ class _NoSocket(asyncssh.SSHListener):
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+
+class _DataOffer(asyncssh.SSHListener):
+    """What ``server_requested`` returns for (node id, DATA_PORT): nothing to close."""
+
+    def get_port(self) -> int:
+        return DATA_PORT
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
 
 
 class AgentHooks(CertAuthServer):
@@ -242,6 +261,9 @@ class AgentHooks(CertAuthServer):
     def server_requested(self, listen_host: str, listen_port: int) -> Any:
         conn, node_id = self.conn, self.node_id
         assert conn is not None and node_id is not None
+        if listen_host == node_id.lower() and listen_port == DATA_PORT and self.tunnels:
+            self.tunnels[-1].gate = self._server.gate
+            return _DataOffer()
         if listen_host != node_id.lower() or listen_port != NODE_PORT:
             reason = (f"node {node_id} may offer only itself, not "
                       f"{listen_host}:{listen_port}")
@@ -280,6 +302,7 @@ class TunnelServer:
         self.directory = directory or TunnelDirectory(self.clock)
         self.host_cas = TrustedKeys(settings.host_ca_keys)
         self.connections: set[AgentHooks] = set()
+        self.gate = DataGate(self.emit)
         self._server: asyncio.Server | None = None
         self._options: asyncssh.SSHServerConnectionOptions | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -310,9 +333,11 @@ class TunnelServer:
         if self.settings.port is None:
             return
         loop = asyncio.get_running_loop()
+        agents = self.protocol_factory()
+        timeout = self.settings.login_timeout
         self._server = await loop.create_server(
-            self.protocol_factory(), self.settings.host or None, self.settings.port,
-            reuse_address=True, backlog=128,
+            lambda: FirstBytes(agents, self.gate, timeout), self.settings.host or None,
+            self.settings.port, reuse_address=True, backlog=128,
         )
         log.info("tunnel server listening on port %d", self.port)
 

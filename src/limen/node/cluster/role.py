@@ -120,7 +120,8 @@ class NodeRole:
         self._heartbeat.start()
         if tunneled:
             self.agent = start_agent(
-                self.identity, settings.host_key, self.server, on_connected=self._heartbeat.beat
+                self.identity, settings.host_key, self.server, on_connected=self._heartbeat.beat,
+                data_connections=self.config.tunnel_data_connections,
             )
             self._heartbeat.through_tunnel = self.agent.heartbeat  # no HTTPS while it is up
         # Started once the tunnel agent exists: a tunnel-only node's feed waits for it.
