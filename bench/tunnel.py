@@ -5,9 +5,11 @@ Run by hand from the repository root, as root (the nodes run shells):
     .venv/bin/python bench/tunnel.py [--size-mb 200] [--transfers 3] [--runs 30]
                                      [--idle-nodes 50] [--idle-seconds 150]
 
-It starts `limen start --roles auth,proxy` and two `limen start --roles node` processes
-joined with a token: one direct (--advertise-addr: the proxy dials it) and one tunneled
-(no address: it dials the proxy's tunnel server). The client is stock OpenSSH with the
+It starts `limen start --roles auth,proxy` and three `limen start --roles node` processes
+joined with a token: one direct (--advertise-addr: the proxy dials it) and two tunneled
+(no address: they dial the proxy's tunnel server). The first tunneled one takes each
+session on a connection it dials back (the default, limen.tunnel.data_link); the
+second (``tunnel_data_connections: false``) inside its tunnel. The client is stock OpenSSH with the
 config `limen config` writes, on the same path up to the proxy, so only the last hop
 differs. Interleaved so drift hits both alike:
 
@@ -60,7 +62,8 @@ from common import (
 from tests.support.netns import NatNamespace
 
 CLUSTER = "bench.limen"
-DIRECT, TUNNELED, IDLE = "bench-direct", "bench-tunnel", "bench-idle"
+DIRECT, TUNNELED, CHANNEL, IDLE = "bench-direct", "bench-tunnel", "bench-channel", "bench-idle"
+PATHS = (("direct", DIRECT), ("tunnel", TUNNELED), ("in-tunnel", CHANNEL))
 
 
 def _at_least_two(text: str) -> int:
@@ -205,16 +208,17 @@ def report(args: argparse.Namespace, moved: Transfers, lat: dict,
            else "plain SSH to the tunnel port")
     print(f"{args.size_mb} MB x{args.transfers} each way (median MB/s, handshakes included); "
           f"latency of ssh true x{args.runs} (median); agents dial {how}")
-    print(f"{'path':<10}{'upload MB/s':>13}{'download MB/s':>15}{'latency ms':>12}")
-    for label, node in (("direct", DIRECT), ("tunnel", TUNNELED)):
-        print(f"{label:<10}{rates[node, 'up']:>13.1f}{rates[node, 'down']:>15.1f}"
+    print(f"{'path':<11}{'upload MB/s':>13}{'download MB/s':>15}{'latency ms':>12}")
+    for label, node in PATHS:
+        print(f"{label:<11}{rates[node, 'up']:>13.1f}{rates[node, 'down']:>15.1f}"
               f"{lat[node]:>12.1f}")
-    print(f"{'ratio':<10}{rates[TUNNELED, 'up'] / rates[DIRECT, 'up']:>13.2f}"
-          f"{rates[TUNNELED, 'down'] / rates[DIRECT, 'down']:>15.2f}"
-          f"{lat[TUNNELED] / lat[DIRECT]:>12.2f}   (tunnel / direct)")
+    for label, node in PATHS[1:]:
+        print(f"{'ratio':<11}{rates[node, 'up'] / rates[DIRECT, 'up']:>13.2f}"
+              f"{rates[node, 'down'] / rates[DIRECT, 'down']:>15.2f}"
+              f"{lat[node] / lat[DIRECT]:>12.2f}   ({label} / direct)")
     print("CPU seconds per GB moved (the proxy's process, the node's):")
-    for label, node in (("direct", DIRECT), ("tunnel", TUNNELED)):
-        print(f"  {label:<8}" + "; ".join(
+    for label, node in PATHS:
+        print(f"  {label:<10}" + "; ".join(
             f"{direction} proxy {cpu[node, direction, 'proxy']:.2f}, "
             f"node {cpu[node, direction, 'node']:.2f}" for direction in ("up", "down")))
     proxy_kb, node_kb = memory
@@ -237,9 +241,12 @@ def main() -> None:
     try:
         direct = cluster.start_node(DIRECT, direct=True)
         tunneled = cluster.start_node(TUNNELED)
+        channel_config = root / "channel.yaml"
+        channel_config.write_text("ssh: {tunnel_data_connections: false}\n")
+        channel = cluster.start_node(CHANNEL, "--config", str(channel_config))
         cluster.start_node(IDLE, launcher=lambda argv: ns.exec_argv(*argv))
         config = log_in(cluster, root / "home")
-        ways = [way(config, DIRECT), way(config, TUNNELED)]
+        ways = [way(config, node) for _label, node in PATHS]
         for path in ways:  # warm-up: page cache, first handshakes
             timed(path.shell("true"), env)
         time.sleep(5)  # let the idle node's start-up traffic pass
@@ -247,7 +254,7 @@ def main() -> None:
         own_port = cluster.tunnel_port if cluster.tunnel_port != web_port else None
         traffic = idle_traffic(ns, own_port, args.idle_seconds)
         moved = transfers(ways, args.size_mb, args.transfers, env, cluster.proxy.pid,
-                          {DIRECT: direct.pid, TUNNELED: tunneled.pid})
+                          {DIRECT: direct.pid, TUNNELED: tunneled.pid, CHANNEL: channel.pid})
         lat = latency(ways, args.runs, env)
         memory = idle_memory(cluster, args.idle_nodes)
         report(args, moved, lat, memory, traffic)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
+import uvloop
 
 from limen.tunnel.data_link import ANSWER_OK, DATA_PORT, new_ticket, preamble
 from limen.tunnel.discovery import TunnelTarget
@@ -201,3 +202,22 @@ async def test_a_node_cannot_offer_data_connections_for_another_node(kit: Kit) -
     victim_tunnel = kit.tunnels.directory.get(victim.node_id)
     assert victim_tunnel is not None and victim_tunnel.gate is None
     assert (await _session(kit, "victim-data")).strip() == "hi"
+
+
+def test_both_kinds_share_the_tunnel_port_on_uvloop() -> None:
+    """`limen start` runs on uvloop (limen.runtime.eventloop), whose transports are not
+    asyncio's classes: the tunnel port still tells an agent from a data connection."""
+
+    async def scenario() -> None:
+        kit = Kit()
+        await kit.start_proxy()
+        try:
+            node = await kit.add_node("uv", data=True)
+            await node.agent.wait_connected(10)
+            assert (await _session(kit, "uv")).strip() == "hi"
+            tunnel = kit.tunnels.directory.get(node.node_id)
+            assert tunnel is not None and tunnel.data_connections == 1
+        finally:
+            await kit.close()
+
+    uvloop.run(scenario())

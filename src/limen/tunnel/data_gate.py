@@ -20,7 +20,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 
@@ -184,9 +184,10 @@ class FirstBytes(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, transport.abort)
+        # A read-write transport (not checked by isinstance: uvloop's are not asyncio's).
+        self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(self._timeout,
+                                                            self._transport.abort)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
