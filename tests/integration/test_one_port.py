@@ -28,8 +28,9 @@ from limen.errors import BadParameter
 from limen.resources.base import validate_name
 from tests.support.cluster import ClusterHarness, default_config
 from tests.support.ports import free_port
-from tests.support.ssh_access import CLUSTER, SshUser, new_user
-from tests.support.tunnel import NodeProcess, nat_cluster
+from tests.support.ssh_access import CLUSTER, SshUser, new_user, wait_until
+from limen.tunnel.data_link import new_ticket, preamble
+from tests.support.tunnel import NodeProcess, nat_cluster, tunnel_of
 
 
 @dataclass
@@ -64,11 +65,43 @@ def test_only_the_web_port_is_published(one_port: OnePort) -> None:
     assert profile["ssh_proxy"] == cluster.web_addr
 
 
+def _node_id(one_port: OnePort) -> str:
+    listed = one_port.user.limen("ls", "--format", "json").json()
+    return next(n["id"] for n in listed if n["name"] == one_port.node.name)
+
+
 def test_limen_ssh_reaches_the_tunneled_node_through_the_web_port(one_port: OnePort) -> None:
+    tunnel = tunnel_of(one_port.cluster, _node_id(one_port))
+    dialed, opened = tunnel.data_connections, tunnel.channels_opened
     result = one_port.user.limen("ssh", one_port.node.name, "echo one-port")
     assert (result.returncode, result.stdout) == (0, "one-port\n"), result.stderr
     listed = {n["name"]: n for n in one_port.user.limen("ls", "--format", "json").json()}
     assert listed[one_port.node.name]["connection"] == "tunnel"
+    # The session came on a plain connection the node dialed back to the web port, from
+    # behind its NAT, not inside its tunnel (TLS there).
+    assert (tunnel.data_connections, tunnel.channels_opened) == (dialed + 1, opened)
+
+
+def test_a_made_up_data_connection_ticket_is_refused_and_audited(one_port: OnePort) -> None:
+    host, port = one_port.cluster.web_addr.rsplit(":", 1)
+    gate = one_port.cluster.service.tunnels.gate
+    refused = gate.refused
+    with socket.create_connection((host, int(port)), timeout=10) as stranger:
+        stranger.sendall(preamble(new_ticket()))
+        assert stranger.recv(16) == b""  # closed, nothing said
+    assert gate.refused == refused + 1
+
+    def audited() -> list[str]:
+        found = one_port.cluster.admin("audit", "search", "--type", "auth", "--since", "10m",
+                                       "--format", "json")
+        assert found.returncode == 0, found.stderr
+        return [e.get("reason", "") for e in json.loads(found.stdout)
+                if e.get("kind") == "tunnel-data"]
+
+    reasons = wait_until(audited, 10, "the refusal in the audit log")
+    assert "its ticket is unknown, used or expired" in reasons
+    result = one_port.user.limen("ssh", one_port.node.name, "echo after-the-stranger")
+    assert result.stdout == "after-the-stranger\n", result.stderr
 
 
 def test_stock_ssh_with_proxyjump_speaks_plain_ssh_to_the_web_port(one_port: OnePort) -> None:

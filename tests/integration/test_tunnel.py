@@ -202,6 +202,25 @@ def test_live_session_is_tracked_and_many_share_one_tunnel(
     wait_until(recorded, 20, "the tunneled session's recording")
 
 
+def test_a_node_configured_without_data_connections_takes_sessions_in_its_tunnel(
+    tunneled: tuple[ClusterHarness, str], alice: SshUser, tmp_path: Path
+) -> None:
+    cluster, _ = tunneled
+    name = unique("inside")
+    config = tmp_path / "inside.yaml"
+    config.write_text("ssh: {tunnel_data_connections: false}\n")
+    node = NodeProcess(cluster, tmp_path, name, "fleet=inside",
+                       extra=("--config", str(config))).start()
+    try:
+        tunnel = tunnel_of(cluster, node.wait_tunneled())
+        result = alice.limen("ssh", name, "echo inside-the-tunnel")
+        assert (result.returncode, result.stdout) == (0, "inside-the-tunnel\n"), result.stderr
+        assert tunnel.gate is None  # the agent offered no data connections
+        assert (tunnel.channels_opened, tunnel.data_connections) == (1, 0)
+    finally:
+        node.stop()
+
+
 def test_an_offline_tunnel_node_is_a_clear_error_and_listed_offline(
     tunneled: tuple[ClusterHarness, str], alice: SshUser, tmp_path: Path
 ) -> None:

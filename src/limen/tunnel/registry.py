@@ -1,4 +1,5 @@
-"""The proxy's live reverse tunnels, by node id, and how to open a channel through one.
+"""The proxy's live reverse tunnels, by node id, and how to reach a node through one: a
+data connection the node dials back when its agent offers them, else a channel.
 
 One tunnel per node: when an agent reconnects while its old connection still looks
 alive (a broken network is noticed only by keepalives), the newer one wins and the
