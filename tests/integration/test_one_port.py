@@ -26,10 +26,10 @@ from limen.client.openssh import tls_alias
 from limen.config import Config
 from limen.errors import BadParameter
 from limen.resources.base import validate_name
+from limen.tunnel.data_link import new_ticket, preamble
 from tests.support.cluster import ClusterHarness, default_config
 from tests.support.ports import free_port
 from tests.support.ssh_access import CLUSTER, SshUser, new_user, wait_until
-from limen.tunnel.data_link import new_ticket, preamble
 from tests.support.tunnel import NodeProcess, nat_cluster, tunnel_of
 
 
