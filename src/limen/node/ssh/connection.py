@@ -8,6 +8,7 @@ server uses, and ``judge`` below is the node's decision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from base64 import b64encode
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
 FAILED = asyncssh.OPEN_CONNECT_FAILED
+# How long a connection that ends waits for the client to close its session channels.
+CLOSE_GRACE = 2.0
 
 
 def _fmt(addr: tuple[str, int] | None) -> str | None:
@@ -59,6 +62,8 @@ class NodeConnection(CertAuthServer):
         self.identity: UserIdentity | None = None
         self.local_addr: tuple[str, int] | None = None
         self.channels: set[SessionChannel] = set()
+        self._no_channels = asyncio.Event()  # set while no session channel is open
+        self._no_channels.set()
         self._auth_began = False
         self._key_offered = False
         self._agent_allowed: bool | None = None
@@ -162,6 +167,7 @@ class NodeConnection(CertAuthServer):
         assert self.identity is not None
         contexts = [chan.ctx for chan in list(self.channels) if chan.ctx is not None]
         await asyncio.gather(*(ctx.expire() for ctx in contexts))
+        await self._channels_closed()
         self.close()
 
     async def end(self, message: str, reason: str) -> None:
@@ -169,6 +175,7 @@ class NodeConnection(CertAuthServer):
         connection itself."""
         contexts = [chan.ctx for chan in list(self.channels) if chan.ctx is not None]
         await asyncio.gather(*(ctx.terminate(message, reason) for ctx in contexts))
+        await self._channels_closed()
         if self.conn is not None:  # OpenSSH prints the reason: "Received disconnect ..."
             self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, message)
 
@@ -194,10 +201,23 @@ class NodeConnection(CertAuthServer):
             raise asyncssh.ChannelOpenError(FAILED, "internal error") from None
         channel = SessionChannel(self)
         self.channels.add(channel)
+        self._no_channels.clear()
         return channel
 
     def channel_closed(self, channel: SessionChannel) -> None:
         self.channels.discard(channel)
+        if not self.channels:
+            self._no_channels.set()
+
+    async def _channels_closed(self) -> None:
+        """Until the client has closed its end of every session channel (CLOSE_GRACE at
+        most) before the connection goes. OpenSSH writes out what a channel brought
+        before it answers the channel's close, but drops what it has not written yet
+        when a disconnect comes in the same read: the line telling the user why their
+        session ended."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self._no_channels.wait()
 
     def new_session_context(self, *, kind: str, command: str | None, subsystem: str | None,
                             term_size: TermSize | None) -> SessionContext:
