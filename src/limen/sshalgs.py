@@ -63,8 +63,12 @@ HOST_KEY_ALGS = [
 def hardened_options() -> dict[str, Any]:
     """Keyword arguments for asyncssh.listen()/connect() that restrict the algorithms.
 
-    Clients add ``server_host_key_algs=HOST_KEY_ALGS``.
+    Clients add ``server_host_key_algs=HOST_KEY_ALGS``. No cipher here is CBC, so the
+    empty SSH_MSG_IGNORE asyncssh sends before every packet goes (limen.sshpackets).
     """
+    from limen import sshpackets  # here, not at the top: `limen ssh` starts without asyncssh
+
+    sshpackets.install()
     return {
         "kex_algs": KEX_ALGS,
         "encryption_algs": ENCRYPTION_ALGS,
