@@ -76,6 +76,22 @@ def test_a_forged_signature_is_not_read() -> None:
         read_certificate(bytes(blob))
 
 
+def test_reading_again_is_remembered_and_a_forgery_of_it_still_refused() -> None:
+    """What a blob says is kept once its signature checked out (logins and reports read
+    the same certificate again and again); a changed blob is read, and refused, anew."""
+    genuine = user_cert(principals=["root", "db"])
+    first = read_certificate(genuine)
+    assert read_certificate(bytearray(genuine)) is first  # the same facts, not read again
+    for position in (-5, 60):  # in the CA's signature; in the signed fields
+        forged = bytearray(genuine)
+        forged[position] ^= 0x01
+        with pytest.raises(BadParameter):
+            read_certificate(bytes(forged))
+        with pytest.raises(BadParameter):  # and again: a refusal is not remembered
+            read_certificate(bytes(forged))
+    assert read_certificate(genuine) is first
+
+
 def test_user_judgements() -> None:
     facts = read_certificate(user_cert(principals=["root", "web"]))
     assert judge_user(facts, "web", TRUSTED, NOW, "192.0.2.1") == "web"

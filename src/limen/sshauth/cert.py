@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,7 +109,17 @@ def read_certificate(data: bytes | str | asyncssh.SSHCertificate) -> CertFacts:
     Raises ``NotACertificate`` for a plain key and ``BadParameter`` for anything that
     is not a validly signed OpenSSH certificate, each with a sentence for a person.
     """
-    blob = _blob(data)
+    return _read_blob(bytes(_blob(data)))
+
+
+# A user's certificate is read at every login to a node or the jump host (twice: OpenSSH
+# asks about a key before it signs with it) and for every event a node reports about
+# their sessions, each time checking the CA's signature and walking the bytes. What a
+# blob says never changes, so the facts of blobs that checked out are kept, by blob;
+# whether the CA is the cluster's and the certificate still valid, each caller decides
+# again every time. Failures are not kept.
+@functools.lru_cache(maxsize=1024)
+def _read_blob(blob: bytes) -> CertFacts:
     try:
         cert = decode_ssh_certificate(blob)  # checks the CA's signature
     except asyncssh.KeyImportError as exc:
