@@ -166,11 +166,13 @@ async def test_a_node_that_cannot_dial_back_is_reached_through_its_tunnel(
 
 
 async def test_a_node_that_says_ok_and_never_dials_costs_one_wait(kit: Kit) -> None:
+    """...and a ticket that comes after the wait is over admits nothing."""
     node = await kit.add_node("liar")
     await node.agent.wait_connected(10)
+    tickets: list[str] = []
 
     async def say_ok(reader: Any, writer: Any) -> None:
-        await reader.readline()
+        tickets.append((await reader.readline()).strip().decode())
         writer.write(ANSWER_OK)
         writer.close()
 
@@ -180,6 +182,9 @@ async def test_a_node_that_says_ok_and_never_dials_costs_one_wait(kit: Kit) -> N
     assert (await _session(kit, "liar")).strip() == "hi"
     assert (tunnel.data_connections, tunnel.channels_opened) == (0, 1)
     assert tunnel.data_paused_until > time.monotonic() + 60
+    assert await _sent_from("127.0.0.1", kit.tunnel_port, preamble(tickets[0])) == b""
+    await wait_for(lambda: _refusals(kit), 10, "the late ticket's refusal")
+    assert "unknown, used or expired" in _refusals(kit)[0]["reason"]
 
 
 async def test_a_node_cannot_offer_data_connections_for_another_node(kit: Kit) -> None:
