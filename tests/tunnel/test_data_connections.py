@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
+import pytest
 import uvloop
 
 from limen.tunnel.data_link import ANSWER_OK, DATA_PORT, new_ticket, preamble
@@ -226,3 +228,22 @@ def test_both_kinds_share_the_tunnel_port_on_uvloop() -> None:
             await kit.close()
 
     uvloop.run(scenario())
+
+
+async def test_a_nodes_answer_writes_no_lines_of_its_own_into_the_proxys_log(
+    kit: Kit, caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = await kit.add_node("chatty")
+    await node.agent.wait_connected(10)
+
+    async def say_much(reader: Any, writer: Any) -> None:
+        await reader.readline()
+        writer.write(b"no: nope\x1b[2J\nERROR forged line\n")
+        writer.close()
+
+    await _offer_with(node, say_much)
+    with caplog.at_level(logging.WARNING, logger="limen.tunnel.registry"):
+        assert (await _session(kit, "chatty")).strip() == "hi"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "the node answered: no: nope?[2J" in logged
+    assert "forged line" not in logged and "\x1b" not in logged

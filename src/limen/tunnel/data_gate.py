@@ -80,8 +80,7 @@ class DataGate:
             async with asyncio.timeout(DIAL_TIMEOUT):
                 answer = await _ask(conn, node_id, orig_host, ticket)
                 if answer != ANSWER_OK:
-                    said = answer.decode(errors="replace").strip() or "nothing"
-                    raise DialBackFailed(f"the node answered: {said[:80]}")
+                    raise DialBackFailed(f"the node answered: {_printable(answer)}")
                 stream = await waiter
                 claimed = True
                 return stream
@@ -162,6 +161,13 @@ def _close_unclaimed(waiter: asyncio.Future[Stream]) -> None:
         waiter.cancel()  # and a connection that comes later finds its ticket gone
     elif not waiter.cancelled() and waiter.exception() is None:
         waiter.result()[1].close()
+
+
+def _printable(answer: bytes) -> str:
+    """A node's answer for the proxy's log: its first line, short, nothing unprintable
+    (a node is a client: it writes no lines of its own into the proxy's log)."""
+    line = answer.partition(b"\n")[0].decode(errors="replace")[:80]
+    return "".join(c if c.isprintable() else "?" for c in line).strip() or "nothing"
 
 
 def _digest(ticket: str | None) -> bytes:
