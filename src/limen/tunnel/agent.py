@@ -288,6 +288,7 @@ class TunnelAgent:
     async def _offer_data(self, conn: asyncssh.SSHClientConnection, target: TunnelTarget,
                           serve_socket: ServeSocket) -> None:
         """Offer data connections; a proxy that takes none gets sessions in the tunnel."""
+        self.dialer = None
         dialer = DataDialer(target, serve_socket)
         try:
             await conn.start_server(dialer.handler, self.identity.node_id, DATA_PORT)
