@@ -9,9 +9,9 @@ It starts `limen start --roles auth,proxy` and three `limen start --roles node` 
 joined with a token: one direct (--advertise-addr: the proxy dials it) and two tunneled
 (no address: they dial the proxy's tunnel server). The first tunneled one takes each
 session on a connection it dials back (the default, limen.tunnel.data_link); the
-second (``tunnel_data_connections: false``) inside its tunnel. The client is stock OpenSSH with the
-config `limen config` writes, on the same path up to the proxy, so only the last hop
-differs. Interleaved so drift hits both alike:
+second (``tunnel_data_connections: false``) inside its tunnel. The client is stock
+OpenSSH with the config `limen config` writes, on the same path up to the proxy, so only
+the last hop differs. Interleaved so drift hits all three alike:
 
 - upload and download throughput (``head -c SIZE /dev/zero | ssh ... 'cat >/dev/null'``
   and the reverse), median, handshakes included, and the CPU seconds per GB the proxy

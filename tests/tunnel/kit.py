@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -261,6 +263,33 @@ async def run(conn: asyncssh.SSHClientConnection, command: str) -> str:
     result = await conn.run(command, check=True)
     out = result.stdout
     return out.decode() if isinstance(out, bytes) else str(out)
+
+
+async def run_once(kit: Kit, node: str, command: str) -> str:
+    """``command``'s output, on a connection of its own to ``node`` (closed after)."""
+    conn = await kit.connect(node)
+    try:
+        return await run(conn, command)
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+async def bulk_both_ways(kit: Kit, node: str, up_bytes: int, down_bytes: int) -> None:
+    """Random bytes up (checked by their digest on the node), zeros down, then a
+    half-close: the client's EOF reaches the node, which may still answer after it."""
+    conn = await kit.connect(node)
+    try:
+        data = os.urandom(up_bytes)
+        up = await conn.run("sha256sum", input=data, encoding=None, check=True)
+        assert up.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+        down = await conn.run(f"head -c {down_bytes} /dev/zero", encoding=None, check=True)
+        assert down.stdout == bytes(down_bytes)
+        echoed = await conn.run("cat; echo after-eof", input=b"abc", encoding=None)
+        assert echoed.stdout == b"abcafter-eof\n"
+    finally:
+        conn.close()
+        await conn.wait_closed()
 
 
 class Relay:

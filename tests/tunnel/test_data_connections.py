@@ -6,9 +6,7 @@ would try: through the real tunnel server, agent and node SSH service."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -20,16 +18,11 @@ import uvloop
 
 from limen.tunnel.data_link import ANSWER_OK, DATA_PORT, new_ticket, preamble
 from limen.tunnel.discovery import TunnelTarget
-from tests.tunnel.kit import Kit, Node, run, wait_for
+from tests.tunnel.kit import Kit, Node, bulk_both_ways, run_once, wait_for
 
 
-async def _session(kit: Kit, name: str, command: str = "echo hi") -> str:
-    conn = await kit.connect(name)
-    try:
-        return await run(conn, command)
-    finally:
-        conn.close()
-        await conn.wait_closed()
+async def _session(kit: Kit, name: str) -> str:
+    return await run_once(kit, name, "echo hi")
 
 
 async def _sent_from(source: str, port: int, data: bytes) -> bytes:
@@ -58,18 +51,7 @@ async def test_sessions_come_on_connections_the_node_dials_back(kit: Kit) -> Non
     await node.agent.wait_connected(10)
     tunnel = kit.tunnels.directory.get(node.node_id)
     assert tunnel is not None and tunnel.gate is kit.tunnels.gate
-    conn = await kit.connect("fast")
-    try:
-        data = os.urandom(8 * 1024 * 1024)
-        up = await conn.run("sha256sum", input=data, encoding=None, check=True)
-        assert up.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
-        down = await conn.run("head -c 9000000 /dev/zero", encoding=None, check=True)
-        assert down.stdout == bytes(9_000_000)
-        echoed = await conn.run("cat; echo after-eof", input=b"abc", encoding=None)
-        assert echoed.stdout == b"abcafter-eof\n"
-    finally:
-        conn.close()
-        await conn.wait_closed()
+    await bulk_both_ways(kit, "fast", 8 * 1024 * 1024, 9_000_000)
     assert (await _session(kit, "fast")).strip() == "hi"
     assert (tunnel.data_connections, tunnel.channels_opened) == (2, 0)
     assert node.agent.dialer is not None and node.agent.dialer.dialed == 2

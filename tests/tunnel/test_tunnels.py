@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import os
 import time
 from datetime import UTC, datetime
 
@@ -19,7 +17,17 @@ from limen.tunnel.agent import ProxyLocator
 from limen.tunnel.backoff import Backoff
 from limen.tunnel.discovery import TunnelTarget
 from limen.tunnel.registry import NODE_PORT
-from tests.tunnel.kit import CLUSTER, Kit, Relay, host_cert, new_key, run, wait_for
+from tests.tunnel.kit import (
+    CLUSTER,
+    Kit,
+    Relay,
+    bulk_both_ways,
+    host_cert,
+    new_key,
+    run,
+    run_once,
+    wait_for,
+)
 
 
 async def test_many_sessions_share_one_tunnel(kit: Kit) -> None:
@@ -27,15 +35,8 @@ async def test_many_sessions_share_one_tunnel(kit: Kit) -> None:
     await node.agent.wait_connected(10)
     tunnel = kit.tunnels.directory.get(node.node_id)
 
-    async def one(i: int) -> str:
-        conn = await kit.connect("busy")
-        try:
-            return await run(conn, f"echo session-{i}")
-        finally:
-            conn.close()
-            await conn.wait_closed()
-
-    outputs = await asyncio.gather(*(one(i) for i in range(20)))
+    outputs = await asyncio.gather(*(run_once(kit, "busy", f"echo session-{i}")
+                                     for i in range(20)))
     assert sorted(o.strip() for o in outputs) == sorted(f"session-{i}" for i in range(20))
     assert kit.tunnels.directory.get(node.node_id) is tunnel  # the same connection
     assert tunnel.channels_opened == 20
@@ -45,19 +46,7 @@ async def test_many_sessions_share_one_tunnel(kit: Kit) -> None:
 async def test_bulk_data_and_half_close_through_the_tunnel(kit: Kit) -> None:
     node = await kit.add_node("bulk")
     await node.agent.wait_connected(10)
-    conn = await kit.connect("bulk")
-    try:
-        data = os.urandom(24 * 1024 * 1024)
-        up = await conn.run("sha256sum", input=data, encoding=None, check=True)
-        assert up.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
-        down = await conn.run("head -c 20000000 /dev/zero", encoding=None, check=True)
-        assert down.stdout == bytes(20_000_000)
-        # The client's EOF reaches the node, and the node may still answer after it.
-        echoed = await conn.run("cat; echo after-eof", input=b"abc", encoding=None)
-        assert echoed.stdout == b"abcafter-eof\n"
-    finally:
-        conn.close()
-        await conn.wait_closed()
+    await bulk_both_ways(kit, "bulk", 24 * 1024 * 1024, 20_000_000)
 
 
 async def test_the_nodes_output_crosses_the_tunnel_in_gathered_packets(kit: Kit) -> None:
