@@ -64,11 +64,13 @@ def hardened_options() -> dict[str, Any]:
     """Keyword arguments for asyncssh.listen()/connect() that restrict the algorithms.
 
     Clients add ``server_host_key_algs=HOST_KEY_ALGS``. No cipher here is CBC, so the
-    empty SSH_MSG_IGNORE asyncssh sends before every packet goes (limen.sshpackets).
+    empty SSH_MSG_IGNORE asyncssh sends before every packet goes; and asyncssh parses
+    what it reads a packet's size at a time (limen.sshpackets).
     """
     from limen import sshpackets  # here, not at the top: `limen ssh` starts without asyncssh
 
     sshpackets.install()
+    sshpackets.install_receive()
     return {
         "kex_algs": KEX_ALGS,
         "encryption_algs": ENCRYPTION_ALGS,

@@ -1,12 +1,18 @@
-"""What crosses the wire: no empty SSH_MSG_IGNORE before every packet (limen.sshpackets).
-
-Stock OpenSSH logs each SSH_MSG_IGNORE it receives (ssh -vvv)."""
+"""limen.sshpackets: no empty SSH_MSG_IGNORE before every packet (stock OpenSSH logs
+each one it receives, ssh -vvv), and what a connection reads parsed a packet's size at a
+time."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+from collections.abc import Iterator
+from typing import Any
 
 import asyncssh
+import pytest
+from asyncssh.connection import SSHConnection
 
 from limen import sshpackets
 from limen.sshalgs import hardened_options
@@ -57,4 +63,104 @@ class _Open(asyncssh.SSHServer):
 
 
 def _exit_zero(process: asyncssh.SSHServerProcess) -> None:
+    process.exit(0)
+
+
+Read = tuple[int, list[int]]  # a read's size, and the sizes asyncssh's parser got of it
+
+
+@pytest.fixture
+def reads() -> Iterator[list[Read]]:
+    """What connections read (as the transport hands it over), each with what asyncssh's
+    own parser was given of it: spies on both sides of the installed wrapper."""
+    hardened_options()
+    installed = SSHConnection.data_received
+    asyncssh_own = getattr(installed, "__wrapped__", installed)
+    seen: list[Read] = []
+
+    def parser(self: SSHConnection, data: bytes, datatype: Any = None) -> None:
+        seen[-1][1].append(len(data))
+        asyncssh_own(self, data, datatype)
+
+    SSHConnection.data_received = parser  # type: ignore[method-assign]
+    try:
+        sshpackets.install_receive()
+        wrapper = SSHConnection.data_received
+        assert getattr(wrapper, sshpackets.MARK, False)
+
+        def transport(self: SSHConnection, data: bytes, datatype: Any = None) -> None:
+            seen.append((len(data), []))
+            wrapper(self, data, datatype)
+
+        setattr(transport, sshpackets.MARK, True)  # installed: hardened_options() keeps it
+        SSHConnection.data_received = transport  # type: ignore[method-assign]
+        yield seen
+    finally:
+        SSHConnection.data_received = installed  # type: ignore[method-assign]
+
+
+def test_a_burst_is_parsed_a_packet_at_a_time_and_arrives_whole(reads: list[Read]) -> None:
+    """The first megabyte of an upload reaches the server in one read, as a read through
+    TLS can be 256 KiB (the client's bytes gathered on their way, then handed over
+    together). asyncssh's parser gets it PIECE bytes at a time, smaller reads as they
+    came, and every byte arrives, in order."""
+    upload = os.urandom(3 * 1024 * 1024)
+    burst = 1024 * 1024
+
+    async def digest_on_server() -> str:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        servers: list[SSHConnection] = []
+        server = await asyncssh.listen(
+            "127.0.0.1", 0, server_host_keys=[key], encoding=None,
+            server_factory=lambda: _Recorded(servers), process_factory=_digest_of_stdin,
+            **hardened_options())
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with (
+                asyncssh.connect("127.0.0.1", port, known_hosts=None, username="x",
+                                 client_keys=None, agent_path=None, config=[],
+                                 preferred_auth="none", **hardened_options()) as conn,
+                conn.create_process("digest", encoding=None) as process,
+            ):
+                gathered = _gathering(conn)
+                process.stdin.write(upload[:burst])
+                await process.stdin.drain()
+                del conn._transport.write  # back to the socket
+                servers[0].data_received(b"".join(gathered))  # one read
+                process.stdin.write(upload[burst:])
+                process.stdin.write_eof()
+                return (await process.stdout.read()).decode()
+        finally:
+            server.close()
+
+    assert asyncio.run(digest_on_server()) == hashlib.sha256(upload).hexdigest()
+    assert max(size for size, _ in reads) > burst
+    for size, parsed in reads:
+        assert sum(parsed) == size
+        if size > sshpackets.SPLIT_ABOVE:  # the burst, and any large read after it
+            assert max(parsed) <= sshpackets.PIECE
+        else:  # as it came
+            assert parsed == [size]
+
+
+def _gathering(conn: asyncssh.SSHClientConnection) -> list[bytes]:
+    """What the client writes from now on, kept instead of sent."""
+    gathered: list[bytes] = []
+    conn._transport.write = gathered.append
+    return gathered
+
+
+class _Recorded(_Open):
+    def __init__(self, connections: list[SSHConnection]) -> None:
+        self.connections = connections
+
+    def connection_made(self, conn: SSHConnection) -> None:
+        self.connections.append(conn)
+
+
+async def _digest_of_stdin(process: asyncssh.SSHServerProcess) -> None:
+    digest = hashlib.sha256()
+    while chunk := await process.stdin.read(1 << 20):
+        digest.update(chunk)
+    process.stdout.write(digest.hexdigest().encode())
     process.exit(0)
