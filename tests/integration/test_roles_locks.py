@@ -151,8 +151,12 @@ def test_an_idle_session_is_ended_with_a_message(
     shell = pexpect.spawn("ssh", ["-F", str(config), "-tt", "root@node1"], timeout=20,
                           encoding="utf-8")
     try:
-        shell.sendline("echo READY-$((40+2))")
-        shell.expect("READY-42")
+        # Typed again until the shell answers: the timeout counts from the last keystroke,
+        # and on a loaded machine the shell can take over a second to start and answer.
+        deadline = time.monotonic() + 20
+        while shell.expect(["READY-42", pexpect.TIMEOUT], timeout=0.3) != 0:
+            assert time.monotonic() < deadline, "the shell never answered"
+            shell.sendline("echo READY-$((40+2))")
         shell.expect("idle", timeout=10)
         shell.expect(pexpect.EOF, timeout=10)
     finally:
