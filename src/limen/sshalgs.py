@@ -70,7 +70,6 @@ def hardened_options() -> dict[str, Any]:
     from limen import sshpackets  # here, not at the top: `limen ssh` starts without asyncssh
 
     sshpackets.install()
-    sshpackets.install_receive()
     return {
         "kex_algs": KEX_ALGS,
         "encryption_algs": ENCRYPTION_ALGS,

@@ -1,4 +1,5 @@
-"""asyncssh without the empty SSH_MSG_IGNORE it sends ahead of every packet.
+"""Two changes to asyncssh's packet path: no empty SSH_MSG_IGNORE ahead of every packet
+it sends, and large reads parsed a packet's size at a time.
 
 After key exchange asyncssh (2.24) puts an empty SSH_MSG_IGNORE before every packet it
 sends: the countermeasure RFC 4251 (section 9.3.1) describes against chosen-plaintext
@@ -9,13 +10,13 @@ and authenticated, and written to the socket on its own (inside a tunnel or TLS,
 record of its own). ``install`` drops them where the cipher sending is not CBC, and
 leaves everything else as asyncssh has it.
 
-Why a patch rather than an option: asyncssh has none for it, and its endpoints (the
+Why patches rather than options: asyncssh has none for either, and its endpoints (the
 node, the jump host, the tunnel server, the agent) are made by asyncssh's own listen()
 and connect() from a connection class of its own. The test
 tests/node/test_wire_packets.py checks on the wire, with stock OpenSSH's own log, that
 the packets are gone, and that they stay with a CBC cipher.
 
-``install_receive`` hands asyncssh a large read (over SPLIT_ABOVE) in pieces of PIECE
+``install`` also hands asyncssh a large read (over SPLIT_ABOVE) in pieces of PIECE
 bytes. asyncssh keeps unparsed input in one bytes object and, for each packet it
 takes, slices off the header and then the packet, copying all that follows each
 time: a read of n bytes holding k packets costs about n * k bytes of copying. uvloop's
@@ -27,6 +28,7 @@ the copying linear, and asyncssh sees the same bytes in the same order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from asyncssh.connection import SSHConnection
@@ -34,7 +36,7 @@ from asyncssh.constants import MSG_IGNORE
 from asyncssh.packet import String
 
 _EMPTY = String(b"")
-MARK = "_limen_no_cbc_ignore"  # on the wrappers: installed
+MARK = "_limen_installed"  # on the wrappers
 # OpenSSH and asyncssh send bulk data 32 KiB a packet; smaller pieces would copy the
 # unparsed rest of a packet more often as it grows, larger ones the packets after it.
 PIECE = 32 * 1024
@@ -45,19 +47,36 @@ SPLIT_ABOVE = 4 * PIECE
 
 
 def install() -> None:
-    """Wrap asyncssh's send_packet once per process."""
-    original = SSHConnection.send_packet
+    """Both changes, once per process."""
+    _wrap("send_packet", _without_cbc_ignores)
+    install_receive()
+
+
+def install_receive() -> None:
+    """The receive change alone (its test installs it around spies of its own)."""
+    _wrap("data_received", _in_pieces)
+
+
+def _wrap(name: str, make: Callable[[Callable[..., None]], Callable[..., None]]) -> None:
+    """Replace SSHConnection's method ``name`` with ``make(original)``, unless a wrapper
+    of ours is there already."""
+    original = getattr(SSHConnection, name)
     if getattr(original, MARK, False):
         return
+    wrapper = make(original)
+    setattr(wrapper, MARK, True)
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(SSHConnection, name, wrapper)
 
+
+def _without_cbc_ignores(original: Callable[..., None]) -> Callable[..., None]:
     def send_packet(self: SSHConnection, pkttype: int, *args: bytes,
                     handler: Any = None) -> None:
         if pkttype == MSG_IGNORE and args == (_EMPTY,) and not _sends_cbc(self):
             return
         original(self, pkttype, *args, handler=handler)
 
-    setattr(send_packet, MARK, True)
-    SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
+    return send_packet
 
 
 def _sends_cbc(conn: SSHConnection) -> bool:
@@ -65,12 +84,7 @@ def _sends_cbc(conn: SSHConnection) -> bool:
     return b"-cbc" in alg
 
 
-def install_receive() -> None:
-    """Wrap asyncssh's data_received once per process."""
-    original = SSHConnection.data_received
-    if getattr(original, MARK, False):
-        return
-
+def _in_pieces(original: Callable[..., None]) -> Callable[..., None]:
     def data_received(self: SSHConnection, data: bytes, datatype: Any = None) -> None:
         if len(data) <= SPLIT_ABOVE:
             original(self, data, datatype)
@@ -83,9 +97,7 @@ def install_receive() -> None:
             start += PIECE
         original(self, data[start:] if start else data, datatype)
 
-    setattr(data_received, MARK, True)
-    data_received.__wrapped__ = original  # type: ignore[attr-defined]
-    SSHConnection.data_received = data_received  # type: ignore[method-assign]
+    return data_received
 
 
 def _parsing(conn: SSHConnection) -> bool:
