@@ -23,9 +23,10 @@ sequential ``ssh ... true``, and server memory per --idle idle sessions (RSS and
 summed over the server's processes, the sessions' own commands left out).
 
 Then issue 17's goal 1, interleaved: ``limen ssh LOGIN@NODE true`` (which hands over to
-OpenSSH's ssh), the same with LIMEN_SSH_CLIENT=native (the asyncssh client), against a
-stock ``ssh -F CFG LOGIN@NODE.CLUSTER true`` with the config `limen config` prints, the
-same proxy and node. ``--cli-only`` measures that alone.
+OpenSSH's ssh) through the checkout's `limen` (the launcher scripts/install writes) and
+through pip's own console script, the same with LIMEN_SSH_CLIENT=native (the asyncssh
+client), against a stock ``ssh -F CFG LOGIN@NODE.CLUSTER true`` with the config
+`limen config` prints, the same proxy and node. ``--cli-only`` measures that alone.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def cli_ways(config: Path) -> list[Way]:
-    """Goal 1's three commands; stock ssh with `limen config`'s file is the baseline.
-    `limen` is the installed command people run (not ``python -m``, which adds runpy)."""
+    """Goal 1's commands; stock ssh with `limen config`'s file is the baseline. `limen`
+    is the installed command people run (not ``python -m``, which adds runpy): the
+    launcher scripts/install writes, and pip's own console script beside it."""
     target = f"{LOGIN}@{NODE_NAME}"
     script = Path(sys.executable).with_name("limen")
     limen = [str(script)] if script.exists() else LIMEN
@@ -86,8 +88,18 @@ def cli_ways(config: Path) -> list[Way]:
         Way("stock ssh", ["ssh", "-F", str(config), "-o", "BatchMode=yes",
                           f"{target}.{CLUSTER}"]),
         Way("limen ssh", [*limen, "ssh", target]),
+        Way("limen ssh (pip's script)", [str(pips_script(config.parent)), "ssh", target]),
         Way("limen ssh (asyncssh)", ["env", "LIMEN_SSH_CLIENT=native", *limen, "ssh", target]),
     ]
+
+
+def pips_script(directory: Path) -> Path:
+    """`limen` as pip writes it for [project.scripts]: the interpreter with `site`."""
+    path = directory / "limen-pip"
+    path.write_text(f"#!{sys.executable}\nimport sys\nfrom limen.cli.main import main\n"
+                    "sys.exit(main())\n")
+    path.chmod(0o755)
+    return path
 
 
 def report_cli(runs: int, medians: dict[str, float]) -> None:

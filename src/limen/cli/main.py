@@ -51,12 +51,21 @@ def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:2] == ["ssh"]:
-        # Before argparse and the rest: from the memo of the last hand-over to OpenSSH,
-        # `limen ssh NODE` becomes ssh after a millisecond of Python (openssh_fast.py).
+    if argv is None:
+        become_ssh_if_remembered()
+    return run_command(argv)
+
+
+def become_ssh_if_remembered() -> None:
+    """Before argparse and the rest: from the memo of the last hand-over to OpenSSH,
+    `limen ssh NODE` becomes ssh after a millisecond of Python (openssh_fast.py)."""
+    if sys.argv[1:2] == ["ssh"]:
         from limen.client.openssh_fast import hand_over_if_remembered
 
         hand_over_if_remembered(sys.argv[2:], __version__)
+
+
+def run_command(argv: list[str] | None = None) -> int:
     from limen.errors import LimenError
 
     args = build_parser(argv).parse_args(argv)
