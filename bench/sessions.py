@@ -18,7 +18,10 @@ set-up latency (start of the jump connection to the exit status) at p50 and p99,
 where that time goes (median of each step: jump login, node login through the jump
 host, the command), the CPU the servers used per session (and each of the two), and
 the CPU the load generator used per session (it shares the cores); then the ratios
-Limen / OpenSSH. The goal of issue 17: sessions/s >= 2x OpenSSH's ``ssh -J``.
+Limen / OpenSSH. The goal of issue 17: sessions/s >= 2x OpenSSH's ``ssh -J``. Last, the
+sessions each path gets from a CPU-second (servers and load generator together): where
+the run keeps the cores busy, the rate ratio follows it, and it moves less from run to
+run than the rates do when the machine's other load comes and goes.
 """
 
 from __future__ import annotations
@@ -165,6 +168,12 @@ def report(args: argparse.Namespace, tallies: dict[str, Tally]) -> None:
     print(f"ratio sessions/s Limen / OpenSSH: {ratio:.2f} (goal >= 2.0: "
           f"{'met' if ratio >= 2 else 'not met'}); p99 ratio "
           f"{p99(limen.setups) / p99(openssh.setups):.2f}")
+    cost = {name: (sum(t.cpu) + t.client_cpu) / max(t.sessions, 1)
+            for name, t in tallies.items()}
+    print(f"CPU per session, servers and load generator together: Limen "
+          f"{1000 * cost['Limen']:.1f} ms, OpenSSH {1000 * cost['OpenSSH']:.1f} ms; sessions "
+          f"per CPU-second Limen / OpenSSH: {cost['OpenSSH'] / cost['Limen']:.2f} (on cores "
+          "the run keeps busy, the rate ratio follows this one)")
     print("server CPU: the auth+proxy and node processes / the two sshds, with the "
           "children each reaped (sshd's per-connection processes, the commands); client "
           "CPU: this process, the asyncssh load generator, on the same cores")
