@@ -54,7 +54,7 @@ from limen.proxy.ssh_jump import JumpHost
 from limen.proxy.ssh_role import proxy_host_identity, start_jump_host
 from limen.proxy.web import WebState, create_app
 from limen.resources import Instance, InstanceSpec
-from limen.runtime import eventloop
+from limen.runtime import eventloop, heap
 from limen.runtime.banner import banner
 from limen.runtime.lock import DataDirLock
 from limen.runtime.ports import binding
@@ -554,6 +554,7 @@ async def run_until_signalled(service: Service, ready_message: bool = True,
     await service.start()
     if ready_message:
         print(next_steps(service), flush=True)
+    heap.freeze_start_up()  # after the banner: the collection takes a moment
     try:
         await stop.wait()
     finally:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cluster import ClusterHarness, default_config
+from tests.support.metrics import scrape, value
 from tests.support.ports import free_port
 from tests.support.ssh_access import new_user, wait_until
 from tests.support.tunnel import NodeProcess
@@ -23,19 +23,6 @@ def diag_cluster(tmp_path: Path) -> Iterator[ClusterHarness]:
     harness = ClusterHarness(tmp_path, config=config).start()
     yield harness
     harness.stop()
-
-
-def scrape(addr: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"http://{addr}/metrics", timeout=10).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_a_scrape_after_a_session_shows_logins_and_sessions(

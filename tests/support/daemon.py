@@ -15,7 +15,7 @@ LIMEN = [sys.executable, "-m", "limen.cli.main"]
 
 class Running:
     def __init__(self, config: Path, data: Path, log: Path, *flags: str) -> None:
-        self.config, self.data, self.log = config, data, log
+        self.config, self.data, self.log, self.flags = config, data, log, flags
         with log.open("wb") as out:
             self.proc = subprocess.Popen([*LIMEN, "start", "--config", str(config), *flags],
                                          stdout=out, stderr=subprocess.STDOUT,

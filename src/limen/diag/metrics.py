@@ -2,18 +2,20 @@
 
 The functions are the only thing other modules touch (one line at the place the thing
 happens), so they never need to know about label names or the client library. Metrics
-live in a registry of our own, with the process and platform collectors, so a test
+live in a registry of our own, with the process, platform and GC collectors, so a test
 process that imports other libraries scrapes only Limen's figures.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -22,6 +24,7 @@ from prometheus_client import (
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -59,6 +62,10 @@ AUDIT_QUEUE = Gauge("limen_audit_queue_depth", "Audit events waiting for the wri
 BACKEND_LATENCY = Histogram("limen_backend_operation_seconds",
                             "Storage backend operation latency, by operation", ["operation"],
                             buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+GC_FROZEN = Gauge("limen_gc_frozen_objects",
+                  "Objects start-up left that garbage collections no longer walk "
+                  "(runtime/heap.py)", registry=REGISTRY)
+GC_FROZEN.set_function(gc.get_freeze_count)
 
 
 def login_attempt(success: bool) -> None:
