@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.cluster import ClusterHarness
 from tests.support.daemon import LIMEN, Running
-from tests.support.metrics import scrape, value
+from tests.support.metrics import Samples, scrape, value
 from tests.support.ports import free_port
 from tests.support.ssh_access import wait_until
 from tests.support.tunnel import NodeProcess
@@ -120,7 +120,13 @@ def test_what_start_up_built_is_left_out_of_garbage_collections(running: Running
     """runtime/heap.py: once started, the process freezes what start-up left, so a full
     collection under load walks only what came later (shorter pauses of the loop)."""
     diag = running.flags[running.flags.index("--diag-addr") + 1]
-    samples = scrape(diag)
+
+    def frozen() -> Samples | None:
+        found = scrape(diag)
+        return found if value(found, "limen_gc_frozen_objects") else None
+
+    # The freeze follows the banner, which follows run.json: wait for it, briefly.
+    samples = wait_until(frozen, 10, "start-up's objects to be frozen")
     assert value(samples, "limen_gc_frozen_objects") > 10_000
     # The collection before the freeze, and the collector's own figures for operators.
     assert value(samples, "python_gc_collections_total", generation="2") >= 1
