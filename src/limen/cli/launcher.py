@@ -41,8 +41,8 @@ sys.path.append({package_parent!r})
 from limen.cli.launcher import run
 sys.exit(run())
 """
-# Linux reads at most this much of a "#!" line (BINPRM_BUF_SIZE since 5.1; older kernels
-# 128): a longer one would run some other, truncated path.
+# Kernels before Linux 5.1 read 128 bytes of a "#!" line (BINPRM_BUF_SIZE; 256 since):
+# a longer line would run some other, truncated path, so the launcher stays under both.
 SHEBANG_LIMIT = 127
 
 
