@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy import event
 
 from limen.audit.chain import format_time
 from limen.audit.store import (
@@ -195,10 +196,23 @@ async def test_sqlite_searches_see_the_writes_and_end_with_the_store(tmp_path: P
         with pytest.raises(ConnectionProblem, match="cannot be read"):
             await reader.rows("DELETE FROM audit_events", ())
         assert await store.events.count() == 2
+        # A recording's metadata by id, read for every recording a node sends, goes the
+        # same way: nothing through SQLAlchemy's pool.
+        sid = "0b5e6a4e-2f1c-4a53-9d0e-6c1f4b2a9e31"
+        await store.recordings.upsert_meta(RecordingMeta(sid, user="alice", start_ns=1))
+        engine = store.db.engine.sync_engine  # type: ignore[attr-defined]
+        sent: list[str] = []
+        event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+        assert (await store.recordings.get(sid)).user == "alice"
+        with pytest.raises(NotFound):
+            await store.recordings.get("0b5e6a4e-2f1c-4a53-9d0e-6c1f4b2a9e32")
+        assert sent == []
     finally:
         await store.close()
     with pytest.raises(ConnectionProblem, match="closed"):
         await store.events.search(EventQuery(limit=2))
+    with pytest.raises(ConnectionProblem, match="closed"):
+        await store.recordings.get(sid)
 
 
 @pytest.mark.postgres

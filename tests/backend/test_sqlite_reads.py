@@ -1,10 +1,14 @@
 """A read on SQLite is one statement: a single SELECT is its own snapshot, so no BEGIN
 is sent for it (every statement costs aiosqlite trips to its thread), while writes still
 take the write lock up front with BEGIN IMMEDIATE. The frequent reads (get, range) skip
-the pool altogether: one trip to a reader thread (limen.backend.sqlite_reads)."""
+the pool altogether: one trip to a reader thread (limen.backend.sqlite_reads), or for a
+point read (get) none, unless SQLite is busy."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ from sqlalchemy import event
 from limen.backend import open_backend
 from limen.backend.base import Item
 from limen.backend.sql import SQLBackend
+from limen.backend.sqlite_reads import THREADS, SQLiteReader
 from limen.errors import AlreadyExists
 
 
@@ -69,3 +74,66 @@ async def test_a_read_costs_no_rollback_and_a_failed_write_still_rolls_back(
         assert [i.value for i in await backend.range("/a/")] == [b"one", b"two"]
     finally:
         await backend.close()
+
+
+async def test_a_point_read_is_answered_while_every_reader_thread_is_busy(
+    tmp_path: Path,
+) -> None:
+    """get() reads on the event loop's own thread: threads stuck on long reads do not
+    hold it up, while a range read waits for them."""
+    backend = await open_backend("sqlite", path=str(tmp_path / "point.sqlite"))
+    assert isinstance(backend, SQLBackend)
+    release = threading.Event()
+    busy = threading.Barrier(THREADS + 1)
+
+    def stuck() -> None:
+        busy.wait(timeout=10)
+        release.wait(timeout=30)
+
+    threads = backend._direct._threads  # type: ignore[union-attr]  # noqa: SLF001
+    try:
+        await backend.put(Item("/a/1", b"one"))
+        held = [threads.submit(stuck) for _ in range(THREADS)]
+        await asyncio.to_thread(busy.wait, 10)  # every reader thread is now held
+        ranged = asyncio.ensure_future(backend.range("/a/"))
+        assert (await asyncio.wait_for(backend.get("/a/1"), 5)).value == b"one"
+        assert not ranged.done()  # it needs a reader thread: none was free
+        release.set()
+        assert [i.key for i in await asyncio.wait_for(ranged, 10)] == ["/a/1"]
+        assert all(f.result(timeout=10) is None for f in held)
+    finally:
+        release.set()
+        await backend.close()
+
+
+async def test_a_point_read_that_finds_sqlite_busy_waits_on_a_reader_thread(
+    tmp_path: Path,
+) -> None:
+    """The loop's connection never waits on a lock: when another connection holds the
+    file (exclusive locking mode), the read is handed to a thread, which waits for the
+    lock as every read may, and the loop keeps running meanwhile."""
+    path = str(tmp_path / "busy.sqlite")
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("PRAGMA journal_mode = WAL")
+    setup.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+    setup.execute("INSERT INTO t VALUES ('a', 'one')")
+    setup.close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE t SET v = 'two'")
+    holder.execute("COMMIT")  # the lock stays with this connection until it closes
+    reader = SQLiteReader(path)
+    try:
+        read = asyncio.ensure_future(reader.rows("SELECT v FROM t WHERE k = ?", ("a",),
+                                                 point=True))
+        ticks = 0
+        while ticks < 20:  # the loop runs while the read waits on its thread
+            await asyncio.sleep(0)
+            ticks += 1
+        assert not read.done()  # neither answered nor failed: it waits for the lock
+        holder.close()
+        assert await asyncio.wait_for(read, 10) == [("two",)]
+    finally:
+        holder.close()
+        await reader.close()

@@ -37,7 +37,10 @@ class PostgresReader:
         self._opening = asyncio.Lock()
         self.closed = False
 
-    async def rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    async def rows(self, sql: str, params: tuple[Any, ...], *,
+                   point: bool = False) -> list[tuple[Any, ...]]:
+        """The rows of one query; ``point`` (one row by key) changes nothing here: every
+        query is already one round trip."""
         for attempt in (1, 2):
             try:
                 pool = await self._ready()

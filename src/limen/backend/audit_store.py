@@ -13,7 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from limen.backend.audit_db import Database
-from limen.backend.events_sql import SQLEventStore
+from limen.backend.events_sql import SQLEventStore, reader_for
 from limen.backend.recordings_sql import SQLRecordingStore
 from limen.backend.sql_dialects import (
     Dialect,
@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 class SQLAuditStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.events = SQLEventStore(db)
-        self.recordings = SQLRecordingStore(db)
+        # One reader straight through the driver for both (limen.backend.audit_reads).
+        self._reader = reader_for(db.dialect)
+        self.events = SQLEventStore(db, self._reader)
+        self.recordings = SQLRecordingStore(db, self._reader)
 
     async def close(self) -> None:
-        await self.events.close()
+        await self._reader.close()
         await self.db.close()
 
 

@@ -120,7 +120,7 @@ def _search(query: EventQuery) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
     return stmt, values, (*values, column.name)
 
 
-def _reader_for(dialect: Any) -> SQLiteReader | PostgresReader:
+def reader_for(dialect: Any) -> SQLiteReader | PostgresReader:
     if isinstance(dialect, SQLiteDialect):
         return SQLiteReader(dialect.path)
     assert isinstance(dialect, PostgresDialect)
@@ -128,15 +128,12 @@ def _reader_for(dialect: Any) -> SQLiteReader | PostgresReader:
 
 
 class SQLEventStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, reader: SQLiteReader | PostgresReader) -> None:
         self.db = db
         self._insert: str | None = None
         # Searches go straight through the driver (limen.backend.audit_reads).
-        self._reader = _reader_for(db.dialect)
+        self._reader = reader
         self._searches: dict[tuple[str, ...], CompiledSQL] = {}
-
-    async def close(self) -> None:
-        await self._reader.close()
 
     async def register_log(self, log_id: str, public_key: str,
                            voucher: str | None = None) -> None:

@@ -8,6 +8,7 @@ every auth instance sharing the database sees the same bytes.
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -15,8 +16,10 @@ from sqlalchemy import bindparam, delete, func, or_, select, update
 
 from limen.audit.store import RecordingMeta
 from limen.backend.audit_db import Database
+from limen.backend.audit_reads import PostgresReader
 from limen.backend.audit_tables import chunks, recordings
 from limen.backend.sql_dialects import upsert
+from limen.backend.sqlite_reads import SQLiteReader, compile_once
 from limen.errors import NotFound
 
 TAIL = 256  # characters of text carried into the next chunk (longest search that spans)
@@ -40,6 +43,11 @@ _META_COLUMNS = (
     recordings.c.end_ns, recordings.c.size, recordings.c.complete, recordings.c.interrupted,
     recordings.c.extra,
 )
+
+
+_BY_ID = select(*_META_COLUMNS).where(recordings.c.session_id == bindparam("session_id"))
+# A row as the driver gives it, with the names _meta reads.
+_MetaRow = namedtuple("_MetaRow", [column.name for column in _META_COLUMNS])  # type: ignore[misc]
 
 
 def _meta(row: Any) -> RecordingMeta:
@@ -67,8 +75,12 @@ def like_pattern(needle: str) -> str:
 
 
 class SQLRecordingStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, reader: SQLiteReader | PostgresReader) -> None:
         self.db = db
+        # A recording's metadata by id is read for every recording a node sends (who
+        # owns it): through the driver, one trip, not SQLAlchemy's five.
+        self._reader = reader
+        self._by_id = compile_once(_BY_ID, db.engine.dialect)
 
     async def upsert_meta(self, meta: RecordingMeta) -> RecordingMeta:
         async with self.db.write() as conn:
@@ -126,13 +138,11 @@ class SQLRecordingStore:
         return stored
 
     async def get(self, session_id: str) -> RecordingMeta:
-        async with self.db.read() as conn:
-            row = (await conn.execute(
-                select(*_META_COLUMNS).where(recordings.c.session_id == session_id)
-            )).first()
-        if row is None:
+        rows = await self._reader.rows(
+            self._by_id.sql, self._by_id.params({"session_id": session_id}), point=True)
+        if not rows:
             raise NotFound(f"no recording of session {session_id}")
-        return _meta(row)
+        return _meta(_MetaRow(*rows[0]))
 
     async def list(self, limit: int, since_ns: int | None = None) -> list[RecordingMeta]:
         stmt = select(*_META_COLUMNS)

@@ -203,8 +203,9 @@ class SQLBackend:
     # -- Backend ------------------------------------------------------------------------
 
     async def _select(self, stmt: Any, values: dict[str, Any],
-                      shape: tuple[Any, ...]) -> list[Any]:
-        """The rows of one SELECT whose SQL depends on ``shape`` alone."""
+                      shape: tuple[Any, ...], point: bool = False) -> list[Any]:
+        """The rows of one SELECT whose SQL depends on ``shape`` alone; ``point``: it
+        reads one row by key (SQLiteReader.rows says what that changes)."""
         if self._direct is None:
             async with self._read() as conn:
                 return list((await conn.execute(stmt, values)).all())
@@ -212,11 +213,11 @@ class SQLBackend:
         found = self._compiled.get(shape)
         if found is None:
             found = self._compiled[shape] = compile_once(stmt, self._engine.dialect)
-        return await self._direct.rows(found.sql, found.params(values))
+        return await self._direct.rows(found.sql, found.params(values), point=point)
 
     async def get(self, key: str) -> Item:
         key = check_key(key)
-        rows = await self._select(_GET, {"key": key}, ("get",))
+        rows = await self._select(_GET, {"key": key}, ("get",), point=True)
         item = row_item(rows[0]) if rows else None
         if item is None or is_expired(item.expires, self.clock.now()):
             raise NotFound(f"Key {key!r} is not found.")

@@ -10,6 +10,15 @@ reader never blocks the writer, and each query sees every transaction committed
 before it started. The threads are the reader's own, so that work queued on asyncio's
 default executor (password hashing, fsyncs) never delays a read.
 
+A point read (one row by its key: the backend's ``get``) runs on the caller's own
+thread instead. SQLite answers it from the page cache in tens of microseconds, where
+the trip to a worker and back costs more: waking the thread, its turn at the GIL,
+waking the event loop. Under `bench/sessions.py` the proxy makes about ten such reads
+per session (the user, their roles, the node, its presence, the caller's API session),
+and their trips took about 8% of its CPU. That connection never waits on a lock: if
+SQLite says it is busy (a crashed writer's recovery, a connection holding the file in
+exclusive mode), the read goes to a worker, which waits as every other read does.
+
 The SQL is SQLAlchemy's, compiled once per shape by the caller (``compile_once``).
 """
 
@@ -25,6 +34,8 @@ from limen.backend.sql_dialects import CONNECT_TIMEOUT
 from limen.errors import ConnectionProblem
 
 THREADS = 4
+# What a point read on the caller's thread hands to a worker instead of waiting for.
+_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 class CompiledSQL(NamedTuple):
@@ -56,11 +67,17 @@ class SQLiteReader:
         self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="limen-sqlite-read")
         self.closed = False
 
-    async def rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    async def rows(self, sql: str, params: tuple[Any, ...], *,
+                   point: bool = False) -> list[tuple[Any, ...]]:
+        """The rows of one query; ``point`` says it reads one row by key (module doc)."""
         if self.closed:
             raise ConnectionProblem(f"{self.name} is closed.")
-        loop = asyncio.get_running_loop()
         try:
+            if point:
+                found = self._read_here(sql, params)
+                if found is not None:
+                    return found
+            loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._threads, self._run, sql, params)
         except sqlite3.Error as exc:
             raise ConnectionProblem(f"{self.name} ({self.path}) cannot be read: {exc}") \
@@ -68,23 +85,35 @@ class SQLiteReader:
         except RuntimeError as exc:  # the executor was shut down under the query
             raise ConnectionProblem(f"{self.name} is closed.") from exc
 
-    def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return self._connection().execute(sql, params).fetchall()
+    def _read_here(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]] | None:
+        """The rows, read on this thread; None if SQLite is busy (a worker waits then)."""
+        try:
+            return self._connection(wait=False).execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in _BUSY:  # the primary code of an extended one
+                return None
+            raise
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self._connection(wait=True).execute(sql, params).fetchall()
+
+    def _connection(self, wait: bool) -> sqlite3.Connection:
+        """This thread's connection: one that waits on SQLite's locks (a worker's), or one
+        that never does (the event loop's, for point reads)."""
+        attr = "waiting" if wait else "prompt"
+        conn: sqlite3.Connection | None = getattr(self._local, attr, None)
         if conn is None:
             # check_same_thread off only so that close() may close it from the loop's
             # thread; it is used by the thread that made it.
-            conn = sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT if wait else 0,
+                                   isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA query_only = ON")
             with self._lock:
                 if self.closed:
                     conn.close()
                     raise sqlite3.OperationalError("closed")
                 self._opened.append(conn)
-            self._local.conn = conn
+            setattr(self._local, attr, conn)
         return conn
 
     async def close(self) -> None:
