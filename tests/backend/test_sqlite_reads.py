@@ -137,3 +137,27 @@ async def test_a_point_read_that_finds_sqlite_busy_waits_on_a_reader_thread(
     finally:
         holder.close()
         await reader.close()
+
+
+async def test_a_delete_of_keys_none_of_which_is_live_sends_no_write(tmp_path: Path) -> None:
+    """delete_many reads first (one statement) whether any key is live: a node's batch
+    that ends only sessions never listed takes no write lock."""
+    backend = await open_backend("sqlite", path=str(tmp_path / "deletes.sqlite"))
+    assert isinstance(backend, SQLBackend)
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement.split()[0].upper())
+
+    engine = backend._engine.sync_engine  # noqa: SLF001 - watching what reaches SQLite
+    try:
+        await backend.put(Item("/a/1", b"one"))
+        event.listen(engine, "before_cursor_execute", record)
+        assert await backend.delete_many(["/a/none", "/a/gone", "/a/none"]) == 0
+        assert sent == []
+        assert await backend.delete_many(["/a/none", "/a/1"]) == 1
+        assert sent[0] == "BEGIN" and "DELETE" in sent
+        assert await backend.range("/a/") == []
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+        await backend.close()

@@ -10,14 +10,15 @@ reader never blocks the writer, and each query sees every transaction committed
 before it started. The threads are the reader's own, so that work queued on asyncio's
 default executor (password hashing, fsyncs) never delays a read.
 
-A point read (one row by its key: the backend's ``get``) runs on the caller's own
-thread instead. SQLite answers it from the page cache in tens of microseconds, where
-the trip to a worker and back costs more: waking the thread, its turn at the GIL,
-waking the event loop. Under `bench/sessions.py` the proxy makes about ten such reads
-per session (the user, their roles, the node, its presence, the caller's API session),
-and their trips took about 8% of its CPU. That connection never waits on a lock: if
-SQLite says it is busy (a crashed writer's recovery, a connection holding the file in
-exclusive mode), the read goes to a worker, which waits as every other read does.
+A point read (rows by their keys: the backend's ``get``, and its check of a few keys
+before ``delete_many``) runs on the caller's own thread instead. SQLite answers it from
+the page cache in tens of microseconds, where the trip to a worker and back costs more:
+waking the thread, its turn at the GIL, waking the event loop. Under
+`bench/sessions.py` the proxy makes about ten such reads per session (the user, their
+roles, the node, its presence, the caller's API session), and their trips took about 8%
+of its CPU. That connection never waits on a lock: if SQLite says it is busy (a crashed
+writer's recovery, a connection holding the file in exclusive mode), the read goes to a
+worker, which waits as every other read does.
 
 The SQL is SQLAlchemy's, compiled once per shape by the caller (``compile_once``).
 """
