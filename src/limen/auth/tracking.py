@@ -48,9 +48,9 @@ class Tracking:
     async def _follow(self, node_id: str, written: list[tuple[str, dict[str, Any]]]) -> None:
         """List the sessions whose starts were written; end those whose ends were: one
         storage transaction for each (a busy node's batch holds many of either). A session
-        that starts and ends in one batch (a short command: most of them) is never listed,
-        and its end removes only a tracker the node itself sent, which the storage finds
-        with one read: such a session costs no write."""
+        that starts and ends in one batch (a spool replayed after an outage holds many) is
+        never listed, and its end removes only a tracker the node itself sent, which the
+        storage finds with one read: such a session costs no write."""
         started: list[Session] = []
         ended: list[str] = []
         for name, record in written:

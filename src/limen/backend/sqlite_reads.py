@@ -70,7 +70,7 @@ class SQLiteReader:
 
     async def rows(self, sql: str, params: tuple[Any, ...], *,
                    point: bool = False) -> list[tuple[Any, ...]]:
-        """The rows of one query; ``point`` says it reads one row by key (module doc)."""
+        """The rows of one query; ``point`` says it reads rows by their keys (module doc)."""
         if self.closed:
             raise ConnectionProblem(f"{self.name} is closed.")
         try:
@@ -91,7 +91,8 @@ class SQLiteReader:
         try:
             return self._connection(wait=False).execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF in _BUSY:  # the primary code of an extended one
+            code = getattr(exc, "sqlite_errorcode", 0)  # SQLite's, when SQLite raised it
+            if code & 0xFF in _BUSY:  # the primary code of an extended one
                 return None
             raise
 
