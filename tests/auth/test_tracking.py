@@ -39,3 +39,12 @@ async def test_a_session_over_within_its_batch_is_never_listed(tmp_path: Path) -
         assert [(kind, key) for kind, key, _ in summary(ended)] == [
             ("delete", f"/sessions/{lasting}")]
         assert [s.name for s in await tracking.list_sessions()] == []
+        # An end the auth service refuses (a field no session.end has) is not an end: the
+        # session its batch started stays listed.
+        kept = str(uuid.uuid4())
+        answers = await tracking.report_events(NODE, [
+            ("session.start", {"sid": kept, **START}),
+            ("session.end", {"sid": kept, "forged": "x"}),
+        ])
+        assert answers[0] is None and answers[1] is not None
+        assert [s.name for s in await tracking.list_sessions()] == [kept]

@@ -104,6 +104,8 @@ _POLL = (
 )
 
 
+# An item no expiry has ended at the bound time "now" (epoch microseconds).
+_LIVE = or_(items.c.expires.is_(None), items.c.expires > bindparam("now"))
 # delete_many reads first whether any of this many keys is live (a node's batch ends a
 # few sessions; more keys would mean more compiled shapes).
 _FEW_KEYS = 16
@@ -113,9 +115,7 @@ _FEW_KEYS = 16
 def _live_keys_select(count: int) -> Any:
     """Which of ``count`` keys (bound as key0, key1, ...) hold a live item."""
     wanted = [bindparam(f"key{at}") for at in range(count)]
-    return select(items.c.key).where(
-        items.c.key.in_(wanted),
-        or_(items.c.expires.is_(None), items.c.expires > bindparam("now")))
+    return select(items.c.key).where(items.c.key.in_(wanted), _LIVE)
 
 
 # Built once per shape: building the statement on every call was a tenth of the CPU of
@@ -128,8 +128,7 @@ def _range_select(start: bool, end: bool, limit: bool) -> Any:
         stmt = stmt.where(items.c.key >= bindparam("start"))
     if end:
         stmt = stmt.where(items.c.key < bindparam("end"))
-    stmt = stmt.where(or_(items.c.expires.is_(None), items.c.expires > bindparam("now")))
-    stmt = stmt.order_by(items.c.key)
+    stmt = stmt.where(_LIVE).order_by(items.c.key)
     return stmt.limit(bindparam("limit")) if limit else stmt
 
 
