@@ -3,25 +3,33 @@
 
 Run by hand from the repository root, as root (the node and the sshds run commands):
 
-    .venv/bin/python bench/sessions.py [--concurrency 8] [--seconds 20] [--rounds 2]
+    .venv/bin/python bench/sessions.py [--concurrency 8,16,32] [--seconds 20] [--rounds 2]
 
 It starts `limen start --roles auth,proxy`, a direct `limen start --roles node` joined
 with a token, logs a user in, and starts two stock sshds that trust the cluster's user
 CA (as bench/ssh.py does). The load generator is asyncssh in this process, the same
-client on both paths: --concurrency workers each loop on a whole session for
---seconds: log in at the jump host, open a channel to the node through it, log in at
-the node, run ``true``, wait for its exit status, close both connections. The paths
-alternate for --rounds rounds so that drift in the machine's load hits them alike.
+client on both paths: N workers each loop on a whole session for --seconds: log in at
+the jump host, open a channel to the node through it, log in at the node, run ``true``,
+wait for its exit status, close both connections. The paths alternate for --rounds
+rounds so that drift in the machine's load hits them alike.
 
-Printed per path: sessions/s (completed sessions over the wall time of its rounds), the
-set-up latency (start of the jump connection to the exit status) at p50 and p99, and
-where that time goes (median of each step: jump login, node login through the jump
-host, the command), the CPU the servers used per session (and each of the two), and
+How many sessions a second a path sustains is its rate once the cores are busy: with too
+few workers a path waits on its own latency with CPU to spare, and its rate says how fast
+one session is, not how many the servers take. So each path runs at each of the
+--concurrency levels (8, 16 and 32 workers by default, as OpenSSH's own sshd keeps up to
+MaxStartups handshakes going), and the goal compares each path's best level with the
+other's: its capacity, with the p99 set-up latency at that rate.
+
+Printed per path and level: sessions/s (completed sessions over the wall time of its
+rounds), the set-up latency (start of the jump connection to the exit status) at p50 and
+p99, and where that time goes (median of each step: jump login, node login through the
+jump host, the command), the CPU the servers used per session (and each of the two), and
 the CPU the load generator used per session (it shares the cores); then the ratios
-Limen / OpenSSH. The goal of issue 17: sessions/s >= 2x OpenSSH's ``ssh -J``. Last, the
-sessions each path gets from a CPU-second (servers and load generator together): where
-the run keeps the cores busy, the rate ratio follows it, and it moves less from run to
-run than the rates do when the machine's other load comes and goes.
+Limen / OpenSSH at each level, and the best level of each against the other's: the goal
+of issue 17 is sessions/s >= 2x OpenSSH's ``ssh -J``. Last, the sessions each path gets
+from a CPU-second (servers and load generator together) at its best level: where the run
+keeps the cores busy, the rate ratio follows it, and it moves less from run to run than
+the rates do when the machine's other load comes and goes.
 """
 
 from __future__ import annotations
@@ -50,10 +58,23 @@ STEPS = ("jump login", "node login", "command")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--concurrency", type=int, default=8, help="workers (default 8)")
+    parser.add_argument("--concurrency", type=levels, default=[8, 16, 32],
+                        help="workers, or several levels comma-separated (default 8,16,32)")
     parser.add_argument("--seconds", type=float, default=20, help="per path and round (20)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per path (default 2)")
     return parser.parse_args()
+
+
+def levels(text: str) -> list[int]:
+    """``8`` or ``8,16,32``: the numbers of workers each path runs with."""
+    try:
+        found = [int(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not a number or a comma-separated list: {text!r}") from exc
+    if not found or min(found) < 1:
+        raise argparse.ArgumentTypeError("each level needs at least one worker")
+    return found
 
 
 @dataclass
@@ -149,31 +170,56 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-def report(args: argparse.Namespace, tallies: dict[str, Tally]) -> None:
-    print(f"{args.concurrency} concurrent asyncssh clients, {args.seconds:g} s x{args.rounds} "
-          "per path (interleaved); a session = jump login + node login + `true`")
-    print(f"{'path':<10}{'sessions/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}"
+def rate(tally: Tally) -> float:
+    return tally.sessions / tally.wall if tally.wall else 0.0
+
+
+def cost(tally: Tally) -> float:
+    """CPU seconds per session, servers and load generator together."""
+    return (sum(tally.cpu) + tally.client_cpu) / max(tally.sessions, 1)
+
+
+def report(args: argparse.Namespace, tallies: dict[tuple[str, int], Tally]) -> None:
+    print(f"asyncssh clients at {', '.join(map(str, args.concurrency))} workers, "
+          f"{args.seconds:g} s x{args.rounds} per path and level (interleaved); a session = "
+          "jump login + node login + `true`")
+    print(f"{'path':<10}{'workers':>8}{'sessions/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}"
           + "".join(f"{s + ' ms':>15}" for s in STEPS) + f"{'server CPU ms/session':>24}"
           + f"{'(jump':>7}{'node)':>7}{'client CPU':>12}")
-    for name, tally in tallies.items():
-        rate = tally.sessions / tally.wall
+    for (name, workers), tally in tallies.items():
+        if not tally.sessions:
+            print(f"{name:<10}{workers:>8}{'no session completed':>31}{tally.failures:>8}")
+            continue
         steps = "".join(f"{1000 * statistics.median(tally.steps[s]):>15.1f}" for s in STEPS)
-        per = 1000 / max(tally.sessions, 1)
+        per = 1000 / tally.sessions
         cpu = (f"{per * sum(tally.cpu):>24.1f}" + "".join(f"{per * c:>7.1f}" for c in tally.cpu)
                + f"{per * tally.client_cpu:>12.1f}")
-        print(f"{name:<10}{rate:>11.1f}{1000 * statistics.median(tally.setups):>9.1f}"
-              f"{1000 * p99(tally.setups):>9.1f}{tally.failures:>8}{steps}{cpu}")
-    limen, openssh = tallies["Limen"], tallies["OpenSSH"]
-    ratio = (limen.sessions / limen.wall) / (openssh.sessions / openssh.wall)
+        print(f"{name:<10}{workers:>8}{rate(tally):>11.1f}"
+              f"{1000 * statistics.median(tally.setups):>9.1f}{1000 * p99(tally.setups):>9.1f}"
+              f"{tally.failures:>8}{steps}{cpu}")
+    for workers in args.concurrency:
+        limen, openssh = tallies["Limen", workers], tallies["OpenSSH", workers]
+        if rate(openssh):
+            print(f"with {workers} workers: sessions/s Limen / OpenSSH "
+                  f"{rate(limen) / rate(openssh):.2f}")
+    best = {name: max(((t, w) for (n, w), t in tallies.items() if n == name),
+                      key=lambda pair: rate(pair[0]))
+            for name in ("Limen", "OpenSSH")}
+    (limen, at), (openssh, their_at) = best["Limen"], best["OpenSSH"]
+    if not (limen.setups and openssh.setups):
+        print("a path completed no session: no ratio")
+        return
+    ratio = rate(limen) / rate(openssh)
+    print(f"each path at its best level: Limen {rate(limen):.1f} sessions/s with {at} workers "
+          f"(p99 {1000 * p99(limen.setups):.0f} ms), OpenSSH {rate(openssh):.1f} with "
+          f"{their_at} (p99 {1000 * p99(openssh.setups):.0f} ms)")
     print(f"ratio sessions/s Limen / OpenSSH: {ratio:.2f} (goal >= 2.0: "
           f"{'met' if ratio >= 2 else 'not met'}); p99 ratio "
           f"{p99(limen.setups) / p99(openssh.setups):.2f}")
-    cost = {name: (sum(t.cpu) + t.client_cpu) / max(t.sessions, 1)
-            for name, t in tallies.items()}
-    print(f"CPU per session, servers and load generator together: Limen "
-          f"{1000 * cost['Limen']:.1f} ms, OpenSSH {1000 * cost['OpenSSH']:.1f} ms; sessions "
-          f"per CPU-second Limen / OpenSSH: {cost['OpenSSH'] / cost['Limen']:.2f} (on cores "
-          "the run keeps busy, the rate ratio follows this one)")
+    print(f"CPU per session, servers and load generator together, at those levels: Limen "
+          f"{1000 * cost(limen):.1f} ms, OpenSSH {1000 * cost(openssh):.1f} ms; sessions per "
+          f"CPU-second Limen / OpenSSH: {cost(openssh) / cost(limen):.2f} (on cores the run "
+          "keeps busy, the rate ratio follows this one)")
     print("server CPU: the auth+proxy and node processes / the two sshds, with the "
           "children each reaped (sshd's per-connection processes, the commands); client "
           "CPU: this process, the asyncssh load generator, on the same cores")
@@ -192,12 +238,14 @@ async def run(args: argparse.Namespace, cluster: Cluster, node_pid: int, root: P
             Target("OpenSSH", ("127.0.0.1", jump_sshd.port), ("127.0.0.1", node_sshd.port),
                    [jump_sshd.proc.pid, node_sshd.proc.pid]),
         ]
-        tallies = {t.name: Tally() for t in targets}
+        tallies = {(t.name, workers): Tally() for workers in args.concurrency for t in targets}
         for target in targets:  # warm-up
             await load(target, creds, 1, 0.5, Tally())
-        for _ in range(args.rounds):
-            for target in targets:
-                await load(target, creds, args.concurrency, args.seconds, tallies[target.name])
+        for workers in args.concurrency:
+            for _ in range(args.rounds):
+                for target in targets:
+                    await load(target, creds, workers, args.seconds,
+                               tallies[target.name, workers])
         report(args, tallies)
         print(f"Limen node memory after the run: {memory_kb(node_pid)[0] / 1024:.1f} MB RSS")
     finally:
