@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, select, tuple_
+from sqlalchemy import Connection, and_, bindparam, delete, func, select, tuple_
 
 from limen.audit.store import EventPage, EventQuery, RegisteredKey, StoredEvent, stored_event
 from limen.backend.audit_db import Database
@@ -138,12 +138,14 @@ class SQLEventStore:
     async def register_log(self, log_id: str, public_key: str,
                            voucher: str | None = None) -> None:
         insert = self.db.dialect.insert
-        async with self.db.write() as conn:
-            stmt = insert(logs).values(log_id=log_id, public_key=public_key)
-            await conn.execute(stmt.on_conflict_do_nothing())
+
+        def body(conn: Connection) -> None:
+            conn.execute(insert(logs).values(log_id=log_id, public_key=public_key)
+                         .on_conflict_do_nothing())
             if voucher is not None:
-                stmt = insert(vouchers).values(log_id=log_id, voucher=voucher)
-                await conn.execute(stmt.on_conflict_do_nothing())
+                conn.execute(insert(vouchers).values(log_id=log_id, voucher=voucher)
+                             .on_conflict_do_nothing())
+        await self.db.transact(body)
 
     async def log_keys(self) -> dict[str, RegisteredKey]:
         joined = logs.outerjoin(vouchers, logs.c.log_id == vouchers.c.log_id)
@@ -159,10 +161,11 @@ class SQLEventStore:
             await self._insert_sqlite(rows)
             return
         sql = self._insert_sql()
-        async with self.db.write() as conn:
+
+        def body(conn: Connection) -> None:
             for start in range(0, len(rows), _BATCH):
-                batch = [_params(r) for r in rows[start:start + _BATCH]]
-                await conn.exec_driver_sql(sql, batch)
+                conn.exec_driver_sql(sql, [_params(r) for r in rows[start:start + _BATCH]])
+        await self.db.transact(body)
 
     async def insert_written(self, written: list[tuple[dict[str, Any], str]]) -> None:
         if not written:
@@ -172,10 +175,13 @@ class SQLEventStore:
             return
         # Building a row of each record and encoding the rows again (the line, escaped
         # inside them) was a fifth of the audit log's GIL-held time under load.
-        async with self.db.write() as conn:
-            for start in range(0, len(written), _BATCH):
-                lines = ",".join(line for _, line in written[start:start + _BATCH])
-                await conn.exec_driver_sql(_SQLITE_INSERT_LINES, (f"[{lines}]",))
+        arrays = [",".join(line for _, line in written[start:start + _BATCH])
+                  for start in range(0, len(written), _BATCH)]
+
+        def body(conn: Connection) -> None:
+            for lines in arrays:
+                conn.exec_driver_sql(_SQLITE_INSERT_LINES, (f"[{lines}]",))
+        await self.db.transact(body)
 
     async def _insert_sqlite(self, rows: list[StoredEvent]) -> None:
         """One statement per batch, the rows handed over as one JSON array.
@@ -185,10 +191,13 @@ class SQLEventStore:
         later): under load the copy crawled and the handovers slowed the writer too.
         A single statement binds one value and does the whole batch without the GIL.
         """
-        async with self.db.write() as conn:
-            for start in range(0, len(rows), _BATCH):
-                batch = [_params(r) for r in rows[start:start + _BATCH]]
-                await conn.exec_driver_sql(_SQLITE_INSERT, (_JSON_ROWS.encode(batch),))
+        arrays = [_JSON_ROWS.encode([_params(r) for r in rows[start:start + _BATCH]])
+                  for start in range(0, len(rows), _BATCH)]
+
+        def body(conn: Connection) -> None:
+            for array in arrays:
+                conn.exec_driver_sql(_SQLITE_INSERT, (array,))
+        await self.db.transact(body)
 
     def _insert_sql(self) -> str:
         """The INSERT in the driver's own words, compiled once: SQLAlchemy's per-row
@@ -261,6 +270,5 @@ class SQLEventStore:
 
     async def delete_through(self, log_id: str, seq: int) -> int:
         stmt = delete(events).where(events.c.log_id == log_id, events.c.seq <= seq)
-        async with self.db.write() as conn:
-            return (await conn.execute(stmt)).rowcount or 0
+        return await self.db.transact(lambda conn: conn.execute(stmt).rowcount or 0)
 

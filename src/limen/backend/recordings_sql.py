@@ -12,7 +12,7 @@ from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, or_, select, update
 
 from limen.audit.store import RecordingMeta
 from limen.backend.audit_db import Database
@@ -83,44 +83,43 @@ class SQLRecordingStore:
         self._by_id = compile_once(_BY_ID, db.engine.dialect)
 
     async def upsert_meta(self, meta: RecordingMeta) -> RecordingMeta:
-        async with self.db.write() as conn:
-            await conn.execute(upsert(self.db.dialect, recordings, recordings.c.session_id,
-                                      _META_FIELDS),
-                               {"session_id": meta.session_id, "size": 0, "tail": "",
-                                **_meta_values(meta)})
+        stmt = upsert(self.db.dialect, recordings, recordings.c.session_id, _META_FIELDS)
+        values = {"session_id": meta.session_id, "size": 0, "tail": "", **_meta_values(meta)}
+        await self.db.transact(lambda conn: conn.execute(stmt, values))
         return await self.get(meta.session_id)
 
     async def append(self, session_id: str, offset: int, data: bytes,
                      extract: Callable[[bytes], str]) -> int:
-        async with self.db.write() as conn:
-            row = (await conn.execute(
+        def body(conn: Connection) -> int:
+            row = conn.execute(
                 select(recordings.c.size, recordings.c.tail)
                 .where(recordings.c.session_id == session_id).with_for_update()
-            )).first()
+            ).first()
             if row is None:
-                await conn.execute(_NEW_RECORDING,
-                                   {"session_id": session_id, "size": 0, "tail": ""})
+                conn.execute(_NEW_RECORDING, {"session_id": session_id, "size": 0, "tail": ""})
                 size, tail = 0, ""
             else:
                 size, tail = int(row.size), row.tail
             if offset > size or offset + len(data) <= size:
                 return size  # a gap (resend from size) or bytes we already have
-            data = data[size - offset:]
-            text = tail + extract(data).lower()
-            await conn.execute(_NEW_CHUNK, {"session_id": session_id, "offset": size,
-                                            "data": data, "text": text})
-            await conn.execute(_GROWN, {"sid": session_id, "new_size": size + len(data),
-                                        "new_tail": text[-TAIL:]})
-            return size + len(data)
+            new = data[size - offset:]
+            text = tail + extract(new).lower()
+            conn.execute(_NEW_CHUNK, {"session_id": session_id, "offset": size, "data": new,
+                                      "text": text})
+            conn.execute(_GROWN, {"sid": session_id, "new_size": size + len(new),
+                                  "new_tail": text[-TAIL:]})
+            return size + len(new)
+        return await self.db.transact(body)
 
     async def put_whole(self, whole: Sequence[tuple[RecordingMeta, bytes]],
                         extract: Callable[[bytes], str]) -> list[bool]:
         if not whole:
             return []
         sids = [meta.session_id for meta, _ in whole]
-        async with self.db.write() as conn:
-            held = set((await conn.execute(select(recordings.c.session_id)
-                                           .where(recordings.c.session_id.in_(sids)))).scalars())
+
+        def body(conn: Connection) -> list[bool]:
+            held = set(conn.execute(select(recordings.c.session_id)
+                                    .where(recordings.c.session_id.in_(sids))).scalars())
             stored: list[bool] = []
             for sid in sids:  # a repeat in ``whole`` is left as the first made it
                 stored.append(sid not in held)
@@ -128,14 +127,15 @@ class SQLRecordingStore:
             new = [item for item, fresh in zip(whole, stored, strict=True) if fresh]
             texts = [extract(data).lower() for _, data in new]
             if new:
-                await conn.execute(_NEW_RECORDING, [
+                conn.execute(_NEW_RECORDING, [
                     {**_meta_values(meta), "session_id": meta.session_id, "size": len(data),
                      "tail": text[-TAIL:]} for (meta, data), text in zip(new, texts, strict=True)])
             chunked = [{"session_id": meta.session_id, "offset": 0, "data": data, "text": text}
                        for (meta, data), text in zip(new, texts, strict=True) if data]
             if chunked:
-                await conn.execute(_NEW_CHUNK, chunked)
-        return stored
+                conn.execute(_NEW_CHUNK, chunked)
+            return stored
+        return await self.db.transact(body)
 
     async def get(self, session_id: str) -> RecordingMeta:
         rows = await self._reader.rows(
@@ -179,7 +179,8 @@ class SQLRecordingStore:
     async def delete_ended_before(self, cutoff_ns: int) -> int:
         ended = func.coalesce(recordings.c.end_ns, recordings.c.start_ns)
         old = select(recordings.c.session_id).where(ended < cutoff_ns)
-        async with self.db.write() as conn:
-            await conn.execute(delete(chunks).where(chunks.c.session_id.in_(old)))
-            result = await conn.execute(delete(recordings).where(ended < cutoff_ns))
-            return result.rowcount or 0
+
+        def body(conn: Connection) -> int:
+            conn.execute(delete(chunks).where(chunks.c.session_id.in_(old)))
+            return conn.execute(delete(recordings).where(ended < cutoff_ns)).rowcount or 0
+        return await self.db.transact(body)

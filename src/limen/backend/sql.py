@@ -1,7 +1,8 @@
 """One Backend for SQLite and PostgreSQL, on SQLAlchemy's async Core.
 
 Engine differences live in sql_dialects.py; the tables and the statements of a write
-transaction in sql_tables.py. Tables:
+transaction in sql_tables.py; where a write transaction runs (whole, on SQLite's writer
+thread) in sql_writes.py. Tables:
 
 - ``kv_items``: the live data (key, value, expires as epoch microseconds, revision).
 - ``kv_changes``: one row per change, with an increasing id, written in the same
@@ -33,9 +34,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, func, or_, select
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
@@ -58,7 +59,6 @@ from limen.backend.base import (
 )
 from limen.backend.sql_dialects import (
     SINGLE_READ_OPTION,
-    WRITE_OPTION,
     Dialect,
     SQLiteDialect,
     connection_problem,
@@ -73,6 +73,7 @@ from limen.backend.sql_tables import (
     row_item,
     wall_micros,
 )
+from limen.backend.sql_writes import SerialWrites
 from limen.backend.sqlite_reads import CompiledSQL, SQLiteReader, compile_once
 from limen.backend.watch import DEFAULT_WATCH_CAPACITY, Watcher, WatcherGroups
 from limen.clock import Clock, RealClock
@@ -86,6 +87,8 @@ from limen.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_POLL_INTERVAL = 0.1
 DEFAULT_CHANGE_RETENTION = 300.0
@@ -132,6 +135,14 @@ def _range_select(start: bool, end: bool, limit: bool) -> Any:
     return stmt.limit(bindparam("limit")) if limit else stmt
 
 
+def _remove_expired(tx: WriteTx) -> list[str]:
+    """The sweeper's transaction: every item expired by the transaction's time."""
+    stmt = select(items.c.key).where(items.c.expires <= to_micros(tx.now)).order_by(items.c.key)
+    keys = list(tx.conn.execute(stmt).scalars())
+    tx.remove(keys)
+    return keys
+
+
 class SQLBackend:
     """The Backend on an SQL database. Build it with ``await SQLBackend.open(dialect)``."""
 
@@ -160,7 +171,7 @@ class SQLBackend:
         self._poll_interval = poll_interval
         #: Seconds a change row is kept for watchers that are behind (wall clock).
         self.change_retention = change_retention
-        self._write_lock = asyncio.Lock()  # local writers queue here, not on the database
+        self._writes = SerialWrites(dialect, engine, lock=True, name="The storage backend")
         self._poll_lock = asyncio.Lock()  # attaching a watcher vs. a poll in progress
         self._watchers = WatcherGroups()  # each with the last change id before it
         self._cursor = 0  # last change id handed to watchers
@@ -199,19 +210,13 @@ class SQLBackend:
         except (SQLAlchemyError, OSError) as exc:
             raise connection_problem(self.dialect, exc) from exc
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[WriteTx]:
+    async def _transact(self, body: Callable[[WriteTx], T]) -> T:
+        """``body``'s result, run whole as one write transaction (sql_writes)."""
         self._check_open()
-        async with self._write_lock:
-            try:
-                async with self._engine.connect() as conn:
-                    await conn.execution_options(**{WRITE_OPTION: True})
-                    async with conn.begin():
-                        await self.dialect.lock_for_write(conn)
-                        yield WriteTx(conn, self.dialect, self.clock.now())
-            except (SQLAlchemyError, OSError) as exc:
-                raise connection_problem(self.dialect, exc) from exc
+        now = self.clock.now()
+        result = await self._writes.run(lambda conn: body(WriteTx(conn, self.dialect, now)))
         self._wake.set()  # committed: let the local poller deliver it now
+        return result
 
     # -- Backend ------------------------------------------------------------------------
 
@@ -238,46 +243,52 @@ class SQLBackend:
 
     async def put(self, item: Item) -> Item:
         item = check_item(item)
-        async with self._write() as tx:
-            return await tx.store(item)
+        return await self._transact(lambda tx: tx.store(item))
 
     async def put_many(self, items: Sequence[Item]) -> list[Item]:
         checked = check_items(items)
         if not checked:
             return []
-        async with self._write() as tx:
-            return await tx.store_many(checked)
+        return await self._transact(lambda tx: tx.store_many(checked))
 
     async def create(self, item: Item) -> Item:
         item = check_item(item)
-        async with self._write() as tx:
-            if await tx.current(item.key) is not None:
+
+        def body(tx: WriteTx) -> Item:
+            if tx.current(item.key) is not None:
                 raise AlreadyExists(f"Key {item.key!r} already exists.")
-            return await tx.store(item)
+            return tx.store(item)
+        return await self._transact(body)
 
     async def update(self, item: Item) -> Item:
         item = check_item(item)
-        async with self._write() as tx:
-            if await tx.current(item.key) is None:
+
+        def body(tx: WriteTx) -> Item:
+            if tx.current(item.key) is None:
                 raise NotFound(f"Key {item.key!r} is not found.")
-            return await tx.store(item)
+            return tx.store(item)
+        return await self._transact(body)
 
     async def compare_and_swap(self, expected: Item, new: Item) -> Item:
         expected, new = check_item(expected), check_item(new)
         if expected.key != new.key:
             raise BadParameter("compare_and_swap needs the expected and new items to share a key.")
-        async with self._write() as tx:
-            current = await tx.current(new.key)
+
+        def body(tx: WriteTx) -> Item:
+            current = tx.current(new.key)
             if current is None or current.value != expected.value:
                 raise CompareFailed(f"Key {new.key!r} changed or is gone; read it again and retry.")
-            return await tx.store(new)
+            return tx.store(new)
+        return await self._transact(body)
 
     async def delete(self, key: str) -> None:
         key = check_key(key)
-        async with self._write() as tx:
-            if await tx.current(key) is None:
+
+        def body(tx: WriteTx) -> None:
+            if tx.current(key) is None:
                 raise NotFound(f"Key {key!r} is not found.")
-            await tx.remove([key])
+            tx.remove([key])
+        await self._transact(body)
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         wanted = list(dict.fromkeys(map(check_key, keys)))
@@ -285,10 +296,12 @@ class SQLBackend:
             return 0
         if len(wanted) <= _FEW_KEYS and not await self._any_live(wanted):
             return 0  # nothing to remove: no write transaction, no wait for the write lock
-        async with self._write() as tx:
-            live = await tx.live_among(wanted)
-            await tx.remove(live)
+
+        def body(tx: WriteTx) -> int:
+            live = tx.live_among(wanted)
+            tx.remove(live)
             return len(live)
+        return await self._transact(body)
 
     async def _any_live(self, keys: list[str]) -> bool:
         """Whether any of a few keys holds a live item: one statement, so one snapshot
@@ -309,12 +322,14 @@ class SQLBackend:
 
     async def delete_range(self, prefix: str) -> int:
         prefix = check_prefix(prefix)
-        async with self._write() as tx:
-            found = await tx.keys_under(prefix)
+
+        def body(tx: WriteTx) -> int:
+            found = tx.keys_under(prefix)
             # Expired leftovers go too (with the DELETE event the sweeper would send),
             # but only live items count as deleted.
-            await tx.remove([key for key, _ in found])
+            tx.remove([key for key, _ in found])
             return sum(not is_expired(from_micros(exp), tx.now) for _, exp in found)
+        return await self._transact(body)
 
     def watch(self, prefixes: Sequence[str]) -> Watcher:
         return Watcher(
@@ -329,11 +344,7 @@ class SQLBackend:
         async with self._read() as conn:
             due = (await conn.execute(probe.limit(1))).first() is not None
         if due:
-            async with self._write() as tx:
-                now = to_micros(tx.now)
-                stmt = select(items.c.key).where(items.c.expires <= now).order_by(items.c.key)
-                keys = list((await tx.conn.execute(stmt)).scalars())
-                await tx.remove(keys)
+            keys = await self._transact(_remove_expired)
         if time.monotonic() - self._last_prune >= _PRUNE_EVERY:
             await self.prune_changes()
         return len(keys)
@@ -344,9 +355,7 @@ class SQLBackend:
         cutoff = wall_micros() - int(self.change_retention * 1_000_000)
         newest = select(func.max(changes.c.id)).scalar_subquery()
         stmt = delete(changes).where(changes.c.created < cutoff, changes.c.id < newest)
-        async with self._write() as tx:
-            result = await tx.conn.execute(stmt)
-        return int(result.rowcount or 0)
+        return await self._transact(lambda tx: int(tx.conn.execute(stmt).rowcount or 0))
 
     async def close(self) -> None:
         if self._closed:
@@ -359,8 +368,8 @@ class SQLBackend:
         for watcher in self._watchers.all():
             watcher.close()
         # Wait for writes in flight, then release every pooled connection.
-        async with self._write_lock:
-            await self._engine.dispose()
+        await self._writes.close()
+        await self._engine.dispose()
         if self._direct is not None:
             await self._direct.close()
 

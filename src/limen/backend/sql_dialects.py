@@ -19,7 +19,7 @@ import stat
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
@@ -100,34 +100,18 @@ class SQLiteDialect:
     def make_engine(self) -> AsyncEngine:
         _ensure_private_file(self.path)
         engine = create_async_engine(URL.create("sqlite+aiosqlite", database=self.path))
-        sync_engine = engine.sync_engine
+        _configure_sqlite(engine.sync_engine)
+        return engine
 
-        @event.listens_for(sync_engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # Take BEGIN away from the sqlite3 module (it would skip it for SELECTs and
-            # defer the write lock), and issue it ourselves in _on_begin.
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            try:
-                cursor.execute(f"PRAGMA busy_timeout = {int(CONNECT_TIMEOUT * 1000)}")
-                cursor.execute("PRAGMA journal_mode = WAL")
-                # FULL: a change we acknowledged (a lock, a revoked token) survives power loss.
-                cursor.execute("PRAGMA synchronous = FULL")
-            finally:
-                cursor.close()
-
-        @event.listens_for(sync_engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            # Writers take SQLite's write lock up front (IMMEDIATE), so a transaction
-            # never fails half-way trying to upgrade a read lock; readers stay deferred
-            # and, in WAL mode, never block writers.
-            options = conn.get_execution_options()
-            if options.get(WRITE_OPTION):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            elif not options.get(SINGLE_READ_OPTION):
-                conn.exec_driver_sql("BEGIN")
-
-        _skip_idle_rollbacks(sync_engine.dialect)
+    def make_sync_engine(self) -> Engine:
+        """The same database through the sqlite3 module itself, for a thread of its own
+        (limen.backend.sql_writes runs each write transaction whole on one). Made after
+        ``make_engine``, which created the file: opening and closing it here again would
+        drop every POSIX lock this process's connections hold on it (fcntl locks belong
+        to the process, and any close releases them), and another process would then
+        take the database for unused and remove its WAL under us."""
+        engine = create_engine(URL.create("sqlite+pysqlite", database=self.path))
+        _configure_sqlite(engine)
         return engine
 
     async def prepare(self, conn: AsyncConnection) -> None:
@@ -155,6 +139,37 @@ def upsert(dialect: Dialect, table: Any, key: Any, fields: Sequence[str]) -> Any
         found = _UPSERTS[(type(dialect).__name__, table.name)] = stmt.on_conflict_do_update(
             index_elements=[key], set_={field: stmt.excluded[field] for field in fields})
     return found
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """Every SQLite connection's settings, and who begins its transactions."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module (it would skip it for SELECTs and
+        # defer the write lock), and issue it ourselves in _on_begin.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(CONNECT_TIMEOUT * 1000)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            # FULL: a change we acknowledged (a lock, a revoked token) survives power loss.
+            cursor.execute("PRAGMA synchronous = FULL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take SQLite's write lock up front (IMMEDIATE), so a transaction
+        # never fails half-way trying to upgrade a read lock; readers stay deferred
+        # and, in WAL mode, never block writers.
+        options = conn.get_execution_options()
+        if options.get(WRITE_OPTION):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif not options.get(SINGLE_READ_OPTION):
+            conn.exec_driver_sql("BEGIN")
+
+    _skip_idle_rollbacks(engine.dialect)
 
 
 def _skip_idle_rollbacks(dialect: Any) -> None:

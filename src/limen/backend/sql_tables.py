@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Index,
     Integer,
     LargeBinary,
@@ -26,7 +27,6 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from limen.backend.base import (
     Item,
@@ -85,24 +85,26 @@ def row_item(row: Any) -> Item:
 
 
 class WriteTx:
-    """One serialised write transaction: read the current state, decide, write."""
+    """One serialised write transaction: read the current state, decide, write. Its
+    statements run synchronously, on whatever thread runs the transaction
+    (limen.backend.sql_writes)."""
 
-    def __init__(self, conn: AsyncConnection, dialect: Dialect, now: datetime) -> None:
+    def __init__(self, conn: Connection, dialect: Dialect, now: datetime) -> None:
         self.conn = conn
         self.dialect = dialect
         self.now = now
 
-    async def current(self, key: str) -> Item | None:
-        row = (await self.conn.execute(_CURRENT, {"key": key})).first()
+    def current(self, key: str) -> Item | None:
+        row = self.conn.execute(_CURRENT, {"key": key}).first()
         if row is None:
             return None
         item = row_item(row)
         return None if is_expired(item.expires, self.now) else item
 
-    async def store(self, item: Item) -> Item:
-        return (await self.store_many([item]))[0]
+    def store(self, item: Item) -> Item:
+        return self.store_many([item])[0]
 
-    async def store_many(self, new: Sequence[Item]) -> list[Item]:
+    def store_many(self, new: Sequence[Item]) -> list[Item]:
         """Each item and its change row, in two statements whatever their number: a
         statement's trip through the driver costs more than its rows (ten presence
         records took an eighth of the CPU of ten single writes)."""
@@ -114,16 +116,15 @@ class WriteTx:
         ]
         created = wall_micros()
         # Fixed statements and the values as parameters (see sql_dialects.upsert).
-        await self.conn.execute(upsert(self.dialect, items, items.c.key, _ITEM_FIELDS),
-                                values)
-        await self.conn.execute(_LOG_CHANGE, [
+        self.conn.execute(upsert(self.dialect, items, items.c.key, _ITEM_FIELDS), values)
+        self.conn.execute(_LOG_CHANGE, [
             {"op": OpType.PUT.value, "created": created, **row} for row in values])
         return stored
 
-    async def remove(self, keys: Sequence[str]) -> None:
+    def remove(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), _CHUNK):
             chunk = list(keys[start : start + _CHUNK])
-            await self.conn.execute(delete(items).where(items.c.key.in_(chunk)))
+            self.conn.execute(delete(items).where(items.c.key.in_(chunk)))
         if keys:
             created = wall_micros()
             rows = [
@@ -137,21 +138,21 @@ class WriteTx:
                 }
                 for key in keys
             ]
-            await self.conn.execute(insert(changes), rows)
+            self.conn.execute(insert(changes), rows)
 
-    async def live_among(self, keys: Sequence[str]) -> list[str]:
+    def live_among(self, keys: Sequence[str]) -> list[str]:
         """Those of ``keys`` that hold a live item, in the order given."""
         found: dict[str, int | None] = {}
         for start in range(0, len(keys), _CHUNK):
             chunk = list(keys[start : start + _CHUNK])
             stmt = select(items.c.key, items.c.expires).where(items.c.key.in_(chunk))
-            found.update((await self.conn.execute(stmt)).all())
+            found.update(self.conn.execute(stmt).all())
         return [key for key in keys
                 if key in found and not is_expired(from_micros(found[key]), self.now)]
 
-    async def keys_under(self, prefix: str) -> list[tuple[str, int | None]]:
+    def keys_under(self, prefix: str) -> list[tuple[str, int | None]]:
         stmt = select(items.c.key, items.c.expires).where(*prefix_clauses(prefix))
-        rows = (await self.conn.execute(stmt.order_by(items.c.key))).all()
+        rows = self.conn.execute(stmt.order_by(items.c.key)).all()
         return [(key, expires) for key, expires in rows if key.startswith(prefix)]
 
 
