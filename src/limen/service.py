@@ -550,6 +550,11 @@ async def run_until_signalled(service: Service, ready_message: bool = True,
         service.config = reload(service.config, load_config)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        # Started in the background by a shell without job control: SIGQUIT stays
+        # ignored here, but caught it is not handed down, and a node's sessions start
+        # with it at its default without env resetting it (node/process/env_free.py).
+        loop.add_signal_handler(signal.SIGQUIT, lambda: None)
     log.info("event loop: %s", eventloop.running())
     await service.start()
     if ready_message:

@@ -103,3 +103,35 @@ def test_a_node_that_went_away_is_a_clear_error(
     assert result.returncode == 255
     assert f"node '{name}'" in result.stderr and "could not be reached" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_node_started_with_sigquit_ignored_starts_sessions_with_it_at_default(
+    two_nodes: tuple[ClusterHarness, str], tmp_path: Path
+) -> None:
+    """A shell without job control starts background jobs with SIGQUIT ignored. The node
+    catches it instead (and so still ignores it): an exec does not pass a caught signal
+    on, so its sessions start with it at default without env resetting it."""
+    cluster, _ = two_nodes
+    name = unique("quiet")
+    before = signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    try:
+        node = NodeProcess(cluster, tmp_path, name, "fleet=quiet", extra=DIRECT).start()
+    finally:
+        signal.signal(signal.SIGQUIT, before)
+    alice = _user(two_nodes, "quiet")
+    try:
+        node.wait_registered()
+        assert node.proc is not None
+        result = alice.limen("ssh", name, "grep -E '^SigIgn' /proc/self/status")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["SigIgn:", "0" * 16]
+        quit_bit = 1 << (signal.SIGQUIT - 1)
+        status = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{node.proc.pid}/status").read_text().splitlines())
+        assert int(status["SigIgn"], 16) & quit_bit == 0  # not passed on to an exec
+        assert int(status["SigCgt"], 16) & quit_bit  # caught: the node itself ignores it
+        node.proc.send_signal(signal.SIGQUIT)
+        assert alice.limen("ssh", name, "echo still-here").stdout == "still-here\n"
+        node.check_alive()
+    finally:
+        node.stop()

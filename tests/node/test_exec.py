@@ -111,6 +111,25 @@ def test_runs_as_the_login_user(node: Node, test_user) -> None:
     assert os.stat(Path(test_user.pw_dir) / "mine").st_uid == test_user.pw_uid
 
 
+def test_a_home_the_user_may_not_enter_is_not_entered_for_them(node: Node, test_user) -> None:
+    """Root could change into any directory before dropping privileges (the node leaves
+    env out where it may, env_free.py): a home whose owner took their own search
+    permission away is still refused as the user's own chdir would be, on a pty too."""
+    client = node.client(login=test_user.pw_name)
+    home = test_user.pw_dir
+    before = os.stat(home).st_mode & 0o7777
+    os.chmod(home, 0o000)
+    try:
+        results = [client.ssh("pwd; echo started", options=extra) for extra in ((), ("-tt",))]
+    finally:
+        os.chmod(home, before)
+    for result in results:
+        assert result.returncode == 125, result.stdout
+        assert b"started" not in result.stdout
+        assert b"Permission denied" in result.stdout + result.stderr
+    assert client.ssh("pwd").stdout.decode().strip() == home  # and entered once it may
+
+
 def test_a_session_cannot_take_root_back(node: Node, test_user) -> None:
     """The switch sets the saved ids too and leaves no capability: a user's process that
     asks for uid 0 (or gid 0) again is refused, on a pty as without one."""

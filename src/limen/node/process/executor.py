@@ -13,7 +13,8 @@ running between fork and exec (unsafe with threads):
 - ``env --default-signal -C HOME`` resets every signal disposition to default (a node
   started from a non-interactive shell inherits ignored SIGINT/SIGQUIT, and so would
   its users' shells, where Ctrl-C would then do nothing) and changes to the home
-  directory with the user's own permissions.
+  directory with the user's own permissions. Only where it must (env_free.py says when):
+  otherwise ``subprocess`` changes directory, and no signal needs resetting.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import struct
 import subprocess
 import termios
 from dataclasses import dataclass
+from typing import Any
 
 from limen.errors import BadParameter
-from limen.node.process import child_exit
+from limen.node.process import child_exit, env_free
 from limen.node.process.fdstream import FdStream
 from limen.node.process.users import LocalUser
 
@@ -95,13 +97,37 @@ def _tool(name: str) -> str:
     return path
 
 
-def launcher(spec: ProcessSpec) -> list[str]:
+def launcher(spec: ProcessSpec, *, with_env: bool = True) -> list[str]:
+    """The command line that starts ``spec``; without ``env`` the caller changes to
+    ``spec.cwd`` itself (``needs_env`` says when it may)."""
     if "=" in spec.argv[0]:  # env would take it for an assignment
         raise BadParameter(f"cannot run a program whose path contains '=': {spec.argv[0]}")
-    chain = [_tool("env"), "--default-signal", "-C", spec.cwd, "--", *spec.argv]
+    chain = list(spec.argv)
+    if with_env:
+        chain = [_tool("env"), "--default-signal", "-C", spec.cwd, "--", *chain]
     if spec.term_size is not None:
         chain = [_tool("setsid"), "--ctty", *chain]
     return [*_privileges(spec.user), *chain]
+
+
+def needs_env(spec: ProcessSpec) -> bool:
+    """Whether ``env`` must reset signals or change directory as the user (env_free)."""
+    if env_free.ignored_signals():
+        return True
+    return os.geteuid() == 0 and not env_free.user_may_enter(spec.cwd, spec.user)
+
+
+def _start(spec: ProcessSpec, **popen: Any) -> subprocess.Popen[bytes]:
+    """The session's process, started without ``env`` where it may be."""
+    if not needs_env(spec):
+        try:
+            return child_exit.start(launcher(spec, with_env=False), cwd=spec.cwd, **popen)
+        except OSError as exc:
+            if exc.filename != spec.cwd:
+                raise
+            # The directory could not be entered after all (gone meanwhile; root not let
+            # into a network file system's home): env tries as the user and says why.
+    return child_exit.start(launcher(spec), **popen)
 
 
 def set_winsize(fd: int, size: TermSize) -> None:
@@ -209,8 +235,8 @@ async def _spawn_pipes(spec: ProcessSpec) -> Child:
     out_r, out_w = _big_pipe()
     err_r, err_w = os.pipe()
     try:
-        proc = child_exit.start(launcher(spec), stdin=in_r, stdout=out_w, stderr=err_w,
-                                env=spec.env, start_new_session=True)
+        proc = _start(spec, stdin=in_r, stdout=out_w, stderr=err_w, env=spec.env,
+                      start_new_session=True)
     except BaseException:
         for fd in (in_w, out_r, err_r):
             os.close(fd)
@@ -230,8 +256,8 @@ async def _spawn_pty(spec: ProcessSpec) -> Child:
         if os.geteuid() == 0:  # as sshd: the user owns their terminal, group tty, mode 0620
             os.fchown(slave, spec.user.uid, _tty_group())
             os.fchmod(slave, 0o620)
-        proc = child_exit.start(launcher(spec), stdin=slave, stdout=slave, stderr=slave,
-                                env={**spec.env, "SSH_TTY": tty_name})
+        proc = _start(spec, stdin=slave, stdout=slave, stderr=slave,
+                      env={**spec.env, "SSH_TTY": tty_name})
     except BaseException:
         os.close(master)
         raise
