@@ -11,6 +11,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from limen.node.process import env_free
@@ -46,7 +47,10 @@ def mode(path: str, bits: int) -> Iterator[None]:
 
 
 def _spec(user: pwd.struct_passwd, cwd: str) -> ProcessSpec:
-    return ProcessSpec(lookup_user(user.pw_name), ("/bin/true",), {}, cwd)
+    """As the node's session planning makes it (its worker thread checks the directory)."""
+    local = lookup_user(user.pw_name)
+    return ProcessSpec(local, ("/bin/true",), {}, cwd,
+                       may_enter_cwd=env_free.user_may_enter(cwd, local))
 
 
 def test_a_signal_ignored_here_is_reported_but_not_those_subprocess_restores() -> None:
@@ -108,7 +112,8 @@ def test_env_is_left_out_only_when_neither_of_its_jobs_is_needed(
         finally:
             signal.signal(signal.SIGQUIT, old)
         with mode(test_user.pw_dir, 0o000):
-            assert needs_env(spec)  # root would enter it; the user may not
+            assert needs_env(_spec(test_user, test_user.pw_dir))  # root could; the user not
+        assert needs_env(replace(spec, may_enter_cwd=False))  # not known: env decides
     words = launcher(spec)
     assert words[words.index(next(w for w in words if w.endswith("/env"))) + 1:][:3] == [
         "--default-signal", "-C", test_user.pw_dir]

@@ -62,6 +62,9 @@ class ProcessSpec:
     env: dict[str, str]
     cwd: str
     term_size: TermSize | None = None  # set: run on a new pty of this size
+    # The user may change to ``cwd`` themself (env_free.user_may_enter, found off the
+    # event loop: it stats the directories); unknown counts as no.
+    may_enter_cwd: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def needs_env(spec: ProcessSpec) -> bool:
     """Whether ``env`` must reset signals or change directory as the user (env_free)."""
     if env_free.ignored_signals():
         return True
-    return os.geteuid() == 0 and not env_free.user_may_enter(spec.cwd, spec.user)
+    return os.geteuid() == 0 and not spec.may_enter_cwd
 
 
 def _start(spec: ProcessSpec, **popen: Any) -> subprocess.Popen[bytes]:

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from limen.errors import AccessDenied, BadParameter
+from limen.node.process.env_free import user_may_enter
 from limen.node.process.environment import session_environment
 from limen.node.process.executor import ProcessSpec, TermSize
-from limen.node.process.users import lookup_user
+from limen.node.process.users import LocalUser, lookup_user
 from limen.node.ssh.transfer_gate import TransferFollower, display_path, is_directory_for
 from limen.transfer.scp import ScpRequest, mentions_file_copy, parse_scp_command
 from limen.transfer.scp_stream import ScpFollower
@@ -77,13 +78,13 @@ async def plan_session(
     if not ctx.permit.file_copy and (sftp or mentions_file_copy(command, settings.sftp_server)):
         raise AccessDenied(FILE_COPY_DENIED)
 
-    user = await asyncio.to_thread(lookup_user, conn.login)
+    user, home_found, may_enter = await asyncio.to_thread(_account, conn.login)
     # Legacy scp only without a terminal: a real client never asks for one.
     scp = (parse_scp_command(command, user.home, settings.scp_program)
            if command and ctx.term_size is None else None)
     warnings = []
     cwd = user.home
-    if not os.path.isdir(cwd):
+    if not home_found:
         warnings.append(f"Could not chdir to home directory {cwd}: No such file or directory")
         cwd = "/"
     agent = await conn.agent_socket_for(user, ctx, agent_path) if agent_path else None
@@ -104,12 +105,21 @@ async def plan_session(
     else:
         argv = (user.shell, "-l")  # a login shell, as sshd's "-bash"
     term_size = ctx.term_size if not (sftp or scp) else None
-    spec = ProcessSpec(user, argv, env, cwd, term_size)
+    spec = ProcessSpec(user, argv, env, cwd, term_size, may_enter_cwd=may_enter)
     plan = SessionPlan(spec, scp, sftp, warnings=warnings)
     if scp is not None and scp.action == "upload":
         plan.scp_target_is_dir = scp.target_must_be_directory or await is_directory_for(
             user, scp.path, cwd, env)
     return plan
+
+
+def _account(login: str) -> tuple[LocalUser, bool, bool]:
+    """The local user, whether their home exists, and whether they may enter the
+    directory the session starts in (the home, or / without one): in a worker thread,
+    since each may wait on the name service or a network file system."""
+    user = lookup_user(login)
+    found = os.path.isdir(user.home)
+    return user, found, user_may_enter(user.home if found else "/", user)
 
 
 def to_term_size(size: tuple[int, int, int, int]) -> TermSize:
