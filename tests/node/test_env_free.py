@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from limen.node.process import env_free
-from limen.node.process.executor import ProcessSpec, launcher, needs_env
+from limen.node.process.executor import ProcessSpec, launcher, needs_env, spawn
 from limen.node.process.users import lookup_user
 
 
@@ -117,3 +117,25 @@ def test_env_is_left_out_only_when_neither_of_its_jobs_is_needed(
     words = launcher(spec)
     assert words[words.index(next(w for w in words if w.endswith("/env"))) + 1:][:3] == [
         "--default-signal", "-C", test_user.pw_dir]
+
+
+async def test_a_directory_root_cannot_enter_after_all_is_left_to_env(
+    test_user: pwd.struct_passwd,
+) -> None:
+    """Checked enterable, then not there when the process starts (removed meanwhile; a
+    network file system refusing root): the start goes the slow way, and env, changing
+    directory as the user, says why the session cannot start there."""
+    gone = f"/tmp/limen-gone-{uuid.uuid4().hex[:8]}"
+    spec = ProcessSpec(lookup_user(test_user.pw_name), ("/bin/echo", "started"), {}, gone,
+                       may_enter_cwd=True)
+    with no_signal_ignored():
+        assert not needs_env(spec)  # the quick way is tried first
+        child = await spawn(spec)
+        try:
+            status = await child.wait()
+            out = await child.stdout.read(4096)
+            err = await child.stderr.read(4096) if child.stderr is not None else b""
+        finally:
+            child.close()
+    assert status.code == 125
+    assert b"started" not in out and b"cannot change directory" in err
