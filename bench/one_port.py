@@ -16,12 +16,15 @@ proxy differs:
 - (b) web port:  ssh -F CFG LOGIN@NODE.CLUSTER  (`limen config`: ProxyJump to the web
   port, plain SSH recognised by its banner);
 - (c) web port in TLS: ssh -F CFG_TLS LOGIN@NODE.CLUSTER  (`limen config --tls-routing`:
-  OpenSSH's own jump, to an alias whose ProxyCommand `limen proxy tls` carries it inside
-  TLS with ALPN limen-ssh);
-- (d) with --openssl: the TLS of (c) made by `openssl s_client` instead of
-  `limen proxy tls`, so that (c) against (d) tells our relay from OpenSSL's own;
-- (e) with --proxy-ssh: the hop as configs before `limen proxy tls` made it,
-  `limen proxy ssh` (the jump in asyncssh inside TLS) as the ProxyCommand.
+  `limen proxy tls --node` as the ProxyCommand, a direct connection to the node inside
+  TLS with ALPN limen-node, no SSH layer at the proxy);
+- (d) with --jump-tls: the jump inside TLS, as configs of 2026-12-03 to -05 made it:
+  OpenSSH's own jump hop (ssh -W) whose ProxyCommand `limen proxy tls "[%h]:%p"` carries
+  it inside TLS with ALPN limen-ssh;
+- (e) with --openssl: the TLS of (d) made by `openssl s_client` instead, so that (d)
+  against (e) tells our relay from OpenSSL's own;
+- (f) with --proxy-ssh: the hop as configs before those made it, `limen proxy ssh` (the
+  jump in asyncssh inside TLS) as the ProxyCommand.
 
 Figures, the paths interleaved so drift in the machine's load hits them alike: median
 upload throughput (``head -c SIZE /dev/zero | ssh ... 'cat > /dev/null'``, handshakes
@@ -59,9 +62,9 @@ from common import (
 CLUSTER = "bench.limen"
 NODE_NAME = "bench-node"
 GOAL = 0.90  # (c)/(a) throughput: TLS wrapping costs under 10%
-SSH_PORT, WEB, WEB_TLS, WEB_OPENSSL, WEB_PROXY_SSH = (
-    "(a) SSH port", "(b) web port, SSH", "(c) web port, TLS", "(d) web port, openssl",
-    "(e) limen proxy ssh")
+SSH_PORT, WEB, WEB_TLS, WEB_JUMP_TLS, WEB_OPENSSL, WEB_PROXY_SSH = (
+    "(a) SSH port", "(b) web port, SSH", "(c) web port, TLS", "(d) jump inside TLS",
+    "(e) jump, openssl TLS", "(f) limen proxy ssh")
 
 
 def parse_args() -> argparse.Namespace:
@@ -72,10 +75,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--node", choices=("direct", "tunnel"), default="direct",
                         help="direct (default): the proxy dials the node, so the only TLS "
                              "on the way is the client's; tunnel: the node dials the proxy")
+    parser.add_argument("--jump-tls", action="store_true",
+                        help="also (d): OpenSSH's jump inside TLS by `limen proxy tls`")
     parser.add_argument("--openssl", action="store_true",
-                        help="also (d): the TLS hop by openssl s_client and OpenSSH")
+                        help="also (e): the jump inside TLS by openssl s_client")
     parser.add_argument("--proxy-ssh", action="store_true",
-                        help="also (e): the hop of earlier configs, `limen proxy ssh`")
+                        help="also (f): the hop of earlier configs, `limen proxy ssh`")
     return parser.parse_args()
 
 
@@ -92,33 +97,44 @@ def ways(cluster: Cluster, plain: Path, tls: Path, args: argparse.Namespace) -> 
         Way(WEB, [*ssh, "-F", str(plain), target]),
         Way(WEB_TLS, [*ssh, "-F", str(tls), target]),
     ]
+    # A ProxyCommand on the command line wins over the config's jump.
+    hops: dict[str, str] = {}
+    if args.jump_tls:
+        hops[WEB_JUMP_TLS] = jump_hop(cluster, plain,
+                                      f'{launcher(tls)} proxy tls "{cluster.web_addr}"')
     if args.openssl:
-        found.append(Way(WEB_OPENSSL, [*ssh, "-F", str(plain), "-o",
-                                       f"ProxyCommand={openssl_hop(cluster, plain)}", target]))
-    if args.proxy_ssh:  # a ProxyCommand on the command line wins over the config's jump
-        found.append(Way(WEB_PROXY_SSH, [*ssh, "-F", str(plain), "-o",
-                                         f"ProxyCommand={proxy_ssh_hop(tls)}", target]))
+        hops[WEB_OPENSSL] = jump_hop(cluster, plain, openssl_tls(cluster))
+    if args.proxy_ssh:
+        hops[WEB_PROXY_SSH] = f"{launcher(tls)} proxy ssh %r@%h:%p"
+    found += [Way(name, [*ssh, "-F", str(plain), "-o", f"ProxyCommand={hop}", target])
+              for name, hop in hops.items()]
     return found
 
 
-def proxy_ssh_hop(tls: Path) -> str:
-    """`limen proxy ssh %r@%h:%p`, as configs before `limen proxy tls` ran it."""
+def launcher(tls: Path) -> str:
+    """How the config starts limen (env LIMEN_HOME=... python -m limen.cli.main)."""
     line = next(line for line in tls.read_text().splitlines() if "ProxyCommand" in line)
-    return line.split("ProxyCommand", 1)[1].strip().replace('proxy tls "[%h]:%p"',
-                                                             "proxy ssh %r@%h:%p")
+    return line.split("ProxyCommand", 1)[1].split(" proxy tls ", 1)[0].strip()
 
 
-def openssl_hop(cluster: Cluster, plain: Path) -> str:
-    """A ProxyCommand for (d): OpenSSH's own jump hop (ssh -W), itself carried in TLS by
-    openssl s_client with ALPN limen-ssh and the cluster's TLS CA."""
+def openssl_tls(cluster: Cluster) -> str:
+    """openssl s_client with ALPN limen-ssh and the cluster's TLS CA, to the web port."""
     host, port = cluster.web_addr.rsplit(":", 1)
     ca = cluster.data_dir / "ca" / "tls_ca.crt"
-    tls = shlex.join(["openssl", "s_client", "-quiet", "-verify_quiet", "-verify_return_error",
-                      "-CAfile", str(ca), "-alpn", "limen-ssh", "-connect", f"{host}:{port}"])
+    return shlex.join(["openssl", "s_client", "-quiet", "-verify_quiet", "-verify_return_error",
+                       "-CAfile", str(ca), "-alpn", "limen-ssh", "-connect", f"{host}:{port}"])
+
+
+def jump_hop(cluster: Cluster, plain: Path, tls_command: str) -> str:
+    """A ProxyCommand for (d) and (e): OpenSSH's own jump hop (ssh -W) to the web port,
+    itself carried in TLS by ``tls_command``."""
+    host, port = cluster.web_addr.rsplit(":", 1)
     # The outer ssh expands %h:%p to the node; the inner one reads the config's first
-    # block for 127.0.0.1 (key, certificate, known hosts), not its ProxyJump.
+    # block for 127.0.0.1 (key, certificate, known hosts), not its ProxyJump. The
+    # address is spelled out: the outer ssh would expand %h:%p in it to the node's.
     return shlex.join(["ssh", "-F", str(plain), "-o", "BatchMode=yes", "-o",
-                       f"ProxyCommand={tls}", "-p", port, "-W", "%h:%p", f"{LOGIN}@{host}"])
+                       f"ProxyCommand={tls_command}", "-p", port, "-W", "%h:%p",
+                       f"{LOGIN}@{host}"])
 
 
 def check_configs(cluster: Cluster, plain: Path, tls: Path) -> None:
@@ -126,7 +142,7 @@ def check_configs(cluster: Cluster, plain: Path, tls: Path) -> None:
     if f"ProxyJump {LOGIN}@{cluster.web_addr}\n" not in plain.read_text():
         raise RuntimeError(f"limen config does not jump to the web port {cluster.web_addr}:\n"
                            f"{plain.read_text()}")
-    if 'limen.cli.main proxy tls "[%h]:%p"' not in tls.read_text():
+    if f'limen.cli.main proxy tls --node "%r@%h:%p" "{cluster.web_addr}"' not in tls.read_text():
         raise RuntimeError(f"limen config --tls-routing has no ProxyCommand:\n{tls.read_text()}")
 
 

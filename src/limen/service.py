@@ -62,6 +62,7 @@ from limen.runtime.readiness import readiness_checks
 from limen.runtime.reload import reload
 from limen.runtime.request_ids import RequestIds
 from limen.sshauth import TrustedKeys
+from limen.tls_direct import ALPN_NODE
 from limen.tunnel.proxy_role import start_tunnel_server
 from limen.tunnel.server import TunnelServer
 
@@ -387,11 +388,12 @@ class Service:
         routes = Routes(
             http=self._https.protocol_factory(),
             ssh=self.jump.protocol_factory() if self.jump else None,
+            node=self.jump.direct_factory() if self.jump else None,
             tunnel=self.tunnels.protocol_factory() if self.tunnels else None,
             data=self.tunnels.gate.admit if self.tunnels else None,
         )
         tls = server_tls_context(*(str(p) for p in self._tls_files),
-                                 [ALPN_HTTP, ALPN_SSH, ALPN_TUNNEL])
+                                 [ALPN_HTTP, ALPN_SSH, ALPN_NODE, ALPN_TUNNEL])
         self._mux = MultiplexListener(
             self._https.socket, tls, routes,
             ListenerLimits(

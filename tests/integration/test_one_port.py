@@ -22,10 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from limen.client.openssh import tls_alias
 from limen.config import Config
-from limen.errors import BadParameter
-from limen.resources.base import validate_name
 from limen.tunnel.data_link import new_ticket, preamble
 from tests.support.cluster import ClusterHarness, default_config
 from tests.support.ports import free_port
@@ -115,39 +112,64 @@ def test_stock_ssh_with_proxyjump_speaks_plain_ssh_to_the_web_port(one_port: One
 
 
 def test_stock_ssh_through_limen_proxy_tls_inside_tls(one_port: OnePort) -> None:
-    """`limen config --tls-routing`: OpenSSH makes both hops itself, the one to the proxy
-    inside TLS made by `limen proxy tls`."""
+    """`limen config --tls-routing`: every node's ProxyCommand is `limen proxy tls --node`,
+    a direct connection inside TLS, and ssh's one SSH connection is to the node."""
     user = one_port.user
     printed = user.limen("config", "--tls-routing")
     assert printed.returncode == 0, printed.stderr
-    assert f"ProxyJump root@_proxy.{CLUSTER}" in printed.stdout
-    assert 'proxy tls "[%h]:%p"' in printed.stdout
-    # No node can take the alias's name, so `ssh _proxy.CLUSTER` is always the proxy.
-    with pytest.raises(BadParameter):
-        validate_name(tls_alias(CLUSTER).removesuffix(f".{CLUSTER}"), "node name")
+    assert "ProxyJump" not in printed.stdout
+    web = one_port.cluster.web_addr
+    assert f'proxy tls --node "%r@%h:%p" "{web}"' in printed.stdout
     config = user.home / "ssh_config_tls"
     config.write_text(printed.stdout)
+    tunnel = tunnel_of(one_port.cluster, _node_id(one_port))
+    dialed = tunnel.data_connections
     stock = user.ssh("-v", f"root@{one_port.node.name}.{CLUSTER}", "echo", "inside-tls",
                      config=config)
     assert stock.stdout == b"inside-tls\n", stock.stderr
-    web_host, web_port = one_port.cluster.web_addr.rsplit(":", 1)
-    assert f'proxy tls "[{web_host}]:{web_port}"'.encode() in stock.stderr  # ssh -v: the jump's
+    assert f'--node "root@{one_port.node.name}.{CLUSTER}:22" "{web}"'.encode() in stock.stderr
+    # One SSH connection, the node's: ssh authenticated once, and made no jump.
+    assert stock.stderr.count(b"Authenticated to") == 1, stock.stderr
+    assert b"Setting implicit ProxyCommand" not in stock.stderr
+    assert tunnel.data_connections == dialed + 1  # the node behind NAT dialed back
     scp_source = user.home / "payload.txt"
     scp_source.write_text("over tls\n")
     copied = user.tool("scp", str(scp_source),
                        f"root@{one_port.node.name}.{CLUSTER}:/tmp/limen-oneport.txt")
     assert copied.returncode == 0, copied.stderr
 
+    def audited() -> list[dict[str, object]]:
+        found = one_port.cluster.admin("audit", "search", "--type", "auth", "--since", "10m",
+                                       "--format", "json")
+        assert found.returncode == 0, found.stderr
+        return [e for e in json.loads(found.stdout)
+                if e.get("kind") == "tls" and e.get("user") == user.name]
 
-def test_configs_from_before_still_work_through_limen_proxy_ssh(one_port: OnePort) -> None:
-    """Earlier `limen config --tls-routing` printed `limen proxy ssh` as the ProxyCommand
-    (the jump made in asyncssh): such configs keep working."""
+    event = wait_until(audited, 10, "the direct connection's auth event")[-1]
+    assert (event["success"], event["login"], event["method"]) == (True, "root", "cert")
+
+
+def test_configs_from_before_still_work(one_port: OnePort) -> None:
+    """Earlier `limen config --tls-routing` configs keep working: the jump to an alias
+    whose ProxyCommand is `limen proxy tls "[%h]:%p"` (OpenSSH's jump inside TLS), and
+    before it `limen proxy ssh %r@%h:%p` (the jump made in asyncssh)."""
     user = one_port.user
     command = next(line for line in user.limen("config", "--tls-routing").stdout.splitlines()
                    if "ProxyCommand" in line).split("ProxyCommand", 1)[1].strip()
-    earlier = command.replace('proxy tls "[%h]:%p"', "proxy ssh %r@%h:%p")
-    stock = user.ssh("-o", f"ProxyCommand={earlier}", f"root@{one_port.node.name}.{CLUSTER}",
-                     "echo", "proxy-ssh")
+    launcher = command.split(" proxy tls ", 1)[0]
+    web_host, web_port = one_port.cluster.web_addr.rsplit(":", 1)
+    alias = f"_proxy.{CLUSTER}"
+    head = user.config.read_text().split(f"\nHost *.{CLUSTER} !", 1)[0]
+    jumped = user.home / "ssh_config_tls_jump"
+    jumped.write_text(head.replace(f"Host *.{CLUSTER} ", f"Host *.{CLUSTER} {alias} ", 1) + (
+        f"\nHost *.{CLUSTER} !{alias}\n    ProxyJump root@{alias}\n"
+        f"Host {alias}\n    HostName {web_host}\n    Port {web_port}\n"
+        f'    ProxyCommand {launcher} proxy tls "[%h]:%p"\n'))
+    stock = user.ssh(f"root@{one_port.node.name}.{CLUSTER}", "echo", "jump-in-tls",
+                     config=jumped)
+    assert stock.stdout == b"jump-in-tls\n", stock.stderr
+    stock = user.ssh("-o", f"ProxyCommand={launcher} proxy ssh %r@%h:%p",
+                     f"root@{one_port.node.name}.{CLUSTER}", "echo", "proxy-ssh")
     assert stock.stdout == b"proxy-ssh\n", stock.stderr
 
 

@@ -1,9 +1,12 @@
 """`limen proxy tls|ssh`: OpenSSH ProxyCommands through the proxy's web port, for
 clusters behind a load balancer that passes only TLS.
 
-- `limen proxy tls "[%h]:%p"` (what `limen config --tls-routing` uses): TLS to the web port
-  with ALPN limen-ssh, and stdin/stdout relayed through it; ssh makes the jump hop
-  itself (ProxyJump), so both SSH layers are OpenSSH's.
+- `limen proxy tls --node "%r@%h:%p" WEB` (what `limen config --tls-routing` uses): TLS
+  1.3 to the web port with ALPN limen-node, a signed request for a direct connection to
+  the node (client.node_request), then stdin/stdout relayed through it; ssh's one SSH
+  connection, to the node, is the only SSH on the way.
+- `limen proxy tls "[%h]:%p"` (configs of 2026-12-03 to -05): TLS with ALPN limen-ssh
+  and stdin/stdout relayed through it; ssh makes the jump hop itself (ProxyJump).
 - `limen proxy ssh %r@%h:%p` (earlier configs): the jump hop made here, in asyncssh,
   inside that TLS, and a channel to the node spliced to stdin/stdout.
 
@@ -26,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "tls \"[%%h]:%%p\" (SSH inside TLS to the web port)")
     tls.add_argument("address", metavar="HOST:PORT",
                      help="the proxy's web address (HOST:PORT or [HOST]:PORT)")
+    tls.add_argument("--node", metavar="LOGIN@NODE[:PORT]",
+                     help="connect straight to this node's SSH (ProxyCommand of every "
+                          "node: --node \"%%r@%%h:%%p\"); without it, the jump host's")
     tls.set_defaults(func=cmd_proxy_tls, logging_later=True)  # it never logs: ~5 ms saved
     ssh = cmds.add_parser("ssh", help="ProxyCommand: limen proxy ssh %%r@%%h:%%p")
     ssh.add_argument("target", metavar="[LOGIN@]NODE[:PORT]")
@@ -51,20 +57,36 @@ def cmd_proxy_tls(args: argparse.Namespace) -> int:
     from limen.client.pipes import widen_pipe
     from limen.client.tls_relay import ALPN_SSH, open_tls, relay_stdio
     from limen.client.trust import shared_verifying_context
+    from limen.tls_direct import ALPN_NODE
 
     host, port = split_host_port(args.address)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    ca = profiles.load(address).trusted_ca()  # the login made through this very address
+    profile = profiles.load(address)  # the login made through this very address
+    ca = profile.trusted_ca()
     if ca is None:
         raise NotFound(f"no login through the proxy at {address} is stored; run "
                        f"limen login --proxy {address}, then limen config --tls-routing")
     where = f"the proxy at {address}"
-    tls = open_tls(host, port, shared_verifying_context(ca, (ALPN_SSH,)), where)
+    node = _node_target(args.node) if args.node else None
+    alpn = ALPN_NODE if node else ALPN_SSH
+    tls = open_tls(host, port, shared_verifying_context(ca, (alpn,)), where, alpn=alpn)
     with tls:
+        first = b""
+        if node is not None:
+            from limen.client.node_request import request_node
+
+            first = request_node(tls, profile.key_path, profile.cert_path, *node, where)
         for fd in (0, 1):
             widen_pipe(fd)
-        relay_stdio(tls, where)
+        relay_stdio(tls, where, first=first)
     return 0
+
+
+def _node_target(text: str) -> tuple[str, str, int]:
+    login, host, port = parse_target(text)
+    if login is None:
+        raise BadParameter(f"--node {text!r} names no login: give LOGIN@NODE[:PORT]")
+    return login, host, port
 
 
 # limen proxy ssh

@@ -8,9 +8,9 @@ Two blocks, as Teleport's `tsh config` does:
 - every cluster host except the proxy: ProxyJump through the proxy's SSH port (no
   extra process per connection, unlike ProxyCommand).
 
-With ``--tls-routing`` the jump goes to an alias of the proxy's web address whose
-ProxyCommand is `limen proxy tls`: ssh still makes both SSH hops itself, and only the
-TLS around the first one is ours.
+With ``--tls-routing`` every node's ProxyCommand is `limen proxy tls --node`: a direct
+connection to the node inside TLS to the proxy's web port (proxy.ssh_direct), over which
+ssh makes its one SSH connection, to the node.
 
 Paths are absolute and quoted, never ``~``: the block works from ``ssh -F FILE`` and
 from an ``Include`` alike, and ProxyJump hands ``-F FILE`` on to the jump hop.
@@ -33,28 +33,23 @@ def _quote(path: Path | str) -> str:
     return '"' + str(path).replace('"', '\\"') + '"'
 
 
-def proxy_command() -> str:
-    """This very limen as an OpenSSH ProxyCommand, with this profile home pinned."""
+def proxy_command(web_addr: str) -> str:
+    """This very limen as every node's ProxyCommand, with this profile home pinned: a
+    direct connection inside TLS through the proxy at ``web_addr``."""
     return (
         f"env LIMEN_HOME={_quote(profiles.limen_home())} {_quote(sys.executable)} "
-        # Brackets: an IPv6 address has colons of its own. Quotes: [...] is a shell glob.
-        '-m limen.cli.main proxy tls "[%h]:%p"'
+        # Quotes: a user name is ssh's to check, and [...] of an IPv6 address is a glob.
+        f'-m limen.cli.main proxy tls --node "%r@%h:%p" "{web_addr}"'
     )
-
-
-def tls_alias(cluster: str) -> str:
-    """The jump host's name under TLS routing. It cannot be a node's: node names start
-    with a letter or a digit (resources.base.validate_name)."""
-    return f"_proxy.{cluster}"
 
 
 def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool = False,
                  known_hosts: Path | None = None) -> str:
     """The config text for ``profile``; ``jump_login`` is the user name at the proxy.
 
-    With ``tls_routing`` the hop to the proxy runs inside TLS on its web port (for load
-    balancers that pass only TLS): ProxyJump to an alias whose ProxyCommand is
-    `limen proxy tls`. ``known_hosts`` replaces the file of every cluster's host CA.
+    With ``tls_routing`` every node is reached by a direct connection inside TLS to the
+    proxy's web port (for load balancers that pass only TLS): `limen proxy tls --node`
+    as the ProxyCommand. ``known_hosts`` replaces the file of every cluster's host CA.
     """
     host, port = split_host_port(profile.ssh_proxy)
     cluster = profile.cluster
@@ -77,17 +72,10 @@ def config_block(profile: profiles.Profile, jump_login: str, tls_routing: bool =
     )
     if not tls_routing:
         return head + f"Host *.{cluster} !{host}\n    ProxyJump {jump_login}@{_jump(host, port)}\n"
-    alias = tls_alias(cluster)
     web_host, web_port = split_host_port(profile.proxy)
     return head + (
-        f"Host *.{cluster} !{host} !{alias}\n"
-        f"    ProxyJump {jump_login}@{alias}\n"
-        f"\n"
-        # HostName: the proxy's host certificate names its address, not the alias.
-        f"Host {alias}\n"
-        f"    HostName {web_host}\n"
-        f"    Port {web_port}\n"
-        f"    ProxyCommand {proxy_command()}\n"
+        f"Host *.{cluster} !{host}\n"
+        f"    ProxyCommand {proxy_command(_jump(web_host, web_port))}\n"
     )
 
 

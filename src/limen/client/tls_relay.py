@@ -34,9 +34,10 @@ _IN, _OUT = select.POLLIN, select.POLLOUT
 
 
 def open_tls(host: str, port: int, ctx: ssl.SSLContext, where: str,
-             timeout: float = 10.0) -> ssl.SSLSocket:
+             timeout: float = 10.0, alpn: str = ALPN_SSH) -> ssl.SSLSocket:
     """TCP, then the TLS handshake, verified through the cluster's CA (``ctx``), with
-    ALPN limen-ssh agreed; every failure is a sentence naming ``where``."""
+    ``alpn`` agreed; every failure is a sentence naming ``where``. The socket is left
+    blocking, with ``timeout``."""
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except ConnectionRefusedError:
@@ -57,13 +58,12 @@ def open_tls(host: str, port: int, ctx: ssl.SSLContext, where: str,
         raise ConnectionProblem(
             f"the TLS handshake with {where} failed ({_reason(exc)}); is that address "
             "the proxy's web port?") from None
-    if tls.selected_alpn_protocol() != ALPN_SSH:
+    if tls.selected_alpn_protocol() != alpn:
         tls.close()
         raise ConnectionProblem(
-            f"{where} does not carry SSH inside TLS (it did not agree to ALPN {ALPN_SSH}); "
+            f"{where} does not carry SSH inside TLS (it did not agree to ALPN {alpn}); "
             "is that address a Limen proxy's web port?")
     tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # keystrokes go at once
-    tls.setblocking(False)
     return tls
 
 
@@ -85,11 +85,12 @@ class Relay:
     ends. Back pressure is the descriptors' own: a direction whose output is full stops
     reading its input until the output drains."""
 
-    def __init__(self, tls: ssl.SSLSocket, stdin: int, stdout: int, where: str) -> None:
+    def __init__(self, tls: ssl.SSLSocket, stdin: int, stdout: int, where: str,
+                 first: bytes = b"") -> None:
         self.tls, self.stdin, self.stdout, self.where = tls, stdin, stdout, where
         self.up = b""  # read from stdin, not yet taken by TLS
         self.down_buf = bytearray(CHUNK)
-        self.down = memoryview(b"")  # read from TLS (in down_buf), not yet on stdout
+        self.down = memoryview(first)  # read from TLS (in down_buf), not yet on stdout
         self.stdin_open = self.tls_open = self.stdout_open = True
         self.send_waits = _OUT  # what the TLS socket must become before a send can go on
         self.recv_waits = _IN  # ... and before a receive can (a TLS read may need to write)
@@ -231,14 +232,17 @@ class Relay:
             self.down = self.down[written:]
 
 
-def relay_stdio(tls: ssl.SSLSocket, where: str, stdin: int = 0, stdout: int = 1) -> None:
-    """Relay this process's stdin and stdout through ``tls``; the descriptors are made
-    non-blocking for the loop and put back as they were (a terminal is shared)."""
+def relay_stdio(tls: ssl.SSLSocket, where: str, stdin: int = 0, stdout: int = 1,
+                first: bytes = b"") -> None:
+    """Relay this process's stdin and stdout through ``tls``, ``first`` (already read from
+    it) going out first; the descriptors are made non-blocking for the loop and put back
+    as they were (a terminal is shared)."""
     before = {fd: os.get_blocking(fd) for fd in (stdin, stdout)}
+    tls.setblocking(False)
     try:
         for fd in before:
             os.set_blocking(fd, False)
-        Relay(tls, stdin, stdout, where).run()
+        Relay(tls, stdin, stdout, where, first).run()
     finally:
         for fd, blocking in before.items():
             os.set_blocking(fd, blocking)

@@ -7,7 +7,8 @@ consumed), then the socket is handed to asyncio with the right protocol:
 - ``LIMEN-DATA ...``                  -> a tunneled node's data connection (plain TCP,
   limen.tunnel.data_link), which the tunnel server's gate admits or closes;
 - a TLS ClientHello (first byte 0x16) -> TLS, then by the negotiated ALPN:
-  ``limen-ssh`` -> jump host, ``limen-tunnel`` -> tunnel server, anything else -> HTTPS.
+  ``limen-ssh`` -> jump host, ``limen-node`` -> a direct connection to a node
+  (proxy.ssh_direct), ``limen-tunnel`` -> tunnel server, anything else -> HTTPS.
 
 SNI only selects the certificate (there is one); any name or none is accepted.
 Slow or silent clients are dropped after a handshake timeout; garbage is closed with a
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from limen.tasks import cancel_and_wait
+from limen.tls_direct import ALPN_NODE
 from limen.tunnel.data_link import looks_like_data
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ DATA_READ_LIMIT = 1024 * 1024  # as a direct node's stream (proxy.ssh_routes.STR
 # of tunneled nodes, each holding a tunnel and an HTTPS connection, that alone was
 # half a megabyte per node. Bulk SSH inside TLS keeps the default; a tunnel reads
 # 64 KiB at a time (four full TLS records), the HTTPS API 32 KiB.
-TLS_READ_SIZE = {ALPN_SSH: 256 * 1024, ALPN_TUNNEL: 64 * 1024}
+TLS_READ_SIZE = {ALPN_SSH: 256 * 1024, ALPN_NODE: 256 * 1024, ALPN_TUNNEL: 64 * 1024}
 TLS_READ_SIZE_HTTP = 32 * 1024
 
 
@@ -68,6 +70,7 @@ class Routes:
     http: ProtocolFactory
     ssh: ProtocolFactory | None = None
     tunnel: ProtocolFactory | None = None
+    node: ProtocolFactory | None = None  # direct connections to nodes (proxy.ssh_direct)
     data: DataRoute | None = None  # tunneled nodes' data connections (tunnel.data_gate)
 
 
@@ -81,7 +84,8 @@ class _ALPNSwitch(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object else None
-        by_alpn = {ALPN_SSH: self.routes.ssh, ALPN_TUNNEL: self.routes.tunnel}
+        by_alpn = {ALPN_SSH: self.routes.ssh, ALPN_NODE: self.routes.node,
+                   ALPN_TUNNEL: self.routes.tunnel}
         factory = by_alpn.get(alpn or "") or self.routes.http
         protocol = factory()
         _on_close(protocol, self.on_close)

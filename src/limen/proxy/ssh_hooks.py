@@ -106,23 +106,7 @@ class JumpServer(CertAuthServer):
             self.cert, self.username, conn.get_extra_info("peername")
         )
         await self._host.notify("auth", self._auth_fields(True, ""))
-        deadline = await self._host.connection_deadline(self._identity)
-        if deadline is not None:
-            self._expiry = self._host.timers.call_at(deadline, self._expiring)
-
-    def _expiring(self) -> None:
-        # Sessions the proxy relays to OpenSSH nodes end now, saying why; those on Limen
-        # nodes end there first (the node can tell the person at the terminal why).
-        ident = self._identity
-        if self._host.openssh is not None and ident is not None:
-            self._host.openssh.end_sessions(lambda other, _route, _login: other is ident,
-                                            expired_message(ident), "certificate expired")
-        asyncio.get_running_loop().call_later(self._host.settings.node_grace, self._expired)
-
-    def _expired(self) -> None:
-        ident = self._identity
-        assert ident is not None
-        self.end(expired_message(ident))
+        self._expiry = await self._host.watch_expiry(self._identity, self.end)
 
     def _auth_fields(self, success: bool, reason: str) -> dict[str, Any]:
         conn = self.conn

@@ -28,9 +28,11 @@ import asyncssh
 from limen.clock import Clock, RealClock
 from limen.diag import metrics
 from limen.errors import ConnectionProblem
-from limen.proxy.ssh_hooks import PROXY_SESSION_MESSAGE, JumpServer
+from limen.proxy.ssh_direct import DirectConnection
+from limen.proxy.ssh_hooks import PROXY_SESSION_MESSAGE, JumpServer, expired_message
 from limen.proxy.ssh_routes import (
     NODE_DIAL_TIMEOUT,
+    JumpConnection,
     JumpIdentity,
     JumpObserver,
     JumpPolicy,
@@ -44,7 +46,7 @@ from limen.proxy.ssh_routes import (
 from limen.sshalgs import hardened_options
 from limen.sshauth import TrustedKeys
 from limen.sshauth.server import connection_factory, listen
-from limen.timers import LoopTimers, Timers
+from limen.timers import LoopTimers, TimerHandle, Timers
 
 __all__ = [
     "NODE_DIAL_TIMEOUT",
@@ -116,7 +118,7 @@ class JumpHost:
         self.trusted = TrustedKeys(settings.user_ca_keys)
         self._server: asyncio.Server | None = None
         self._options: asyncssh.SSHServerConnectionOptions | None = None
-        self.connections: set[JumpServer] = set()  # live SSH connections
+        self.connections: set[JumpConnection] = set()  # SSH, direct, web terminals
         self._tasks: set[asyncio.Task[None]] = set()
         # Stopped with the jump host (watchers the cluster glue attaches).
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
@@ -158,6 +160,10 @@ class JumpHost:
         assert self._options is not None
         return connection_factory(self._options)
 
+    def direct_factory(self) -> Callable[[], asyncio.Protocol]:
+        """Direct connections to nodes inside TLS (ALPN limen-node): no SSH layer here."""
+        return lambda: DirectConnection(self)
+
     async def stop(self) -> None:
         """Stop listening, close every connection (and its node streams), flush events."""
         for stop in self.on_stop:
@@ -187,6 +193,25 @@ class JumpHost:
         except Exception:  # fail closed: end at expiry
             log.exception("jump host: the connection policy failed for %s", identity.user)
             return identity.valid_before
+
+    async def watch_expiry(self, identity: JumpIdentity,
+                           end: Callable[[str], None]) -> TimerHandle | None:
+        """Call ``end`` for a connection of ``identity`` when it ends by itself (see
+        connection_deadline). Sessions the proxy relays to OpenSSH nodes end at the
+        deadline, saying why; the connection ``node_grace`` later, as those on Limen nodes
+        end there first (the node can tell the person at the terminal why)."""
+        deadline = await self.connection_deadline(identity)
+        if deadline is None:
+            return None
+        message = expired_message(identity)
+
+        def expiring() -> None:
+            if self.openssh is not None:
+                self.openssh.end_sessions(lambda other, _route, _login: other is identity,
+                                          message, "certificate expired")
+            asyncio.get_running_loop().call_later(self.settings.node_grace, end, message)
+
+        return self.timers.call_at(deadline, expiring)
 
     def end_connections(self, applies: Callable[[JumpIdentity], bool], message: str) -> int:
         """End every connection whose identity ``applies``, and all its channels."""

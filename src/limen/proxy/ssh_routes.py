@@ -63,6 +63,23 @@ class JumpIdentity:
         )
 
 
+class JumpConnection(Protocol):
+    """What the jump host can do with each live connection it hands on to nodes (an SSH
+    connection, a direct connection inside TLS, a browser terminal): locks and expiry
+    end them, node removals end their streams, shutdown closes them."""
+
+    @property
+    def identity(self) -> JumpIdentity | None: ...
+
+    def end(self, message: str) -> None: ...
+
+    def end_channels_to(self, applies: Callable[[NodeRoute], bool]) -> int: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
 class NodeRouter(Protocol):
     async def resolve(self, target: str) -> NodeRoute:
         """Find a node by name or id (the jump host strips ".CLUSTER" first).

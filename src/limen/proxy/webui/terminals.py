@@ -141,7 +141,7 @@ class WebTerminal:
                   command: str | None, size: tuple[int, int]) -> None:
         """Open the session, copy both ways until either side ends, then close both."""
         self._conn, self.route = conn, route
-        self._jump.connections.add(self)  # type: ignore[arg-type]  # duck-typed: end(), ...
+        self._jump.connections.add(self)
         self._expiry = self._jump.timers.call_at(self.identity.valid_before, self._expired)
         self._arm_recheck()
         try:
@@ -153,7 +153,7 @@ class WebTerminal:
                 finally:
                     await cancel_and_wait(reader)
         finally:
-            self._jump.connections.discard(self)  # type: ignore[arg-type]
+            self._jump.connections.discard(self)
             for timer in (self._expiry, self._recheck):
                 if timer is not None:
                     timer.cancel()
