@@ -8,8 +8,10 @@ tests/integration/test_one_port.py."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import json
 import os
 import random
 import socket
@@ -22,8 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from limen.client.profile import proxy_dirname
+from limen.tls_direct import (
+    ALPN_NODE,
+    BINDING,
+    answer,
+    cert_blob,
+    parse_request,
+    signed_data,
+)
 from tests.sso import pki as test_pki
 from tests.sso.pki import ServerFiles
 
@@ -273,3 +288,86 @@ def test_an_alert_answering_the_half_close_still_ends_quietly(tmp_path: Path, pk
     finally:
         listener.close()
         server.join(timeout=10)
+
+
+# `limen proxy tls --node`: a direct connection to a node
+
+
+def _logged_in_user(home: Path, address: str) -> tuple[Path, str]:
+    """The profile, Ed25519 key and certificate line `limen login` leaves (the fake proxy
+    does not check the certificate: tests/integration/test_tls_direct.py has the real one)."""
+    keys = home / "keys" / proxy_dirname(address)
+    (keys / "profile.json").write_text(json.dumps({"proxy": address, "user": "alice"}))
+    key = Ed25519PrivateKey.generate()
+    (keys / "alice").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption()))
+    cert = "ssh-ed25519-cert-v01@openssh.com " + base64.b64encode(b"not-checked").decode()
+    (keys / "alice-cert.pub").write_text(cert + " alice\n")
+    public = key.public_key()
+    return keys, public.public_bytes(serialization.Encoding.Raw,
+                                     serialization.PublicFormat.Raw).hex()
+
+
+def test_a_direct_request_is_signed_for_its_connection_and_what_follows_is_relayed(
+        tmp_path: Path, pki, proxies) -> None:
+    """The request names the node and login, carries a signature over this very TLS
+    connection, and the node's first bytes, sent in one write with the proxy's answer,
+    reach ssh before the relay goes on both ways."""
+    cluster_ca, _ = pki
+    seen: dict[str, Any] = {}
+
+    async def proxy_then_node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              proxy: FakeProxy) -> None:
+        seen["request"] = parse_request((await reader.readline()).rstrip(b"\n"))
+        seen["binding"] = writer.get_extra_info("ssl_object").get_channel_binding(BINDING)
+        writer.write(answer() + b"SSH-2.0-node\r\n")
+        await echo(reader, writer, proxy)
+
+    proxy = start(proxies, files=cluster_ca.server("proxy"), alpn=(ALPN_NODE,),
+                  serve=proxy_then_node)
+    home = logged_in_home(tmp_path, proxy.address, cluster_ca)
+    _, public_hex = _logged_in_user(home, proxy.address)
+    env = {**os.environ, "LIMEN_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "limen.cli.main", "proxy", "tls", "--node",
+         "root@web1.cluster:22", proxy.address],
+        input=b"SSH-2.0-OpenSSH_9.2\r\n", capture_output=True, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"SSH-2.0-node\r\nSSH-2.0-OpenSSH_9.2\r\n"
+    request = seen["request"]
+    assert (request.node, request.port, request.login) == ("web1.cluster", 22, "root")
+    public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
+    blob = cert_blob(request.cert)
+    # An SSH signature blob: the algorithm's name, then the raw signature.
+    assert request.signature[:15] == b"\x00\x00\x00\x0bssh-ed25519"
+    public.verify(request.signature[19:],
+                  signed_data(seen["binding"], "web1.cluster", 22, "root", blob))
+
+
+def test_a_refused_direct_request_is_a_sentence_and_nothing_is_relayed(
+        tmp_path: Path, pki, proxies) -> None:
+    cluster_ca, _ = pki
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     proxy: FakeProxy) -> None:
+        await reader.readline()
+        writer.write(answer("your roles do not allow access to node web1"))
+
+    proxy = start(proxies, files=cluster_ca.server("proxy"), alpn=(ALPN_NODE,), serve=refuse)
+    home = logged_in_home(tmp_path, proxy.address, cluster_ca)
+    _logged_in_user(home, proxy.address)
+    env = {**os.environ, "LIMEN_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "limen.cli.main", "proxy", "tls", "--node",
+         "root@web1:22", proxy.address],
+        input=b"SSH-2.0-OpenSSH_9.2\r\n", capture_output=True, env=env, timeout=30)
+    assert done.returncode == 1 and done.stdout == b""
+    error = done.stderr.decode()
+    assert error == (f"ERROR: the proxy at {proxy.address} refused the connection to node "
+                     "'web1': your roles do not allow access to node web1\n"), error
+    no_login = subprocess.run(
+        [sys.executable, "-m", "limen.cli.main", "proxy", "tls", "--node", "web1",
+         proxy.address], input=b"", capture_output=True, env=env, timeout=30)
+    assert no_login.returncode != 0
+    assert b"names no login: give LOGIN@NODE[:PORT]" in no_login.stderr

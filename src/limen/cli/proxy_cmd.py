@@ -75,6 +75,10 @@ def cmd_proxy_tls(args: argparse.Namespace) -> int:
         if node is not None:
             from limen.client.node_request import request_node
 
+            if not profile.user:
+                raise NotFound(f"no login through the proxy at {address} is stored; run "
+                               f"limen login --proxy {address}")
+
             first = request_node(tls, profile.key_path, profile.cert_path, *node, where)
         for fd in (0, 1):
             widen_pipe(fd)

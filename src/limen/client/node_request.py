@@ -41,7 +41,7 @@ def request_node(tls: ssl.SSLSocket, key_path: Path, cert_path: Path, login: str
     cert = _read(cert_path).decode("ascii", "replace").strip()
     data = signed_data(binding, node, port, login, cert_blob(cert))
     request = Request(node=node, port=port, login=login, cert=cert,
-                      signature=_sign(key_path, data))
+                      signature=sign(key_path, data))
     tls.settimeout(timeout)
     try:
         tls.sendall(request.to_line())
@@ -63,7 +63,7 @@ def _read(path: Path) -> bytes:
         raise AccessDenied(f"{path} cannot be read ({exc.strerror}); run limen login") from None
 
 
-def _sign(key_path: Path, data: bytes) -> bytes:
+def sign(key_path: Path, data: bytes) -> bytes:
     """An SSH signature blob (``ssh-ed25519``) by the login's key over ``data``."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key

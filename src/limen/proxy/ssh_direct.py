@@ -154,7 +154,7 @@ class DirectConnection(asyncio.Protocol):
         end = self._line.find(b"\n")
         if end < 0:
             if len(self._line) > MAX_LINE:
-                self._refuse("the request line is too long")
+                self._refuse_stranger("the request line is too long")
             return
         line, rest = bytes(self._line[:end]), bytes(self._line[end + 1:])
         self._line = bytearray()
@@ -166,7 +166,12 @@ class DirectConnection(asyncio.Protocol):
 
     def _too_slow(self) -> None:
         if self._identity is None and not self._done:
-            self._refuse("no request came in time")
+            self._refuse_stranger("no request came in time")
+
+    def _refuse_stranger(self, reason: str) -> None:
+        """Refuse before any request was read, from a callback: audited in the background."""
+        self._host.emit("auth", self._auth_fields(False, "", reason))
+        self._refuse(reason)
 
     async def _admit(self, line: bytes) -> None:
         try:
