@@ -24,14 +24,16 @@ import json
 import struct
 from dataclasses import dataclass
 
+from limen.errors import BadParameter
+
 ALPN_NODE = "limen-node"
 CONTEXT = b"limen-node-v1"  # what the signature is for: no other signed message has it
 MAX_LINE = 16 * 1024  # a certificate with many principals fits many times over
 BINDING = "tls-unique"
 
 
-class BadRequest(ValueError):
-    """A line that is not a request this module can read; the text says what is wrong."""
+class BadRequest(BadParameter):
+    """A line that is not a request this module can read; the message says what is wrong."""
 
 
 @dataclass(frozen=True)

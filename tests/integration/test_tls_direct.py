@@ -260,7 +260,11 @@ def test_a_lock_ends_a_live_direct_connection(cluster: ClusterHarness) -> None:
             assert cluster.admin("rm", f"lock/{lock_name}").returncode == 0
 
 
-@pytest.mark.parametrize("line", [b'{"node": "node1"}', b"[]", b'"x"'])
+@pytest.mark.parametrize("line", [
+    b'{"node": "node1"}', b"[]", b'"x"',
+    b'{"node": "node1", "port": 22, "login": "root", "cert": "\\u0000\\u0000", "sig": "AAAA"}',
+    b'{"node": "node1", "port": 22, "login": "root", "cert": "ssh-ed25519 AAAA", "sig": "!"}',
+])
 def test_a_request_missing_its_fields_is_refused(cluster: ClusterHarness, line: bytes) -> None:
     with _open(cluster) as tls:
         answer = _answer(tls, line + b"\n")

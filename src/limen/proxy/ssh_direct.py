@@ -175,9 +175,16 @@ class DirectConnection(asyncio.Protocol):
 
     async def _admit(self, line: bytes) -> None:
         try:
+            await self._admit_request(line)
+        except Exception:  # a bug must not leave the client waiting, nor the task unread
+            log.exception("direct connection: the request failed")
+            self._refuse("the proxy failed to handle the request")
+
+    async def _admit_request(self, line: bytes) -> None:
+        try:
             request = parse_request(line)
         except BadRequest as exc:
-            await self._refused_auth("", str(exc))
+            await self._refused_auth("", exc.message)
             return
         try:
             self._identity = self._authenticate(request)
@@ -190,6 +197,10 @@ class DirectConnection(asyncio.Protocol):
             return
         await self._host.notify("auth", self._auth_fields(True, request.login, ""))
         self._expiry = await self._host.watch_expiry(self._identity, self.end)
+        if self._done:  # it ended while the policy was asked: no timer outlives it
+            if self._expiry is not None:
+                self._expiry.cancel()
+            return
         await self._connect(self._identity, request)
 
     def _authenticate(self, request: Request) -> JumpIdentity:
