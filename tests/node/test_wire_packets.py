@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
+from asyncio.trsock import TransportSocket
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,3 +166,28 @@ async def _digest_of_stdin(process: asyncssh.SSHServerProcess) -> None:
         digest.update(chunk)
     process.stdout.write(digest.hexdigest().encode())
     process.exit(0)
+
+
+def test_a_server_acknowledges_each_handshake_read_at_once_until_login(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stock ssh keeps Nagle's algorithm on through its handshake, so a small packet of
+    its waits for the ACK of the one before; the server asks the kernel for that ACK at
+    once (TCP_QUICKACK) after each read until the client has logged in, and not after:
+    the session's reads, megabytes of them here, ask for none."""
+    quick_acks: list[int] = []
+    original = TransportSocket.setsockopt
+
+    def spy(self: TransportSocket, level: int, name: int, value: Any) -> None:
+        if (level, name) == (socket.IPPROTO_TCP, socket.TCP_QUICKACK):
+            quick_acks.append(self.getsockname()[1])
+        original(self, level, name, value)
+
+    monkeypatch.setattr(TransportSocket, "setsockopt", spy)
+    payload = os.urandom(4 * 1024 * 1024)
+    result = node.client().ssh("sha256sum", input=payload)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[0].decode() == hashlib.sha256(payload).hexdigest()
+    assert set(quick_acks) == {node.server.port}  # the server's side of the connection
+    # The handshake's reads: banner, KEXINIT, key exchange, NEWKEYS, service request,
+    # user auth; not the hundred or more reads of the session's 4 MiB.
+    assert 4 <= len(quick_acks) <= 20, quick_acks
