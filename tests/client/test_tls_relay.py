@@ -25,10 +25,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from limen.client.profile import proxy_dirname
 from limen.tls_direct import (
@@ -293,20 +290,20 @@ def test_an_alert_answering_the_half_close_still_ends_quietly(tmp_path: Path, pk
 # `limen proxy tls --node`: a direct connection to a node
 
 
-def _logged_in_user(home: Path, address: str) -> tuple[Path, str]:
+def _logged_in_user(home: Path, address: str) -> Path:
     """The profile, Ed25519 key and certificate line `limen login` leaves (the fake proxy
-    does not check the certificate: tests/integration/test_tls_direct.py has the real one)."""
+    does not check the certificate: tests/integration/test_tls_direct.py has the real
+    one); returns the key's path."""
     keys = home / "keys" / proxy_dirname(address)
     (keys / "profile.json").write_text(json.dumps({"proxy": address, "user": "alice"}))
-    key = Ed25519PrivateKey.generate()
-    (keys / "alice").write_bytes(key.private_bytes(
+    key = keys / "alice"
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption()))
+    key.chmod(0o600)
     cert = "ssh-ed25519-cert-v01@openssh.com " + base64.b64encode(b"not-checked").decode()
     (keys / "alice-cert.pub").write_text(cert + " alice\n")
-    public = key.public_key()
-    return keys, public.public_bytes(serialization.Encoding.Raw,
-                                     serialization.PublicFormat.Raw).hex()
+    return key
 
 
 def test_a_direct_request_is_signed_for_its_connection_and_what_follows_is_relayed(
@@ -327,7 +324,7 @@ def test_a_direct_request_is_signed_for_its_connection_and_what_follows_is_relay
     proxy = start(proxies, files=cluster_ca.server("proxy"), alpn=(ALPN_NODE,),
                   serve=proxy_then_node)
     home = logged_in_home(tmp_path, proxy.address, cluster_ca)
-    _, public_hex = _logged_in_user(home, proxy.address)
+    key = _logged_in_user(home, proxy.address)
     env = {**os.environ, "LIMEN_HOME": str(home)}
     done = subprocess.run(
         [sys.executable, "-m", "limen.cli.main", "proxy", "tls", "--node",
@@ -337,12 +334,23 @@ def test_a_direct_request_is_signed_for_its_connection_and_what_follows_is_relay
     assert done.stdout == b"SSH-2.0-node\r\nSSH-2.0-OpenSSH_9.2\r\n"
     request = seen["request"]
     assert (request.node, request.port, request.login) == ("web1.cluster", 22, "root")
-    public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
-    blob = cert_blob(request.cert)
-    # An SSH signature blob: the algorithm's name, then the raw signature.
-    assert request.signature[:15] == b"\x00\x00\x00\x0bssh-ed25519"
-    public.verify(request.signature[19:],
-                  signed_data(seen["binding"], "web1.cluster", 22, "root", blob))
+    # OpenSSH's own verifier: an SSHSIG by the login's key, in the namespace limen-node,
+    # over the request and this very connection's channel binding.
+    signature = tmp_path / "request.sig"
+    signature.write_text("-----BEGIN SSH SIGNATURE-----\n"
+                         + base64.encodebytes(request.signature).decode()
+                         + "-----END SSH SIGNATURE-----\n")
+    signed = signed_data(seen["binding"], "web1.cluster", 22, "root", cert_blob(request.cert))
+
+    def check(namespace: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["ssh-keygen", "-Y", "check-novalidate", "-n", namespace, "-s",
+                               str(signature)], input=signed, capture_output=True, timeout=30)
+
+    assert check("limen-node").returncode == 0, check("limen-node").stderr
+    assert check("file").returncode != 0  # another namespace: another kind of signature
+    public = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True,
+                            check=True, timeout=30).stdout.split()[1]
+    assert base64.b64decode(public) in request.signature  # made by that key
 
 
 def test_a_refused_direct_request_is_a_sentence_and_nothing_is_relayed(

@@ -11,6 +11,7 @@ connection as it ends a jump connection.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import ssl
@@ -152,6 +153,27 @@ def test_someone_elses_certificate_with_ones_own_key_is_refused(
         answer = _answer(tls, _line(tls, mallory_key, victim_cert))
     assert answer["ok"] is False
     assert "not made by the certificate's key" in str(answer["error"])
+
+
+def test_a_signature_the_key_made_for_something_else_is_refused(
+    cluster: ClusterHarness
+) -> None:
+    """The same key signs git commits or files with `ssh-keygen -Y sign` in other
+    namespaces: such a signature, even over the very bytes a request signs, is refused."""
+    user = new_user(cluster, "namespace")
+    key, cert = _paths(user)
+    with _open(cluster) as tls:
+        binding = tls.get_channel_binding(BINDING)
+        assert binding
+        text = cert.read_text().strip()
+        data = signed_data(binding, NODE, 22, "root", cert_blob(text))
+        armored = subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-n", "git", "-f", str(key)],
+                                 input=data, capture_output=True, check=True, timeout=30).stdout
+        sshsig = base64.b64decode(b"".join(armored.splitlines()[1:-1]))
+        answer = _answer(tls, Request(node=NODE, port=22, login="root", cert=text,
+                                      signature=sshsig).to_line())
+    assert answer == {"ok": False, "error": "the signature was made for 'git', not 'limen-node'"}
+    _refusals(cluster, "made for 'git'")
 
 
 def test_a_certificate_from_another_ca_or_expired_is_refused(

@@ -28,11 +28,12 @@ from limen.errors import AccessDenied, BadParameter, LimenError
 from limen.proxy.ssh_hooks import expired_message
 from limen.proxy.ssh_routes import JumpIdentity, NodeRoute
 from limen.sshauth import CertFacts, judge_user, read_certificate
-from limen.sshauth.proof import check_signature
+from limen.sshauth.proof import check_sshsig
 from limen.timers import TimerHandle
 from limen.tls_direct import (
     BINDING,
     MAX_LINE,
+    NAMESPACE,
     BadRequest,
     Request,
     answer,
@@ -215,7 +216,7 @@ class DirectConnection(asyncio.Protocol):
             raise BadParameter("direct connections to nodes need TLS 1.3")
         data = signed_data(binding, request.node, request.port, request.login,
                            cert_blob(request.cert))
-        check_signature(facts, data, request.signature)
+        check_sshsig(facts, data, request.signature, NAMESPACE)
         return JumpIdentity.from_cert(facts, request.login, self._peer)
 
     def _binding(self) -> bytes | None:
