@@ -4,9 +4,11 @@ Stock ssh reaches a node with `limen proxy tls --node` as its ProxyCommand; scp 
 too. Then what a stranger or a user would try against the request line, sent by hand on
 real TLS connections to the real proxy: a line replayed on another connection, someone
 else's certificate, a certificate from another CA or expired, a login it does not name,
-TLS 1.2, garbage and an endless line, a node the roles do not reach. Each is refused
-with a sentence and audited, and the port goes on serving. A lock ends a live direct
-connection as it ends a jump connection.
+a signature the key made for something else, TLS 1.2, garbage and an endless line, a
+node the roles do not reach. Each is refused
+with a sentence and audited, and the port goes on serving. A lock, and the
+certificate's expiry where a role says so, end a live direct connection as they end a
+jump connection.
 """
 
 from __future__ import annotations
@@ -291,3 +293,57 @@ def test_a_request_missing_its_fields_is_refused(cluster: ClusterHarness, line: 
     with _open(cluster) as tls:
         answer = _answer(tls, line + b"\n")
     assert answer["ok"] is False and answer["error"]
+
+
+def test_expiry_ends_a_live_direct_connection(fresh_cluster: ClusterHarness,
+                                              tmp_path: Path) -> None:
+    """With disconnect_expired_cert, the certificate's expiry ends a direct connection as
+    it ends a jump: the node ends the session saying why, the proxy ends what is left."""
+    cluster = fresh_cluster
+    doc = tmp_path / "role.yaml"
+    doc.write_text("kind: role\nversion: v7\nmetadata:\n  name: shortlived-role\nspec:\n"
+                   "  allow:\n    logins: [root]\n    node_labels: {'*': '*'}\n"
+                   "  options:\n    disconnect_expired_cert: true\n")
+    assert cluster.admin("create", "-f", str(doc)).returncode == 0
+    user = cluster.create_user("shortlived", roles="shortlived-role", logins="root")
+    logged_in = cluster.login(user, "--ttl", "5m")
+    assert logged_in.returncode == 0, logged_in.stderr
+    printed = cluster.cli("config", "--tls-routing", home=user.home)
+    assert printed.returncode == 0, printed.stderr
+    config = user.home / "ssh_config_direct"
+    config.write_text(printed.stdout)
+    held = subprocess.Popen(["ssh", "-F", str(config), "-o", "BatchMode=yes", f"root@{NODE}",
+                             "echo held; sleep 60"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    # A connection that never logs in to the node, so that only the proxy can end it
+    # (the node's own login timeout is 30 s of real time; the certificate's 5 minutes
+    # pass on the cluster's clock).
+    silent = _open(cluster)
+    try:
+        keys = next((user.home / "keys").rglob("profile.json")).parent
+        first = request_node(silent, keys / user.name, keys / f"{user.name}-cert.pub", "root",
+                             NODE, 22, "the proxy")
+        assert held.stdout is not None and held.stdout.readline() == b"held\n"
+        jump = cluster.service.jump
+        assert jump is not None
+
+        def both() -> list[DirectConnection]:
+            found = [c for c in list(jump.connections) if isinstance(c, DirectConnection)]
+            return found if len(found) == 2 else []
+
+        direct = wait_until(both, 10, "both connections")
+        cluster.clock.advance(timedelta(minutes=6))
+        # Generous waits: a loaded CI machine, not the feature, sets how long these take.
+        _, err = held.communicate(timeout=20)
+        assert held.returncode != 0
+        assert b"certificate expired" in err, err
+        silent.settimeout(20)
+        while silent.recv(4096):  # the node's banner (if not read already), then the end
+            pass
+        assert first == b"" or first.startswith(b"SSH-")
+        wait_until(lambda: not set(direct) & set(jump.connections), 20, "the connections' end")
+    finally:
+        silent.close()
+        if held.poll() is None:
+            held.kill()
+            held.communicate(timeout=10)
