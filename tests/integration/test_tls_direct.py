@@ -5,8 +5,8 @@ too. Then what a stranger or a user would try against the request line, sent by 
 real TLS connections to the real proxy: a line replayed on another connection, someone
 else's certificate, a certificate from another CA or expired, a login it does not name,
 a signature the key made for something else, TLS 1.2, garbage and an endless line, a
-node the roles do not reach. Each is refused
-with a sentence and audited, and the port goes on serving. A lock, and the
+node the roles do not reach. Each is refused with a sentence and audited, and the port
+goes on serving. A lock, and the
 certificate's expiry where a role says so, end a live direct connection as they end a
 jump connection.
 """
