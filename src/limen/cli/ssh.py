@@ -74,8 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="write it to $LIMEN_HOME/ssh_config and include it from "
                              "~/.ssh/config")
     config.add_argument("--tls-routing", action="store_true",
-                        help="reach the proxy through TLS on its web port (limen proxy tls "
-                             "as ProxyCommand), for load balancers that pass only TLS")
+                        help="reach every node by a direct connection inside TLS to the "
+                             "web port (limen proxy tls --node as ProxyCommand), for load "
+                             "balancers that pass only TLS")
     config.set_defaults(func=cmd_config)
 
 
