@@ -99,6 +99,23 @@ def test_proxy_tls_imports_no_ssh_or_x509_library() -> None:
     assert heavy == [], f"`limen proxy tls` imports {heavy}"
     assert "ctypes" not in modules  # the liboqs shortcut waits for an import of asyncssh
     assert "logging" not in modules  # ssh waits for this command on every connection
+    assert "argparse" not in modules  # the words `limen config` writes are read by hand
+
+
+def test_proxy_tls_words_of_another_shape_still_go_through_argparse() -> None:
+    """Only what `limen config` writes skips argparse; the rest (help, unknown options)
+    gets argparse's answers."""
+    def limen(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "limen.cli.main", "proxy", "tls", *args],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "LIMEN_HOME": "/nonexistent/limen-home"})
+
+    helped = limen("--help")
+    assert helped.returncode == 0 and "--node LOGIN@NODE[:PORT]" in helped.stdout
+    unknown = limen("--bogus", "127.0.0.1:9")
+    assert unknown.returncode == 2 and "unrecognized arguments: --bogus" in unknown.stderr
+    reordered = limen("127.0.0.1:9", "--node", "root@web1:22")  # argparse takes it too
+    assert reordered.returncode == 1 and "no login through the proxy" in reordered.stderr
 
 
 def test_ssh_to_one_node_hands_over_to_openssh_before_any_heavy_import(tmp_path: Path) -> None:

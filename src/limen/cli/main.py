@@ -9,6 +9,7 @@ from limen import __version__
 TYPE_CHECKING = False  # not typing's: see main() on what `limen ssh` must not import
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
 # Which module defines each command, so that `limen ssh ...` imports the ssh commands
 # only: start-up time is what people feel on every `limen ssh`, and most of it would be
@@ -53,6 +54,7 @@ def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         become_ssh_if_remembered()
+        relay_if_proxy_tls()
     return run_command(argv)
 
 
@@ -65,14 +67,31 @@ def become_ssh_if_remembered() -> None:
         hand_over_if_remembered(sys.argv[2:], __version__)
 
 
-def run_command(argv: list[str] | None = None) -> int:
-    from limen.errors import LimenError
+def relay_if_proxy_tls() -> None:
+    """Before argparse: `limen proxy tls` as `limen config` writes it (ssh's ProxyCommand,
+    which ssh waits for before its first byte) runs and exits here."""
+    if sys.argv[1:3] != ["proxy", "tls"]:
+        return
+    from limen.cli.proxy_cmd import plain_proxy_tls, proxy_tls
 
+    plain = plain_proxy_tls(sys.argv[3:])
+    if plain is not None:
+        sys.exit(_reported(lambda: proxy_tls(*plain)))
+
+
+def run_command(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     if not getattr(args, "logging_later", False):
         configure_logging(args.debug)
+    return _reported(lambda: int(args.func(args) or 0))
+
+
+def _reported(command: Callable[[], int]) -> int:
+    """Run ``command``; a LimenError is its sentence on stderr and exit status 1."""
+    from limen.errors import LimenError
+
     try:
-        return int(args.func(args) or 0)
+        return command()
     except LimenError as exc:
         print(f"ERROR: {exc.message}", file=sys.stderr)
         return 1

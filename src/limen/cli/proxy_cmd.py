@@ -16,10 +16,12 @@ before its first byte, and `proxy tls` needs none of asyncssh.
 
 from __future__ import annotations
 
-import argparse
-
 from limen.errors import BadParameter, NotFound
 from limen.hostport import split_host_port
+
+TYPE_CHECKING = False  # not typing's: `limen proxy tls` runs before ssh's first byte
+if TYPE_CHECKING:
+    import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,13 +55,30 @@ def parse_target(text: str) -> tuple[str | None, str, int]:
 
 
 def cmd_proxy_tls(args: argparse.Namespace) -> int:
+    return proxy_tls(args.address, args.node)
+
+
+def plain_proxy_tls(words: list[str]) -> tuple[str, str | None] | None:
+    """(address, node) when the words after `limen proxy tls` are what `limen config`
+    writes: ADDRESS, with or without ``--node TARGET`` before it; None for anything else,
+    which argparse judges (cli/main.py runs this before argparse, whose import and
+    parsing take about 6 ms here, each time ssh connects)."""
+    if len(words) == 1 and not words[0].startswith("-"):
+        return words[0], None
+    if len(words) == 3 and words[0] == "--node" and not words[1].startswith("-") \
+            and not words[2].startswith("-"):
+        return words[2], words[1]
+    return None
+
+
+def proxy_tls(address_text: str, node_text: str | None) -> int:
     from limen.client import profile as profiles
     from limen.client.pipes import widen_pipe
     from limen.client.tls_relay import ALPN_SSH, open_tls, relay_stdio
     from limen.client.trust import shared_verifying_context
     from limen.tls_direct import ALPN_NODE
 
-    host, port = split_host_port(args.address)
+    host, port = split_host_port(address_text)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     profile = profiles.load(address)  # the login made through this very address
     ca = profile.trusted_ca()
@@ -67,7 +86,7 @@ def cmd_proxy_tls(args: argparse.Namespace) -> int:
         raise NotFound(f"no login through the proxy at {address} is stored; run "
                        f"limen login --proxy {address}, then limen config --tls-routing")
     where = f"the proxy at {address}"
-    node = _node_target(args.node) if args.node else None
+    node = _node_target(node_text) if node_text else None
     alpn = ALPN_NODE if node else ALPN_SSH
     tls = open_tls(host, port, shared_verifying_context(ca, (alpn,)), where, alpn=alpn)
     with tls:
@@ -78,7 +97,6 @@ def cmd_proxy_tls(args: argparse.Namespace) -> int:
             if not profile.user:
                 raise NotFound(f"no login through the proxy at {address} is stored; run "
                                f"limen login --proxy {address}")
-
             first = request_node(tls, profile.key_path, profile.cert_path, *node, where)
         for fd in (0, 1):
             widen_pipe(fd)

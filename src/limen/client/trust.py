@@ -7,15 +7,16 @@ against the pinned or stored CA and the host name is not.
 from __future__ import annotations
 
 import functools
-import hashlib
 import ssl
 
 from limen.errors import AccessDenied, BadParameter
 
 
 def pin_of(ca_pem: str) -> str:
-    # Imported here: `limen proxy tls` needs this module's contexts and not cryptography,
-    # whose import ssh would wait for before its first byte.
+    # Imported here: `limen proxy tls` needs this module's contexts and not cryptography
+    # (or hashlib), whose import ssh would wait for before its first byte.
+    import hashlib
+
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
