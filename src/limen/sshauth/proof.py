@@ -49,11 +49,11 @@ def check_sshsig(cert: CertFacts, data: bytes, sshsig: bytes, namespace: str) ->
     if hash_name not in SSHSIG_HASHES:
         raise AccessDenied("the signature's hash is not sha512 or sha256")
     digest = hashlib.new(hash_name.decode(), data).digest()
-    check_signature(cert, b"".join((SSHSIG_MAGIC, String(signed_in), String(b""),
+    _check_signature(cert, b"".join((SSHSIG_MAGIC, String(signed_in), String(b""),
                                     String(hash_name), String(digest))), signature)
 
 
-def check_signature(cert: CertFacts, data: bytes, signature: bytes) -> None:
+def _check_signature(cert: CertFacts, data: bytes, signature: bytes) -> None:
     """AccessDenied unless ``signature`` (an SSH signature blob) is the certificate's
     key's signature over ``data``, by an algorithm on the hardened list."""
     try:
