@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction) -> None:
     proxy = sub.add_parser("proxy", help="helpers for OpenSSH (ProxyCommand)")
     cmds = proxy.add_subparsers(dest="proxy_cmd", required=True, metavar="COMMAND")
-    tls = cmds.add_parser("tls", help="ProxyCommand of the hop to the proxy: limen proxy "
-                                      "tls \"[%%h]:%%p\" (SSH inside TLS to the web port)")
+    tls = cmds.add_parser("tls", help="ProxyCommand through the web port's TLS: limen "
+                                      "proxy tls --node \"%%r@%%h:%%p\" HOST:PORT (straight "
+                                      "to a node), or \"[%%h]:%%p\" (the hop of a jump)")
     tls.add_argument("address", metavar="HOST:PORT",
                      help="the proxy's web address (HOST:PORT or [HOST]:PORT)")
     tls.add_argument("--node", metavar="LOGIN@NODE[:PORT]",
