@@ -66,7 +66,9 @@ def ssh_string(value: bytes) -> bytes:
 
 
 def cert_blob(cert_line: str) -> bytes:
-    """The certificate's wire bytes, from its OpenSSH line ("type base64 [comment]")."""
+    """The certificate's wire bytes, from its OpenSSH line ("type base64 [comment]"): for
+    the client, which reads no certificate otherwise (the proxy signs over the bytes its
+    certificate reader, sshauth.cert, took from the same line)."""
     fields = cert_line.split()
     if len(fields) < 2:
         raise BadRequest("the certificate is not an OpenSSH certificate line")

@@ -25,6 +25,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from limen.auth.ca import sign_user_cert
 from limen.client.node_request import request_node, sign
 from limen.proxy.ssh_direct import DirectConnection
 from limen.tls_direct import ALPN_NODE, BINDING, MAX_LINE, Request, cert_blob, signed_data
@@ -195,6 +196,30 @@ def test_a_certificate_from_another_ca_or_expired_is_refused(
         answer = _answer(tls, _line(tls, expired.key, expired.cert))
     assert "the certificate expired at" in str(answer["error"])
     _refusals(cluster, "expired at")
+
+
+def test_a_certificate_bound_to_other_addresses_is_refused(
+    cluster: ClusterHarness, tmp_path: Path
+) -> None:
+    """A certificate with a source-address restriction is judged against the TLS
+    connection's own peer, not anything the request says."""
+    user = new_user(cluster, "elsewhere")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    now = datetime.now(UTC)
+    cert = sign_user_cert(cluster.service.auth.ctx.cas.user_ca, key.convert_to_public(),
+                          key_id=user.name, principals=["root"],
+                          valid_after=now - timedelta(minutes=1),
+                          valid_before=now + timedelta(hours=1),
+                          source_address=["192.0.2.0/24"])
+    key_path, cert_path = tmp_path / "key", tmp_path / "cert"
+    key_path.write_bytes(key.export_private_key("openssh"))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.export_certificate("openssh"))
+    with _open(cluster) as tls:
+        answer = _answer(tls, _line(tls, key_path, cert_path))
+    assert answer == {"ok": False,
+                      "error": "the certificate may not be used from 127.0.0.1"}
+    _refusals(cluster, "may not be used from 127.0.0.1")
 
 
 def test_a_login_the_certificate_does_not_name_is_refused(cluster: ClusterHarness) -> None:

@@ -88,6 +88,9 @@ def proxy_tls(address_text: str, node_text: str | None) -> int:
                        f"limen login --proxy {address}, then limen config --tls-routing")
     where = f"the proxy at {address}"
     node = _node_target(node_text) if node_text else None
+    if node is not None and not profile.user:
+        raise NotFound(f"no login through the proxy at {address} is stored; run "
+                       f"limen login --proxy {address}")
     alpn = ALPN_NODE if node else ALPN_SSH
     tls = open_tls(host, port, shared_verifying_context(ca, (alpn,)), where, alpn=alpn)
     with tls:
@@ -95,9 +98,6 @@ def proxy_tls(address_text: str, node_text: str | None) -> int:
         if node is not None:
             from limen.client.node_request import request_node
 
-            if not profile.user:
-                raise NotFound(f"no login through the proxy at {address} is stored; run "
-                               f"limen login --proxy {address}")
             first = request_node(tls, profile.key_path, profile.cert_path, *node, where)
         for fd in (0, 1):
             widen_pipe(fd)

@@ -24,8 +24,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from limen.errors import AccessDenied, BadParameter, LimenError
-from limen.proxy.ssh_hooks import expired_message
+from limen.errors import BadParameter, LimenError
 from limen.proxy.ssh_routes import JumpIdentity, NodeRoute
 from limen.sshauth import CertFacts, judge_user, read_certificate
 from limen.sshauth.proof import check_sshsig
@@ -37,7 +36,6 @@ from limen.tls_direct import (
     BadRequest,
     Request,
     answer,
-    cert_blob,
     parse_request,
     signed_data,
 )
@@ -214,8 +212,7 @@ class DirectConnection(asyncio.Protocol):
         binding = self._binding()
         if binding is None:
             raise BadParameter("direct connections to nodes need TLS 1.3")
-        data = signed_data(binding, request.node, request.port, request.login,
-                           cert_blob(request.cert))
+        data = signed_data(binding, request.node, request.port, request.login, facts.blob)
         check_sshsig(facts, data, request.signature, NAMESPACE)
         return JumpIdentity.from_cert(facts, request.login, self._peer)
 
@@ -235,8 +232,6 @@ class DirectConnection(asyncio.Protocol):
             "login": ident.login, "addr.remote": ident.remote_addr,
         }
         try:
-            if self._host.clock.now() >= ident.valid_before:
-                raise AccessDenied(expired_message(ident))
             route, reader, writer = await self._host.dial(ident, request.node)
         except LimenError as exc:
             await self._host.notify("proxy.connect", {**fields, "allowed": False,
