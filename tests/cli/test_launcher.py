@@ -1,6 +1,7 @@
-"""The `limen` command scripts/install writes (cli/launcher.py): Python starts without
-`site`, `limen ssh NODE` hands over to OpenSSH before site is imported, and every other
-command gets site-packages back first."""
+"""The `limen` command scripts/install writes (cli/launcher.py): a shell front that
+becomes ssh from the memo without Python (tests/cli/test_launcher_sh.py holds it to the
+Python reader), then Python without `site`: `limen ssh` hands over to OpenSSH before site
+is imported, and every other command gets site-packages back first."""
 
 from __future__ import annotations
 
@@ -38,15 +39,25 @@ def _run(*argv: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
                           timeout=30, env={"PATH": "/usr/bin:/bin", **env})
 
 
-def test_the_launcher_is_an_executable_that_starts_python_without_site(launcher: Path) -> None:
+def test_the_launcher_is_an_executable_shell_script(launcher: Path) -> None:
     assert launcher.stat().st_mode & 0o777 == 0o755
-    assert launcher.read_text().splitlines()[0] == f"#!{sys.executable} -S"
+    assert launcher.read_text().splitlines()[0] == "#!/bin/sh"
     assert _run(launcher, "--version").stdout == f"limen {__version__}\n"
 
 
-def test_the_hand_over_comes_before_site_with_the_same_words(home: Home, launcher: Path) -> None:
+def test_the_plain_shape_becomes_ssh_without_python(home: Home, launcher: Path) -> None:
     expected = home.full_path("root@web1", "true")  # pip's way in; it leaves the memo
     done = home.run("root@web1", "true", limen=[str(launcher)], PYTHONPROFILEIMPORTTIME="1")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == expected
+    assert imported_modules(done.stderr) == []
+
+
+def test_other_hand_overs_come_before_site_with_the_same_words(
+        home: Home, launcher: Path) -> None:
+    expected = home.full_path("-t", "root@web1", "true")
+    done = home.run("-t", "root@web1", "true", limen=[str(launcher)],
+                    PYTHONPROFILEIMPORTTIME="1")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == expected
     modules = imported_modules(done.stderr)
@@ -77,17 +88,11 @@ def test_a_launcher_that_cannot_be_written_leaves_a_sentence_and_nothing_else(
     assert done.stderr.startswith("ERROR: the launcher was not written")
     assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
-
-    pips = tmp_path / "limen"
-    pips.write_text("pip's script\n")
-    for python in ("/opt/my python/bin/python", "/" + "p" * 200):
-        with pytest.raises(ValueError, match="a #! line cannot run"):
-            launcher_module.install(str(pips), python)
-    assert pips.read_text() == "pip's script\n"
     assert _run(sys.executable, "-m", "limen.cli.launcher").returncode == 2
 
 
 def test_the_checkouts_limen_command_is_the_launcher() -> None:
     """scripts/install, which scripts/test runs first, puts it in place of pip's."""
     installed = Path(sys.executable).with_name("limen")
-    assert installed.read_text().splitlines()[0] == f"#!{sys.executable} -S"
+    assert installed.read_text() == launcher_module.script(
+        sys.executable, str(Path(launcher_module.__file__).parents[2]))

@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import asyncssh
 import pytest
 
+from limen.cli import launcher
 from tests.support.cluster import ClusterHarness
 from tests.support.importtime import imported_modules
 from tests.support.ssh_access import (
@@ -125,6 +127,38 @@ def test_the_next_hand_over_comes_from_the_memo_until_the_certificate_changes(
     expired = alice.limen("ssh", "root@node1", "true", env=stand_in.env)
     assert expired.returncode == 255
     assert "certificate has expired; run limen login" in expired.stderr
+    assert len(stand_in.calls()) == 2
+
+
+def test_the_shell_front_reaches_the_node_without_python_until_the_certificate_changes(
+    cluster: ClusterHarness, stand_in: StandIn, tmp_path: Path
+) -> None:
+    """The `limen` scripts/install writes (cli/launcher.sh), with a Python that must not
+    run: from the memo, `limen ssh LOGIN@NODE COMMAND` reaches the real node through the
+    real proxy; once the certificate changes, the words go to Python."""
+    alice = new_user(cluster, "hofront", logins="root")
+    first = alice.limen("ssh", "root@node1", "echo one", env=stand_in.env)  # leaves the memo
+    assert first.stdout == "one\n", first.stderr
+    no_python = tmp_path / "no-python"
+    no_python.write_text("#!/bin/sh\necho 'Python ran' >&2\nexit 97\n")
+    no_python.chmod(0o755)
+    front = tmp_path / "limen"
+    launcher.install(str(front), str(no_python))
+    env = {**os.environ, "LIMEN_HOME": str(alice.home), **stand_in.env}
+    env.pop("SSH_AUTH_SOCK", None)
+
+    def front_ssh() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(front), "ssh", "root@node1", "echo two"], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    second = front_ssh()
+    assert (second.returncode, second.stdout) == (0, "two\n"), second.stderr
+    calls = stand_in.calls()
+    assert calls[1][:-1] == calls[0][:-1]  # the same ssh arguments, but for the command
+
+    _expire_certificate(cluster, alice, tmp_path)
+    expired = front_ssh()
+    assert (expired.returncode, expired.stderr) == (97, "Python ran\n")
     assert len(stand_in.calls()) == 2
 
 

@@ -1,17 +1,24 @@
-"""The `limen` command scripts/install writes: Python started without `site` at first.
+"""The `limen` command scripts/install writes: a POSIX shell front, then Python without
+`site` at first.
 
 Every `limen ssh NODE` pays for the interpreter's start-up before it can become ssh, and
-issue 17 allows the whole command 10% over a bare ssh (about 14 ms of 140 here). Of the
-interpreter's 10 ms, `site` takes 2 to 3: it lists site-packages, runs the .pth files
-there (setuptools' shim among them) and imports what they name. The hand-over from the
-memo (client/openssh_fast.py) needs none of that: it imports limen's own modules, with os
-and time. Measured end to end (bench/ssh.py --cli-only times pip's script beside this
-one), `limen ssh NODE true` gains 1 to 3 ms, about as much as the machine's noise.
+issue 17 allows the whole command 10% over a bare ssh. Once the jump handshake lost its
+two 40 ms waits (base/sshpackets.py), a bare `ssh NODE true` through the proxy took
+about 50 ms here, and `python -S -c pass` alone takes 6 to 7: no Python front could
+meet the figure. So the command is a shell script (launcher.sh, about 1 ms of dash) that
+reads the memo of the last hand-over itself for the common shape, `limen ssh
+[LOGIN@]NODE [COMMAND...]`, checks the files it names with one `stat` and the clock with
+one `date`, and becomes ssh. It says yes only to what the Python reader
+(client/openssh_fast.py) would say yes to, with the same arguments; anything else goes
+to Python, the words unchanged. tests/cli/test_launcher_sh.py holds the two readers to
+that.
 
-So the script this module writes starts Python with -S and puts the directory Limen was
-installed in on sys.path. run() lets the hand-over try first. Only when the command goes
-on in Python does it run site.main(), the documented way to add later what -S left out
-(site-packages, .pth files, sitecustomize), before anything else is imported.
+Python then starts with -S and puts the directory Limen was installed in on sys.path;
+-P keeps the current directory off it (-c would put it first). run() lets the Python
+hand-over try first. Only when the command goes on in Python does it run site.main(),
+the documented way to add later what -S left out (site-packages, .pth files,
+sitecustomize), before anything else is imported: `site` costs 2 to 3 ms that the
+hand-over does not need.
 
 pip's console script (pyproject's [project.scripts]) stays the way in wherever Limen is
 installed by pip alone; scripts/install puts this one in its place in the checkout's
@@ -32,18 +39,7 @@ TYPE_CHECKING = False  # not typing's: this module runs before site, on every co
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-SCRIPT = """\
-#!{python} -S
-# Limen's `limen` command, written by `python -m limen.cli.launcher` (scripts/install):
-# -S spares `limen ssh` the site module until it is needed (see limen/cli/launcher.py).
-import sys
-sys.path.append({package_parent!r})
-from limen.cli.launcher import run
-sys.exit(run())
-"""
-# Kernels before Linux 5.1 read 128 bytes of a "#!" line (BINPRM_BUF_SIZE; 256 since):
-# a longer line would run some other, truncated path, so the launcher stays under both.
-SHEBANG_LIMIT = 127
+TEMPLATE = "launcher.sh"
 
 
 def run() -> int:
@@ -59,11 +55,19 @@ def run() -> int:
 
 
 def script(python: str, package_parent: str) -> str:
-    """The launcher's text, or ValueError when a "#!" line cannot name ``python``."""
-    if any(c.isspace() for c in python) or len(f"#!{python} -S") > SHEBANG_LIMIT:
-        raise ValueError(f"a #! line cannot run {python!r} (spaces, or over "
-                         f"{SHEBANG_LIMIT} characters)")
-    return SCRIPT.format(python=python, package_parent=package_parent)
+    """The launcher's text: launcher.sh with this installation's values filled in."""
+    import shlex
+
+    from limen import __version__
+    from limen.client.openssh_fast import MEMO_FORMAT
+
+    with open(os.path.join(os.path.dirname(__file__), TEMPLATE), encoding="utf-8") as fh:
+        text = fh.read()
+    values = {"@PYTHON@": python, "@PACKAGE_PARENT@": package_parent,
+              "@MEMO_FORMAT@": f"{MEMO_FORMAT} {__version__}"}
+    for name, value in values.items():
+        text = text.replace(name, shlex.quote(value))
+    return text
 
 
 def install(path: str, python: str = sys.executable) -> None:
@@ -75,7 +79,8 @@ def install(path: str, python: str = sys.executable) -> None:
     text = script(python, package_parent)
     partial = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.new")
     try:
-        with open(partial, "w", encoding="utf-8") as out:  # Python reads source as UTF-8
+        # A path that is not UTF-8 is written back as the bytes it was.
+        with open(partial, "w", encoding="utf-8", errors="surrogateescape") as out:
             out.write(text)
         os.chmod(partial, 0o755)
         os.replace(partial, path)
@@ -93,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         install(words[0])
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
         print(f"ERROR: the launcher was not written ({exc}); {words[0]} is as it was",
               file=sys.stderr)
         return 1
