@@ -40,8 +40,9 @@ class Outcome:
 class Front:
     """The launcher written for this home, its Python a stand-in that prints the words."""
 
-    def __init__(self, home: Home, root: Path) -> None:
+    def __init__(self, home: Home, root: Path, shell: str = "") -> None:
         self.home = home
+        self.shell = [shell] if shell else []  # "": the #! line's /bin/sh
         python = root / "python"
         python.write_text(f'#!/bin/sh\nprintf "%s\\n" {DEFERRED}\nprintf "%s\\0" "$@"\n')
         python.chmod(0o755)
@@ -49,7 +50,7 @@ class Front:
         launcher.install(str(self.path), str(python))
 
     def run(self, *words: str, **env: str) -> Outcome:
-        done = subprocess.run([str(self.path), "ssh", *words], capture_output=True,
+        done = subprocess.run([*self.shell, str(self.path), "ssh", *words], capture_output=True,
                               timeout=30, env={**self.home.env, **env})
         assert done.returncode == 0, done.stderr
         out = done.stdout.decode()
@@ -74,9 +75,10 @@ def home(tmp_path: Path) -> Home:
     return Home(tmp_path)
 
 
-@pytest.fixture
-def front(home: Home, tmp_path: Path) -> Front:
-    return Front(home, tmp_path)
+@pytest.fixture(params=["", "/bin/bash"])
+def front(home: Home, tmp_path: Path, request: pytest.FixtureRequest) -> Front:
+    """Debian's /bin/sh (dash), and bash, which is /bin/sh elsewhere."""
+    return Front(home, tmp_path, request.param)
 
 
 @pytest.mark.parametrize("words", [
