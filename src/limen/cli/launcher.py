@@ -3,15 +3,15 @@
 
 Every `limen ssh NODE` pays for the interpreter's start-up before it can become ssh, and
 issue 17 allows the whole command 10% over a bare ssh. Once the jump handshake lost its
-two 40 ms waits (base/sshpackets.py), a bare `ssh NODE true` through the proxy took
+two 40 ms waits (limen/sshpackets.py), a bare `ssh NODE true` through the proxy took
 about 50 ms here, and `python -S -c pass` alone takes 6 to 7: no Python front could
 meet the figure. So the command is a shell script (launcher.sh, about 1 ms of dash) that
 reads the memo of the last hand-over itself for the common shape, `limen ssh
-[LOGIN@]NODE [COMMAND...]`, checks the files it names with one `stat` and the clock with
-one `date`, and becomes ssh. It says yes only to what the Python reader
-(client/openssh_fast.py) would say yes to, with the same arguments; anything else goes
-to Python, the words unchanged. tests/cli/test_launcher_sh.py holds the two readers to
-that.
+[LOGIN@]NODE [COMMAND...]`, checks the files it names and the clock with one `stat`, and
+becomes ssh: 2.6 ms in all before ssh starts, where Python took 8. It says yes only to
+what the Python reader (client/openssh_fast.py) would say yes to, with the same
+arguments; anything else goes to Python, the words unchanged.
+tests/cli/test_launcher_sh.py holds the two readers to that.
 
 Python then starts with -S and puts the directory Limen was installed in on sys.path;
 -P keeps the current directory off it (-c would put it first). run() lets the Python
